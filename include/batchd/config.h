@@ -1,0 +1,80 @@
+/* config: batchd.conf (INI, parsed with inih) into a typed struct, with every problem
+ * reported as "file:line: what is wrong" and the token read from the first source that
+ * has it. Owns the strings in struct config. */
+#ifndef BATCHD_CONFIG_H
+#define BATCHD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/batchd/batchd.conf"
+
+typedef enum config_invalid_records {
+    CONFIG_INVALID_FAIL = 0,
+    CONFIG_INVALID_SKIP = 1,
+} config_invalid_records;
+
+typedef struct config {
+    char *path; /* the file this came from */
+    struct {
+        char *url;           /* default https://api.prolific.com */
+        char *workspace_id;  /* may be NULL: then every job must name one */
+        char *token_file;    /* may be NULL */
+        int64_t timeout_ms;  /* one HTTP request; default 30s */
+        double max_rate;     /* requests per second, all jobs; default 5 */
+        int max_connections; /* default 8 */
+    } api;
+    struct {
+        char *dir;                  /* default /var/spool/batchd */
+        int64_t rescan_interval_ms; /* default 30s */
+    } spool;
+    struct {
+        char *dir; /* default /var/lib/batchd */
+    } state;
+    struct {
+        char *socket; /* default /run/batchd/io.batchd */
+        char *group;  /* default batchd */
+    } control;
+    struct {
+        int64_t initial_ms;        /* default 2s */
+        int64_t max_ms;            /* default 60s */
+        double multiplier;         /* default 2 */
+        int64_t import_timeout_ms; /* default 1h */
+        int64_t batch_timeout_ms;  /* default 6h */
+    } poll;
+    struct {
+        char *template_path;                    /* default /etc/batchd/templates/default.json */
+        int max_active;                         /* default 64 */
+        config_invalid_records invalid_records; /* default fail */
+        size_t max_record_bytes;                /* longest accepted record; default 1 MiB */
+    } job;
+} config;
+
+/* A list of problems, each "file:line: message" (or "file: message"). */
+typedef struct config_diag {
+    char **lines;
+    size_t count;
+} config_diag;
+
+void config_diag_free(config_diag *d);
+
+/* Fills c with defaults (strings allocated). */
+void config_defaults(config *c);
+/* Loads path over the defaults. Returns 0 when usable; -EINVAL with diag filled when the
+ * file has errors; -errno when it cannot be read (also described in diag). */
+int config_load(const char *path, config *c, config_diag *diag);
+void config_free(config *c);
+
+/* Reads the API token: token_file, then $CREDENTIALS_DIRECTORY/api-token, then
+ * $BATCHD_API_TOKEN. A file readable by group or others is refused. Surrounding white
+ * space is stripped. *token is malloc'd; *source says where it came from (static string,
+ * never the token). Returns 0, or -ENOENT (no source), -EPERM (mode), -EINVAL (empty)
+ * with a message in diag. */
+int config_load_token(const config *c, char **token, const char **source, config_diag *diag);
+
+/* Resolves the path of the config file to use: explicit (-c), else $BATCHD_CONFIG, else
+ * CONFIG_DEFAULT_PATH. */
+const char *config_default_path(const char *explicit_path);
+
+#endif

@@ -1,0 +1,34 @@
+/* fsutil: durable file-system primitives. Every write that must survive a crash goes through
+ * fsutil_write_atomic (temp file with O_EXCL, write, fsync, rename, fsync of the directory),
+ * and every move through fsutil_rename_durable. Blocking calls: use them off the event loop
+ * for large data, or for small records where the fsync is the point. */
+#ifndef BATCHD_FSUTIL_H
+#define BATCHD_FSUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Writes data to path atomically and durably. mode is the new file's mode. 0 or -errno. */
+int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* fsync()s a directory. 0 or -errno. */
+int fsutil_fsync_dir(const char *dir);
+/* fsync()s the directory that holds path. */
+int fsutil_fsync_parent(const char *path);
+/* rename(2) then fsync of both parent directories. 0 or -errno. */
+int fsutil_rename_durable(const char *from, const char *to);
+/* renameat2(RENAME_NOREPLACE): -EEXIST when `to` exists; no fsync. */
+int fsutil_rename_noreplace(const char *from, const char *to);
+/* mkdir -p with mode for the directories it creates. 0 or -errno. */
+int fsutil_mkdir_p(const char *path, mode_t mode);
+/* Reads a whole (small) file, up to max bytes, NUL-terminated. 0 or -errno (-EFBIG if
+ * larger than max). *out is malloc'd. Does not follow a final symlink when nofollow. */
+int fsutil_read_file(const char *path, size_t max, bool nofollow, char **out, size_t *len);
+/* Copies a regular file (streaming, fixed memory), then fsyncs the copy. 0 or -errno. */
+int fsutil_copy_file(const char *from, const char *to, mode_t mode);
+/* Joins two path parts with one '/'. malloc'd. */
+char *fsutil_join(const char *a, const char *b);
+/* basename without modifying the argument; returns a pointer into path. */
+const char *fsutil_basename(const char *path);
+
+#endif

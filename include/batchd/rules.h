@@ -1,0 +1,86 @@
+/* rules: the Task Builder API's request rules as pure code, shared by batchd (to reject a
+ * job before any API call is spent) and batchd-sim (to answer 400/422 exactly as the API
+ * does). One implementation, so the two can never disagree. No I/O. */
+#ifndef BATCHD_RULES_H
+#define BATCHD_RULES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+typedef enum rules_kind {
+    RULES_KIND_REQUEST = 0,     /* the API answers 400 with its Error envelope */
+    RULES_KIND_BATCH_ITEMS = 1, /* the API answers 422 INVALID_BATCH_ITEMS */
+} rules_kind;
+
+/* One broken rule. Every string is owned by the report. */
+typedef struct rules_issue {
+    rules_kind kind;
+    /* Full JSON path from the checked root, with the caller's prefix:
+     * "dataset.schema.fields.prompt.type",
+     * "batch.batch_items[0].rows[1].columns[0].items[2].answer_limit". */
+    char *path;
+    /* The top-level request member the issue belongs to ("schema", "task_details",
+     * "name", ...): the key of the 400 envelope's detail map. */
+    char *param;
+    int page, row, column, item; /* zero-based; -1 when not a batch_items issue */
+    char *item_type;             /* the item's "type" when known, else NULL */
+    char *field;                 /* the dataset_field's "field" when relevant, else NULL */
+    char *message;               /* what is wrong, for a person */
+} rules_issue;
+
+typedef struct rules_report {
+    rules_issue *issues;
+    size_t count;
+    size_t cap;
+} rules_report;
+
+void rules_report_init(rules_report *r);
+void rules_report_free(rules_report *r);
+/* Adds an issue (used by the checks, and by callers with issues of their own). Any of the
+ * string arguments may be NULL; page..item may be -1. */
+void rules_report_add(rules_report *r, rules_kind kind, const char *path, const char *param,
+                      int page, int row, int column, int item, const char *item_type,
+                      const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 11, 12)));
+
+/* Field types the API knows (text, image_url, metadata, task_group_id). */
+bool rules_field_type_known(const char *type);
+/* True for the types a dataset_field item may show (text, image_url). */
+bool rules_field_type_displayable(const char *type);
+
+/* A DatasetSchema object: {strict: bool (required), fields: {key: {type, label?}}}.
+ * At most 200 fields, keys 1..128 characters, labels at most 255, at most one
+ * task_group_id, no unknown members. prefix is the path of `schema` itself. */
+void rules_check_schema(const cJSON *schema, const char *prefix, rules_report *r);
+
+/* task_details: task_name, task_introduction, task_steps, all non-empty strings. */
+void rules_check_task_details(const cJSON *task_details, const char *prefix, rules_report *r);
+
+/* batch_items: pages -> rows (1..2 columns) -> items, each item type's required fields and
+ * rules. schema is the attached dataset's schema, or NULL when no dataset (or a dataset
+ * without a schema) is attached: then every dataset_field item is an issue. prefix is the
+ * path of `batch_items` itself. Structural problems of the array as a whole (not an array,
+ * empty) are REQUEST issues; problems inside pages are BATCH_ITEMS issues. */
+void rules_check_batch_items(const cJSON *batch_items, const cJSON *schema, const char *prefix,
+                             rules_report *r);
+
+/* Whole request bodies, as the API checks them (paths have no prefix). */
+void rules_check_dataset_create(const cJSON *body, rules_report *r);
+/* dataset_schema: the schema of the dataset named by body.dataset_id, NULL if none. */
+void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, rules_report *r);
+void rules_check_setup(const cJSON *body, rules_report *r);
+
+/* The API's answer for a failed check: REQUEST issues win and give 400 with
+ * {"error": {"status": 400, "error_code": ..., "title": "Bad Request",
+ *            "detail": {param: [message, ...]}}};
+ * otherwise 422 {"type": "INVALID_BATCH_ITEMS", "message": ..., "issues": [...]}.
+ * Returns NULL (and *http_status = 0) for an empty report. */
+cJSON *rules_report_to_api_error(const rules_report *r, int *http_status);
+
+/* The API's Error envelope for any status (used for 401, 404, 405, 409 ...). detail may be
+ * a string. */
+cJSON *rules_error_envelope(int status, const char *title, const char *detail);
+
+#endif

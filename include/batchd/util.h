@@ -1,0 +1,93 @@
+/* util: small helpers every module shares: a growable string buffer, wall and monotonic
+ * time in milliseconds, RFC 3339 formatting, time-sortable job ids, duration parsing and
+ * cJSON accessors that never crash on a missing or mistyped member. Nothing here does I/O
+ * beyond reading clocks and /dev/urandom. */
+#ifndef BATCHD_UTIL_H
+#define BATCHD_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#define BD_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Growable NUL-terminated byte buffer. A zeroed struct is an empty buffer.
+ * Allocation failure aborts: the daemon cannot do anything useful without memory. */
+typedef struct strbuf {
+    char *data;
+    size_t len;
+    size_t cap;
+} strbuf;
+
+void strbuf_init(strbuf *sb);
+void strbuf_free(strbuf *sb);
+void strbuf_reset(strbuf *sb);
+void strbuf_append(strbuf *sb, const void *data, size_t len);
+void strbuf_puts(strbuf *sb, const char *s);
+void strbuf_putc(strbuf *sb, char c);
+void strbuf_printf(strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void strbuf_vprintf(strbuf *sb, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* Hands the buffer to the caller (never NULL) and leaves sb empty. */
+char *strbuf_steal(strbuf *sb);
+
+/* Allocation helpers that abort on failure. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t m);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Milliseconds since the Unix epoch (CLOCK_REALTIME) and since an arbitrary point
+ * (CLOCK_MONOTONIC). */
+int64_t time_now_ms(void);
+int64_t time_mono_ms(void);
+
+/* Formats a wall-clock time in ms as "2026-11-29T08:32:45Z" (or with ".123" when
+ * with_ms). buf must hold at least 32 bytes. Returns buf. */
+char *time_format_rfc3339(int64_t ms, bool with_ms, char *buf, size_t len);
+/* Parses RFC 3339 / ISO 8601 UTC times ("2026-11-29T08:32:45Z", optional fraction,
+ * "+00:00" offsets). Returns 0 and sets *ms, or -EINVAL. */
+int time_parse_rfc3339(const char *s, int64_t *ms);
+/* Parses an HTTP-date (RFC 9110 IMF-fixdate, also RFC 850 and asctime forms).
+ * Returns 0 and sets *ms, or -EINVAL. */
+int time_parse_http_date(const char *s, int64_t *ms);
+
+/* Parses a duration: plain seconds ("30", "1.5") or a number with a suffix
+ * ms, s, m, h, d ("500ms", "30s", "5m", "2h"). Returns 0 and sets *ms, or -EINVAL. */
+int duration_parse(const char *s, int64_t *ms);
+/* Formats a duration for people: "850ms", "12s", "3m05s", "2h10m", "3d4h". */
+char *duration_format(int64_t ms, char *buf, size_t len);
+
+/* A job id: 26 characters of Crockford base32 (a ULID): 48 bits of milliseconds then 80
+ * random bits, so ids sort by creation time. buf must hold 27 bytes. */
+void id_new(int64_t now_ms, char buf[27]);
+/* Fills buf with n random bytes from the kernel (getrandom). */
+void random_bytes(void *buf, size_t n);
+/* A random UUID (version 7: time-ordered) as 36 characters plus NUL. */
+void uuid_v7(int64_t now_ms, char buf[37]);
+
+/* cJSON accessors: NULL / default when missing or of another type. */
+const char *json_str(const cJSON *obj, const char *key);
+bool json_get_int64(const cJSON *obj, const char *key, int64_t *out);
+int64_t json_int64(const cJSON *obj, const char *key, int64_t dflt);
+bool json_bool(const cJSON *obj, const char *key, bool dflt);
+/* Adds key: s, or key: null when s is NULL. */
+void json_add_str_or_null(cJSON *obj, const char *key, const char *s);
+/* Adds key: v, or key: null when v < 0. */
+void json_add_int_or_null(cJSON *obj, const char *key, int64_t v);
+/* Prints compactly; the caller frees with free(). Never NULL (aborts on OOM). */
+char *json_print(const cJSON *j);
+/* Prints with indentation and a trailing newline; free() it. */
+char *json_print_pretty(const cJSON *j);
+
+/* True when s is valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
+bool utf8_valid(const char *s, size_t len);
+
+/* Copies src into dst (size n) always NUL-terminating; returns strlen(src). */
+size_t strlcpy_bd(char *dst, const char *src, size_t n);
+
+#endif

@@ -1,0 +1,228 @@
+/* fsutil: see include/batchd/fsutil.h. */
+#include "batchd/fsutil.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+char *fsutil_join(const char *a, const char *b)
+{
+    size_t la = strlen(a);
+    while (la > 1 && a[la - 1] == '/')
+        la--;
+    while (*b == '/')
+        b++;
+    return xasprintf("%.*s/%s", (int)la, a, b);
+}
+
+const char *fsutil_basename(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static char *parent_of(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    if (!s)
+        return xstrdup(".");
+    if (s == path)
+        return xstrdup("/");
+    return xstrndup(path, (size_t)(s - path));
+}
+
+int fsutil_fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+int fsutil_fsync_parent(const char *path)
+{
+    char *p = parent_of(path);
+    int r = fsutil_fsync_dir(p);
+    free(p);
+    return r;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    char rnd[8];
+    unsigned char b[4];
+    random_bytes(b, sizeof b);
+    snprintf(rnd, sizeof rnd, "%02x%02x%02x", b[0], b[1], b[2]);
+    char *dir = parent_of(path);
+    int n = snprintf(tmp, sizeof tmp, "%s/.%s.%s.tmp", dir, fsutil_basename(path), rnd);
+    free(dir);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return -ENAMETOOLONG;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return -errno;
+    int r = write_all(fd, data, len);
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    /* A failed close can report a deferred write error (NFS); check it. */
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r == 0 && rename(tmp, path) < 0)
+        r = -errno;
+    if (r < 0) {
+        unlink(tmp);
+        return r;
+    }
+    return fsutil_fsync_parent(path);
+}
+
+int fsutil_rename_noreplace(const char *from, const char *to)
+{
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) < 0)
+        return -errno;
+    return 0;
+}
+
+int fsutil_rename_durable(const char *from, const char *to)
+{
+    if (rename(from, to) < 0)
+        return -errno;
+    char *a = parent_of(from), *b = parent_of(to);
+    int r = fsutil_fsync_dir(b);
+    if (r == 0 && strcmp(a, b) != 0)
+        r = fsutil_fsync_dir(a);
+    free(a);
+    free(b);
+    return r;
+}
+
+int fsutil_mkdir_p(const char *path, mode_t mode)
+{
+    char buf[PATH_MAX];
+    if (strlcpy_bd(buf, path, sizeof buf) >= sizeof buf)
+        return -ENAMETOOLONG;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, mode) < 0 && errno != EEXIST)
+        return -errno;
+    struct stat st;
+    if (stat(buf, &st) < 0)
+        return -errno;
+    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+int fsutil_read_file(const char *path, size_t max, bool nofollow, char **out, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (nofollow ? O_NOFOLLOW : 0));
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    strbuf sb = {0};
+    char chunk[8192];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = -errno;
+            close(fd);
+            strbuf_free(&sb);
+            return e;
+        }
+        if (n == 0)
+            break;
+        if (sb.len + (size_t)n > max) {
+            close(fd);
+            strbuf_free(&sb);
+            return -EFBIG;
+        }
+        strbuf_append(&sb, chunk, (size_t)n);
+    }
+    close(fd);
+    if (len)
+        *len = sb.len;
+    *out = strbuf_steal(&sb);
+    return 0;
+}
+
+int fsutil_copy_file(const char *from, const char *to, mode_t mode)
+{
+    int in = open(from, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (in < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(in);
+        return -EINVAL;
+    }
+    int outfd = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (outfd < 0) {
+        int e = -errno;
+        close(in);
+        return e;
+    }
+    int r = 0;
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            r = -errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        r = write_all(outfd, buf, (size_t)n);
+        if (r < 0)
+            break;
+    }
+    if (r == 0 && fsync(outfd) < 0)
+        r = -errno;
+    if (close(outfd) < 0 && r == 0)
+        r = -errno;
+    close(in);
+    if (r < 0)
+        unlink(to);
+    return r;
+}

@@ -1,0 +1,120 @@
+/* log: see include/batchd/log.h. */
+#include "batchd/log.h"
+#include "batchd/util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#define SD_JOURNAL_SUPPRESS_LOCATION
+#include <systemd/sd-journal.h>
+
+static const char *log_ident = "batchd";
+static log_level log_max = LOG_LVL_INFO;
+static bool log_journal;
+
+/* stderr is the journal when JOURNAL_STREAM ("dev:ino") matches fd 2 (systemd.exec(5)). */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    if (!js || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void log_init(const char *ident, log_level max_level)
+{
+    log_ident = ident;
+    log_max = max_level;
+    log_journal = stderr_is_journal();
+}
+
+void log_set_level(log_level max_level)
+{
+    log_max = max_level;
+}
+
+bool log_to_journal(void)
+{
+    return log_journal;
+}
+
+static const char *level_name(log_level lvl)
+{
+    switch (lvl) {
+    case LOG_LVL_ERR:
+        return "error";
+    case LOG_LVL_WARNING:
+        return "warning";
+    case LOG_LVL_NOTICE:
+        return "notice";
+    case LOG_LVL_INFO:
+        return "info";
+    default:
+        return "debug";
+    }
+}
+
+/* Messages are single lines: a newline from a job name or an API error body must not
+ * forge a second log line. */
+static void flatten(char *s)
+{
+    for (; *s; s++)
+        if (*s == '\n' || *s == '\r')
+            *s = ' ';
+}
+
+static void emit(log_level lvl, const log_job_fields *f, const char *fmt, va_list ap)
+{
+    if (lvl > log_max)
+        return;
+    strbuf msg = {0};
+    if (f && f->job_id) {
+        strbuf_printf(&msg, "job %s", f->job_id);
+        if (f->job_name)
+            strbuf_printf(&msg, " (%s)", f->job_name);
+        if (f->dataset_id)
+            strbuf_printf(&msg, " dataset=%s", f->dataset_id);
+        if (f->batch_id)
+            strbuf_printf(&msg, " batch=%s", f->batch_id);
+        strbuf_puts(&msg, ": ");
+    }
+    strbuf_vprintf(&msg, fmt, ap);
+    flatten(msg.data);
+    if (log_journal) {
+        sd_journal_send("MESSAGE=%s", msg.data, "PRIORITY=%d", (int)lvl, "SYSLOG_IDENTIFIER=%s",
+                        log_ident, "JOB_ID=%s", f && f->job_id ? f->job_id : "", "JOB_NAME=%s",
+                        f && f->job_name ? f->job_name : "", "DATASET_ID=%s",
+                        f && f->dataset_id ? f->dataset_id : "", "BATCH_ID=%s",
+                        f && f->batch_id ? f->batch_id : "", "JOB_STATE=%s",
+                        f && f->state ? f->state : "", NULL);
+    } else {
+        char ts[40];
+        time_format_rfc3339(time_now_ms(), true, ts, sizeof ts);
+        fprintf(stderr, "%s %s[%ld]: %s: %s\n", ts, log_ident, (long)getpid(), level_name(lvl),
+                msg.data);
+    }
+    strbuf_free(&msg);
+}
+
+void log_msg(log_level lvl, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emit(lvl, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void log_job(log_level lvl, const log_job_fields *f, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emit(lvl, f, fmt, ap);
+    va_end(ap);
+}

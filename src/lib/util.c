@@ -1,0 +1,497 @@
+/* util: see include/batchd/util.h. */
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+static void oom(void)
+{
+    fputs("batchd: out of memory\n", stderr);
+    abort();
+}
+
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        oom();
+    return p;
+}
+
+void *xcalloc(size_t n, size_t m)
+{
+    void *p = calloc(n ? n : 1, m ? m : 1);
+    if (!p)
+        oom();
+    return p;
+}
+
+void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        oom();
+    return q;
+}
+
+char *xstrdup(const char *s)
+{
+    return xstrndup(s, strlen(s));
+}
+
+char *xstrndup(const char *s, size_t n)
+{
+    char *p = xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *xasprintf(const char *fmt, ...)
+{
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    return strbuf_steal(&sb);
+}
+
+void strbuf_init(strbuf *sb)
+{
+    memset(sb, 0, sizeof(*sb));
+}
+
+void strbuf_free(strbuf *sb)
+{
+    free(sb->data);
+    memset(sb, 0, sizeof(*sb));
+}
+
+void strbuf_reset(strbuf *sb)
+{
+    sb->len = 0;
+    if (sb->data)
+        sb->data[0] = '\0';
+}
+
+static void strbuf_reserve(strbuf *sb, size_t extra)
+{
+    if (sb->len + extra + 1 <= sb->cap)
+        return;
+    size_t cap = sb->cap ? sb->cap : 64;
+    while (cap < sb->len + extra + 1)
+        cap *= 2;
+    sb->data = xrealloc(sb->data, cap);
+    sb->cap = cap;
+}
+
+void strbuf_append(strbuf *sb, const void *data, size_t len)
+{
+    strbuf_reserve(sb, len);
+    if (len)
+        memcpy(sb->data + sb->len, data, len);
+    sb->len += len;
+    sb->data[sb->len] = '\0';
+}
+
+void strbuf_puts(strbuf *sb, const char *s)
+{
+    strbuf_append(sb, s, strlen(s));
+}
+
+void strbuf_putc(strbuf *sb, char c)
+{
+    strbuf_append(sb, &c, 1);
+}
+
+void strbuf_vprintf(strbuf *sb, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return;
+    strbuf_reserve(sb, (size_t)n);
+    vsnprintf(sb->data + sb->len, (size_t)n + 1, fmt, ap);
+    sb->len += (size_t)n;
+}
+
+void strbuf_printf(strbuf *sb, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(sb, fmt, ap);
+    va_end(ap);
+}
+
+char *strbuf_steal(strbuf *sb)
+{
+    char *p = sb->data ? sb->data : xstrdup("");
+    memset(sb, 0, sizeof(*sb));
+    return p;
+}
+
+static int64_t clock_ms(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t time_now_ms(void)
+{
+    return clock_ms(CLOCK_REALTIME);
+}
+
+int64_t time_mono_ms(void)
+{
+    return clock_ms(CLOCK_MONOTONIC);
+}
+
+char *time_format_rfc3339(int64_t ms, bool with_ms, char *buf, size_t len)
+{
+    time_t secs = (time_t)(ms / 1000);
+    int frac = (int)(ms % 1000);
+    if (frac < 0) {
+        frac += 1000;
+        secs -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    if (with_ms)
+        snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+    else
+        snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return buf;
+}
+
+int time_parse_rfc3339(const char *s, int64_t *ms)
+{
+    int y, mo, d, h, mi, sec, n = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6)
+        return -EINVAL;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return -EINVAL;
+    const char *p = s + n;
+    int64_t frac_ms = 0;
+    if (*p == '.') {
+        p++;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (digits < 3)
+                frac_ms = frac_ms * 10 + (*p - '0');
+            digits++;
+            p++;
+        }
+        if (!digits)
+            return -EINVAL;
+        for (; digits < 3; digits++)
+            frac_ms *= 10;
+    }
+    int64_t offset_s = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om;
+        if (sscanf(p + 1, "%2d:%2d", &oh, &om) != 2)
+            return -EINVAL;
+        offset_s = (int64_t)(oh * 3600 + om * 60) * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return -EINVAL;
+    }
+    if (*p)
+        return -EINVAL;
+    struct tm tm = {0};
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    time_t t = timegm(&tm);
+    *ms = ((int64_t)t - offset_s) * 1000 + frac_ms;
+    return 0;
+}
+
+static int month_index(const char *m)
+{
+    static const char *const names[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    for (int i = 0; i < 12; i++)
+        if (strncasecmp(m, names[i], 3) == 0 && m[3] == '\0')
+            return i;
+    return -1;
+}
+
+int time_parse_http_date(const char *s, int64_t *ms)
+{
+    char wk[16], mon[8], tz[8];
+    int d, y, h, mi, sec;
+    struct tm tm = {0};
+    if (!s)
+        return -EINVAL;
+    /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+    if (sscanf(s, "%15[A-Za-z], %2d %3s %4d %2d:%2d:%2d %7s", wk, &d, mon, &y, &h, &mi, &sec, tz) ==
+            8 &&
+        strcmp(tz, "GMT") == 0) {
+        /* ok */
+    } else if (sscanf(s, "%15[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d %7s", wk, &d, mon, &y, &h, &mi, &sec,
+                      tz) == 8 &&
+               strcmp(tz, "GMT") == 0) {
+        /* RFC 850: two-digit year, interpret per RFC 9110 (within 50 years). */
+        y += y < 70 ? 2000 : 1900;
+    } else if (sscanf(s, "%15s %3s %d %2d:%2d:%2d %4d", wk, mon, &d, &h, &mi, &sec, &y) == 7) {
+        /* asctime */
+    } else {
+        return -EINVAL;
+    }
+    int m = month_index(mon);
+    if (m < 0 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return -EINVAL;
+    tm.tm_year = y - 1900;
+    tm.tm_mon = m;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    *ms = (int64_t)timegm(&tm) * 1000;
+    return 0;
+}
+
+int duration_parse(const char *s, int64_t *ms)
+{
+    if (!s)
+        return -EINVAL;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    if (!*s || *s == '-' || *s == '+')
+        return -EINVAL;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !isfinite(v) || v < 0)
+        return -EINVAL;
+    double mult = 1000;
+    while (*end == ' ')
+        end++;
+    if (strcmp(end, "") == 0 || strcmp(end, "s") == 0)
+        mult = 1000;
+    else if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0)
+        mult = 60000;
+    else if (strcmp(end, "h") == 0)
+        mult = 3600000;
+    else if (strcmp(end, "d") == 0)
+        mult = 86400000;
+    else
+        return -EINVAL;
+    double r = v * mult;
+    if (r > 9.0e15)
+        return -EINVAL;
+    *ms = (int64_t)(r + 0.5);
+    return 0;
+}
+
+char *duration_format(int64_t ms, char *buf, size_t len)
+{
+    if (ms < 0)
+        ms = 0;
+    int64_t s = ms / 1000;
+    if (ms < 1000)
+        snprintf(buf, len, "%" PRId64 "ms", ms);
+    else if (s < 60)
+        snprintf(buf, len, "%" PRId64 "s", s);
+    else if (s < 3600)
+        snprintf(buf, len, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+    else if (s < 86400)
+        snprintf(buf, len, "%" PRId64 "h%02" PRId64 "m", s / 3600, (s % 3600) / 60);
+    else
+        snprintf(buf, len, "%" PRId64 "d%" PRId64 "h", s / 86400, (s % 86400) / 3600);
+    return buf;
+}
+
+void random_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            abort();
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+}
+
+void id_new(int64_t now_ms, char buf[27])
+{
+    static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    unsigned char bytes[16];
+    uint64_t t = (uint64_t)now_ms;
+    for (int i = 5; i >= 0; i--) {
+        bytes[i] = (unsigned char)(t & 0xff);
+        t >>= 8;
+    }
+    random_bytes(bytes + 6, 10);
+    /* 128 bits -> 26 base32 digits, most significant first (the first digit holds 3 bits). */
+    int bit = -2; /* 26*5 = 130 bits: two leading zero bits */
+    for (int i = 0; i < 26; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 5; k++, bit++) {
+            v <<= 1;
+            if (bit >= 0)
+                v |= (bytes[bit / 8] >> (7 - bit % 8)) & 1u;
+        }
+        buf[i] = alphabet[v];
+    }
+    buf[26] = '\0';
+}
+
+void uuid_v7(int64_t now_ms, char buf[37])
+{
+    unsigned char b[16];
+    uint64_t t = (uint64_t)now_ms;
+    for (int i = 5; i >= 0; i--) {
+        b[i] = (unsigned char)(t & 0xff);
+        t >>= 8;
+    }
+    random_bytes(b + 6, 10);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x70);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(buf, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+}
+
+const char *json_str(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+bool json_get_int64(const cJSON *obj, const char *key, int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsNumber(v))
+        return false;
+    double d = v->valuedouble;
+    if (d != floor(d) || d < -9.0e15 || d > 9.0e15)
+        return false;
+    *out = (int64_t)d;
+    return true;
+}
+
+int64_t json_int64(const cJSON *obj, const char *key, int64_t dflt)
+{
+    int64_t v;
+    return json_get_int64(obj, key, &v) ? v : dflt;
+}
+
+bool json_bool(const cJSON *obj, const char *key, bool dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
+}
+
+void json_add_str_or_null(cJSON *obj, const char *key, const char *s)
+{
+    if (s)
+        cJSON_AddStringToObject(obj, key, s);
+    else
+        cJSON_AddNullToObject(obj, key);
+}
+
+void json_add_int_or_null(cJSON *obj, const char *key, int64_t v)
+{
+    if (v >= 0)
+        cJSON_AddNumberToObject(obj, key, (double)v);
+    else
+        cJSON_AddNullToObject(obj, key);
+}
+
+char *json_print(const cJSON *j)
+{
+    char *s = cJSON_PrintUnformatted(j);
+    if (!s)
+        oom();
+    return s;
+}
+
+char *json_print_pretty(const cJSON *j)
+{
+    char *s = cJSON_Print(j);
+    if (!s)
+        oom();
+    size_t n = strlen(s);
+    char *r = xmalloc(n + 2);
+    memcpy(r, s, n);
+    r[n] = '\n';
+    r[n + 1] = '\0';
+    cJSON_free(s);
+    return r;
+}
+
+bool utf8_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        uint32_t cp;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (len - i <= n) /* the sequence would run past the end */
+            return false;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+size_t strlcpy_bd(char *dst, const char *src, size_t n)
+{
+    size_t l = strlen(src);
+    if (n) {
+        size_t c = l < n - 1 ? l : n - 1;
+        memcpy(dst, src, c);
+        dst[c] = '\0';
+    }
+    return l;
+}

@@ -1,0 +1,135 @@
+/* Unit tests of util: durations, times, ids, UTF-8 and the string buffer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "batchd/util.h"
+
+static void test_duration_parse(void **state)
+{
+    (void)state;
+    int64_t ms;
+    assert_int_equal(duration_parse("500ms", &ms), 0);
+    assert_int_equal(ms, 500);
+    assert_int_equal(duration_parse("30s", &ms), 0);
+    assert_int_equal(ms, 30000);
+    assert_int_equal(duration_parse("30", &ms), 0);
+    assert_int_equal(ms, 30000);
+    assert_int_equal(duration_parse("1.5", &ms), 0);
+    assert_int_equal(ms, 1500);
+    assert_int_equal(duration_parse("5m", &ms), 0);
+    assert_int_equal(ms, 300000);
+    assert_int_equal(duration_parse("2h", &ms), 0);
+    assert_int_equal(ms, 7200000);
+    assert_int_equal(duration_parse("", &ms), -EINVAL);
+    assert_int_equal(duration_parse("-1s", &ms), -EINVAL);
+    assert_int_equal(duration_parse("5 fortnights", &ms), -EINVAL);
+    assert_int_equal(duration_parse("abc", &ms), -EINVAL);
+}
+
+static void test_duration_format(void **state)
+{
+    (void)state;
+    char buf[32];
+    assert_string_equal(duration_format(850, buf, sizeof buf), "850ms");
+    assert_string_equal(duration_format(12000, buf, sizeof buf), "12s");
+    assert_string_equal(duration_format(185000, buf, sizeof buf), "3m05s");
+    assert_string_equal(duration_format(7800000, buf, sizeof buf), "2h10m");
+}
+
+static void test_rfc3339_roundtrip(void **state)
+{
+    (void)state;
+    char buf[40];
+    int64_t ms;
+    assert_int_equal(time_parse_rfc3339("2026-11-29T08:32:45Z", &ms), 0);
+    assert_string_equal(time_format_rfc3339(ms, false, buf, sizeof buf), "2026-11-29T08:32:45Z");
+    assert_int_equal(time_parse_rfc3339("2026-11-29T08:32:45.250Z", &ms), 0);
+    assert_string_equal(time_format_rfc3339(ms, true, buf, sizeof buf), "2026-11-29T08:32:45.250Z");
+    int64_t off;
+    assert_int_equal(time_parse_rfc3339("2026-11-29T09:32:45+01:00", &off), 0);
+    assert_int_equal(off, ms - 250);
+    assert_int_equal(time_parse_rfc3339("yesterday", &ms), -EINVAL);
+    assert_int_equal(time_parse_rfc3339("2026-11-29T08:32:45", &ms), -EINVAL);
+}
+
+static void test_http_date(void **state)
+{
+    (void)state;
+    int64_t a, b, c, ref;
+    assert_int_equal(time_parse_rfc3339("1994-11-06T08:49:37Z", &ref), 0);
+    assert_int_equal(time_parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", &a), 0);
+    assert_int_equal(time_parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT", &b), 0);
+    assert_int_equal(time_parse_http_date("Sun Nov  6 08:49:37 1994", &c), 0);
+    assert_int_equal(a, ref);
+    assert_int_equal(b, ref);
+    assert_int_equal(c, ref);
+    assert_int_equal(time_parse_http_date("120", &a), -EINVAL);
+    assert_int_equal(time_parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT", &a), -EINVAL);
+}
+
+static void test_ids_sort_by_time(void **state)
+{
+    (void)state;
+    char a[27], b[27], c[27];
+    id_new(1000, a);
+    id_new(1000, c);
+    id_new(2000, b);
+    assert_int_equal(strlen(a), 26);
+    assert_true(strcmp(a, b) < 0);
+    assert_string_not_equal(a, c);
+    char u[37];
+    uuid_v7(1000, u);
+    assert_int_equal(strlen(u), 36);
+    assert_int_equal(u[14], '7');
+}
+
+static void test_utf8(void **state)
+{
+    (void)state;
+    assert_true(utf8_valid("plain", 5));
+    assert_true(utf8_valid("caf\xc3\xa9", 5));
+    assert_true(utf8_valid("\xf0\x9f\x98\x80", 4));
+    assert_false(utf8_valid("\xc3", 1));             /* truncated */
+    assert_false(utf8_valid("\xc0\xaf", 2));         /* overlong */
+    assert_false(utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(utf8_valid("\xf4\x90\x80\x80", 4)); /* above U+10FFFF */
+    assert_false(utf8_valid("\xff", 1));
+    assert_false(utf8_valid("ab\xe2\x82", 4)); /* truncated at end */
+}
+
+static void test_strbuf(void **state)
+{
+    (void)state;
+    strbuf sb = {0};
+    for (int i = 0; i < 1000; i++)
+        strbuf_printf(&sb, "%d,", i);
+    assert_int_equal(sb.len, strlen(sb.data));
+    assert_memory_equal(sb.data, "0,1,2,", 6);
+    char *s = strbuf_steal(&sb);
+    assert_null(sb.data);
+    free(s);
+    char *e = strbuf_steal(&sb);
+    assert_string_equal(e, "");
+    free(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_duration_parse),
+        cmocka_unit_test(test_duration_format),
+        cmocka_unit_test(test_rfc3339_roundtrip),
+        cmocka_unit_test(test_http_date),
+        cmocka_unit_test(test_ids_sort_by_time),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_strbuf),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
