@@ -1,6 +1,13 @@
 /* rules: the Task Builder API's request rules as pure code, shared by batchd (to reject a
  * job before any API call is spent) and batchd-sim (to answer 400/422 exactly as the API
- * does). One implementation, so the two can never disagree. No I/O. */
+ * does). One implementation, so the two can never disagree. No I/O.
+ *
+ * The OpenAPI file is the judge of what is accepted. It forbids no unknown members
+ * (no additionalProperties: false anywhere), so members it does not name pass; what its
+ * schema expresses (types, required members, enums, formats, counts) is a REQUEST issue
+ * (400); the cross-field rules of batch_items it documents as 422 causes (dataset_field
+ * against the schema, answer_limit against options, exclusive options, default_unit,
+ * file counts, validation bounds, https images) are BATCH_ITEMS issues. */
 #ifndef BATCHD_RULES_H
 #define BATCHD_RULES_H
 
@@ -38,6 +45,8 @@ typedef struct rules_report {
 
 void rules_report_init(rules_report *r);
 void rules_report_free(rules_report *r);
+/* How many issues of that kind the report holds. */
+size_t rules_report_count(const rules_report *r, rules_kind kind);
 /* Adds an issue (used by the checks, and by callers with issues of their own). Any of the
  * string arguments may be NULL; page..item may be -1. */
 void rules_report_add(rules_report *r, rules_kind kind, const char *path, const char *param,
@@ -51,18 +60,22 @@ bool rules_field_type_known(const char *type);
 bool rules_field_type_displayable(const char *type);
 
 /* A DatasetSchema object: {strict: bool (required), fields: {key: {type, label?}}}.
- * At most 200 fields, keys 1..128 characters, labels at most 255, at most one
- * task_group_id, no unknown members. prefix is the path of `schema` itself. */
+ * 1 to 200 fields, keys 1..128 characters (unique), labels at most 255, at most one
+ * task_group_id. Unknown members pass (the OpenAPI allows them). All issues are REQUEST
+ * issues with param "schema". prefix is the path of `schema` itself. */
 void rules_check_schema(const cJSON *schema, const char *prefix, rules_report *r);
 
-/* task_details: task_name, task_introduction, task_steps, all non-empty strings. */
+/* task_details: task_name, task_introduction, task_steps, all required strings (the
+ * OpenAPI sets no minimum length, so "" passes). param "task_details". */
 void rules_check_task_details(const cJSON *task_details, const char *prefix, rules_report *r);
 
 /* batch_items: pages -> rows (1..2 columns) -> items, each item type's required fields and
  * rules. schema is the attached dataset's schema, or NULL when no dataset (or a dataset
  * without a schema) is attached: then every dataset_field item is an issue. prefix is the
- * path of `batch_items` itself. Structural problems of the array as a whole (not an array,
- * empty) are REQUEST issues; problems inside pages are BATCH_ITEMS issues. */
+ * path of `batch_items` itself; JSON null (or a NULL pointer) is no layout and passes.
+ * Shape problems (types, required members, enums, empty lists, column count) are REQUEST
+ * issues; the semantic rules are BATCH_ITEMS issues. Every issue inside the layout carries
+ * the page/row/column/item indices it has (-1 for the levels below it) and the item type. */
 void rules_check_batch_items(const cJSON *batch_items, const cJSON *schema, const char *prefix,
                              rules_report *r);
 
@@ -70,17 +83,22 @@ void rules_check_batch_items(const cJSON *batch_items, const cJSON *schema, cons
 void rules_check_dataset_create(const cJSON *body, rules_report *r);
 /* dataset_schema: the schema of the dataset named by body.dataset_id, NULL if none. */
 void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, rules_report *r);
+/* PATCH /batches/{id}: every member optional; task_details, when sent, needs all three. */
+void rules_check_batch_update(const cJSON *body, const cJSON *dataset_schema, rules_report *r);
+/* body may be NULL (setup needs no body). */
 void rules_check_setup(const cJSON *body, rules_report *r);
 
 /* The API's answer for a failed check: REQUEST issues win and give 400 with
  * {"error": {"status": 400, "error_code": ..., "title": "Bad Request",
  *            "detail": {param: [message, ...]}}};
  * otherwise 422 {"type": "INVALID_BATCH_ITEMS", "message": ..., "issues": [...]}.
- * Returns NULL (and *http_status = 0) for an empty report. */
+ * Issues of the 400 detail carry their path when it is deeper than the param
+ * ("schema.fields.x.type: ..."); body-level issues go under "non_field_errors".
+ * Returns NULL (and *http_status = 0) for an empty report. Free with cJSON_Delete. */
 cJSON *rules_report_to_api_error(const rules_report *r, int *http_status);
 
-/* The API's Error envelope for any status (used for 401, 404, 405, 409 ...). detail may be
- * a string. */
+/* The API's Error envelope for any status (used for 401, 404, 405, 409 ...):
+ * {"error": {"status", "error_code": 0, "title", "detail": detail (title when NULL)}}. */
 cJSON *rules_error_envelope(int status, const char *title, const char *detail);
 
 #endif

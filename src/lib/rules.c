@@ -1,0 +1,864 @@
+/* rules: the report, the shared checking helpers, the dataset schema, task_details, whole
+ * request bodies and the API's two error shapes. The batch_items walk is in rules_items.c.
+ *
+ * Source of truth is the OpenAPI file (shared/api/prolific-openapi-task-builder.yml). It
+ * declares no `additionalProperties: false` on any request object, so members it does not
+ * name are accepted everywhere (the CLI refuses unknown keys in a schema client-side, but
+ * the API does not document doing so). Rules the OpenAPI can express (types, required
+ * members, enums, formats, counts) are REQUEST issues (400); the documented semantic and
+ * cross-field rules of batch_items are BATCH_ITEMS issues (422). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchd/rules.h"
+#include "batchd/util.h"
+#include "rules_internal.h"
+
+#define RULES_MAX_FIELDS      200
+#define RULES_MAX_KEY_CHARS   128
+#define RULES_MAX_LABEL_CHARS 255
+/* Past this many schema fields the duplicate-key scan (quadratic) is skipped: the
+ * "too many fields" issue already rejects the schema. */
+#define RULES_DUP_SCAN_LIMIT 1000
+#define RULES_SHOW_MAX       60
+
+static const char *const field_types[] = {"text", "image_url", "metadata", "task_group_id", NULL};
+
+/* ---- report ---------------------------------------------------------------------------- */
+
+void rules_report_init(rules_report *r)
+{
+    r->issues = NULL;
+    r->count = 0;
+    r->cap = 0;
+}
+
+void rules_report_free(rules_report *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->count; i++) {
+        rules_issue *is = &r->issues[i];
+        free(is->path);
+        free(is->param);
+        free(is->item_type);
+        free(is->field);
+        free(is->message);
+    }
+    free(r->issues);
+    rules_report_init(r);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void report_vadd(rules_report *r, rules_kind kind, const char *path, const char *param,
+                        const int loc[4], const char *item_type, const char *field, const char *fmt,
+                        va_list ap) __attribute__((format(printf, 8, 0)));
+
+static void report_vadd(rules_report *r, rules_kind kind, const char *path, const char *param,
+                        const int loc[4], const char *item_type, const char *field, const char *fmt,
+                        va_list ap)
+{
+    if (r->count == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 8;
+        r->issues = xrealloc(r->issues, r->cap * sizeof *r->issues);
+    }
+    rules_issue *is = &r->issues[r->count++];
+    is->kind = kind;
+    is->path = xstrdup(path ? path : "");
+    is->param = dup_or_null(param);
+    is->page = loc[0];
+    is->row = loc[1];
+    is->column = loc[2];
+    is->item = loc[3];
+    is->item_type = dup_or_null(item_type);
+    is->field = dup_or_null(field);
+    strbuf sb;
+    strbuf_init(&sb);
+    if (fmt)
+        strbuf_vprintf(&sb, fmt, ap);
+    is->message = strbuf_steal(&sb);
+}
+
+void rules_report_add(rules_report *r, rules_kind kind, const char *path, const char *param,
+                      int page, int row, int column, int item, const char *item_type,
+                      const char *field, const char *fmt, ...)
+{
+    const int loc[4] = {page, row, column, item};
+    va_list ap;
+    va_start(ap, fmt);
+    report_vadd(r, kind, path, param, loc, item_type, field, fmt, ap);
+    va_end(ap);
+}
+
+size_t rules_report_count(const rules_report *r, rules_kind kind)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->count; i++)
+        if (r->issues[i].kind == kind)
+            n++;
+    return n;
+}
+
+/* ---- context and paths ----------------------------------------------------------------- */
+
+void rctx_init(rules_ctx *c, rules_report *r, const char *prefix, const char *param)
+{
+    c->r = r;
+    strbuf_init(&c->path);
+    strbuf_puts(&c->path, prefix ? prefix : "");
+    c->param = param;
+    c->page = c->row = c->column = c->item = -1;
+    c->item_type = NULL;
+    c->field = NULL;
+}
+
+void rctx_fini(rules_ctx *c)
+{
+    strbuf_free(&c->path);
+}
+
+/* Keys that read unambiguously after a dot; anything else goes in brackets, JSON-quoted. */
+static bool key_is_plain(const char *key)
+{
+    if (!*key)
+        return false;
+    for (const char *p = key; *p; p++) {
+        char ch = *p;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+static void append_key(strbuf *sb, const char *key)
+{
+    if (key_is_plain(key)) {
+        if (sb->len)
+            strbuf_putc(sb, '.');
+        strbuf_puts(sb, key);
+        return;
+    }
+    cJSON *s = cJSON_CreateString(key);
+    char *q = s ? cJSON_PrintUnformatted(s) : NULL;
+    strbuf_putc(sb, '[');
+    strbuf_puts(sb, q ? q : "\"?\"");
+    strbuf_putc(sb, ']');
+    free(q);
+    cJSON_Delete(s);
+}
+
+size_t rctx_push_key(rules_ctx *c, const char *key)
+{
+    size_t mark = c->path.len;
+    append_key(&c->path, key);
+    return mark;
+}
+
+size_t rctx_push_index(rules_ctx *c, size_t index)
+{
+    size_t mark = c->path.len;
+    strbuf_printf(&c->path, "[%zu]", index);
+    return mark;
+}
+
+void rctx_pop(rules_ctx *c, size_t mark)
+{
+    c->path.len = mark;
+    if (c->path.data)
+        c->path.data[mark] = '\0';
+}
+
+void rctx_issue(rules_ctx *c, rules_kind kind, const char *member, const char *fmt, ...)
+{
+    size_t mark = c->path.len;
+    if (member)
+        append_key(&c->path, member);
+    const int loc[4] = {c->page, c->row, c->column, c->item};
+    va_list ap;
+    va_start(ap, fmt);
+    report_vadd(c->r, kind, c->path.data ? c->path.data : "", c->param, loc, c->item_type, c->field,
+                fmt, ap);
+    va_end(ap);
+    rctx_pop(c, mark);
+}
+
+/* ---- JSON helpers ---------------------------------------------------------------------- */
+
+const cJSON *rget(const cJSON *obj, const char *key)
+{
+    if (!cJSON_IsObject(obj))
+        return NULL;
+    return cJSON_GetObjectItemCaseSensitive(obj, key);
+}
+
+const char *rjson_kind(const cJSON *v)
+{
+    if (cJSON_IsString(v))
+        return "a string";
+    if (cJSON_IsNumber(v))
+        return "a number";
+    if (cJSON_IsBool(v))
+        return "true or false";
+    if (cJSON_IsNull(v))
+        return "null";
+    if (cJSON_IsArray(v))
+        return "an array";
+    if (cJSON_IsObject(v))
+        return "an object";
+    return "missing";
+}
+
+/* Cuts s to at most max bytes without splitting a UTF-8 sequence. */
+static size_t utf8_cut(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    size_t n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+char *rjson_show(const cJSON *v)
+{
+    if (cJSON_IsArray(v) || cJSON_IsObject(v))
+        return xstrdup(rjson_kind(v));
+    if (!v)
+        return xstrdup("nothing");
+    char *text = cJSON_PrintUnformatted(v);
+    if (!text)
+        return xstrdup("?");
+    size_t len = strlen(text);
+    if (len <= RULES_SHOW_MAX)
+        return text;
+    size_t cut = utf8_cut(text, len, RULES_SHOW_MAX);
+    /* a cut inside an escape sequence would look odd but stays printable */
+    char *out = xasprintf("%.*s...%s", (int)cut, text, cJSON_IsString(v) ? "\"" : "");
+    free(text);
+    return out;
+}
+
+bool rdouble_is_integer(double d, int64_t *out)
+{
+    /* 2^63 itself does not fit in int64_t */
+    if (!isfinite(d) || d != trunc(d) || d < -9223372036854775808.0 || d >= 9223372036854775808.0)
+        return false;
+    if (out)
+        *out = (int64_t)d;
+    return true;
+}
+
+bool rjson_is_integer(const cJSON *v, int64_t *out)
+{
+    return cJSON_IsNumber(v) && rdouble_is_integer(v->valuedouble, out);
+}
+
+long rutf8_chars(const char *s)
+{
+    size_t len = strlen(s);
+    if (!utf8_valid(s, len))
+        return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+static bool is_hex(char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+bool ruuid_valid(const char *s)
+{
+    static const size_t dash_at[] = {8, 13, 18, 23};
+    if (strlen(s) != 36)
+        return false;
+    size_t d = 0;
+    for (size_t i = 0; i < 36; i++) {
+        if (d < BD_ARRAY_LEN(dash_at) && i == dash_at[d]) {
+            if (s[i] != '-')
+                return false;
+            d++;
+        } else if (!is_hex(s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+char *rjoin_or(const char *const *list)
+{
+    strbuf sb;
+    strbuf_init(&sb);
+    size_t n = 0;
+    while (list[n])
+        n++;
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strbuf_puts(&sb, i + 1 == n ? " or " : ", ");
+        strbuf_puts(&sb, list[i]);
+    }
+    return strbuf_steal(&sb);
+}
+
+/* ---- typed member checks --------------------------------------------------------------- */
+
+static void wrong_type(rules_ctx *c, const char *key, const cJSON *v, const char *want)
+{
+    rctx_issue(c, RULES_KIND_REQUEST, key, "is %s; it must be %s", rjson_kind(v), want);
+}
+
+static void missing(rules_ctx *c, const char *key, const char *want)
+{
+    rctx_issue(c, RULES_KIND_REQUEST, key, "is missing; it is required (%s)", want);
+}
+
+bool rreq_string(rules_ctx *c, const cJSON *obj, const char *key, const char **out)
+{
+    *out = NULL;
+    const cJSON *v = rget(obj, key);
+    if (!v) {
+        missing(c, key, "a string");
+        return false;
+    }
+    if (!cJSON_IsString(v)) {
+        wrong_type(c, key, v, "a string");
+        return false;
+    }
+    *out = v->valuestring;
+    return true;
+}
+
+bool ropt_string(rules_ctx *c, const cJSON *obj, const char *key, const char **out)
+{
+    *out = NULL;
+    const cJSON *v = rget(obj, key);
+    if (!v)
+        return true;
+    if (!cJSON_IsString(v)) {
+        wrong_type(c, key, v, "a string");
+        return false;
+    }
+    *out = v->valuestring;
+    return true;
+}
+
+bool ropt_bool(rules_ctx *c, const cJSON *obj, const char *key, const cJSON **out)
+{
+    *out = NULL;
+    const cJSON *v = rget(obj, key);
+    if (!v)
+        return true;
+    if (!cJSON_IsBool(v)) {
+        wrong_type(c, key, v, "true or false");
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool ropt_integer(rules_ctx *c, const cJSON *obj, const char *key, int64_t *out, bool *present)
+{
+    *present = false;
+    *out = 0;
+    const cJSON *v = rget(obj, key);
+    if (!v)
+        return true;
+    if (!rjson_is_integer(v, out)) {
+        if (cJSON_IsNumber(v)) {
+            char *shown = rjson_show(v);
+            rctx_issue(c, RULES_KIND_REQUEST, key, "is %s; it must be a whole number", shown);
+            free(shown);
+        } else {
+            wrong_type(c, key, v, "an integer");
+        }
+        return false;
+    }
+    *present = true;
+    return true;
+}
+
+bool ropt_number(rules_ctx *c, const cJSON *obj, const char *key, double *out, bool *present)
+{
+    *present = false;
+    *out = 0;
+    const cJSON *v = rget(obj, key);
+    if (!v)
+        return true;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+        wrong_type(c, key, v, "a finite number");
+        return false;
+    }
+    *out = v->valuedouble;
+    *present = true;
+    return true;
+}
+
+bool rreq_array(rules_ctx *c, const cJSON *obj, const char *key, const cJSON **out)
+{
+    *out = NULL;
+    const cJSON *v = rget(obj, key);
+    if (!v) {
+        missing(c, key, "an array");
+        return false;
+    }
+    if (!cJSON_IsArray(v)) {
+        wrong_type(c, key, v, "an array");
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool ropt_array(rules_ctx *c, const cJSON *obj, const char *key, const cJSON **out)
+{
+    *out = NULL;
+    const cJSON *v = rget(obj, key);
+    if (!v)
+        return true;
+    if (!cJSON_IsArray(v)) {
+        wrong_type(c, key, v, "an array");
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static bool in_list(const char *s, const char *const *list)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(s, list[i]) == 0)
+            return true;
+    return false;
+}
+
+bool ropt_enum(rules_ctx *c, const cJSON *obj, const char *key, const char *const *allowed,
+               const char **out)
+{
+    const char *s;
+    *out = NULL;
+    if (!ropt_string(c, obj, key, &s))
+        return false;
+    if (!s)
+        return true;
+    if (!in_list(s, allowed)) {
+        char *shown = rjson_show(rget(obj, key));
+        char *choices = rjoin_or(allowed);
+        rctx_issue(c, RULES_KIND_REQUEST, key, "%s is not allowed; use %s", shown, choices);
+        free(choices);
+        free(shown);
+        return false;
+    }
+    *out = s;
+    return true;
+}
+
+/* ---- field types ----------------------------------------------------------------------- */
+
+bool rules_field_type_known(const char *type)
+{
+    return type && in_list(type, field_types);
+}
+
+bool rules_field_type_displayable(const char *type)
+{
+    return type && (strcmp(type, "text") == 0 || strcmp(type, "image_url") == 0);
+}
+
+/* ---- schema ---------------------------------------------------------------------------- */
+
+static void check_field_key(rules_ctx *c, const char *key)
+{
+    long chars = rutf8_chars(key);
+    if (chars < 0)
+        rctx_issue(c, RULES_KIND_REQUEST, NULL, "field key is not valid UTF-8");
+    else if (chars == 0)
+        rctx_issue(c, RULES_KIND_REQUEST, NULL, "field key is empty; keys are 1 to %d characters",
+                   RULES_MAX_KEY_CHARS);
+    else if (chars > RULES_MAX_KEY_CHARS)
+        rctx_issue(c, RULES_KIND_REQUEST, NULL,
+                   "field key is %ld characters long; keys are 1 to %d characters", chars,
+                   RULES_MAX_KEY_CHARS);
+}
+
+static bool key_seen_before(const cJSON *fields, const cJSON *field)
+{
+    for (const cJSON *f = fields->child; f && f != field; f = f->next)
+        if (f->string && field->string && strcmp(f->string, field->string) == 0)
+            return true;
+    return false;
+}
+
+static void check_field_type(rules_ctx *c, const cJSON *desc)
+{
+    const char *type;
+    if (!rreq_string(c, desc, "type", &type))
+        return;
+    if (rules_field_type_known(type))
+        return;
+    char *shown = rjson_show(rget(desc, "type"));
+    char *choices = rjoin_or(field_types);
+    const char *newer = (strcmp(type, "audio_url") == 0 || strcmp(type, "video_url") == 0)
+                            ? " (audio_url and video_url are not in this API version)"
+                            : "";
+    rctx_issue(c, RULES_KIND_REQUEST, "type", "%s is not a field type; use %s%s", shown, choices,
+               newer);
+    free(choices);
+    free(shown);
+}
+
+static void check_field_label(rules_ctx *c, const cJSON *desc)
+{
+    const char *label;
+    if (!ropt_string(c, desc, "label", &label) || !label)
+        return;
+    long chars = rutf8_chars(label);
+    if (chars < 0)
+        rctx_issue(c, RULES_KIND_REQUEST, "label", "is not valid UTF-8");
+    else if (chars > RULES_MAX_LABEL_CHARS)
+        rctx_issue(c, RULES_KIND_REQUEST, "label",
+                   "is %ld characters long; labels are at most %d characters", chars,
+                   RULES_MAX_LABEL_CHARS);
+}
+
+static void check_schema_field(rules_ctx *c, const cJSON *fields, const cJSON *field, size_t count,
+                               const char **first_group)
+{
+    const char *key = field->string ? field->string : "";
+    size_t mark = rctx_push_key(c, key);
+    check_field_key(c, key);
+    if (count <= RULES_DUP_SCAN_LIMIT && key_seen_before(fields, field))
+        rctx_issue(c, RULES_KIND_REQUEST, NULL,
+                   "field key appears more than once; give each field a unique key");
+    if (!cJSON_IsObject(field)) {
+        rctx_issue(c, RULES_KIND_REQUEST, NULL, "is %s; it must be an object {type, label?}",
+                   rjson_kind(field));
+        rctx_pop(c, mark);
+        return;
+    }
+    check_field_type(c, field);
+    check_field_label(c, field);
+    const char *type = json_str(field, "type");
+    if (type && strcmp(type, "task_group_id") == 0) {
+        if (*first_group)
+            rctx_issue(c, RULES_KIND_REQUEST, "type",
+                       "is a second task_group_id field (the first is \"%s\"); a schema may have "
+                       "at most one",
+                       *first_group);
+        else
+            *first_group = key;
+    }
+    rctx_pop(c, mark);
+}
+
+static void check_schema_fields(rules_ctx *c, const cJSON *fields)
+{
+    size_t mark = rctx_push_key(c, "fields");
+    size_t count = (size_t)cJSON_GetArraySize(fields);
+    if (count == 0)
+        rctx_issue(c, RULES_KIND_REQUEST, NULL, "is empty; define at least one field");
+    else if (count > RULES_MAX_FIELDS)
+        rctx_issue(c, RULES_KIND_REQUEST, NULL, "has %zu fields; a schema may have at most %d",
+                   count, RULES_MAX_FIELDS);
+    const char *first_group = NULL;
+    for (const cJSON *f = fields->child; f; f = f->next)
+        check_schema_field(c, fields, f, count, &first_group);
+    rctx_pop(c, mark);
+}
+
+void rules_schema_walk(rules_ctx *c, const cJSON *schema)
+{
+    if (!schema) {
+        rctx_issue(c, RULES_KIND_REQUEST, NULL,
+                   "is missing; it must be an object {\"strict\": bool, \"fields\": {...}}");
+        return;
+    }
+    if (!cJSON_IsObject(schema)) {
+        rctx_issue(c, RULES_KIND_REQUEST, NULL,
+                   "is %s; it must be an object {\"strict\": bool, \"fields\": {...}}",
+                   rjson_kind(schema));
+        return;
+    }
+    const cJSON *strict = rget(schema, "strict");
+    if (!strict)
+        missing(c, "strict", "true or false");
+    else if (!cJSON_IsBool(strict))
+        wrong_type(c, "strict", strict, "true or false");
+    const cJSON *fields = rget(schema, "fields");
+    if (!fields)
+        missing(c, "fields", "an object mapping field keys to {type, label?}");
+    else if (!cJSON_IsObject(fields))
+        wrong_type(c, "fields", fields, "an object mapping field keys to {type, label?}");
+    else
+        check_schema_fields(c, fields);
+}
+
+void rules_check_schema(const cJSON *schema, const char *prefix, rules_report *r)
+{
+    rules_ctx c;
+    rctx_init(&c, r, prefix, "schema");
+    rules_schema_walk(&c, schema);
+    rctx_fini(&c);
+}
+
+/* ---- task_details ---------------------------------------------------------------------- */
+
+static void task_details_walk(rules_ctx *c, const cJSON *td)
+{
+    static const char *const members[] = {"task_name", "task_introduction", "task_steps"};
+    if (!td) {
+        rctx_issue(c, RULES_KIND_REQUEST, NULL,
+                   "is missing; it must be an object {task_name, task_introduction, "
+                   "task_steps}");
+        return;
+    }
+    if (!cJSON_IsObject(td)) {
+        rctx_issue(c, RULES_KIND_REQUEST, NULL,
+                   "is %s; it must be an object {task_name, task_introduction, task_steps}",
+                   rjson_kind(td));
+        return;
+    }
+    /* The OpenAPI asks for strings, not non-empty ones, so "" passes. */
+    for (size_t i = 0; i < BD_ARRAY_LEN(members); i++) {
+        const char *s;
+        (void)rreq_string(c, td, members[i], &s);
+    }
+}
+
+void rules_check_task_details(const cJSON *task_details, const char *prefix, rules_report *r)
+{
+    rules_ctx c;
+    rctx_init(&c, r, prefix, "task_details");
+    task_details_walk(&c, task_details);
+    rctx_fini(&c);
+}
+
+/* ---- request bodies -------------------------------------------------------------------- */
+
+/* Body-level problems go under DRF's "non_field_errors", the key the API's framework uses. */
+#define BODY_PARAM "non_field_errors"
+
+static bool body_is_object(rules_ctx *c, const cJSON *body)
+{
+    if (cJSON_IsObject(body))
+        return true;
+    c->param = BODY_PARAM;
+    rctx_issue(c, RULES_KIND_REQUEST, NULL, "the request body is %s; it must be a JSON object",
+               body ? rjson_kind(body) : "missing");
+    return false;
+}
+
+static void check_name(rules_ctx *c, const cJSON *body)
+{
+    const char *name;
+    c->param = "name";
+    if (rreq_string(c, body, "name", &name) && !*name)
+        rctx_issue(c, RULES_KIND_REQUEST, "name", "is empty; give a name");
+}
+
+static void check_workspace(rules_ctx *c, const cJSON *body)
+{
+    const char *ws;
+    c->param = "workspace_id";
+    (void)rreq_string(c, body, "workspace_id", &ws);
+}
+
+static void check_uuid_member(rules_ctx *c, const cJSON *body, const char *key)
+{
+    const char *s;
+    c->param = key;
+    if (!ropt_string(c, body, key, &s) || !s)
+        return;
+    if (!ruuid_valid(s)) {
+        char *shown = rjson_show(rget(body, key));
+        rctx_issue(c, RULES_KIND_REQUEST, key,
+                   "%s is not a UUID; use the id the API returned, like "
+                   "0192a3b5-e8f9-7a0b-1c2d-3e4f5a6b7c8d",
+                   shown);
+        free(shown);
+    }
+}
+
+void rules_check_dataset_create(const cJSON *body, rules_report *r)
+{
+    rules_ctx c;
+    rctx_init(&c, r, "", BODY_PARAM);
+    if (body_is_object(&c, body)) {
+        check_name(&c, body);
+        check_workspace(&c, body);
+        /* schema is optional (absent: a V3 dataset) but not nullable */
+        const cJSON *schema = rget(body, "schema");
+        if (schema) {
+            c.param = "schema";
+            size_t mark = rctx_push_key(&c, "schema");
+            rules_schema_walk(&c, schema);
+            rctx_pop(&c, mark);
+        }
+    }
+    rctx_fini(&c);
+}
+
+/* The members create and update share; `creating` makes name, workspace_id and
+ * task_details required. */
+static void check_batch_body(const cJSON *body, const cJSON *dataset_schema, bool creating,
+                             rules_report *r)
+{
+    rules_ctx c;
+    rctx_init(&c, r, "", BODY_PARAM);
+    if (!body_is_object(&c, body))
+        goto done;
+    if (creating || rget(body, "name"))
+        check_name(&c, body);
+    if (creating)
+        check_workspace(&c, body);
+    check_uuid_member(&c, body, "dataset_id");
+    const cJSON *td = rget(body, "task_details");
+    if (creating || td) {
+        c.param = "task_details";
+        size_t mark = rctx_push_key(&c, "task_details");
+        task_details_walk(&c, td);
+        rctx_pop(&c, mark);
+    }
+    /* auto_sync_enabled: the OpenAPI lists it on PATCH only, the CLI sends it on create;
+     * members the OpenAPI does not name are accepted, so only its type is checked. */
+    const cJSON *flag;
+    c.param = "auto_sync_enabled";
+    (void)ropt_bool(&c, body, "auto_sync_enabled", &flag);
+    const cJSON *items = rget(body, "batch_items");
+    if (items) {
+        c.param = "batch_items";
+        size_t mark = rctx_push_key(&c, "batch_items");
+        rules_items_walk(&c, items, dataset_schema);
+        rctx_pop(&c, mark);
+    }
+done:
+    rctx_fini(&c);
+}
+
+void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, rules_report *r)
+{
+    check_batch_body(body, dataset_schema, true, r);
+}
+
+void rules_check_batch_update(const cJSON *body, const cJSON *dataset_schema, rules_report *r)
+{
+    check_batch_body(body, dataset_schema, false, r);
+}
+
+void rules_check_setup(const cJSON *body, rules_report *r)
+{
+    /* The OpenAPI does not require a request body for setup: none means all defaults. */
+    if (!body)
+        return;
+    rules_ctx c;
+    rctx_init(&c, r, "", BODY_PARAM);
+    if (body_is_object(&c, body)) {
+        check_uuid_member(&c, body, "dataset_id");
+        int64_t tpg;
+        bool present;
+        c.param = "tasks_per_group";
+        if (ropt_integer(&c, body, "tasks_per_group", &tpg, &present) && present && tpg < 1)
+            rctx_issue(&c, RULES_KIND_REQUEST, "tasks_per_group",
+                       "is %lld; it must be 1 or more tasks per group", (long long)tpg);
+    }
+    rctx_fini(&c);
+}
+
+/* ---- the API's error shapes ------------------------------------------------------------ */
+
+cJSON *rules_error_envelope(int status, const char *title, const char *detail)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddNumberToObject(err, "status", status);
+    /* error_code values are undocumented; the type (integer) and presence are required */
+    cJSON_AddNumberToObject(err, "error_code", 0);
+    cJSON_AddStringToObject(err, "title", title ? title : "Error");
+    cJSON_AddStringToObject(err, "detail", detail ? detail : (title ? title : "Error"));
+    return root;
+}
+
+/* One 400 detail message: the path below the param tells which part of it is wrong. */
+static char *detail_message(const rules_issue *is)
+{
+    const char *param = is->param ? is->param : BODY_PARAM;
+    if (!*is->path || strcmp(is->path, param) == 0)
+        return xstrdup(is->message);
+    return xasprintf("%s: %s", is->path, is->message);
+}
+
+static cJSON *request_error(const rules_report *r)
+{
+    cJSON *root = rules_error_envelope(400, "Bad Request", NULL);
+    cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    cJSON *detail = cJSON_CreateObject();
+    for (size_t i = 0; i < r->count; i++) {
+        const rules_issue *is = &r->issues[i];
+        if (is->kind != RULES_KIND_REQUEST)
+            continue;
+        const char *param = is->param ? is->param : BODY_PARAM;
+        cJSON *list = cJSON_GetObjectItemCaseSensitive(detail, param);
+        if (!list)
+            list = cJSON_AddArrayToObject(detail, param);
+        char *msg = detail_message(is);
+        cJSON_AddItemToArray(list, cJSON_CreateString(msg));
+        free(msg);
+    }
+    cJSON_ReplaceItemInObjectCaseSensitive(err, "detail", detail);
+    return root;
+}
+
+static cJSON *batch_items_error(const rules_report *r, size_t n)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "type", "INVALID_BATCH_ITEMS");
+    char *msg = xasprintf("batch_items failed validation: %zu issue%s", n, n == 1 ? "" : "s");
+    cJSON_AddStringToObject(root, "message", msg);
+    free(msg);
+    cJSON *issues = cJSON_AddArrayToObject(root, "issues");
+    for (size_t i = 0; i < r->count; i++) {
+        const rules_issue *is = &r->issues[i];
+        if (is->kind != RULES_KIND_BATCH_ITEMS)
+            continue;
+        cJSON *o = cJSON_CreateObject();
+        /* page..item are required integers in the API's shape; -1 stands for "none" */
+        cJSON_AddNumberToObject(o, "page", is->page);
+        cJSON_AddNumberToObject(o, "row", is->row);
+        cJSON_AddNumberToObject(o, "column", is->column);
+        cJSON_AddNumberToObject(o, "item", is->item);
+        cJSON_AddStringToObject(o, "type", is->item_type ? is->item_type : "unknown");
+        if (is->field)
+            cJSON_AddStringToObject(o, "field", is->field);
+        cJSON_AddStringToObject(o, "message", is->message);
+        cJSON_AddItemToArray(issues, o);
+    }
+    return root;
+}
+
+cJSON *rules_report_to_api_error(const rules_report *r, int *http_status)
+{
+    if (!r || r->count == 0) {
+        if (http_status)
+            *http_status = 0;
+        return NULL;
+    }
+    if (rules_report_count(r, RULES_KIND_REQUEST) > 0) {
+        if (http_status)
+            *http_status = 400;
+        return request_error(r);
+    }
+    if (http_status)
+        *http_status = 422;
+    return batch_items_error(r, r->count);
+}
