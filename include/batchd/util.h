@@ -87,6 +87,10 @@ char *json_print_pretty(const cJSON *j);
 /* True when s is valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 bool utf8_valid(const char *s, size_t len);
 
+/* Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a
+ * query value. malloc'd. */
+char *url_escape(const char *s);
+
 /* Copies src into dst (size n) always NUL-terminating; returns strlen(src). */
 size_t strlcpy_bd(char *dst, const char *src, size_t n);
 

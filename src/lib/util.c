@@ -495,3 +495,19 @@ size_t strlcpy_bd(char *dst, const char *src, size_t n)
     }
     return l;
 }
+
+char *url_escape(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    strbuf sb = {0};
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+            *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+            strbuf_putc(&sb, (char)*p);
+        } else {
+            char esc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+            strbuf_append(&sb, esc, 3);
+        }
+    }
+    return strbuf_steal(&sb);
+}

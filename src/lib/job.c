@@ -1,0 +1,405 @@
+/* job: the record, its durable and public JSON forms, result.json and error.json.
+ * The transitions are in job_machine.c. */
+#include "batchd/job.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JOB_HISTORY_MAX    200
+#define JOB_RECORD_VERSION 1
+
+static const char *const state_names[JOB_STATE_COUNT] = {
+    [JOB_QUEUED] = "queued",
+    [JOB_VALIDATING] = "validating",
+    [JOB_CREATING_DATASET] = "creating_dataset",
+    [JOB_UPLOADING] = "uploading",
+    [JOB_IMPORTING] = "importing",
+    [JOB_CREATING_BATCH] = "creating_batch",
+    [JOB_SETTING_UP] = "setting_up",
+    [JOB_PROCESSING] = "processing",
+    [JOB_READY] = "ready",
+    [JOB_FAILED] = "failed",
+    [JOB_CANCELLED] = "cancelled",
+};
+
+static const char *const op_names[JOB_OP_COUNT] = {
+    [JOB_OP_NONE] = "none",
+    [JOB_OP_CREATE_DATASET] = "create_dataset",
+    [JOB_OP_UPLOAD_URL] = "upload_url",
+    [JOB_OP_UPLOAD] = "upload",
+    [JOB_OP_CHECK_UPLOAD] = "check_upload",
+    [JOB_OP_GET_IMPORT] = "get_import",
+    [JOB_OP_FIND_BATCH] = "find_batch",
+    [JOB_OP_CREATE_BATCH] = "create_batch",
+    [JOB_OP_CHECK_SETUP] = "check_setup",
+    [JOB_OP_SETUP] = "setup",
+    [JOB_OP_BATCH_STATUS] = "batch_status",
+    [JOB_OP_GET_BATCH] = "get_batch",
+};
+
+const char *job_state_name(job_state s)
+{
+    return (unsigned)s < JOB_STATE_COUNT ? state_names[s] : "unknown";
+}
+
+int job_state_from_name(const char *name)
+{
+    for (int i = 0; name && i < JOB_STATE_COUNT; i++)
+        if (strcmp(state_names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+bool job_state_terminal(job_state s)
+{
+    return s == JOB_READY || s == JOB_FAILED || s == JOB_CANCELLED;
+}
+
+const char *job_op_name(job_op op)
+{
+    return (unsigned)op < JOB_OP_COUNT ? op_names[op] : "unknown";
+}
+
+static int job_op_from_name(const char *name)
+{
+    for (int i = 0; name && i < JOB_OP_COUNT; i++)
+        if (strcmp(op_names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+bool job_op_has_side_effect(job_op op)
+{
+    switch (op) {
+    case JOB_OP_CREATE_DATASET:
+    case JOB_OP_UPLOAD_URL:
+    case JOB_OP_UPLOAD:
+    case JOB_OP_CREATE_BATCH:
+    case JOB_OP_SETUP:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void job_params_default(job_params *p)
+{
+    p->poll_initial_ms = 2000;
+    p->poll_max_ms = 60000;
+    p->poll_multiplier = 2;
+    p->import_timeout_ms = 3600000;
+    p->batch_timeout_ms = 6 * 3600000;
+    p->retry_base_ms = 1000;
+    p->retry_cap_ms = 300000;
+    p->url_margin_ms = 30000;
+}
+
+job *job_new(const char *id, const char *name, const char *dir, int64_t now_ms)
+{
+    job *j = xcalloc(1, sizeof *j);
+    strlcpy_bd(j->id, id, sizeof j->id);
+    j->name = xstrdup(name);
+    j->dir = xstrdup(dir);
+    j->state = JOB_QUEUED;
+    j->failed_stage = JOB_QUEUED;
+    j->created_at = now_ms;
+    j->updated_at = now_ms;
+    j->records = -1;
+    j->rejected_records = -1;
+    j->bytes_total = -1;
+    j->accepted_count = -1;
+    j->rejected_count = -1;
+    j->total_task_count = -1;
+    j->total_task_groups = -1;
+    j->history = cJSON_CreateArray();
+    job_note(j, now_ms, "claimed");
+    return j;
+}
+
+void job_free(job *j)
+{
+    if (!j)
+        return;
+    free(j->name);
+    free(j->dir);
+    cJSON_Delete(j->spec);
+    free(j->upload_path);
+    free(j->upload_name);
+    free(j->workspace_id);
+    free(j->dataset_id);
+    free(j->import_id);
+    free(j->upload_url);
+    free(j->upload_content_type);
+    free(j->import_status);
+    free(j->batch_id);
+    free(j->batch_status);
+    free(j->last_error);
+    free(j->error_code);
+    free(j->error_message);
+    cJSON_Delete(j->error_details);
+    cJSON_Delete(j->api_error);
+    cJSON_Delete(j->history);
+    free(j);
+}
+
+void job_note(job *j, int64_t now_ms, const char *fmt, ...)
+{
+    char at[40];
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "at", time_format_rfc3339(now_ms, true, at, sizeof at));
+    cJSON_AddStringToObject(e, "state", job_state_name(j->state));
+    cJSON_AddStringToObject(e, "note", sb.data ? sb.data : "");
+    cJSON_AddItemToArray(j->history, e);
+    while (cJSON_GetArraySize(j->history) > JOB_HISTORY_MAX)
+        cJSON_DeleteItemFromArray(j->history, 0);
+    strbuf_free(&sb);
+    j->updated_at = now_ms;
+}
+
+void job_set_state(job *j, job_state s, int64_t now_ms, const char *note)
+{
+    if (j->state != s) {
+        j->state = s;
+        j->polls = 0;
+        j->attempts = 0;
+        j->retry_at = 0;
+        free(j->last_error);
+        j->last_error = NULL;
+    }
+    job_note(j, now_ms, "%s", note ? note : job_state_name(s));
+}
+
+/* ---- JSON helpers ---- */
+
+static void add_time(cJSON *o, const char *key, int64_t ms)
+{
+    char buf[40];
+    if (ms > 0)
+        cJSON_AddStringToObject(o, key, time_format_rfc3339(ms, false, buf, sizeof buf));
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+static void add_ms(cJSON *o, const char *key, int64_t v)
+{
+    cJSON_AddNumberToObject(o, key, (double)v);
+}
+
+static void take_str(char **dst, const cJSON *o, const char *key)
+{
+    const char *s = json_str(o, key);
+    free(*dst);
+    *dst = s ? xstrdup(s) : NULL;
+}
+
+static cJSON *dup_or_null(const cJSON *v)
+{
+    return v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull();
+}
+
+cJSON *job_to_record(const job *j)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "version", JOB_RECORD_VERSION);
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "name", j->name);
+    cJSON_AddStringToObject(o, "dir", j->dir);
+    cJSON_AddStringToObject(o, "state", job_state_name(j->state));
+    cJSON_AddStringToObject(o, "failed_stage", job_state_name(j->failed_stage));
+    add_ms(o, "created_at", j->created_at);
+    add_ms(o, "updated_at", j->updated_at);
+    add_ms(o, "finished_at", j->finished_at);
+    if (j->spec)
+        cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(j->spec, 1));
+    json_add_str_or_null(o, "upload_path", j->upload_path);
+    json_add_str_or_null(o, "upload_name", j->upload_name);
+    add_ms(o, "records", j->records);
+    add_ms(o, "rejected_records", j->rejected_records);
+    add_ms(o, "bytes_total", j->bytes_total);
+    add_ms(o, "bytes_sent", j->bytes_sent);
+    json_add_str_or_null(o, "workspace_id", j->workspace_id);
+    json_add_str_or_null(o, "dataset_id", j->dataset_id);
+    json_add_str_or_null(o, "import_id", j->import_id);
+    json_add_str_or_null(o, "upload_url", j->upload_url);
+    json_add_str_or_null(o, "upload_content_type", j->upload_content_type);
+    add_ms(o, "upload_expires_at", j->upload_expires_at);
+    cJSON_AddBoolToObject(o, "uploaded", j->uploaded);
+    json_add_str_or_null(o, "import_status", j->import_status);
+    add_ms(o, "accepted_count", j->accepted_count);
+    add_ms(o, "rejected_count", j->rejected_count);
+    json_add_str_or_null(o, "batch_id", j->batch_id);
+    json_add_str_or_null(o, "batch_status", j->batch_status);
+    add_ms(o, "total_task_count", j->total_task_count);
+    add_ms(o, "total_task_groups", j->total_task_groups);
+    cJSON_AddBoolToObject(o, "setup_done", j->setup_done);
+    cJSON_AddStringToObject(o, "pending_op", job_op_name(j->pending_op));
+    add_ms(o, "attempts", j->attempts);
+    add_ms(o, "upload_refusals", j->upload_refusals);
+    add_ms(o, "wait_started_at", j->wait_started_at);
+    json_add_str_or_null(o, "last_error", j->last_error);
+    add_ms(o, "api_requests", j->api_requests);
+    json_add_str_or_null(o, "error_code", j->error_code);
+    json_add_str_or_null(o, "error_message", j->error_message);
+    cJSON_AddItemToObject(o, "error_details", dup_or_null(j->error_details));
+    add_ms(o, "http_status", j->http_status);
+    cJSON_AddItemToObject(o, "api_error", dup_or_null(j->api_error));
+    cJSON_AddItemToObject(o, "history", cJSON_Duplicate(j->history, 1));
+    return o;
+}
+
+job *job_from_record(const cJSON *rec, const char **err)
+{
+    const char *id = json_str(rec, "id"), *name = json_str(rec, "name"),
+               *dir = json_str(rec, "dir");
+    int state = job_state_from_name(json_str(rec, "state"));
+    if (!cJSON_IsObject(rec) || !id || !name || !dir || state < 0 || strlen(id) >= 32) {
+        *err = "the record lacks id, name, dir or a known state";
+        return NULL;
+    }
+    if (json_int64(rec, "version", 0) != JOB_RECORD_VERSION) {
+        *err = "the record has an unknown version";
+        return NULL;
+    }
+    job *j = xcalloc(1, sizeof *j);
+    strlcpy_bd(j->id, id, sizeof j->id);
+    j->name = xstrdup(name);
+    j->dir = xstrdup(dir);
+    j->state = (job_state)state;
+    int fs = job_state_from_name(json_str(rec, "failed_stage"));
+    j->failed_stage = fs < 0 ? JOB_QUEUED : (job_state)fs;
+    j->created_at = json_int64(rec, "created_at", 0);
+    j->updated_at = json_int64(rec, "updated_at", 0);
+    j->finished_at = json_int64(rec, "finished_at", 0);
+    const cJSON *spec = cJSON_GetObjectItemCaseSensitive(rec, "spec");
+    j->spec = cJSON_IsObject(spec) ? cJSON_Duplicate(spec, 1) : NULL;
+    take_str(&j->upload_path, rec, "upload_path");
+    take_str(&j->upload_name, rec, "upload_name");
+    j->records = json_int64(rec, "records", -1);
+    j->rejected_records = json_int64(rec, "rejected_records", -1);
+    j->bytes_total = json_int64(rec, "bytes_total", -1);
+    j->bytes_sent = json_int64(rec, "bytes_sent", 0);
+    take_str(&j->workspace_id, rec, "workspace_id");
+    take_str(&j->dataset_id, rec, "dataset_id");
+    take_str(&j->import_id, rec, "import_id");
+    take_str(&j->upload_url, rec, "upload_url");
+    take_str(&j->upload_content_type, rec, "upload_content_type");
+    j->upload_expires_at = json_int64(rec, "upload_expires_at", 0);
+    j->uploaded = json_bool(rec, "uploaded", false);
+    take_str(&j->import_status, rec, "import_status");
+    j->accepted_count = json_int64(rec, "accepted_count", -1);
+    j->rejected_count = json_int64(rec, "rejected_count", -1);
+    take_str(&j->batch_id, rec, "batch_id");
+    take_str(&j->batch_status, rec, "batch_status");
+    j->total_task_count = json_int64(rec, "total_task_count", -1);
+    j->total_task_groups = json_int64(rec, "total_task_groups", -1);
+    j->setup_done = json_bool(rec, "setup_done", false);
+    int op = job_op_from_name(json_str(rec, "pending_op"));
+    j->pending_op = op < 0 ? JOB_OP_NONE : (job_op)op;
+    j->attempts = (int)json_int64(rec, "attempts", 0);
+    j->upload_refusals = (int)json_int64(rec, "upload_refusals", 0);
+    j->wait_started_at = json_int64(rec, "wait_started_at", 0);
+    take_str(&j->last_error, rec, "last_error");
+    j->api_requests = json_int64(rec, "api_requests", 0);
+    take_str(&j->error_code, rec, "error_code");
+    take_str(&j->error_message, rec, "error_message");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(rec, "error_details");
+    j->error_details = cJSON_IsArray(d) ? cJSON_Duplicate(d, 1) : NULL;
+    j->http_status = (long)json_int64(rec, "http_status", 0);
+    const cJSON *ae = cJSON_GetObjectItemCaseSensitive(rec, "api_error");
+    j->api_error = ae && !cJSON_IsNull(ae) ? cJSON_Duplicate(ae, 1) : NULL;
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(rec, "history");
+    j->history = cJSON_IsArray(h) ? cJSON_Duplicate(h, 1) : cJSON_CreateArray();
+    return j;
+}
+
+static void add_count(cJSON *o, const char *key, int64_t v)
+{
+    json_add_int_or_null(o, key, v);
+}
+
+cJSON *job_to_public(const job *j, bool with_history)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "name", j->name);
+    cJSON_AddStringToObject(o, "state", job_state_name(j->state));
+    json_add_str_or_null(o, "dataset_id", j->dataset_id);
+    json_add_str_or_null(o, "import_id", j->import_id);
+    json_add_str_or_null(o, "batch_id", j->batch_id);
+    add_count(o, "records", j->records);
+    add_count(o, "bytes_total", j->bytes_total);
+    add_count(o, "bytes_sent", j->bytes_total >= 0 ? j->bytes_sent : -1);
+    json_add_str_or_null(o, "import_status", j->import_status);
+    add_count(o, "accepted_count", j->accepted_count);
+    add_count(o, "rejected_count", j->rejected_count);
+    json_add_str_or_null(o, "batch_status", j->batch_status);
+    add_count(o, "total_task_count", j->total_task_count);
+    cJSON_AddNumberToObject(o, "attempts", j->attempts);
+    add_time(o, "retry_at", j->retry_at);
+    json_add_str_or_null(o, "last_error", j->last_error);
+    add_time(o, "created_at", j->created_at);
+    add_time(o, "updated_at", j->updated_at);
+    if (j->state == JOB_FAILED || j->state == JOB_CANCELLED) {
+        json_add_str_or_null(o, "error_code", j->error_code);
+        json_add_str_or_null(o, "error_message", j->error_message);
+    }
+    if (with_history)
+        cJSON_AddItemToObject(o, "history", cJSON_Duplicate(j->history, 1));
+    return o;
+}
+
+cJSON *job_result_json(const job *j)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "job", j->name);
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "state", "ready");
+    json_add_str_or_null(o, "workspace_id", j->workspace_id);
+    json_add_str_or_null(o, "dataset_id", j->dataset_id);
+    json_add_str_or_null(o, "import_id", j->import_id);
+    json_add_str_or_null(o, "batch_id", j->batch_id);
+    json_add_str_or_null(o, "batch_status", j->batch_status);
+    add_count(o, "records", j->records);
+    add_count(o, "total_task_count", j->total_task_count);
+    add_count(o, "total_task_groups", j->total_task_groups);
+    add_time(o, "claimed_at", j->created_at);
+    add_time(o, "finished_at", j->finished_at ? j->finished_at : j->updated_at);
+    cJSON_AddNumberToObject(o, "api_requests", (double)j->api_requests);
+    return o;
+}
+
+cJSON *job_error_json(const job *j)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "job", j->name);
+    cJSON_AddStringToObject(o, "id", j->id);
+    cJSON_AddStringToObject(o, "state", j->state == JOB_CANCELLED ? "cancelled" : "failed");
+    cJSON_AddStringToObject(o, "stage", job_state_name(j->failed_stage));
+    cJSON_AddStringToObject(o, "code", j->error_code ? j->error_code : "cancelled");
+    json_add_str_or_null(o, "message", j->error_message);
+    cJSON_AddItemToObject(
+        o, "errors", j->error_details ? cJSON_Duplicate(j->error_details, 1) : cJSON_CreateArray());
+    if (j->http_status > 0)
+        cJSON_AddNumberToObject(o, "http_status", (double)j->http_status);
+    else
+        cJSON_AddNullToObject(o, "http_status");
+    cJSON_AddItemToObject(o, "api_error", dup_or_null(j->api_error));
+    json_add_str_or_null(o, "workspace_id", j->workspace_id);
+    json_add_str_or_null(o, "dataset_id", j->dataset_id);
+    json_add_str_or_null(o, "import_id", j->import_id);
+    json_add_str_or_null(o, "batch_id", j->batch_id);
+    add_count(o, "accepted_count", j->accepted_count);
+    add_count(o, "rejected_count", j->rejected_count);
+    cJSON_AddNumberToObject(o, "api_requests", (double)j->api_requests);
+    add_time(o, "claimed_at", j->created_at);
+    add_time(o, "at", j->finished_at ? j->finished_at : j->updated_at);
+    return o;
+}

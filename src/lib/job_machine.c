@@ -1,0 +1,852 @@
+/* job_machine: the transitions of a job, from claim to READY. See include/batchd/job.h.
+ *
+ * Crash safety rests on two rules. A call with a side effect is recorded as pending_op
+ * (and persisted by the caller) before it is sent, and cleared when its outcome is known.
+ * A pending_op found without a request in flight (after a restart, or after a timeout or a
+ * dropped connection) means the outcome is unknown, and job_next first finds out what
+ * happened (import status, the workspace's batches, the batch status) before acting again. */
+#include "batchd/backoff.h"
+#include "batchd/job.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_ROOT "/api/v1/data-collection"
+/* Upload URLs refused this many times in a row fail the job instead of looping. */
+#define UPLOAD_REFUSALS_MAX 5
+
+static void set_str(char **dst, const char *s)
+{
+    char *n = s ? xstrdup(s) : NULL;
+    free(*dst);
+    *dst = n;
+}
+
+static void fail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
+                 cJSON *details, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static void fail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
+                 cJSON *details, const char *fmt, ...)
+{
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    j->failed_stage = j->state;
+    set_str(&j->error_code, code);
+    free(j->error_message);
+    j->error_message = strbuf_steal(&sb);
+    j->http_status = http_status;
+    cJSON_Delete(j->api_error);
+    j->api_error = api_error;
+    cJSON_Delete(j->error_details);
+    j->error_details = details;
+    j->finished_at = now;
+    job_set_state(j, JOB_FAILED, now, j->error_message);
+}
+
+static int64_t poll_delay(const job *j, const job_params *p, uint64_t rnd)
+{
+    return backoff_poll_interval((unsigned)j->polls, p->poll_initial_ms, p->poll_max_ms,
+                                 p->poll_multiplier, 0.1, rnd);
+}
+
+static void start_waiting(job *j, job_state s, const job_params *p, int64_t now, uint64_t rnd,
+                          const char *note)
+{
+    job_set_state(j, s, now, note);
+    j->wait_started_at = now;
+    j->poll_at = now + poll_delay(j, p, rnd);
+}
+
+static bool url_usable(const job *j, const job_params *p, int64_t now)
+{
+    if (!j->import_id || !j->upload_url)
+        return false;
+    return j->upload_expires_at == 0 || j->upload_expires_at - p->url_margin_ms > now;
+}
+
+static const char *dataset_name(const job *j)
+{
+    const char *n = json_str(cJSON_GetObjectItemCaseSensitive(j->spec, "dataset"), "name");
+    return n ? n : j->name;
+}
+
+static bool schema_has_group_field(const job *j)
+{
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j->spec, "dataset"),
+                                         "schema"),
+        "fields");
+    const cJSON *f;
+    cJSON_ArrayForEach(f, fields)
+    {
+        const char *t = json_str(f, "type");
+        if (t && strcmp(t, "task_group_id") == 0)
+            return true;
+    }
+    return false;
+}
+
+job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool *changed)
+{
+    job_action a = {JOB_ACT_NONE, JOB_OP_NONE, 0};
+    *changed = false;
+    for (;;) {
+        if (job_state_terminal(j->state)) {
+            a.kind = JOB_ACT_FINISH;
+            return a;
+        }
+        if (j->retry_at > now) {
+            a.kind = JOB_ACT_WAIT;
+            a.until = j->retry_at;
+            return a;
+        }
+        switch (j->state) {
+        case JOB_QUEUED:
+            job_set_state(j, JOB_VALIDATING, now, "validating records");
+            *changed = true;
+            continue;
+        case JOB_VALIDATING:
+            a.kind = JOB_ACT_VALIDATE;
+            return a;
+        case JOB_CREATING_DATASET:
+            if (j->dataset_id) {
+                job_set_state(j, JOB_UPLOADING, now, "uploading");
+                *changed = true;
+                continue;
+            }
+            if (j->pending_op == JOB_OP_CREATE_DATASET) {
+                /* No way to look a dataset up (the API has no list): create again and say so,
+                 * so a person can find the orphan if the first create did land. */
+                job_note(j, now,
+                         "the outcome of an earlier dataset create is unknown; creating again "
+                         "(a dataset named '%s' may be left orphaned in workspace %s)",
+                         dataset_name(j), j->workspace_id ? j->workspace_id : "?");
+                j->pending_op = JOB_OP_NONE;
+                *changed = true;
+            }
+            a.kind = JOB_ACT_SEND;
+            a.op = JOB_OP_CREATE_DATASET;
+            return a;
+        case JOB_UPLOADING:
+            if (j->uploaded) {
+                start_waiting(j, JOB_IMPORTING, p, now, rnd, "uploaded; waiting for the import");
+                *changed = true;
+                continue;
+            }
+            a.kind = JOB_ACT_SEND;
+            if (j->pending_op == JOB_OP_UPLOAD) {
+                a.op = JOB_OP_CHECK_UPLOAD;
+                return a;
+            }
+            if (j->pending_op == JOB_OP_UPLOAD_URL) {
+                /* An unused import stays uninitialised and is harmless: just ask again. */
+                job_note(j, now,
+                         "the outcome of an earlier upload-URL request is unknown; "
+                         "requesting a new one");
+                j->pending_op = JOB_OP_NONE;
+                *changed = true;
+            }
+            a.op = url_usable(j, p, now) ? JOB_OP_UPLOAD : JOB_OP_UPLOAD_URL;
+            return a;
+        case JOB_IMPORTING:
+            if (j->wait_started_at == 0) {
+                j->wait_started_at = now;
+                *changed = true;
+            }
+            if (now - j->wait_started_at >= p->import_timeout_ms) {
+                char d[32];
+                fail(j, now, "timeout", 0, NULL, NULL,
+                     "the import did not finish within import_timeout (%s); last status %s",
+                     duration_format(p->import_timeout_ms, d, sizeof d),
+                     j->import_status ? j->import_status : "unknown");
+                *changed = true;
+                continue;
+            }
+            if (j->poll_at > now) {
+                a.kind = JOB_ACT_WAIT;
+                a.until = j->poll_at;
+                return a;
+            }
+            a.kind = JOB_ACT_SEND;
+            a.op = JOB_OP_GET_IMPORT;
+            return a;
+        case JOB_CREATING_BATCH:
+            if (j->batch_id) {
+                job_set_state(j, JOB_SETTING_UP, now, "setting up the batch");
+                *changed = true;
+                continue;
+            }
+            a.kind = JOB_ACT_SEND;
+            a.op = j->pending_op == JOB_OP_CREATE_BATCH ? JOB_OP_FIND_BATCH : JOB_OP_CREATE_BATCH;
+            return a;
+        case JOB_SETTING_UP:
+            if (j->setup_done) {
+                start_waiting(j, JOB_PROCESSING, p, now, rnd, "set up; waiting for READY");
+                *changed = true;
+                continue;
+            }
+            a.kind = JOB_ACT_SEND;
+            a.op = j->pending_op == JOB_OP_SETUP ? JOB_OP_CHECK_SETUP : JOB_OP_SETUP;
+            return a;
+        case JOB_PROCESSING:
+            if (j->batch_status && strcmp(j->batch_status, "READY") == 0) {
+                if (j->total_task_count >= 0) {
+                    j->finished_at = now;
+                    job_set_state(j, JOB_READY, now, "ready");
+                    *changed = true;
+                    continue;
+                }
+                a.kind = JOB_ACT_SEND;
+                a.op = JOB_OP_GET_BATCH;
+                return a;
+            }
+            if (j->wait_started_at == 0) {
+                j->wait_started_at = now;
+                *changed = true;
+            }
+            if (now - j->wait_started_at >= p->batch_timeout_ms) {
+                char d[32];
+                fail(j, now, "timeout", 0, NULL, NULL,
+                     "the batch did not become READY within batch_timeout (%s); last status %s",
+                     duration_format(p->batch_timeout_ms, d, sizeof d),
+                     j->batch_status ? j->batch_status : "unknown");
+                *changed = true;
+                continue;
+            }
+            if (j->poll_at > now) {
+                a.kind = JOB_ACT_WAIT;
+                a.until = j->poll_at;
+                return a;
+            }
+            a.kind = JOB_ACT_SEND;
+            a.op = JOB_OP_BATCH_STATUS;
+            return a;
+        default:
+            return a;
+        }
+    }
+}
+
+void job_mark_sent(job *j, job_op op, int64_t now)
+{
+    if (job_op_has_side_effect(op))
+        j->pending_op = op;
+    if (op != JOB_OP_UPLOAD)
+        j->api_requests++;
+    else
+        j->bytes_sent = 0;
+    j->updated_at = now;
+}
+
+void job_on_validated(job *j, const job_validation *v, int64_t now)
+{
+    if (j->state != JOB_VALIDATING)
+        return;
+    if (!v->ok) {
+        fail(j, now, v->code ? v->code : "invalid_job", 0, NULL,
+             v->errors ? cJSON_Duplicate(v->errors, 1) : cJSON_CreateArray(), "%s",
+             v->message ? v->message : "the job is invalid");
+        return;
+    }
+    cJSON_Delete(j->spec);
+    j->spec = v->spec ? cJSON_Duplicate(v->spec, 1) : cJSON_CreateObject();
+    set_str(&j->workspace_id, json_str(j->spec, "workspace_id"));
+    set_str(&j->upload_path, v->upload_path);
+    set_str(&j->upload_name, v->upload_name);
+    j->records = v->records;
+    j->rejected_records = v->rejected;
+    j->bytes_total = v->bytes;
+    if (v->rejected > 0)
+        job_note(j, now, "%" PRId64 " invalid records skipped (see rejected.jsonl)", v->rejected);
+    job_set_state(j, JOB_CREATING_DATASET, now, "valid; creating the dataset");
+    char msg[96];
+    snprintf(msg, sizeof msg, "%" PRId64 " records, %" PRId64 " bytes", v->records, v->bytes);
+    job_note(j, now, "%s", msg);
+}
+
+void job_on_progress(job *j, int64_t bytes_sent)
+{
+    j->bytes_sent = bytes_sent;
+}
+
+/* ---- replies ---- */
+
+static cJSON *parse_body(const job_reply *r)
+{
+    if (!r->body || !r->body_len)
+        return NULL;
+    return cJSON_ParseWithLength(r->body, r->body_len);
+}
+
+static void retry_later(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                        uint64_t rnd, bool outcome_unknown)
+{
+    int64_t delay =
+        backoff_full_jitter((unsigned)j->attempts, p->retry_base_ms, p->retry_cap_ms, 2.0, rnd);
+    int64_t ra;
+    bool honoured = false;
+    if (r->retry_after && backoff_parse_retry_after(r->retry_after, now, &ra) == 0) {
+        /* Never before the server said; jitter on top spreads a herd of jobs. */
+        if (delay < ra)
+            delay = ra;
+        honoured = true;
+    }
+    if (delay < 1)
+        delay = 1;
+    j->attempts++;
+    j->retry_at = now + delay;
+    strbuf sb = {0};
+    if (r->net == JOB_NET_OK)
+        strbuf_printf(&sb, "%s: HTTP %ld", job_op_name(op), r->status);
+    else
+        strbuf_printf(&sb, "%s: %s", job_op_name(op),
+                      r->error_text && *r->error_text
+                          ? r->error_text
+                          : (r->net == JOB_NET_TIMEOUT ? "timed out" : "connection failed"));
+    if (honoured)
+        strbuf_printf(&sb, " (Retry-After %s)", r->retry_after);
+    free(j->last_error);
+    j->last_error = strbuf_steal(&sb);
+    char d[32];
+    job_note(j, now, "%s; attempt %d, retrying in %s%s", j->last_error, j->attempts,
+             duration_format(delay, d, sizeof d),
+             outcome_unknown && job_op_has_side_effect(op) ? " (outcome unknown: checking first)"
+                                                           : "");
+    if (!outcome_unknown && job_op_has_side_effect(op))
+        j->pending_op = JOB_OP_NONE;
+}
+
+static void succeeded(job *j)
+{
+    j->attempts = 0;
+    j->retry_at = 0;
+    free(j->last_error);
+    j->last_error = NULL;
+}
+
+static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
+{
+    cJSON *body = parse_body(r);
+    cJSON *details = NULL;
+    const char *detail_text = NULL;
+    if (body && r->status == 422) {
+        const cJSON *issues = cJSON_GetObjectItemCaseSensitive(body, "issues");
+        if (cJSON_IsArray(issues)) {
+            details = cJSON_CreateArray();
+            const cJSON *is;
+            cJSON_ArrayForEach(is, issues)
+            {
+                cJSON *c = cJSON_Duplicate(is, 1);
+                char *path = xasprintf("batch.batch_items[%" PRId64 "].rows[%" PRId64
+                                       "].columns[%" PRId64 "].items[%" PRId64 "]",
+                                       json_int64(is, "page", 0), json_int64(is, "row", 0),
+                                       json_int64(is, "column", 0), json_int64(is, "item", 0));
+                cJSON_AddStringToObject(c, "path", path);
+                free(path);
+                cJSON_AddItemToArray(details, c);
+            }
+        }
+        detail_text = json_str(body, "message");
+    } else if (body) {
+        const cJSON *err = cJSON_GetObjectItemCaseSensitive(body, "error");
+        const cJSON *detail = cJSON_GetObjectItemCaseSensitive(err ? err : body, "detail");
+        if (cJSON_IsString(detail))
+            detail_text = detail->valuestring;
+        else if (detail) {
+            details = cJSON_CreateArray();
+            cJSON_AddItemToArray(details, cJSON_Duplicate(detail, 1));
+        }
+    }
+    if (!body && r->body && r->body_len)
+        body = cJSON_CreateString(r->body);
+    const char *hint = r->status == 401   ? " (the API token was refused: check the token)"
+                       : r->status == 403 ? " (no access to the workspace or resource)"
+                                          : "";
+    fail(j, now, "api_rejected", r->status, body, details ? details : cJSON_CreateArray(),
+         "the API rejected %s with HTTP %ld%s%s%s", job_op_name(op), r->status,
+         detail_text ? ": " : "", detail_text ? detail_text : "", hint);
+}
+
+static void protocol_error(job *j, job_op op, const job_reply *r, int64_t now, const char *what)
+{
+    cJSON *body = parse_body(r);
+    if (!body && r->body)
+        body = cJSON_CreateString(r->body);
+    fail(j, now, "api_rejected", r->status, body, cJSON_CreateArray(),
+         "unexpected reply to %s (HTTP %ld): %s", job_op_name(op), r->status, what);
+}
+
+static void import_errors_to_details(job *j, const cJSON *import)
+{
+    cJSON *details = cJSON_CreateArray();
+    const cJSON *errs = cJSON_GetObjectItemCaseSensitive(import, "errors");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, errs)
+    {
+        cJSON *d = cJSON_CreateObject();
+        int64_t idx;
+        if (json_get_int64(e, "record_index", &idx))
+            cJSON_AddNumberToObject(d, "record_index", (double)idx);
+        json_add_str_or_null(d, "field", json_str(e, "field"));
+        json_add_str_or_null(d, "message", json_str(e, "reason"));
+        cJSON_AddItemToArray(details, d);
+    }
+    cJSON_Delete(j->error_details);
+    j->error_details = details;
+}
+
+/* Applies an import status read from the API (poll or post-crash check). */
+static void apply_import(job *j, const cJSON *body, const job_params *p, int64_t now, uint64_t rnd)
+{
+    const char *st = json_str(body, "status");
+    set_str(&j->import_status, st);
+    j->accepted_count = json_int64(body, "accepted_count", j->accepted_count);
+    j->rejected_count = json_int64(body, "rejected_count", j->rejected_count);
+    if (!st)
+        st = "";
+    if (strcmp(st, "complete") == 0) {
+        job_set_state(j, JOB_CREATING_BATCH, now, "import complete; creating the batch");
+        job_note(j, now, "%" PRId64 " records accepted", j->accepted_count);
+    } else if (strcmp(st, "partial") == 0) {
+        fail(j, now, "import_partial", 0, cJSON_Duplicate(body, 1), NULL,
+             "the import was partial: %" PRId64 " records accepted, %" PRId64 " rejected",
+             j->accepted_count, j->rejected_count);
+        import_errors_to_details(j, body);
+    } else if (strcmp(st, "failed") == 0) {
+        const char *reason = json_str(body, "reason");
+        fail(j, now, "import_failed", 0, cJSON_Duplicate(body, 1), NULL, "the import failed: %s",
+             reason ? reason : "no reason given");
+        import_errors_to_details(j, body);
+    } else if (strcmp(st, "pending_schema") == 0) {
+        fail(j, now, "import_failed", 0, cJSON_Duplicate(body, 1), cJSON_CreateArray(),
+             "the import is pending_schema: the dataset has no schema");
+    } else {
+        j->polls++;
+        j->poll_at = now + poll_delay(j, p, rnd);
+    }
+}
+
+static const cJSON *find_batch_for_dataset(const cJSON *list, const char *dataset_id)
+{
+    const cJSON *results = cJSON_GetObjectItemCaseSensitive(list, "results");
+    if (!cJSON_IsArray(results))
+        results = list; /* tolerate a bare array */
+    const cJSON *b;
+    cJSON_ArrayForEach(b, results)
+    {
+        const char *did = json_str(b, "dataset_id");
+        if (did && strcmp(did, dataset_id) == 0)
+            return b;
+        const cJSON *ds;
+        cJSON_ArrayForEach(ds, cJSON_GetObjectItemCaseSensitive(b, "datasets"))
+        {
+            const char *id = json_str(ds, "id");
+            if (id && strcmp(id, dataset_id) == 0)
+                return b;
+        }
+    }
+    return NULL;
+}
+
+static void on_success(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                       uint64_t rnd)
+{
+    cJSON *body = parse_body(r);
+    switch (op) {
+    case JOB_OP_CREATE_DATASET: {
+        const char *id = json_str(body, "id");
+        if (!id) {
+            protocol_error(j, op, r, now, "no dataset id");
+            break;
+        }
+        set_str(&j->dataset_id, id);
+        j->pending_op = JOB_OP_NONE;
+        job_set_state(j, JOB_UPLOADING, now, "dataset created; uploading");
+        break;
+    }
+    case JOB_OP_UPLOAD_URL: {
+        const char *url = json_str(body, "upload_url"), *imp = json_str(body, "import_id");
+        const char *method = json_str(body, "http_method");
+        if (!url || !imp || (method && strcmp(method, "PUT") != 0)) {
+            protocol_error(j, op, r, now, "no upload_url or import_id, or not a PUT");
+            break;
+        }
+        set_str(&j->upload_url, url);
+        set_str(&j->import_id, imp);
+        set_str(&j->upload_content_type, json_str(body, "content_type"));
+        int64_t exp = 0;
+        if (!json_str(body, "expires_at") ||
+            time_parse_rfc3339(json_str(body, "expires_at"), &exp) < 0)
+            exp = 0;
+        j->upload_expires_at = exp;
+        j->uploaded = false;
+        set_str(&j->import_status, "uninitialised");
+        j->pending_op = JOB_OP_NONE;
+        job_note(j, now, "import %s created; uploading", imp);
+        break;
+    }
+    case JOB_OP_UPLOAD:
+        j->uploaded = true;
+        j->upload_refusals = 0;
+        j->pending_op = JOB_OP_NONE;
+        if (j->bytes_total >= 0)
+            j->bytes_sent = j->bytes_total;
+        start_waiting(j, JOB_IMPORTING, p, now, rnd, "uploaded; waiting for the import");
+        break;
+    case JOB_OP_CHECK_UPLOAD: {
+        const char *st = json_str(body, "status");
+        if (!st) {
+            protocol_error(j, op, r, now, "no import status");
+            break;
+        }
+        j->pending_op = JOB_OP_NONE;
+        if (strcmp(st, "uninitialised") == 0) {
+            if (url_usable(j, p, now)) {
+                job_note(j, now, "the earlier upload did not land; uploading again");
+            } else {
+                job_note(j, now,
+                         "the earlier upload did not land and its URL has expired; "
+                         "requesting a new one");
+                free(j->upload_url);
+                j->upload_url = NULL;
+            }
+            break;
+        }
+        j->uploaded = true;
+        start_waiting(j, JOB_IMPORTING, p, now, rnd, "the earlier upload landed");
+        apply_import(j, body, p, now, rnd);
+        break;
+    }
+    case JOB_OP_GET_IMPORT:
+        if (!json_str(body, "status")) {
+            protocol_error(j, op, r, now, "no import status");
+            break;
+        }
+        apply_import(j, body, p, now, rnd);
+        break;
+    case JOB_OP_FIND_BATCH: {
+        if (!cJSON_IsObject(body) && !cJSON_IsArray(body)) {
+            protocol_error(j, op, r, now, "the batch list is not JSON");
+            break;
+        }
+        const cJSON *b = find_batch_for_dataset(body, j->dataset_id);
+        j->pending_op = JOB_OP_NONE;
+        if (b && json_str(b, "id")) {
+            set_str(&j->batch_id, json_str(b, "id"));
+            set_str(&j->batch_status, json_str(b, "status"));
+            job_note(j, now, "found batch %s created before the interruption", j->batch_id);
+            if (j->batch_status && strcmp(j->batch_status, "UNINITIALISED") != 0)
+                j->setup_done = true;
+        } else {
+            job_note(j, now, "no batch exists for dataset %s; creating it", j->dataset_id);
+        }
+        break;
+    }
+    case JOB_OP_CREATE_BATCH: {
+        const char *id = json_str(body, "id");
+        if (!id) {
+            protocol_error(j, op, r, now, "no batch id");
+            break;
+        }
+        set_str(&j->batch_id, id);
+        set_str(&j->batch_status, json_str(body, "status"));
+        j->pending_op = JOB_OP_NONE;
+        job_set_state(j, JOB_SETTING_UP, now, "batch created; setting up");
+        break;
+    }
+    case JOB_OP_CHECK_SETUP: {
+        const char *st = json_str(body, "status");
+        if (!st) {
+            protocol_error(j, op, r, now, "no batch status");
+            break;
+        }
+        set_str(&j->batch_status, st);
+        j->pending_op = JOB_OP_NONE;
+        if (strcmp(st, "UNINITIALISED") == 0) {
+            job_note(j, now, "the earlier setup did not land; setting up again");
+        } else {
+            j->setup_done = true;
+            job_note(j, now, "the earlier setup landed (status %s)", st);
+        }
+        break;
+    }
+    case JOB_OP_SETUP:
+        j->setup_done = true;
+        j->pending_op = JOB_OP_NONE;
+        start_waiting(j, JOB_PROCESSING, p, now, rnd, "set up; waiting for READY");
+        break;
+    case JOB_OP_BATCH_STATUS: {
+        const char *st = json_str(body, "status");
+        set_str(&j->batch_status, st);
+        if (st && strcmp(st, "ERROR") == 0) {
+            fail(j, now, "batch_error", 0, cJSON_Duplicate(body, 1), cJSON_CreateArray(),
+                 "the batch went to ERROR during setup");
+        } else if (!st || strcmp(st, "READY") != 0) {
+            j->polls++;
+            j->poll_at = now + poll_delay(j, p, rnd);
+        } else {
+            job_note(j, now, "batch READY");
+        }
+        break;
+    }
+    case JOB_OP_GET_BATCH:
+        set_str(&j->batch_status, json_str(body, "status"));
+        j->total_task_count = json_int64(body, "total_task_count", 0);
+        j->total_task_groups = json_int64(body, "total_task_groups", -1);
+        break;
+    default:
+        break;
+    }
+    cJSON_Delete(body);
+}
+
+void job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                  uint64_t rnd)
+{
+    if (job_state_terminal(j->state))
+        return;
+    j->updated_at = now;
+    if (r->net != JOB_NET_OK) {
+        retry_later(j, op, r, p, now, rnd, r->net != JOB_NET_NOT_SENT);
+        return;
+    }
+    long s = r->status;
+    if (s >= 200 && s < 300) {
+        succeeded(j);
+        on_success(j, op, r, p, now, rnd);
+        return;
+    }
+    if (s == 408 || s == 429) {
+        /* The server refused before acting. */
+        retry_later(j, op, r, p, now, rnd, false);
+        return;
+    }
+    if (s >= 500) {
+        /* A 5xx may come from a proxy after the backend acted: outcome unknown. */
+        retry_later(j, op, r, p, now, rnd, true);
+        return;
+    }
+    if (op == JOB_OP_UPLOAD && s == 403 && j->upload_refusals < UPLOAD_REFUSALS_MAX) {
+        /* The presigned URL expired or was refused: ask for a fresh one. */
+        j->upload_refusals++;
+        free(j->upload_url);
+        j->upload_url = NULL;
+        j->pending_op = JOB_OP_NONE;
+        free(j->last_error);
+        j->last_error = xasprintf("upload: HTTP 403 (the upload URL was refused)");
+        job_note(j, now, "the upload URL was refused (HTTP 403, expired?); requesting a new one");
+        return;
+    }
+    api_rejected(j, op, r, now);
+}
+
+int job_cancel(job *j, int64_t now)
+{
+    if (job_state_terminal(j->state))
+        return -EINVAL;
+    j->failed_stage = j->state;
+    set_str(&j->error_code, "cancelled");
+    set_str(&j->error_message, "cancelled by an operator");
+    j->finished_at = now;
+    job_set_state(j, JOB_CANCELLED, now, "cancelled by an operator");
+    return 0;
+}
+
+int job_retry(job *j, int64_t now)
+{
+    if (j->state != JOB_FAILED && j->state != JOB_CANCELLED)
+        return -EINVAL;
+    const char *is = j->import_status;
+    if (is && (strcmp(is, "partial") == 0 || strcmp(is, "failed") == 0 ||
+               strcmp(is, "pending_schema") == 0)) {
+        job_note(j, now, "import %s ended %s; the data will be uploaded again", j->import_id, is);
+        free(j->import_id);
+        j->import_id = NULL;
+        free(j->upload_url);
+        j->upload_url = NULL;
+        free(j->import_status);
+        j->import_status = NULL;
+        j->uploaded = false;
+    }
+    if (j->batch_status && strcmp(j->batch_status, "ERROR") == 0) {
+        job_note(j, now, "batch %s is in ERROR; a new batch will be created", j->batch_id);
+        free(j->batch_id);
+        j->batch_id = NULL;
+        free(j->batch_status);
+        j->batch_status = NULL;
+        j->setup_done = false;
+    }
+    free(j->error_code);
+    j->error_code = NULL;
+    free(j->error_message);
+    j->error_message = NULL;
+    cJSON_Delete(j->error_details);
+    j->error_details = NULL;
+    cJSON_Delete(j->api_error);
+    j->api_error = NULL;
+    j->http_status = 0;
+    j->finished_at = 0;
+    j->wait_started_at = 0;
+    j->poll_at = 0;
+    job_set_state(j, JOB_VALIDATING, now, "retry requested: validating again, then resuming");
+    return 0;
+}
+
+void job_recovered(job *j, int64_t now)
+{
+    j->retry_at = 0;
+    j->poll_at = 0;
+    if (!j->uploaded)
+        j->bytes_sent = 0;
+    if (j->pending_op != JOB_OP_NONE)
+        job_note(j, now,
+                 "recovered after a restart; the outcome of %s is unknown and is checked "
+                 "first",
+                 job_op_name(j->pending_op));
+    else
+        job_note(j, now, "recovered after a restart");
+}
+
+/* ---- requests ---- */
+
+static char *body_create_dataset(const job *j)
+{
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(j->spec, "dataset");
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "name", dataset_name(j));
+    cJSON_AddStringToObject(b, "workspace_id", j->workspace_id);
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(ds, "schema");
+    if (schema)
+        cJSON_AddItemToObject(b, "schema", cJSON_Duplicate(schema, 1));
+    char *s = json_print(b);
+    cJSON_Delete(b);
+    return s;
+}
+
+static char *body_create_batch(const job *j)
+{
+    const cJSON *bt = cJSON_GetObjectItemCaseSensitive(j->spec, "batch");
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "name", json_str(bt, "name") ? json_str(bt, "name") : j->name);
+    cJSON_AddStringToObject(b, "workspace_id", j->workspace_id);
+    cJSON_AddStringToObject(b, "dataset_id", j->dataset_id);
+    const cJSON *td = cJSON_GetObjectItemCaseSensitive(bt, "task_details");
+    if (td)
+        cJSON_AddItemToObject(b, "task_details", cJSON_Duplicate(td, 1));
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(bt, "batch_items");
+    if (items)
+        cJSON_AddItemToObject(b, "batch_items", cJSON_Duplicate(items, 1));
+    char *s = json_print(b);
+    cJSON_Delete(b);
+    return s;
+}
+
+static char *body_setup(const job *j)
+{
+    cJSON *b = cJSON_CreateObject();
+    /* With a task_group_id field the API groups by it and ignores tasks_per_group. */
+    if (!schema_has_group_field(j)) {
+        int64_t tpg =
+            json_int64(cJSON_GetObjectItemCaseSensitive(j->spec, "batch"), "tasks_per_group", 1);
+        cJSON_AddNumberToObject(b, "tasks_per_group", (double)(tpg > 0 ? tpg : 1));
+    }
+    char *s = json_print(b);
+    cJSON_Delete(b);
+    return s;
+}
+
+int job_build_request(const job *j, job_op op, job_request *out)
+{
+    memset(out, 0, sizeof *out);
+    char *a = NULL, *b = NULL;
+    int r = 0;
+    switch (op) {
+    case JOB_OP_CREATE_DATASET:
+        if (!j->workspace_id)
+            return -EINVAL;
+        out->method = "POST";
+        out->path = xstrdup(API_ROOT "/datasets");
+        out->body = body_create_dataset(j);
+        break;
+    case JOB_OP_UPLOAD_URL:
+        if (!j->dataset_id || !j->upload_name)
+            return -EINVAL;
+        a = url_escape(j->dataset_id);
+        b = url_escape(j->upload_name);
+        out->method = "GET";
+        out->path = xasprintf(API_ROOT "/datasets/%s/upload-url/%s", a, b);
+        break;
+    case JOB_OP_UPLOAD:
+        if (!j->upload_url)
+            return -EINVAL;
+        out->method = "PUT";
+        out->path = xstrdup(j->upload_url);
+        break;
+    case JOB_OP_CHECK_UPLOAD:
+    case JOB_OP_GET_IMPORT:
+        if (!j->dataset_id || !j->import_id)
+            return -EINVAL;
+        a = url_escape(j->dataset_id);
+        b = url_escape(j->import_id);
+        out->method = "GET";
+        out->path = xasprintf(API_ROOT "/datasets/%s/imports/%s", a, b);
+        break;
+    case JOB_OP_FIND_BATCH:
+        if (!j->workspace_id)
+            return -EINVAL;
+        a = url_escape(j->workspace_id);
+        out->method = "GET";
+        out->path = xasprintf(API_ROOT "/batches?workspace_id=%s", a);
+        break;
+    case JOB_OP_CREATE_BATCH:
+        if (!j->workspace_id || !j->dataset_id)
+            return -EINVAL;
+        out->method = "POST";
+        out->path = xstrdup(API_ROOT "/batches");
+        out->body = body_create_batch(j);
+        break;
+    case JOB_OP_CHECK_SETUP:
+    case JOB_OP_BATCH_STATUS:
+        if (!j->batch_id)
+            return -EINVAL;
+        a = url_escape(j->batch_id);
+        out->method = "GET";
+        out->path = xasprintf(API_ROOT "/batches/%s/status", a);
+        break;
+    case JOB_OP_SETUP:
+        if (!j->batch_id)
+            return -EINVAL;
+        a = url_escape(j->batch_id);
+        out->method = "POST";
+        out->path = xasprintf(API_ROOT "/batches/%s/setup", a);
+        out->body = body_setup(j);
+        break;
+    case JOB_OP_GET_BATCH:
+        if (!j->batch_id)
+            return -EINVAL;
+        a = url_escape(j->batch_id);
+        out->method = "GET";
+        out->path = xasprintf(API_ROOT "/batches/%s", a);
+        break;
+    default:
+        r = -EINVAL;
+    }
+    free(a);
+    free(b);
+    return r;
+}
+
+void job_request_clear(job_request *r)
+{
+    free(r->path);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,785 @@
+/* Unit tests of the job state machine: every transition, retry class, timeout and resume
+ * case, driven with a fake clock and canned replies. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <stdio.h>
+
+#include <cmocka.h>
+
+#include "batchd/job.h"
+#include "batchd/util.h"
+
+#define T0      1764405165000LL /* 2025-11-29T08:32:45Z */
+#define DATASET "0192a3b5-e8f9-7a0b-1c2d-3e4f5a6b7c8d"
+#define IMPORT  "01935c2d-1a2b-3c4d-5e6f-7a8b9c0d1e2f"
+#define BATCH   "01935c2d-aaaa-4c4d-8e6f-7a8b9c0d1e2f"
+#define WS      "6278acb09062db3b35bcbeb0"
+
+typedef struct fixture {
+    job *j;
+    job_params p;
+    int64_t now;
+} fixture;
+
+static const char *spec_json =
+    "{\"workspace_id\":\"" WS "\",\"dataset\":{\"name\":\"ds\",\"file\":\"d.jsonl\","
+    "\"schema\":{\"strict\":true,\"fields\":{\"prompt\":{\"type\":\"text\"}}}},"
+    "\"batch\":{\"name\":\"b\",\"tasks_per_group\":3,\"task_details\":{\"task_name\":\"n\","
+    "\"task_introduction\":\"i\",\"task_steps\":\"s\"},\"batch_items\":[{\"rows\":[{"
+    "\"columns\":[{\"items\":[{\"type\":\"dataset_field\",\"field\":\"prompt\"}]}]}]}]}}";
+
+static int setup(void **state)
+{
+    fixture *f = xcalloc(1, sizeof *f);
+    job_params_default(&f->p);
+    f->now = T0;
+    f->j = job_new("01JDXYZ", "job-a", "job-a", f->now);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    job_free(f->j);
+    free(f);
+    return 0;
+}
+
+static job_action next(fixture *f)
+{
+    bool changed;
+    return job_next(f->j, &f->p, f->now, 0x8000000000000000ULL, &changed);
+}
+
+static void validated(fixture *f)
+{
+    cJSON *spec = cJSON_Parse(spec_json);
+    job_validation v = {.ok = true,
+                        .spec = spec,
+                        .upload_path = "/spool/active/job-a/d.jsonl",
+                        .upload_name = "d.jsonl",
+                        .records = 3,
+                        .rejected = 0,
+                        .bytes = 120};
+    job_on_validated(f->j, &v, f->now);
+    cJSON_Delete(spec);
+}
+
+static void reply(fixture *f, job_op op, long status, const char *body)
+{
+    job_reply r = {
+        .net = JOB_NET_OK, .status = status, .body = body, .body_len = body ? strlen(body) : 0};
+    job_mark_sent(f->j, op, f->now);
+    job_on_reply(f->j, op, &r, &f->p, f->now, 0);
+}
+
+static void reply_ra(fixture *f, job_op op, long status, const char *retry_after, uint64_t rnd)
+{
+    job_reply r = {.net = JOB_NET_OK, .status = status, .retry_after = retry_after};
+    job_mark_sent(f->j, op, f->now);
+    job_on_reply(f->j, op, &r, &f->p, f->now, rnd);
+}
+
+static void net_error(fixture *f, job_op op, job_net_error e)
+{
+    job_reply r = {.net = e, .error_text = "boom"};
+    job_mark_sent(f->j, op, f->now);
+    job_on_reply(f->j, op, &r, &f->p, f->now, 0);
+}
+
+static void expect_send(fixture *f, job_op op)
+{
+    job_action a = next(f);
+    assert_int_equal(a.kind, JOB_ACT_SEND);
+    assert_string_equal(job_op_name(a.op), job_op_name(op));
+}
+
+/* Advances the fake clock to whatever the job waits for. */
+static void wait_out(fixture *f)
+{
+    job_action a = next(f);
+    if (a.kind == JOB_ACT_WAIT) {
+        assert_true(a.until > f->now);
+        f->now = a.until;
+    }
+}
+
+static const char *upload_url_body(int64_t expires_ms)
+{
+    static char buf[512];
+    char exp[40];
+    snprintf(
+        buf, sizeof buf,
+        "{\"dataset_id\":\"" DATASET "\",\"upload_url\":\"http://127.0.0.1:1/_upload/k?sig=1\","
+        "\"http_method\":\"PUT\",\"content_type\":\"application/x-ndjson\",\"expires_at\":\"%s\","
+        "\"import_id\":\"" IMPORT "\"}",
+        time_format_rfc3339(expires_ms, false, exp, sizeof exp));
+    return buf;
+}
+
+/* Runs the job from its current state up to the given state along the happy path. */
+static void drive_to(fixture *f, job_state target)
+{
+    while (f->j->state != target) {
+        switch (f->j->state) {
+        case JOB_QUEUED:
+            assert_int_equal(next(f).kind, JOB_ACT_VALIDATE);
+            assert_int_equal(f->j->state, JOB_VALIDATING);
+            break;
+        case JOB_VALIDATING:
+            validated(f);
+            break;
+        case JOB_CREATING_DATASET:
+            expect_send(f, JOB_OP_CREATE_DATASET);
+            reply(f, JOB_OP_CREATE_DATASET, 201, "{\"id\":\"" DATASET "\"}");
+            break;
+        case JOB_UPLOADING:
+            expect_send(f, JOB_OP_UPLOAD_URL);
+            reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+            expect_send(f, JOB_OP_UPLOAD);
+            reply(f, JOB_OP_UPLOAD, 200, "");
+            break;
+        case JOB_IMPORTING:
+            wait_out(f);
+            expect_send(f, JOB_OP_GET_IMPORT);
+            reply(f, JOB_OP_GET_IMPORT, 200, "{\"status\":\"complete\",\"accepted_count\":3}");
+            break;
+        case JOB_CREATING_BATCH:
+            expect_send(f, JOB_OP_CREATE_BATCH);
+            reply(f, JOB_OP_CREATE_BATCH, 201,
+                  "{\"id\":\"" BATCH "\",\"status\":\"UNINITIALISED\"}");
+            break;
+        case JOB_SETTING_UP:
+            expect_send(f, JOB_OP_SETUP);
+            reply(f, JOB_OP_SETUP, 202, "{}");
+            assert_int_equal(f->j->state, JOB_PROCESSING);
+            break;
+        default:
+            fail_msg("cannot drive from %s", job_state_name(f->j->state));
+        }
+    }
+}
+
+static void test_happy_path(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_PROCESSING);
+    wait_out(f);
+    expect_send(f, JOB_OP_BATCH_STATUS);
+    reply(f, JOB_OP_BATCH_STATUS, 200, "{\"status\":\"PROCESSING\"}");
+    assert_int_equal(next(f).kind, JOB_ACT_WAIT);
+    wait_out(f);
+    expect_send(f, JOB_OP_BATCH_STATUS);
+    reply(f, JOB_OP_BATCH_STATUS, 200, "{\"status\":\"READY\"}");
+    expect_send(f, JOB_OP_GET_BATCH);
+    reply(f, JOB_OP_GET_BATCH, 200,
+          "{\"id\":\"" BATCH "\",\"status\":\"READY\",\"total_task_count\":3,"
+          "\"total_task_groups\":1}");
+    assert_int_equal(next(f).kind, JOB_ACT_FINISH);
+    assert_int_equal(f->j->state, JOB_READY);
+    cJSON *res = job_result_json(f->j);
+    assert_string_equal(json_str(res, "state"), "ready");
+    assert_string_equal(json_str(res, "dataset_id"), DATASET);
+    assert_string_equal(json_str(res, "import_id"), IMPORT);
+    assert_string_equal(json_str(res, "batch_id"), BATCH);
+    assert_string_equal(json_str(res, "batch_status"), "READY");
+    assert_int_equal(json_int64(res, "total_task_count", -1), 3);
+    assert_int_equal(json_int64(res, "total_task_groups", -1), 1);
+    assert_int_equal(json_int64(res, "records", -1), 3);
+    /* upload is not an API request: 1 create + 1 url + 1 poll + 1 create + 1 setup + 2 polls +
+     * 1 get */
+    assert_int_equal(json_int64(res, "api_requests", -1), 8);
+    cJSON_Delete(res);
+}
+
+static void test_requests_built(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    job_request rq;
+    assert_int_equal(job_build_request(f->j, JOB_OP_CREATE_DATASET, &rq), 0);
+    assert_string_equal(rq.method, "POST");
+    assert_string_equal(rq.path, "/api/v1/data-collection/datasets");
+    cJSON *b = cJSON_Parse(rq.body);
+    assert_string_equal(json_str(b, "name"), "ds");
+    assert_string_equal(json_str(b, "workspace_id"), WS);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(b, "schema"), "strict")));
+    cJSON_Delete(b);
+    job_request_clear(&rq);
+    /* A request whose inputs are missing is refused, not sent. */
+    assert_int_equal(job_build_request(f->j, JOB_OP_CREATE_BATCH, &rq), -EINVAL);
+
+    drive_to(f, JOB_SETTING_UP);
+    assert_int_equal(job_build_request(f->j, JOB_OP_SETUP, &rq), 0);
+    assert_string_equal(rq.path, "/api/v1/data-collection/batches/" BATCH "/setup");
+    b = cJSON_Parse(rq.body);
+    assert_int_equal(json_int64(b, "tasks_per_group", 0), 3);
+    cJSON_Delete(b);
+    job_request_clear(&rq);
+    assert_int_equal(job_build_request(f->j, JOB_OP_FIND_BATCH, &rq), 0);
+    assert_string_equal(rq.path, "/api/v1/data-collection/batches?workspace_id=" WS);
+    job_request_clear(&rq);
+    assert_int_equal(job_build_request(f->j, JOB_OP_CREATE_BATCH, &rq), 0);
+    b = cJSON_Parse(rq.body);
+    assert_string_equal(json_str(b, "dataset_id"), DATASET);
+    assert_non_null(cJSON_GetObjectItem(b, "batch_items"));
+    assert_non_null(cJSON_GetObjectItem(b, "task_details"));
+    assert_null(cJSON_GetObjectItem(b, "tasks_per_group"));
+    cJSON_Delete(b);
+    job_request_clear(&rq);
+}
+
+static void test_setup_body_with_group_field(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_SETTING_UP);
+    cJSON *fields = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(f->j->spec, "dataset"), "schema"), "fields");
+    cJSON *g = cJSON_CreateObject();
+    cJSON_AddStringToObject(g, "type", "task_group_id");
+    cJSON_AddItemToObject(fields, "session_id", g);
+    job_request rq;
+    assert_int_equal(job_build_request(f->j, JOB_OP_SETUP, &rq), 0);
+    assert_string_equal(rq.body, "{}");
+    job_request_clear(&rq);
+}
+
+static void test_upload_name_escaped(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    free(f->j->upload_name);
+    f->j->upload_name = xstrdup("my data/ä.jsonl");
+    job_request rq;
+    assert_int_equal(job_build_request(f->j, JOB_OP_UPLOAD_URL, &rq), 0);
+    assert_string_equal(rq.path, "/api/v1/data-collection/datasets/" DATASET
+                                 "/upload-url/my%20data%2F%C3%A4.jsonl");
+    job_request_clear(&rq);
+}
+
+static void test_invalid_job_fails(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_VALIDATING);
+    cJSON *errs = cJSON_Parse("[{\"line\":17,\"field\":\"prompt\",\"message\":\"missing\"}]");
+    job_validation v = {.ok = false,
+                        .code = "invalid_records",
+                        .message = "1 record does not match the schema",
+                        .errors = errs};
+    job_on_validated(f->j, &v, f->now);
+    cJSON_Delete(errs);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_int_equal(next(f).kind, JOB_ACT_FINISH);
+    cJSON *e = job_error_json(f->j);
+    assert_string_equal(json_str(e, "stage"), "validating");
+    assert_string_equal(json_str(e, "code"), "invalid_records");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(e, "http_status")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(e, "api_error")));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(e, "dataset_id")));
+    assert_int_equal(json_int64(cJSON_GetArrayItem(cJSON_GetObjectItem(e, "errors"), 0), "line", 0),
+                     17);
+    cJSON_Delete(e);
+}
+
+static void test_retry_classes(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    static const long retryable[] = {500, 502, 503, 504, 408, 429};
+    for (size_t i = 0; i < BD_ARRAY_LEN(retryable); i++) {
+        int before = f->j->attempts;
+        reply(f, JOB_OP_CREATE_DATASET, retryable[i], "{}");
+        assert_int_equal(f->j->state, JOB_CREATING_DATASET);
+        assert_int_equal(f->j->attempts, before + 1);
+        assert_true(f->j->retry_at > f->now);
+        assert_non_null(f->j->last_error);
+        job_action a = next(f);
+        assert_int_equal(a.kind, JOB_ACT_WAIT);
+        f->now = a.until;
+        expect_send(f, JOB_OP_CREATE_DATASET);
+    }
+    net_error(f, JOB_OP_CREATE_DATASET, JOB_NET_TIMEOUT);
+    assert_int_equal(f->j->state, JOB_CREATING_DATASET);
+    wait_out(f);
+    net_error(f, JOB_OP_CREATE_DATASET, JOB_NET_FAILED);
+    assert_int_equal(f->j->state, JOB_CREATING_DATASET);
+    wait_out(f);
+    reply(f, JOB_OP_CREATE_DATASET, 201, "{\"id\":\"" DATASET "\"}");
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_int_equal(f->j->attempts, 0);
+    assert_null(f->j->last_error);
+}
+
+static void test_4xx_fails_with_api_error(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    reply(f, JOB_OP_CREATE_DATASET, 400,
+          "{\"error\":{\"status\":400,\"error_code\":0,\"title\":\"Bad Request\","
+          "\"detail\":{\"schema\":[\"bad\"]}}}");
+    assert_int_equal(f->j->state, JOB_FAILED);
+    cJSON *e = job_error_json(f->j);
+    assert_string_equal(json_str(e, "code"), "api_rejected");
+    assert_string_equal(json_str(e, "stage"), "creating_dataset");
+    assert_int_equal(json_int64(e, "http_status", 0), 400);
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(e, "api_error"), "error"));
+    cJSON_Delete(e);
+}
+
+static void test_422_issues_in_error(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_BATCH);
+    reply(f, JOB_OP_CREATE_BATCH, 422,
+          "{\"type\":\"INVALID_BATCH_ITEMS\",\"message\":\"bad items\",\"issues\":[{\"page\":0,"
+          "\"row\":1,\"column\":0,\"item\":2,\"type\":\"multiple_choice\",\"message\":\"x\"}]}");
+    assert_int_equal(f->j->state, JOB_FAILED);
+    cJSON *e = job_error_json(f->j);
+    cJSON *issue = cJSON_GetArrayItem(cJSON_GetObjectItem(e, "errors"), 0);
+    assert_string_equal(json_str(issue, "path"),
+                        "batch.batch_items[0].rows[1].columns[0].items[2]");
+    assert_string_equal(json_str(issue, "type"), "multiple_choice");
+    assert_string_equal(json_str(e, "dataset_id"), DATASET);
+    assert_int_equal(json_int64(e, "http_status", 0), 422);
+    cJSON_Delete(e);
+}
+
+static void test_retry_after_seconds(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    /* rnd 0: the jitter alone would be 0 ms; Retry-After must still be honoured. */
+    reply_ra(f, JOB_OP_CREATE_DATASET, 429, "7", 0);
+    assert_int_equal(f->j->retry_at, f->now + 7000);
+    assert_non_null(strstr(f->j->last_error, "Retry-After"));
+    /* A 429 was refused before acting: no unknown outcome to resolve. */
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+}
+
+static void test_retry_after_date(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    f->now = T0; /* 2025-11-29T08:32:45Z */
+    reply_ra(f, JOB_OP_CREATE_DATASET, 503, "Sat, 29 Nov 2025 08:33:05 GMT", 0);
+    assert_int_equal(f->j->retry_at, T0 + 20000);
+}
+
+static void test_jitter_bounds(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    reply_ra(f, JOB_OP_CREATE_DATASET, 503, NULL, 0);
+    assert_true(f->j->retry_at - f->now >= 1);
+    assert_true(f->j->retry_at - f->now <= f->p.retry_base_ms);
+    f->now = f->j->retry_at;
+    for (int i = 0; i < 30; i++) {
+        reply_ra(f, JOB_OP_CREATE_DATASET, 503, NULL, UINT64_MAX);
+        int64_t d = f->j->retry_at - f->now;
+        assert_true(d >= 1);
+        assert_true(d <= f->p.retry_cap_ms);
+        f->now = f->j->retry_at;
+    }
+    /* After many attempts with the top random value, the delay reaches the cap. */
+    reply_ra(f, JOB_OP_CREATE_DATASET, 503, NULL, UINT64_MAX);
+    assert_true(f->j->retry_at - f->now >= f->p.retry_cap_ms * 99 / 100);
+}
+
+static void test_import_timeout(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_IMPORTING);
+    int64_t start = f->now;
+    while (f->j->state == JOB_IMPORTING) {
+        job_action a = next(f);
+        if (a.kind == JOB_ACT_WAIT) {
+            f->now = a.until;
+            continue;
+        }
+        if (a.kind != JOB_ACT_SEND)
+            break;
+        reply(f, JOB_OP_GET_IMPORT, 200, "{\"status\":\"processing\"}");
+        /* Polls back off, up to the configured maximum (with ±10% jitter). */
+        assert_true(f->j->poll_at - f->now <= f->p.poll_max_ms * 11 / 10);
+    }
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "timeout");
+    assert_true(f->now - start >= f->p.import_timeout_ms);
+    assert_true(f->now - start <= f->p.import_timeout_ms + f->p.poll_max_ms * 11 / 10);
+}
+
+static void test_batch_timeout(void **state)
+{
+    fixture *f = *state;
+    f->p.batch_timeout_ms = 600000;
+    drive_to(f, JOB_PROCESSING);
+    int64_t start = f->now;
+    int polls = 0;
+    while (f->j->state == JOB_PROCESSING) {
+        job_action a = next(f);
+        if (a.kind == JOB_ACT_WAIT) {
+            f->now = a.until;
+            continue;
+        }
+        reply(f, JOB_OP_BATCH_STATUS, 200, "{\"status\":\"PROCESSING\"}");
+        polls++;
+    }
+    assert_string_equal(f->j->error_code, "timeout");
+    assert_string_equal(job_state_name(f->j->failed_stage), "processing");
+    assert_true(f->now - start >= 600000);
+    /* 2s, 4s, 8s, ... capped at 60s: about 14 polls in 10 minutes, not hundreds. */
+    assert_true(polls >= 8 && polls <= 20);
+}
+
+static void test_import_outcomes(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_IMPORTING);
+    wait_out(f);
+    reply(f, JOB_OP_GET_IMPORT, 200,
+          "{\"status\":\"partial\",\"accepted_count\":2,\"rejected_count\":1,\"errors\":[{"
+          "\"record_index\":1,\"field\":\"prompt\",\"reason\":\"missing\"}]}");
+    assert_string_equal(f->j->error_code, "import_partial");
+    cJSON *e = job_error_json(f->j);
+    assert_int_equal(json_int64(e, "accepted_count", -1), 2);
+    assert_int_equal(json_int64(e, "rejected_count", -1), 1);
+    cJSON *d = cJSON_GetArrayItem(cJSON_GetObjectItem(e, "errors"), 0);
+    assert_int_equal(json_int64(d, "record_index", -1), 1);
+    assert_string_equal(json_str(d, "field"), "prompt");
+    cJSON_Delete(e);
+}
+
+static void test_import_failed_and_pending_schema(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_IMPORTING);
+    wait_out(f);
+    reply(f, JOB_OP_GET_IMPORT, 200, "{\"status\":\"failed\",\"reason\":\"unparsable\"}");
+    assert_string_equal(f->j->error_code, "import_failed");
+    assert_non_null(strstr(f->j->error_message, "unparsable"));
+    /* Retry uploads again with a fresh import. */
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    assert_null(f->j->import_id);
+    assert_false(f->j->uploaded);
+    assert_int_equal(next(f).kind, JOB_ACT_VALIDATE);
+    validated(f);
+    expect_send(f, JOB_OP_UPLOAD_URL); /* the dataset exists: no second dataset */
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    reply(f, JOB_OP_UPLOAD, 200, "");
+    wait_out(f);
+    reply(f, JOB_OP_GET_IMPORT, 200, "{\"status\":\"pending_schema\"}");
+    assert_string_equal(f->j->error_code, "import_failed");
+}
+
+static void test_batch_error(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_PROCESSING);
+    wait_out(f);
+    reply(f, JOB_OP_BATCH_STATUS, 200, "{\"status\":\"ERROR\"}");
+    assert_string_equal(f->j->error_code, "batch_error");
+    cJSON *e = job_error_json(f->j);
+    assert_string_equal(json_str(e, "batch_id"), BATCH);
+    assert_string_equal(json_str(e, "dataset_id"), DATASET);
+    cJSON_Delete(e);
+}
+
+/* ---- resume cases ---- */
+
+static job *restart(fixture *f)
+{
+    cJSON *rec = job_to_record(f->j);
+    char *text = json_print(rec);
+    cJSON_Delete(rec);
+    cJSON *back = cJSON_Parse(text);
+    free(text);
+    const char *err = NULL;
+    job *j = job_from_record(back, &err);
+    cJSON_Delete(back);
+    assert_non_null(j);
+    job_free(f->j);
+    f->j = j;
+    job_recovered(j, f->now);
+    return j;
+}
+
+static void test_record_roundtrip(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_PROCESSING);
+    cJSON *r1 = job_to_record(f->j);
+    restart(f);
+    cJSON *r2 = job_to_record(f->j);
+    /* Identical except for the history line the recovery added. */
+    cJSON_DeleteItemFromObject(r1, "history");
+    cJSON_DeleteItemFromObject(r2, "history");
+    cJSON_DeleteItemFromObject(r1, "updated_at");
+    cJSON_DeleteItemFromObject(r2, "updated_at");
+    assert_true(cJSON_Compare(r1, r2, 1));
+    cJSON_Delete(r1);
+    cJSON_Delete(r2);
+    const char *err = NULL;
+    cJSON *bad = cJSON_Parse("{\"id\":\"x\"}");
+    assert_null(job_from_record(bad, &err));
+    assert_non_null(err);
+    cJSON_Delete(bad);
+}
+
+static void test_resume_create_dataset_unknown(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    expect_send(f, JOB_OP_CREATE_DATASET);
+    job_mark_sent(f->j, JOB_OP_CREATE_DATASET, f->now); /* intent persisted, then crash */
+    restart(f);
+    expect_send(f, JOB_OP_CREATE_DATASET);
+    cJSON *last = cJSON_GetArrayItem(f->j->history, cJSON_GetArraySize(f->j->history) - 1);
+    assert_non_null(strstr(json_str(last, "note"), "orphan"));
+}
+
+static void test_resume_upload_unknown_unexpired(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    job_mark_sent(f->j, JOB_OP_UPLOAD, f->now);
+    restart(f);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    reply(f, JOB_OP_CHECK_UPLOAD, 200, "{\"status\":\"uninitialised\"}");
+    expect_send(f, JOB_OP_UPLOAD); /* same URL, PUT again */
+    assert_non_null(f->j->upload_url);
+}
+
+static void test_resume_upload_unknown_expired(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 60000));
+    job_mark_sent(f->j, JOB_OP_UPLOAD, f->now);
+    f->now += 120000;
+    restart(f);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    reply(f, JOB_OP_CHECK_UPLOAD, 200, "{\"status\":\"uninitialised\"}");
+    expect_send(f, JOB_OP_UPLOAD_URL);
+}
+
+static void test_resume_upload_landed(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    net_error(f, JOB_OP_UPLOAD, JOB_NET_TIMEOUT); /* outcome unknown, no restart */
+    wait_out(f);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    reply(f, JOB_OP_CHECK_UPLOAD, 200, "{\"status\":\"queued\"}");
+    assert_int_equal(f->j->state, JOB_IMPORTING);
+    assert_true(f->j->uploaded);
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT);
+}
+
+static void test_upload_403_new_url(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    reply(f, JOB_OP_UPLOAD, 403, "<Error><Code>AccessDenied</Code></Error>");
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    for (int i = 0; i < 5; i++) {
+        reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+        reply(f, JOB_OP_UPLOAD, 403, "");
+    }
+    assert_int_equal(f->j->state, JOB_FAILED);
+}
+
+static void test_expiring_url_not_used(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 10000)); /* inside the margin */
+    expect_send(f, JOB_OP_UPLOAD_URL);
+}
+
+static void test_resume_batch_create_found(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_BATCH);
+    job_mark_sent(f->j, JOB_OP_CREATE_BATCH, f->now);
+    restart(f);
+    expect_send(f, JOB_OP_FIND_BATCH);
+    reply(f, JOB_OP_FIND_BATCH, 200,
+          "{\"results\":[{\"id\":\"other\",\"datasets\":[{\"id\":\"x\"}],\"status\":\"READY\"},"
+          "{\"id\":\"" BATCH "\",\"datasets\":[{\"id\":\"" DATASET "\"}],"
+          "\"status\":\"UNINITIALISED\"}],\"meta\":{\"count\":2}}");
+    assert_string_equal(f->j->batch_id, BATCH);
+    expect_send(f, JOB_OP_SETUP); /* not a second create */
+}
+
+static void test_resume_batch_create_not_found(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_BATCH);
+    net_error(f, JOB_OP_CREATE_BATCH, JOB_NET_FAILED);
+    wait_out(f);
+    expect_send(f, JOB_OP_FIND_BATCH);
+    reply(f, JOB_OP_FIND_BATCH, 200, "{\"results\":[],\"meta\":{\"count\":0}}");
+    expect_send(f, JOB_OP_CREATE_BATCH);
+}
+
+static void test_resume_batch_found_already_set_up(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_BATCH);
+    job_mark_sent(f->j, JOB_OP_CREATE_BATCH, f->now);
+    restart(f);
+    reply(f, JOB_OP_FIND_BATCH, 200,
+          "{\"results\":[{\"id\":\"" BATCH "\",\"datasets\":[{\"id\":\"" DATASET "\"}],"
+          "\"status\":\"PROCESSING\"}]}");
+    job_action a = next(f);
+    assert_int_equal(f->j->state, JOB_PROCESSING);
+    assert_true(a.kind == JOB_ACT_WAIT || (a.kind == JOB_ACT_SEND && a.op == JOB_OP_BATCH_STATUS));
+}
+
+static void test_resume_setup_unknown(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_SETTING_UP);
+    job_mark_sent(f->j, JOB_OP_SETUP, f->now);
+    restart(f);
+    expect_send(f, JOB_OP_CHECK_SETUP);
+    reply(f, JOB_OP_CHECK_SETUP, 200, "{\"status\":\"UNINITIALISED\"}");
+    expect_send(f, JOB_OP_SETUP);
+    net_error(f, JOB_OP_SETUP, JOB_NET_TIMEOUT);
+    wait_out(f);
+    expect_send(f, JOB_OP_CHECK_SETUP);
+    reply(f, JOB_OP_CHECK_SETUP, 200, "{\"status\":\"PROCESSING\"}");
+    assert_int_equal(f->j->state, JOB_SETTING_UP);
+    next(f);
+    assert_int_equal(f->j->state, JOB_PROCESSING);
+}
+
+static void test_resume_upload_url_unknown(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    job_mark_sent(f->j, JOB_OP_UPLOAD_URL, f->now);
+    restart(f);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+}
+
+static void test_resume_validating(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_VALIDATING);
+    restart(f);
+    assert_int_equal(next(f).kind, JOB_ACT_VALIDATE);
+}
+
+static void test_cancel_and_retry(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_IMPORTING);
+    assert_int_equal(job_cancel(f->j, f->now), 0);
+    assert_int_equal(f->j->state, JOB_CANCELLED);
+    assert_int_equal(job_cancel(f->j, f->now), -EINVAL);
+    cJSON *e = job_error_json(f->j);
+    assert_string_equal(json_str(e, "code"), "cancelled");
+    assert_string_equal(json_str(e, "stage"), "importing");
+    cJSON_Delete(e);
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    assert_int_equal(f->j->state, JOB_VALIDATING);
+    assert_null(f->j->error_code);
+    validated(f);
+    /* The upload had landed: the job goes straight back to polling the import. */
+    next(f);
+    assert_int_equal(f->j->state, JOB_IMPORTING);
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT);
+}
+
+static void test_retry_refused_when_not_failed(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    assert_int_equal(job_retry(f->j, f->now), -EINVAL);
+}
+
+static void test_public_job_fields(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_IMPORTING);
+    cJSON *p = job_to_public(f->j, true);
+    static const char *const keys[] = {"id",
+                                       "name",
+                                       "state",
+                                       "dataset_id",
+                                       "import_id",
+                                       "batch_id",
+                                       "records",
+                                       "bytes_total",
+                                       "bytes_sent",
+                                       "import_status",
+                                       "accepted_count",
+                                       "rejected_count",
+                                       "batch_status",
+                                       "total_task_count",
+                                       "attempts",
+                                       "retry_at",
+                                       "last_error",
+                                       "created_at",
+                                       "updated_at",
+                                       "history"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++)
+        assert_non_null(cJSON_GetObjectItem(p, keys[i]));
+    assert_null(cJSON_GetObjectItem(p, "upload_url")); /* a capability: never shown */
+    assert_string_equal(json_str(p, "state"), "importing");
+    cJSON_Delete(p);
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_happy_path),
+        T(test_requests_built),
+        T(test_setup_body_with_group_field),
+        T(test_upload_name_escaped),
+        T(test_invalid_job_fails),
+        T(test_retry_classes),
+        T(test_4xx_fails_with_api_error),
+        T(test_422_issues_in_error),
+        T(test_retry_after_seconds),
+        T(test_retry_after_date),
+        T(test_jitter_bounds),
+        T(test_import_timeout),
+        T(test_batch_timeout),
+        T(test_import_outcomes),
+        T(test_import_failed_and_pending_schema),
+        T(test_batch_error),
+        T(test_record_roundtrip),
+        T(test_resume_create_dataset_unknown),
+        T(test_resume_upload_unknown_unexpired),
+        T(test_resume_upload_unknown_expired),
+        T(test_resume_upload_landed),
+        T(test_upload_403_new_url),
+        T(test_expiring_url_not_used),
+        T(test_resume_batch_create_found),
+        T(test_resume_batch_create_not_found),
+        T(test_resume_batch_found_already_set_up),
+        T(test_resume_setup_unknown),
+        T(test_resume_upload_url_unknown),
+        T(test_resume_validating),
+        T(test_cancel_and_retry),
+        T(test_retry_refused_when_not_failed),
+        T(test_public_job_fields),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
