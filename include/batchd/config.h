@@ -61,8 +61,11 @@ void config_diag_free(config_diag *d);
 
 /* Fills c with defaults (strings allocated). */
 void config_defaults(config *c);
-/* Loads path over the defaults. Returns 0 when usable; -EINVAL with diag filled when the
- * file has errors; -errno when it cannot be read (also described in diag). */
+/* Fills c with the defaults (config_defaults), then loads path over them: c must not hold
+ * allocations yet (do not call config_defaults first). Returns 0 when usable; -EINVAL with
+ * diag filled when the file has errors; -errno when it cannot be read (also described in
+ * diag; c then holds the defaults). Always config_free(c) afterwards. Besides the keys of
+ * PRODUCT.md §3, [job] max_record_size (bytes, k/M suffix) sets max_record_bytes. */
 int config_load(const char *path, config *c, config_diag *diag);
 void config_free(config *c);
 

@@ -1,0 +1,59 @@
+/* manifest: a job's job.json and its templates. Loads job.json (or nothing, for a bare data
+ * file), resolves the template chain, merges field by field, applies the defaults, finds the
+ * data file and checks everything batchd will send against the API rules (rules module), so
+ * a mistake is reported with its JSON path before any API call. Blocking file reads; no
+ * logging, no globals: safe on libuv's thread pool. */
+#ifndef BATCHD_MANIFEST_H
+#define BATCHD_MANIFEST_H
+
+#include <stdbool.h>
+
+#include <cjson/cJSON.h>
+
+#include "batchd/config.h"
+
+#define MANIFEST_MAX_TEMPLATE_DEPTH 8
+#define MANIFEST_MAX_FILE           (1024 * 1024) /* job.json and templates */
+
+/* Loads job.json from job_dir (absent = {}: a bare data file job), resolves and merges
+ * templates (the job's "template", else cfg->job.template_path; "template": null means
+ * none), applies defaults (dataset.name and batch.name = job_name, workspace_id =
+ * cfg->api.workspace_id, batch.tasks_per_group = 1, dataset.file = the single data file
+ * found), validates everything locally. Returns 0 with *out = the resolved job object (owned
+ * by the caller, without "template"), or -EINVAL with issues appended to errors: a cJSON
+ * array of {"path": "...", "message": "..."} objects, each with "file" when the problem is in
+ * a template ("file": "<template path>") or job.json ("file": "job.json"), and "line" /
+ * "column" for JSON syntax errors. */
+int manifest_resolve(const char *job_dir, const char *job_name, const config *cfg, cJSON **out,
+                     cJSON *errors);
+
+/* The same for a bare data file outside a job directory (batchctl validate FILE): no
+ * job.json is read; the configured template applies; dataset.file = basename(data_path).
+ * The data file itself is not opened here. */
+int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
+                          cJSON **out, cJSON *errors);
+
+/* Loads one template (a name or a path, see below) with its chain, merged, without
+ * defaults or data file, and checks what can be checked without a job (member types,
+ * schema, task_details, batch_items against the schema when both are present). For
+ * batchd --check-config. Returns 0 or -EINVAL / -ENOENT with issues in errors. */
+int manifest_check_template(const char *ref, const config *cfg, cJSON *errors);
+
+/* Where a template reference points: a path when it contains '/' (relative to base_dir),
+ * else "<dir of cfg->job.template_path>/<ref>.json" (".json" not doubled). malloc'd, or NULL
+ * when ref is empty or has control characters. */
+char *manifest_template_path(const char *ref, const char *base_dir, const config *cfg);
+
+/* True for names data-file discovery considers: "*.jsonl" / "*.csv" (any case), not a
+ * dotfile, not rejected.jsonl and not our own "*.cleaned.jsonl" / "*.cleaned.csv". */
+bool manifest_is_data_name(const char *name);
+
+/* True for a name batchd may write into a job directory itself (cleaned file, rejected.jsonl,
+ * error.json, result.json): such files never count as the user's data. */
+bool manifest_is_own_name(const char *name);
+
+/* Appends {"path": path, "message": msg} (path may be NULL; file too) to errors. */
+void manifest_error_add(cJSON *errors, const char *file, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#endif

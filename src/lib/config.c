@@ -1,0 +1,737 @@
+/* config: see include/batchd/config.h. The file is read whole (it is small), fed to inih
+ * through our own line reader so that every handler call knows its line number, and every
+ * value is checked where it is parsed so that each problem names its file:line. */
+#include "batchd/config.h"
+#include "batchd/fsutil.h"
+#include "batchd/util.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CONFIG_MAX_FILE  (1024 * 1024)
+#define CONFIG_MAX_TOKEN 4096
+
+void config_diag_free(config_diag *d)
+{
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->count; i++)
+        free(d->lines[i]);
+    free(d->lines);
+    d->lines = NULL;
+    d->count = 0;
+}
+
+static void diag_add(config_diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void diag_add(config_diag *d, const char *fmt, ...)
+{
+    if (!d)
+        return;
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    d->lines = xrealloc(d->lines, (d->count + 1) * sizeof *d->lines);
+    d->lines[d->count++] = strbuf_steal(&sb);
+}
+
+void config_defaults(config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->api.url = xstrdup("https://api.prolific.com");
+    c->api.timeout_ms = 30000;
+    c->api.max_rate = 5;
+    c->api.max_connections = 8;
+    c->spool.dir = xstrdup("/var/spool/batchd");
+    c->spool.rescan_interval_ms = 30000;
+    c->state.dir = xstrdup("/var/lib/batchd");
+    c->control.socket = xstrdup("/run/batchd/io.batchd");
+    c->control.group = xstrdup("batchd");
+    c->poll.initial_ms = 2000;
+    c->poll.max_ms = 60000;
+    c->poll.multiplier = 2;
+    c->poll.import_timeout_ms = 3600000;
+    c->poll.batch_timeout_ms = 6 * 3600000;
+    c->job.template_path = xstrdup("/etc/batchd/templates/default.json");
+    c->job.max_active = 64;
+    c->job.invalid_records = CONFIG_INVALID_FAIL;
+    c->job.max_record_bytes = 1024 * 1024;
+}
+
+void config_free(config *c)
+{
+    if (!c)
+        return;
+    free(c->path);
+    free(c->api.url);
+    free(c->api.workspace_id);
+    free(c->api.token_file);
+    free(c->spool.dir);
+    free(c->state.dir);
+    free(c->control.socket);
+    free(c->control.group);
+    free(c->job.template_path);
+    memset(c, 0, sizeof *c);
+}
+
+const char *config_default_path(const char *explicit_path)
+{
+    if (explicit_path && *explicit_path)
+        return explicit_path;
+    const char *env = getenv("BATCHD_CONFIG");
+    if (env && *env)
+        return env;
+    return CONFIG_DEFAULT_PATH;
+}
+
+/* ---- value parsers: each returns NULL when fine, else what is wrong ---- */
+
+static const char *parse_duration_value(const char *v, int64_t *out)
+{
+    int64_t ms;
+    if (duration_parse(v, &ms) < 0)
+        return "not a duration: use seconds or a number with ms, s, m, h or d (\"30s\", "
+               "\"500ms\", \"5m\")";
+    if (ms <= 0)
+        return "must be longer than 0";
+    *out = ms;
+    return NULL;
+}
+
+static const char *parse_int_value(const char *v, long lo, long hi, int *out, const char *range_msg)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (end == v || *end || errno)
+        return "not a whole number";
+    if (n < lo || n > hi)
+        return range_msg;
+    *out = (int)n;
+    return NULL;
+}
+
+static const char *parse_double_value(const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno || d != d)
+        return "not a number";
+    *out = d;
+    return NULL;
+}
+
+/* "1048576", "512k", "1M", "1MiB" ... */
+static const char *parse_size_value(const char *v, size_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*v))
+        return "not a size: use bytes or a number with k or M (\"512k\", \"1M\")";
+    unsigned long long n = strtoull(v, &end, 10);
+    if (end == v || errno)
+        return "not a size: use bytes or a number with k or M (\"512k\", \"1M\")";
+    unsigned long long mult = 1;
+    if (!*end || !strcmp(end, "B"))
+        mult = 1;
+    else if (!strcasecmp(end, "k") || !strcasecmp(end, "KiB") || !strcasecmp(end, "KB"))
+        mult = 1024;
+    else if (!strcasecmp(end, "M") || !strcasecmp(end, "MiB") || !strcasecmp(end, "MB"))
+        mult = 1024 * 1024;
+    else
+        return "not a size: use bytes or a number with k or M (\"512k\", \"1M\")";
+    if (n == 0)
+        return "must be larger than 0";
+    if (n > (1ULL << 30) / mult)
+        return "too large: at most 1024M";
+    *out = (size_t)(n * mult);
+    return NULL;
+}
+
+static bool host_is_loopback(const char *host, size_t len)
+{
+    char buf[64];
+    if (len == 0 || len >= sizeof buf)
+        return false;
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+    if (!strcasecmp(buf, "localhost"))
+        return true;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, buf, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (buf[0] == '[' && buf[len - 1] == ']') {
+        buf[len - 1] = '\0';
+        struct in6_addr a6;
+        return inet_pton(AF_INET6, buf + 1, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    }
+    return false;
+}
+
+/* https:// anywhere; http:// only to a loopback host (batchd-sim), so that the token never
+ * crosses a network in clear text. */
+static const char *check_url(const char *v)
+{
+    const char *host;
+    bool plain;
+    if (!strncasecmp(v, "https://", 8)) {
+        host = v + 8;
+        plain = false;
+    } else if (!strncasecmp(v, "http://", 7)) {
+        host = v + 7;
+        plain = true;
+    } else {
+        return "must start with https:// (http:// is allowed only to a loopback host such as "
+               "127.0.0.1, [::1] or localhost, for batchd-sim)";
+    }
+    size_t hlen;
+    if (*host == '[') {
+        const char *close = strchr(host, ']');
+        if (!close)
+            return "malformed IPv6 host: missing ']'";
+        hlen = (size_t)(close - host) + 1;
+    } else {
+        hlen = strcspn(host, ":/?#");
+    }
+    if (hlen == 0)
+        return "has no host";
+    for (const char *p = v; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return "contains white space or control characters";
+    if (plain && !host_is_loopback(host, hlen))
+        return "http:// is allowed only to a loopback host (127.0.0.0/8, [::1], localhost, "
+               "for batchd-sim); use https:// for anything else";
+    return NULL;
+}
+
+/* ---- the inih side ---- */
+
+enum { SEC_API, SEC_SPOOL, SEC_STATE, SEC_CONTROL, SEC_POLL, SEC_JOB, SEC_COUNT };
+static const char *const section_names[SEC_COUNT] = {"api",     "spool", "state",
+                                                     "control", "poll",  "job"};
+
+typedef struct parse_state {
+    config *c;
+    config_diag *diag;
+    const char *path;
+    const char *data; /* the whole file */
+    size_t len, pos;
+    int lineno; /* line the reader returned last */
+    int errors;
+    unsigned char seen[32]; /* which keys (index into keys[]) were given: duplicates */
+} parse_state;
+
+static void perr(parse_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void perr(parse_state *st, const char *fmt, ...)
+{
+    strbuf sb = {0};
+    strbuf_printf(&sb, "%s:%d: ", st->path, st->lineno);
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    diag_add(st->diag, "%s", sb.data);
+    strbuf_free(&sb);
+    st->errors++;
+}
+
+static bool section_known(const char *name, size_t len)
+{
+    for (int i = 0; i < SEC_COUNT; i++)
+        if (strlen(section_names[i]) == len && !memcmp(section_names[i], name, len))
+            return true;
+    return false;
+}
+
+/* inih does not tell the handler about section headers, so they are checked here, where
+ * the line number is known. */
+static void check_section_header(parse_state *st, const char *line, size_t len)
+{
+    while (len && (*line == ' ' || *line == '\t')) {
+        line++;
+        len--;
+    }
+    if (!len || *line != '[')
+        return;
+    const char *close = memchr(line, ']', len);
+    if (!close)
+        return; /* inih reports the syntax error */
+    const char *name = line + 1;
+    size_t nlen = (size_t)(close - name);
+    while (nlen && (*name == ' ' || *name == '\t')) {
+        name++;
+        nlen--;
+    }
+    while (nlen && (name[nlen - 1] == ' ' || name[nlen - 1] == '\t'))
+        nlen--;
+    if (!section_known(name, nlen))
+        perr(st, "unknown section [%.*s] (known: api, spool, state, control, poll, job)", (int)nlen,
+             name);
+}
+
+/* fgets over the in-memory file, counting lines. Lines that do not fit inih's buffer are
+ * cut and reported rather than silently split into two lines. */
+static char *reader(char *str, int num, void *stream)
+{
+    parse_state *st = stream;
+    if (st->pos >= st->len || num < 3)
+        return NULL;
+    st->lineno++;
+    const char *start = st->data + st->pos;
+    const char *nl = memchr(start, '\n', st->len - st->pos);
+    size_t linelen = nl ? (size_t)(nl - start) + 1 : st->len - st->pos;
+    st->pos += linelen;
+    check_section_header(st, start, linelen);
+    size_t room = (size_t)num - 2;
+    if (linelen > room + 1) {
+        perr(st, "line too long (at most %zu characters)", room - 1);
+        memcpy(str, start, room);
+        str[room] = '\n';
+        str[room + 1] = '\0';
+        return str;
+    }
+    memcpy(str, start, linelen);
+    str[linelen] = '\0';
+    return str;
+}
+
+/* inih strips ';' comments after values but not '#'; we strip both, when preceded by
+ * white space, so "timeout = 30s   # one request" works as the documented example does. */
+static char *strip_value(const char *value)
+{
+    char *v = xstrdup(value);
+    for (char *p = v; *p; p++) {
+        if ((*p == '#' || *p == ';') && p > v && (p[-1] == ' ' || p[-1] == '\t')) {
+            *p = '\0';
+            break;
+        }
+    }
+    size_t n = strlen(v);
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r'))
+        v[--n] = '\0';
+    return v;
+}
+
+static void set_str(char **dst, const char *v, bool empty_is_null)
+{
+    free(*dst);
+    *dst = (empty_is_null && !*v) ? NULL : xstrdup(v);
+}
+
+typedef const char *(*key_fn)(config *c, const char *v);
+
+#define DUR_KEY(fname, field)                                                                      \
+    static const char *fname(config *c, const char *v)                                             \
+    {                                                                                              \
+        return parse_duration_value(v, &field);                                                    \
+    }
+DUR_KEY(k_api_timeout, c->api.timeout_ms)
+DUR_KEY(k_spool_rescan, c->spool.rescan_interval_ms)
+DUR_KEY(k_poll_initial, c->poll.initial_ms)
+DUR_KEY(k_poll_max, c->poll.max_ms)
+DUR_KEY(k_poll_import, c->poll.import_timeout_ms)
+DUR_KEY(k_poll_batch, c->poll.batch_timeout_ms)
+
+static const char *k_api_url(config *c, const char *v)
+{
+    const char *e = check_url(v);
+    if (!e)
+        set_str(&c->api.url, v, false);
+    return e;
+}
+
+static const char *k_api_workspace(config *c, const char *v)
+{
+    for (const char *p = v; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_')
+            return "not a workspace id (letters and digits, e.g. 6278acb09062db3b35bcbeb0)";
+    set_str(&c->api.workspace_id, v, true);
+    return NULL;
+}
+
+static const char *k_api_token_file(config *c, const char *v)
+{
+    set_str(&c->api.token_file, v, true);
+    return NULL;
+}
+
+static const char *k_api_max_rate(config *c, const char *v)
+{
+    double d;
+    const char *e = parse_double_value(v, &d);
+    if (e)
+        return e;
+    if (!(d > 0) || d > 10000)
+        return "must be more than 0 and at most 10000 (requests per second)";
+    c->api.max_rate = d;
+    return NULL;
+}
+
+static const char *k_api_max_conn(config *c, const char *v)
+{
+    return parse_int_value(v, 1, 256, &c->api.max_connections, "must be between 1 and 256");
+}
+
+static const char *k_dir(char **dst, const char *v)
+{
+    if (!*v)
+        return "must not be empty";
+    set_str(dst, v, false);
+    return NULL;
+}
+
+static const char *k_spool_dir(config *c, const char *v)
+{
+    return k_dir(&c->spool.dir, v);
+}
+static const char *k_state_dir(config *c, const char *v)
+{
+    return k_dir(&c->state.dir, v);
+}
+static const char *k_control_socket(config *c, const char *v)
+{
+    if (strlen(v) >= 108)
+        return "too long for a Unix socket path (at most 107 bytes)";
+    return k_dir(&c->control.socket, v);
+}
+static const char *k_control_group(config *c, const char *v)
+{
+    set_str(&c->control.group, v, true);
+    return NULL;
+}
+
+static const char *k_poll_mult(config *c, const char *v)
+{
+    double d;
+    const char *e = parse_double_value(v, &d);
+    if (e)
+        return e;
+    if (!(d >= 1) || d > 100)
+        return "must be at least 1 and at most 100";
+    c->poll.multiplier = d;
+    return NULL;
+}
+
+static const char *k_job_template(config *c, const char *v)
+{
+    set_str(&c->job.template_path, v, true);
+    return NULL;
+}
+
+static const char *k_job_max_active(config *c, const char *v)
+{
+    return parse_int_value(v, 1, 100000, &c->job.max_active, "must be between 1 and 100000");
+}
+
+static const char *k_job_invalid(config *c, const char *v)
+{
+    if (!strcmp(v, "fail"))
+        c->job.invalid_records = CONFIG_INVALID_FAIL;
+    else if (!strcmp(v, "skip"))
+        c->job.invalid_records = CONFIG_INVALID_SKIP;
+    else
+        return "must be fail or skip";
+    return NULL;
+}
+
+static const char *k_job_max_record(config *c, const char *v)
+{
+    return parse_size_value(v, &c->job.max_record_bytes);
+}
+
+static const struct key_def {
+    int section;
+    const char *name;
+    key_fn fn;
+} keys[] = {
+    {SEC_API, "url", k_api_url},
+    {SEC_API, "workspace_id", k_api_workspace},
+    {SEC_API, "token_file", k_api_token_file},
+    {SEC_API, "timeout", k_api_timeout},
+    {SEC_API, "max_rate", k_api_max_rate},
+    {SEC_API, "max_connections", k_api_max_conn},
+    {SEC_SPOOL, "dir", k_spool_dir},
+    {SEC_SPOOL, "rescan_interval", k_spool_rescan},
+    {SEC_STATE, "dir", k_state_dir},
+    {SEC_CONTROL, "socket", k_control_socket},
+    {SEC_CONTROL, "group", k_control_group},
+    {SEC_POLL, "initial", k_poll_initial},
+    {SEC_POLL, "max", k_poll_max},
+    {SEC_POLL, "multiplier", k_poll_mult},
+    {SEC_POLL, "import_timeout", k_poll_import},
+    {SEC_POLL, "batch_timeout", k_poll_batch},
+    {SEC_JOB, "template", k_job_template},
+    {SEC_JOB, "max_active", k_job_max_active},
+    {SEC_JOB, "invalid_records", k_job_invalid},
+    {SEC_JOB, "max_record_size", k_job_max_record},
+};
+
+_Static_assert(BD_ARRAY_LEN(keys) <= 32, "parse_state.seen is too small");
+
+static void known_keys(int sec, strbuf *sb)
+{
+    const char *sep = "";
+    for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++) {
+        if (keys[i].section != sec)
+            continue;
+        strbuf_printf(sb, "%s%s", sep, keys[i].name);
+        sep = ", ";
+    }
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    parse_state *st = user;
+    int sec = -1;
+    for (int i = 0; i < SEC_COUNT; i++)
+        if (!strcmp(section, section_names[i]))
+            sec = i;
+    if (sec < 0) {
+        /* Unknown sections are reported once, at their header line, by the reader. */
+        if (!*section)
+            perr(st,
+                 "'%s' is outside any section: put it under [api], [spool], [state], "
+                 "[control], [poll] or [job]",
+                 name);
+        return 1;
+    }
+    size_t k;
+    for (k = 0; k < BD_ARRAY_LEN(keys); k++)
+        if (keys[k].section == sec && !strcmp(keys[k].name, name))
+            break;
+    if (k == BD_ARRAY_LEN(keys)) {
+        strbuf known = {0};
+        known_keys(sec, &known);
+        perr(st, "unknown key '%s' in [%s] (known: %s)", name, section, known.data);
+        strbuf_free(&known);
+        return 1;
+    }
+    if (st->seen[k]) {
+        perr(st,
+             "[%s] %s given twice (an indented line continues the previous value; "
+             "remove the indentation or the second one)",
+             section, name);
+        return 1;
+    }
+    st->seen[k] = 1;
+    char *v = strip_value(value);
+    const char *err = keys[k].fn(st->c, v);
+    if (err)
+        perr(st, "[%s] %s = %s: %s", section, name, v, err);
+    free(v);
+    return 1;
+}
+
+/* Checks that span several keys. */
+static void check_whole(const config *c, config_diag *diag, const char *path, int *errors)
+{
+    if (c->poll.initial_ms > c->poll.max_ms) {
+        diag_add(diag, "%s: [poll] initial must not be longer than [poll] max", path);
+        (*errors)++;
+    }
+}
+
+static void errno_text(int e, char *buf, size_t len)
+{
+    /* GNU strerror_r returns a pointer that may or may not be buf. */
+    const char *s = strerror_r(e, buf, len);
+    if (s != buf)
+        strlcpy_bd(buf, s, len);
+}
+
+int config_load(const char *path, config *c, config_diag *diag)
+{
+    config_defaults(c);
+    c->path = xstrdup(path);
+    char *data = NULL;
+    size_t len = 0;
+    int r = fsutil_read_file(path, CONFIG_MAX_FILE, false, &data, &len);
+    if (r < 0) {
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        if (r == -EFBIG)
+            diag_add(diag, "%s: too large for a configuration file (at most 1 MiB)", path);
+        else if (r == -EISDIR || r == -EINVAL)
+            diag_add(diag, "%s: not a regular file", path);
+        else
+            diag_add(diag, "%s: cannot read: %s", path, eb);
+        return r;
+    }
+    if (!utf8_valid(data, len)) {
+        diag_add(diag, "%s: not valid UTF-8 text", path);
+        free(data);
+        return -EINVAL;
+    }
+    parse_state st = {.c = c, .diag = diag, .path = path, .data = data, .len = len};
+    int pr = ini_parse_stream(reader, &st, handler, &st);
+    if (pr > 0 && st.errors == 0) {
+        st.lineno = pr;
+        perr(&st, "syntax error: expected [section], key = value, or a # comment");
+    } else if (pr < 0) {
+        diag_add(diag, "%s: cannot parse (out of memory)", path);
+        st.errors++;
+    }
+    free(data);
+    check_whole(c, diag, path, &st.errors);
+    return st.errors ? -EINVAL : 0;
+}
+
+/* ---- the token ---- */
+
+/* Reads a token file, refusing group/other access. Returns 0, -ENOENT/-EACCES (try the
+ * next source), or another -errno with a message in diag. */
+static int read_token_file(const char *path, char **out, config_diag *diag)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    struct stat sb;
+    if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        diag_add(diag, "%s: the API token file is not a regular file", path);
+        return -EINVAL;
+    }
+    if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
+        close(fd);
+        diag_add(diag,
+                 "%s: the API token file is accessible by group or others (mode %04o); "
+                 "refusing it: run chmod 600 %s",
+                 path, (unsigned)(sb.st_mode & 07777), path);
+        return -EPERM;
+    }
+    char *buf = xmalloc(CONFIG_MAX_TOKEN + 1);
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, CONFIG_MAX_TOKEN + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = -errno;
+            char eb[128];
+            errno_text(-e, eb, sizeof eb);
+            close(fd);
+            free(buf);
+            diag_add(diag, "%s: cannot read the API token file: %s", path, eb);
+            return e;
+        }
+        if (n == 0 || (len += (size_t)n) > CONFIG_MAX_TOKEN)
+            break;
+    }
+    close(fd);
+    if (len > CONFIG_MAX_TOKEN) {
+        explicit_bzero(buf, CONFIG_MAX_TOKEN + 1);
+        free(buf);
+        diag_add(diag, "%s: the API token file is too large (at most %d bytes)", path,
+                 CONFIG_MAX_TOKEN);
+        return -EINVAL;
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
+/* Trims white space in place; refuses control characters inside (they would end up in an
+ * HTTP header). Never quotes the token. */
+static int clean_token(char *t, const char *where, config_diag *diag)
+{
+    size_t n = strlen(t);
+    while (n && isspace((unsigned char)t[n - 1]))
+        t[--n] = '\0';
+    size_t skip = strspn(t, " \t\r\n\v\f");
+    memmove(t, t + skip, n - skip + 1);
+    if (!*t) {
+        diag_add(diag, "%s: the API token is empty", where);
+        return -EINVAL;
+    }
+    for (const char *p = t; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            diag_add(diag,
+                     "%s: the API token contains a control character (a line break?); it "
+                     "must be a single line",
+                     where);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int token_from_file(const char *path, const char *label, char **token, const char **source,
+                           config_diag *diag)
+{
+    char *t = NULL;
+    int r = read_token_file(path, &t, diag);
+    if (r < 0)
+        return r;
+    r = clean_token(t, path, diag);
+    if (r < 0) {
+        explicit_bzero(t, strlen(t));
+        free(t);
+        return r;
+    }
+    *token = t;
+    *source = label;
+    return 0;
+}
+
+int config_load_token(const config *c, char **token, const char **source, config_diag *diag)
+{
+    *token = NULL;
+    *source = NULL;
+    strbuf tried = {0};
+    if (c->api.token_file) {
+        int r = token_from_file(c->api.token_file, "token_file", token, source, diag);
+        if (r == 0 || (r != -ENOENT && r != -EACCES)) {
+            strbuf_free(&tried);
+            return r;
+        }
+        strbuf_printf(&tried, "%s (%s)", c->api.token_file,
+                      r == -ENOENT ? "does not exist" : "permission denied");
+    }
+    const char *cred = getenv("CREDENTIALS_DIRECTORY");
+    if (cred && *cred) {
+        char *p = xasprintf("%s/api-token", cred);
+        int r = token_from_file(p, "credential api-token", token, source, diag);
+        if (r == 0 || (r != -ENOENT && r != -EACCES)) {
+            free(p);
+            strbuf_free(&tried);
+            return r;
+        }
+        strbuf_printf(&tried, "%s%s (%s)", tried.len ? ", " : "", p,
+                      r == -ENOENT ? "does not exist" : "permission denied");
+        free(p);
+    } else {
+        strbuf_printf(&tried, "%s$CREDENTIALS_DIRECTORY (not set)", tried.len ? ", " : "");
+    }
+    const char *env = getenv("BATCHD_API_TOKEN");
+    if (env) {
+        char *t = xstrdup(env);
+        int r = clean_token(t, "$BATCHD_API_TOKEN", diag);
+        if (r < 0) {
+            explicit_bzero(t, strlen(t));
+            free(t);
+            strbuf_free(&tried);
+            return r;
+        }
+        *token = t;
+        *source = "environment BATCHD_API_TOKEN";
+        strbuf_free(&tried);
+        return 0;
+    }
+    diag_add(diag,
+             "no API token: tried %s, $BATCHD_API_TOKEN (not set); set [api] token_file "
+             "(mode 600), LoadCredential=api-token:... or BATCHD_API_TOKEN",
+             tried.data ? tried.data : "");
+    strbuf_free(&tried);
+    return -ENOENT;
+}

@@ -1,0 +1,814 @@
+/* manifest: see include/batchd/manifest.h. A job is resolved in layers: the deepest template
+ * first, each more specific template over it, job.json last; then the defaults fill what is
+ * still missing, and the result is checked as a whole, because only the whole says what
+ * batchd will send. */
+#include "batchd/manifest.h"
+#include "batchd/fsutil.h"
+#include "batchd/rules.h"
+#include "batchd/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define JOB_JSON "job.json"
+
+void manifest_error_add(cJSON *errors, const char *file, const char *path, const char *fmt, ...)
+{
+    if (!errors)
+        return;
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    cJSON *e = cJSON_CreateObject();
+    if (file)
+        cJSON_AddStringToObject(e, "file", file);
+    if (path)
+        cJSON_AddStringToObject(e, "path", path);
+    cJSON_AddStringToObject(e, "message", sb.data ? sb.data : "");
+    cJSON_AddItemToArray(errors, e);
+    strbuf_free(&sb);
+}
+
+static void errno_text(int e, char *buf, size_t len)
+{
+    const char *s = strerror_r(e, buf, len);
+    if (s != buf)
+        strlcpy_bd(buf, s, len);
+}
+
+static bool has_suffix_ci(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcasecmp(s + a - b, suffix);
+}
+
+bool manifest_is_own_name(const char *name)
+{
+    return !strcmp(name, "rejected.jsonl") || !strcmp(name, "error.json") ||
+           !strcmp(name, "result.json") || has_suffix_ci(name, ".cleaned.jsonl") ||
+           has_suffix_ci(name, ".cleaned.csv");
+}
+
+/* The same extensions records_format_from_name accepts (kept here so that the manifest
+ * does not need the record validator). */
+static bool data_extension(const char *name)
+{
+    return (has_suffix_ci(name, ".jsonl") && strlen(name) > 6) ||
+           (has_suffix_ci(name, ".csv") && strlen(name) > 4);
+}
+
+bool manifest_is_data_name(const char *name)
+{
+    return name[0] != '.' && !manifest_is_own_name(name) && data_extension(name);
+}
+
+static bool has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return true;
+    return false;
+}
+
+static char *dir_of(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    if (!s)
+        return xstrdup(".");
+    if (s == path)
+        return xstrdup("/");
+    return xstrndup(path, (size_t)(s - path));
+}
+
+char *manifest_template_path(const char *ref, const char *base_dir, const config *cfg)
+{
+    if (!ref || !*ref || has_control(ref))
+        return NULL;
+    if (strchr(ref, '/')) {
+        if (ref[0] == '/' || !base_dir)
+            return xstrdup(ref);
+        return fsutil_join(base_dir, ref);
+    }
+    const char *tp = cfg && cfg->job.template_path ? cfg->job.template_path
+                                                   : "/etc/batchd/templates/default.json";
+    char *dir = dir_of(tp);
+    char *p =
+        has_suffix_ci(ref, ".json") ? fsutil_join(dir, ref) : xasprintf("%s/%s.json", dir, ref);
+    free(dir);
+    return p;
+}
+
+/* ---- reading JSON files ---- */
+
+static void offset_to_line_col(const char *data, size_t off, int *line, int *col)
+{
+    int l = 1, c = 1;
+    for (size_t i = 0; i < off; i++) {
+        if (data[i] == '\n') {
+            l++;
+            c = 1;
+        } else if (((unsigned char)data[i] & 0xC0) != 0x80) {
+            c++;
+        }
+    }
+    *line = l;
+    *col = c;
+}
+
+static void file_error(cJSON *errors, const char *file, int line, int col, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void file_error(cJSON *errors, const char *file, int line, int col, const char *fmt, ...)
+{
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "file", file);
+    if (line > 0)
+        cJSON_AddNumberToObject(e, "line", line);
+    if (col > 0)
+        cJSON_AddNumberToObject(e, "column", col);
+    cJSON_AddStringToObject(e, "message", sb.data);
+    cJSON_AddItemToArray(errors, e);
+    strbuf_free(&sb);
+}
+
+/* The first line (1-based) that is not valid UTF-8, or 0. Lines never split a character. */
+static int first_bad_utf8_line(const char *data, size_t len)
+{
+    int line = 1;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || data[i] == '\n') {
+            if (!utf8_valid(data + start, i - start))
+                return line;
+            line++;
+            start = i + 1;
+        }
+    }
+    return 0;
+}
+
+/* Reads and parses a JSON object file. shown is the name used in messages. Returns 0,
+ * -ENOENT silently (the caller decides whether absence is a problem), or another -errno /
+ * -EINVAL with the problem in errors. */
+static int load_json_object(const char *path, const char *shown, bool nofollow, cJSON **out,
+                            cJSON *errors)
+{
+    char *data = NULL;
+    size_t len = 0;
+    *out = NULL;
+    int r = fsutil_read_file(path, MANIFEST_MAX_FILE, nofollow, &data, &len);
+    if (r == -ENOENT)
+        return r;
+    if (r < 0) {
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        if (r == -ELOOP)
+            file_error(errors, shown, 0, 0,
+                       "is a symbolic link; batchd never follows links in a job: copy the file "
+                       "in instead");
+        else if (r == -EFBIG)
+            file_error(errors, shown, 0, 0, "is larger than %d bytes", MANIFEST_MAX_FILE);
+        else if (r == -EINVAL)
+            file_error(errors, shown, 0, 0, "is not a regular file");
+        else
+            file_error(errors, shown, 0, 0, "cannot be read: %s", eb);
+        return r;
+    }
+    int bad = 0;
+    if (strlen(data) != len) {
+        int line, col;
+        offset_to_line_col(data, strlen(data), &line, &col);
+        file_error(errors, shown, line, col, "contains a NUL byte: not a JSON text file");
+        r = -EINVAL;
+    } else if ((bad = first_bad_utf8_line(data, len)) > 0) {
+        file_error(errors, shown, bad, 0, "is not valid UTF-8 (save it as UTF-8)");
+        r = -EINVAL;
+    } else {
+        const char *end = NULL;
+        cJSON *j = cJSON_ParseWithOpts(data, &end, true);
+        if (!j) {
+            int line, col;
+            size_t off = end && end >= data && end <= data + len ? (size_t)(end - data) : 0;
+            offset_to_line_col(data, off, &line, &col);
+            file_error(errors, shown, line, col,
+                       "malformed JSON near here (check for a missing comma, quote or brace)");
+            r = -EINVAL;
+        } else if (!cJSON_IsObject(j)) {
+            file_error(errors, shown, 1, 1, "must be a JSON object ({...})");
+            cJSON_Delete(j);
+            r = -EINVAL;
+        } else {
+            *out = j;
+        }
+    }
+    free(data);
+    return r;
+}
+
+/* ---- the shape of job.json and templates ---- */
+
+static bool key_allowed(const char *key, const char *const *allowed)
+{
+    for (; *allowed; allowed++)
+        if (!strcmp(key, *allowed))
+            return true;
+    return false;
+}
+
+static void check_members(const cJSON *obj, const char *prefix, const char *const *allowed,
+                          const char *file, cJSON *errors, int *count)
+{
+    for (const cJSON *c = obj->child; c; c = c->next) {
+        const char *key = c->string ? c->string : "";
+        strbuf p = {0};
+        if (prefix)
+            strbuf_printf(&p, "%s.%s", prefix, key);
+        else
+            strbuf_puts(&p, key);
+        if (!key_allowed(key, allowed)) {
+            strbuf known = {0};
+            for (const char *const *a = allowed; *a; a++)
+                strbuf_printf(&known, "%s%s", a == allowed ? "" : ", ", *a);
+            manifest_error_add(errors, file, p.data, "unknown member (allowed here: %s)",
+                               known.data);
+            strbuf_free(&known);
+            (*count)++;
+        } else {
+            for (const cJSON *d = c->next; d; d = d->next) {
+                if (d->string && !strcmp(d->string, key)) {
+                    manifest_error_add(errors, file, p.data, "given twice");
+                    (*count)++;
+                    break;
+                }
+            }
+        }
+        strbuf_free(&p);
+    }
+}
+
+static void want_string(const cJSON *obj, const char *key, const char *path, bool allow_null,
+                        const char *file, cJSON *errors, int *count)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsString(v) || (allow_null && cJSON_IsNull(v)))
+        return;
+    manifest_error_add(errors, file, path, "must be a string%s", allow_null ? " or null" : "");
+    (*count)++;
+}
+
+static const char *const top_keys[] = {"template", "workspace_id", "dataset", "batch", NULL};
+static const char *const dataset_keys[] = {"name", "file", "schema", NULL};
+static const char *const batch_keys[] = {"name", "task_details", "batch_items", "tasks_per_group",
+                                         NULL};
+
+/* Checks member names and the types this module relies on. Returns the number of issues. */
+static int check_shape(const cJSON *j, const char *file, cJSON *errors)
+{
+    int n = 0;
+    check_members(j, NULL, top_keys, file, errors, &n);
+    want_string(j, "template", "template", true, file, errors, &n);
+    want_string(j, "workspace_id", "workspace_id", false, file, errors, &n);
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(j, "dataset");
+    if (ds && !cJSON_IsObject(ds)) {
+        manifest_error_add(errors, file, "dataset", "must be an object");
+        n++;
+    } else if (ds) {
+        check_members(ds, "dataset", dataset_keys, file, errors, &n);
+        want_string(ds, "name", "dataset.name", false, file, errors, &n);
+        want_string(ds, "file", "dataset.file", false, file, errors, &n);
+    }
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "batch");
+    if (b && !cJSON_IsObject(b)) {
+        manifest_error_add(errors, file, "batch", "must be an object");
+        n++;
+    } else if (b) {
+        check_members(b, "batch", batch_keys, file, errors, &n);
+        want_string(b, "name", "batch.name", false, file, errors, &n);
+    }
+    return n;
+}
+
+/* ---- merging ---- */
+
+static void replace_member(cJSON *obj, const char *key, const cJSON *value)
+{
+    cJSON *dup = cJSON_Duplicate(value, true);
+    if (cJSON_GetObjectItemCaseSensitive(obj, key))
+        cJSON_ReplaceItemInObjectCaseSensitive(obj, key, dup);
+    else
+        cJSON_AddItemToObject(obj, key, dup);
+}
+
+/* Lays over onto base: top-level members replace, and inside dataset and batch each member
+ * replaces the base's member (one level down, as PRODUCT.md §4 says). */
+static void merge_over(cJSON *base, const cJSON *over)
+{
+    for (const cJSON *c = over->child; c; c = c->next) {
+        if (!c->string || !strcmp(c->string, "template"))
+            continue;
+        cJSON *mine = cJSON_GetObjectItemCaseSensitive(base, c->string);
+        bool nested = !strcmp(c->string, "dataset") || !strcmp(c->string, "batch");
+        if (nested && cJSON_IsObject(mine) && cJSON_IsObject(c)) {
+            for (const cJSON *m = c->child; m; m = m->next)
+                if (m->string)
+                    replace_member(mine, m->string, m);
+        } else {
+            replace_member(base, c->string, c);
+        }
+    }
+}
+
+/* ---- template chains ---- */
+
+typedef struct chain {
+    cJSON *layers[MANIFEST_MAX_TEMPLATE_DEPTH];
+    char *paths[MANIFEST_MAX_TEMPLATE_DEPTH]; /* as shown in messages */
+    char *real[MANIFEST_MAX_TEMPLATE_DEPTH];  /* canonical, for cycle detection */
+    int n;
+} chain;
+
+static void chain_free(chain *ch)
+{
+    for (int i = 0; i < ch->n; i++) {
+        cJSON_Delete(ch->layers[i]);
+        free(ch->paths[i]);
+        free(ch->real[i]);
+    }
+    ch->n = 0;
+}
+
+static void report_cycle(const chain *ch, int back_to, const char *path, cJSON *errors)
+{
+    strbuf sb = {0};
+    for (int i = back_to; i < ch->n; i++)
+        strbuf_printf(&sb, "%s -> ", ch->paths[i]);
+    strbuf_puts(&sb, path);
+    manifest_error_add(errors, ch->paths[ch->n - 1], "template",
+                       "template cycle: %s; remove one of the \"template\" references", sb.data);
+    strbuf_free(&sb);
+}
+
+/* Loads ref and every template it names. from_file/from_dir: the file holding the reference
+ * (for messages) and the directory relative paths start from. missing_ok: an absent first
+ * template is not an error (the configured default). Returns 0, -ENOENT (absent, when
+ * missing_ok) or -EINVAL. */
+static int chain_load(chain *ch, const char *ref, const char *from_file, const char *from_dir,
+                      const config *cfg, bool missing_ok, cJSON *errors)
+{
+    char *dir = from_dir ? xstrdup(from_dir) : NULL;
+    const char *referrer = from_file;
+    char *next_ref = ref ? xstrdup(ref) : NULL;
+    int r = 0;
+    while (next_ref) {
+        const char *where = ch->n ? ch->paths[ch->n - 1] : referrer;
+        char *path = manifest_template_path(next_ref, dir, cfg);
+        if (!path) {
+            manifest_error_add(errors, where, "template",
+                               "not a template name or path: must be non-empty, without "
+                               "control characters");
+            r = -EINVAL;
+            break;
+        }
+        char *real = realpath(path, NULL);
+        if (!real) {
+            int e = errno;
+            if (e == ENOENT && missing_ok && ch->n == 0) {
+                free(path);
+                r = -ENOENT;
+                break;
+            }
+            char eb[128];
+            errno_text(e, eb, sizeof eb);
+            if (e == ENOENT)
+                manifest_error_add(errors, where, "template",
+                                   "unknown template \"%s\": %s does not exist%s", next_ref, path,
+                                   strchr(next_ref, '/')
+                                       ? ""
+                                       : " (a name is looked up next to the configured "
+                                         "template; give a path with '/' otherwise)");
+            else
+                manifest_error_add(errors, where, "template", "template \"%s\" (%s): %s", next_ref,
+                                   path, eb);
+            free(path);
+            r = -EINVAL;
+            break;
+        }
+        int cyc = -1;
+        for (int i = 0; i < ch->n; i++)
+            if (!strcmp(ch->real[i], real))
+                cyc = i;
+        if (cyc >= 0) {
+            report_cycle(ch, cyc, path, errors);
+            free(path);
+            free(real);
+            r = -EINVAL;
+            break;
+        }
+        if (ch->n == MANIFEST_MAX_TEMPLATE_DEPTH) {
+            manifest_error_add(errors, where, "template",
+                               "templates nest deeper than %d levels (next: %s)",
+                               MANIFEST_MAX_TEMPLATE_DEPTH, path);
+            free(path);
+            free(real);
+            r = -EINVAL;
+            break;
+        }
+        cJSON *j = NULL;
+        int lr = load_json_object(path, path, false, &j, errors);
+        if (lr < 0) {
+            if (lr == -ENOENT)
+                manifest_error_add(errors, where, "template", "template %s disappeared", path);
+            free(path);
+            free(real);
+            r = -EINVAL;
+            break;
+        }
+        ch->layers[ch->n] = j;
+        ch->paths[ch->n] = path;
+        ch->real[ch->n] = real;
+        ch->n++;
+        free(next_ref);
+        next_ref = NULL;
+        if (check_shape(j, path, errors) > 0) {
+            r = -EINVAL;
+            break;
+        }
+        const char *t = json_str(j, "template");
+        if (t) {
+            next_ref = xstrdup(t);
+            free(dir);
+            dir = dir_of(path);
+        }
+    }
+    free(next_ref);
+    free(dir);
+    return r;
+}
+
+/* Merged chain, deepest first; a new empty object when the chain is empty. */
+static cJSON *chain_merge(const chain *ch)
+{
+    cJSON *m = cJSON_CreateObject();
+    for (int i = ch->n - 1; i >= 0; i--)
+        merge_over(m, ch->layers[i]);
+    return m;
+}
+
+/* ---- defaults and the data file ---- */
+
+static cJSON *ensure_object(cJSON *parent, const char *key)
+{
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(parent, key);
+    if (cJSON_IsObject(o))
+        return o;
+    if (o)
+        return NULL; /* wrong type: reported by check_shape */
+    return cJSON_AddObjectToObject(parent, key);
+}
+
+static void default_string(cJSON *obj, const char *key, const char *value)
+{
+    if (obj && value && !cJSON_GetObjectItemCaseSensitive(obj, key))
+        cJSON_AddStringToObject(obj, key, value);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Checks a data file named in dataset.file: a plain name of an existing regular file. */
+static int check_named_file(const char *job_dir, const char *name, cJSON *errors)
+{
+    if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
+        has_control(name)) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "must be a plain file name in the job directory (no '/', no '..')");
+        return -EINVAL;
+    }
+    if (!data_extension(name)) {
+        manifest_error_add(errors, NULL, "dataset.file", "\"%s\" is not a .jsonl or .csv file name",
+                           name);
+        return -EINVAL;
+    }
+    if (manifest_is_own_name(name)) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is a name batchd writes itself; rename the data file", name);
+        return -EINVAL;
+    }
+    char *p = fsutil_join(job_dir, name);
+    struct stat st;
+    int r = lstat(p, &st) < 0 ? -errno : 0;
+    free(p);
+    if (r == -ENOENT) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" does not exist in the job directory", name);
+        return r;
+    }
+    if (r < 0) {
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        manifest_error_add(errors, NULL, "dataset.file", "\"%s\": %s", name, eb);
+        return r;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is a symbolic link; batchd never follows links: copy the "
+                           "file in instead",
+                           name);
+        return -EINVAL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        manifest_error_add(errors, NULL, "dataset.file", "\"%s\" is not a regular file", name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Finds the one data file in job_dir. *found is malloc'd. */
+static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
+{
+    *found = NULL;
+    DIR *d = opendir(job_dir);
+    if (!d) {
+        char eb[128];
+        int e = errno;
+        errno_text(e, eb, sizeof eb);
+        manifest_error_add(errors, NULL, NULL, "cannot list the job directory %s: %s", job_dir, eb);
+        return -e;
+    }
+    char **names = NULL;
+    size_t n = 0;
+    int r = 0;
+    const struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!manifest_is_data_name(de->d_name))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue; /* vanished while we looked */
+        if (S_ISLNK(st.st_mode)) {
+            manifest_error_add(errors, NULL, "dataset.file",
+                               "\"%s\" is a symbolic link; batchd never follows links: copy "
+                               "the file in instead",
+                               de->d_name);
+            r = -EINVAL;
+            continue;
+        }
+        if (!S_ISREG(st.st_mode))
+            continue;
+        names = xrealloc(names, (n + 1) * sizeof *names);
+        names[n++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    if (n > 1)
+        qsort(names, n, sizeof *names, cmp_str);
+    if (r == 0 && n == 0) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "no data file: put one *.jsonl or *.csv file in the job directory");
+        r = -EINVAL;
+    } else if (r == 0 && n > 1) {
+        strbuf sb = {0};
+        for (size_t i = 0; i < n; i++)
+            strbuf_printf(&sb, "%s%s", i ? ", " : "", names[i]);
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "%zu data files (%s) and none is named: set \"dataset\": {\"file\": "
+                           "...} in job.json, or keep one data file",
+                           n, sb.data);
+        strbuf_free(&sb);
+        r = -EINVAL;
+    } else if (r == 0) {
+        *found = names[0];
+        names[0] = NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return r;
+}
+
+/* ---- checking the whole ---- */
+
+static void add_rules_issues(const rules_report *rep, cJSON *errors)
+{
+    for (size_t i = 0; i < rep->count; i++)
+        manifest_error_add(errors, NULL, rep->issues[i].path, "%s",
+                           rep->issues[i].message ? rep->issues[i].message : "invalid");
+}
+
+static int check_required_string(const cJSON *obj, const char *key, const char *path,
+                                 const char *hint, cJSON *errors)
+{
+    const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+    if (!v) {
+        manifest_error_add(errors, NULL, path, "required%s", hint);
+        return 1;
+    }
+    if (!cJSON_IsString(v)) {
+        manifest_error_add(errors, NULL, path, "must be a string");
+        return 1;
+    }
+    if (!*v->valuestring || has_control(v->valuestring)) {
+        manifest_error_add(errors, NULL, path,
+                           "must be a non-empty string without control characters");
+        return 1;
+    }
+    return 0;
+}
+
+static int check_tasks_per_group(const cJSON *batch, cJSON *errors)
+{
+    const cJSON *t = batch ? cJSON_GetObjectItemCaseSensitive(batch, "tasks_per_group") : NULL;
+    if (!t)
+        return 0;
+    if (!cJSON_IsNumber(t) || t->valuedouble != (double)(int64_t)t->valuedouble ||
+        t->valuedouble < 1 || t->valuedouble > 1e6) {
+        manifest_error_add(errors, NULL, "batch.tasks_per_group", "must be a whole number >= 1");
+        return 1;
+    }
+    return 0;
+}
+
+/* Checks the resolved job. hint is appended to "required" messages. With want_all false (a
+ * template alone), absent parts are not errors. */
+static int check_resolved(const cJSON *job, const char *hint, bool want_all, cJSON *errors)
+{
+    int n = 0;
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(job, "dataset");
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(job, "batch");
+    if (!cJSON_IsObject(ds))
+        ds = NULL;
+    if (!cJSON_IsObject(b))
+        b = NULL;
+    if (want_all) {
+        n += check_required_string(job, "workspace_id", "workspace_id",
+                                   ": set it in job.json, a template, or [api] workspace_id in "
+                                   "the configuration",
+                                   errors);
+        n += check_required_string(ds, "name", "dataset.name", hint, errors);
+        n += check_required_string(b, "name", "batch.name", hint, errors);
+    }
+    n += check_tasks_per_group(b, errors);
+    const cJSON *schema = ds ? cJSON_GetObjectItemCaseSensitive(ds, "schema") : NULL;
+    const cJSON *td = b ? cJSON_GetObjectItemCaseSensitive(b, "task_details") : NULL;
+    const cJSON *items = b ? cJSON_GetObjectItemCaseSensitive(b, "batch_items") : NULL;
+    const char *what[3] = {"dataset.schema", "batch.task_details", "batch.batch_items"};
+    const cJSON *vals[3] = {schema, td, items};
+    for (int i = 0; i < 3; i++) {
+        if (!vals[i] && want_all) {
+            manifest_error_add(errors, NULL, what[i],
+                               "required: give it in job.json or in its template%s", hint);
+            n++;
+        }
+    }
+    rules_report rep;
+    rules_report_init(&rep);
+    if (schema)
+        rules_check_schema(schema, "dataset.schema", &rep);
+    if (td)
+        rules_check_task_details(td, "batch.task_details", &rep);
+    if (items)
+        rules_check_batch_items(items, cJSON_IsObject(schema) ? schema : NULL, "batch.batch_items",
+                                &rep);
+    add_rules_issues(&rep, errors);
+    n += (int)rep.count;
+    rules_report_free(&rep);
+    return n;
+}
+
+/* ---- resolution ---- */
+
+typedef struct resolve_in {
+    const char *job_dir;   /* directory of the job's files */
+    const char *bare_file; /* a bare data file's name in job_dir, or NULL */
+    const char *job_name;
+    const config *cfg;
+} resolve_in;
+
+static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
+{
+    *out = NULL;
+    cJSON *job = NULL;
+    chain ch = {0};
+    int r = 0;
+    if (!in->bare_file) {
+        char *p = fsutil_join(in->job_dir, JOB_JSON);
+        int lr = load_json_object(p, JOB_JSON, true, &job, errors);
+        free(p);
+        if (lr < 0 && lr != -ENOENT)
+            return -EINVAL;
+        if (job && check_shape(job, JOB_JSON, errors) > 0) {
+            cJSON_Delete(job);
+            return -EINVAL;
+        }
+    }
+    if (!job)
+        job = cJSON_CreateObject();
+
+    /* The template: the job's own, "template": null for none, else the configured one. */
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(job, "template");
+    const char *hint = "";
+    char hintbuf[PATH_MAX + 96];
+    if (cJSON_IsString(t)) {
+        r = chain_load(&ch, t->valuestring, JOB_JSON, in->job_dir, in->cfg, false, errors);
+    } else if (!t && in->cfg && in->cfg->job.template_path) {
+        r = chain_load(&ch, in->cfg->job.template_path, "configuration", NULL, in->cfg, true,
+                       errors);
+        if (r == -ENOENT) {
+            snprintf(hintbuf, sizeof hintbuf, " (the configured template %s does not exist)",
+                     in->cfg->job.template_path);
+            hint = hintbuf;
+            r = 0;
+        }
+    }
+    if (r < 0) {
+        chain_free(&ch);
+        cJSON_Delete(job);
+        return -EINVAL;
+    }
+    cJSON *m = chain_merge(&ch);
+    chain_free(&ch);
+    merge_over(m, job);
+    cJSON_Delete(job);
+
+    /* Defaults. */
+    int bad = 0;
+    cJSON *ds = ensure_object(m, "dataset");
+    cJSON *b = ensure_object(m, "batch");
+    default_string(m, "workspace_id", in->cfg ? in->cfg->api.workspace_id : NULL);
+    default_string(ds, "name", in->job_name);
+    default_string(b, "name", in->job_name);
+    if (b && !cJSON_GetObjectItemCaseSensitive(b, "tasks_per_group"))
+        cJSON_AddNumberToObject(b, "tasks_per_group", 1);
+    if (ds && in->bare_file) {
+        cJSON_DeleteItemFromObjectCaseSensitive(ds, "file");
+        cJSON_AddStringToObject(ds, "file", in->bare_file);
+    } else if (ds) {
+        const char *named = json_str(ds, "file");
+        if (named) {
+            if (check_named_file(in->job_dir, named, errors) < 0)
+                bad++;
+        } else {
+            char *found = NULL;
+            if (discover_data_file(in->job_dir, &found, errors) < 0)
+                bad++;
+            else
+                cJSON_AddStringToObject(ds, "file", found);
+            free(found);
+        }
+    }
+    bad += check_resolved(m, hint, true, errors);
+    if (bad) {
+        cJSON_Delete(m);
+        return -EINVAL;
+    }
+    *out = m;
+    return 0;
+}
+
+int manifest_resolve(const char *job_dir, const char *job_name, const config *cfg, cJSON **out,
+                     cJSON *errors)
+{
+    resolve_in in = {.job_dir = job_dir, .job_name = job_name, .cfg = cfg};
+    return resolve(&in, out, errors);
+}
+
+int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
+                          cJSON **out, cJSON *errors)
+{
+    char *dir = dir_of(data_path);
+    resolve_in in = {
+        .job_dir = dir, .bare_file = fsutil_basename(data_path), .job_name = job_name, .cfg = cfg};
+    int r = resolve(&in, out, errors);
+    free(dir);
+    return r;
+}
+
+int manifest_check_template(const char *ref, const config *cfg, cJSON *errors)
+{
+    chain ch = {0};
+    int r = chain_load(&ch, ref, "configuration", NULL, cfg, false, errors);
+    if (r == 0) {
+        cJSON *m = chain_merge(&ch);
+        if (check_resolved(m, "", false, errors) > 0)
+            r = -EINVAL;
+        cJSON_Delete(m);
+    }
+    chain_free(&ch);
+    return r;
+}
