@@ -36,15 +36,20 @@ typedef struct records_error {
 
 /* Called once per data record, in order. raw/raw_len is the record's exact bytes without
  * its line terminator (a CSV record may span several lines), so that a caller can write the
- * valid ones to a cleaned file. errors/n_errors are that record's problems (n_errors == 0:
- * valid). A non-zero return stops validation and is returned by feed/finish. */
+ * valid ones to a cleaned file; it is valid only during the call. A record longer than
+ * max_record is not kept: it comes with raw "" and raw_len 0 (and an error). errors/n_errors
+ * are that record's problems (n_errors == 0: valid), at most RECORDS_MAX_ERRORS, the last
+ * one then summarising the rest. A non-zero return stops validation and is returned by
+ * feed/finish. */
+#define RECORDS_MAX_ERRORS 16
+
 typedef int (*records_record_cb)(void *ud, const char *raw, size_t raw_len,
                                  const records_error *errors, size_t n_errors);
 
 typedef struct records_options {
     records_format format;
     const records_schema *schema; /* borrowed; must outlive the validator */
-    size_t max_record;            /* longest record accepted, in bytes (e.g. 1 MiB) */
+    size_t max_record;            /* longest record accepted, in bytes; 0: 1 MiB */
     records_record_cb on_record;  /* may be NULL */
     void *ud;
 } records_options;
@@ -59,19 +64,28 @@ typedef struct records_stats {
     uint64_t bytes;   /* bytes fed */
 } records_stats;
 
+/* Returns NULL when opts has no schema or an unknown format.
+ *
+ * Input rules: JSONL is one object per line; lines holding only spaces, tabs or CR are
+ * skipped, as are empty lines in CSV. LF or CRLF line ends. A UTF-8 byte-order mark is
+ * stripped from the start of a CSV file (Excel writes one) but is a file error at the start
+ * of a JSONL file (JSON forbids it; stripping would upload a file the API may refuse). */
 records_validator *records_new(const records_options *opts);
 void records_free(records_validator *v);
-/* Feeds the next chunk. Returns 0, or the callback's non-zero value. */
+/* Feeds the next chunk (any size, boundaries anywhere). Returns 0, the callback's non-zero
+ * value, or -EINVAL after finish. */
 int records_feed(records_validator *v, const void *data, size_t len);
-/* Ends the input: flushes a last record without a terminator. Returns 0 or the
- * callback's non-zero value. */
+/* Ends the input: flushes a last record without a terminator and decides the file-level
+ * problems (empty file, unterminated header). Returns 0 or the callback's non-zero value. */
 int records_finish(records_validator *v);
 void records_get_stats(const records_validator *v, records_stats *out);
 
 /* A problem with the file as a whole, reported at finish (or as soon as it is certain):
  * an empty file, a CSV header that is missing, malformed or names keys outside the
  * schema / misses strict keys, a byte-order mark in JSONL. NULL when none. The string is
- * owned by the validator; line is where it was found. */
+ * owned by the validator; line is where it was found (0 for an empty file; may be NULL).
+ * After a file error the rest of the input is counted but not validated: no more
+ * callbacks. */
 const char *records_file_error(const records_validator *v, uint64_t *line);
 
 /* The CSV header record exactly as read (without terminator), for writing a cleaned
