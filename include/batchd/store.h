@@ -1,0 +1,22 @@
+/* store: the durable job records under <state>/jobs/<id>.json. One file per job, replaced
+ * atomically (temp file, fsync, rename, fsync of the directory) so a crash leaves either
+ * the old record or the new one, never a torn one. */
+#ifndef BATCHD_STORE_H
+#define BATCHD_STORE_H
+
+#include <cjson/cJSON.h>
+
+#include "batchd/job.h"
+
+/* Creates <state_dir>/jobs (0700) and removes temp files a crash left behind. 0 or -errno
+ * with *err (malloc'd). */
+int store_init(const char *state_dir, char **err);
+/* Writes the job's record durably. 0 or -errno. */
+int store_save(const char *state_dir, const job *j);
+/* Reads every record, calling each(ud, job) with a job the callee owns, in id order (ids sort
+ * by claim time). A record that cannot be read is reported through bad(ud, file, reason) and
+ * left in place for a person to inspect. Returns the number of records read or -errno. */
+int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
+                   void (*bad)(void *ud, const char *file, const char *reason), void *ud);
+
+#endif

@@ -1,0 +1,123 @@
+/* store: see include/batchd/store.h. */
+#include "batchd/store.h"
+#include "batchd/fsutil.h"
+#include "batchd/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define RECORD_MAX (16u << 20)
+
+static char *jobs_dir(const char *state_dir)
+{
+    return fsutil_join(state_dir, "jobs");
+}
+
+int store_init(const char *state_dir, char **err)
+{
+    char *dir = jobs_dir(state_dir);
+    int r = fsutil_mkdir_p(dir, 0700);
+    if (r < 0) {
+        *err = xasprintf("cannot create %s: %s", dir, strerror(-r));
+        free(dir);
+        return r;
+    }
+    DIR *d = opendir(dir);
+    if (!d) {
+        r = -errno;
+        *err = xasprintf("cannot open %s: %s", dir, strerror(errno));
+        free(dir);
+        return r;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        /* fsutil_write_atomic's temp files: ".<name>.<rand>.tmp" */
+        if (e->d_name[0] == '.' && n > 4 && strcmp(e->d_name + n - 4, ".tmp") == 0)
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+    free(dir);
+    return 0;
+}
+
+int store_save(const char *state_dir, const job *j)
+{
+    cJSON *rec = job_to_record(j);
+    char *text = json_print(rec);
+    cJSON_Delete(rec);
+    char *dir = jobs_dir(state_dir);
+    char *name = xasprintf("%s.json", j->id);
+    char *path = fsutil_join(dir, name);
+    int r = fsutil_write_atomic(path, text, strlen(text), 0600);
+    free(path);
+    free(name);
+    free(dir);
+    free(text);
+    return r;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
+                   void (*bad)(void *ud, const char *file, const char *reason), void *ud)
+{
+    char *dir = jobs_dir(state_dir);
+    DIR *d = opendir(dir);
+    if (!d) {
+        int r = -errno;
+        free(dir);
+        return r;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (e->d_name[0] == '.' || len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = xrealloc(names, cap * sizeof *names);
+        }
+        names[n++] = xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof *names, cmp_names);
+    int count = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *path = fsutil_join(dir, names[i]);
+        char *text = NULL;
+        size_t len = 0;
+        int r = fsutil_read_file(path, RECORD_MAX, true, &text, &len);
+        if (r < 0) {
+            if (bad)
+                bad(ud, path, strerror(-r));
+        } else {
+            cJSON *rec = cJSON_ParseWithLength(text, len);
+            const char *why = "not valid JSON";
+            job *j = rec ? job_from_record(rec, &why) : NULL;
+            if (j) {
+                each(ud, j);
+                count++;
+            } else if (bad) {
+                bad(ud, path, why);
+            }
+            cJSON_Delete(rec);
+        }
+        free(text);
+        free(path);
+        free(names[i]);
+    }
+    free(names);
+    free(dir);
+    return count;
+}
