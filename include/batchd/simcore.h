@@ -1,0 +1,210 @@
+/* simcore: the pure part of batchd-sim. It owns the simulated Prolific state (datasets,
+ * imports, batches), routes API paths to endpoint names, answers requests as the API
+ * does, derives import and batch lifecycles from the time passed in, computes import
+ * results from uploaded bytes (streamed through records), decides injected faults with a
+ * seeded RNG and keeps the request log. No sockets, no clocks: the server (src/sim) reads
+ * the time and serialises calls with one mutex; only simcore_upload_feed runs unlocked. */
+#ifndef BATCHD_SIMCORE_H
+#define BATCHD_SIMCORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+typedef enum simcore_endpoint {
+    SIMCORE_EP_NONE = 0, /* not an API endpoint (unknown path) */
+    SIMCORE_EP_CREATE_DATASET,
+    SIMCORE_EP_GET_DATASET,
+    SIMCORE_EP_UPLOAD_URL,
+    SIMCORE_EP_UPLOAD, /* the presigned PUT */
+    SIMCORE_EP_GET_IMPORT,
+    SIMCORE_EP_CREATE_BATCH,
+    SIMCORE_EP_LIST_BATCHES,
+    SIMCORE_EP_GET_BATCH,
+    SIMCORE_EP_BATCH_STATUS,
+    SIMCORE_EP_SETUP,
+    SIMCORE_EP_SIM_STATE, /* /_sim/state: never faulted, no auth */
+    SIMCORE_EP_SIM_REQUESTS,
+    SIMCORE_EP_SIM_FAULTS,
+    SIMCORE_EP_COUNT_,
+} simcore_endpoint;
+
+/* "create_dataset", ...; NULL for SIMCORE_EP_NONE. */
+const char *simcore_endpoint_name(simcore_endpoint ep);
+/* Returns 0, or -EINVAL for a name that is not one of the ten API endpoint names. */
+int simcore_endpoint_from_name(const char *name, simcore_endpoint *out);
+/* True for the /_sim/ endpoints (no auth, no faults, not logged). */
+bool simcore_endpoint_is_control(simcore_endpoint ep);
+
+/* Where a request goes. status 0: routed; 404: unknown path; 405: known path, wrong
+ * method (allow names the method that is allowed). endpoint is set for 405 too. */
+typedef struct simcore_route {
+    simcore_endpoint endpoint;
+    int status;
+    const char *allow;
+    char id[64];   /* dataset_id or batch_id from the path */
+    char sub[512]; /* import_id, upload filename, or the upload's file_key */
+} simcore_route;
+
+/* path is the URL path without the query string (already percent-decoded). */
+void simcore_route_request(const char *method, const char *path, simcore_route *out);
+
+/* ---- faults ---------------------------------------------------------------------- */
+
+typedef enum simcore_fault_kind {
+    SIMCORE_FAULT_NONE = 0,
+    SIMCORE_FAULT_500,
+    SIMCORE_FAULT_502,
+    SIMCORE_FAULT_503,
+    SIMCORE_FAULT_5XX, /* one of 500, 502, 503 per hit */
+    SIMCORE_FAULT_429,
+    SIMCORE_FAULT_DROP,       /* close without a response, before acting */
+    SIMCORE_FAULT_DROP_AFTER, /* act, then close without a response */
+    SIMCORE_FAULT_SLOW,       /* act, then wait slow_ms before answering */
+} simcore_fault_kind;
+
+const char *simcore_fault_kind_name(simcore_fault_kind k);
+int simcore_fault_kind_from_name(const char *name, simcore_fault_kind *out);
+
+typedef struct simcore_fault_rule {
+    simcore_fault_kind kind;
+    double probability;        /* 0..1 */
+    simcore_endpoint endpoint; /* SIMCORE_EP_NONE: every API request */
+} simcore_fault_rule;
+
+#define SIMCORE_MAX_FAULT_RULES 64
+
+typedef struct simcore_faults {
+    simcore_fault_rule rules[SIMCORE_MAX_FAULT_RULES];
+    size_t n_rules;
+    int64_t retry_after_s; /* value of Retry-After on 429 */
+    bool retry_after_date; /* send it as an HTTP-date instead of seconds */
+    int64_t slow_ms;       /* delay of a "slow" fault */
+    double batch_error;    /* probability that a setup ends in ERROR */
+} simcore_faults;
+
+/* Parses "KIND=PROB[@ENDPOINT]" ("429=0.1@create_batch", "drop=1"). Returns 0 or -EINVAL
+ * and writes what is wrong to err. */
+int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, size_t err_len);
+/* Replaces the fault table from the JSON of POST /_sim/faults ({"faults": [...],
+ * "retry_after": n | "date", "slow_ms": n, "batch_error": p}; members left out keep their
+ * value, "faults" replaces the whole table). Returns 0 or -EINVAL with err filled; on
+ * error nothing changes. */
+int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len);
+cJSON *simcore_faults_to_json(const simcore_faults *f);
+
+typedef struct simcore_fault_decision {
+    simcore_fault_kind kind; /* 5xx resolved to 500/502/503 */
+    int status;              /* HTTP status to answer for 5xx/429, else 0 */
+    int64_t retry_after_ms;  /* for 429, else -1 */
+} simcore_fault_decision;
+
+/* ---- the simulator ------------------------------------------------------------- */
+
+typedef struct simcore_config {
+    int64_t import_queued_ms;
+    int64_t import_processing_ms;
+    int64_t batch_processing_ms;
+    int64_t upload_ttl_ms;
+    uint64_t seed;
+    size_t max_errors;    /* import errors[] cap (0: 100) */
+    size_t max_record;    /* longest record in an upload (0: 1 MiB) */
+    size_t max_log;       /* request log entries kept (0: 100000) */
+    const char *base_url; /* "http://127.0.0.1:8080", for upload URLs */
+} simcore_config;
+
+typedef struct simcore simcore;
+
+/* Copies the config; the faults start empty (retry_after 1 s, slow 5 s). */
+simcore *simcore_new(const simcore_config *cfg);
+void simcore_free(simcore *sim);
+/* Changes the URL the presigned upload URLs start with (after the port is known). */
+void simcore_set_base_url(simcore *sim, const char *base_url);
+simcore_faults *simcore_get_faults(simcore *sim);
+
+/* Draws the faults for one request to endpoint ep (control endpoints never fault). */
+void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
+                          simcore_fault_decision *out);
+
+/* One request, as the server saw it. */
+typedef struct simcore_request {
+    const char *method;
+    const char *path;          /* without query */
+    const char *authorization; /* header value or NULL */
+    const char *content_type;  /* header value or NULL */
+    /* Query argument lookup (NULL when absent). */
+    const char *(*query)(void *ud, const char *key);
+    void *query_ud;
+    const char *body; /* NUL-terminated copy of the body (may be NULL when body_len 0) */
+    size_t body_len;
+    int64_t now_ms;
+} simcore_request;
+
+typedef struct simcore_response {
+    int status;
+    char *body;               /* owned; NULL for an empty body */
+    const char *content_type; /* static string or NULL */
+    const char *allow;        /* for 405 */
+    char etag[48];            /* for a successful upload */
+} simcore_response;
+
+void simcore_response_free(simcore_response *resp);
+/* Fills resp with the API's Error envelope. */
+void simcore_response_error(simcore_response *resp, int status, const char *detail);
+
+/* Answers every API and /_sim request except the presigned PUT (see simcore_upload_*).
+ * token is the accepted API token. Checks in the API's order: route (404), auth (401),
+ * method (405), Content-Type (415), JSON (400), then the endpoint's own rules. */
+void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
+                    simcore_response *resp);
+
+/* ---- uploads ------------------------------------------------------------------- */
+
+typedef struct simcore_upload simcore_upload;
+
+/* Checks a presigned PUT like S3 does (no Authorization header, the Content-Type the URL
+ * was issued for, not expired, known key, right signature). On success returns 0 and
+ * *out; else returns -EACCES/-EINVAL with resp filled (S3 XML error). file_key is
+ * route.sub; the query gives X-Amz-Signature. */
+int simcore_upload_begin(simcore *sim, const char *file_key, const simcore_request *req,
+                         simcore_upload **out, simcore_response *resp);
+/* Feeds upload bytes; needs no lock (touches only the upload). Memory stays flat. */
+void simcore_upload_feed(simcore_upload *u, const void *data, size_t len);
+/* Ends the upload: computes the import's result and moves it to queued. Fills resp
+ * (200, empty body, ETag). Frees u. */
+void simcore_upload_finish(simcore *sim, simcore_upload *u, int64_t now_ms, simcore_response *resp);
+/* Abandons an upload (connection lost): the import stays uninitialised. NULL is a no-op. */
+void simcore_upload_free(simcore_upload *u);
+
+/* ---- observation --------------------------------------------------------------- */
+
+typedef struct simcore_log_entry {
+    int64_t t_ms; /* arrival, epoch ms */
+    const char *method;
+    const char *path;
+    simcore_endpoint endpoint;
+    int status; /* 0: dropped */
+    bool auth;  /* an Authorization header was present */
+    simcore_fault_kind fault;
+    int64_t retry_after_ms; /* -1: none */
+} simcore_log_entry;
+
+/* Appends to the request log (oldest entries beyond max_log are forgotten); returns the
+ * entry's seq (1, 2, ...). */
+uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e);
+/* [{"seq", "t_ms", "method", "path", "endpoint", "status", "auth", "fault",
+ *   "retry_after_ms"}] with seq > since. */
+cJSON *simcore_requests_json(const simcore *sim, uint64_t since);
+/* {"datasets": [Dataset with imports], "batches": [Batch], "requests": [...],
+ *  "faults": {...}} as of now_ms. */
+cJSON *simcore_state_json(const simcore *sim, int64_t now_ms);
+
+/* For tests and the import JSON: an import's status at now_ms ("uninitialised", ...),
+ * NULL for an unknown id. */
+const char *simcore_import_status(const simcore *sim, const char *import_id, int64_t now_ms);
+/* A batch's status at now_ms ("UNINITIALISED", ...), NULL for an unknown id. */
+const char *simcore_batch_status(const simcore *sim, const char *batch_id, int64_t now_ms);
+
+#endif

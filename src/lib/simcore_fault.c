@@ -1,0 +1,264 @@
+/* simcore_fault: the fault table (parsed from --fault or POST /_sim/faults), the seeded
+ * RNG, and the per-request fault decision. Rules are drawn in table order; the first that
+ * hits wins, so a test can reason about which fault it gets. */
+#include <errno.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchd/simcore.h"
+#include "batchd/util.h"
+#include "simcore_internal.h"
+
+static const char *const kind_names[] = {
+    [SIMCORE_FAULT_NONE] = NULL,   [SIMCORE_FAULT_500] = "500",
+    [SIMCORE_FAULT_502] = "502",   [SIMCORE_FAULT_503] = "503",
+    [SIMCORE_FAULT_5XX] = "5xx",   [SIMCORE_FAULT_429] = "429",
+    [SIMCORE_FAULT_DROP] = "drop", [SIMCORE_FAULT_DROP_AFTER] = "drop-after",
+    [SIMCORE_FAULT_SLOW] = "slow",
+};
+
+const char *simcore_fault_kind_name(simcore_fault_kind k)
+{
+    if ((int)k < 0 || (size_t)k >= BD_ARRAY_LEN(kind_names))
+        return NULL;
+    return kind_names[k];
+}
+
+int simcore_fault_kind_from_name(const char *name, simcore_fault_kind *out)
+{
+    if (!name)
+        return -EINVAL;
+    for (size_t i = 1; i < BD_ARRAY_LEN(kind_names); i++) {
+        if (strcmp(kind_names[i], name) == 0) {
+            *out = (simcore_fault_kind)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int fail(char *err, size_t err_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t err_len, const char *fmt, ...)
+{
+    if (err && err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+#define KINDS_HELP "500, 502, 503, 5xx, 429, drop, drop-after or slow"
+#define ENDPOINTS_HELP                                                                             \
+    "create_dataset, get_dataset, upload_url, upload, get_import, create_batch, "                  \
+    "list_batches, get_batch, batch_status or setup"
+
+static int parse_probability(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double p = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(p) || p < 0 || p > 1)
+        return -EINVAL;
+    *out = p;
+    return 0;
+}
+
+int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, size_t err_len)
+{
+    if (!spec || !*spec)
+        return fail(err, err_len, "empty fault spec; use KIND=PROB[@ENDPOINT]");
+    char *copy = xstrdup(spec);
+    int rc = 0;
+    char *eq = strchr(copy, '=');
+    if (!eq) {
+        rc = fail(err, err_len, "fault '%s': missing '='; use KIND=PROB[@ENDPOINT]", spec);
+        goto done;
+    }
+    *eq = '\0';
+    char *at = strchr(eq + 1, '@');
+    if (at)
+        *at = '\0';
+    simcore_fault_rule r = {.endpoint = SIMCORE_EP_NONE};
+    if (simcore_fault_kind_from_name(copy, &r.kind) < 0) {
+        rc = fail(err, err_len, "fault '%s': unknown kind; use one of " KINDS_HELP, spec);
+        goto done;
+    }
+    if (parse_probability(eq + 1, &r.probability) < 0) {
+        rc = fail(err, err_len, "fault '%s': probability must be a number from 0 to 1", spec);
+        goto done;
+    }
+    if (at && simcore_endpoint_from_name(at + 1, &r.endpoint) < 0) {
+        rc = fail(err, err_len, "fault '%s': unknown endpoint; use one of " ENDPOINTS_HELP, spec);
+        goto done;
+    }
+    *out = r;
+done:
+    free(copy);
+    return rc;
+}
+
+static int rule_from_json(const cJSON *j, simcore_fault_rule *out, char *err, size_t err_len)
+{
+    if (!cJSON_IsObject(j))
+        return fail(err, err_len, "faults[]: each entry must be an object");
+    simcore_fault_rule r = {.endpoint = SIMCORE_EP_NONE};
+    const char *kind = json_str(j, "kind");
+    if (simcore_fault_kind_from_name(kind, &r.kind) < 0)
+        return fail(err, err_len, "faults[].kind '%s': use one of " KINDS_HELP,
+                    kind ? kind : "(missing)");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "probability");
+    if (!cJSON_IsNumber(p) || !isfinite(p->valuedouble) || p->valuedouble < 0 || p->valuedouble > 1)
+        return fail(err, err_len, "faults[].probability must be a number from 0 to 1");
+    r.probability = p->valuedouble;
+    const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "endpoint");
+    if (ep && !cJSON_IsNull(ep)) {
+        if (!cJSON_IsString(ep) || simcore_endpoint_from_name(ep->valuestring, &r.endpoint) < 0)
+            return fail(err, err_len, "faults[].endpoint: use one of " ENDPOINTS_HELP);
+    }
+    *out = r;
+    return 0;
+}
+
+static int number_member(const cJSON *j, const char *key, double lo, double hi, bool *present,
+                         double *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    *present = v != NULL;
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi)
+        return -EINVAL;
+    *out = v->valuedouble;
+    return 0;
+}
+
+int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len)
+{
+    if (!cJSON_IsObject(j))
+        return fail(err, err_len, "the body must be a JSON object");
+    simcore_faults next = *f;
+    const cJSON *rules = cJSON_GetObjectItemCaseSensitive(j, "faults");
+    if (rules) {
+        if (!cJSON_IsArray(rules))
+            return fail(err, err_len, "faults must be an array");
+        if ((size_t)cJSON_GetArraySize(rules) > SIMCORE_MAX_FAULT_RULES)
+            return fail(err, err_len, "faults: at most %d rules", SIMCORE_MAX_FAULT_RULES);
+        next.n_rules = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, rules)
+        {
+            if (rule_from_json(it, &next.rules[next.n_rules], err, err_len) < 0)
+                return -EINVAL;
+            next.n_rules++;
+        }
+    }
+    const cJSON *ra = cJSON_GetObjectItemCaseSensitive(j, "retry_after");
+    if (cJSON_IsString(ra) && strcmp(ra->valuestring, "date") == 0) {
+        next.retry_after_date = true;
+    } else if (ra) {
+        if (!cJSON_IsNumber(ra) || ra->valuedouble < 0 || ra->valuedouble > 86400 ||
+            ra->valuedouble != floor(ra->valuedouble))
+            return fail(err, err_len, "retry_after must be whole seconds (0..86400) or \"date\"");
+        next.retry_after_s = (int64_t)ra->valuedouble;
+        next.retry_after_date = json_bool(j, "retry_after_date", false);
+    }
+    bool present;
+    double v;
+    if (number_member(j, "slow_ms", 0, 3600000, &present, &v) < 0)
+        return fail(err, err_len, "slow_ms must be milliseconds from 0 to 3600000");
+    if (present)
+        next.slow_ms = (int64_t)v;
+    if (number_member(j, "batch_error", 0, 1, &present, &v) < 0)
+        return fail(err, err_len, "batch_error must be a probability from 0 to 1");
+    if (present)
+        next.batch_error = v;
+    *f = next;
+    return 0;
+}
+
+cJSON *simcore_faults_to_json(const simcore_faults *f)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(j, "faults");
+    for (size_t i = 0; i < f->n_rules; i++) {
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "kind", simcore_fault_kind_name(f->rules[i].kind));
+        cJSON_AddNumberToObject(r, "probability", f->rules[i].probability);
+        json_add_str_or_null(r, "endpoint", simcore_endpoint_name(f->rules[i].endpoint));
+        cJSON_AddItemToArray(arr, r);
+    }
+    cJSON_AddNumberToObject(j, "retry_after", (double)f->retry_after_s);
+    cJSON_AddBoolToObject(j, "retry_after_date", f->retry_after_date);
+    cJSON_AddNumberToObject(j, "slow_ms", (double)f->slow_ms);
+    cJSON_AddNumberToObject(j, "batch_error", f->batch_error);
+    return j;
+}
+
+/* splitmix64: tiny, fast and good enough; what matters is that a seed reproduces a run. */
+uint64_t sim_rand64(simcore *sim)
+{
+    uint64_t z = (sim->rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double sim_rand01(simcore *sim)
+{
+    return (double)(sim_rand64(sim) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
+                          simcore_fault_decision *out)
+{
+    (void)now_ms;
+    *out = (simcore_fault_decision){.kind = SIMCORE_FAULT_NONE, .retry_after_ms = -1};
+    if (simcore_endpoint_is_control(ep))
+        return;
+    const simcore_faults *f = &sim->faults;
+    for (size_t i = 0; i < f->n_rules; i++) {
+        const simcore_fault_rule *r = &f->rules[i];
+        if (r->endpoint != SIMCORE_EP_NONE && r->endpoint != ep)
+            continue;
+        /* Always draw, even for p = 0 or 1, so one seed gives one sequence whatever the
+         * probabilities are. */
+        double x = sim_rand01(sim);
+        if (x >= r->probability)
+            continue;
+        out->kind = r->kind;
+        switch (r->kind) {
+        case SIMCORE_FAULT_500:
+            out->status = 500;
+            break;
+        case SIMCORE_FAULT_502:
+            out->status = 502;
+            break;
+        case SIMCORE_FAULT_503:
+            out->status = 503;
+            break;
+        case SIMCORE_FAULT_5XX: {
+            static const int codes[3] = {500, 502, 503};
+            int s = codes[sim_rand64(sim) % 3];
+            out->kind =
+                s == 500 ? SIMCORE_FAULT_500 : (s == 502 ? SIMCORE_FAULT_502 : SIMCORE_FAULT_503);
+            out->status = s;
+            break;
+        }
+        case SIMCORE_FAULT_429:
+            out->status = 429;
+            out->retry_after_ms = f->retry_after_s * 1000;
+            break;
+        default:
+            break;
+        }
+        return;
+    }
+}

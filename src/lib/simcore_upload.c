@@ -1,0 +1,402 @@
+/* simcore_upload: the presigned PUT. Checks the request the way S3 does, streams the bytes
+ * through records (one record in memory at a time) and turns the verdicts into the
+ * import's accepted/rejected counts, errors[] and task groups. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchd/records.h"
+#include "batchd/simcore.h"
+#include "batchd/util.h"
+#include "simcore_internal.h"
+
+struct simcore_upload {
+    char dataset_id[37];
+    char import_id[37];
+    records_format format;
+    records_schema *schema;
+    records_validator *validator;
+    size_t max_errors;
+    cJSON *errors;
+    uint64_t accepted, rejected;
+    char *group_field;
+    long group_col; /* CSV: column of group_field; -2 until the header is known */
+    sim_hashset groups;
+    uint64_t hash, bytes;
+    char first_problem[512];
+};
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+uint64_t sim_hash(const void *data, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static size_t hashset_lower(const sim_hashset *s, uint64_t h)
+{
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->v[mid] < h)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+void sim_hashset_add(sim_hashset *s, uint64_t h)
+{
+    size_t at = hashset_lower(s, h);
+    if (at < s->n && s->v[at] == h)
+        return;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 16;
+        s->v = xrealloc(s->v, s->cap * sizeof *s->v);
+    }
+    memmove(s->v + at + 1, s->v + at, (s->n - at) * sizeof *s->v);
+    s->v[at] = h;
+    s->n++;
+}
+
+void sim_hashset_merge(sim_hashset *dst, const sim_hashset *src)
+{
+    for (size_t i = 0; i < src->n; i++)
+        sim_hashset_add(dst, src->v[i]);
+}
+
+void sim_hashset_free(sim_hashset *s)
+{
+    free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+int sim_csv_field(const char *rec, size_t len, size_t col, char **out, size_t *out_len)
+{
+    size_t i = 0, field = 0;
+    strbuf sb;
+    strbuf_init(&sb);
+    for (;;) {
+        strbuf_reset(&sb);
+        if (i < len && rec[i] == '"') {
+            i++;
+            while (i < len) {
+                if (rec[i] == '"') {
+                    if (i + 1 < len && rec[i + 1] == '"') {
+                        strbuf_putc(&sb, '"');
+                        i += 2;
+                        continue;
+                    }
+                    i++;
+                    break;
+                }
+                strbuf_putc(&sb, rec[i++]);
+            }
+            while (i < len && rec[i] != ',')
+                strbuf_putc(&sb, rec[i++]);
+        } else {
+            while (i < len && rec[i] != ',' && rec[i] != '\r')
+                strbuf_putc(&sb, rec[i++]);
+        }
+        if (field == col) {
+            *out_len = sb.len;
+            *out = strbuf_steal(&sb);
+            return 0;
+        }
+        if (i >= len || rec[i] != ',')
+            break;
+        i++;
+        field++;
+    }
+    strbuf_free(&sb);
+    return -ENOENT;
+}
+
+long sim_csv_column(const char *header, size_t len, const char *name)
+{
+    for (size_t col = 0;; col++) {
+        char *v;
+        size_t n;
+        if (sim_csv_field(header, len, col, &v, &n) < 0)
+            return -1;
+        bool match = strlen(name) == n && memcmp(v, name, n) == 0;
+        free(v);
+        if (match)
+            return (long)col;
+    }
+}
+
+/* ---- S3-style refusals ----------------------------------------------------------- */
+
+static void s3_error(simcore_response *resp, int status, const char *code, const char *message)
+{
+    char rid[17];
+    unsigned char b[8];
+    random_bytes(b, sizeof b);
+    for (size_t i = 0; i < sizeof b; i++)
+        snprintf(rid + 2 * i, 3, "%02X", b[i]);
+    resp->status = status;
+    resp->content_type = "application/xml";
+    resp->body = xasprintf("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
+                           "<Message>%s</Message><RequestId>%s</RequestId></Error>",
+                           code, message, rid);
+}
+
+/* ---- records glue -------------------------------------------------------------- */
+
+static void add_group(simcore_upload *u, const char *raw, size_t len)
+{
+    char *value = NULL;
+    size_t n = 0;
+    if (u->format == RECORDS_JSONL) {
+        cJSON *rec = cJSON_ParseWithLength(raw, len);
+        const char *s = json_str(rec, u->group_field);
+        if (s) {
+            n = strlen(s);
+            value = xstrndup(s, n);
+        }
+        cJSON_Delete(rec);
+    } else {
+        if (u->group_col == -2) {
+            size_t hlen = 0;
+            const char *h = records_csv_header(u->validator, &hlen);
+            u->group_col = h ? sim_csv_column(h, hlen, u->group_field) : -1;
+        }
+        if (u->group_col >= 0 && sim_csv_field(raw, len, (size_t)u->group_col, &value, &n) == 0 &&
+            n == 0) {
+            free(value);
+            value = NULL;
+        }
+    }
+    uint64_t h;
+    if (value) {
+        h = sim_hash(value, n);
+    } else {
+        /* A record without a group value forms a group of its own. */
+        uint64_t idx = u->accepted + u->rejected;
+        h = sim_hash(&idx, sizeof idx) ^ 0x5bd1e995ULL;
+    }
+    free(value);
+    sim_hashset_add(&u->groups, h);
+}
+
+static int on_record(void *ud, const char *raw, size_t raw_len, const records_error *errors,
+                     size_t n_errors)
+{
+    simcore_upload *u = ud;
+    if (n_errors == 0) {
+        if (u->group_field)
+            add_group(u, raw, raw_len);
+        u->accepted++;
+        return 0;
+    }
+    u->rejected++;
+    for (size_t i = 0; i < n_errors; i++) {
+        if (!u->first_problem[0])
+            snprintf(u->first_problem, sizeof u->first_problem, "record %llu (line %llu)%s%s: %s",
+                     (unsigned long long)errors[i].record, (unsigned long long)errors[i].line,
+                     errors[i].field[0] ? ", field " : "", errors[i].field, errors[i].message);
+        if ((size_t)cJSON_GetArraySize(u->errors) >= u->max_errors)
+            continue;
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "record_index", (double)errors[i].record);
+        /* The API marks a whole-record problem with the field "_raw". */
+        cJSON_AddStringToObject(e, "field", errors[i].field[0] ? errors[i].field : "_raw");
+        cJSON_AddStringToObject(e, "reason", errors[i].message);
+        cJSON_AddItemToArray(u->errors, e);
+    }
+    return 0;
+}
+
+void simcore_upload_free(simcore_upload *u)
+{
+    if (!u)
+        return;
+    records_free(u->validator);
+    records_schema_free(u->schema);
+    cJSON_Delete(u->errors);
+    free(u->group_field);
+    sim_hashset_free(&u->groups);
+    free(u);
+}
+
+int simcore_upload_begin(simcore *sim, const char *file_key, const simcore_request *req,
+                         simcore_upload **out, simcore_response *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    *out = NULL;
+    if (req->authorization) {
+        s3_error(resp, 400, "InvalidArgument",
+                 "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+                 "Signature query string parameter or the Authorization header should be "
+                 "specified");
+        return -EINVAL;
+    }
+    sim_dataset *d = NULL;
+    sim_import *imp = sim_find_import_by_key(sim, file_key, &d);
+    const char *sig = req->query ? req->query(req->query_ud, "X-Amz-Signature") : NULL;
+    if (!imp) {
+        s3_error(resp, 403, "AccessDenied", "Access Denied");
+        return -EACCES;
+    }
+    if (!sig || strcmp(sig, imp->signature) != 0) {
+        s3_error(resp, 403, "SignatureDoesNotMatch",
+                 "The request signature we calculated does not match the signature you "
+                 "provided. Check your key and signing method.");
+        return -EACCES;
+    }
+    if (req->now_ms >= imp->expires_ms) {
+        s3_error(resp, 403, "AccessDenied", "Request has expired");
+        return -EACCES;
+    }
+    if (!req->content_type || strcmp(req->content_type, imp->content_type) != 0) {
+        s3_error(resp, 403, "SignatureDoesNotMatch",
+                 "The request signature we calculated does not match the signature you "
+                 "provided. Check your key and signing method.");
+        return -EACCES;
+    }
+    simcore_upload *u = xcalloc(1, sizeof *u);
+    strlcpy_bd(u->dataset_id, d->id, sizeof u->dataset_id);
+    strlcpy_bd(u->import_id, imp->id, sizeof u->import_id);
+    u->format = strcmp(imp->content_type, "text/csv") == 0 ? RECORDS_CSV : RECORDS_JSONL;
+    u->schema = records_schema_new(d->schema);
+    u->max_errors = sim->cfg.max_errors;
+    u->errors = cJSON_CreateArray();
+    u->group_field = d->group_field ? xstrdup(d->group_field) : NULL;
+    u->group_col = -2;
+    u->hash = sim_hash("", 0);
+    if (u->schema) {
+        records_options o = {.format = u->format,
+                             .schema = u->schema,
+                             .max_record = sim->cfg.max_record,
+                             .on_record = on_record,
+                             .ud = u};
+        u->validator = records_new(&o);
+    }
+    *out = u;
+    return 0;
+}
+
+void simcore_upload_feed(simcore_upload *u, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
+        u->hash ^= p[i];
+        u->hash *= 0x100000001b3ULL;
+    }
+    u->bytes += len;
+    if (u->validator)
+        records_feed(u->validator, data, len);
+}
+
+/* Decides complete / partial / failed from what the validator saw. */
+static void upload_outcome(simcore_upload *u, sim_import *imp)
+{
+    uint64_t line = 0;
+    const char *ferr = u->validator ? records_file_error(u->validator, &line) : "no schema";
+    if (ferr) {
+        imp->outcome = SIM_OUTCOME_FAILED;
+        imp->reason = xasprintf("The file could not be processed: line %llu: %s",
+                                (unsigned long long)line, ferr);
+    } else if (u->accepted == 0) {
+        imp->outcome = SIM_OUTCOME_FAILED;
+        imp->reason = u->rejected == 0
+                          ? xstrdup("The file holds no records.")
+                          : xasprintf("None of the %llu records matches the schema; first "
+                                      "problem: %s",
+                                      (unsigned long long)u->rejected, u->first_problem);
+    } else {
+        imp->outcome = u->rejected ? SIM_OUTCOME_PARTIAL : SIM_OUTCOME_COMPLETE;
+        imp->accepted = u->accepted;
+        imp->rejected = u->rejected;
+        cJSON_Delete(imp->errors);
+        imp->errors = u->errors;
+        u->errors = NULL;
+        imp->groups = u->groups;
+        u->groups = (sim_hashset){0};
+    }
+}
+
+void simcore_upload_finish(simcore *sim, simcore_upload *u, int64_t now_ms, simcore_response *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    if (u->validator)
+        records_finish(u->validator);
+    resp->status = 200;
+    snprintf(resp->etag, sizeof resp->etag, "\"%016llx%016llx\"", (unsigned long long)u->hash,
+             (unsigned long long)u->bytes);
+    sim_dataset *d = sim_find_dataset(sim, u->dataset_id);
+    sim_import *imp = d ? sim_find_import(d, u->import_id) : NULL;
+    /* Like S3, a second PUT to a live URL succeeds, but the import was triggered by the
+     * first one and does not change. */
+    if (imp && imp->uploaded_ms < 0) {
+        upload_outcome(u, imp);
+        imp->uploaded_ms = now_ms;
+        int64_t start = now_ms + sim->cfg.import_queued_ms;
+        if (start < d->last_finish_ms)
+            start = d->last_finish_ms;
+        imp->start_ms = start;
+        imp->finish_ms = start + sim->cfg.import_processing_ms;
+        d->last_finish_ms = imp->finish_ms;
+    }
+    simcore_upload_free(u);
+}
+
+/* ---- the request log ---------------------------------------------------------- */
+
+uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e)
+{
+    size_t max = sim->cfg.max_log;
+    size_t at;
+    if (sim->log_len == max) {
+        at = sim->log_head;
+        sim->log_head = (sim->log_head + 1) % max;
+        free(sim->log[at].method);
+        free(sim->log[at].path);
+    } else {
+        at = (sim->log_head + sim->log_len) % max;
+        sim->log_len++;
+    }
+    sim_log_slot *s = &sim->log[at];
+    s->seq = ++sim->log_seq;
+    s->t_ms = e->t_ms;
+    s->method = xstrdup(e->method ? e->method : "");
+    s->path = xstrdup(e->path ? e->path : "");
+    s->endpoint = e->endpoint;
+    s->status = e->status;
+    s->auth = e->auth;
+    s->fault = e->fault;
+    s->retry_after_ms = e->retry_after_ms;
+    return s->seq;
+}
+
+cJSON *simcore_requests_json(const simcore *sim, uint64_t since)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < sim->log_len; i++) {
+        const sim_log_slot *s = &sim->log[(sim->log_head + i) % sim->cfg.max_log];
+        if (s->seq <= since)
+            continue;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "seq", (double)s->seq);
+        cJSON_AddNumberToObject(j, "t_ms", (double)s->t_ms);
+        cJSON_AddStringToObject(j, "method", s->method);
+        cJSON_AddStringToObject(j, "path", s->path);
+        json_add_str_or_null(j, "endpoint", simcore_endpoint_name(s->endpoint));
+        cJSON_AddNumberToObject(j, "status", s->status);
+        cJSON_AddBoolToObject(j, "auth", s->auth);
+        json_add_str_or_null(j, "fault", simcore_fault_kind_name(s->fault));
+        json_add_int_or_null(j, "retry_after_ms", s->retry_after_ms);
+        cJSON_AddItemToArray(arr, j);
+    }
+    return arr;
+}

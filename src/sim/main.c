@@ -1,0 +1,703 @@
+/* batchd-sim: a strict, stateful local stand-in for the Prolific Task Builder API. This
+ * file is the HTTP edge only (libmicrohttpd, one thread per connection, one mutex on the
+ * state): simcore decides every answer, this file reads clocks, bodies and headers,
+ * applies the injected faults' transport effects (drop, slow) and logs. */
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "batchd/log.h"
+#include "batchd/simcore.h"
+#include "batchd/util.h"
+
+typedef struct sim_server {
+    simcore *core;
+    char *token;
+    size_t max_body;
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* broadcast on shutdown so slow answers end at once */
+    bool stopping;
+} sim_server;
+
+/* Everything known about one request while its body arrives. */
+typedef struct conn_ctx {
+    int64_t t_ms;
+    char *method;
+    char *path;
+    simcore_route route;
+    simcore_fault_decision fault;
+    bool auth;
+    bool logged;
+    bool discard; /* read and drop the body (faulted or refused request) */
+    bool too_large;
+    strbuf body;
+    simcore_upload *upload;
+    simcore_response refusal; /* S3 refusal decided before the body was read */
+} conn_ctx;
+
+static sim_server g_server;
+
+/* ---- options ---------------------------------------------------------------------- */
+
+typedef struct sim_options {
+    char *listen;
+    const char *token;
+    simcore_config cfg;
+    bool have_seed;
+    simcore_fault_rule rules[SIMCORE_MAX_FAULT_RULES];
+    size_t n_rules;
+    int64_t retry_after_s;
+    bool retry_after_date;
+    int64_t slow_ms;
+    double batch_error;
+    size_t max_body;
+    bool quiet;
+} sim_options;
+
+static void usage(FILE *f)
+{
+    fputs("Usage: batchd-sim [OPTION]...\n"
+          "A local, stateful stand-in for the Prolific Task Builder API (for batchd tests).\n"
+          "\n"
+          "  --listen ADDR:PORT        where to listen (default 127.0.0.1:8080; port 0 picks\n"
+          "                            a free port)\n"
+          "  --token TOKEN             the accepted API token (default sim-token)\n"
+          "  --seed N                  seed of the fault RNG (default: random)\n"
+          "  --import-queued DUR       time an upload stays queued (default 200ms)\n"
+          "  --import-processing DUR   time an import processes (default 500ms)\n"
+          "  --batch-processing DUR    time from setup to READY (default 1s)\n"
+          "  --upload-ttl DUR          lifetime of a presigned upload URL (default 15m)\n"
+          "  --fault KIND=PROB[@EP]    inject a fault; KIND: 500 502 503 5xx 429 drop\n"
+          "                            drop-after slow; EP: create_dataset get_dataset\n"
+          "                            upload_url upload get_import create_batch\n"
+          "                            list_batches get_batch batch_status setup (repeatable)\n"
+          "  --retry-after SECS|date   Retry-After of a 429: seconds (default 1) or an HTTP-date\n"
+          "  --slow DUR                delay of a slow fault (default 5s)\n"
+          "  --batch-error PROB        probability that a setup ends in ERROR (default 0)\n"
+          "  --max-body BYTES          largest JSON request body (default 1048576)\n"
+          "  --quiet                   no per-request log lines on stderr\n"
+          "  --help, --version\n"
+          "\n"
+          "Durations: 500ms, 2s, 5m, 1h. Test hooks (no auth): GET /_sim/state,\n"
+          "GET /_sim/requests?since=SEQ, GET|POST /_sim/faults.\n",
+          f);
+}
+
+static int parse_duration_opt(const char *name, const char *v, int64_t *out)
+{
+    if (duration_parse(v, out) < 0) {
+        fprintf(stderr, "batchd-sim: --%s '%s': not a duration; use e.g. 500ms, 2s, 5m\n", name, v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse_number_opt(const char *name, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno || d < lo || d > hi) {
+        fprintf(stderr, "batchd-sim: --%s '%s': must be a number from %g to %g\n", name, v, lo, hi);
+        return -EINVAL;
+    }
+    *out = d;
+    return 0;
+}
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_TOKEN,
+    OPT_SEED,
+    OPT_IMPORT_QUEUED,
+    OPT_IMPORT_PROCESSING,
+    OPT_BATCH_PROCESSING,
+    OPT_UPLOAD_TTL,
+    OPT_FAULT,
+    OPT_RETRY_AFTER,
+    OPT_SLOW,
+    OPT_BATCH_ERROR,
+    OPT_MAX_BODY,
+    OPT_QUIET,
+    OPT_HELP,
+    OPT_VERSION,
+};
+
+static int apply_option(sim_options *o, int c, const char *arg)
+{
+    double d;
+    char err[512];
+    switch (c) {
+    case OPT_LISTEN:
+        free(o->listen);
+        o->listen = xstrdup(arg);
+        return 0;
+    case OPT_TOKEN:
+        if (!*arg || strpbrk(arg, " \t\r\n")) {
+            fputs("batchd-sim: --token: must be non-empty without spaces\n", stderr);
+            return -EINVAL;
+        }
+        o->token = arg;
+        return 0;
+    case OPT_SEED:
+        if (parse_number_opt("seed", arg, 0, 9.0e15, &d) < 0)
+            return -EINVAL;
+        o->cfg.seed = (uint64_t)d;
+        o->have_seed = true;
+        return 0;
+    case OPT_IMPORT_QUEUED:
+        return parse_duration_opt("import-queued", arg, &o->cfg.import_queued_ms);
+    case OPT_IMPORT_PROCESSING:
+        return parse_duration_opt("import-processing", arg, &o->cfg.import_processing_ms);
+    case OPT_BATCH_PROCESSING:
+        return parse_duration_opt("batch-processing", arg, &o->cfg.batch_processing_ms);
+    case OPT_UPLOAD_TTL:
+        return parse_duration_opt("upload-ttl", arg, &o->cfg.upload_ttl_ms);
+    case OPT_SLOW:
+        return parse_duration_opt("slow", arg, &o->slow_ms);
+    case OPT_FAULT:
+        if (o->n_rules == SIMCORE_MAX_FAULT_RULES) {
+            fputs("batchd-sim: too many --fault options (at most 64)\n", stderr);
+            return -EINVAL;
+        }
+        if (simcore_fault_parse(arg, &o->rules[o->n_rules], err, sizeof err) < 0) {
+            fprintf(stderr, "batchd-sim: --fault: %s\n", err);
+            return -EINVAL;
+        }
+        o->n_rules++;
+        return 0;
+    case OPT_RETRY_AFTER:
+        if (strcmp(arg, "date") == 0) {
+            o->retry_after_date = true;
+            return 0;
+        }
+        if (parse_number_opt("retry-after", arg, 0, 86400, &d) < 0 || d != (double)(int64_t)d) {
+            fputs("batchd-sim: --retry-after: whole seconds or 'date'\n", stderr);
+            return -EINVAL;
+        }
+        o->retry_after_s = (int64_t)d;
+        return 0;
+    case OPT_BATCH_ERROR:
+        return parse_number_opt("batch-error", arg, 0, 1, &o->batch_error);
+    case OPT_MAX_BODY:
+        if (parse_number_opt("max-body", arg, 1, 1073741824.0, &d) < 0)
+            return -EINVAL;
+        o->max_body = (size_t)d;
+        return 0;
+    case OPT_QUIET:
+        o->quiet = true;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
+/* Returns 0 to run, 1 to exit 0 (help, version), -1 for a usage error. */
+static int parse_options(int argc, char **argv, sim_options *o)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"token", required_argument, NULL, OPT_TOKEN},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"import-queued", required_argument, NULL, OPT_IMPORT_QUEUED},
+        {"import-processing", required_argument, NULL, OPT_IMPORT_PROCESSING},
+        {"batch-processing", required_argument, NULL, OPT_BATCH_PROCESSING},
+        {"upload-ttl", required_argument, NULL, OPT_UPLOAD_TTL},
+        {"fault", required_argument, NULL, OPT_FAULT},
+        {"retry-after", required_argument, NULL, OPT_RETRY_AFTER},
+        {"slow", required_argument, NULL, OPT_SLOW},
+        {"batch-error", required_argument, NULL, OPT_BATCH_ERROR},
+        {"max-body", required_argument, NULL, OPT_MAX_BODY},
+        {"quiet", no_argument, NULL, OPT_QUIET},
+        {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (c == OPT_HELP) {
+            usage(stdout);
+            return 1;
+        }
+        if (c == OPT_VERSION) {
+            printf("batchd-sim %s\n", BATCHD_VERSION);
+            return 1;
+        }
+        if (c == '?' || apply_option(o, c, optarg) < 0) {
+            fputs("Try 'batchd-sim --help'.\n", stderr);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "batchd-sim: unexpected argument '%s'\nTry 'batchd-sim --help'.\n",
+                argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- listening -------------------------------------------------------------------- */
+
+/* Splits "ADDR:PORT" or "[V6]:PORT" and resolves it. */
+static int resolve_listen(const char *spec, struct sockaddr_storage *ss, socklen_t *len, char *host,
+                          size_t host_len)
+{
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || !colon[1])
+        return -EINVAL;
+    size_t n = (size_t)(colon - spec);
+    const char *h = spec;
+    if (spec[0] == '[' && colon[-1] == ']') {
+        h = spec + 1;
+        n -= 2;
+    }
+    if (n == 0 || n >= host_len)
+        return -EINVAL;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai)
+        return -EINVAL;
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    return 0;
+}
+
+/* ---- answering -------------------------------------------------------------------- */
+
+static const char *query_lookup(void *ud, const char *key)
+{
+    return MHD_lookup_connection_value((struct MHD_Connection *)ud, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static void log_request(sim_server *s, conn_ctx *c, int status)
+{
+    if (c->logged || simcore_endpoint_is_control(c->route.endpoint))
+        return;
+    c->logged = true;
+    simcore_log_entry e = {.t_ms = c->t_ms,
+                           .method = c->method,
+                           .path = c->path,
+                           .endpoint = c->route.endpoint,
+                           .status = status,
+                           .auth = c->auth,
+                           .fault = c->fault.kind,
+                           .retry_after_ms = c->fault.retry_after_ms};
+    pthread_mutex_lock(&s->lock);
+    uint64_t seq = simcore_log_request(s->core, &e);
+    pthread_mutex_unlock(&s->lock);
+    const char *fault = simcore_fault_kind_name(c->fault.kind);
+    log_info("#%llu %s %s -> %d%s%s (%lldms)", (unsigned long long)seq, c->method, c->path, status,
+             fault ? " fault=" : "", fault ? fault : "", (long long)(time_now_ms() - c->t_ms));
+}
+
+static enum MHD_Result send_response(struct MHD_Connection *conn, const simcore_response *r,
+                                     const char *retry_after)
+{
+    const char *body = r->body ? r->body : "";
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        strlen(body), (void *)(uintptr_t)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return MHD_NO;
+    if (r->content_type)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
+    if (r->allow)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    if (r->etag[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, r->etag);
+    if (retry_after)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    enum MHD_Result rc = MHD_queue_response(conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static void fault_response(sim_server *s, conn_ctx *c, simcore_response *r, char *retry_after,
+                           size_t ra_len)
+{
+    memset(r, 0, sizeof *r);
+    const char *detail = c->fault.status == 429 ? "Request was throttled (simulated)."
+                                                : "Simulated server error; retry later.";
+    if (c->route.endpoint == SIMCORE_EP_UPLOAD) {
+        r->status = c->fault.status;
+        r->content_type = "application/xml";
+        r->body = xasprintf("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
+                            "<Message>%s</Message></Error>",
+                            c->fault.status == 503   ? "SlowDown"
+                            : c->fault.status == 429 ? "TooManyRequests"
+                                                     : "InternalError",
+                            detail);
+    } else {
+        simcore_response_error(r, c->fault.status, detail);
+    }
+    if (c->fault.status != 429)
+        return;
+    pthread_mutex_lock(&s->lock);
+    simcore_faults f = *simcore_get_faults(s->core);
+    pthread_mutex_unlock(&s->lock);
+    if (f.retry_after_date) {
+        time_t t = (time_t)((time_now_ms() + 999) / 1000 + f.retry_after_s);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+        static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        snprintf(retry_after, ra_len, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday],
+                 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                 tm.tm_sec);
+    } else {
+        snprintf(retry_after, ra_len, "%lld", (long long)f.retry_after_s);
+    }
+    c->fault.retry_after_ms = f.retry_after_s * 1000;
+}
+
+/* Performs the request (the fault, if any, did not stop it). */
+static void act(sim_server *s, struct MHD_Connection *conn, conn_ctx *c, simcore_response *r)
+{
+    int64_t now = time_now_ms();
+    if (c->route.endpoint == SIMCORE_EP_UPLOAD) {
+        pthread_mutex_lock(&s->lock);
+        simcore_upload_finish(s->core, c->upload, now, r);
+        pthread_mutex_unlock(&s->lock);
+        c->upload = NULL;
+        return;
+    }
+    simcore_request req = {
+        .method = c->method,
+        .path = c->path,
+        .authorization =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+        .content_type =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+        .query = query_lookup,
+        .query_ud = conn,
+        .body = c->body.data,
+        .body_len = c->body.len,
+        .now_ms = now,
+    };
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    pthread_mutex_lock(&s->lock);
+    if (c->route.endpoint == SIMCORE_EP_UPLOAD_URL && host && *host &&
+        !strpbrk(host, "/?#\"<> \t")) {
+        /* Hand out URLs the client can reach the way it reached us. */
+        char *base = xasprintf("http://%s", host);
+        simcore_set_base_url(s->core, base);
+        free(base);
+    }
+    simcore_handle(s->core, s->token, &req, r);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Waits up to ms, or less when the server stops. */
+static void slow_wait(sim_server *s, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (!s->stopping) {
+        if (pthread_cond_timedwait(&s->wake, &s->lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static enum MHD_Result finish_request(sim_server *s, struct MHD_Connection *conn, conn_ctx *c)
+{
+    simcore_fault_kind k = c->fault.kind;
+    if (k == SIMCORE_FAULT_DROP) {
+        log_request(s, c, 0);
+        return MHD_NO;
+    }
+    simcore_response r;
+    char retry_after[64] = "";
+    if (c->fault.status) {
+        fault_response(s, c, &r, retry_after, sizeof retry_after);
+    } else if (c->refusal.status) {
+        r = c->refusal;
+        c->refusal = (simcore_response){0};
+    } else {
+        act(s, conn, c, &r);
+    }
+    if (k == SIMCORE_FAULT_DROP_AFTER) {
+        simcore_response_free(&r);
+        log_request(s, c, 0);
+        return MHD_NO;
+    }
+    if (k == SIMCORE_FAULT_SLOW) {
+        pthread_mutex_lock(&s->lock);
+        int64_t ms = simcore_get_faults(s->core)->slow_ms;
+        pthread_mutex_unlock(&s->lock);
+        slow_wait(s, ms);
+    }
+    log_request(s, c, r.status);
+    enum MHD_Result rc = send_response(conn, &r, retry_after[0] ? retry_after : NULL);
+    simcore_response_free(&r);
+    return rc;
+}
+
+static enum MHD_Result answer_now(sim_server *s, struct MHD_Connection *conn, conn_ctx *c,
+                                  int status, const char *detail)
+{
+    simcore_response r;
+    memset(&r, 0, sizeof r);
+    simcore_response_error(&r, status, detail);
+    log_request(s, c, status);
+    enum MHD_Result rc = send_response(conn, &r, NULL);
+    simcore_response_free(&r);
+    return rc;
+}
+
+static conn_ctx *begin_request(sim_server *s, struct MHD_Connection *conn, const char *url,
+                               const char *method)
+{
+    conn_ctx *c = xcalloc(1, sizeof *c);
+    c->t_ms = time_now_ms();
+    c->method = xstrdup(method);
+    c->path = xstrdup(url);
+    strbuf_init(&c->body);
+    simcore_route_request(method, url, &c->route);
+    c->auth =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION) != NULL;
+    c->fault.retry_after_ms = -1;
+    pthread_mutex_lock(&s->lock);
+    simcore_fault_decide(s->core, c->route.endpoint, c->t_ms, &c->fault);
+    pthread_mutex_unlock(&s->lock);
+    if (c->fault.kind != SIMCORE_FAULT_NONE && c->fault.kind != SIMCORE_FAULT_SLOW &&
+        c->fault.kind != SIMCORE_FAULT_DROP_AFTER)
+        c->discard = true;
+    if (!c->discard && c->route.status == 0 && c->route.endpoint == SIMCORE_EP_UPLOAD) {
+        simcore_request req = {
+            .method = method,
+            .path = url,
+            .authorization =
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+            .content_type =
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+            .query = query_lookup,
+            .query_ud = conn,
+            .now_ms = c->t_ms,
+        };
+        pthread_mutex_lock(&s->lock);
+        int rc = simcore_upload_begin(s->core, c->route.sub, &req, &c->upload, &c->refusal);
+        pthread_mutex_unlock(&s->lock);
+        if (rc < 0)
+            c->discard = true;
+    }
+    return c;
+}
+
+static bool body_too_large(const sim_server *s, struct MHD_Connection *conn, const conn_ctx *c)
+{
+    if (c->route.endpoint == SIMCORE_EP_UPLOAD && c->route.status == 0)
+        return false; /* uploads stream; any size */
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return cl && strtoull(cl, NULL, 10) > s->max_body;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    sim_server *s = cls;
+    conn_ctx *c = *con_cls;
+    if (!c) {
+        c = begin_request(s, conn, url, method);
+        *con_cls = c;
+        if (!c->fault.kind && body_too_large(s, conn, c)) {
+            c->too_large = true;
+            return answer_now(s, conn, c, 413,
+                              "Request body too large: the limit is set by batchd-sim "
+                              "--max-body.");
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (c->too_large || c->discard)
+            return MHD_YES;
+        if (c->upload) {
+            simcore_upload_feed(c->upload, upload_data, n);
+            return MHD_YES;
+        }
+        if (c->body.len + n > s->max_body) {
+            c->too_large = true;
+            strbuf_free(&c->body);
+            return answer_now(s, conn, c, 413,
+                              "Request body too large: the limit is set by batchd-sim "
+                              "--max-body.");
+        }
+        strbuf_append(&c->body, upload_data, n);
+        return MHD_YES;
+    }
+    if (c->too_large)
+        return MHD_YES; /* the 413 is already queued */
+    return finish_request(s, conn, c);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    (void)toe;
+    sim_server *s = cls;
+    conn_ctx *c = *con_cls;
+    if (!c)
+        return;
+    log_request(s, c, 0); /* the client went away before an answer */
+    simcore_upload_free(c->upload);
+    simcore_response_free(&c->refusal);
+    strbuf_free(&c->body);
+    free(c->method);
+    free(c->path);
+    free(c);
+    *con_cls = NULL;
+}
+
+/* ---- main ------------------------------------------------------------------------- */
+
+static int listen_port(struct MHD_Daemon *d)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    if (!info)
+        return -1;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(info->listen_fd, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+static int run(sim_options *o)
+{
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    char host[256];
+    if (resolve_listen(o->listen, &ss, &sslen, host, sizeof host) < 0) {
+        fprintf(stderr, "batchd-sim: --listen '%s': expected ADDR:PORT such as 127.0.0.1:8080\n",
+                o->listen);
+        return 64;
+    }
+    sim_server *s = &g_server;
+    s->token = xstrdup(o->token);
+    s->max_body = o->max_body;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    if (!o->have_seed)
+        random_bytes(&o->cfg.seed, sizeof o->cfg.seed);
+    s->core = simcore_new(&o->cfg);
+    simcore_faults *f = simcore_get_faults(s->core);
+    memcpy(f->rules, o->rules, o->n_rules * sizeof o->rules[0]);
+    f->n_rules = o->n_rules;
+    f->retry_after_s = o->retry_after_s;
+    f->retry_after_date = o->retry_after_date;
+    f->slow_ms = o->slow_ms;
+    f->batch_error = o->batch_error;
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+        (unsigned)1, MHD_OPTION_END);
+    int port = d ? listen_port(d) : -1;
+    if (!d || port < 0) {
+        fprintf(stderr, "batchd-sim: cannot listen on %s: %s; pick another address or port\n",
+                o->listen, strerror(errno));
+        if (d)
+            MHD_stop_daemon(d);
+        simcore_free(s->core);
+        free(s->token);
+        return 69;
+    }
+    bool v6 = ss.ss_family == AF_INET6;
+    char *base = xasprintf("http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    pthread_mutex_lock(&s->lock);
+    simcore_set_base_url(s->core, base);
+    pthread_mutex_unlock(&s->lock);
+    printf("listening on %s\n", base);
+    fflush(stdout);
+    free(base);
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    sigwait(&set, &sig);
+    log_info("signal %d: stopping", sig);
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    MHD_stop_daemon(d);
+    simcore_free(s->core);
+    free(s->token);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->lock);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    sim_options o = {
+        .listen = xstrdup("127.0.0.1:8080"),
+        .token = "sim-token",
+        .cfg = {.import_queued_ms = 200,
+                .import_processing_ms = 500,
+                .batch_processing_ms = 1000,
+                .upload_ttl_ms = 15 * 60 * 1000},
+        .retry_after_s = 1,
+        .slow_ms = 5000,
+        .max_body = 1024 * 1024,
+    };
+    int rc = parse_options(argc, argv, &o);
+    if (rc != 0) {
+        free(o.listen);
+        return rc > 0 ? 0 : 64;
+    }
+    log_init("batchd-sim", o.quiet ? LOG_LVL_WARNING : LOG_LVL_INFO);
+    /* Block the stop signals in every thread; main waits for them with sigwait. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    rc = run(&o);
+    free(o.listen);
+    return rc;
+}
