@@ -1,0 +1,952 @@
+/* varlink: NUL-framed JSON calls on Unix stream sockets, served from a libuv loop.
+ *
+ * A connection processes one call at a time, in order (varlink replies are ordered). While a
+ * streaming call is open, further input is buffered (bounded) but not dispatched. Every byte
+ * buffered in either direction is bounded: input by max_message, output by max_pending_out,
+ * so a peer that floods us or never reads costs at most those bytes before it is dropped. */
+#include "batchd/varlink.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "batchd/fsutil.h"
+#include "batchd/log.h"
+#include "batchd/util.h"
+
+#define VL_READ_CHUNK (64 * 1024)
+#define VL_MAX_GROUPS 65536
+#define VL_SERVICE    "org.varlink.service"
+
+const char varlink_service_description[] =
+    "# The Varlink Service Interface is provided by every varlink service. It\n"
+    "# describes the service and the interfaces it implements.\n"
+    "interface org.varlink.service\n"
+    "\n"
+    "# Get a list of all the interfaces a service provides and information\n"
+    "# about the implementation.\n"
+    "method GetInfo() -> (\n"
+    "  vendor: string,\n"
+    "  product: string,\n"
+    "  version: string,\n"
+    "  url: string,\n"
+    "  interfaces: []string\n"
+    ")\n"
+    "\n"
+    "# Get the description of an interface that is implemented by this service.\n"
+    "method GetInterfaceDescription(interface: string) -> (description: string)\n"
+    "\n"
+    "# The requested interface was not found.\n"
+    "error InterfaceNotFound (interface: string)\n"
+    "\n"
+    "# The requested method was not found\n"
+    "error MethodNotFound (method: string)\n"
+    "\n"
+    "# The interface defines the requested method, but the service does not\n"
+    "# implement it.\n"
+    "error MethodNotImplemented (method: string)\n"
+    "\n"
+    "# One of the passed parameters is invalid.\n"
+    "error InvalidParameter (parameter: string)\n"
+    "\n"
+    "# Client is denied access\n"
+    "error PermissionDenied ()\n"
+    "\n"
+    "# Method is expected to be called with 'more' set to true, but wasn't\n"
+    "error ExpectedMore ()\n";
+
+typedef struct vl_method {
+    char *name;
+    unsigned flags;
+    varlink_method_fn fn;
+    void *ud;
+} vl_method;
+
+typedef struct vl_iface {
+    char *name;
+    char *description;
+} vl_iface;
+
+typedef struct vl_conn vl_conn;
+
+struct varlink_call {
+    vl_conn *conn;
+    char *method;
+    bool open;
+    bool more;
+    bool oneway;
+    varlink_cancel_fn cancel;
+    void *cancel_ud;
+};
+
+struct vl_conn {
+    uv_pipe_t pipe;
+    uv_timer_t idle;
+    varlink_server *srv;
+    vl_conn *prev, *next;
+    varlink_peer peer;
+    strbuf in;
+    size_t scanned; /* bytes of `in` known to hold no NUL */
+    varlink_call call;
+    int handles; /* libuv handles not yet closed */
+    bool timer_init;
+    bool listed; /* counted in srv->conns */
+    bool closing;
+    bool processing;
+};
+
+typedef struct vl_write {
+    uv_write_t req;
+    char *data;
+} vl_write;
+
+struct varlink_server {
+    uv_loop_t *loop;
+    varlink_server_options o; /* its strings point at `owned` */
+    char *owned[6];
+    uv_pipe_t listener;
+    bool listener_init;
+    size_t pending_handles;
+    bool stopping;
+    vl_conn *conns;
+    size_t n_conns;
+    vl_iface *ifaces;
+    size_t n_ifaces;
+    vl_method *methods;
+    size_t n_methods;
+    char *unlink_path;
+    char readbuf[VL_READ_CHUNK];
+};
+
+static void conn_close(vl_conn *c);
+static void conn_process(vl_conn *c);
+
+/* ---------------------------------------------------------------- parsing */
+
+int varlink_request_parse(const char *buf, size_t len, varlink_request *req, const char **why)
+{
+    memset(req, 0, sizeof(*req));
+    if (len == 0) {
+        *why = "empty message";
+        return -EBADMSG;
+    }
+    if (!utf8_valid(buf, len)) {
+        *why = "message is not valid UTF-8";
+        return -EBADMSG;
+    }
+    /* buf[len] is the frame's NUL: requiring it rejects trailing garbage after the object. */
+    cJSON *msg = cJSON_ParseWithLengthOpts(buf, len + 1, NULL, true);
+    if (!msg) {
+        *why = "message is not valid JSON";
+        return -EBADMSG;
+    }
+    const char *what = NULL;
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(msg, "method");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "parameters");
+    if (!cJSON_IsObject(msg))
+        what = "message is not a JSON object";
+    else if (!cJSON_IsString(method) || !method->valuestring[0])
+        what = "message has no \"method\" string";
+    else if (params && !cJSON_IsNull(params) && !cJSON_IsObject(params))
+        what = "\"parameters\" is not an object";
+    else {
+        static const char *const flags[] = {"more", "oneway", "upgrade"};
+        for (size_t i = 0; i < BD_ARRAY_LEN(flags) && !what; i++) {
+            const cJSON *f = cJSON_GetObjectItemCaseSensitive(msg, flags[i]);
+            if (f && !cJSON_IsBool(f) && !cJSON_IsNull(f))
+                what = i == 0 ? "\"more\" is not a boolean"
+                              : (i == 1 ? "\"oneway\" is not a boolean"
+                                        : "\"upgrade\" is not a boolean");
+        }
+    }
+    if (what) {
+        cJSON_Delete(msg);
+        *why = what;
+        return -EBADMSG;
+    }
+    req->msg = msg;
+    req->method = method->valuestring;
+    req->parameters = cJSON_IsObject(params) ? params : NULL;
+    req->more = json_bool(msg, "more", false);
+    req->oneway = json_bool(msg, "oneway", false);
+    req->upgrade = json_bool(msg, "upgrade", false);
+    return 0;
+}
+
+void varlink_request_clear(varlink_request *req)
+{
+    cJSON_Delete(req->msg);
+    memset(req, 0, sizeof(*req));
+}
+
+/* ---------------------------------------------------------------- server setup */
+
+int varlink_server_new(uv_loop_t *loop, const varlink_server_options *opts, varlink_server **out)
+{
+    varlink_server *s = xcalloc(1, sizeof(*s));
+    s->loop = loop;
+    s->o = *opts;
+    s->o.max_connections = opts->max_connections ? opts->max_connections : 1024;
+    s->o.max_per_uid = opts->max_per_uid ? opts->max_per_uid : 256;
+    s->o.max_message = opts->max_message ? opts->max_message : 1024 * 1024;
+    s->o.max_pending_out = opts->max_pending_out ? opts->max_pending_out : 8 * 1024 * 1024;
+    s->o.idle_timeout_ms = opts->idle_timeout_ms ? opts->idle_timeout_ms : 60000;
+    s->o.vendor = s->owned[0] = xstrdup(opts->vendor ? opts->vendor : "");
+    s->o.product = s->owned[1] = xstrdup(opts->product ? opts->product : "");
+    s->o.version = s->owned[2] = xstrdup(opts->version ? opts->version : "");
+    s->o.url = s->owned[3] = xstrdup(opts->url ? opts->url : "");
+    s->o.protocol_error = s->owned[4] = opts->protocol_error ? xstrdup(opts->protocol_error) : NULL;
+    s->o.limit_error = s->owned[5] = opts->limit_error ? xstrdup(opts->limit_error) : NULL;
+    *out = s;
+    return 0;
+}
+
+static void server_destroy(varlink_server *s)
+{
+    for (size_t i = 0; i < s->n_ifaces; i++) {
+        free(s->ifaces[i].name);
+        free(s->ifaces[i].description);
+    }
+    for (size_t i = 0; i < s->n_methods; i++)
+        free(s->methods[i].name);
+    free(s->ifaces);
+    free(s->methods);
+    for (size_t i = 0; i < BD_ARRAY_LEN(s->owned); i++)
+        free(s->owned[i]);
+    free(s->unlink_path);
+    free(s);
+}
+
+static void server_handle_closed(varlink_server *s)
+{
+    s->pending_handles--;
+    if (s->stopping && s->pending_handles == 0)
+        server_destroy(s);
+}
+
+static void listener_close_cb(uv_handle_t *h)
+{
+    server_handle_closed(h->data);
+}
+
+void varlink_server_free(varlink_server *s)
+{
+    if (!s || s->stopping)
+        return;
+    s->stopping = true;
+    if (s->listener_init)
+        uv_close((uv_handle_t *)&s->listener, listener_close_cb);
+    while (s->conns)
+        conn_close(s->conns);
+    if (s->unlink_path && unlink(s->unlink_path) < 0 && errno != ENOENT)
+        log_warn("control socket %s: cannot remove it: %s", s->unlink_path, strerror(errno));
+    if (s->pending_handles == 0)
+        server_destroy(s);
+}
+
+static const vl_iface *find_iface(const varlink_server *s, const char *name, size_t len)
+{
+    for (size_t i = 0; i < s->n_ifaces; i++)
+        if (strlen(s->ifaces[i].name) == len && memcmp(s->ifaces[i].name, name, len) == 0)
+            return &s->ifaces[i];
+    return NULL;
+}
+
+static const vl_method *find_method(const varlink_server *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_methods; i++)
+        if (strcmp(s->methods[i].name, name) == 0)
+            return &s->methods[i];
+    return NULL;
+}
+
+int varlink_server_add_interface(varlink_server *s, const char *name, const char *description)
+{
+    if (!name || !description || !strchr(name, '.') || strcmp(name, VL_SERVICE) == 0)
+        return -EINVAL;
+    if (find_iface(s, name, strlen(name)))
+        return -EEXIST;
+    s->ifaces = xrealloc(s->ifaces, (s->n_ifaces + 1) * sizeof(*s->ifaces));
+    s->ifaces[s->n_ifaces++] = (vl_iface){xstrdup(name), xstrdup(description)};
+    return 0;
+}
+
+int varlink_server_add_method(varlink_server *s, const char *method, unsigned flags,
+                              varlink_method_fn fn, void *ud)
+{
+    const char *dot = method ? strrchr(method, '.') : NULL;
+    if (!dot || !dot[1] || !fn)
+        return -EINVAL;
+    if (!find_iface(s, method, (size_t)(dot - method)))
+        return -ENOENT;
+    if (find_method(s, method))
+        return -EEXIST;
+    s->methods = xrealloc(s->methods, (s->n_methods + 1) * sizeof(*s->methods));
+    s->methods[s->n_methods++] = (vl_method){xstrdup(method), flags, fn, ud};
+    return 0;
+}
+
+size_t varlink_server_connections(const varlink_server *s)
+{
+    return s->n_conns;
+}
+
+/* ---------------------------------------------------------------- output */
+
+static void write_cb(uv_write_t *req, int status)
+{
+    vl_write *w = (vl_write *)req;
+    vl_conn *c = req->handle->data;
+    free(w->data);
+    free(w);
+    if (status < 0 && !c->closing) {
+        log_debug("control connection (pid %d): write failed: %s", (int)c->peer.pid,
+                  uv_strerror(status));
+        conn_close(c);
+    }
+}
+
+/* Queues data (malloc'd, len bytes including the NUL; taken). A reply larger than the cap is
+ * still sent when nothing else is queued: the cap bounds the backlog, not one answer. */
+static int conn_write(vl_conn *c, char *data, size_t len)
+{
+    if (c->closing) {
+        free(data);
+        return -EPIPE;
+    }
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+    if (queued > 0 && queued + len > c->srv->o.max_pending_out) {
+        log_info("control connection (uid %u, pid %d) dropped: it does not read its replies "
+                 "(%zu bytes waiting)",
+                 (unsigned)c->peer.uid, (int)c->peer.pid, queued);
+        free(data);
+        conn_close(c);
+        return -ENOBUFS;
+    }
+    vl_write *w = xmalloc(sizeof(*w));
+    w->data = data;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, write_cb);
+    if (r < 0) {
+        free(data);
+        free(w);
+        conn_close(c);
+        return -EPIPE;
+    }
+    return 0;
+}
+
+/* Prints msg (deleted) as one frame. */
+static int conn_send(vl_conn *c, cJSON *msg)
+{
+    char *text = json_print(msg);
+    cJSON_Delete(msg);
+    size_t len = strlen(text);
+    text = xrealloc(text, len + 1 + 1);
+    text[len] = '\0';
+    return conn_write(c, text, len + 1);
+}
+
+static cJSON *error_msg(const char *error, cJSON *params)
+{
+    cJSON *msg = cJSON_CreateObject();
+    cJSON_AddStringToObject(msg, "error", error);
+    cJSON_AddItemToObject(msg, "parameters", params ? params : cJSON_CreateObject());
+    return msg;
+}
+
+static void call_finish(varlink_call *call)
+{
+    call->open = false;
+    call->cancel = NULL;
+    call->cancel_ud = NULL;
+    free(call->method);
+    call->method = NULL;
+}
+
+static int call_send_final(varlink_call *call, cJSON *msg)
+{
+    vl_conn *c = call->conn;
+    if (!call->open) {
+        cJSON_Delete(msg);
+        return -EINVAL;
+    }
+    bool oneway = call->oneway;
+    call_finish(call);
+    int r = 0;
+    if (oneway)
+        cJSON_Delete(msg);
+    else
+        r = conn_send(c, msg);
+    if (!c->closing) {
+        uv_timer_again(&c->idle);
+        /* An answer given later (not from inside the handler) unblocks buffered calls. */
+        conn_process(c);
+    }
+    return r;
+}
+
+int varlink_call_reply(varlink_call *call, cJSON *params)
+{
+    cJSON *msg = cJSON_CreateObject();
+    cJSON_AddItemToObject(msg, "parameters", params ? params : cJSON_CreateObject());
+    return call_send_final(call, msg);
+}
+
+int varlink_call_error(varlink_call *call, const char *error, cJSON *params)
+{
+    return call_send_final(call, error_msg(error, params));
+}
+
+int varlink_call_notify_json(varlink_call *call, const char *params_json)
+{
+    vl_conn *c = call->conn;
+    if (!call->open || c->closing)
+        return -EPIPE;
+    if (call->oneway)
+        return 0;
+    strbuf sb = {0};
+    strbuf_puts(&sb, "{\"parameters\":");
+    strbuf_puts(&sb, params_json);
+    strbuf_puts(&sb, ",\"continues\":true}");
+    strbuf_putc(&sb, '\0');
+    size_t len = sb.len;
+    return conn_write(c, strbuf_steal(&sb), len);
+}
+
+const char *varlink_call_method(const varlink_call *c)
+{
+    return c->method;
+}
+
+bool varlink_call_more(const varlink_call *c)
+{
+    return c->more;
+}
+
+bool varlink_call_oneway(const varlink_call *c)
+{
+    return c->oneway;
+}
+
+const varlink_peer *varlink_call_peer(const varlink_call *c)
+{
+    return &c->conn->peer;
+}
+
+void varlink_call_set_cancel(varlink_call *c, varlink_cancel_fn fn, void *ud)
+{
+    c->cancel = fn;
+    c->cancel_ud = ud;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void conn_handle_closed(uv_handle_t *h)
+{
+    vl_conn *c = h->data;
+    varlink_server *s = c->srv;
+    if (--c->handles == 0) {
+        strbuf_free(&c->in);
+        free(c->peer.groups);
+        free(c->call.method);
+        free(c);
+    }
+    server_handle_closed(s);
+}
+
+static void conn_close(vl_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    varlink_server *s = c->srv;
+    if (c->listed) {
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            s->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        c->listed = false;
+        s->n_conns--;
+    }
+    if (c->call.open) {
+        varlink_cancel_fn fn = c->call.cancel;
+        void *ud = c->call.cancel_ud;
+        call_finish(&c->call);
+        if (fn)
+            fn(&c->call, ud);
+    }
+    uv_close((uv_handle_t *)&c->pipe, conn_handle_closed);
+    if (c->timer_init)
+        uv_close((uv_handle_t *)&c->idle, conn_handle_closed);
+}
+
+static void protocol_violation(vl_conn *c, const char *why)
+{
+    log_debug("control connection (uid %u, pid %d): %s; closing it", (unsigned)c->peer.uid,
+              (int)c->peer.pid, why);
+    if (c->srv->o.protocol_error) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "reason", why);
+        conn_send(c, error_msg(c->srv->o.protocol_error, p));
+    }
+    conn_close(c);
+}
+
+static cJSON *param_obj(const char *key, const char *value)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, key, value);
+    return p;
+}
+
+static void service_get_info(varlink_call *call)
+{
+    const varlink_server *s = call->conn->srv;
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "vendor", s->o.vendor);
+    cJSON_AddStringToObject(p, "product", s->o.product);
+    cJSON_AddStringToObject(p, "version", s->o.version);
+    cJSON_AddStringToObject(p, "url", s->o.url);
+    cJSON *ifs = cJSON_AddArrayToObject(p, "interfaces");
+    cJSON_AddItemToArray(ifs, cJSON_CreateString(VL_SERVICE));
+    for (size_t i = 0; i < s->n_ifaces; i++)
+        cJSON_AddItemToArray(ifs, cJSON_CreateString(s->ifaces[i].name));
+    varlink_call_reply(call, p);
+}
+
+static void service_get_description(varlink_call *call, const cJSON *params)
+{
+    const char *name = json_str(params, "interface");
+    if (!name) {
+        varlink_call_error(call, VL_SERVICE ".InvalidParameter",
+                           param_obj("parameter", "interface"));
+        return;
+    }
+    const char *text = NULL;
+    if (strcmp(name, VL_SERVICE) == 0)
+        text = varlink_service_description;
+    else {
+        const vl_iface *i = find_iface(call->conn->srv, name, strlen(name));
+        text = i ? i->description : NULL;
+    }
+    if (!text)
+        varlink_call_error(call, VL_SERVICE ".InterfaceNotFound", param_obj("interface", name));
+    else
+        varlink_call_reply(call, param_obj("description", text));
+}
+
+/* Answers calls the server knows cannot be served; true when it did. */
+static bool dispatch_refusal(vl_conn *c, const varlink_request *req, const vl_method *m)
+{
+    varlink_call *call = &c->call;
+    if (req->upgrade) {
+        varlink_call_error(call, VL_SERVICE ".InvalidParameter", param_obj("parameter", "upgrade"));
+        return true;
+    }
+    if (!m) {
+        const char *dot = strrchr(req->method, '.');
+        if (!dot || !find_iface(c->srv, req->method, (size_t)(dot - req->method))) {
+            char *iface = xstrndup(req->method, dot ? (size_t)(dot - req->method) : 0);
+            varlink_call_error(call, VL_SERVICE ".InterfaceNotFound",
+                               param_obj("interface", iface));
+            free(iface);
+        } else {
+            varlink_call_error(call, VL_SERVICE ".MethodNotFound",
+                               param_obj("method", req->method));
+        }
+        return true;
+    }
+    if ((m->flags & VARLINK_METHOD_MORE) && !req->more) {
+        varlink_call_error(call, VL_SERVICE ".ExpectedMore", NULL);
+        return true;
+    }
+    return false;
+}
+
+static void dispatch(vl_conn *c, const char *buf, size_t len)
+{
+    varlink_request req;
+    const char *why = NULL;
+    if (varlink_request_parse(buf, len, &req, &why) < 0) {
+        protocol_violation(c, why);
+        return;
+    }
+    if (req.oneway && req.more) {
+        varlink_request_clear(&req);
+        protocol_violation(c, "\"oneway\" and \"more\" cannot be combined");
+        return;
+    }
+    varlink_call *call = &c->call;
+    call->open = true;
+    call->more = req.more;
+    call->oneway = req.oneway;
+    call->method = xstrdup(req.method);
+    call->cancel = NULL;
+    call->cancel_ud = NULL;
+
+    cJSON *empty = NULL;
+    const cJSON *params = req.parameters;
+    if (!params)
+        params = empty = cJSON_CreateObject();
+    if (strcmp(req.method, VL_SERVICE ".GetInfo") == 0) {
+        service_get_info(call);
+    } else if (strcmp(req.method, VL_SERVICE ".GetInterfaceDescription") == 0) {
+        service_get_description(call, params);
+    } else {
+        const vl_method *m = find_method(c->srv, req.method);
+        if (!dispatch_refusal(c, &req, m)) {
+            m->fn(call, params, m->ud);
+            bool streaming = (m->flags & VARLINK_METHOD_MORE) != 0;
+            if (call->open && !streaming && !c->closing)
+                varlink_call_error(call, VL_SERVICE ".MethodNotImplemented",
+                                   param_obj("method", req.method));
+        }
+    }
+    cJSON_Delete(empty);
+    varlink_request_clear(&req);
+}
+
+/* Dispatches every complete message while no call is open. Re-entry (an answer given from
+ * inside a handler) is a no-op: the outer loop continues. */
+static void conn_process(vl_conn *c)
+{
+    if (c->processing || c->closing)
+        return;
+    c->processing = true;
+    size_t start = 0;
+    size_t max = c->srv->o.max_message;
+    while (!c->closing && !c->call.open && start < c->in.len) {
+        char *base = c->in.data + start;
+        size_t avail = c->in.len - start;
+        size_t from = c->scanned > start ? c->scanned - start : 0;
+        char *nul = memchr(base + from, '\0', avail - from);
+        if (!nul) {
+            c->scanned = c->in.len;
+            break;
+        }
+        size_t len = (size_t)(nul - base);
+        if (len > max) {
+            protocol_violation(c, "message too large");
+            break;
+        }
+        dispatch(c, base, len);
+        start += len + 1;
+    }
+    if (!c->closing && start > 0) {
+        memmove(c->in.data, c->in.data + start, c->in.len - start);
+        c->in.len -= start;
+        c->in.data[c->in.len] = '\0';
+        c->scanned = c->scanned > start ? c->scanned - start : 0;
+    }
+    /* Unframed bytes beyond the cap, or too much input queued behind a streaming call. */
+    if (!c->closing && c->in.len > max + 1) {
+        char why[96];
+        snprintf(why, sizeof(why), "message too large (limit %zu bytes)", max);
+        protocol_violation(c, why);
+    }
+    c->processing = false;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    vl_conn *c = h->data;
+    /* One shared buffer: libuv calls read_cb right after alloc_cb, on this thread. */
+    *buf = uv_buf_init(c->srv->readbuf, sizeof(c->srv->readbuf));
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    vl_conn *c = st->data;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    if (nread == 0 || c->closing)
+        return;
+    if (!c->call.open)
+        uv_timer_again(&c->idle);
+    strbuf_append(&c->in, buf->base, (size_t)nread);
+    conn_process(c);
+}
+
+static void idle_cb(uv_timer_t *t)
+{
+    vl_conn *c = t->data;
+    if (c->call.open)
+        return; /* a streaming call (Watch) is not idle */
+    log_debug("control connection (uid %u, pid %d) idle; closing it", (unsigned)c->peer.uid,
+              (int)c->peer.pid);
+    conn_close(c);
+}
+
+static int read_peer(int fd, varlink_peer *p)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return -errno;
+    p->uid = cred.uid;
+    p->gid = cred.gid;
+    p->pid = cred.pid;
+    size_t n = 32;
+    for (;;) {
+        gid_t *g = xmalloc(n * sizeof(gid_t));
+        socklen_t glen = (socklen_t)(n * sizeof(gid_t));
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &glen) == 0) {
+            p->groups = g;
+            p->n_groups = glen / sizeof(gid_t);
+            return 0;
+        }
+        int e = errno;
+        free(g);
+        if (e == ERANGE && glen / sizeof(gid_t) > n && glen / sizeof(gid_t) <= VL_MAX_GROUPS) {
+            n = glen / sizeof(gid_t);
+            continue;
+        }
+        /* Without SO_PEERGROUPS the primary group still counts. */
+        return e == ENOPROTOOPT ? 0 : -e;
+    }
+}
+
+static size_t uid_connections(const varlink_server *s, uid_t uid)
+{
+    size_t n = 0;
+    for (const vl_conn *c = s->conns; c; c = c->next)
+        n += c->peer.uid == uid;
+    return n;
+}
+
+static void refuse(vl_conn *c, size_t limit, const char *what)
+{
+    const varlink_server *s = c->srv;
+    log_warn("control connection (uid %u, pid %d) refused: %s (%zu)", (unsigned)c->peer.uid,
+             (int)c->peer.pid, what, limit);
+    if (s->o.limit_error) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddNumberToObject(p, "limit", (double)limit);
+        cJSON *msg = error_msg(s->o.limit_error, p);
+        char *text = json_print(msg);
+        cJSON_Delete(msg);
+        /* Best effort and never blocking: the peer may not even read it. */
+        uv_buf_t b = uv_buf_init(text, (unsigned)strlen(text) + 1);
+        (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+        free(text);
+    }
+    conn_close(c);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    varlink_server *s = server->data;
+    if (status < 0) {
+        log_warn("control socket: accept failed: %s", uv_strerror(status));
+        return;
+    }
+    vl_conn *c = xcalloc(1, sizeof(*c));
+    c->srv = s;
+    c->call.conn = c;
+    uv_pipe_init(s->loop, &c->pipe, 0);
+    c->pipe.data = c;
+    c->handles = 1;
+    s->pending_handles++;
+    uv_os_fd_t fd;
+    int r = uv_accept(server, (uv_stream_t *)&c->pipe);
+    if (r == 0)
+        r = uv_fileno((uv_handle_t *)&c->pipe, &fd);
+    if (r == 0)
+        r = read_peer(fd, &c->peer);
+    if (r < 0) {
+        log_warn("control socket: cannot accept a connection: %s", strerror(-r));
+        conn_close(c);
+        return;
+    }
+    if (s->n_conns >= s->o.max_connections) {
+        refuse(c, s->o.max_connections, "too many connections");
+        return;
+    }
+    if (uid_connections(s, c->peer.uid) >= s->o.max_per_uid) {
+        refuse(c, s->o.max_per_uid, "too many connections from this uid");
+        return;
+    }
+    uv_timer_init(s->loop, &c->idle);
+    c->idle.data = c;
+    c->timer_init = true;
+    c->handles = 2;
+    s->pending_handles++;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    c->listed = true;
+    s->n_conns++;
+    if (s->o.idle_timeout_ms > 0) {
+        uint64_t t = (uint64_t)s->o.idle_timeout_ms;
+        uv_timer_start(&c->idle, idle_cb, t, t);
+    }
+    r = uv_read_start((uv_stream_t *)&c->pipe, alloc_cb, read_cb);
+    if (r < 0)
+        conn_close(c);
+}
+
+/* ---------------------------------------------------------------- listening */
+
+int varlink_server_listen_fd(varlink_server *s, int fd)
+{
+    if (s->listener_init)
+        return -EALREADY;
+    uv_pipe_init(s->loop, &s->listener, 0);
+    s->listener.data = s;
+    s->listener_init = true;
+    s->pending_handles++;
+    int r = uv_pipe_open(&s->listener, fd);
+    if (r < 0) {
+        close(fd); /* not taken by the handle */
+        return r;
+    }
+    r = uv_listen((uv_stream_t *)&s->listener, SOMAXCONN, on_connection);
+    return r;
+}
+
+static int activated_fd(const char *path)
+{
+    int n = sd_listen_fds(0);
+    if (n <= 0)
+        return -ENOENT;
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; fd++)
+        if (sd_is_socket_unix(fd, SOCK_STREAM, 1, path, 0) > 0)
+            return fd;
+    if (n == 1 && sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) > 0)
+        return SD_LISTEN_FDS_START;
+    return -ENOENT;
+}
+
+static int fail_msg(char **err, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail_msg(char **err, int r, const char *fmt, ...)
+{
+    if (err) {
+        strbuf sb = {0};
+        va_list ap;
+        va_start(ap, fmt);
+        strbuf_vprintf(&sb, fmt, ap);
+        va_end(ap);
+        *err = strbuf_steal(&sb);
+    }
+    return r;
+}
+
+static int prepare_dir(const char *path, gid_t gid, char **err)
+{
+    char *copy = xstrdup(path);
+    char *dir = dirname(copy);
+    struct stat st;
+    int r = 0;
+    if (stat(dir, &st) < 0) {
+        r = fsutil_mkdir_p(dir, 0750);
+        if (r < 0) {
+            r = fail_msg(err, r, "control socket %s: cannot create directory %s: %s", path, dir,
+                         strerror(-r));
+        } else if (chmod(dir, 0750) < 0 || (gid != (gid_t)-1 && chown(dir, (uid_t)-1, gid) < 0)) {
+            log_warn("control socket directory %s: cannot set mode 0750 and group %u: %s; group "
+                     "members will not reach the socket",
+                     dir, (unsigned)gid, strerror(errno));
+        }
+    }
+    free(copy);
+    return r;
+}
+
+/* -EADDRINUSE when a server answers, 0 when path is free or was a stale socket (removed). */
+static int check_existing(const char *path, const struct sockaddr_un *sa, char **err)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT
+                   ? 0
+                   : fail_msg(err, -errno, "control socket %s: %s", path, strerror(errno));
+    if (!S_ISSOCK(st.st_mode))
+        return fail_msg(err, -EEXIST,
+                        "control socket %s: the path exists and is not a socket; remove it or "
+                        "set another [control] socket",
+                        path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail_msg(err, -errno, "control socket %s: socket(): %s", path, strerror(errno));
+    int r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+    int e = errno;
+    close(fd);
+    if (r == 0)
+        return fail_msg(err, -EADDRINUSE,
+                        "control socket %s: another batchd is already running and answering "
+                        "there; stop it first (or set another [control] socket)",
+                        path);
+    if (e != ECONNREFUSED)
+        return fail_msg(err, -e, "control socket %s: cannot check the existing socket: %s", path,
+                        strerror(e));
+    log_notice("control socket %s: replacing a stale socket file", path);
+    if (unlink(path) < 0 && errno != ENOENT)
+        return fail_msg(err, -errno, "control socket %s: cannot remove the stale socket: %s", path,
+                        strerror(errno));
+    return 0;
+}
+
+int varlink_server_listen(varlink_server *s, const char *path, mode_t mode, gid_t sock_gid,
+                          char **err)
+{
+    if (err)
+        *err = NULL;
+    int afd = activated_fd(path);
+    if (afd >= 0) {
+        log_info("control socket %s: using the socket passed by systemd", path);
+        int r = varlink_server_listen_fd(s, afd);
+        return r < 0 ? fail_msg(err, r, "control socket %s: %s", path, uv_strerror(r)) : 0;
+    }
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return fail_msg(err, -ENAMETOOLONG,
+                        "control socket %s: path longer than %zu bytes; choose a shorter "
+                        "[control] socket",
+                        path, sizeof(sa.sun_path) - 1);
+    strlcpy_bd(sa.sun_path, path, sizeof(sa.sun_path));
+    int r = prepare_dir(path, sock_gid, err);
+    if (r == 0)
+        r = check_existing(path, &sa, err);
+    if (r < 0)
+        return r;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return fail_msg(err, -errno, "control socket %s: socket(): %s", path, strerror(errno));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        r = fail_msg(err, -errno, "control socket %s: cannot bind: %s", path, strerror(errno));
+        close(fd);
+        return r;
+    }
+    if (chmod(path, mode) < 0 || (sock_gid != (gid_t)-1 && chown(path, (uid_t)-1, sock_gid) < 0))
+        log_warn("control socket %s: cannot set mode %04o group %u: %s; group members may not "
+                 "reach it",
+                 path, (unsigned)mode, (unsigned)sock_gid, strerror(errno));
+    if (listen(fd, SOMAXCONN) < 0) {
+        r = fail_msg(err, -errno, "control socket %s: listen(): %s", path, strerror(errno));
+        close(fd);
+        unlink(path);
+        return r;
+    }
+    r = varlink_server_listen_fd(s, fd);
+    if (r < 0) {
+        unlink(path);
+        return fail_msg(err, r, "control socket %s: %s", path, uv_strerror(r));
+    }
+    s->unlink_path = xstrdup(path);
+    return 0;
+}

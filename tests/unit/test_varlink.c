@@ -1,0 +1,862 @@
+/* test-deps: uv cjson */
+/* varlink server: a real libuv loop serving a socket in a temporary directory, driven by raw
+ * client sockets from the same thread. Waiting is always for a condition with a deadline:
+ * the helpers poll the client fd and the loop's backend fd together. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "batchd/util.h"
+#include "batchd/varlink.h"
+
+#define DEADLINE_MS 5000
+
+typedef struct fixture {
+    uv_loop_t loop;
+    varlink_server *srv;
+    char dir[64];
+    char path[128];
+    int counted;              /* Count calls received */
+    varlink_call *streams[8]; /* open Stream calls */
+    int n_streams;
+    int cancelled;
+} fixture;
+
+static fixture *F;
+
+/* ---------------------------------------------------------------- the test service */
+
+static void m_echo(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)ud;
+    varlink_call_reply(call, cJSON_Duplicate(params, 1));
+}
+
+static void m_need(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)ud;
+    const char *name = json_str(params, "name");
+    if (!name) {
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "parameter", "name");
+        varlink_call_error(call, "org.varlink.service.InvalidParameter", p);
+        return;
+    }
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "hello", name);
+    varlink_call_reply(call, p);
+}
+
+static void m_count(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)params;
+    (void)ud;
+    F->counted++;
+    varlink_call_reply(call, NULL);
+}
+
+static void m_silent(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)call;
+    (void)params;
+    (void)ud; /* forgets to answer: the server must answer for it */
+}
+
+static void stream_cancel(varlink_call *call, void *ud)
+{
+    (void)ud;
+    for (int i = 0; i < F->n_streams; i++)
+        if (F->streams[i] == call) {
+            F->streams[i] = F->streams[--F->n_streams];
+            break;
+        }
+    F->cancelled++;
+}
+
+static void m_stream(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)params;
+    (void)ud;
+    assert_true(varlink_call_more(call));
+    if (varlink_call_notify_json(call, "{\"n\":0}") < 0)
+        return;
+    assert_true(F->n_streams < 8);
+    F->streams[F->n_streams++] = call;
+    varlink_call_set_cancel(call, stream_cancel, NULL);
+}
+
+static void start(const varlink_server_options *extra)
+{
+    varlink_server_options o = {.vendor = "test",
+                                .product = "test",
+                                .version = "1",
+                                .url = "x",
+                                .protocol_error = "org.example.test.ProtocolError",
+                                .limit_error = "org.example.test.TooMany"};
+    if (extra) {
+        o.max_connections = extra->max_connections;
+        o.max_per_uid = extra->max_per_uid;
+        o.max_message = extra->max_message;
+        o.max_pending_out = extra->max_pending_out;
+        o.idle_timeout_ms = extra->idle_timeout_ms;
+    }
+    assert_int_equal(varlink_server_new(&F->loop, &o, &F->srv), 0);
+    assert_int_equal(
+        varlink_server_add_interface(F->srv, "org.example.test", "interface org.example.test\n"),
+        0);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Echo", 0, m_echo, NULL),
+                     0);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Need", 0, m_need, NULL),
+                     0);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Count", 0, m_count, NULL),
+                     0);
+    assert_int_equal(
+        varlink_server_add_method(F->srv, "org.example.test.Silent", 0, m_silent, NULL), 0);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Stream",
+                                               VARLINK_METHOD_MORE, m_stream, NULL),
+                     0);
+    char *err = NULL;
+    int r = varlink_server_listen(F->srv, F->path, 0660, (gid_t)-1, &err);
+    if (r < 0)
+        fail_msg("listen: %s", err);
+}
+
+static int setup(void **state)
+{
+    F = calloc(1, sizeof(*F));
+    assert_int_equal(uv_loop_init(&F->loop), 0);
+    strcpy(F->dir, "/tmp/test_varlink.XXXXXX");
+    assert_non_null(mkdtemp(F->dir));
+    snprintf(F->path, sizeof(F->path), "%s/run/io.test", F->dir);
+    *state = F;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    varlink_server_free(F->srv);
+    uv_run(&F->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&F->loop), 0);
+    char run[160];
+    snprintf(run, sizeof(run), "%s/run", F->dir);
+    unlink(F->path);
+    rmdir(run);
+    rmdir(F->dir);
+    free(F);
+    F = NULL;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- raw clients */
+
+typedef struct client {
+    int fd;
+    strbuf in;
+    bool eof;
+} client;
+
+/* One step of the loop: waits (bounded) for the loop's own events or for fd, then runs it. */
+static void pump(int fd, int max_wait_ms)
+{
+    struct pollfd p[2] = {{.fd = uv_backend_fd(&F->loop), .events = POLLIN},
+                          {.fd = fd, .events = POLLIN}};
+    int t = uv_backend_timeout(&F->loop);
+    if (t < 0 || t > max_wait_ms)
+        t = max_wait_ms;
+    poll(p, fd >= 0 ? 2 : 1, t);
+    uv_run(&F->loop, UV_RUN_NOWAIT);
+}
+
+static client *cl_connect(void)
+{
+    client *c = calloc(1, sizeof(*c));
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    assert_true(c->fd >= 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, F->path);
+    /* Non-blocking connect on a Unix socket completes at once (or EAGAIN on a full backlog). */
+    int r;
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while ((r = connect(c->fd, (struct sockaddr *)&sa, sizeof(sa))) < 0 && errno == EAGAIN &&
+           time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(r, 0);
+    return c;
+}
+
+static void cl_free(client *c)
+{
+    close(c->fd);
+    strbuf_free(&c->in);
+    free(c);
+}
+
+/* Writes all of buf while the loop runs; returns bytes written before the peer went away. */
+static size_t cl_write(client *c, const void *buf, size_t len)
+{
+    size_t done = 0;
+    int64_t end = time_mono_ms() + DEADLINE_MS * 4;
+    while (done < len && time_mono_ms() < end) {
+        ssize_t n = send(c->fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
+        if (n > 0) {
+            done += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+            break;
+        pump(-1, 10);
+    }
+    return done;
+}
+
+static void cl_send(client *c, const char *msg)
+{
+    assert_int_equal(cl_write(c, msg, strlen(msg) + 1), strlen(msg) + 1);
+}
+
+static void cl_fill(client *c)
+{
+    char buf[65536];
+    for (;;) {
+        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            strbuf_append(&c->in, buf, (size_t)n);
+            continue;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EINTR))
+            c->eof = true;
+        return;
+    }
+}
+
+/* The next message, or NULL on EOF / deadline. */
+static cJSON *cl_recv_within(client *c, int ms)
+{
+    int64_t end = time_mono_ms() + ms;
+    cl_fill(c);
+    for (;;) {
+        char *nul = c->in.len ? memchr(c->in.data, '\0', c->in.len) : NULL;
+        if (nul) {
+            size_t len = (size_t)(nul - c->in.data);
+            cJSON *m = cJSON_ParseWithLength(c->in.data, len);
+            assert_non_null(m);
+            memmove(c->in.data, nul + 1, c->in.len - len - 1);
+            c->in.len -= len + 1;
+            return m;
+        }
+        if (c->eof || time_mono_ms() >= end)
+            return NULL;
+        pump(c->fd, 20);
+        cl_fill(c);
+    }
+}
+
+static cJSON *cl_recv(client *c)
+{
+    cJSON *m = cl_recv_within(c, DEADLINE_MS);
+    assert_non_null(m);
+    return m;
+}
+
+static void cl_wait_eof(client *c)
+{
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (!c->eof && time_mono_ms() < end) {
+        pump(c->fd, 20);
+        cl_fill(c);
+    }
+    assert_true(c->eof);
+}
+
+static void wait_connections(size_t n)
+{
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (varlink_server_connections(F->srv) != n && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(varlink_server_connections(F->srv), n);
+}
+
+static void assert_error(cJSON *m, const char *name)
+{
+    const char *e = json_str(m, "error");
+    if (!e || strcmp(e, name) != 0) {
+        char *t = json_print(m);
+        fail_msg("expected error %s, got %s", name, t);
+    }
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_parse(void **state)
+{
+    (void)state;
+    varlink_request r;
+    const char *why = NULL;
+    static const char ok[] = "{\"method\":\"a.B\",\"parameters\":{\"x\":1},\"more\":true}";
+    assert_int_equal(varlink_request_parse(ok, strlen(ok), &r, &why), 0);
+    assert_string_equal(r.method, "a.B");
+    assert_true(r.more);
+    assert_false(r.oneway);
+    assert_int_equal(json_int64(r.parameters, "x", 0), 1);
+    varlink_request_clear(&r);
+
+    static const char *const bad[] = {
+        "{\"method\":\"a.B\"} x",
+        "[1]",
+        "{}",
+        "{\"method\":\"\"}",
+        "{\"method\":3}",
+        "{\"method\":\"a.B\",\"parameters\":[]}",
+        "{\"method\":\"a.B\",\"more\":1}",
+        "{\"method\":\"a.B\",\"oneway\":\"yes\"}",
+        "{\"method\":\"a\xff\"}",
+        "",
+    };
+    for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
+        why = NULL;
+        assert_int_equal(varlink_request_parse(bad[i], strlen(bad[i]), &r, &why), -EBADMSG);
+        assert_non_null(why);
+        assert_null(r.msg);
+    }
+}
+
+static void test_byte_by_byte(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    static const char msg[] = "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"v\":42}}";
+    for (size_t i = 0; i < sizeof(msg); i++) { /* includes the NUL */
+        assert_int_equal(cl_write(c, msg + i, 1), 1);
+        uv_run(&F->loop, UV_RUN_NOWAIT);
+        if (i + 1 < sizeof(msg))
+            assert_null(cl_recv_within(c, 0)); /* nothing before the frame is complete */
+    }
+    cJSON *m = cl_recv(c);
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "v", 0), 42);
+    assert_null(cJSON_GetObjectItem(m, "continues"));
+    cJSON_Delete(m);
+    cl_free(c);
+}
+
+static void test_many_in_one_write(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    strbuf sb = {0};
+    for (int i = 0; i < 200; i++) {
+        strbuf_printf(&sb, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"i\":%d}}", i);
+        strbuf_putc(&sb, '\0');
+    }
+    assert_int_equal(cl_write(c, sb.data, sb.len), sb.len);
+    strbuf_free(&sb);
+    for (int i = 0; i < 200; i++) {
+        cJSON *m = cl_recv(c);
+        assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "i", -1), i);
+        cJSON_Delete(m);
+    }
+    cl_free(c);
+}
+
+static void test_oversize_unframed(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_message = 1024};
+    start(&o);
+    client *c = cl_connect();
+    char big[4096];
+    memset(big, 'x', sizeof(big));
+    cl_write(c, big, sizeof(big));
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.example.test.ProtocolError");
+    assert_non_null(strstr(json_str(cJSON_GetObjectItem(m, "parameters"), "reason"), "too large"));
+    cJSON_Delete(m);
+    cl_wait_eof(c);
+    wait_connections(0);
+    cl_free(c);
+}
+
+static void test_oversize_framed(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_message = 1024};
+    start(&o);
+    client *c = cl_connect();
+    strbuf sb = {0};
+    strbuf_puts(&sb, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"s\":\"");
+    for (int i = 0; i < 2000; i++)
+        strbuf_putc(&sb, 'y');
+    strbuf_puts(&sb, "\"}}");
+    cl_send(c, sb.data);
+    strbuf_free(&sb);
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.example.test.ProtocolError");
+    cJSON_Delete(m);
+    cl_wait_eof(c);
+    cl_free(c);
+
+    /* Exactly at the limit is fine. */
+    c = cl_connect();
+    sb = (strbuf){0};
+    strbuf_puts(&sb, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"s\":\"");
+    while (sb.len < 1024 - 3)
+        strbuf_putc(&sb, 'y');
+    strbuf_puts(&sb, "\"}}");
+    assert_int_equal(sb.len, 1024);
+    cl_send(c, sb.data);
+    strbuf_free(&sb);
+    m = cl_recv(c);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    cl_free(c);
+}
+
+static void test_bad_json(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\": nope");
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.example.test.ProtocolError");
+    assert_string_equal(json_str(cJSON_GetObjectItem(m, "parameters"), "reason"),
+                        "message is not valid JSON");
+    cJSON_Delete(m);
+    cl_wait_eof(c);
+    cl_free(c);
+}
+
+static void test_unknown_method(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Nope\"}");
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.varlink.service.MethodNotFound");
+    assert_string_equal(json_str(cJSON_GetObjectItem(m, "parameters"), "method"),
+                        "org.example.test.Nope");
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"com.other.Thing\"}");
+    m = cl_recv(c);
+    assert_error(m, "org.varlink.service.InterfaceNotFound");
+    assert_string_equal(json_str(cJSON_GetObjectItem(m, "parameters"), "interface"), "com.other");
+    cJSON_Delete(m);
+    /* A handler that does not answer is answered for. */
+    cl_send(c, "{\"method\":\"org.example.test.Silent\"}");
+    m = cl_recv(c);
+    assert_error(m, "org.varlink.service.MethodNotImplemented");
+    cJSON_Delete(m);
+    /* The connection survives errors. */
+    cl_send(c, "{\"method\":\"org.example.test.Echo\",\"parameters\":{}}");
+    m = cl_recv(c);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    cl_free(c);
+}
+
+static void test_missing_parameters(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Need\"}");
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.varlink.service.InvalidParameter");
+    assert_string_equal(json_str(cJSON_GetObjectItem(m, "parameters"), "parameter"), "name");
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"org.example.test.Need\",\"parameters\":{\"name\":7}}");
+    m = cl_recv(c);
+    assert_error(m, "org.varlink.service.InvalidParameter");
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"org.example.test.Need\",\"parameters\":{\"name\":\"w\"}}");
+    m = cl_recv(c);
+    assert_string_equal(json_str(cJSON_GetObjectItem(m, "parameters"), "hello"), "w");
+    cJSON_Delete(m);
+    cl_free(c);
+}
+
+static void test_oneway(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Count\",\"oneway\":true}");
+    cl_send(c, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"after\":true}}");
+    cJSON *m = cl_recv(c);
+    /* The first reply is Echo's: the oneway call produced none. */
+    assert_true(json_bool(cJSON_GetObjectItem(m, "parameters"), "after", false));
+    cJSON_Delete(m);
+    assert_int_equal(F->counted, 1);
+    /* oneway with more is a protocol error. */
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"oneway\":true,\"more\":true}");
+    m = cl_recv(c);
+    assert_error(m, "org.example.test.ProtocolError");
+    cJSON_Delete(m);
+    cl_wait_eof(c);
+    cl_free(c);
+}
+
+static void test_more_continues(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Stream\"}");
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.varlink.service.ExpectedMore");
+    cJSON_Delete(m);
+    /* more on a method that does not stream: one ordinary reply. */
+    cl_send(c, "{\"method\":\"org.example.test.Echo\",\"more\":true,\"parameters\":{\"a\":1}}");
+    m = cl_recv(c);
+    assert_null(cJSON_GetObjectItem(m, "continues"));
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "a", 0), 1);
+    cJSON_Delete(m);
+
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    /* Queued behind the open stream: not answered until the stream ends. */
+    cl_send(c, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"late\":true}}");
+    m = cl_recv(c);
+    assert_true(json_bool(m, "continues", false));
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "n", -1), 0);
+    cJSON_Delete(m);
+    assert_int_equal(F->n_streams, 1);
+    for (int i = 1; i <= 3; i++) {
+        char p[32];
+        snprintf(p, sizeof(p), "{\"n\":%d}", i);
+        assert_int_equal(varlink_call_notify_json(F->streams[0], p), 0);
+    }
+    for (int i = 1; i <= 3; i++) {
+        m = cl_recv(c);
+        assert_true(json_bool(m, "continues", false));
+        assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "n", -1), i);
+        cJSON_Delete(m);
+    }
+    assert_null(cl_recv_within(c, 50));
+    /* The final reply ends the stream and unblocks the queued call. */
+    varlink_call *s = F->streams[0];
+    F->n_streams = 0;
+    assert_int_equal(varlink_call_reply(s, NULL), 0);
+    m = cl_recv(c);
+    assert_null(cJSON_GetObjectItem(m, "continues"));
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    m = cl_recv(c);
+    assert_true(json_bool(cJSON_GetObjectItem(m, "parameters"), "late", false));
+    cJSON_Delete(m);
+    assert_int_equal(F->cancelled, 0);
+    cl_free(c);
+}
+
+static void test_service_interface(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.varlink.service.GetInfo\"}");
+    cJSON *m = cl_recv(c);
+    cJSON *p = cJSON_GetObjectItem(m, "parameters");
+    assert_string_equal(json_str(p, "vendor"), "test");
+    cJSON *ifs = cJSON_GetObjectItem(p, "interfaces");
+    assert_int_equal(cJSON_GetArraySize(ifs), 2);
+    assert_string_equal(cJSON_GetArrayItem(ifs, 1)->valuestring, "org.example.test");
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"org.varlink.service.GetInterfaceDescription\","
+               "\"parameters\":{\"interface\":\"org.example.test\"}}");
+    m = cl_recv(c);
+    assert_string_equal(json_str(cJSON_GetObjectItem(m, "parameters"), "description"),
+                        "interface org.example.test\n");
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"org.varlink.service.GetInterfaceDescription\","
+               "\"parameters\":{\"interface\":\"org.varlink.service\"}}");
+    m = cl_recv(c);
+    assert_non_null(strstr(json_str(cJSON_GetObjectItem(m, "parameters"), "description"),
+                           "method GetInterfaceDescription"));
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"org.varlink.service.GetInterfaceDescription\","
+               "\"parameters\":{\"interface\":\"no.such\"}}");
+    m = cl_recv(c);
+    assert_error(m, "org.varlink.service.InterfaceNotFound");
+    cJSON_Delete(m);
+    cl_send(c, "{\"method\":\"org.varlink.service.GetInterfaceDescription\"}");
+    m = cl_recv(c);
+    assert_error(m, "org.varlink.service.InvalidParameter");
+    cJSON_Delete(m);
+    cl_free(c);
+}
+
+static void test_idle_timeout(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.idle_timeout_ms = 100};
+    start(&o);
+    client *idle = cl_connect();
+    client *watching = cl_connect();
+    cl_send(watching, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    cJSON_Delete(cl_recv(watching));
+    int64_t t0 = time_mono_ms();
+    cl_wait_eof(idle);
+    assert_true(time_mono_ms() - t0 >= 50);
+    /* Well past several idle periods, the streaming connection is still served. */
+    int64_t end = time_mono_ms() + 350;
+    while (time_mono_ms() < end)
+        pump(-1, 20);
+    assert_int_equal(varlink_server_connections(F->srv), 1);
+    assert_int_equal(varlink_call_notify_json(F->streams[0], "{\"n\":9}"), 0);
+    cJSON *m = cl_recv(watching);
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "n", 0), 9);
+    cJSON_Delete(m);
+    cl_free(idle);
+    cl_free(watching);
+}
+
+static void test_connection_caps(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_connections = 3, .max_per_uid = 2};
+    start(&o);
+    client *a = cl_connect(), *b = cl_connect();
+    wait_connections(2);
+    client *c = cl_connect(); /* same uid: over the per-uid cap */
+    cJSON *m = cl_recv(c);
+    assert_error(m, "org.example.test.TooMany");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 2);
+    cJSON_Delete(m);
+    cl_wait_eof(c);
+    cl_free(c);
+    /* The accepted ones still work. */
+    cl_send(a, "{\"method\":\"org.example.test.Echo\"}");
+    m = cl_recv(a);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    /* Once one leaves, a new one is accepted. */
+    cl_free(b);
+    wait_connections(1);
+    c = cl_connect();
+    wait_connections(2);
+    cl_free(a);
+    cl_free(c);
+    wait_connections(0);
+}
+
+static void test_total_cap(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_connections = 3, .max_per_uid = 100};
+    start(&o);
+    client *cs[3];
+    for (int i = 0; i < 3; i++)
+        cs[i] = cl_connect();
+    wait_connections(3);
+    client *d = cl_connect();
+    cJSON *m = cl_recv(d);
+    assert_error(m, "org.example.test.TooMany");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 3);
+    cJSON_Delete(m);
+    cl_wait_eof(d);
+    cl_free(d);
+    for (int i = 0; i < 3; i++)
+        cl_free(cs[i]);
+}
+
+static void test_slow_reader_dropped(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_pending_out = 64 * 1024};
+    start(&o);
+    client *slow = cl_connect(), *fast = cl_connect();
+    cl_send(slow, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    cl_send(fast, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    wait_connections(2);
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 2 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 2);
+    cJSON_Delete(cl_recv(fast));
+
+    strbuf payload = {0};
+    strbuf_puts(&payload, "{\"blob\":\"");
+    for (int i = 0; i < 4000; i++)
+        strbuf_putc(&payload, 'z');
+    strbuf_puts(&payload, "\"}");
+    int received = 0;
+    for (int i = 0; i < 2000; i++) {
+        for (int k = F->n_streams - 1; k >= 0; k--)
+            varlink_call_notify_json(F->streams[k], payload.data);
+        uv_run(&F->loop, UV_RUN_NOWAIT);
+        cJSON *m;
+        while ((m = cl_recv_within(fast, 0)) != NULL) {
+            received++;
+            cJSON_Delete(m);
+        }
+    }
+    strbuf_free(&payload);
+    /* The slow reader was dropped, its call cancelled; the fast one got everything. */
+    assert_int_equal(F->cancelled, 1);
+    assert_int_equal(F->n_streams, 1);
+    wait_connections(1);
+    while (received < 2000) {
+        cJSON *m = cl_recv(fast);
+        received++;
+        cJSON_Delete(m);
+    }
+    assert_int_equal(received, 2000);
+    cl_wait_eof(slow);
+    cl_free(slow);
+    cl_free(fast);
+}
+
+static void test_garbage_64mib(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_message = 1024 * 1024};
+    start(&o);
+    client *bad = cl_connect(), *good = cl_connect();
+    size_t total = 64u * 1024 * 1024;
+    char *chunk = malloc(1024 * 1024);
+    memset(chunk, 'g', 1024 * 1024);
+    size_t sent = 0;
+    while (sent < total) {
+        size_t n = cl_write(bad, chunk, 1024 * 1024);
+        sent += n;
+        if (n < 1024 * 1024)
+            break; /* the server hung up */
+    }
+    free(chunk);
+    /* It was cut off long before 64 MiB: at most the cap plus socket buffers got through. */
+    assert_true(sent < 8u * 1024 * 1024);
+    cl_send(good, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"ok\":true}}");
+    cJSON *m = cl_recv(good);
+    assert_true(json_bool(cJSON_GetObjectItem(m, "parameters"), "ok", false));
+    cJSON_Delete(m);
+    wait_connections(1);
+    cl_free(bad);
+    cl_free(good);
+}
+
+static void test_500_connections(void **state)
+{
+    (void)state;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 1200 && rl.rlim_max >= 1200) {
+        rl.rlim_cur = 1200;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    varlink_server_options o = {.max_connections = 1024, .max_per_uid = 1024};
+    start(&o);
+    enum { N = 500 };
+    client **cs = calloc(N, sizeof(*cs));
+    for (int i = 0; i < N; i++)
+        cs[i] = cl_connect();
+    for (int i = 0; i < N; i++) {
+        char msg[96];
+        snprintf(msg, sizeof(msg),
+                 "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"i\":%d}}", i);
+        cl_send(cs[i], msg);
+    }
+    wait_connections(N);
+    for (int i = 0; i < N; i++) {
+        cJSON *m = cl_recv(cs[i]);
+        assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "i", -1), i);
+        cJSON_Delete(m);
+    }
+    for (int i = 0; i < N; i++)
+        cl_free(cs[i]);
+    free(cs);
+    wait_connections(0);
+}
+
+static void test_socket_file(void **state)
+{
+    (void)state;
+    start(NULL);
+    struct stat st;
+    assert_int_equal(stat(F->path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0660);
+    char run[160];
+    snprintf(run, sizeof(run), "%s/run", F->dir);
+    assert_int_equal(stat(run, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0750);
+
+    /* A second server refuses while the first answers. */
+    varlink_server *two = NULL;
+    varlink_server_options o = {0};
+    assert_int_equal(varlink_server_new(&F->loop, &o, &two), 0);
+    char *err = NULL;
+    assert_int_equal(varlink_server_listen(two, F->path, 0660, (gid_t)-1, &err), -EADDRINUSE);
+    assert_non_null(strstr(err, "already running"));
+    assert_non_null(strstr(err, F->path));
+    free(err);
+
+    /* A stale socket file (nobody listening) is replaced. */
+    varlink_server_free(F->srv);
+    F->srv = NULL;
+    uv_run(&F->loop, UV_RUN_NOWAIT);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, F->path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(fd);
+    assert_int_equal(varlink_server_listen(two, F->path, 0660, (gid_t)-1, &err), 0);
+    F->srv = two;
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.varlink.service.GetInfo\"}");
+    cJSON_Delete(cl_recv(c));
+    cl_free(c);
+
+    /* Something that is not a socket is never removed. */
+    varlink_server *three = NULL;
+    assert_int_equal(varlink_server_new(&F->loop, &o, &three), 0);
+    char other[200];
+    snprintf(other, sizeof(other), "%s/plain", F->dir);
+    fd = open(other, O_CREAT | O_WRONLY, 0600);
+    close(fd);
+    assert_int_equal(varlink_server_listen(three, other, 0660, (gid_t)-1, &err), -EEXIST);
+    assert_non_null(strstr(err, "not a socket"));
+    free(err);
+    assert_int_equal(access(other, F_OK), 0);
+    unlink(other);
+    varlink_server_free(three);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse),
+        cmocka_unit_test_setup_teardown(test_byte_by_byte, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_in_one_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversize_unframed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversize_framed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_method, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_parameters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oneway, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_more_continues, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_service_interface, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_caps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_total_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_64mib, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_500_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_socket_file, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
