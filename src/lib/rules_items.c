@@ -137,9 +137,9 @@ static void check_string_bound(rules_ctx *c, const char *key, double v)
     int64_t n;
     if (!rdouble_is_integer(v, &n) || n < 0)
         rctx_issue(c, RK_ITEMS, key,
-                   "is %g; with type \"string\" it counts characters and must be a whole number, "
-                   "0 or more",
-                   v);
+                   "validation.%s %g is not a character count; with type \"string\" it must be "
+                   "a whole number, 0 or more",
+                   key, v);
 }
 
 /* min/max: number or null. Returns whether a usable number is there. */
@@ -177,8 +177,8 @@ static void check_validation(rules_ctx *c, const cJSON *obj)
     }
     if (has_lo && has_hi && lo > hi)
         rctx_issue(c, RK_ITEMS, "min",
-                   "%g is greater than max %g; min must be less than or "
-                   "equal to max",
+                   "validation.min %g is greater than validation.max %g; "
+                   "min must be less than or equal to max",
                    lo, hi);
 done:
     rctx_pop(c, mark);
@@ -287,7 +287,7 @@ static void check_image(walk *w, const cJSON *item)
         if (!looks_like_uri(url))
             rctx_issue(c, RK_REQ, "url", "%s is not a URL; give an https:// image URL", shown);
         else if (!is_https(url))
-            rctx_issue(c, RK_ITEMS, "url", "%s is not an https URL; images must use https://",
+            rctx_issue(c, RK_ITEMS, "url", "url %s is not an https URL; images must use https://",
                        shown);
         free(shown);
     }
@@ -331,6 +331,26 @@ static bool unit_value_matches(const cJSON *value, const char *want)
     return false;
 }
 
+static char *unit_values(const cJSON *units)
+{
+    strbuf sb;
+    strbuf_init(&sb);
+    size_t n = 0;
+    for (const cJSON *u = units->child; u; u = u->next) {
+        const cJSON *v = rget(u, "value");
+        if (!v)
+            continue;
+        if (n == KNOWN_FIELDS_SHOWN) {
+            strbuf_puts(&sb, ", ...");
+            break;
+        }
+        char *shown = rjson_show(v);
+        strbuf_printf(&sb, "%s%s", n++ ? ", " : "", shown);
+        free(shown);
+    }
+    return strbuf_steal(&sb);
+}
+
 static void check_unit_options(walk *w, const cJSON *units, const char *default_unit)
 {
     rules_ctx *c = w->c;
@@ -350,11 +370,15 @@ static void check_unit_options(walk *w, const cJSON *units, const char *default_
         rctx_pop(c, mark);
     }
     if (idx == 0)
-        rctx_issue(c, RK_ITEMS, "unit_options", "is empty; give at least one unit to choose from");
-    else if (default_unit && !matched)
+        rctx_issue(c, RK_ITEMS, "unit_options",
+                   "unit_options is empty; give at least one unit to choose from");
+    else if (default_unit && !matched) {
+        char *values = unit_values(units);
         rctx_issue(c, RK_ITEMS, "default_unit",
-                   "\"%s\" matches no unit_options value; use the value of one of the %zu units",
-                   default_unit, idx);
+                   "default_unit \"%s\" matches no unit_options value; use one of %s", default_unit,
+                   values);
+        free(values);
+    }
 }
 
 static void check_free_text_with_unit(walk *w, const cJSON *item)
@@ -402,11 +426,12 @@ static void answer_limit_rule(rules_ctx *c, int64_t limit, size_t n)
         snprintf(allowed, sizeof allowed, "1, -1 or 2..%zu", n);
     if (limit == 0 || limit < -1)
         rctx_issue(c, RK_ITEMS, "answer_limit",
-                   "%lld is not allowed; use %s (1: single choice, -1: no limit)", (long long)limit,
-                   allowed);
+                   "answer_limit %lld is not allowed; use %s (1: single choice, -1: no limit)",
+                   (long long)limit, allowed);
     else if (limit > 0 && (uint64_t)limit > n)
-        rctx_issue(c, RK_ITEMS, "answer_limit", "%lld exceeds the %zu option%s; use %s",
-                   (long long)limit, n, n == 1 ? "" : "s", allowed);
+        rctx_issue(c, RK_ITEMS, "answer_limit",
+                   "answer_limit %lld exceeds the %zu option%s; use %s", (long long)limit, n,
+                   n == 1 ? "" : "s", allowed);
 }
 
 static void check_options(walk *w, const cJSON *options, bool limit_ok, int64_t limit,
@@ -424,19 +449,20 @@ static void check_options(walk *w, const cJSON *options, bool limit_ok, int64_t 
             exclusive++;
             if (limit_ok && limit == 1)
                 rctx_issue(c, RK_ITEMS, "exclusive",
-                           "is true, but exclusive options are not allowed when answer_limit is "
-                           "1; remove it or allow more answers");
+                           "option %zu is exclusive, but exclusive options are not allowed when "
+                           "answer_limit is 1; remove exclusive or allow more answers",
+                           n);
         }
         rctx_pop(c, mark);
     }
     if (n == 0)
-        rctx_issue(c, RK_ITEMS, "options", "is empty; give at least one option");
+        rctx_issue(c, RK_ITEMS, "options", "options is empty; give at least one option");
     /* with no options only the value itself can be judged */
     if (limit_ok && (n > 0 || limit == 0 || limit < -1))
         answer_limit_rule(c, limit, n);
     if (exclusive > 0 && exclusive == usable && usable == n)
         rctx_issue(c, RK_ITEMS, "options",
-                   "are all exclusive; at least one option must be non-exclusive");
+                   "every option is exclusive; at least one option must be non-exclusive");
 }
 
 static void check_multiple_choice(walk *w, const cJSON *item, bool with_heading)
@@ -467,7 +493,8 @@ static void check_file_types(rules_ctx *c, const cJSON *types)
         } else if (t->valuestring[0] != '.' || t->valuestring[1] == '\0') {
             char *shown = rjson_show(t);
             rctx_issue(c, RK_ITEMS, NULL,
-                       "%s is not a file extension; write it with a leading dot, like \".pdf\"",
+                       "accepted_file_types entry %s is not a file extension; write it with a "
+                       "leading dot, like \".pdf\"",
                        shown);
             free(shown);
         }
@@ -475,7 +502,8 @@ static void check_file_types(rules_ctx *c, const cJSON *types)
     }
     if (idx == 0)
         rctx_issue(c, RK_ITEMS, "accepted_file_types",
-                   "is empty; list at least one extension or leave it out for the default "
+                   "accepted_file_types is empty; list at least one extension or leave it out "
+                   "for the default "
                    "(.jpg .jpeg .png .heic .heif)");
 }
 
@@ -490,7 +518,8 @@ static void check_file_counts(rules_ctx *c, const cJSON *item)
     if (!has_hi)
         hi = 10;
     if (lo_ok && has_lo && lo < 1)
-        rctx_issue(c, RK_ITEMS, "min_file_count", "is %lld; it must be 1 or more", (long long)lo);
+        rctx_issue(c, RK_ITEMS, "min_file_count", "min_file_count %lld must be 1 or more",
+                   (long long)lo);
     else if (lo_ok && hi_ok && (has_lo || has_hi) && lo > hi)
         rctx_issue(c, RK_ITEMS, has_lo ? "min_file_count" : "max_file_count",
                    "min_file_count %lld%s is greater than max_file_count %lld%s; the minimum "
@@ -512,7 +541,8 @@ static void check_file_upload(walk *w, const cJSON *item)
     if (ropt_array(c, item, "accepted_file_types", &types) && types)
         check_file_types(c, types);
     if (ropt_number(c, item, "max_file_size_mb", &size, &has_size) && has_size && !(size > 0))
-        rctx_issue(c, RK_ITEMS, "max_file_size_mb", "is %g; it must be more than 0", size);
+        rctx_issue(c, RK_ITEMS, "max_file_size_mb", "max_file_size_mb %g must be more than 0",
+                   size);
     check_file_counts(c, item);
 }
 
