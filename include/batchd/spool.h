@@ -1,0 +1,133 @@
+/* spool: the spool directory tree (tmp/ incoming/ active/ done/ failed/) and every move
+ * inside it: claiming an entry from incoming/ into active/ (or rejecting it into failed/),
+ * finishing a job into done/ or failed/, retrying a failed job, and watching incoming/.
+ * It decides nothing about when to claim: the daemon does (it knows max_active).
+ *
+ * Protocol and guarantees
+ * - Producers write in tmp/ and rename into incoming/ (maildir style). Names starting with
+ *   '.' are ignored. tmp/ and incoming/ are created 02770 (group producers may drop; files
+ *   inherit the spool's group), active/ done/ failed/ 0750. Existing directories are left
+ *   as they are.
+ * - A claim first renames the entry into a private staging directory active/.claim-<id>/,
+ *   then looks at it with lstat only (never opens or follows it), then moves it to its final
+ *   place. A crash leaves the entry in incoming/, in the staging directory (spool_init
+ *   finishes it on the next start) or in its final place: never lost, never duplicated.
+ * - Job names keep the producer's bytes (spaces, unicode). A name with a control character
+ *   (newline, tab, ...) or that is not valid UTF-8 is rejected into failed/ with code
+ *   "invalid_job": such names would break log lines, tables and API names further on.
+ * - Nothing a user dropped is deleted; only the spool's own empty staging directories and
+ *   temporary files are removed.
+ * Blocking I/O: every call is a handful of metadata operations and fsyncs, independent of
+ * the size of the data. */
+#ifndef BATCHD_SPOOL_H
+#define BATCHD_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+typedef struct spool spool;
+
+/* A spool rooted at dir. Only copies the path: no I/O. Never NULL. */
+spool *spool_new(const char *dir);
+/* Closes the directory fds and frees. spool_free(NULL) is a no-op. */
+void spool_free(spool *s);
+/* "<dir>/<sub>" for sub in "tmp", "incoming", "active", "done", "failed"; the spool root for
+ * NULL or ""; NULL for any other sub. Owned by s. */
+const char *spool_dir(const spool *s, const char *sub);
+
+/* For the daemon, once at start before anything else: creates missing directories (as
+ * spool_open with create), then finishes every claim a crash interrupted (staging
+ * directories active/.claim-*). 0 or -errno with a message (what, where, what to do) in
+ * *err (malloc'd, NULL on success). Must not run while another process claims from this
+ * spool. */
+int spool_init(spool *s, char **err);
+/* Opens the spool's directories without recovering anything: for clients such as
+ * batchctl submit, which may run next to the daemon. With create, missing directories are
+ * created; without, a missing one is an error. Refuses subdirectories that are symlinks or
+ * on another file system than the spool root (renames between them would fail). 0 or
+ * -errno with a message in *err. Calling it again is a no-op. */
+int spool_open(spool *s, bool create, char **err);
+
+/* Lists claimable entry names in incoming/ (dotfiles excluded), oldest first (mtime, then
+ * name bytes), at most max of them. *names is a malloc'd array of malloc'd strings (NULL when
+ * *count is 0); free with spool_names_free. 0 or -errno. */
+int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count);
+void spool_names_free(char **names, size_t count);
+
+typedef enum spool_claim_kind {
+    SPOOL_CLAIMED,  /* now active/<job_name>/ (a directory) */
+    SPOOL_REJECTED, /* moved into failed/<job_name>/ with error.json written */
+    SPOOL_GONE,     /* vanished meanwhile (someone else took it): nothing to do */
+} spool_claim_kind;
+
+typedef struct spool_claim_result {
+    spool_claim_kind kind;
+    char *job_name;   /* final directory name, with any -2, -3 suffix (NULL when GONE) */
+    char *job_dir;    /* "<spool>/active/<job_name>" or "<spool>/failed/<job_name>" */
+    char *job_id;     /* REJECTED: the id written into error.json */
+    char *reason;     /* REJECTED: what is wrong and what to do (safe to log: escaped) */
+    const char *code; /* REJECTED: "unsupported_entry" or "invalid_job" (static) */
+} spool_claim_result;
+
+/* Claims incoming/<entry>:
+ * - a directory becomes active/NAME (NAME = entry);
+ * - a regular file NAME.jsonl or NAME.csv becomes active/NAME/NAME.jsonl (the file keeps its
+ *   name, the job directory gets the name without extension);
+ * - anything else (another regular file, a symlink, FIFO, socket or device), and any entry
+ *   whose name has control characters or is not UTF-8, is rejected: moved as it is into
+ *   failed/NAME/ next to an error.json (PRODUCT.md 4: stage "queued", code
+ *   "unsupported_entry" or "invalid_job"; id job_id, or a fresh one when job_id is NULL).
+ *   An entry named "error.json" is renamed "error.json.entry" as it is claimed (and that is
+ *   its job name), so it can never be mistaken for the error.json batchd writes.
+ * NAME gets a -2, -3 ... suffix when active/NAME, done/NAME or failed/NAME exists. Durable
+ * (directories fsynced) before returning. 0 with *out filled (clear it with
+ * spool_claim_clear), or -EINVAL for a name with '/' or a leading '.', -EBADF before
+ * spool_open, or another -errno (the entry is then still in incoming/ or in staging). */
+int spool_claim(spool *s, const char *entry, const char *job_id, spool_claim_result *out);
+/* Frees the strings of c and zeroes it. */
+void spool_claim_clear(spool_claim_result *c);
+
+/* Lists the job directories in active/ (dot names excluded), sorted by name. Free with
+ * spool_names_free. 0 or -errno. */
+int spool_list_active(spool *s, char ***names, size_t *count);
+
+/* Finishes a job: writes file_name ("result.json" or "error.json") holding body into
+ * active/<job_name>/ durably, then moves active/<job_name> to done/ (ok) or failed/ (!ok),
+ * with a -2, -3 suffix when the name is taken there. *final_dir (when final_dir is not NULL)
+ * receives the new path, malloc'd. Idempotent: when active/<job_name> is gone and
+ * <dest>/<job_name> (or a suffixed <job_name>-N) holds file_name with the same "id" member
+ * as body, returns 0 with that directory. -ENOENT when the job is found nowhere, -EINVAL
+ * for names with '/' or a leading '.', else -errno. */
+int spool_finish(spool *s, const char *job_name, bool ok, const char *file_name, const char *body,
+                 char **final_dir);
+
+/* Moves failed/<failed_name> back to active/ for a retry, as active/<failed_name> or with a
+ * -2, -3 suffix when active/ or done/ has that name. The old error.json is kept, renamed to
+ * error.json.1 (then .2, ... on later retries), so a job's history of failures stays with it
+ * and a fresh error.json always means the latest attempt. *active_name (malloc'd) receives
+ * the job's new name. 0, -ENOENT, -EINVAL, or -errno. */
+int spool_reactivate(spool *s, const char *failed_name, char **active_name);
+
+/* Escapes a name for logs and messages: control characters as \n, \t or \xNN, bytes that
+ * are not UTF-8 as \xNN, backslash as \\; everything else (spaces, unicode) as it is.
+ * malloc'd, never NULL. */
+char *spool_name_escape(const char *name);
+
+/* Watches incoming/: calls changed(ud) once soon after start (the start rescan), after a
+ * short debounce (2 ms, so a burst of renames costs one call) whenever an entry appears in
+ * incoming/, and every rescan_ms regardless (libuv can miss events on inotify overflow).
+ * When the file system watch cannot be set up (inotify limits), logs a warning and relies
+ * on the rescan timer. s must outlive the watch. NULL only for invalid arguments. */
+typedef struct spool_watch spool_watch;
+spool_watch *spool_watch_start(spool *s, uv_loop_t *loop, int64_t rescan_ms,
+                               void (*changed)(void *ud), void *ud);
+/* Changes the rescan interval (config reload); the next rescan is rescan_ms from now. */
+void spool_watch_set_interval(spool_watch *w, int64_t rescan_ms);
+/* Stops calling back at once; closes the handles and frees w once the loop has run their
+ * close callbacks. spool_watch_stop(NULL) is a no-op. */
+void spool_watch_stop(spool_watch *w);
+
+#endif

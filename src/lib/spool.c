@@ -1,0 +1,979 @@
+/* spool: see include/batchd/spool.h. Every operation works on directory fds opened once by
+ * spool_open, with *at() calls and lstat semantics (AT_SYMLINK_NOFOLLOW), so nothing a
+ * producer drops is ever followed or opened here. */
+#include "batchd/spool.h"
+#include "batchd/fsutil.h"
+#include "batchd/log.h"
+#include "batchd/util.h"
+#include "spool_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+enum { SUB_TMP, SUB_INCOMING, SUB_ACTIVE, SUB_DONE, SUB_FAILED, SUB_COUNT };
+
+#define MASK(sub) (1u << (sub))
+
+static const char *const sub_names[SUB_COUNT] = {"tmp", "incoming", "active", "done", "failed"};
+/* Producers in the spool's group must be able to write tmp/ and rename into incoming/;
+ * setgid so that their files belong to that group and stay readable by the daemon. */
+static const mode_t sub_modes[SUB_COUNT] = {02770, 02770, 0750, 0750, 0750};
+
+#define STAGE_PREFIX     ".claim-"
+#define ERROR_JSON       "error.json"
+#define ERROR_JSON_ENTRY "error.json.entry"
+/* How many -N suffixes to try before giving up: far beyond any sane reuse of one name. */
+#define MAX_SUFFIX 100000
+/* result.json / error.json are small; anything bigger is not ours. */
+#define MAX_JOB_FILE (4u << 20)
+
+struct spool {
+    char *root;
+    char *paths[SUB_COUNT];
+    int rootfd;
+    int fds[SUB_COUNT];
+};
+
+spool *spool_new(const char *dir)
+{
+    spool *s = xcalloc(1, sizeof *s);
+    s->root = xstrdup(dir);
+    for (int i = 0; i < SUB_COUNT; i++) {
+        s->paths[i] = fsutil_join(dir, sub_names[i]);
+        s->fds[i] = -1;
+    }
+    s->rootfd = -1;
+    return s;
+}
+
+static void close_fds(spool *s)
+{
+    for (int i = 0; i < SUB_COUNT; i++) {
+        if (s->fds[i] >= 0)
+            close(s->fds[i]);
+        s->fds[i] = -1;
+    }
+    if (s->rootfd >= 0)
+        close(s->rootfd);
+    s->rootfd = -1;
+}
+
+void spool_free(spool *s)
+{
+    if (!s)
+        return;
+    close_fds(s);
+    for (int i = 0; i < SUB_COUNT; i++)
+        free(s->paths[i]);
+    free(s->root);
+    free(s);
+}
+
+const char *spool_dir(const spool *s, const char *sub)
+{
+    if (!sub || !*sub)
+        return s->root;
+    for (int i = 0; i < SUB_COUNT; i++)
+        if (strcmp(sub, sub_names[i]) == 0)
+            return s->paths[i];
+    return NULL;
+}
+
+int spool_incoming_fd(const spool *s)
+{
+    return s->fds[SUB_INCOMING];
+}
+
+/* ---- names ---- */
+
+char *spool_name_escape(const char *name)
+{
+    strbuf sb = {0};
+    size_t len = strlen(name);
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)name[i];
+        if (c == '\\') {
+            strbuf_puts(&sb, "\\\\");
+            i++;
+        } else if (c == '\n') {
+            strbuf_puts(&sb, "\\n");
+            i++;
+        } else if (c == '\t') {
+            strbuf_puts(&sb, "\\t");
+            i++;
+        } else if (c < 0x20 || c == 0x7f) {
+            strbuf_printf(&sb, "\\x%02x", c);
+            i++;
+        } else if (c < 0x80) {
+            strbuf_putc(&sb, (char)c);
+            i++;
+        } else {
+            /* Copy a whole valid UTF-8 sequence, or escape the one bad byte. */
+            size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+            if (n > 1 && i + n <= len && utf8_valid(name + i, n)) {
+                strbuf_append(&sb, name + i, n);
+                i += n;
+            } else {
+                strbuf_printf(&sb, "\\x%02x", c);
+                i++;
+            }
+        }
+    }
+    return strbuf_steal(&sb);
+}
+
+/* A name we accept as an argument: one path component, not hidden, not too long. */
+static bool name_arg_ok(const char *name)
+{
+    size_t len = name ? strlen(name) : 0;
+    return len > 0 && len <= NAME_MAX && name[0] != '.' && !strchr(name, '/');
+}
+
+static bool has_control_char(const char *name)
+{
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return true;
+    return false;
+}
+
+/* Length of name without a ".jsonl" / ".csv" extension, or 0 when it has neither (or
+ * nothing before it). */
+static size_t data_stem_len(const char *name)
+{
+    static const char *const exts[] = {".jsonl", ".csv"};
+    size_t len = strlen(name);
+    for (size_t i = 0; i < BD_ARRAY_LEN(exts); i++) {
+        size_t el = strlen(exts[i]);
+        if (len > el && strcmp(name + len - el, exts[i]) == 0)
+            return len - el;
+    }
+    return 0;
+}
+
+/* base, or base with "-N" for n >= 2, cut at a UTF-8 boundary so it fits in NAME_MAX. */
+static char *suffixed_name(const char *base, unsigned n)
+{
+    if (n < 2)
+        return xstrdup(base);
+    char suffix[16];
+    int sl = snprintf(suffix, sizeof suffix, "-%u", n);
+    size_t keep = strlen(base);
+    if (keep + (size_t)sl > NAME_MAX) {
+        keep = NAME_MAX - (size_t)sl;
+        while (keep > 0 && ((unsigned char)base[keep] & 0xc0) == 0x80)
+            keep--;
+    }
+    return xasprintf("%.*s%s", (int)keep, base, suffix);
+}
+
+/* 1 when name exists in directory fd (without following it), 0 when not, or -errno. */
+static int exists_at(int fd, const char *name)
+{
+    struct stat st;
+    if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return 1;
+    return errno == ENOENT ? 0 : -errno;
+}
+
+/* The first of base, base-2, base-3 ... that exists in none of the directories in mask. */
+static int pick_free_name(const spool *s, const char *base, unsigned mask, char **out)
+{
+    for (unsigned n = 1; n <= MAX_SUFFIX; n++) {
+        char *cand = suffixed_name(base, n);
+        int taken = 0;
+        for (int i = 0; i < SUB_COUNT && taken == 0; i++)
+            if (mask & MASK(i))
+                taken = exists_at(s->fds[i], cand);
+        if (taken == 0) {
+            *out = cand;
+            return 0;
+        }
+        free(cand);
+        if (taken < 0)
+            return taken;
+    }
+    return -EEXIST;
+}
+
+/* ---- small I/O helpers ---- */
+
+static int fsync_fd(int fd)
+{
+    return fsync(fd) < 0 ? -errno : 0;
+}
+
+/* Moves (from_fd, from) to to_fd under base or the first free suffixed name (free in the
+ * directories of mask, which must include to_fd's). RENAME_NOREPLACE makes a clash with a
+ * concurrent creator a retry, never an overwrite. */
+static int move_to_free_name(const spool *s, int from_fd, const char *from, int to_fd,
+                             const char *base, unsigned mask, char **final_name)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        char *name = NULL;
+        int r = pick_free_name(s, base, mask, &name);
+        if (r < 0)
+            return r;
+        if (renameat2(from_fd, from, to_fd, name, RENAME_NOREPLACE) == 0) {
+            *final_name = name;
+            return 0;
+        }
+        r = -errno;
+        free(name);
+        if (r != -EEXIST)
+            return r;
+    }
+    return -EEXIST;
+}
+
+typedef struct name_list {
+    char **names;
+    size_t count;
+    size_t cap;
+} name_list;
+
+static void name_list_add(name_list *l, const char *name)
+{
+    if (l->count == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->names = xrealloc(l->names, l->cap * sizeof *l->names);
+    }
+    l->names[l->count++] = xstrdup(name);
+}
+
+void spool_names_free(char **names, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* Reads the names in directory fd (without "." and ".."), keeping those keep() accepts.
+ * Opens "." afresh so the directory offset of fd is never shared. */
+static int list_dir(int fd, bool (*keep)(int fd, const char *name, void *ctx), void *ctx,
+                    name_list *out)
+{
+    int dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        int e = -errno;
+        close(dfd);
+        return e;
+    }
+    int r = 0;
+    for (;;) {
+        errno = 0;
+        const struct dirent *de = readdir(d);
+        if (!de) {
+            r = errno ? -errno : 0;
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (keep(fd, de->d_name, ctx))
+            name_list_add(out, de->d_name);
+    }
+    closedir(d);
+    return r;
+}
+
+/* ---- opening ---- */
+
+static int open_sub(spool *s, int i, bool create, dev_t dev, char **err)
+{
+    if (create) {
+        if (mkdirat(s->rootfd, sub_names[i], sub_modes[i]) == 0) {
+            /* mkdir applies the umask; the protocol needs the exact mode (and setgid). */
+            if (fchmodat(s->rootfd, sub_names[i], sub_modes[i], 0) < 0)
+                log_warn("spool: cannot set mode %o on %s: %s", (unsigned)sub_modes[i], s->paths[i],
+                         strerror(errno));
+        } else if (errno != EEXIST) {
+            int e = errno;
+            *err = xasprintf("cannot create spool directory %s: %s; check that the daemon's "
+                             "user may write %s",
+                             s->paths[i], strerror(e), s->root);
+            return -e;
+        }
+    }
+    int fd = openat(s->rootfd, sub_names[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        struct stat lst;
+        /* O_NOFOLLOW|O_DIRECTORY reports a symlink as ENOTDIR or ELOOP: tell them apart. */
+        if ((e == ENOTDIR || e == ELOOP) &&
+            fstatat(s->rootfd, sub_names[i], &lst, AT_SYMLINK_NOFOLLOW) == 0)
+            e = S_ISLNK(lst.st_mode) ? ELOOP : ENOTDIR;
+        const char *hint = e == ENOENT    ? "it is missing; start batchd once to create it"
+                           : e == ELOOP   ? "it is a symlink; make it a real directory on the "
+                                            "spool's file system"
+                           : e == ENOTDIR ? "it is not a directory; move it away"
+                                          : "check its owner and permissions";
+        *err = xasprintf("spool directory %s: %s; %s", s->paths[i], strerror(e), hint);
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_dev != dev) {
+        close(fd);
+        *err = xasprintf("spool directory %s is on another file system than %s; renames between "
+                         "them would fail: keep all of tmp/ incoming/ active/ done/ failed/ on "
+                         "one file system",
+                         s->paths[i], s->root);
+        return -EXDEV;
+    }
+    s->fds[i] = fd;
+    return 0;
+}
+
+int spool_open(spool *s, bool create, char **err)
+{
+    *err = NULL;
+    if (s->rootfd >= 0)
+        return 0;
+    if (create) {
+        int r = fsutil_mkdir_p(s->root, 0750);
+        if (r < 0) {
+            *err = xasprintf("cannot create spool directory %s: %s; create it or fix [spool] dir",
+                             s->root, strerror(-r));
+            return r;
+        }
+    }
+    s->rootfd = open(s->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->rootfd < 0) {
+        int e = errno;
+        *err = xasprintf("cannot open spool directory %s: %s; create it or fix [spool] dir",
+                         s->root, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(s->rootfd, &st) < 0) {
+        int e = errno;
+        *err = xasprintf("cannot stat spool directory %s: %s", s->root, strerror(e));
+        close_fds(s);
+        return -e;
+    }
+    for (int i = 0; i < SUB_COUNT; i++) {
+        int r = open_sub(s, i, create, st.st_dev, err);
+        if (r < 0) {
+            close_fds(s);
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* ---- error.json ---- */
+
+static char *error_json_body(const char *job_name, const char *id, const char *code,
+                             const char *message, int64_t now_ms)
+{
+    char at[32];
+    cJSON *j = cJSON_CreateObject();
+    /* JSON text must be UTF-8; cJSON escapes control characters itself. */
+    if (utf8_valid(job_name, strlen(job_name))) {
+        cJSON_AddStringToObject(j, "job", job_name);
+    } else {
+        char *esc = spool_name_escape(job_name);
+        cJSON_AddStringToObject(j, "job", esc);
+        free(esc);
+    }
+    cJSON_AddStringToObject(j, "id", id);
+    cJSON_AddStringToObject(j, "state", "failed");
+    cJSON_AddStringToObject(j, "stage", "queued");
+    cJSON_AddStringToObject(j, "code", code);
+    cJSON_AddStringToObject(j, "message", message);
+    cJSON_AddItemToObject(j, "errors", cJSON_CreateArray());
+    cJSON_AddNullToObject(j, "http_status");
+    cJSON_AddNullToObject(j, "api_error");
+    cJSON_AddNullToObject(j, "dataset_id");
+    cJSON_AddNullToObject(j, "batch_id");
+    cJSON_AddStringToObject(j, "at", time_format_rfc3339(now_ms, false, at, sizeof at));
+    char *body = json_print_pretty(j);
+    cJSON_Delete(j);
+    return body;
+}
+
+/* ---- claiming ---- */
+
+typedef enum entry_kind { ENTRY_DIR, ENTRY_DATA, ENTRY_REJECT } entry_kind;
+
+/* Decides what a staged entry is from its lstat alone. For ENTRY_REJECT, *code and *reason
+ * (malloc'd) say why; display is the escaped name as the producer dropped it. */
+static entry_kind classify(const struct stat *st, const char *name, const char *display,
+                           const char **code, char **reason)
+{
+    if (has_control_char(name) || !utf8_valid(name, strlen(name))) {
+        *code = "invalid_job";
+        *reason = xasprintf("incoming/%s: the name has control characters (such as a newline) or "
+                            "is not valid UTF-8; rename it using printable characters and submit "
+                            "it again",
+                            display);
+        return ENTRY_REJECT;
+    }
+    if (S_ISDIR(st->st_mode))
+        return ENTRY_DIR;
+    if (S_ISREG(st->st_mode) && data_stem_len(name) > 0)
+        return ENTRY_DATA;
+    *code = "unsupported_entry";
+    if (S_ISREG(st->st_mode))
+        *reason = xasprintf("incoming/%s is a regular file but not a data file; name it NAME.jsonl "
+                            "or NAME.csv, or put it into a job directory with job.json",
+                            display);
+    else if (S_ISLNK(st->st_mode))
+        *reason = xasprintf("incoming/%s is a symbolic link, which batchd never follows; write "
+                            "the data itself into tmp/ and rename it into incoming/",
+                            display);
+    else
+        *reason = xasprintf("incoming/%s is a %s, not a regular file or directory; drop a "
+                            "NAME.jsonl or NAME.csv file or a job directory instead",
+                            display,
+                            S_ISFIFO(st->st_mode)   ? "FIFO (named pipe)"
+                            : S_ISSOCK(st->st_mode) ? "socket"
+                            : S_ISCHR(st->st_mode)  ? "character device"
+                            : S_ISBLK(st->st_mode)  ? "block device"
+                                                    : "special file");
+    return ENTRY_REJECT;
+}
+
+/* The job name an entry gives: a directory keeps its name, anything else loses a .jsonl or
+ * .csv extension. */
+static char *job_base_name(const struct stat *st, const char *name)
+{
+    size_t stem = S_ISDIR(st->st_mode) ? 0 : data_stem_len(name);
+    return stem ? xstrndup(name, stem) : xstrdup(name);
+}
+
+/* What a staging directory holds: the producer's entry (at most one) and maybe our
+ * error.json. Dot names are our temporary files (entries never start with '.'). */
+typedef struct staged {
+    char *entry;
+    bool has_error_json;
+    size_t others;
+} staged;
+
+static bool keep_all(int fd, const char *name, void *ctx)
+{
+    (void)fd;
+    (void)ctx;
+    (void)name;
+    return true;
+}
+
+static int read_staged(int stagefd, staged *st)
+{
+    memset(st, 0, sizeof *st);
+    name_list l = {0};
+    int r = list_dir(stagefd, keep_all, NULL, &l);
+    for (size_t i = 0; r == 0 && i < l.count; i++) {
+        const char *n = l.names[i];
+        if (n[0] == '.')
+            (void)unlinkat(stagefd, n, 0); /* a temp file of an interrupted error.json write */
+        else if (strcmp(n, ERROR_JSON) == 0)
+            st->has_error_json = true;
+        else if (!st->entry)
+            st->entry = xstrdup(n);
+        else
+            st->others++;
+    }
+    spool_names_free(l.names, l.count);
+    return r;
+}
+
+static int place_rejected(spool *s, const char *stage, int stagefd, const char *base,
+                          const char *job_id, const char *code, const char *reason,
+                          spool_claim_result *out)
+{
+    char *name = NULL;
+    int r = pick_free_name(s, base, MASK(SUB_ACTIVE) | MASK(SUB_DONE) | MASK(SUB_FAILED), &name);
+    if (r < 0)
+        return r;
+    char idbuf[27];
+    if (!job_id) {
+        id_new(time_now_ms(), idbuf);
+        job_id = idbuf;
+    }
+    char *body = error_json_body(name, job_id, code, reason, time_now_ms());
+    char *stage_path = fsutil_join(s->paths[SUB_ACTIVE], stage);
+    char *path = fsutil_join(stage_path, ERROR_JSON);
+    r = fsutil_write_atomic(path, body, strlen(body), 0640);
+    free(path);
+    free(stage_path);
+    free(body);
+    if (r == 0)
+        r = fsync_fd(stagefd);
+    if (r < 0) {
+        free(name);
+        return r;
+    }
+    /* Another name could only appear meanwhile through a concurrent claimer; then the
+     * error.json names the wrong job, so write it again under the new name. */
+    if (renameat2(s->fds[SUB_ACTIVE], stage, s->fds[SUB_FAILED], name, RENAME_NOREPLACE) < 0) {
+        r = -errno;
+        free(name);
+        return r == -EEXIST ? -EAGAIN : r;
+    }
+    out->kind = SPOOL_REJECTED;
+    out->job_name = name;
+    out->job_dir = fsutil_join(s->paths[SUB_FAILED], name);
+    out->job_id = xstrdup(job_id);
+    out->reason = xstrdup(reason);
+    out->code = code;
+    r = fsync_fd(s->fds[SUB_FAILED]);
+    return r ? r : fsync_fd(s->fds[SUB_ACTIVE]);
+}
+
+static int place_claimed(spool *s, const char *stage, int stagefd, const char *entry,
+                         entry_kind kind, const char *base, spool_claim_result *out)
+{
+    unsigned mask = MASK(SUB_ACTIVE) | MASK(SUB_DONE) | MASK(SUB_FAILED);
+    char *name = NULL;
+    int r;
+    if (kind == ENTRY_DIR) {
+        r = move_to_free_name(s, stagefd, entry, s->fds[SUB_ACTIVE], base, mask, &name);
+        /* The empty staging directory is ours; a crash before this rmdir leaves it for
+         * spool_init, which removes it. */
+        if (r == 0 && unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR) < 0)
+            log_warn("spool: cannot remove %s/%s: %s", s->paths[SUB_ACTIVE], stage,
+                     strerror(errno));
+    } else {
+        r = move_to_free_name(s, s->fds[SUB_ACTIVE], stage, s->fds[SUB_ACTIVE], base, mask, &name);
+    }
+    if (r < 0)
+        return r;
+    out->kind = SPOOL_CLAIMED;
+    out->job_name = name;
+    out->job_dir = fsutil_join(s->paths[SUB_ACTIVE], name);
+    return fsync_fd(s->fds[SUB_ACTIVE]);
+}
+
+/* Moves what staging directory active/<stage> holds to its final place. Shared by
+ * spool_claim and the recovery in spool_init, so an interrupted claim resumes exactly. */
+static int finish_staged(spool *s, const char *stage, const char *job_id, spool_claim_result *out)
+{
+    int stagefd =
+        openat(s->fds[SUB_ACTIVE], stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (stagefd < 0)
+        return -errno;
+    staged st;
+    int r = read_staged(stagefd, &st);
+    if (r == 0 && st.others > 0) {
+        log_error("spool: %s/%s holds more than one entry; leaving it for a person to sort out",
+                  s->paths[SUB_ACTIVE], stage);
+        r = -ENOTEMPTY;
+    }
+    if (r == 0 && !st.entry) {
+        /* Interrupted before the entry arrived (or after a directory left): only our own
+         * files are here. */
+        if (st.has_error_json)
+            (void)unlinkat(stagefd, ERROR_JSON, 0);
+        out->kind = SPOOL_GONE;
+        r = unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR) < 0 ? -errno : 0;
+        if (r == 0)
+            r = fsync_fd(s->fds[SUB_ACTIVE]);
+    } else if (r == 0) {
+        struct stat lst;
+        if (fstatat(stagefd, st.entry, &lst, AT_SYMLINK_NOFOLLOW) < 0) {
+            r = -errno;
+        } else {
+            char *display = spool_name_escape(st.entry);
+            const char *code = NULL;
+            char *reason = NULL;
+            entry_kind kind = classify(&lst, st.entry, display, &code, &reason);
+            char *base = job_base_name(&lst, st.entry);
+            if (kind == ENTRY_REJECT) {
+                for (int attempt = 0; attempt < 8; attempt++) {
+                    r = place_rejected(s, stage, stagefd, base, job_id, code, reason, out);
+                    if (r != -EAGAIN)
+                        break;
+                }
+            } else {
+                r = place_claimed(s, stage, stagefd, st.entry, kind, base, out);
+            }
+            free(base);
+            free(reason);
+            free(display);
+        }
+    }
+    close(stagefd);
+    free(st.entry);
+    return r;
+}
+
+/* Creates an empty, uniquely named staging directory active/.claim-<id>. */
+static int make_stage(spool *s, char stage[64])
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        char id[27];
+        id_new(time_now_ms(), id);
+        snprintf(stage, 64, STAGE_PREFIX "%s", id);
+        if (mkdirat(s->fds[SUB_ACTIVE], stage, 0750) == 0)
+            return 0;
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+int spool_claim(spool *s, const char *entry, const char *job_id, spool_claim_result *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!name_arg_ok(entry))
+        return -EINVAL;
+    if (s->rootfd < 0)
+        return -EBADF;
+    char stage[64];
+    int r = make_stage(s, stage);
+    if (r < 0)
+        return r;
+    int stagefd =
+        openat(s->fds[SUB_ACTIVE], stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (stagefd < 0) {
+        r = -errno;
+        (void)unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR);
+        return r;
+    }
+    /* An entry named error.json would collide with the error.json written beside a rejected
+     * entry, so it gets its own name right away (and keeps it as its job name). */
+    const char *staged_name = strcmp(entry, ERROR_JSON) == 0 ? ERROR_JSON_ENTRY : entry;
+    if (renameat(s->fds[SUB_INCOMING], entry, stagefd, staged_name) < 0) {
+        r = -errno;
+        close(stagefd);
+        (void)unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR);
+        if (r == -ENOENT) {
+            out->kind = SPOOL_GONE;
+            return 0;
+        }
+        return r;
+    }
+    /* From here the entry lives in staging, durably, before anything else happens. */
+    r = fsync_fd(stagefd);
+    close(stagefd);
+    if (r == 0)
+        r = fsync_fd(s->fds[SUB_INCOMING]);
+    if (r == 0)
+        r = finish_staged(s, stage, job_id, out);
+    if (r < 0) {
+        spool_claim_clear(out);
+        char *display = spool_name_escape(entry);
+        log_error("spool: claiming incoming/%s failed: %s; if it is not in its final place, "
+                  "it is kept in %s/%s and the claim is finished on the next start",
+                  display, strerror(-r), s->paths[SUB_ACTIVE], stage);
+        free(display);
+    }
+    return r;
+}
+
+void spool_claim_clear(spool_claim_result *c)
+{
+    if (!c)
+        return;
+    free(c->job_name);
+    free(c->job_dir);
+    free(c->job_id);
+    free(c->reason);
+    memset(c, 0, sizeof *c);
+}
+
+/* ---- recovery ---- */
+
+static bool keep_stage(int fd, const char *name, void *ctx)
+{
+    (void)ctx;
+    struct stat st;
+    return strncmp(name, STAGE_PREFIX, strlen(STAGE_PREFIX)) == 0 &&
+           fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
+static void log_recovered(const char *stage, const spool_claim_result *c)
+{
+    if (c->kind == SPOOL_GONE) {
+        log_info("spool: removed empty staging directory %s of an interrupted claim", stage);
+        return;
+    }
+    char *display = spool_name_escape(c->job_name);
+    log_notice("spool: finished an interrupted claim: %s is now %s", stage, display);
+    free(display);
+}
+
+static int spool_recover(spool *s, char **err)
+{
+    name_list l = {0};
+    int r = list_dir(s->fds[SUB_ACTIVE], keep_stage, NULL, &l);
+    if (r < 0) {
+        *err = xasprintf("cannot read %s: %s", s->paths[SUB_ACTIVE], strerror(-r));
+        return r;
+    }
+    for (size_t i = 0; i < l.count && r == 0; i++) {
+        spool_claim_result c;
+        memset(&c, 0, sizeof c);
+        r = finish_staged(s, l.names[i], NULL, &c);
+        if (r < 0)
+            *err =
+                xasprintf("cannot finish the interrupted claim in %s/%s: %s; move its entry "
+                          "back into %s by hand",
+                          s->paths[SUB_ACTIVE], l.names[i], strerror(-r), s->paths[SUB_INCOMING]);
+        else
+            log_recovered(l.names[i], &c);
+        spool_claim_clear(&c);
+    }
+    spool_names_free(l.names, l.count);
+    return r;
+}
+
+int spool_init(spool *s, char **err)
+{
+    int r = spool_open(s, true, err);
+    return r < 0 ? r : spool_recover(s, err);
+}
+
+/* ---- listing ---- */
+
+typedef struct dated_name {
+    struct timespec mtime;
+    char *name;
+} dated_name;
+
+static int cmp_dated(const void *a, const void *b)
+{
+    const dated_name *x = a, *y = b;
+    if (x->mtime.tv_sec != y->mtime.tv_sec)
+        return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
+    if (x->mtime.tv_nsec != y->mtime.tv_nsec)
+        return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static bool keep_visible(int fd, const char *name, void *ctx)
+{
+    (void)fd;
+    (void)ctx;
+    return name[0] != '.';
+}
+
+int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
+{
+    *names = NULL;
+    *count = 0;
+    if (s->rootfd < 0)
+        return -EBADF;
+    name_list l = {0};
+    int r = list_dir(s->fds[SUB_INCOMING], keep_visible, NULL, &l);
+    if (r < 0) {
+        spool_names_free(l.names, l.count);
+        return r;
+    }
+    dated_name *dn = xcalloc(l.count ? l.count : 1, sizeof *dn);
+    size_t n = 0;
+    for (size_t i = 0; i < l.count; i++) {
+        struct stat st;
+        /* Gone meanwhile (claimed, or taken back by its producer): not claimable. */
+        if (fstatat(s->fds[SUB_INCOMING], l.names[i], &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            free(l.names[i]);
+            continue;
+        }
+        dn[n].mtime = st.st_mtim;
+        dn[n++].name = l.names[i];
+    }
+    free(l.names);
+    qsort(dn, n, sizeof *dn, cmp_dated);
+    size_t keep = n < max ? n : max;
+    char **out = keep ? xcalloc(keep, sizeof *out) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (i < keep)
+            out[i] = dn[i].name;
+        else
+            free(dn[i].name);
+    }
+    free(dn);
+    *names = out;
+    *count = keep;
+    return 0;
+}
+
+static bool keep_job_dir(int fd, const char *name, void *ctx)
+{
+    (void)ctx;
+    struct stat st;
+    return name[0] != '.' && fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+           S_ISDIR(st.st_mode);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int spool_list_active(spool *s, char ***names, size_t *count)
+{
+    *names = NULL;
+    *count = 0;
+    if (s->rootfd < 0)
+        return -EBADF;
+    name_list l = {0};
+    int r = list_dir(s->fds[SUB_ACTIVE], keep_job_dir, NULL, &l);
+    if (r < 0) {
+        spool_names_free(l.names, l.count);
+        return r;
+    }
+    if (l.count)
+        qsort(l.names, l.count, sizeof *l.names, cmp_str);
+    *names = l.names;
+    *count = l.count;
+    return 0;
+}
+
+/* ---- finishing and retrying ---- */
+
+/* The "id" member of a JSON text, malloc'd, or NULL. */
+static char *json_id_of(const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    const char *id = json_str(j, "id");
+    char *out = id ? xstrdup(id) : NULL;
+    cJSON_Delete(j);
+    return out;
+}
+
+/* 1 when <dir>/<file_name> exists and, if id is given, has that "id"; else 0. */
+static int finished_here(const char *dir, const char *file_name, const char *id)
+{
+    char *path = fsutil_join(dir, file_name);
+    char *text = NULL;
+    int r = fsutil_read_file(path, MAX_JOB_FILE, true, &text, NULL);
+    free(path);
+    if (r < 0)
+        return 0;
+    char *have = id ? json_id_of(text) : NULL;
+    int match = !id || (have && strcmp(have, id) == 0);
+    free(have);
+    free(text);
+    return match;
+}
+
+/* After an interrupted spool_finish: finds the directory in dest that already holds this
+ * job's file_name, looking at job_name, job_name-2, ... while they exist. */
+static int find_finished(spool *s, int dest, const char *job_name, const char *file_name,
+                         const char *body, char **final_dir)
+{
+    char *id = json_id_of(body);
+    int r = -ENOENT;
+    for (unsigned n = 1; n <= MAX_SUFFIX && r == -ENOENT; n++) {
+        char *cand = suffixed_name(job_name, n);
+        if (exists_at(s->fds[dest], cand) != 1) {
+            free(cand);
+            break;
+        }
+        char *dir = fsutil_join(s->paths[dest], cand);
+        free(cand);
+        if (finished_here(dir, file_name, id)) {
+            r = 0;
+            if (final_dir)
+                *final_dir = dir;
+            else
+                free(dir);
+        } else {
+            free(dir);
+        }
+        /* Without an id only the unsuffixed name can be told apart from an older job. */
+        if (!id)
+            break;
+    }
+    free(id);
+    return r;
+}
+
+int spool_finish(spool *s, const char *job_name, bool ok, const char *file_name, const char *body,
+                 char **final_dir)
+{
+    if (final_dir)
+        *final_dir = NULL;
+    if (!name_arg_ok(job_name) || !name_arg_ok(file_name) || !body)
+        return -EINVAL;
+    if (s->rootfd < 0)
+        return -EBADF;
+    int dest = ok ? SUB_DONE : SUB_FAILED;
+    struct stat st;
+    if (fstatat(s->fds[SUB_ACTIVE], job_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno != ENOENT)
+            return -errno;
+        return find_finished(s, dest, job_name, file_name, body, final_dir);
+    }
+    if (!S_ISDIR(st.st_mode))
+        return -ENOTDIR;
+    char *job_dir = fsutil_join(s->paths[SUB_ACTIVE], job_name);
+    char *path = fsutil_join(job_dir, file_name);
+    int r = fsutil_write_atomic(path, body, strlen(body), 0640);
+    free(path);
+    free(job_dir);
+    if (r < 0)
+        return r;
+    char *name = NULL;
+    r = move_to_free_name(s, s->fds[SUB_ACTIVE], job_name, s->fds[dest], job_name, MASK(dest),
+                          &name);
+    if (r < 0)
+        return r;
+    r = fsync_fd(s->fds[dest]);
+    if (r == 0)
+        r = fsync_fd(s->fds[SUB_ACTIVE]);
+    if (r == 0 && final_dir)
+        *final_dir = fsutil_join(s->paths[dest], name);
+    free(name);
+    return r;
+}
+
+/* Renames error.json in the job directory to the first free error.json.N. */
+static int keep_old_error(int jobfd)
+{
+    if (exists_at(jobfd, ERROR_JSON) != 1)
+        return 0;
+    for (unsigned n = 1; n <= MAX_SUFFIX; n++) {
+        char old[32];
+        snprintf(old, sizeof old, ERROR_JSON ".%u", n);
+        if (renameat2(jobfd, ERROR_JSON, jobfd, old, RENAME_NOREPLACE) == 0)
+            return fsync_fd(jobfd);
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+int spool_reactivate(spool *s, const char *failed_name, char **active_name)
+{
+    *active_name = NULL;
+    if (!name_arg_ok(failed_name))
+        return -EINVAL;
+    if (s->rootfd < 0)
+        return -EBADF;
+    int jobfd =
+        openat(s->fds[SUB_FAILED], failed_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (jobfd < 0)
+        return errno == ELOOP ? -ENOTDIR : -errno;
+    int r = keep_old_error(jobfd);
+    close(jobfd);
+    if (r < 0)
+        return r;
+    char *name = NULL;
+    r = move_to_free_name(s, s->fds[SUB_FAILED], failed_name, s->fds[SUB_ACTIVE], failed_name,
+                          MASK(SUB_ACTIVE) | MASK(SUB_DONE), &name);
+    if (r < 0)
+        return r;
+    r = fsync_fd(s->fds[SUB_ACTIVE]);
+    if (r == 0)
+        r = fsync_fd(s->fds[SUB_FAILED]);
+    if (r < 0) {
+        free(name);
+        return r;
+    }
+    *active_name = name;
+    return 0;
+}
