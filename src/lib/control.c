@@ -1,0 +1,525 @@
+/* control: io.batchd on top of the generic varlink server. Every call is checked against the
+ * peer's credentials before the daemon's callbacks see it; Watch subscribers are kept in a list
+ * in subscription order and get every change in the order the daemon reports it. */
+#include "batchd/control.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "batchd/log.h"
+#include "batchd/util.h"
+
+#define IFACE "io.batchd"
+
+const char control_interface_description[] =
+    "# batchd turns datasets dropped into a spool directory into READY Prolific AI Task\n"
+    "# Builder batches. This interface reports its jobs and lets operators steer them.\n"
+    "interface io.batchd\n"
+    "\n"
+    "# One line of a job's history.\n"
+    "type HistoryEntry (at: string, state: string, note: ?string)\n"
+    "\n"
+    "# A job. State is one of queued, validating, creating_dataset, uploading, importing,\n"
+    "# creating_batch, setting_up, processing, ready, failed, cancelled. Times are RFC 3339.\n"
+    "type Job (\n"
+    "  id: string,\n"
+    "  name: string,\n"
+    "  state: string,\n"
+    "  dataset_id: ?string,\n"
+    "  import_id: ?string,\n"
+    "  batch_id: ?string,\n"
+    "  records: ?int,\n"
+    "  bytes_total: ?int,\n"
+    "  bytes_sent: ?int,\n"
+    "  import_status: ?string,\n"
+    "  accepted_count: ?int,\n"
+    "  rejected_count: ?int,\n"
+    "  batch_status: ?string,\n"
+    "  total_task_count: ?int,\n"
+    "  attempts: ?int,\n"
+    "  retry_at: ?string,\n"
+    "  last_error: ?string,\n"
+    "  created_at: ?string,\n"
+    "  updated_at: ?string,\n"
+    "  error_code: ?string,\n"
+    "  error_message: ?string,\n"
+    "  history: ?[]HistoryEntry\n"
+    ")\n"
+    "\n"
+    "# The daemon: its version, start time, whether claiming is paused, and jobs per state.\n"
+    "method GetInfo() -> (\n"
+    "  version: string,\n"
+    "  started_at: string,\n"
+    "  paused: bool,\n"
+    "  api_url: string,\n"
+    "  spool_dir: string,\n"
+    "  jobs: [string]int\n"
+    ")\n"
+    "\n"
+    "# All known jobs, or those in the given states.\n"
+    "method ListJobs(states: ?[]string) -> (jobs: []Job)\n"
+    "\n"
+    "# One job by id or unique name, with its history.\n"
+    "method GetJob(job: string) -> (job: Job)\n"
+    "\n"
+    "# Needs \"more\". The first reply has every current job in jobs; each later reply has one\n"
+    "# changed job in job, in the order the changes happened.\n"
+    "method Watch() -> (jobs: ?[]Job, job: ?Job)\n"
+    "\n"
+    "# Resumes a failed job from its last durable step. Needs write access.\n"
+    "method Retry(job: string) -> (job: Job)\n"
+    "\n"
+    "# Cancels an unfinished job. Needs write access.\n"
+    "method Cancel(job: string) -> (job: Job)\n"
+    "\n"
+    "# Stops claiming jobs and sending new requests; requests in flight finish.\n"
+    "method Pause() -> ()\n"
+    "\n"
+    "# Undoes Pause.\n"
+    "method Resume() -> ()\n"
+    "\n"
+    "# Re-reads the configuration, applies what can change at run time and names what needs a\n"
+    "# restart.\n"
+    "method Reload() -> (applied: ?[]string, restart_required: ?[]string)\n"
+    "\n"
+    "# No job has this id or name.\n"
+    "error NoSuchJob (job: string, message: ?string)\n"
+    "\n"
+    "# More than one job has this name; use the id.\n"
+    "error AmbiguousJob (job: string, message: ?string)\n"
+    "\n"
+    "# The job is not in a state that allows this (e.g. Retry of a running job).\n"
+    "error InvalidState (job: string, message: ?string)\n"
+    "\n"
+    "# The configuration could not be reloaded; the old one stays in force.\n"
+    "error ReloadFailed (message: ?string)\n"
+    "\n"
+    "# The caller may not call this method: reading needs the control group, changing needs\n"
+    "# root or the daemon's user.\n"
+    "error PermissionDenied (method: string)\n"
+    "\n"
+    "# The message could not be understood (bad JSON, no method, too large); the connection is\n"
+    "# closed after this reply.\n"
+    "error ProtocolError (reason: string)\n"
+    "\n"
+    "# The server has as many connections as it allows (in total or for this user).\n"
+    "error TooManyConnections (limit: int)\n";
+
+typedef struct watcher watcher;
+
+struct control {
+    varlink_server *srv;
+    control_ops ops;
+    uid_t self_uid;
+    bool have_group;
+    gid_t group;
+    watcher *watchers, *watchers_tail;
+    size_t n_watchers;
+};
+
+struct watcher {
+    control *ctl;
+    varlink_call *call;
+    watcher *prev, *next;
+};
+
+typedef void (*method_fn)(control *c, varlink_call *call, const cJSON *params);
+
+typedef struct method_def {
+    const char *name;
+    unsigned access;
+    unsigned flags;
+    method_fn fn;
+} method_def;
+
+static const char *const known_states[] = {
+    "queued",    "validating",     "creating_dataset", "uploading",
+    "importing", "creating_batch", "setting_up",       "processing",
+    "ready",     "failed",         "cancelled",
+};
+
+/* ---------------------------------------------------------------- access */
+
+unsigned control_peer_access(const varlink_peer *peer, uid_t self_uid, bool have_group, gid_t group)
+{
+    if (peer->uid == 0 || peer->uid == self_uid)
+        return CONTROL_READ | CONTROL_WRITE;
+    if (!have_group)
+        return 0;
+    if (peer->gid == group)
+        return CONTROL_READ;
+    for (size_t i = 0; i < peer->n_groups; i++)
+        if (peer->groups[i] == group)
+            return CONTROL_READ;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- replies */
+
+static cJSON *obj_str(const char *key, const char *value)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, key, value);
+    return p;
+}
+
+static void invalid_parameter(varlink_call *call, const char *name)
+{
+    varlink_call_error(call, "org.varlink.service.InvalidParameter", obj_str("parameter", name));
+}
+
+static void job_error(varlink_call *call, const char *err, const char *job, const char *msg)
+{
+    cJSON *p = obj_str("job", job);
+    if (msg)
+        cJSON_AddStringToObject(p, "message", msg);
+    varlink_call_error(call, err ? err : IFACE ".InvalidState", p);
+}
+
+/* The "job" parameter: a non-empty string, or InvalidParameter has been sent. */
+static const char *job_param(varlink_call *call, const cJSON *params)
+{
+    const char *job = json_str(params, "job");
+    if (!job || !job[0] || !utf8_valid(job, strlen(job))) {
+        invalid_parameter(call, "job");
+        return NULL;
+    }
+    return job;
+}
+
+static cJSON *wrap(const char *key, cJSON *value)
+{
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddItemToObject(p, key, value ? value : cJSON_CreateNull());
+    return p;
+}
+
+/* ---------------------------------------------------------------- methods */
+
+static void m_get_info(control *c, varlink_call *call, const cJSON *params)
+{
+    (void)params;
+    cJSON *info = c->ops.get_info(c->ops.ud);
+    varlink_call_reply(call, info);
+}
+
+static bool state_known(const char *s)
+{
+    for (size_t i = 0; i < BD_ARRAY_LEN(known_states); i++)
+        if (strcmp(known_states[i], s) == 0)
+            return true;
+    return false;
+}
+
+static void m_list_jobs(control *c, varlink_call *call, const cJSON *params)
+{
+    const cJSON *states = cJSON_GetObjectItemCaseSensitive(params, "states");
+    const char **names = NULL;
+    size_t n = 0;
+    if (states && !cJSON_IsNull(states)) {
+        if (!cJSON_IsArray(states)) {
+            invalid_parameter(call, "states");
+            return;
+        }
+        names = xcalloc((size_t)cJSON_GetArraySize(states) + 1, sizeof(*names));
+        const cJSON *s;
+        cJSON_ArrayForEach(s, states)
+        {
+            if (!cJSON_IsString(s) || !state_known(s->valuestring)) {
+                free(names);
+                invalid_parameter(call, "states");
+                return;
+            }
+            names[n++] = s->valuestring;
+        }
+    }
+    cJSON *jobs = c->ops.list_jobs(c->ops.ud, names, n);
+    free(names);
+    varlink_call_reply(call, wrap("jobs", jobs ? jobs : cJSON_CreateArray()));
+}
+
+static void m_get_job(control *c, varlink_call *call, const cJSON *params)
+{
+    const char *job = job_param(call, params);
+    if (!job)
+        return;
+    const char *err = NULL;
+    cJSON *j = c->ops.get_job(c->ops.ud, job, &err);
+    if (!j)
+        job_error(call, err ? err : IFACE ".NoSuchJob", job, NULL);
+    else
+        varlink_call_reply(call, wrap("job", j));
+}
+
+typedef int (*job_op)(void *ud, const char *job, cJSON **job_out, const char **err,
+                      const char **err_msg);
+
+static void run_job_op(control *c, varlink_call *call, const cJSON *params, job_op op)
+{
+    const char *job = job_param(call, params);
+    if (!job)
+        return;
+    cJSON *out = NULL;
+    const char *err = NULL, *msg = NULL;
+    int r = op(c->ops.ud, job, &out, &err, &msg);
+    if (r < 0) {
+        cJSON_Delete(out);
+        job_error(call, err, job, msg);
+    } else {
+        varlink_call_reply(call, wrap("job", out));
+    }
+}
+
+static void m_retry(control *c, varlink_call *call, const cJSON *params)
+{
+    run_job_op(c, call, params, c->ops.retry);
+}
+
+static void m_cancel(control *c, varlink_call *call, const cJSON *params)
+{
+    run_job_op(c, call, params, c->ops.cancel);
+}
+
+static void m_pause(control *c, varlink_call *call, const cJSON *params)
+{
+    (void)params;
+    c->ops.pause(c->ops.ud);
+    varlink_call_reply(call, NULL);
+}
+
+static void m_resume(control *c, varlink_call *call, const cJSON *params)
+{
+    (void)params;
+    c->ops.resume(c->ops.ud);
+    varlink_call_reply(call, NULL);
+}
+
+static void m_reload(control *c, varlink_call *call, const cJSON *params)
+{
+    (void)params;
+    const char *err = NULL;
+    char *msg = NULL;
+    cJSON *r = c->ops.reload(c->ops.ud, &err, &msg);
+    if (r) {
+        free(msg);
+        varlink_call_reply(call, r);
+        return;
+    }
+    cJSON *p = cJSON_CreateObject();
+    if (msg)
+        cJSON_AddStringToObject(p, "message", msg);
+    free(msg);
+    varlink_call_error(call, err ? err : IFACE ".ReloadFailed", p);
+}
+
+static void watcher_cancel(varlink_call *call, void *ud)
+{
+    (void)call;
+    watcher *w = ud;
+    control *c = w->ctl;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        c->watchers = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        c->watchers_tail = w->prev;
+    c->n_watchers--;
+    free(w);
+}
+
+static void m_watch(control *c, varlink_call *call, const cJSON *params)
+{
+    (void)params;
+    cJSON *jobs = c->ops.list_jobs(c->ops.ud, NULL, 0);
+    cJSON *snap = wrap("jobs", jobs ? jobs : cJSON_CreateArray());
+    char *text = json_print(snap);
+    cJSON_Delete(snap);
+    int r = varlink_call_notify_json(call, text);
+    free(text);
+    if (r < 0)
+        return; /* the peer is gone; the call with it */
+    watcher *w = xcalloc(1, sizeof(*w));
+    w->ctl = c;
+    w->call = call;
+    w->prev = c->watchers_tail;
+    if (c->watchers_tail)
+        c->watchers_tail->next = w;
+    else
+        c->watchers = w;
+    c->watchers_tail = w;
+    c->n_watchers++;
+    varlink_call_set_cancel(call, watcher_cancel, w);
+}
+
+static const method_def methods[] = {
+    {IFACE ".GetInfo", CONTROL_READ, 0, m_get_info},
+    {IFACE ".ListJobs", CONTROL_READ, 0, m_list_jobs},
+    {IFACE ".GetJob", CONTROL_READ, 0, m_get_job},
+    {IFACE ".Watch", CONTROL_READ, VARLINK_METHOD_MORE, m_watch},
+    {IFACE ".Retry", CONTROL_WRITE, 0, m_retry},
+    {IFACE ".Cancel", CONTROL_WRITE, 0, m_cancel},
+    {IFACE ".Pause", CONTROL_WRITE, 0, m_pause},
+    {IFACE ".Resume", CONTROL_WRITE, 0, m_resume},
+    {IFACE ".Reload", CONTROL_WRITE, 0, m_reload},
+};
+
+static const method_def *method_find(const char *name)
+{
+    for (size_t i = 0; i < BD_ARRAY_LEN(methods); i++)
+        if (strcmp(methods[i].name, name) == 0)
+            return &methods[i];
+    return NULL;
+}
+
+unsigned control_method_access(const char *method)
+{
+    const method_def *m = method ? method_find(method) : NULL;
+    return m ? m->access : 0;
+}
+
+/* The daemon may leave an op out; such a method is then not implemented. */
+static bool op_present(const control *c, const method_def *m)
+{
+    const control_ops *o = &c->ops;
+    if (m->fn == m_get_info)
+        return o->get_info;
+    if (m->fn == m_list_jobs || m->fn == m_watch)
+        return o->list_jobs;
+    if (m->fn == m_get_job)
+        return o->get_job;
+    if (m->fn == m_retry)
+        return o->retry;
+    if (m->fn == m_cancel)
+        return o->cancel;
+    if (m->fn == m_pause)
+        return o->pause;
+    if (m->fn == m_resume)
+        return o->resume;
+    return o->reload;
+}
+
+static void on_call(varlink_call *call, const cJSON *params, void *ud)
+{
+    control *c = ud;
+    const method_def *m = method_find(varlink_call_method(call));
+    const varlink_peer *peer = varlink_call_peer(call);
+    unsigned have = control_peer_access(peer, c->self_uid, c->have_group, c->group);
+    if (!m || !op_present(c, m)) {
+        varlink_call_error(call, "org.varlink.service.MethodNotImplemented",
+                           obj_str("method", varlink_call_method(call)));
+        return;
+    }
+    if ((have & m->access) != m->access) {
+        log_notice("control: %s refused to uid %u (pid %d): %s", m->name, (unsigned)peer->uid,
+                   (int)peer->pid,
+                   m->access == CONTROL_WRITE ? "needs root or the daemon's user"
+                                              : "not in the control group");
+        varlink_call_error(call, IFACE ".PermissionDenied", obj_str("method", m->name));
+        return;
+    }
+    m->fn(c, call, params);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void resolve_group(control *c, const char *group)
+{
+    if (!group || !group[0])
+        return;
+    struct group gr, *res = NULL;
+    char buf[16384];
+    if (getgrnam_r(group, &gr, buf, sizeof(buf), &res) == 0 && res) {
+        c->group = res->gr_gid;
+        c->have_group = true;
+        return;
+    }
+    char *end = NULL;
+    unsigned long v = strtoul(group, &end, 10);
+    if (end && !*end && end != group) {
+        c->group = (gid_t)v;
+        c->have_group = true;
+        return;
+    }
+    log_warn("control group \"%s\" does not exist: only root and the daemon's user can use the "
+             "control socket (create the group or fix [control] group)",
+             group);
+}
+
+int control_start(uv_loop_t *loop, const control_options *opts, const control_ops *ops,
+                  control **out, char **err)
+{
+    *out = NULL;
+    if (err)
+        *err = NULL;
+    control *c = xcalloc(1, sizeof(*c));
+    c->ops = *ops;
+    c->self_uid = geteuid();
+    resolve_group(c, opts->group);
+    varlink_server_options vo = {
+        .max_connections = opts->max_connections,
+        .max_per_uid = opts->max_per_uid,
+        .max_message = opts->max_message,
+        .max_pending_out = opts->max_pending_out,
+        .idle_timeout_ms = opts->idle_timeout_ms,
+        .vendor = "batchd",
+        .product = "batchd",
+        .version = opts->version ? opts->version : BATCHD_VERSION,
+        .url = "man:batchd(8)",
+        .protocol_error = IFACE ".ProtocolError",
+        .limit_error = IFACE ".TooManyConnections",
+    };
+    varlink_server_new(loop, &vo, &c->srv);
+    int r = varlink_server_add_interface(c->srv, IFACE, control_interface_description);
+    for (size_t i = 0; r == 0 && i < BD_ARRAY_LEN(methods); i++)
+        r = varlink_server_add_method(c->srv, methods[i].name, methods[i].flags, on_call, c);
+    if (r < 0) {
+        if (err)
+            *err = xasprintf("control: cannot register io.batchd: %s", strerror(-r));
+        goto fail;
+    }
+    r = varlink_server_listen(c->srv, opts->socket_path, 0660, c->have_group ? c->group : (gid_t)-1,
+                              err);
+    if (r < 0)
+        goto fail;
+    log_info("control socket listening on %s", opts->socket_path);
+    *out = c;
+    return 0;
+fail:
+    control_stop(c);
+    return r;
+}
+
+void control_job_changed(control *c, const cJSON *job)
+{
+    if (!c || !c->watchers || !job)
+        return;
+    char *job_text = cJSON_PrintUnformatted(job);
+    if (!job_text)
+        abort();
+    char *text = xasprintf("{\"job\":%s}", job_text);
+    free(job_text);
+    for (watcher *w = c->watchers, *next; w; w = next) {
+        next = w->next; /* a failed send cancels (and frees) w, never another watcher */
+        varlink_call_notify_json(w->call, text);
+    }
+    free(text);
+}
+
+size_t control_watchers(const control *c)
+{
+    return c ? c->n_watchers : 0;
+}
+
+void control_stop(control *c)
+{
+    if (!c)
+        return;
+    /* Cancels every Watch call synchronously, which frees the watchers. */
+    varlink_server_free(c->srv);
+    free(c);
+}
