@@ -1,0 +1,679 @@
+/* intake: see include/batchd/intake.h. The records are read twice at most: the first pass
+ * only validates (so a valid job costs no writes), and only in skip mode with rejected
+ * records a second pass writes the cleaned file and rejected.jsonl. The file cannot change
+ * between passes: it lives in active/, which batchd owns. */
+#include "batchd/intake.h"
+#include "batchd/fsutil.h"
+#include "batchd/manifest.h"
+#include "batchd/records.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define INTAKE_DEFAULT_CHUNK (64 * 1024)
+#define WRITE_BUF            (64 * 1024)
+
+static void errno_text(int e, char *buf, size_t len)
+{
+    const char *s = strerror_r(e, buf, len);
+    if (s != buf)
+        strlcpy_bd(buf, s, len);
+}
+
+void intake_result_free(intake_result *r)
+{
+    if (!r)
+        return;
+    free(r->message);
+    cJSON_Delete(r->errors);
+    cJSON_Delete(r->job);
+    free(r->data_path);
+    free(r->upload_path);
+    free(r->upload_name);
+    memset(r, 0, sizeof *r);
+}
+
+static void set_failure(intake_result *r, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_failure(intake_result *r, const char *code, const char *fmt, ...)
+{
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    free(r->message);
+    r->message = strbuf_steal(&sb);
+    r->code = code;
+}
+
+/* ---- the error list, capped ---- */
+
+typedef struct error_list {
+    cJSON *arr;
+    size_t kept;
+    uint64_t dropped;
+} error_list;
+
+static bool errors_room(error_list *el)
+{
+    if (el->kept < INTAKE_MAX_ERRORS)
+        return true;
+    el->dropped++;
+    return false;
+}
+
+static void errors_add_record(error_list *el, uint64_t line, const char *field, const char *msg)
+{
+    if (!errors_room(el))
+        return;
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "line", (double)line);
+    json_add_str_or_null(e, "field", field && *field ? field : NULL);
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddItemToArray(el->arr, e);
+    el->kept++;
+}
+
+static void errors_finish(error_list *el)
+{
+    if (!el->dropped)
+        return;
+    char msg[96];
+    snprintf(msg, sizeof msg, "... and %llu more", (unsigned long long)el->dropped);
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddItemToArray(el->arr, e);
+}
+
+/* Moves manifest issues into the capped list. */
+static void errors_take(error_list *el, cJSON *from)
+{
+    cJSON *e;
+    while ((e = cJSON_DetachItemFromArray(from, 0)) != NULL) {
+        if (errors_room(el)) {
+            cJSON_AddItemToArray(el->arr, e);
+            el->kept++;
+        } else {
+            cJSON_Delete(e);
+        }
+    }
+}
+
+/* ---- buffered durable output ---- */
+
+typedef struct outfile {
+    char *path; /* final name */
+    char *tmp;  /* written here, renamed at the end */
+    int fd;
+    char *buf;
+    size_t len;
+    int err; /* first -errno */
+} outfile;
+
+static int outfile_open(outfile *o, const char *dir, const char *name)
+{
+    memset(o, 0, sizeof *o);
+    o->fd = -1;
+    o->path = fsutil_join(dir, name);
+    o->tmp = xasprintf("%s/.%s.tmp", dir, name);
+    unlink(o->tmp); /* ours, left by a crash */
+    o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (o->fd < 0)
+        return o->err = -errno;
+    o->buf = xmalloc(WRITE_BUF);
+    return 0;
+}
+
+static void outfile_flush(outfile *o)
+{
+    size_t off = 0;
+    while (o->err == 0 && off < o->len) {
+        ssize_t n = write(o->fd, o->buf + off, o->len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            o->err = -errno;
+        else
+            off += (size_t)n;
+    }
+    o->len = 0;
+}
+
+static void outfile_write(outfile *o, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len && o->err == 0) {
+        size_t take = WRITE_BUF - o->len < len ? WRITE_BUF - o->len : len;
+        memcpy(o->buf + o->len, p, take);
+        o->len += take;
+        p += take;
+        len -= take;
+        if (o->len == WRITE_BUF)
+            outfile_flush(o);
+    }
+}
+
+/* Flushes, fsyncs and renames into place (commit), or removes the temp file. */
+static int outfile_close(outfile *o, bool commit)
+{
+    if (o->fd >= 0) {
+        outfile_flush(o);
+        if (commit && o->err == 0 && fsync(o->fd) < 0)
+            o->err = -errno;
+        if (close(o->fd) < 0 && o->err == 0)
+            o->err = -errno;
+        o->fd = -1;
+        if (commit && o->err == 0 && rename(o->tmp, o->path) < 0)
+            o->err = -errno;
+        if (!commit || o->err < 0)
+            unlink(o->tmp);
+    }
+    int r = o->err;
+    free(o->path);
+    free(o->tmp);
+    free(o->buf);
+    memset(o, 0, sizeof *o);
+    o->fd = -1;
+    return r;
+}
+
+/* Appends s as valid UTF-8: invalid bytes and NULs become U+FFFD, so rejected.jsonl stays
+ * valid JSON text whatever the input was. */
+static void utf8_sanitize(const char *s, size_t n, strbuf *out)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t l = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (c != 0 && l && i + l <= n && utf8_valid(s + i, l)) {
+            strbuf_append(out, s + i, l);
+            i += l;
+        } else {
+            strbuf_puts(out, "\xEF\xBF\xBD");
+            i++;
+        }
+    }
+}
+
+/* ---- streaming the records ---- */
+
+typedef struct pass_ctx {
+    error_list *errs;  /* pass 1: collect problems */
+    outfile *cleaned;  /* pass 2: valid records */
+    outfile *rejected; /* pass 2: rejected records */
+    records_validator *v;
+    bool header_written;
+} pass_ctx;
+
+static void write_rejected(outfile *o, const char *raw, size_t raw_len, const records_error *errors,
+                           size_t n_errors)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "line", (double)errors[0].line);
+    cJSON *arr = cJSON_AddArrayToObject(j, "errors");
+    for (size_t i = 0; i < n_errors; i++) {
+        cJSON *e = cJSON_CreateObject();
+        json_add_str_or_null(e, "field", errors[i].field[0] ? errors[i].field : NULL);
+        cJSON_AddStringToObject(e, "message", errors[i].message);
+        cJSON_AddItemToArray(arr, e);
+    }
+    if (raw_len) {
+        strbuf sb = {0};
+        utf8_sanitize(raw, raw_len, &sb);
+        cJSON_AddStringToObject(j, "record", sb.data);
+        strbuf_free(&sb);
+    } else {
+        cJSON_AddNullToObject(j, "record"); /* an over-long record is never kept */
+    }
+    char *text = json_print(j);
+    outfile_write(o, text, strlen(text));
+    outfile_write(o, "\n", 1);
+    free(text);
+    cJSON_Delete(j);
+}
+
+static int on_record(void *ud, const char *raw, size_t raw_len, const records_error *errors,
+                     size_t n_errors)
+{
+    pass_ctx *ctx = ud;
+    if (ctx->errs) {
+        for (size_t i = 0; i < n_errors; i++)
+            errors_add_record(ctx->errs, errors[i].line, errors[i].field, errors[i].message);
+        return 0;
+    }
+    if (ctx->cleaned && !ctx->header_written) {
+        size_t hlen = 0;
+        const char *h = records_csv_header(ctx->v, &hlen);
+        if (h) {
+            outfile_write(ctx->cleaned, h, hlen);
+            outfile_write(ctx->cleaned, "\n", 1);
+        }
+        ctx->header_written = true;
+    }
+    if (n_errors == 0) {
+        outfile_write(ctx->cleaned, raw, raw_len);
+        outfile_write(ctx->cleaned, "\n", 1);
+    } else {
+        write_rejected(ctx->rejected, raw, raw_len, errors, n_errors);
+    }
+    return (ctx->cleaned->err || ctx->rejected->err) ? -EIO : 0;
+}
+
+typedef struct pass_out {
+    records_stats stats;
+    char *file_error; /* malloc'd */
+    uint64_t file_error_line;
+} pass_out;
+
+/* Opens the data file the way a job's files must be opened: never through a symlink, never
+ * blocking on a FIFO, and only a regular file with some read bit set (root reads mode 000
+ * files, but a person who chmod 000'd a file did not mean it to be sent). */
+static int open_data(const char *path, const char *shown, intake_result *res, struct stat *st)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        char eb[128];
+        errno_text(e, eb, sizeof eb);
+        if (e == ELOOP)
+            set_failure(res, "invalid_job",
+                        "%s is a symbolic link; batchd never follows links: copy the file in",
+                        shown);
+        else
+            set_failure(res, "invalid_job", "%s cannot be read: %s", shown, eb);
+        return -e;
+    }
+    if (fstat(fd, st) < 0) {
+        int e = errno;
+        close(fd);
+        set_failure(res, "invalid_job", "%s cannot be examined", shown);
+        return -e;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        set_failure(res, "invalid_job",
+                    "%s is not a regular file (a FIFO, device or directory); only regular "
+                    "files are read",
+                    shown);
+        return -EINVAL;
+    }
+    if ((st->st_mode & 0444) == 0) {
+        close(fd);
+        set_failure(res, "invalid_job",
+                    "%s has no read permission (mode %04o); run chmod a+r on it if it is "
+                    "meant to be sent",
+                    shown, (unsigned)(st->st_mode & 07777));
+        return -EACCES;
+    }
+    return fd;
+}
+
+/* Streams the file through a validator. ctx says what to do with each record. Returns 0,
+ * -ECANCELED, or -errno on a read or write error. */
+static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t chunk,
+                    const volatile int *cancel, pass_out *po)
+{
+    records_options o = *base;
+    o.on_record = on_record;
+    o.ud = ctx;
+    records_validator *v = records_new(&o);
+    if (!v)
+        return -ENOMEM;
+    ctx->v = v;
+    if (lseek(fd, 0, SEEK_SET) < 0) {
+        records_free(v);
+        return -errno;
+    }
+    char *buf = xmalloc(chunk);
+    int r = 0;
+    for (;;) {
+        if (cancel && *cancel) {
+            r = -ECANCELED;
+            break;
+        }
+        ssize_t n = read(fd, buf, chunk);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n < 0) {
+            r = -errno;
+            break;
+        }
+        if (n == 0) {
+            r = records_finish(v);
+            break;
+        }
+        r = records_feed(v, buf, (size_t)n);
+        if (r != 0)
+            break;
+    }
+    free(buf);
+    records_get_stats(v, &po->stats);
+    uint64_t line = 0;
+    const char *fe = records_file_error(v, &line);
+    po->file_error = fe ? xstrdup(fe) : NULL;
+    po->file_error_line = line;
+    records_free(v);
+    ctx->v = NULL;
+    return r > 0 ? -EIO : r;
+}
+
+/* The cleaned file's name: data.jsonl -> data.cleaned.jsonl. */
+static char *cleaned_name(const char *data_name)
+{
+    const char *dot = strrchr(data_name, '.');
+    size_t stem = dot ? (size_t)(dot - data_name) : strlen(data_name);
+    return xasprintf("%.*s.cleaned%s", (int)stem, data_name, dot ? dot : "");
+}
+
+static int write_skip_files(int fd, const char *dir, const records_options *ro, size_t chunk,
+                            const volatile int *cancel, intake_result *res)
+{
+    outfile cleaned, rejected;
+    char *cname = cleaned_name(res->upload_name);
+    int r = outfile_open(&cleaned, dir, cname);
+    int r2 = outfile_open(&rejected, dir, INTAKE_REJECTED_NAME);
+    if (r == 0 && r2 == 0) {
+        pass_ctx ctx = {.cleaned = &cleaned, .rejected = &rejected};
+        pass_out po = {0};
+        r = run_pass(fd, ro, &ctx, chunk, cancel, &po);
+        free(po.file_error);
+    } else {
+        r = r < 0 ? r : r2;
+    }
+    int c1 = outfile_close(&cleaned, r == 0);
+    int c2 = outfile_close(&rejected, r == 0);
+    if (r == 0)
+        r = c1 < 0 ? c1 : c2;
+    if (r == 0)
+        r = fsutil_fsync_dir(dir);
+    if (r == 0) {
+        free(res->upload_path);
+        res->upload_path = fsutil_join(dir, cname);
+        struct stat st;
+        if (stat(res->upload_path, &st) == 0)
+            res->bytes = (uint64_t)st.st_size;
+    } else if (r != -ECANCELED) {
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        set_failure(res, "invalid_records", "cannot write %s or %s in %s: %s", cname,
+                    INTAKE_REJECTED_NAME, dir, eb);
+    }
+    free(cname);
+    return r;
+}
+
+static void manifest_failure(intake_result *res, const cJSON *errors)
+{
+    int n = cJSON_GetArraySize(errors);
+    const cJSON *first = cJSON_GetArrayItem(errors, 0);
+    const char *where = json_str(first, "path");
+    if (!where)
+        where = json_str(first, "file");
+    const char *msg = json_str(first, "message");
+    if (n <= 1)
+        set_failure(res, "invalid_job", "%s%s%s", where ? where : "", where ? ": " : "",
+                    msg ? msg : "the job is invalid");
+    else
+        set_failure(res, "invalid_job", "%d problems in the job's manifest; the first: %s%s%s", n,
+                    where ? where : "", where ? ": " : "", msg ? msg : "");
+}
+
+/* Everything after the manifest: the data file and its records. */
+static int check_data(const char *dir, const config *cfg, const volatile int *cancel,
+                      const intake_options *opts, error_list *el, intake_result *res)
+{
+    const char *shown = res->upload_name;
+    struct stat st;
+    int fd = open_data(res->data_path, shown, res, &st);
+    if (fd < 0)
+        return fd;
+    if (st.st_size == 0) {
+        close(fd);
+        set_failure(res, "invalid_records", "%s is empty: it must hold at least one record", shown);
+        return 0;
+    }
+    records_format fmt;
+    records_format_from_name(shown, &fmt);
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(res->job, "dataset"), "schema");
+    records_schema *rs = records_schema_new(schema);
+    if (!rs) {
+        close(fd);
+        set_failure(res, "invalid_job", "dataset.schema cannot be used for validation");
+        return 0;
+    }
+    size_t chunk = opts && opts->chunk ? opts->chunk : INTAKE_DEFAULT_CHUNK;
+    records_options ro = {.format = fmt, .schema = rs, .max_record = cfg->job.max_record_bytes};
+    pass_ctx ctx = {.errs = el};
+    pass_out po = {0};
+    int r = run_pass(fd, &ro, &ctx, chunk, cancel, &po);
+    if (po.file_error) {
+        errors_add_record(el, po.file_error_line, NULL, po.file_error);
+    }
+    const records_stats *s = &po.stats;
+    bool skip = cfg->job.invalid_records == CONFIG_INVALID_SKIP;
+    res->bytes = (uint64_t)st.st_size;
+    if (r == -ECANCELED) {
+        set_failure(res, "cancelled", "cancelled while validating %s", shown);
+    } else if (r < 0) {
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        set_failure(res, "invalid_job", "%s cannot be read: %s", shown, eb);
+    } else if (po.file_error) {
+        set_failure(res, "invalid_records", "%s:%llu: %s", shown,
+                    (unsigned long long)po.file_error_line, po.file_error);
+    } else if (s->records == 0) {
+        set_failure(res, "invalid_records", "%s holds no records (only blank lines)", shown);
+    } else if (s->invalid > 0 && (!skip || s->valid == 0)) {
+        if (skip)
+            set_failure(res, "invalid_records", "none of the %llu records match the schema",
+                        (unsigned long long)s->records);
+        else
+            set_failure(res, "invalid_records", "%llu record%s not match the schema",
+                        (unsigned long long)s->invalid, s->invalid == 1 ? " does" : "s do");
+    } else {
+        res->records = s->valid;
+        res->rejected = s->invalid;
+        if (s->invalid > 0 && !(opts && opts->dry_run))
+            r = write_skip_files(fd, dir, &ro, chunk, cancel, res);
+        if (r == -ECANCELED)
+            set_failure(res, "cancelled", "cancelled while validating %s", shown);
+    }
+    free(po.file_error);
+    records_schema_free(rs);
+    close(fd);
+    return r;
+}
+
+int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg,
+                    const volatile int *cancel, const intake_options *opts, intake_result *out)
+{
+    memset(out, 0, sizeof *out);
+    error_list el = {.arr = cJSON_CreateArray()};
+    out->errors = el.arr;
+    cJSON *merrs = cJSON_CreateArray();
+    struct stat st;
+    int r = 0;
+    char *dir = NULL;
+    if (lstat(job_dir, &st) < 0) {
+        r = -errno;
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        set_failure(out, "invalid_job", "%s: %s", job_dir, eb);
+        goto done;
+    }
+    if (S_ISLNK(st.st_mode) || (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))) {
+        set_failure(out, "invalid_job",
+                    "%s is not a regular file or directory (symbolic links, FIFOs and devices "
+                    "are never followed)",
+                    job_dir);
+        goto done;
+    }
+    bool bare = S_ISREG(st.st_mode);
+    int mr = bare ? manifest_resolve_bare(job_dir, job_name, cfg, &out->job, merrs)
+                  : manifest_resolve(job_dir, job_name, cfg, &out->job, merrs);
+    if (mr < 0) {
+        manifest_failure(out, merrs);
+        errors_take(&el, merrs);
+        goto done;
+    }
+    const char *file = json_str(cJSON_GetObjectItemCaseSensitive(out->job, "dataset"), "file");
+    if (bare) {
+        const char *slash = strrchr(job_dir, '/');
+        dir = slash ? xstrndup(job_dir, (size_t)(slash - job_dir)) : xstrdup(".");
+        if (!*dir) {
+            free(dir);
+            dir = xstrdup("/");
+        }
+        out->data_path = xstrdup(job_dir);
+    } else {
+        dir = xstrdup(job_dir);
+        out->data_path = fsutil_join(job_dir, file);
+    }
+    out->upload_name = xstrdup(file);
+    out->upload_path = xstrdup(out->data_path);
+    r = check_data(dir, cfg, cancel, opts, &el, out);
+done:
+    errors_finish(&el);
+    cJSON_Delete(merrs);
+    free(dir);
+    if (out->code && strcmp(out->code, "invalid_records") != 0) {
+        out->records = 0;
+        out->rejected = 0;
+    }
+    return r;
+}
+
+int intake_check(const char *job_dir, const char *job_name, const config *cfg,
+                 const volatile int *cancel, intake_result *out)
+{
+    return intake_check_ex(job_dir, job_name, cfg, cancel, NULL, out);
+}
+
+cJSON *intake_error_json(const char *job_name, const char *job_id, const char *stage,
+                         const intake_result *r, int64_t now_ms)
+{
+    cJSON *j = cJSON_CreateObject();
+    json_add_str_or_null(j, "job", job_name);
+    json_add_str_or_null(j, "id", job_id);
+    cJSON_AddStringToObject(j, "state", "failed");
+    json_add_str_or_null(j, "stage", stage);
+    json_add_str_or_null(j, "code", r ? r->code : NULL);
+    json_add_str_or_null(j, "message", r ? r->message : NULL);
+    if (r && r->errors)
+        cJSON_AddItemToObject(j, "errors", cJSON_Duplicate(r->errors, true));
+    else
+        cJSON_AddArrayToObject(j, "errors");
+    cJSON_AddNullToObject(j, "http_status");
+    cJSON_AddNullToObject(j, "api_error");
+    cJSON_AddNullToObject(j, "dataset_id");
+    cJSON_AddNullToObject(j, "batch_id");
+    char at[40];
+    time_format_rfc3339(now_ms, false, at, sizeof at);
+    cJSON_AddStringToObject(j, "at", at);
+    return j;
+}
+
+/* ---- batchd --check-config ---- */
+
+static int check_dir(const char *what, const char *path, FILE *out)
+{
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0; /* batchd creates it at start */
+        char eb[128];
+        errno_text(errno, eb, sizeof eb);
+        fprintf(out, "%s %s: %s\n", what, path, eb);
+        return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(out, "%s %s: exists and is not a directory\n", what, path);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_group(const char *group, FILE *out)
+{
+    if (!group)
+        return 0;
+    struct group gr, *res = NULL;
+    char buf[16384];
+    int e = getgrnam_r(group, &gr, buf, sizeof buf, &res);
+    if (e == 0 && !res) {
+        fprintf(out,
+                "[control] group %s: no such group (create it, or set group = to an "
+                "existing one)\n",
+                group);
+        return 1;
+    }
+    return 0;
+}
+
+static void print_manifest_errors(const cJSON *errors, FILE *out)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, errors)
+    {
+        const char *file = json_str(e, "file");
+        const char *path = json_str(e, "path");
+        int64_t line = json_int64(e, "line", 0);
+        fprintf(out, "%s", file ? file : "template");
+        if (line > 0)
+            fprintf(out, ":%lld", (long long)line);
+        if (path)
+            fprintf(out, ": %s", path);
+        fprintf(out, ": %s\n", json_str(e, "message") ? json_str(e, "message") : "");
+    }
+}
+
+int intake_check_config(const char *path, FILE *out)
+{
+    config c;
+    config_diag d = {0};
+    int problems = 0;
+    if (config_load(path, &c, &d) < 0)
+        problems += (int)(d.count ? d.count : 1);
+    for (size_t i = 0; i < d.count; i++)
+        fprintf(out, "%s\n", d.lines[i]);
+    config_diag_free(&d);
+    if (problems == 0) {
+        char *token = NULL;
+        const char *source = NULL;
+        if (config_load_token(&c, &token, &source, &d) < 0)
+            problems++;
+        for (size_t i = 0; i < d.count; i++)
+            fprintf(out, "%s\n", d.lines[i]);
+        config_diag_free(&d);
+        if (token) {
+            explicit_bzero(token, strlen(token));
+            free(token);
+        }
+        problems += check_dir("[spool] dir", c.spool.dir, out);
+        problems += check_dir("[state] dir", c.state.dir, out);
+        problems += check_group(c.control.group, out);
+        if (c.job.template_path) {
+            cJSON *errs = cJSON_CreateArray();
+            if (manifest_check_template(c.job.template_path, &c, errs) < 0) {
+                if (cJSON_GetArraySize(errs) == 0)
+                    fprintf(out, "[job] template %s: cannot be used\n", c.job.template_path);
+                problems += cJSON_GetArraySize(errs) ? cJSON_GetArraySize(errs) : 1;
+            }
+            print_manifest_errors(errs, out);
+            cJSON_Delete(errs);
+        }
+        if (problems == 0)
+            fprintf(out, "%s: configuration OK (API token from %s)\n", path, source ? source : "?");
+    }
+    config_free(&c);
+    return problems ? 78 : 0;
+}
