@@ -208,6 +208,10 @@ void job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, in
 /* Upload progress. */
 void job_on_progress(job *j, int64_t bytes_sent);
 
+/* Fails the job for a local reason (no API reply involved). */
+void job_fail(job *j, int64_t now_ms, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Operator actions. job_cancel: any non-terminal job becomes cancelled (finish it next).
  * job_retry: a failed or cancelled job goes back to validation, keeping what exists remotely.
  * Both return 0 or -EINVAL when the state does not allow it. */

@@ -51,6 +51,17 @@ static void fail(job *j, int64_t now, const char *code, long http_status, cJSON 
     job_set_state(j, JOB_FAILED, now, j->error_message);
 }
 
+void job_fail(job *j, int64_t now, const char *code, const char *fmt, ...)
+{
+    strbuf sb = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    strbuf_vprintf(&sb, fmt, ap);
+    va_end(ap);
+    fail(j, now, code, 0, NULL, cJSON_CreateArray(), "%s", sb.data ? sb.data : code);
+    strbuf_free(&sb);
+}
+
 static int64_t poll_delay(const job *j, const job_params *p, uint64_t rnd)
 {
     return backoff_poll_interval((unsigned)j->polls, p->poll_initial_ms, p->poll_max_ms,

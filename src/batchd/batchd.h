@@ -1,0 +1,97 @@
+/* batchd's wiring: the daemon's state shared by main.c (start, signals, reload), jobs.c
+ * (claiming and running jobs: the machine's actions performed with the http client, the
+ * store, the spool and the thread pool) and ctl.c (the io.batchd methods). */
+#ifndef BATCHD_DAEMON_H
+#define BATCHD_DAEMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "batchd/config.h"
+#include "batchd/control.h"
+#include "batchd/http.h"
+#include "batchd/intake.h"
+#include "batchd/job.h"
+#include "batchd/spool.h"
+
+/* A config shared with validation work on the thread pool: a reload swaps in a new one and
+ * the old one lives until the last validation holding it ends. */
+typedef struct cfgref {
+    config c;
+    int refs;
+} cfgref;
+
+cfgref *cfgref_new(void);
+cfgref *cfgref_get(cfgref *r);
+void cfgref_put(cfgref *r);
+
+struct batchd;
+
+/* One job as the daemon runs it. */
+typedef struct jobrun {
+    job *j;
+    struct batchd *d;
+    uv_timer_t timer;
+    http_transfer *xfer;
+    job_op xfer_op;
+    bool busy;     /* a request or a validation is in flight */
+    bool finished; /* its directory is in done/ or failed/ */
+    bool waiting_validation;
+    bool validating;
+    volatile int cancel_validation;
+    uv_work_t work;
+    cfgref *work_cfg;
+    intake_result ires;
+    int ires_rc;
+    int64_t last_publish_ms;
+} jobrun;
+
+typedef struct batchd {
+    uv_loop_t *loop;
+    char *config_path;
+    cfgref *cfg;
+    char *token;
+    char *api_url; /* cfg api.url without a trailing slash */
+    job_params params;
+    spool *sp;
+    spool_watch *watch;
+    http_client *http;
+    control *ctl;
+    jobrun **jobs; /* every known job, in claim order */
+    size_t n_jobs, cap_jobs;
+    size_t n_active; /* jobs not finished */
+    size_t validations;
+    bool paused;
+    bool stopping;
+    bool claim_pending;
+    uv_timer_t claim_timer;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    int64_t started_at;
+    uint64_t rng;
+} batchd;
+
+/* jobs.c */
+void jobs_recover(batchd *d);
+void jobs_claim_soon(batchd *d);
+void jobs_drive(jobrun *r);
+void jobs_drive_all(batchd *d);
+void jobs_changed(jobrun *r, job_state before);
+int jobs_cancel(jobrun *r);
+int jobs_retry(jobrun *r);
+void jobs_shutdown(batchd *d);
+void jobs_free_all(batchd *d);
+jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous);
+void jobs_update_status(batchd *d);
+uint64_t batchd_random(batchd *d);
+
+/* ctl.c */
+extern const control_ops ctl_ops;
+cJSON *ctl_reload(batchd *d, const char **err, char **err_msg);
+
+/* main.c */
+void batchd_apply_config(batchd *d);
+
+#endif

@@ -1,0 +1,145 @@
+/* ctl: the io.batchd methods, backed by the live job table. The control module owns the
+ * socket, framing and access checks; this file only answers. */
+#include "batchd.h"
+
+#include "batchd/log.h"
+#include "batchd/notify.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <string.h>
+
+static cJSON *get_info(void *ud)
+{
+    batchd *d = ud;
+    cJSON *o = cJSON_CreateObject();
+    char at[40];
+    cJSON_AddStringToObject(o, "version", BATCHD_VERSION);
+    cJSON_AddStringToObject(o, "started_at",
+                            time_format_rfc3339(d->started_at, false, at, sizeof at));
+    cJSON_AddBoolToObject(o, "paused", d->paused);
+    cJSON_AddStringToObject(o, "api_url", d->api_url);
+    cJSON_AddStringToObject(o, "spool_dir", d->cfg->c.spool.dir);
+    cJSON *counts = cJSON_AddObjectToObject(o, "jobs");
+    for (int s = 0; s < JOB_STATE_COUNT; s++) {
+        size_t n = 0;
+        for (size_t i = 0; i < d->n_jobs; i++)
+            if ((int)d->jobs[i]->j->state == s)
+                n++;
+        cJSON_AddNumberToObject(counts, job_state_name((job_state)s), (double)n);
+    }
+    return o;
+}
+
+static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states)
+{
+    batchd *d = ud;
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        const job *j = d->jobs[i]->j;
+        bool match = n_states == 0;
+        for (size_t k = 0; k < n_states && !match; k++)
+            match = strcmp(states[k], job_state_name(j->state)) == 0;
+        if (match)
+            cJSON_AddItemToArray(arr, job_to_public(j, false));
+    }
+    return arr;
+}
+
+static jobrun *lookup(batchd *d, const char *key, const char **err)
+{
+    bool ambiguous = false;
+    jobrun *r = jobs_find(d, key, &ambiguous);
+    if (!r)
+        *err = "io.batchd.NoSuchJob";
+    else if (ambiguous) {
+        *err = "io.batchd.AmbiguousJob";
+        r = NULL;
+    }
+    return r;
+}
+
+static cJSON *get_job(void *ud, const char *key, const char **err)
+{
+    jobrun *r = lookup(ud, key, err);
+    return r ? job_to_public(r->j, true) : NULL;
+}
+
+static int retry(void *ud, const char *key, cJSON **job_out, const char **err, const char **err_msg)
+{
+    jobrun *r = lookup(ud, key, err);
+    if (!r) {
+        *err_msg = "no single job has that id or name";
+        return -ENOENT;
+    }
+    int rc = jobs_retry(r);
+    if (rc == -EINVAL) {
+        *err = "io.batchd.InvalidState";
+        *err_msg = "only a failed or cancelled job can be retried";
+        return rc;
+    }
+    if (rc < 0) {
+        *err = "io.batchd.InvalidState";
+        *err_msg = "the job's directory could not be moved back from failed/ to active/";
+        return rc;
+    }
+    log_notice("job %s retried by an operator", r->j->id);
+    *job_out = job_to_public(r->j, true);
+    return 0;
+}
+
+static int cancel(void *ud, const char *key, cJSON **job_out, const char **err,
+                  const char **err_msg)
+{
+    jobrun *r = lookup(ud, key, err);
+    if (!r) {
+        *err_msg = "no single job has that id or name";
+        return -ENOENT;
+    }
+    if (jobs_cancel(r) < 0) {
+        *err = "io.batchd.InvalidState";
+        *err_msg = "the job has already finished";
+        return -EINVAL;
+    }
+    log_notice("job %s cancelled by an operator", r->j->id);
+    *job_out = job_to_public(r->j, true);
+    return 0;
+}
+
+static void pause_(void *ud)
+{
+    batchd *d = ud;
+    if (d->paused)
+        return;
+    d->paused = true;
+    log_notice("paused: no new claims and no new requests; requests in flight finish");
+    jobs_update_status(d);
+}
+
+static void resume_(void *ud)
+{
+    batchd *d = ud;
+    if (!d->paused)
+        return;
+    d->paused = false;
+    log_notice("resumed");
+    jobs_update_status(d);
+    jobs_drive_all(d);
+    jobs_claim_soon(d);
+}
+
+static cJSON *reload(void *ud, const char **err, char **err_msg)
+{
+    return ctl_reload(ud, err, err_msg);
+}
+
+const control_ops ctl_ops = {
+    .get_info = get_info,
+    .list_jobs = list_jobs,
+    .get_job = get_job,
+    .retry = retry,
+    .cancel = cancel,
+    .pause = pause_,
+    .resume = resume_,
+    .reload = reload,
+};

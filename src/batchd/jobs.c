@@ -1,0 +1,701 @@
+/* jobs: claiming entries from the spool and running each job's state machine: the machine
+ * decides (job_next / job_on_reply), this file performs its actions — persist, send, wait,
+ * validate on the thread pool, finish — and publishes every change to the log, the control
+ * socket and systemd's status line. */
+#include "batchd.h"
+
+#include "batchd/fsutil.h"
+#include "batchd/log.h"
+#include "batchd/notify.h"
+#include "batchd/store.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Validations running at once on the thread pool: each may read gigabytes; the rest of the
+ * pool stays free for the loop's other work. */
+#define VALIDATIONS_MAX 2
+/* Entries claimed per loop iteration, so 10,000 dropped at once never stall the loop. */
+#define CLAIMS_PER_TURN 64
+/* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
+#define PERSIST_RETRY_MS 5000
+/* Upload progress is published at most this often per job. */
+#define PROGRESS_PUBLISH_MS 250
+/* The slowest upload rate tolerated before a PUT is given up as timed out (bytes/s). */
+#define UPLOAD_MIN_RATE 65536
+
+uint64_t batchd_random(batchd *d)
+{
+    /* xorshift64*: jitter needs spread, not secrecy. */
+    uint64_t x = d->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    d->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static log_job_fields fields_of(const job *j)
+{
+    log_job_fields f = {j->id, j->name, j->dataset_id, j->batch_id, job_state_name(j->state)};
+    return f;
+}
+
+static const char *last_note(const job *j)
+{
+    const cJSON *last = cJSON_GetArrayItem(j->history, cJSON_GetArraySize(j->history) - 1);
+    const char *n = json_str(last, "note");
+    return n ? n : "";
+}
+
+static void publish(jobrun *r)
+{
+    if (!r->d->ctl)
+        return;
+    cJSON *pub = job_to_public(r->j, false);
+    control_job_changed(r->d->ctl, pub);
+    cJSON_Delete(pub);
+    r->last_publish_ms = time_mono_ms();
+}
+
+void jobs_update_status(batchd *d)
+{
+    size_t done = 0, failed = 0;
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        job_state s = d->jobs[i]->j->state;
+        if (!d->jobs[i]->finished)
+            continue;
+        if (s == JOB_READY)
+            done++;
+        else
+            failed++;
+    }
+    notify_status("%zu active, %zu done, %zu failed%s", d->n_active, done, failed,
+                  d->paused ? ", paused" : "");
+}
+
+/* Persists the record; on failure the job waits and tries again, sending nothing, because an
+ * intent that is not durable must not be acted on. */
+static int persist(jobrun *r)
+{
+    int rc = store_save(r->d->cfg->c.state.dir, r->j);
+    if (rc < 0) {
+        log_job_fields f = fields_of(r->j);
+        log_job(LOG_LVL_ERR, &f, "cannot write the job record in %s: %s; retrying in 5s",
+                r->d->cfg->c.state.dir, strerror(-rc));
+    }
+    return rc;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    jobs_drive(t->data);
+}
+
+static void arm_timer(jobrun *r, int64_t delay_ms)
+{
+    if (delay_ms < 1)
+        delay_ms = 1;
+    uv_timer_start(&r->timer, on_timer, (uint64_t)delay_ms, 0);
+}
+
+/* After the record changed: make it durable, log a state change, tell watchers. */
+void jobs_changed(jobrun *r, job_state before)
+{
+    job *j = r->j;
+    if (j->state != before) {
+        log_job_fields f = fields_of(j);
+        log_job(j->state == JOB_FAILED ? LOG_LVL_WARNING : LOG_LVL_INFO, &f, "%s -> %s: %s",
+                job_state_name(before), job_state_name(j->state), last_note(j));
+    }
+    persist(r);
+    publish(r);
+}
+
+static jobrun *jobrun_add(batchd *d, job *j, bool finished)
+{
+    jobrun *r = xcalloc(1, sizeof *r);
+    r->j = j;
+    r->d = d;
+    r->finished = finished;
+    uv_timer_init(d->loop, &r->timer);
+    r->timer.data = r;
+    if (d->n_jobs == d->cap_jobs) {
+        d->cap_jobs = d->cap_jobs ? d->cap_jobs * 2 : 64;
+        d->jobs = xrealloc(d->jobs, d->cap_jobs * sizeof *d->jobs);
+    }
+    d->jobs[d->n_jobs++] = r;
+    if (!finished)
+        d->n_active++;
+    return r;
+}
+
+jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous)
+{
+    jobrun *found = NULL;
+    *ambiguous = false;
+    for (size_t i = 0; i < d->n_jobs; i++)
+        if (strcmp(d->jobs[i]->j->id, key) == 0)
+            return d->jobs[i];
+    /* By name: the newest unfinished one wins over finished namesakes; two live jobs with
+     * one name (possible after a retry) are ambiguous. */
+    int live = 0;
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        jobrun *r = d->jobs[i];
+        if (strcmp(r->j->name, key) != 0 && strcmp(r->j->dir, key) != 0)
+            continue;
+        if (!found || (!r->finished && found->finished) || r->finished == found->finished)
+            found = r;
+        if (!r->finished)
+            live++;
+    }
+    if (live > 1)
+        *ambiguous = true;
+    if (!found)
+        return NULL;
+    if (found->finished) {
+        int namesakes = 0;
+        for (size_t i = 0; i < d->n_jobs; i++)
+            if (strcmp(d->jobs[i]->j->name, key) == 0)
+                namesakes++;
+        if (namesakes > 1)
+            *ambiguous = true;
+    }
+    return found;
+}
+
+/* ---- validation on the thread pool ---- */
+
+static void validate_work(uv_work_t *w)
+{
+    jobrun *r = w->data;
+    char *dir = fsutil_join(spool_dir(r->d->sp, "active"), r->j->dir);
+    r->ires_rc = intake_check(dir, r->j->name, &r->work_cfg->c, &r->cancel_validation, &r->ires);
+    free(dir);
+}
+
+static void start_validation(jobrun *r);
+
+static void free_jobrun(uv_handle_t *h);
+
+static void validate_done(uv_work_t *w, int status)
+{
+    jobrun *r = w->data;
+    batchd *d = r->d;
+    if (d->stopping) {
+        /* jobs_free_all left this job to us: its record is durable, the result is dropped
+         * and the validation runs again on the next start. */
+        d->validations--;
+        cfgref_put(r->work_cfg);
+        intake_result_free(&r->ires);
+        uv_close((uv_handle_t *)&r->timer, free_jobrun);
+        return;
+    }
+    r->busy = false;
+    r->validating = false;
+    d->validations--;
+    cfgref_put(r->work_cfg);
+    r->work_cfg = NULL;
+    job *j = r->j;
+    job_state before = j->state;
+    int64_t now = time_now_ms();
+    if (status == 0 && r->ires_rc != -ECANCELED && j->state == JOB_VALIDATING) {
+        job_validation v = {
+            .ok = r->ires.code == NULL,
+            .code = r->ires.code,
+            .message = r->ires.message,
+            .errors = r->ires.errors,
+            .spec = r->ires.job,
+            .upload_path = r->ires.upload_path,
+            .upload_name = r->ires.upload_name,
+            .records = (int64_t)r->ires.records,
+            .rejected = (int64_t)r->ires.rejected,
+            .bytes = (int64_t)r->ires.bytes,
+        };
+        job_on_validated(j, &v, now);
+        jobs_changed(r, before);
+    }
+    intake_result_free(&r->ires);
+    memset(&r->ires, 0, sizeof r->ires);
+    /* Hand the freed slot to the oldest job waiting for one. */
+    for (size_t i = 0; i < d->n_jobs && d->validations < VALIDATIONS_MAX && !d->stopping; i++) {
+        jobrun *o = d->jobs[i];
+        if (o->waiting_validation) {
+            o->waiting_validation = false;
+            start_validation(o);
+        }
+    }
+    if (!d->stopping)
+        jobs_drive(r);
+}
+
+static void start_validation(jobrun *r)
+{
+    batchd *d = r->d;
+    if (d->validations >= VALIDATIONS_MAX) {
+        r->waiting_validation = true;
+        return;
+    }
+    d->validations++;
+    r->busy = true;
+    r->validating = true;
+    r->cancel_validation = 0;
+    r->work_cfg = cfgref_get(d->cfg);
+    memset(&r->ires, 0, sizeof r->ires);
+    r->work.data = r;
+    int rc = uv_queue_work(d->loop, &r->work, validate_work, validate_done);
+    if (rc < 0) {
+        d->validations--;
+        r->busy = false;
+        r->validating = false;
+        cfgref_put(r->work_cfg);
+        r->work_cfg = NULL;
+        log_error("cannot queue validation: %s", uv_strerror(rc));
+        arm_timer(r, PERSIST_RETRY_MS);
+    }
+}
+
+/* ---- HTTP ---- */
+
+static job_net_error net_of(enum http_error e)
+{
+    switch (e) {
+    case HTTP_OK:
+        return JOB_NET_OK;
+    case HTTP_ERR_TIMEOUT:
+        return JOB_NET_TIMEOUT;
+    case HTTP_ERR_FILE:
+        return JOB_NET_NOT_SENT;
+    default:
+        return JOB_NET_FAILED;
+    }
+}
+
+static void on_http_done(void *ud, const http_response *resp)
+{
+    jobrun *r = ud;
+    batchd *d = r->d;
+    job *j = r->j;
+    job_op op = r->xfer_op;
+    r->xfer = NULL;
+    r->busy = false;
+    job_state before = j->state;
+    int64_t now = time_now_ms();
+    if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
+        /* The data file vanished or became unreadable under us: no retry can fix that. */
+        job_fail(j, now, "invalid_job", "cannot read the data file %s: %s", j->upload_path,
+                 resp->error_text);
+    } else {
+        job_reply jr = {
+            .net = net_of(resp->error),
+            .status = resp->status,
+            .body = resp->body,
+            .body_len = resp->body_len,
+            .retry_after = resp->retry_after,
+            .error_text = resp->error_text,
+        };
+        job_on_reply(j, op, &jr, &d->params, now, batchd_random(d));
+    }
+    log_job_fields f = fields_of(j);
+    if (resp->error != HTTP_OK)
+        log_job(LOG_LVL_NOTICE, &f, "%s: %s", job_op_name(op), resp->error_text);
+    else
+        log_job(LOG_LVL_DEBUG, &f, "%s: HTTP %ld", job_op_name(op), resp->status);
+    jobs_changed(r, before);
+    jobs_drive(r);
+}
+
+static void on_http_progress(void *ud, uint64_t sent, uint64_t total)
+{
+    (void)total;
+    jobrun *r = ud;
+    job_on_progress(r->j, (int64_t)sent);
+    if (time_mono_ms() - r->last_publish_ms >= PROGRESS_PUBLISH_MS)
+        publish(r);
+}
+
+static void send_request(jobrun *r, job_op op)
+{
+    batchd *d = r->d;
+    job *j = r->j;
+    job_request rq;
+    int64_t now = time_now_ms();
+    if (job_build_request(j, op, &rq) < 0) {
+        job_state before = j->state;
+        job_fail(j, now, "invalid_job", "internal error: the record lacks what %s needs",
+                 job_op_name(op));
+        jobs_changed(r, before);
+        jobs_drive(r);
+        return;
+    }
+    job_op saved_pending = j->pending_op;
+    job_mark_sent(j, op, now);
+    if (job_op_has_side_effect(op) && persist(r) < 0) {
+        /* The intent is not durable: do not act on it. */
+        j->pending_op = saved_pending;
+        job_request_clear(&rq);
+        arm_timer(r, PERSIST_RETRY_MS);
+        return;
+    }
+    char *url = NULL;
+    char *auth = NULL;
+    char *ctype = NULL;
+    const char *headers[5] = {0};
+    http_request req = {
+        .method = rq.method, .body = rq.body, .body_len = rq.body ? strlen(rq.body) : 0};
+    if (op == JOB_OP_UPLOAD) {
+        /* The presigned URL carries its own signature: never the API token. */
+        url = xstrdup(rq.path);
+        ctype = xasprintf("Content-Type: %s", j->upload_content_type ? j->upload_content_type
+                                                                     : "application/octet-stream");
+        headers[0] = ctype;
+        req.upload_path = j->upload_path;
+        int64_t size = j->bytes_total > 0 ? j->bytes_total : 0;
+        req.timeout_ms = (long)(d->cfg->c.api.timeout_ms + size * 1000 / UPLOAD_MIN_RATE);
+        req.rate_limited = false;
+    } else {
+        url = xasprintf("%s%s", d->api_url, rq.path);
+        auth = xasprintf("Authorization: Token %s", d->token);
+        headers[0] = auth;
+        headers[1] = "Accept: application/json";
+        if (rq.body)
+            headers[2] = "Content-Type: application/json";
+        req.rate_limited = true;
+    }
+    req.url = url;
+    req.headers = headers;
+    r->xfer_op = op;
+    r->busy = true;
+    r->xfer =
+        http_start(d->http, &req, on_http_done, op == JOB_OP_UPLOAD ? on_http_progress : NULL, r);
+    if (auth) {
+        explicit_bzero(auth, strlen(auth));
+        free(auth);
+    }
+    free(ctype);
+    free(url);
+    job_request_clear(&rq);
+    if (!r->xfer) {
+        r->busy = false;
+        log_error("cannot start a request for job %s", j->id);
+        arm_timer(r, PERSIST_RETRY_MS);
+        return;
+    }
+    publish(r);
+}
+
+/* ---- finishing ---- */
+
+static void finish(jobrun *r)
+{
+    batchd *d = r->d;
+    job *j = r->j;
+    bool ok = j->state == JOB_READY;
+    cJSON *body = ok ? job_result_json(j) : job_error_json(j);
+    char *text = json_print_pretty(body);
+    cJSON_Delete(body);
+    char *final_dir = NULL;
+    int rc = spool_finish(d->sp, j->dir, ok, ok ? "result.json" : "error.json", text, &final_dir);
+    free(text);
+    log_job_fields f = fields_of(j);
+    if (rc < 0) {
+        log_job(LOG_LVL_ERR, &f, "cannot move the job to %s/: %s; retrying in 5s",
+                ok ? "done" : "failed", strerror(-rc));
+        arm_timer(r, PERSIST_RETRY_MS);
+        return;
+    }
+    r->finished = true;
+    d->n_active--;
+    if (final_dir) {
+        const char *base = fsutil_basename(final_dir);
+        if (strcmp(base, j->dir) != 0) {
+            free(j->dir);
+            j->dir = xstrdup(base);
+        }
+    }
+    job_note(j, time_now_ms(), "moved to %s/%s", ok ? "done" : "failed", j->dir);
+    if (ok)
+        log_job(LOG_LVL_NOTICE, &f, "ready: %" PRId64 " tasks in %" PRId64 " groups, %s/%s",
+                j->total_task_count, j->total_task_groups, "done", j->dir);
+    else
+        log_job(LOG_LVL_WARNING, &f, "failed (%s): %s; see failed/%s/error.json",
+                j->error_code ? j->error_code : "?", j->error_message ? j->error_message : "",
+                j->dir);
+    free(final_dir);
+    persist(r);
+    publish(r);
+    jobs_update_status(d);
+    jobs_claim_soon(d);
+}
+
+/* ---- the driver ---- */
+
+void jobs_drive(jobrun *r)
+{
+    batchd *d = r->d;
+    if (r->busy || r->finished || d->stopping || r->waiting_validation)
+        return;
+    job *j = r->j;
+    job_state before = j->state;
+    int64_t now = time_now_ms();
+    bool changed = false;
+    job_action a = job_next(j, &d->params, now, batchd_random(d), &changed);
+    if (changed)
+        jobs_changed(r, before);
+    switch (a.kind) {
+    case JOB_ACT_VALIDATE:
+        start_validation(r);
+        break;
+    case JOB_ACT_SEND:
+        if (!d->paused)
+            send_request(r, a.op);
+        break;
+    case JOB_ACT_WAIT:
+        arm_timer(r, a.until - now);
+        break;
+    case JOB_ACT_FINISH:
+        finish(r);
+        break;
+    case JOB_ACT_NONE:
+        break;
+    }
+}
+
+void jobs_drive_all(batchd *d)
+{
+    for (size_t i = 0; i < d->n_jobs; i++)
+        jobs_drive(d->jobs[i]);
+}
+
+int jobs_cancel(jobrun *r)
+{
+    job *j = r->j;
+    if (r->finished || job_state_terminal(j->state))
+        return -EINVAL;
+    if (r->xfer) {
+        http_cancel(r->xfer);
+        r->xfer = NULL;
+        r->busy = false;
+    }
+    if (r->validating)
+        r->cancel_validation = 1; /* validate_done releases the job */
+    r->waiting_validation = false;
+    uv_timer_stop(&r->timer);
+    job_state before = j->state;
+    job_cancel(j, time_now_ms());
+    jobs_changed(r, before);
+    jobs_drive(r);
+    return 0;
+}
+
+int jobs_retry(jobrun *r)
+{
+    batchd *d = r->d;
+    job *j = r->j;
+    if (!r->finished || (j->state != JOB_FAILED && j->state != JOB_CANCELLED))
+        return -EINVAL;
+    char *active = NULL;
+    int rc = spool_reactivate(d->sp, j->dir, &active);
+    if (rc < 0)
+        return rc;
+    free(j->dir);
+    j->dir = active;
+    job_state before = j->state;
+    job_retry(j, time_now_ms());
+    r->finished = false;
+    d->n_active++;
+    jobs_changed(r, before);
+    jobs_update_status(d);
+    jobs_drive(r);
+    return 0;
+}
+
+/* ---- claiming ---- */
+
+static void claim_one(batchd *d, const char *entry)
+{
+    char id[27];
+    int64_t now = time_now_ms();
+    id_new(now, id);
+    spool_claim_result c;
+    memset(&c, 0, sizeof c);
+    int rc = spool_claim(d->sp, entry, id, &c);
+    if (rc < 0) {
+        char *esc = spool_name_escape(entry);
+        log_error("cannot claim incoming/%s: %s", esc, strerror(-rc));
+        free(esc);
+        spool_claim_clear(&c);
+        return;
+    }
+    if (c.kind == SPOOL_GONE) {
+        spool_claim_clear(&c);
+        return;
+    }
+    const char *base = fsutil_basename(c.job_dir);
+    job *j = job_new(c.kind == SPOOL_REJECTED && c.job_id ? c.job_id : id, c.job_name, base, now);
+    if (c.kind == SPOOL_REJECTED) {
+        job_fail(j, now, c.code ? c.code : "unsupported_entry", "%s",
+                 c.reason ? c.reason : "unsupported entry");
+        jobrun *r = jobrun_add(d, j, true);
+        log_job_fields f = fields_of(j);
+        log_job(LOG_LVL_WARNING, &f, "rejected into failed/%s: %s", base, j->error_message);
+        persist(r);
+        publish(r);
+    } else {
+        jobrun *r = jobrun_add(d, j, false);
+        log_job_fields f = fields_of(j);
+        log_job(LOG_LVL_INFO, &f, "claimed into active/%s", base);
+        persist(r);
+        publish(r);
+        jobs_drive(r);
+    }
+    spool_claim_clear(&c);
+}
+
+static void claim_run(uv_timer_t *t)
+{
+    batchd *d = t->data;
+    d->claim_pending = false;
+    if (d->stopping || d->paused)
+        return;
+    size_t max_active = (size_t)d->cfg->c.job.max_active;
+    if (d->n_active >= max_active)
+        return;
+    size_t want = max_active - d->n_active;
+    if (want > CLAIMS_PER_TURN)
+        want = CLAIMS_PER_TURN;
+    char **names = NULL;
+    size_t n = 0;
+    int rc = spool_scan_incoming(d->sp, want, &names, &n);
+    if (rc < 0) {
+        log_error("cannot scan %s: %s", spool_dir(d->sp, "incoming"), strerror(-rc));
+        return;
+    }
+    for (size_t i = 0; i < n && !d->stopping; i++)
+        claim_one(d, names[i]);
+    spool_names_free(names, n);
+    jobs_update_status(d);
+    /* A full batch means more may wait: come back next turn, letting I/O in between. */
+    if (n == want)
+        jobs_claim_soon(d);
+}
+
+void jobs_claim_soon(batchd *d)
+{
+    if (d->claim_pending || d->stopping)
+        return;
+    d->claim_pending = true;
+    d->claim_timer.data = d;
+    uv_timer_start(&d->claim_timer, claim_run, 0, 0);
+}
+
+/* ---- recovery ---- */
+
+static void recover_one(void *ud, job *j)
+{
+    batchd *d = ud;
+    char *dir = fsutil_join(spool_dir(d->sp, "active"), j->dir);
+    bool present = access(dir, F_OK) == 0;
+    free(dir);
+    log_job_fields f = fields_of(j);
+    if (job_state_terminal(j->state)) {
+        /* Finished before, or finished in memory and interrupted before the move. */
+        jobrun_add(d, j, !present);
+        return;
+    }
+    if (!present) {
+        int64_t now = time_now_ms();
+        log_job(LOG_LVL_ERR, &f,
+                "active/%s is gone (removed by hand?); the job cannot continue and is marked "
+                "failed; its remote resources are named in its record",
+                j->dir);
+        job_fail(j, now, "invalid_job", "the job directory active/%s disappeared", j->dir);
+        jobrun *r = jobrun_add(d, j, true);
+        persist(r);
+        return;
+    }
+    job_recovered(j, time_now_ms());
+    log_job(LOG_LVL_INFO, &f, "recovered in state %s", job_state_name(j->state));
+    jobrun *r = jobrun_add(d, j, false);
+    persist(r);
+}
+
+static void recover_bad(void *ud, const char *file, const char *reason)
+{
+    (void)ud;
+    log_error("cannot read job record %s: %s; left in place, the job's directory is treated as "
+              "a new job if it is still in active/",
+              file, reason);
+}
+
+void jobs_recover(batchd *d)
+{
+    int n = store_load_all(d->cfg->c.state.dir, recover_one, recover_bad, d);
+    if (n < 0)
+        log_error("cannot read job records in %s: %s", d->cfg->c.state.dir, strerror(-n));
+    /* Directories in active/ without a live record were claimed just before a crash. */
+    char **names = NULL;
+    size_t count = 0;
+    if (spool_list_active(d->sp, &names, &count) == 0) {
+        for (size_t i = 0; i < count; i++) {
+            bool known = false;
+            for (size_t k = 0; k < d->n_jobs && !known; k++)
+                known = !d->jobs[k]->finished && strcmp(d->jobs[k]->j->dir, names[i]) == 0;
+            if (known)
+                continue;
+            char id[27];
+            int64_t now = time_now_ms();
+            id_new(now, id);
+            job *j = job_new(id, names[i], names[i], now);
+            job_note(j, now, "found in active/ without a record (claimed just before a crash)");
+            jobrun *r = jobrun_add(d, j, false);
+            persist(r);
+            log_job_fields f = fields_of(j);
+            log_job(LOG_LVL_INFO, &f, "recovered from active/%s without a record", names[i]);
+        }
+        spool_names_free(names, count);
+    }
+    log_notice("recovered %zu unfinished job(s), %zu known in all", d->n_active, d->n_jobs);
+}
+
+/* ---- shutdown ---- */
+
+void jobs_shutdown(batchd *d)
+{
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        jobrun *r = d->jobs[i];
+        uv_timer_stop(&r->timer);
+        if (r->xfer) {
+            /* Its intent is durable: the next start resolves the unknown outcome. */
+            http_cancel(r->xfer);
+            r->xfer = NULL;
+            r->busy = false;
+        }
+        if (r->validating)
+            r->cancel_validation = 1;
+        if (!r->finished)
+            persist(r);
+    }
+    uv_timer_stop(&d->claim_timer);
+}
+
+static void free_jobrun(uv_handle_t *h)
+{
+    jobrun *r = h->data;
+    job_free(r->j);
+    free(r);
+}
+
+void jobs_free_all(batchd *d)
+{
+    for (size_t i = 0; i < d->n_jobs; i++)
+        if (!d->jobs[i]->validating) /* else validate_done frees it */
+            uv_close((uv_handle_t *)&d->jobs[i]->timer, free_jobrun);
+    free(d->jobs);
+    d->jobs = NULL;
+    d->n_jobs = 0;
+}

@@ -1,0 +1,425 @@
+/* batchd: the daemon's entry point. Wiring only: parse the command line and the config,
+ * recover state, listen on the control socket, tell systemd, run the loop, handle signals
+ * and reloads. The work is in jobs.c; the decisions in the job module. */
+#include "batchd.h"
+
+#include "batchd/log.h"
+#include "batchd/notify.h"
+#include "batchd/store.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+cfgref *cfgref_new(void)
+{
+    cfgref *r = xcalloc(1, sizeof *r);
+    r->refs = 1;
+    return r;
+}
+
+cfgref *cfgref_get(cfgref *r)
+{
+    r->refs++;
+    return r;
+}
+
+void cfgref_put(cfgref *r)
+{
+    if (r && --r->refs == 0) {
+        config_free(&r->c);
+        free(r);
+    }
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: batchd [-c FILE] [--check-config] [--version] [--help]\n"
+            "\n"
+            "Turns datasets dropped into a spool directory into READY Prolific AI Task Builder\n"
+            "batches. Runs in the foreground; systemd supervises it.\n"
+            "\n"
+            "  -c, --config FILE   configuration file (default: $BATCHD_CONFIG, else %s)\n"
+            "      --check-config  check the configuration, token source, directories and\n"
+            "                      templates, print each problem with file:line, exit 0 or 78\n"
+            "      --version       print the version and exit\n"
+            "  -h, --help          print this help and exit\n"
+            "\n"
+            "Signals: SIGTERM/SIGINT stop (jobs resume on the next start), SIGHUP reloads the\n"
+            "configuration. See batchd(8) and batchd.conf(5).\n",
+            CONFIG_DEFAULT_PATH);
+}
+
+static void print_diag(const config_diag *dg)
+{
+    for (size_t i = 0; i < dg->count; i++)
+        fprintf(stderr, "batchd: %s\n", dg->lines[i]);
+}
+
+static char *strip_slash(const char *url)
+{
+    size_t n = strlen(url);
+    while (n > 0 && url[n - 1] == '/')
+        n--;
+    return xstrndup(url, n);
+}
+
+static void fill_params(batchd *d)
+{
+    const config *c = &d->cfg->c;
+    job_params_default(&d->params);
+    d->params.poll_initial_ms = c->poll.initial_ms;
+    d->params.poll_max_ms = c->poll.max_ms;
+    d->params.poll_multiplier = c->poll.multiplier;
+    d->params.import_timeout_ms = c->poll.import_timeout_ms;
+    d->params.batch_timeout_ms = c->poll.batch_timeout_ms;
+    /* Retries start near the first poll interval and back off to the poll maximum. */
+    d->params.retry_base_ms = c->poll.initial_ms < 1000 ? c->poll.initial_ms : 1000;
+    d->params.retry_cap_ms = c->poll.max_ms > 300000 ? c->poll.max_ms : 300000;
+    if (d->params.retry_cap_ms > c->poll.max_ms * 5)
+        d->params.retry_cap_ms = c->poll.max_ms * 5;
+}
+
+static http_client_options http_options(const config *c)
+{
+    http_client_options o = {
+        .timeout_ms = (long)c->api.timeout_ms,
+        .max_connections = c->api.max_connections,
+        .max_rate = c->api.max_rate,
+        .burst = 0,
+        .user_agent = "batchd/" BATCHD_VERSION,
+    };
+    return o;
+}
+
+void batchd_apply_config(batchd *d)
+{
+    fill_params(d);
+    http_client_options ho = http_options(&d->cfg->c);
+    if (d->http)
+        http_client_configure(d->http, &ho);
+    if (d->watch)
+        spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a != b;
+    return strcmp(a, b) != 0;
+}
+
+cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
+{
+    notify_reloading();
+    log_notice("reloading %s", d->config_path);
+    cfgref *n = cfgref_new();
+    config_diag dg = {0};
+    char *token = NULL;
+    const char *source = NULL;
+    int rc = config_load(d->config_path, &n->c, &dg);
+    if (rc == 0)
+        rc = config_load_token(&n->c, &token, &source, &dg);
+    if (rc < 0) {
+        strbuf sb = {0};
+        for (size_t i = 0; i < dg.count; i++)
+            strbuf_printf(&sb, "%s%s", i ? "\n" : "", dg.lines[i]);
+        log_error("reload failed; keeping the running configuration: %s", sb.data ? sb.data : "");
+        *err = "io.batchd.ReloadFailed";
+        *err_msg = strbuf_steal(&sb);
+        config_diag_free(&dg);
+        cfgref_put(n);
+        notify_ready();
+        return NULL;
+    }
+    config_diag_free(&dg);
+    const config *o = &d->cfg->c, *c = &n->c;
+    cJSON *reply = cJSON_CreateObject();
+    cJSON *applied = cJSON_AddArrayToObject(reply, "applied");
+    cJSON *restart = cJSON_AddArrayToObject(reply, "restart_required");
+    /* What is bound at start (sockets, directories, the API the jobs were created in) needs a
+     * restart; everything else applies to the next request or claim. */
+    struct {
+        const char *key;
+        bool changed;
+        bool needs_restart;
+    } keys[] = {
+        {"api.url", str_differs(o->api.url, c->api.url), true},
+        {"spool.dir", str_differs(o->spool.dir, c->spool.dir), true},
+        {"state.dir", str_differs(o->state.dir, c->state.dir), true},
+        {"control.socket", str_differs(o->control.socket, c->control.socket), true},
+        {"control.group", str_differs(o->control.group, c->control.group), true},
+        {"api.workspace_id", str_differs(o->api.workspace_id, c->api.workspace_id), false},
+        {"api.token_file", str_differs(o->api.token_file, c->api.token_file), false},
+        {"api.timeout", o->api.timeout_ms != c->api.timeout_ms, false},
+        {"api.max_rate", o->api.max_rate != c->api.max_rate, false},
+        {"api.max_connections", o->api.max_connections != c->api.max_connections, false},
+        {"spool.rescan_interval", o->spool.rescan_interval_ms != c->spool.rescan_interval_ms,
+         false},
+        {"poll.initial", o->poll.initial_ms != c->poll.initial_ms, false},
+        {"poll.max", o->poll.max_ms != c->poll.max_ms, false},
+        {"poll.multiplier", o->poll.multiplier != c->poll.multiplier, false},
+        {"poll.import_timeout", o->poll.import_timeout_ms != c->poll.import_timeout_ms, false},
+        {"poll.batch_timeout", o->poll.batch_timeout_ms != c->poll.batch_timeout_ms, false},
+        {"job.template", str_differs(o->job.template_path, c->job.template_path), false},
+        {"job.max_active", o->job.max_active != c->job.max_active, false},
+        {"job.invalid_records", o->job.invalid_records != c->job.invalid_records, false},
+        {"job.max_record_size", o->job.max_record_bytes != c->job.max_record_bytes, false},
+    };
+    for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++)
+        if (keys[i].changed)
+            cJSON_AddItemToArray(keys[i].needs_restart ? restart : applied,
+                                 cJSON_CreateString(keys[i].key));
+    /* Keep the running values of what needs a restart, so nothing half-changes. */
+    char **keep[] = {&n->c.api.url, &n->c.spool.dir, &n->c.state.dir, &n->c.control.socket,
+                     &n->c.control.group};
+    const char *cur[] = {o->api.url, o->spool.dir, o->state.dir, o->control.socket,
+                         o->control.group};
+    for (size_t i = 0; i < BD_ARRAY_LEN(keep); i++) {
+        free(*keep[i]);
+        *keep[i] = cur[i] ? xstrdup(cur[i]) : NULL;
+    }
+    if (d->token) {
+        explicit_bzero(d->token, strlen(d->token));
+        free(d->token);
+    }
+    d->token = token;
+    cfgref_put(d->cfg);
+    d->cfg = n;
+    batchd_apply_config(d);
+    char *a = json_print(applied), *rs = json_print(restart);
+    log_notice("reloaded: applied %s; needs a restart: %s (token from %s)", a, rs, source);
+    free(a);
+    free(rs);
+    notify_ready();
+    jobs_update_status(d);
+    jobs_claim_soon(d);
+    return reply;
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    batchd *d = s->data;
+    const char *err = NULL;
+    char *msg = NULL;
+    cJSON *r = ctl_reload(d, &err, &msg);
+    cJSON_Delete(r);
+    free(msg);
+}
+
+static void on_http_closed(void *ud)
+{
+    (void)ud;
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_term(uv_signal_t *s, int signum)
+{
+    batchd *d = s->data;
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    log_notice("received %s: stopping; unfinished jobs resume on the next start",
+               signum == SIGINT ? "SIGINT" : "SIGTERM");
+    notify_stopping();
+    notify_extend_timeout(10 * 1000000ULL);
+    if (d->watch) {
+        spool_watch_stop(d->watch);
+        d->watch = NULL;
+    }
+    jobs_shutdown(d);
+    if (d->ctl) {
+        control_stop(d->ctl);
+        d->ctl = NULL;
+    }
+    if (d->http) {
+        http_client_close(d->http, on_http_closed, NULL);
+        d->http = NULL;
+    }
+    jobs_free_all(d);
+    close_handle((uv_handle_t *)&d->claim_timer);
+    close_handle((uv_handle_t *)&d->sig_term);
+    close_handle((uv_handle_t *)&d->sig_int);
+    close_handle((uv_handle_t *)&d->sig_hup);
+    notify_close();
+}
+
+static void on_spool_change(void *ud)
+{
+    jobs_claim_soon(ud);
+}
+
+static int start(batchd *d)
+{
+    char *err = NULL;
+    const config *c = &d->cfg->c;
+    d->sp = spool_new(c->spool.dir);
+    if (spool_init(d->sp, &err) < 0) {
+        log_error("cannot set up the spool: %s", err ? err : "?");
+        free(err);
+        return EX_CANTCREAT;
+    }
+    if (store_init(c->state.dir, &err) < 0) {
+        log_error("cannot set up the state directory: %s", err ? err : "?");
+        free(err);
+        return EX_CANTCREAT;
+    }
+    http_client_options ho = http_options(c);
+    d->http = http_client_new(d->loop, &ho);
+    if (!d->http) {
+        log_error("cannot start the HTTP client");
+        return EX_SOFTWARE;
+    }
+    uv_timer_init(d->loop, &d->claim_timer);
+    /* Recover first, then listen: a client never sees a half-loaded job table. */
+    jobs_recover(d);
+    control_options co = {
+        .socket_path = c->control.socket,
+        .group = c->control.group,
+        .max_connections = 1024,
+        .max_per_uid = 256,
+        .max_message = 1 << 20,
+        .max_pending_out = 8 << 20,
+        .idle_timeout_ms = 60000,
+        .version = BATCHD_VERSION,
+    };
+    control_ops ops = ctl_ops;
+    ops.ud = d;
+    int rc = control_start(d->loop, &co, &ops, &d->ctl, &err);
+    if (rc < 0) {
+        log_error("cannot listen on %s: %s", c->control.socket, err ? err : strerror(-rc));
+        free(err);
+        return rc == -EADDRINUSE ? EX_UNAVAILABLE : EX_CANTCREAT;
+    }
+    uv_signal_init(d->loop, &d->sig_term);
+    uv_signal_init(d->loop, &d->sig_int);
+    uv_signal_init(d->loop, &d->sig_hup);
+    d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+    uv_signal_start(&d->sig_term, on_term, SIGTERM);
+    uv_signal_start(&d->sig_int, on_term, SIGINT);
+    uv_signal_start(&d->sig_hup, on_hup, SIGHUP);
+    notify_init(d->loop);
+    d->watch = spool_watch_start(d->sp, d->loop, c->spool.rescan_interval_ms, on_spool_change, d);
+    if (!d->watch) {
+        log_error("cannot watch %s", spool_dir(d->sp, "incoming"));
+        return EX_OSERR;
+    }
+    jobs_drive_all(d);
+    jobs_update_status(d);
+    notify_ready();
+    log_notice("batchd %s ready: spool %s, state %s, API %s, control %s", BATCHD_VERSION,
+               c->spool.dir, c->state.dir, d->api_url, c->control.socket);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 'C'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *explicit_path = NULL;
+    bool check = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            explicit_path = optarg;
+            break;
+        case 'C':
+            check = true;
+            break;
+        case 'V':
+            printf("batchd %s\n", BATCHD_VERSION);
+            return EX_OK;
+        case 'h':
+            usage(stdout);
+            return EX_OK;
+        default:
+            usage(stderr);
+            return EX_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "batchd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return EX_USAGE;
+    }
+    const char *path = config_default_path(explicit_path);
+    if (check)
+        return intake_check_config(path, stdout);
+
+    const char *lvl = getenv("BATCHD_LOG_LEVEL");
+    log_init("batchd", lvl && strcmp(lvl, "debug") == 0 ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+    /* Validations and durable writes share libuv's pool; a few more threads than the
+     * default keep one slow disk from stalling everything. */
+    setenv("UV_THREADPOOL_SIZE", "8", 0);
+
+    batchd d;
+    memset(&d, 0, sizeof d);
+    d.config_path = xstrdup(path);
+    d.cfg = cfgref_new();
+    config_diag dg = {0};
+    const char *source = NULL;
+    int rc = config_load(path, &d.cfg->c, &dg);
+    if (rc == 0)
+        rc = config_load_token(&d.cfg->c, &d.token, &source, &dg);
+    if (rc < 0) {
+        print_diag(&dg);
+        config_diag_free(&dg);
+        cfgref_put(d.cfg);
+        free(d.config_path);
+        return EX_CONFIG;
+    }
+    config_diag_free(&dg);
+    log_info("configuration %s; API token from %s", path, source);
+    d.api_url = strip_slash(d.cfg->c.api.url);
+    d.started_at = time_now_ms();
+    random_bytes(&d.rng, sizeof d.rng);
+    d.rng |= 1;
+    fill_params(&d);
+    d.loop = uv_default_loop();
+
+    int code = start(&d);
+    if (code != 0) {
+        /* Tear down what started; the jobs' records are all durable already. */
+        if (d.sig_term.type == UV_SIGNAL) {
+            on_term(&d.sig_term, SIGTERM);
+        } else {
+            d.stopping = true;
+            if (d.http)
+                http_client_close(d.http, on_http_closed, NULL);
+            if (d.claim_timer.type == UV_TIMER)
+                close_handle((uv_handle_t *)&d.claim_timer);
+            jobs_free_all(&d);
+        }
+    }
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    uv_loop_close(d.loop);
+    spool_free(d.sp);
+    if (d.token) {
+        explicit_bzero(d.token, strlen(d.token));
+        free(d.token);
+    }
+    cfgref_put(d.cfg);
+    free(d.api_url);
+    free(d.config_path);
+    if (code == 0)
+        log_notice("stopped");
+    return code;
+}
