@@ -17,8 +17,8 @@
 #define RECORDS_DEFAULT_MAX_RECORD ((size_t)1 << 20)
 /* Problems listed in one header file error. */
 #define RECORDS_MAX_HEADER_PROBLEMS 8
-#define SCHEMA_MAX_FIELDS 200
-#define SCHEMA_MAX_KEY 128
+#define SCHEMA_MAX_FIELDS           200
+#define SCHEMA_MAX_KEY              128
 
 static const unsigned char utf8_bom[3] = {0xef, 0xbb, 0xbf};
 
@@ -98,9 +98,8 @@ static int field_kind_of(const char *type, field_kind *out)
         const char *name;
         field_kind kind;
     } types[] = {
-        {"text", FIELD_TEXT},          {"image_url", FIELD_URL},
-        {"audio_url", FIELD_URL},      {"video_url", FIELD_URL},
-        {"metadata", FIELD_OTHER},     {"task_group_id", FIELD_OTHER},
+        {"text", FIELD_TEXT},     {"image_url", FIELD_URL},  {"audio_url", FIELD_URL},
+        {"video_url", FIELD_URL}, {"metadata", FIELD_OTHER}, {"task_group_id", FIELD_OTHER},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(types); i++) {
         if (strcmp(type, types[i].name) == 0) {
@@ -191,8 +190,8 @@ void records_schema_free(records_schema *s)
 
 static bool host_byte_ok(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '%' || c == '~' || c >= 0x80;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '%' || c == '~' || c >= 0x80;
 }
 
 static const char *url_port_problem(const char *p, size_t n)
@@ -366,6 +365,11 @@ void records_get_stats(const records_validator *v, records_stats *out)
 {
     *out = v->st;
     out->lines = v->newlines + (v->mid_line ? 1 : 0);
+}
+
+size_t records_buffer_capacity(const records_validator *v)
+{
+    return v->cap;
 }
 
 const char *records_file_error(const records_validator *v, uint64_t *line)
@@ -551,14 +555,12 @@ static void overlong_error(records_validator *v, const char *what)
                   "binary file, not %s text",
                   what, v->max_record, v->format == RECORDS_CSV ? "CSV" : "JSONL");
     else
-        rec_error(v, NULL, 0,
-                  "%s is longer than %zu bytes; shorten the record or raise the limit", what,
-                  v->max_record);
+        rec_error(v, NULL, 0, "%s is longer than %zu bytes; shorten the record or raise the limit",
+                  what, v->max_record);
 }
 
 /* A value of schema field idx: checks what its type requires. */
-static void check_value(records_validator *v, size_t idx, const char *val, size_t len,
-                        bool escaped)
+static void check_value(records_validator *v, size_t idx, const char *val, size_t len, bool escaped)
 {
     const schema_field *f = &v->schema->fields[idx];
     if (f->kind != FIELD_URL)
@@ -595,8 +597,8 @@ static void check_strict(records_validator *v)
 
 /* ---- JSONL -------------------------------------------------------------------------- */
 
-static void jsonl_member(void *ud, const char *key, size_t key_len, rj_type type,
-                         const char *val, size_t val_len, bool val_escaped)
+static void jsonl_member(void *ud, const char *key, size_t key_len, rj_type type, const char *val,
+                         size_t val_len, bool val_escaped)
 {
     records_validator *v = ud;
     char shown[52];
@@ -843,8 +845,7 @@ static void csv_header(records_validator *v, size_t raw_len)
         strbuf_printf(&msg, "CSV header (line %llu): %s", (unsigned long long)v->rec_line,
                       problems.data);
         if (count > RECORDS_MAX_HEADER_PROBLEMS)
-            strbuf_printf(&msg, "; and %zu more problems",
-                          count - RECORDS_MAX_HEADER_PROBLEMS);
+            strbuf_printf(&msg, "; and %zu more problems", count - RECORDS_MAX_HEADER_PROBLEMS);
         strbuf_puts(&msg, "; the first row must name schema fields, each once");
         set_file_error(v, v->rec_line, msg.data);
         strbuf_free(&msg);

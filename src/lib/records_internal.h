@@ -55,4 +55,9 @@ const char *rj_type_name(rj_type t);
  * none; otherwise false with *bad_off at the offending byte and *is_nul telling which. */
 bool rj_utf8_scan(const char *s, size_t len, size_t *bad_off, bool *is_nul);
 
+/* Bytes allocated for the current record's buffer: tests check that it stays within
+ * max_record + 1 whatever the input. */
+typedef struct records_validator records_validator;
+size_t records_buffer_capacity(const records_validator *v);
+
 #endif

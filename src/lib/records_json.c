@@ -62,16 +62,18 @@ static int rj_unicode_escape(rj *j)
     if (cp == 0)
         return rj_fail(j, at, "escaped NUL character (\\u0000) in a string; remove it");
     if (cp >= 0xdc00 && cp <= 0xdfff)
-        return rj_fail(j, at, "lone low surrogate escape (\\udc00-\\udfff); encode the "
-                              "character as UTF-8 or as a surrogate pair");
+        return rj_fail(j, at,
+                       "lone low surrogate escape (\\udc00-\\udfff); encode the "
+                       "character as UTF-8 or as a surrogate pair");
     j->pos = at + 6;
     if (cp < 0xd800 || cp > 0xdbff)
         return 0;
     unsigned lo;
     if (j->len - j->pos < 6 || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u' ||
         rj_hex4(j->s + j->pos + 2, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
-        return rj_fail(j, at, "high surrogate escape not followed by a low surrogate; encode "
-                              "the character as UTF-8 or as a surrogate pair");
+        return rj_fail(j, at,
+                       "high surrogate escape not followed by a low surrogate; encode "
+                       "the character as UTF-8 or as a surrogate pair");
     j->pos += 6;
     return 0;
 }
@@ -169,8 +171,9 @@ static int rj_literal(rj *j, const char *word)
 {
     size_t n = strlen(word);
     if (j->len - j->pos < n || memcmp(j->s + j->pos, word, n) != 0)
-        return rj_fail(j, j->pos, "unexpected character: expected a JSON value (a string in "
-                                  "double quotes, a number, true, false, null, [ or {)");
+        return rj_fail(j, j->pos,
+                       "unexpected character: expected a JSON value (a string in "
+                       "double quotes, a number, true, false, null, [ or {)");
     j->pos += n;
     return 0;
 }
@@ -257,8 +260,9 @@ static int rj_scalar(rj *j, unsigned char c)
     default:
         if (c == '-' || (c >= '0' && c <= '9'))
             return rj_number(j);
-        return rj_fail(j, j->pos, "unexpected character: expected a JSON value (a string in "
-                                  "double quotes, a number, true, false, null, [ or {)");
+        return rj_fail(j, j->pos,
+                       "unexpected character: expected a JSON value (a string in "
+                       "double quotes, a number, true, false, null, [ or {)");
     }
 }
 
@@ -349,8 +353,8 @@ const char *rj_type_name(rj_type t)
 static int rj_not_object(rj *j, unsigned char c)
 {
     char msg[160];
-    bool value = c == '"' || c == '[' || c == '{' || c == 't' || c == 'f' || c == 'n' ||
-                 c == '-' || (c >= '0' && c <= '9');
+    bool value = c == '"' || c == '[' || c == '{' || c == 't' || c == 'f' || c == 'n' || c == '-' ||
+                 (c >= '0' && c <= '9');
     if (!value)
         return rj_fail(j, j->pos, "malformed JSON: expected '{' to start the record's object");
     snprintf(msg, sizeof(msg),
