@@ -247,6 +247,14 @@ char *rjson_show(const cJSON *v)
     return out;
 }
 
+char *rshow_str(const char *s)
+{
+    cJSON *tmp = cJSON_CreateString(s ? s : "");
+    char *out = rjson_show(tmp);
+    cJSON_Delete(tmp);
+    return out;
+}
+
 bool rdouble_is_integer(double d, int64_t *out)
 {
     /* 2^63 itself does not fit in int64_t */
@@ -551,12 +559,14 @@ static void check_schema_field(rules_ctx *c, const cJSON *fields, const cJSON *f
     check_field_label(c, field);
     const char *type = json_str(field, "type");
     if (type && strcmp(type, "task_group_id") == 0) {
-        if (*first_group)
+        if (*first_group) {
+            char *first = rshow_str(*first_group);
             rctx_issue(c, RULES_KIND_REQUEST, "type",
-                       "is a second task_group_id field (the first is \"%s\"); a schema may have "
-                       "at most one",
-                       *first_group);
-        else
+                       "is a second task_group_id field (the first is %s); a schema may have at "
+                       "most one",
+                       first);
+            free(first);
+        } else
             *first_group = key;
     }
     rctx_pop(c, mark);

@@ -41,6 +41,8 @@ const cJSON *rget(const cJSON *obj, const char *key);
 const char *rjson_kind(const cJSON *v);
 /* A short, escaped rendering of a value for messages ("\"foo\"", "3", "[...]"); free(). */
 char *rjson_show(const cJSON *v);
+/* rjson_show of a string. */
+char *rshow_str(const char *s);
 /* True when d is integral and fits in int64_t (JSON Schema counts 2.0 as an integer). */
 bool rdouble_is_integer(double d, int64_t *out);
 /* True when v is a JSON number with an integral value that fits in int64_t. */

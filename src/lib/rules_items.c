@@ -198,8 +198,9 @@ static char *known_fields(const cJSON *fields)
             strbuf_puts(&sb, ", ...");
             break;
         }
-        strbuf_printf(&sb, "%s\"%s\"", n ? ", " : "", f->string ? f->string : "");
-        n++;
+        char *shown = rshow_str(f->string);
+        strbuf_printf(&sb, "%s%s", n++ ? ", " : "", shown);
+        free(shown);
     }
     if (n == 0)
         strbuf_puts(&sb, "none");
@@ -213,35 +214,37 @@ static void check_dataset_field(walk *w, const cJSON *item)
     if (!rreq_string(c, item, "field", &name))
         return;
     c->field = name;
+    char *shown = rshow_str(name);
     if (!w->fields) {
         rctx_issue(c, RK_ITEMS, "field",
-                   "dataset_field \"%s\" needs an attached V4 dataset with a schema; attach one "
+                   "dataset_field %s needs an attached V4 dataset with a schema; attach one "
                    "(dataset_id) whose schema defines this field",
-                   name);
+                   shown);
     } else {
         const cJSON *desc = rget(w->fields, name);
+        const char *type = json_str(desc, "type");
         if (!desc) {
             char *known = known_fields(w->fields);
             rctx_issue(c, RK_ITEMS, "field",
-                       "dataset_field \"%s\" is not a field of the dataset's schema; fields that "
+                       "dataset_field %s is not a field of the dataset's schema; fields that "
                        "can be shown: %s",
-                       name, known);
+                       shown, known);
             free(known);
-        } else if (!rules_field_type_displayable(json_str(desc, "type"))) {
-            const char *type = json_str(desc, "type");
+        } else if (!rules_field_type_displayable(type)) {
             rctx_issue(c, RK_ITEMS, "field",
-                       "dataset_field \"%s\" is a %s field; only text and image_url fields can "
-                       "be shown",
-                       name, type ? type : "untyped");
+                       "dataset_field %s is a %s field; only text and image_url fields can be "
+                       "shown",
+                       shown, rules_field_type_known(type) ? type : "mistyped");
         }
     }
     if (page_fields_has(&w->seen, name))
         rctx_issue(c, RK_ITEMS, "field",
-                   "dataset_field \"%s\" is already shown on page %d; a field may appear at "
-                   "most once per page",
-                   name, c->page);
+                   "dataset_field %s is already shown on page %d; a field may appear at most "
+                   "once per page",
+                   shown, c->page);
     else
         page_fields_add(&w->seen, name);
+    free(shown);
     c->field = NULL;
 }
 
@@ -374,9 +377,10 @@ static void check_unit_options(walk *w, const cJSON *units, const char *default_
                    "unit_options is empty; give at least one unit to choose from");
     else if (default_unit && !matched) {
         char *values = unit_values(units);
+        char *shown = rshow_str(default_unit);
         rctx_issue(c, RK_ITEMS, "default_unit",
-                   "default_unit \"%s\" matches no unit_options value; use one of %s", default_unit,
-                   values);
+                   "default_unit %s matches no unit_options value; use one of %s", shown, values);
+        free(shown);
         free(values);
     }
 }

@@ -369,6 +369,9 @@ static const rcase item_cases[] = {
      ITEM_PATH ".field",
      "dataset_field \"nope\" is not a field of the dataset's schema; fields that can be shown: "
      "\"prompt\", \"image\""},
+    {"dataset_field name is quoted in messages", T_ITEM,
+     "{'type': 'dataset_field', 'field': 'x\\'y'}", 1, BAD, ITEM_PATH ".field",
+     "dataset_field \"x\\\"y\" is not a field of the dataset's schema"},
     {"dataset_field metadata", T_ITEM, "{'type': 'dataset_field', 'field': 'src'}", 1, BAD,
      ITEM_PATH ".field", "is a metadata field; only text and image_url fields can be shown"},
     {"dataset_field task_group_id", T_ITEM, "{'type': 'dataset_field', 'field': 'group'}", 1, BAD,
