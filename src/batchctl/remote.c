@@ -1,0 +1,564 @@
+/* remote: batchctl commands answered by the daemon. Each connects, makes its calls and maps
+ * every failure to a message that says what happened and what to do, and to an exit code. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchctl.h"
+#include "batchd/util.h"
+#include "batchd/vlclient.h"
+
+static int connect_failed(const ctl_ctx *x, int r)
+{
+    if (r == -EACCES || r == -EPERM) {
+        fprintf(stderr,
+                "batchctl: permission denied opening the control socket %s\n"
+                "hint: members of the group \"%s\" may read; root and the daemon's user may also "
+                "change jobs\n",
+                x->socket_path, x->group ? x->group : "batchd");
+        return CTL_EXIT_NOPERM;
+    }
+    fprintf(stderr,
+            "batchctl: cannot reach batchd at %s: %s\n"
+            "hint: is batchd running (systemctl status batchd)? Name another socket with -s "
+            "SOCKET or [control] socket in the config file.\n",
+            x->socket_path, r == -ETIMEDOUT ? "timed out" : strerror(-r));
+    return CTL_EXIT_UNAVAILABLE;
+}
+
+static int open_client(const ctl_ctx *x, vlclient **c)
+{
+    int r = vlclient_connect(x->socket_path, x->timeout_ms, c);
+    return r < 0 ? connect_failed(x, r) : 0;
+}
+
+static int recv_failed(const ctl_ctx *x, int r)
+{
+    if (r == -ETIMEDOUT) {
+        fprintf(stderr, "batchctl: batchd at %s did not answer in time\n", x->socket_path);
+        return CTL_EXIT_UNAVAILABLE;
+    }
+    if (r == -ECONNRESET || r == -EPIPE) {
+        fprintf(stderr, "batchctl: batchd at %s closed the connection\n", x->socket_path);
+        return CTL_EXIT_UNAVAILABLE;
+    }
+    fprintf(stderr, "batchctl: bad reply from %s: %s\n", x->socket_path,
+            r == -EBADMSG ? "not a varlink message" : strerror(-r));
+    return CTL_EXIT_PROTOCOL;
+}
+
+/* Prints an error reply for people and returns its exit code. */
+static int error_reply(const ctl_ctx *x, const char *method, const vlclient_reply *r)
+{
+    const char *e = r->error;
+    const char *job = json_str(r->parameters, "job");
+    const char *msg = json_str(r->parameters, "message");
+    if (strcmp(e, "io.batchd.PermissionDenied") == 0) {
+        bool reading =
+            strcmp(method, "io.batchd.GetInfo") == 0 || strcmp(method, "io.batchd.ListJobs") == 0 ||
+            strcmp(method, "io.batchd.GetJob") == 0 || strcmp(method, "io.batchd.Watch") == 0;
+        if (reading)
+            fprintf(stderr,
+                    "batchctl: permission denied: %s\nhint: reading needs membership of the "
+                    "control group \"%s\"\n",
+                    method, x->group ? x->group : "batchd");
+        else
+            fprintf(stderr,
+                    "batchctl: permission denied: %s\nhint: changing jobs needs root or the "
+                    "daemon's user (try sudo)\n",
+                    method);
+        return CTL_EXIT_NOPERM;
+    }
+    if (strcmp(e, "io.batchd.NoSuchJob") == 0) {
+        fprintf(stderr, "batchctl: no job has the id or name \"%s\"\nhint: batchctl list\n",
+                job ? job : "?");
+        return CTL_EXIT_REFUSED;
+    }
+    if (strcmp(e, "io.batchd.AmbiguousJob") == 0) {
+        fprintf(stderr, "batchctl: more than one job is named \"%s\"; use its id (batchctl list)\n",
+                job ? job : "?");
+        return CTL_EXIT_REFUSED;
+    }
+    if (strcmp(e, "io.batchd.InvalidState") == 0) {
+        fprintf(stderr, "batchctl: %s refused for job \"%s\": %s\n", method, job ? job : "?",
+                msg ? msg : "not possible in its current state");
+        return CTL_EXIT_REFUSED;
+    }
+    if (strcmp(e, "io.batchd.ReloadFailed") == 0) {
+        fprintf(stderr, "batchctl: reload failed; the old configuration stays in force%s%s\n",
+                msg ? ":\n" : "", msg ? msg : "");
+        return CTL_EXIT_CONFIG;
+    }
+    if (strcmp(e, "io.batchd.TooManyConnections") == 0) {
+        fprintf(stderr,
+                "batchctl: batchd has too many control connections open (limit %" PRId64
+                "); try again later\n",
+                json_int64(r->parameters, "limit", 0));
+        return CTL_EXIT_TEMPFAIL;
+    }
+    if (strcmp(e, "org.varlink.service.InvalidParameter") == 0) {
+        fprintf(stderr, "batchctl: batchd rejected the parameter \"%s\" of %s\n",
+                json_str(r->parameters, "parameter") ? json_str(r->parameters, "parameter") : "?",
+                method);
+        return CTL_EXIT_REFUSED;
+    }
+    char *p = json_print(r->parameters);
+    fprintf(stderr, "batchctl: %s failed: %s %s\n", method, e, p);
+    free(p);
+    return CTL_EXIT_PROTOCOL;
+}
+
+/* Makes one call on c; 0 with *r filled (a normal reply), or an exit code (message printed). */
+static int call_on(const ctl_ctx *x, vlclient *c, const char *method, const cJSON *params,
+                   vlclient_reply *r)
+{
+    int rr = vlclient_call(c, method, params, x->timeout_ms, r);
+    if (rr < 0)
+        return recv_failed(x, rr);
+    if (r->error) {
+        int code = error_reply(x, method, r);
+        vlclient_reply_clear(r);
+        return code;
+    }
+    return 0;
+}
+
+/* Connects and makes one call. */
+static int call1(const ctl_ctx *x, const char *method, const cJSON *params, vlclient_reply *r)
+{
+    vlclient *c = NULL;
+    int code = open_client(x, &c);
+    if (code == 0)
+        code = call_on(x, c, method, params, r);
+    vlclient_free(c);
+    return code;
+}
+
+static void print_json(const cJSON *j)
+{
+    char *s = json_print_pretty(j);
+    fputs(s, stdout);
+    free(s);
+}
+
+static int usage(const char *cmd, const char *args)
+{
+    fprintf(stderr, "usage: batchctl [-c FILE] [-s SOCKET] [--json] %s%s%s\n", cmd,
+            args[0] ? " " : "", args);
+    return CTL_EXIT_USAGE;
+}
+
+/* Checks that argv has exactly `want` positional arguments after the command. */
+static bool positional(int argc, char **argv, int want)
+{
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] == '-' && argv[i][1] && strcmp(argv[i], "--") != 0)
+            return false;
+        if (strcmp(argv[i], "--") != 0)
+            n++;
+    }
+    return n == want;
+}
+
+static const char *last_positional(int argc, char **argv)
+{
+    return argc > 1 ? argv[argc - 1] : NULL;
+}
+
+/* ---------------------------------------------------------------- status / list */
+
+static void add_job_row(ctl_table *t, const cJSON *j, int64_t now, bool status_view)
+{
+    char buf[512], d[32];
+    const char *state = json_str(j, "state");
+    ctl_table_row(t);
+    ctl_table_cell(t, ctl_short_id(json_str(j, "id")), NULL);
+    ctl_table_cell(t, json_str(j, "name") ? json_str(j, "name") : "-", NULL);
+    ctl_table_cell(t, state ? state : "-", ctl_state_color(state));
+    if (status_view) {
+        ctl_progress_text(j, buf, sizeof(buf));
+        ctl_table_cell(t, buf[0] ? buf : "-", NULL);
+        ctl_problem_text(j, now, buf, sizeof(buf));
+        if (strlen(buf) > 60)
+            strcpy(buf + 57, "...");
+        ctl_table_cell(t, buf[0] ? buf : "-", json_str(j, "retry_at") ? CTL_YELLOW : NULL);
+    } else {
+        int64_t rec = json_int64(j, "records", -1);
+        snprintf(buf, sizeof(buf), rec >= 0 ? "%" PRId64 : "-", rec);
+        ctl_table_cell(t, buf, NULL);
+        ctl_table_cell(t, json_str(j, "batch_id") ? json_str(j, "batch_id") : "-", NULL);
+    }
+    int64_t age = ctl_since(j, "created_at", now);
+    ctl_table_cell(t, age >= 0 ? duration_format(age, d, sizeof(d)) : "-", NULL);
+}
+
+static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
+{
+    char d[32];
+    int64_t up = ctl_since(info, "started_at", now);
+    bool paused = json_bool(info, "paused", false);
+    printf("batchd %s, up %s, ", json_str(info, "version") ? json_str(info, "version") : "?",
+           up >= 0 ? duration_format(up, d, sizeof(d)) : "?");
+    if (paused)
+        printf("%spaused%s", x->color ? CTL_YELLOW : "", x->color ? CTL_RESET : "");
+    else
+        printf("running");
+    const cJSON *counts = cJSON_GetObjectItemCaseSensitive(info, "jobs");
+    const cJSON *n;
+    int64_t total = 0;
+    cJSON_ArrayForEach(n, counts) total += cJSON_IsNumber(n) ? (int64_t)n->valuedouble : 0;
+    printf("; %" PRId64 " job%s", total, total == 1 ? "" : "s");
+    const char *sep = ": ";
+    cJSON_ArrayForEach(n, counts)
+    {
+        if (cJSON_IsNumber(n) && n->valuedouble > 0) {
+            printf("%s%" PRId64 " %s", sep, (int64_t)n->valuedouble, n->string);
+            sep = ", ";
+        }
+    }
+    putchar('\n');
+}
+
+int ctl_status(const ctl_ctx *x, int argc, char **argv)
+{
+    if (!positional(argc, argv, 0))
+        return usage("status", "");
+    vlclient *c = NULL;
+    vlclient_reply info = {0}, jobs = {0};
+    int code = open_client(x, &c);
+    if (code == 0)
+        code = call_on(x, c, "io.batchd.GetInfo", NULL, &info);
+    if (code == 0)
+        code = call_on(x, c, "io.batchd.ListJobs", NULL, &jobs);
+    vlclient_free(c);
+    if (code != 0) {
+        vlclient_reply_clear(&info);
+        return code;
+    }
+    cJSON *unfinished = cJSON_CreateArray();
+    const cJSON *j;
+    cJSON_ArrayForEach(j, cJSON_GetObjectItemCaseSensitive(jobs.parameters, "jobs"))
+    {
+        if (!ctl_state_finished(json_str(j, "state")))
+            cJSON_AddItemToArray(unfinished, cJSON_Duplicate(j, 1));
+    }
+    if (x->json) {
+        cJSON *out = cJSON_CreateObject();
+        cJSON_AddItemToObject(out, "info", cJSON_Duplicate(info.parameters, 1));
+        cJSON_AddItemToObject(out, "jobs", unfinished);
+        print_json(out);
+        cJSON_Delete(out);
+    } else {
+        int64_t now = time_now_ms();
+        print_summary(x, info.parameters, now);
+        if (cJSON_GetArraySize(unfinished) == 0) {
+            printf("no unfinished jobs\n");
+        } else {
+            static const char *const hdr[] = {"ID",       "NAME",        "STATE",
+                                              "PROGRESS", "RETRY/ERROR", "AGE"};
+            ctl_table *t = ctl_table_new(6, hdr);
+            cJSON_ArrayForEach(j, unfinished) add_job_row(t, j, now, true);
+            ctl_table_print(t, stdout, x->color);
+            ctl_table_free(t);
+        }
+        cJSON_Delete(unfinished);
+    }
+    vlclient_reply_clear(&info);
+    vlclient_reply_clear(&jobs);
+    return CTL_EXIT_OK;
+}
+
+int ctl_list(const ctl_ctx *x, int argc, char **argv)
+{
+    cJSON *params = cJSON_CreateObject();
+    cJSON *states = cJSON_AddArrayToObject(params, "states");
+    bool quiet = false;
+    for (int i = 1; i < argc; i++) {
+        const char *s = NULL;
+        if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
+            s = argv[++i];
+        else if (strncmp(argv[i], "--state=", 8) == 0)
+            s = argv[i] + 8;
+        else if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0)
+            quiet = true;
+        else {
+            cJSON_Delete(params);
+            return usage("list", "[--state STATE]... [-q]");
+        }
+        if (s)
+            cJSON_AddItemToArray(states, cJSON_CreateString(s));
+    }
+    if (cJSON_GetArraySize(states) == 0)
+        cJSON_DeleteItemFromObject(params, "states");
+    vlclient_reply r;
+    int code = call1(x, "io.batchd.ListJobs", params, &r);
+    cJSON_Delete(params);
+    if (code != 0)
+        return code;
+    const cJSON *jobs = cJSON_GetObjectItemCaseSensitive(r.parameters, "jobs");
+    const cJSON *j;
+    if (x->json) {
+        print_json(r.parameters);
+    } else if (quiet) {
+        cJSON_ArrayForEach(j, jobs) if (json_str(j, "name")) puts(json_str(j, "name"));
+    } else {
+        static const char *const hdr[] = {"ID", "NAME", "STATE", "RECORDS", "BATCH", "AGE"};
+        ctl_table *t = ctl_table_new(6, hdr);
+        int64_t now = time_now_ms();
+        cJSON_ArrayForEach(j, jobs) add_job_row(t, j, now, false);
+        ctl_table_print(t, stdout, x->color);
+        ctl_table_free(t);
+    }
+    vlclient_reply_clear(&r);
+    return CTL_EXIT_OK;
+}
+
+/* ---------------------------------------------------------------- show */
+
+static void show_value(const ctl_ctx *x, const char *key, const cJSON *v, int64_t now)
+{
+    char buf[64], d[32];
+    printf("%-17s ", key);
+    if (!v || cJSON_IsNull(v)) {
+        puts("-");
+        return;
+    }
+    if (cJSON_IsString(v)) {
+        const char *col = strcmp(key, "state") == 0 ? ctl_state_color(v->valuestring) : NULL;
+        if (x->color && col)
+            printf("%s%s%s", col, v->valuestring, CTL_RESET);
+        else
+            fputs(v->valuestring, stdout);
+        int64_t t;
+        if (strlen(key) > 3 && strcmp(key + strlen(key) - 3, "_at") == 0 &&
+            time_parse_rfc3339(v->valuestring, &t) == 0)
+            printf(t > now ? " (in %s)" : " (%s ago)",
+                   duration_format(t > now ? t - now : now - t, d, sizeof(d)));
+        putchar('\n');
+        return;
+    }
+    if (cJSON_IsNumber(v)) {
+        printf("%" PRId64, (int64_t)v->valuedouble);
+        if (strncmp(key, "bytes_", 6) == 0 && v->valuedouble >= 1024)
+            printf(" (%s)", ctl_format_bytes((int64_t)v->valuedouble, buf, sizeof(buf)));
+        putchar('\n');
+        return;
+    }
+    char *s = json_print(v);
+    puts(s);
+    free(s);
+}
+
+static void show_job(const ctl_ctx *x, const cJSON *job)
+{
+    static const char *const fields[] = {"id",
+                                         "name",
+                                         "state",
+                                         "dataset_id",
+                                         "import_id",
+                                         "batch_id",
+                                         "records",
+                                         "bytes_total",
+                                         "bytes_sent",
+                                         "import_status",
+                                         "accepted_count",
+                                         "rejected_count",
+                                         "batch_status",
+                                         "total_task_count",
+                                         "attempts",
+                                         "retry_at",
+                                         "last_error",
+                                         "created_at",
+                                         "updated_at"};
+    int64_t now = time_now_ms();
+    for (size_t i = 0; i < BD_ARRAY_LEN(fields); i++)
+        show_value(x, fields[i], cJSON_GetObjectItemCaseSensitive(job, fields[i]), now);
+    /* Fields newer than this batchctl still show. */
+    const cJSON *v;
+    cJSON_ArrayForEach(v, job)
+    {
+        bool known = strcmp(v->string, "history") == 0;
+        for (size_t i = 0; i < BD_ARRAY_LEN(fields) && !known; i++)
+            known = strcmp(fields[i], v->string) == 0;
+        if (!known)
+            show_value(x, v->string, v, now);
+    }
+    const cJSON *history = cJSON_GetObjectItemCaseSensitive(job, "history");
+    printf("history:\n");
+    if (cJSON_GetArraySize(history) == 0)
+        printf("  (none)\n");
+    size_t w = 0;
+    const cJSON *h;
+    cJSON_ArrayForEach(h, history)
+    {
+        const char *s = json_str(h, "state");
+        if (s && strlen(s) > w)
+            w = strlen(s);
+    }
+    cJSON_ArrayForEach(h, history)
+    {
+        const char *s = json_str(h, "state");
+        const char *note = json_str(h, "note");
+        printf("  %-20s  ", json_str(h, "at") ? json_str(h, "at") : "-");
+        const char *col = ctl_state_color(s);
+        if (x->color && col)
+            printf("%s%-*s%s", col, (int)w, s ? s : "-", CTL_RESET);
+        else
+            printf("%-*s", (int)w, s ? s : "-");
+        printf("%s%s\n", note ? "  " : "", note ? note : "");
+    }
+}
+
+static bool job_failed(const cJSON *job)
+{
+    const char *s = json_str(job, "state");
+    return s && (strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0);
+}
+
+int ctl_show(const ctl_ctx *x, int argc, char **argv)
+{
+    if (!positional(argc, argv, 1))
+        return usage("show", "JOB");
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "job", last_positional(argc, argv));
+    vlclient_reply r;
+    int code = call1(x, "io.batchd.GetJob", params, &r);
+    cJSON_Delete(params);
+    if (code != 0)
+        return code;
+    const cJSON *job = cJSON_GetObjectItemCaseSensitive(r.parameters, "job");
+    if (x->json)
+        print_json(r.parameters);
+    else
+        show_job(x, job);
+    code = job_failed(job) ? CTL_EXIT_JOB_FAILED : CTL_EXIT_OK;
+    vlclient_reply_clear(&r);
+    return code;
+}
+
+/* ---------------------------------------------------------------- changes */
+
+static int job_change(const ctl_ctx *x, int argc, char **argv, const char *method, const char *verb)
+{
+    if (!positional(argc, argv, 1))
+        return usage(argv[0], "JOB");
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "job", last_positional(argc, argv));
+    vlclient_reply r;
+    int code = call1(x, method, params, &r);
+    cJSON_Delete(params);
+    if (code != 0)
+        return code;
+    const cJSON *job = cJSON_GetObjectItemCaseSensitive(r.parameters, "job");
+    if (x->json)
+        print_json(r.parameters);
+    else
+        printf("%s %s (%s): now %s\n", verb, json_str(job, "name") ? json_str(job, "name") : "?",
+               json_str(job, "id") ? json_str(job, "id") : "?",
+               json_str(job, "state") ? json_str(job, "state") : "?");
+    vlclient_reply_clear(&r);
+    return CTL_EXIT_OK;
+}
+
+int ctl_retry(const ctl_ctx *x, int argc, char **argv)
+{
+    return job_change(x, argc, argv, "io.batchd.Retry", "retrying");
+}
+
+int ctl_cancel(const ctl_ctx *x, int argc, char **argv)
+{
+    return job_change(x, argc, argv, "io.batchd.Cancel", "cancelled");
+}
+
+static int simple(const ctl_ctx *x, int argc, char **argv, const char *method, const char *said)
+{
+    if (!positional(argc, argv, 0))
+        return usage(argv[0], "");
+    vlclient_reply r;
+    int code = call1(x, method, NULL, &r);
+    if (code != 0)
+        return code;
+    if (x->json)
+        print_json(r.parameters);
+    else
+        puts(said);
+    vlclient_reply_clear(&r);
+    return CTL_EXIT_OK;
+}
+
+int ctl_pause(const ctl_ctx *x, int argc, char **argv)
+{
+    return simple(x, argc, argv, "io.batchd.Pause",
+                  "batchd paused: no new jobs are claimed and no new requests are sent; requests "
+                  "in flight finish. Undo with: batchctl resume");
+}
+
+int ctl_resume(const ctl_ctx *x, int argc, char **argv)
+{
+    return simple(x, argc, argv, "io.batchd.Resume", "batchd resumed");
+}
+
+static void print_list(const char *title, const cJSON *arr)
+{
+    if (cJSON_GetArraySize(arr) == 0)
+        return;
+    printf("%s", title);
+    const cJSON *s;
+    const char *sep = " ";
+    cJSON_ArrayForEach(s, arr)
+    {
+        if (cJSON_IsString(s)) {
+            printf("%s%s", sep, s->valuestring);
+            sep = ", ";
+        }
+    }
+    putchar('\n');
+}
+
+int ctl_reload(const ctl_ctx *x, int argc, char **argv)
+{
+    if (!positional(argc, argv, 0))
+        return usage("reload", "");
+    vlclient_reply r;
+    int code = call1(x, "io.batchd.Reload", NULL, &r);
+    if (code != 0)
+        return code;
+    if (x->json) {
+        print_json(r.parameters);
+    } else {
+        puts("configuration reloaded");
+        print_list("applied:", cJSON_GetObjectItemCaseSensitive(r.parameters, "applied"));
+        print_list("needs a restart to take effect:",
+                   cJSON_GetObjectItemCaseSensitive(r.parameters, "restart_required"));
+    }
+    vlclient_reply_clear(&r);
+    return CTL_EXIT_OK;
+}
+
+int ctl_watch_open(const ctl_ctx *x, vlclient **c, vlclient_reply *first)
+{
+    int code = open_client(x, c);
+    if (code != 0)
+        return code;
+    int r = vlclient_send(*c, "io.batchd.Watch", NULL, VLCLIENT_MORE);
+    if (r == 0)
+        r = vlclient_recv(*c, x->timeout_ms, first);
+    if (r < 0)
+        code = recv_failed(x, r);
+    else if (first->error) {
+        code = error_reply(x, "io.batchd.Watch", first);
+        vlclient_reply_clear(first);
+    }
+    if (code != 0) {
+        vlclient_free(*c);
+        *c = NULL;
+    }
+    return code;
+}
+
+int ctl_watch_lost(const ctl_ctx *x, int r)
+{
+    return recv_failed(x, r);
+}
