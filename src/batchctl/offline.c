@@ -243,7 +243,7 @@ static void stage_remove(const char *stage)
     if (d) {
         const struct dirent *de;
         while ((de = readdir(d)) != NULL)
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
                 unlinkat(dirfd(d), de->d_name, 0);
         closedir(d);
     }
@@ -458,7 +458,7 @@ int batchctl_validate(const char *config_path, bool json, int argc, char **argv)
 {
     const char *path = NULL;
     for (int i = 1; i < argc; i++) {
-        if (argv[i][0] == '-' && argv[i][1] && strcmp(argv[i], "--")) {
+        if (argv[i][0] == '-' && argv[i][1] && strcmp(argv[i], "--") != 0) {
             fprintf(stderr, "batchctl validate: unknown option %s\n", argv[i]);
             return EX_USAGE_;
         }

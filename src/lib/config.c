@@ -334,7 +334,7 @@ typedef const char *(*key_fn)(config *c, const char *v);
 #define DUR_KEY(fname, field)                                                                      \
     static const char *fname(config *c, const char *v)                                             \
     {                                                                                              \
-        return parse_duration_value(v, &field);                                                    \
+        return parse_duration_value(v, &(field));                                                  \
     }
 DUR_KEY(k_api_timeout, c->api.timeout_ms)
 DUR_KEY(k_spool_rescan, c->spool.rescan_interval_ms)
@@ -671,8 +671,8 @@ static int token_from_file(const char *path, const char *label, char **token, co
 {
     char *t = NULL;
     int r = read_token_file(path, &t, diag);
-    if (r < 0)
-        return r;
+    if (r < 0 || !t)
+        return r < 0 ? r : -EIO;
     r = clean_token(t, path, diag);
     if (r < 0) {
         explicit_bzero(t, strlen(t));

@@ -20,6 +20,12 @@
 #define INTAKE_DEFAULT_CHUNK (64 * 1024)
 #define WRITE_BUF            (64 * 1024)
 
+/* -errno, never 0 (a failed call that left errno 0 would read as success). */
+static int neg_errno(void)
+{
+    return errno ? -errno : -EIO;
+}
+
 static void errno_text(int e, char *buf, size_t len)
 {
     const char *s = strerror_r(e, buf, len);
@@ -249,7 +255,9 @@ static int on_record(void *ud, const char *raw, size_t raw_len, const records_er
             errors_add_record(ctx->errs, errors[i].line, errors[i].field, errors[i].message);
         return 0;
     }
-    if (ctx->cleaned && !ctx->header_written) {
+    if (!ctx->cleaned || !ctx->rejected)
+        return 0;
+    if (!ctx->header_written) {
         size_t hlen = 0;
         const char *h = records_csv_header(ctx->v, &hlen);
         if (h) {
@@ -280,7 +288,7 @@ static int open_data(const char *path, const char *shown, intake_result *res, st
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
-        int e = errno;
+        int e = -neg_errno();
         char eb[128];
         errno_text(e, eb, sizeof eb);
         if (e == ELOOP)
@@ -292,7 +300,7 @@ static int open_data(const char *path, const char *shown, intake_result *res, st
         return -e;
     }
     if (fstat(fd, st) < 0) {
-        int e = errno;
+        int e = -neg_errno();
         close(fd);
         set_failure(res, "invalid_job", "%s cannot be examined", shown);
         return -e;
@@ -432,6 +440,7 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
 {
     const char *shown = res->upload_name;
     struct stat st;
+    memset(&st, 0, sizeof st);
     int fd = open_data(res->data_path, shown, res, &st);
     if (fd < 0)
         return fd;
