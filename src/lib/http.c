@@ -48,23 +48,15 @@ struct http_transfer {
     http_transfer *prev;
     http_transfer *next;
     transfer_list *list; /* queue, active or completed; NULL while done runs */
-    bool cancelled;      /* cancelled inside a curl callback; reaped once curl returns */
-    bool delivering;     /* done is running: the handle is about to be freed */
 
-    char method[MAX_METHOD_LEN + 1];
     char *url;
     struct curl_slist *headers;
     char *body; /* always allocated when has_body, so POSTFIELDS never sees NULL */
     size_t body_len;
-    bool has_body;
     char *upload_path;
-    int upload_fd;
     uint64_t upload_size;
     uint64_t upload_pos;
-    bool file_failed;
-    char file_error[FILE_ERROR_TEXT_SIZE];
     long timeout_ms;
-    bool rate_limited;
 
     http_done_fn done;
     http_progress_fn progress;
@@ -72,12 +64,21 @@ struct http_transfer {
     uint64_t last_progress;
 
     CURL *easy;
-    strbuf received;
-    bool too_large;
-    char errbuf[CURL_ERROR_SIZE];
     char *retry_after;
     char *content_type;
+    strbuf received;
     http_response resp;
+
+    int upload_fd;
+    bool cancelled;  /* cancelled inside a curl callback; reaped once curl returns */
+    bool delivering; /* done is running: the handle is about to be freed */
+    bool has_body;
+    bool file_failed;
+    bool rate_limited;
+    bool too_large;
+    char method[MAX_METHOD_LEN + 1];
+    char errbuf[CURL_ERROR_SIZE];
+    char file_error[FILE_ERROR_TEXT_SIZE];
 };
 
 /* One uv_poll per socket curl asks us to watch; found through curl_multi_assign. */
@@ -149,6 +150,23 @@ static void list_remove(http_transfer *t)
     l->len--;
     t->prev = t->next = NULL;
     t->list = NULL;
+}
+
+/* Unlinks the head through l itself (not t->list), which the static analyzer can follow. */
+static http_transfer *list_pop(transfer_list *l)
+{
+    http_transfer *t = l->head;
+    if (!t)
+        return NULL;
+    l->head = t->next;
+    if (l->head)
+        l->head->prev = NULL;
+    else
+        l->tail = NULL;
+    l->len--;
+    t->prev = t->next = NULL;
+    t->list = NULL;
+    return t;
 }
 
 /* ---- transfers ---- */
@@ -595,8 +613,7 @@ static void reap_cancelled(http_client *c)
 static void deliver_completed(http_client *c)
 {
     http_transfer *t;
-    while (!c->closing && (t = c->completed.head)) {
-        list_remove(t);
+    while (!c->closing && (t = list_pop(&c->completed))) {
         t->delivering = true;
         t->done(t->ud, &t->resp);
         transfer_free(t);
@@ -790,6 +807,8 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
         }
         return 0;
     }
+    if (s && s->closing)
+        s = NULL; /* defensive: a poll already on its way out is never reused */
     if (!s) {
         s = sock_new(c, fd);
         if (!s) {
@@ -920,10 +939,8 @@ size_t http_client_queued(const http_client *c)
 static void free_list(transfer_list *l)
 {
     http_transfer *t;
-    while ((t = l->head)) {
-        list_remove(t);
+    while ((t = list_pop(l)))
         transfer_free(t);
-    }
 }
 
 static void on_timer_closed(uv_handle_t *handle)
@@ -942,7 +959,7 @@ static void teardown(http_client *c)
     free_list(&c->queue);
     free_list(&c->completed);
     http_transfer *t;
-    while ((t = c->active.head)) {
+    while ((t = list_pop(&c->active))) {
         detach_from_multi(c, t);
         transfer_free(t);
     }

@@ -83,8 +83,9 @@ static void copy_header(struct MHD_Connection *conn, const char *name, char *dst
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, const char *body,
                                const char *ctype, const char *hname, const char *hvalue)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), (void *)(uintptr_t)body,
-                                                             MHD_RESPMEM_MUST_COPY);
+    char *copy = xstrdup(body);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(copy), copy, MHD_RESPMEM_MUST_FREE);
     if (ctype)
         MHD_add_response_header(r, "Content-Type", ctype);
     if (hname)
@@ -290,10 +291,7 @@ static int server_get(server *s, const int *field)
 /* ---- the client side ---- */
 
 typedef struct result {
-    int calls;
     long status;
-    enum http_error error;
-    char error_text[512];
     char *body;
     size_t body_len;
     char *retry_after;
@@ -302,7 +300,10 @@ typedef struct result {
     int64_t started_ms;
     uint64_t progress_sent;
     uint64_t progress_total;
+    int calls;
+    enum http_error error;
     int progress_calls;
+    char error_text[512];
 } result;
 
 typedef struct fixture {
@@ -765,6 +766,8 @@ typedef struct cancel_ctx {
     http_transfer *self;
     http_client *client;
     bool close_client;
+    void (*closed)(void *);
+    void *closed_ud;
 } cancel_ctx;
 
 static void done_cancels_other(void *ud, const http_response *r)
@@ -789,6 +792,38 @@ static void progress_cancels(void *ud, uint64_t sent, uint64_t total)
         http_cancel(cx->self);
         cx->self = NULL;
     }
+}
+
+static void progress_closes(void *ud, uint64_t sent, uint64_t total)
+{
+    cancel_ctx *cx = ud;
+    on_progress(&cx->res, sent, total);
+    if (sent > 0 && cx->close_client) {
+        http_client_close(cx->client, cx->closed, cx->closed_ud);
+        cx->close_client = false;
+    }
+}
+
+static void test_close_from_progress(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    uint64_t hash;
+    char *path = make_file(3 * 1024 * 1024, &hash);
+    result slow = {0};
+    cancel_ctx cx = {
+        .client = f->client, .close_client = true, .closed = on_closed, .closed_ud = f};
+    get(f, "/slow", &slow);
+    http_request req = {.method = "PUT", .url = url_of(f, "/upload"), .upload_path = path};
+    assert_non_null(http_start(f->client, &req, on_done, progress_closes, &cx));
+    /* closing from inside curl is deferred until curl returns, then completes normally */
+    run_until(f, fixture_closed, f, 10000);
+    assert_int_equal(cx.res.calls, 0);
+    assert_int_equal(slow.calls, 0);
+    assert_true(cx.res.progress_calls > 0);
+    assert_int_equal(uv_loop_alive(&f->loop), 0);
+    unlink(path);
+    free(path);
 }
 
 static void test_cancel_from_done(void **state)
@@ -972,6 +1007,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_from_progress, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_from_done, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_progress, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_after_and_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_redirects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_too_large, setup, teardown),
