@@ -39,6 +39,7 @@ typedef struct server {
     int max_concurrent;
     int requests;
     int redirect_followups; /* requests to /after-redirect */
+    int connections;        /* TCP connections accepted */
     int64_t arrivals[MAX_ARRIVALS];
     int n_arrivals;
     char method[16];
@@ -249,6 +250,19 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    server *s = cls;
+    (void)conn;
+    (void)socket_context;
+    if (toe != MHD_CONNECTION_NOTIFY_STARTED)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->connections++;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static server *server_start(void)
 {
     server *s = calloc(1, sizeof *s);
@@ -256,10 +270,11 @@ static server *server_start(void)
     pthread_cond_init(&s->cv, NULL);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, 0,
-                                 NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &sa,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+    s->daemon =
+        MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL,
+                         NULL, on_request, s, MHD_OPTION_SOCK_ADDR, &sa,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+                         on_connection, s, MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
     assert_non_null(s->daemon);
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     assert_non_null(info);
@@ -707,6 +722,27 @@ static void test_max_connections(void **state)
     assert_int_equal(http_client_active(f->client), 0);
 }
 
+static void test_many_requests_reuse_connections(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    enum { N = 120 };
+    result *res = calloc(N, sizeof *res);
+    for (int i = 0; i < N; i++)
+        get(f, "/echo", &res[i]);
+    all_called all = {res, N};
+    run_until(f, all_done, &all, 20000);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_int_equal(res[i].status, 200);
+        result_free(&res[i]);
+    }
+    free(res);
+    /* keep-alive: a handful of connections, not one per request */
+    assert_in_range(server_get(f->srv, &f->srv->connections), 1, 4);
+    assert_int_equal(server_get(f->srv, &f->srv->requests), N);
+}
+
 static void test_rate_limit_spacing(void **state)
 {
     fixture *f = *state;
@@ -1001,6 +1037,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connection_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_closes_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_requests_reuse_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit_spacing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limit_unlimited_bypass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_from_done, setup, teardown),
