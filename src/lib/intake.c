@@ -619,11 +619,11 @@ static int check_group(const char *group, FILE *out)
     char buf[16384];
     int e = getgrnam_r(group, &gr, buf, sizeof buf, &res);
     if (e == 0 && !res) {
+        /* Not fatal: batchd then serves only root and its own user (control.c warns too). */
         fprintf(out,
-                "[control] group %s: no such group (create it, or set group = to an "
-                "existing one)\n",
+                "warning: [control] group %s: no such group; only root and batchd's own user "
+                "can use the control socket (create the group, or set group =)\n",
                 group);
-        return 1;
     }
     return 0;
 }

@@ -376,9 +376,11 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
     int r = 0;
     while (next_ref) {
         const char *where = ch->n ? ch->paths[ch->n - 1] : referrer;
+        /* The configured template is not referenced by a "template" member. */
+        const char *member = (ch->n || from_dir) ? "template" : NULL;
         char *path = manifest_template_path(next_ref, dir, cfg);
         if (!path) {
-            manifest_error_add(errors, where, "template",
+            manifest_error_add(errors, where, member,
                                "not a template name or path: must be non-empty, without "
                                "control characters");
             r = -EINVAL;
@@ -394,15 +396,16 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
             }
             char eb[128];
             errno_text(e, eb, sizeof eb);
-            if (e == ENOENT)
-                manifest_error_add(errors, where, "template",
-                                   "unknown template \"%s\": %s does not exist%s", next_ref, path,
-                                   strchr(next_ref, '/')
-                                       ? ""
-                                       : " (a name is looked up next to the configured "
-                                         "template; give a path with '/' otherwise)");
+            if (e == ENOENT && strchr(next_ref, '/'))
+                manifest_error_add(errors, where, member, "template %s does not exist", path);
+            else if (e == ENOENT)
+                manifest_error_add(errors, where, member,
+                                   "unknown template \"%s\": %s does not exist (a name is "
+                                   "looked up next to the configured template; give a path "
+                                   "with '/' otherwise)",
+                                   next_ref, path);
             else
-                manifest_error_add(errors, where, "template", "template \"%s\" (%s): %s", next_ref,
+                manifest_error_add(errors, where, member, "template \"%s\" (%s): %s", next_ref,
                                    path, eb);
             free(path);
             r = -EINVAL;
@@ -420,7 +423,7 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
             break;
         }
         if (ch->n == MANIFEST_MAX_TEMPLATE_DEPTH) {
-            manifest_error_add(errors, where, "template",
+            manifest_error_add(errors, where, member,
                                "templates nest deeper than %d levels (next: %s)",
                                MANIFEST_MAX_TEMPLATE_DEPTH, path);
             free(path);
@@ -432,7 +435,7 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
         int lr = load_json_object(path, path, false, &j, errors);
         if (lr < 0) {
             if (lr == -ENOENT)
-                manifest_error_add(errors, where, "template", "template %s disappeared", path);
+                manifest_error_add(errors, where, member, "template %s disappeared", path);
             free(path);
             free(real);
             r = -EINVAL;
@@ -727,7 +730,7 @@ static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
     if (cJSON_IsString(t)) {
         r = chain_load(&ch, t->valuestring, JOB_JSON, in->job_dir, in->cfg, false, errors);
     } else if (!t && in->cfg && in->cfg->job.template_path) {
-        r = chain_load(&ch, in->cfg->job.template_path, "configuration", NULL, in->cfg, true,
+        r = chain_load(&ch, in->cfg->job.template_path, "[job] template", NULL, in->cfg, true,
                        errors);
         if (r == -ENOENT) {
             snprintf(hintbuf, sizeof hintbuf, " (the configured template %s does not exist)",
@@ -802,7 +805,7 @@ int manifest_resolve_bare(const char *data_path, const char *job_name, const con
 int manifest_check_template(const char *ref, const config *cfg, cJSON *errors)
 {
     chain ch = {0};
-    int r = chain_load(&ch, ref, "configuration", NULL, cfg, false, errors);
+    int r = chain_load(&ch, ref, "[job] template", NULL, cfg, false, errors);
     if (r == 0) {
         cJSON *m = chain_merge(&ch);
         if (check_resolved(m, "", false, errors) > 0)
