@@ -241,8 +241,7 @@ static void test_schema_new(void **state)
         "{\"strict\": true, \"fields\": {\"a\": {\"type\": \"number\"}}}",
         "{\"strict\": true, \"fields\": {\"a\": \"text\"}}",
         "{\"strict\": true, \"fields\": {\"\": {\"type\": \"text\"}}}",
-        "{\"strict\": true, \"fields\": {\"a\": {\"type\": \"text\"}, \"a\": {\"type\": "
-        "\"text\"}}}",
+        "{\"strict\": true, \"fields\": {\"a\": {\"type\": \"text\"}, \"a\": {}}}",
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
         records_schema *b = schema_from(bad[i]);
@@ -416,8 +415,7 @@ static void test_jsonl_image_urls(void **state)
                           "https://x.org/a.png?x=1#y",
                           "HTTP://user:pw@host:443/",
                           "https://[2001:db8::1]:8443/i",
-                          "https://b\xc3\xbc"
-                          "cher.de/x",
+                          "https://b\303\274cher.de/x",
                           "https://h/p%20q"};
     const char *bad[][2] = {
         {"ftp://x.org/a.png", "does not start with http:// or https://"},
@@ -571,28 +569,30 @@ static void test_max_record(void **state)
     expect_error(&r, 2, "", "line is longer than 20 bytes");
     assert_int_equal(r.recs[2].raw_len, 0);
     expect_valid(&r, 3);
-    assert_int_equal(r.recs[3].errs[0].line, 0); /* untouched: no errors */
     run_free(&r);
 }
 
 static void test_ten_mb_single_line(void **state)
 {
     (void)state;
-    size_t len = 10u << 20;
-    char *data = xmalloc(len + 40);
-    memcpy(data, "{\"prompt\": \"", 12);
-    memset(data + 12, 'x', len - 12);
-    memcpy(data + len, "\"}\n{\"prompt\": \"after\"}\n", 23);
+    strbuf in;
+    strbuf_init(&in);
+    strbuf_puts(&in, "{\"prompt\": \"");
+    char *xs = xmalloc(1 << 20);
+    memset(xs, 'x', 1 << 20);
+    for (int i = 0; i < 10; i++)
+        strbuf_append(&in, xs, 1 << 20);
+    free(xs);
+    strbuf_puts(&in, "\"}\n{\"prompt\": \"after\"}\n");
     run r;
-    run_input_opts(&r, SCHEMA_LOOSE, RECORDS_JSONL, 1 << 20, data, len + 23, 777, -1);
+    run_input_opts(&r, SCHEMA_LOOSE, RECORDS_JSONL, 1 << 20, in.data, in.len, 777, -1);
     assert_int_equal(r.st.records, 2);
     expect_error(&r, 0, "", "line is longer than 1048576 bytes");
     expect_valid(&r, 1);
-    assert_int_equal(r.recs[1].errs[0].line, 0);
     assert_true(r.max_cap <= (1u << 20) + 1); /* memory bounded by max_record */
     assert_int_equal(r.st.lines, 2);
     run_free(&r);
-    free(data);
+    strbuf_free(&in);
 }
 
 static void test_empty_files(void **state)
@@ -770,7 +770,7 @@ static void test_csv_header_errors(void **state)
         assert_int_equal(r.file_error_line, 2);
         assert_int_equal(r.n, 0);
         assert_null(r.header);
-        assert_int_equal(r.st.lines, 3 + (i == 5 ? 0 : 0));
+        assert_int_equal(r.st.lines, 3);
         run_free(&r);
         strbuf_free(&in);
     }
@@ -1008,13 +1008,15 @@ static void test_fifty_mb_random_chunks(void **state)
         strbuf_init(&block);
         size_t bv, bi, bl;
         build_block((records_format)fmt, &block, &bv, &bi, &bl);
-        const char *header = fmt == RECORDS_CSV ? "prompt,image\r\n" : "";
         size_t reps = (50u << 20) / block.len + 1;
-        size_t total = strlen(header) + reps * block.len;
-        char *data = xmalloc(total);
-        memcpy(data, header, strlen(header));
+        strbuf file;
+        strbuf_init(&file);
+        if (fmt == RECORDS_CSV)
+            strbuf_puts(&file, "prompt,image\r\n");
         for (size_t k = 0; k < reps; k++)
-            memcpy(data + strlen(header) + k * block.len, block.data, block.len);
+            strbuf_append(&file, block.data, block.len);
+        const char *data = file.data;
+        size_t total = file.len;
 
         records_schema *s = schema_from(SCHEMA_LOOSE);
         records_options o = {.format = (records_format)fmt, .schema = s, .max_record = 1024};
@@ -1045,7 +1047,7 @@ static void test_fifty_mb_random_chunks(void **state)
         assert_true(records_buffer_capacity(v) <= 1025);
         records_free(v);
         records_schema_free(s);
-        free(data);
+        strbuf_free(&file);
         strbuf_free(&block);
     }
 }
