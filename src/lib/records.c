@@ -842,8 +842,7 @@ static void csv_header(records_validator *v, size_t raw_len)
     if (count > 0) {
         strbuf msg;
         strbuf_init(&msg);
-        strbuf_printf(&msg, "CSV header (line %llu): %s", (unsigned long long)v->rec_line,
-                      problems.data);
+        strbuf_printf(&msg, "CSV header: %s", problems.data);
         if (count > RECORDS_MAX_HEADER_PROBLEMS)
             strbuf_printf(&msg, "; and %zu more problems", count - RECORDS_MAX_HEADER_PROBLEMS);
         strbuf_puts(&msg, "; the first row must name schema fields, each once");
