@@ -532,6 +532,36 @@ static int place_rejected(spool *s, const char *stage, int stagefd, const char *
     return r ? r : fsync_fd(s->fds[SUB_ACTIVE]);
 }
 
+/* Renames <dirfd>/<file> to the first free <file>.orig, <file>.orig.2 ... when it exists. */
+static int set_aside(int dirfd, const char *file)
+{
+    if (exists_at(dirfd, file) != 1)
+        return 0;
+    for (unsigned n = 1; n <= MAX_SUFFIX; n++) {
+        char *aside = n == 1 ? xasprintf("%s.orig", file) : xasprintf("%s.orig.%u", file, n);
+        int r = renameat2(dirfd, file, dirfd, aside, RENAME_NOREPLACE) < 0 ? -errno : 0;
+        free(aside);
+        if (r != -EEXIST)
+            return r == 0 ? fsync_fd(dirfd) : r;
+    }
+    return -EEXIST;
+}
+
+/* batchd writes result.json / error.json into a job directory when the job ends; files of
+ * those names that the producer dropped (say, a failed job dropped again) are kept under
+ * another name instead of being overwritten. Repeating this after a crash is harmless. */
+static int keep_producer_results(int stagefd, const char *entry)
+{
+    int fd = openat(stagefd, entry, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = set_aside(fd, "result.json");
+    if (r == 0)
+        r = set_aside(fd, ERROR_JSON);
+    close(fd);
+    return r;
+}
+
 static int place_claimed(spool *s, const char *stage, int stagefd, const char *entry,
                          entry_kind kind, const char *base, spool_claim_result *out)
 {
@@ -539,6 +569,9 @@ static int place_claimed(spool *s, const char *stage, int stagefd, const char *e
     char *name = NULL;
     int r;
     if (kind == ENTRY_DIR) {
+        r = keep_producer_results(stagefd, entry);
+        if (r < 0)
+            return r;
         r = move_to_free_name(s, stagefd, entry, s->fds[SUB_ACTIVE], base, mask, &name);
         /* The empty staging directory is ours; a crash before this rmdir leaves it for
          * spool_init, which removes it. */
@@ -696,7 +729,7 @@ static bool keep_stage(int fd, const char *name, void *ctx)
 
 static void log_recovered(const char *stage, const spool_claim_result *c)
 {
-    if (c->kind == SPOOL_GONE) {
+    if (c->kind == SPOOL_GONE || !c->job_name) {
         log_info("spool: removed empty staging directory %s of an interrupted claim", stage);
         return;
     }
@@ -766,6 +799,8 @@ int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
     *count = 0;
     if (s->rootfd < 0)
         return -EBADF;
+    if (max == 0) /* no free slot: the daemon may ask often, reading 10,000 names is waste */
+        return 0;
     name_list l = {0};
     int r = list_dir(s->fds[SUB_INCOMING], keep_visible, NULL, &l);
     if (r < 0) {

@@ -247,6 +247,35 @@ static void test_claim_directory(void **state)
     spool_claim_clear(NULL);
 }
 
+/* A failed job dropped again: its old error.json must survive the next finish. */
+static void test_claim_directory_keeps_producer_results(void **state)
+{
+    fixture *f = *state;
+    mkdir_in(f, "incoming", "again");
+    put_in(f, "incoming", "again/data.jsonl", "{}");
+    put_in(f, "incoming", "again/error.json", "{\"old\": 1}");
+    put_in(f, "incoming", "again/result.json", "{\"old\": 2}");
+    put_in(f, "incoming", "again/error.json.orig", "{\"older\": 0}");
+    spool_claim_result c;
+    claim_ok(f, "again", &c);
+    assert_int_equal(c.kind, SPOOL_CLAIMED);
+    spool_claim_clear(&c);
+    assert_int_equal(lmode2_in(f, "active", "again", "error.json"), 0);
+    assert_int_equal(lmode2_in(f, "active", "again", "result.json"), 0);
+    char *p = path2_of(f, "active", "again", "error.json.orig.2");
+    char *text = read_text(p);
+    assert_string_equal(text, "{\"old\": 1}");
+    free(text);
+    free(p);
+    p = path2_of(f, "active", "again", "result.json.orig");
+    text = read_text(p);
+    assert_string_equal(text, "{\"old\": 2}");
+    free(text);
+    free(p);
+    assert_int_equal(spool_finish(f->s, "again", false, "error.json", "{}", NULL), 0);
+    assert_int_equal(count_in(f, "failed/again"), 5);
+}
+
 static void test_claim_data_files(void **state)
 {
     fixture *f = *state;
@@ -620,7 +649,7 @@ static void test_ten_thousand_entries(void **state)
             spool_claim_result c;
             claim_ok(f, names[i], &c);
             assert_int_equal(c.kind, SPOOL_CLAIMED);
-            int idx = atoi(c.job_name + 4);
+            long idx = strtol(c.job_name + 4, NULL, 10);
             assert_true(idx >= 0 && idx < MANY);
             assert_int_equal(seen[idx], 0); /* never claimed twice */
             seen[idx] = 1;
@@ -799,6 +828,7 @@ static void test_list_active(void **state)
 typedef struct watch_ctx {
     fixture *f;
     uv_loop_t *loop;
+    uv_loop_t loop_storage;
     spool_watch *w;
     uv_timer_t deadline;
     int calls;
@@ -841,20 +871,20 @@ static void on_changed_count(void *ud)
 
 static void run_watch(watch_ctx *ctx, int64_t rescan_ms, void (*cb)(void *))
 {
-    uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    ctx->loop = &loop;
-    uv_timer_init(&loop, &ctx->deadline);
+    uv_loop_t *loop = &ctx->loop_storage;
+    assert_int_equal(uv_loop_init(loop), 0);
+    ctx->loop = loop;
+    uv_timer_init(loop, &ctx->deadline);
     ctx->deadline.data = ctx;
     uv_timer_start(&ctx->deadline, on_deadline, 10000, 0);
-    ctx->w = spool_watch_start(ctx->f->s, &loop, rescan_ms, cb, ctx);
+    ctx->w = spool_watch_start(ctx->f->s, loop, rescan_ms, cb, ctx);
     assert_non_null(ctx->w);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
     spool_watch_stop(ctx->w);
     spool_watch_stop(NULL);
     uv_close((uv_handle_t *)&ctx->deadline, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT); /* runs the close callbacks, which free the watch */
-    assert_int_equal(uv_loop_close(&loop), 0);
+    uv_run(loop, UV_RUN_DEFAULT); /* runs the close callbacks, which free the watch */
+    assert_int_equal(uv_loop_close(loop), 0);
 }
 
 static void test_watch_fires_on_rename(void **state)
@@ -901,6 +931,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_init_creates_dirs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_missing_and_symlinked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_directory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_directory_keeps_producer_results, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_claim_data_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reject_other_regular_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reject_symlink_to_passwd, setup, teardown),
