@@ -16,6 +16,7 @@
 
 #define CREATED_BY "sim-researcher"
 
+/* Makes room for one more element; the state keeps arrays of pointers. */
 static void *grow(void *p, size_t *cap, size_t n, size_t elem)
 {
     if (n < *cap)
@@ -440,7 +441,7 @@ static void handle_create_dataset(simcore *sim, const cJSON *body, int64_t now,
         d->schema = cJSON_Duplicate(schema, 1);
         d->group_field = find_group_field(schema);
     }
-    sim->datasets = grow(sim->datasets, &sim->cap_datasets, sim->n_datasets, sizeof *d);
+    sim->datasets = grow(sim->datasets, &sim->cap_datasets, sim->n_datasets, sizeof(void *));
     sim->datasets[sim->n_datasets++] = d;
     respond_json(resp, 201, sim_dataset_json(d, now));
 }
@@ -526,7 +527,7 @@ static void handle_upload_url(simcore *sim, const simcore_route *rt, int64_t now
     imp->expires_ms = now + sim->cfg.upload_ttl_ms;
     imp->uploaded_ms = -1;
     imp->errors = cJSON_CreateArray();
-    d->imports = grow(d->imports, &d->cap_imports, d->n_imports, sizeof *d->imports);
+    d->imports = grow(d->imports, &d->cap_imports, d->n_imports, sizeof(void *));
     d->imports[d->n_imports++] = imp;
 
     strbuf url;
@@ -654,7 +655,7 @@ static void handle_create_batch(simcore *sim, const cJSON *body, int64_t now,
     b->auto_sync_enabled = json_bool(body, "auto_sync_enabled", false);
     b->setup_ms = -1;
     b->tasks_per_group = 1;
-    sim->batches = grow(sim->batches, &sim->cap_batches, sim->n_batches, sizeof *b);
+    sim->batches = grow(sim->batches, &sim->cap_batches, sim->n_batches, sizeof(void *));
     sim->batches[sim->n_batches++] = b;
     respond_json(resp, 201, sim_batch_json(sim, b, now));
 }

@@ -309,9 +309,10 @@ static void log_request(sim_server *s, conn_ctx *c, int status)
 static enum MHD_Result send_response(struct MHD_Connection *conn, const simcore_response *r,
                                      const char *retry_after)
 {
-    const char *body = r->body ? r->body : "";
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        strlen(body), (void *)(uintptr_t)body, MHD_RESPMEM_MUST_COPY);
+    static char empty[1];
+    char *body = r->body ? r->body : empty;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
     if (!resp)
         return MHD_NO;
     if (r->content_type)

@@ -77,7 +77,7 @@ static void sim_start(sim_proc *s, const char *const *extra)
         free(argv[i]);
     close(fds[1]);
     /* Wait (with a deadline) for the one line that says where it listens. */
-    char line[256];
+    char line[256] = "";
     size_t len = 0;
     int64_t deadline = time_mono_ms() + 10000;
     while (len < sizeof line - 1 && !memchr(line, '\n', len)) {
@@ -92,7 +92,11 @@ static void sim_start(sim_proc *s, const char *const *extra)
         line[len] = '\0';
     }
     close(fds[0]);
-    assert_int_equal(sscanf(line, "listening on http://127.0.0.1:%d", &s->port), 1);
+    static const char prefix[] = "listening on http://127.0.0.1:";
+    assert_memory_equal(line, prefix, sizeof prefix - 1);
+    char *end;
+    s->port = (int)strtol(line + sizeof prefix - 1, &end, 10);
+    assert_true(*end == '\n');
     assert_true(s->port > 0);
     snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
 }
@@ -380,8 +384,8 @@ static cJSON *wait_import(const sim_proc *s, const char *ds, const char *imp)
         assert_int_equal(st, 200);
         const char *status = json_str(j, "status");
         assert_non_null(status);
-        if (strcmp(status, "queued") && strcmp(status, "processing") &&
-            strcmp(status, "uninitialised")) {
+        if (strcmp(status, "queued") != 0 && strcmp(status, "processing") != 0 &&
+            strcmp(status, "uninitialised") != 0) {
             free(path);
             return j;
         }
@@ -772,7 +776,7 @@ static void test_fault_status_kinds(void **state)
         if (strcmp(kinds[i], "5xx") == 0)
             assert_true(r.status == 500 || r.status == 502 || r.status == 503);
         else
-            assert_int_equal(r.status, atoi(kinds[i]));
+            assert_int_equal(r.status, strtol(kinds[i], NULL, 10));
         cJSON *j = reply_json(&r);
         assert_envelope(j, (int)r.status);
         cJSON_Delete(j);
@@ -1022,8 +1026,10 @@ static long rss_kib(pid_t pid)
     assert_non_null(f);
     long kib = -1;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kib = strtol(line + 6, NULL, 10);
             break;
+        }
     fclose(f);
     return kib;
 }
