@@ -871,8 +871,14 @@ void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
     memset(resp, 0, sizeof *resp);
     simcore_route rt;
     simcore_route_request(req->method, req->path, &rt);
-    if (rt.status == 404 || rt.endpoint == SIMCORE_EP_UPLOAD) {
+    if (rt.status == 404) {
         simcore_response_error(resp, 404, "Not found: no such API path.");
+        return;
+    }
+    if (rt.endpoint == SIMCORE_EP_UPLOAD) {
+        /* Only a PUT goes through simcore_upload_*; anything else is the wrong method. */
+        simcore_response_error(resp, 405, "Upload URLs take PUT only.");
+        resp->allow = "PUT";
         return;
     }
     bool control = simcore_endpoint_is_control(rt.endpoint);

@@ -371,7 +371,7 @@ static void fault_response(sim_server *s, conn_ctx *c, simcore_response *r, char
 static void act(sim_server *s, struct MHD_Connection *conn, conn_ctx *c, simcore_response *r)
 {
     int64_t now = time_now_ms();
-    if (c->route.endpoint == SIMCORE_EP_UPLOAD) {
+    if (c->upload) {
         pthread_mutex_lock(&s->lock);
         simcore_upload_finish(s->core, c->upload, now, r);
         pthread_mutex_unlock(&s->lock);
