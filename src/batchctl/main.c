@@ -187,6 +187,10 @@ int main(int argc, char **argv)
         return code;
     int cargc = strip_json(argc - at, argv + at, &g.json);
     char **cargv = argv + at;
+    if (cargc < 1 || !cargv[0]) {
+        fputs(usage_text, stderr);
+        return CTL_EXIT_USAGE;
+    }
     const char *cmd = cargv[0];
 
     if (strcmp(cmd, "submit") == 0)

@@ -208,7 +208,10 @@ static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
     const cJSON *counts = cJSON_GetObjectItemCaseSensitive(info, "jobs");
     const cJSON *n;
     int64_t total = 0;
-    cJSON_ArrayForEach(n, counts) total += cJSON_IsNumber(n) ? (int64_t)n->valuedouble : 0;
+    cJSON_ArrayForEach(n, counts)
+    {
+        total += cJSON_IsNumber(n) ? (int64_t)n->valuedouble : 0;
+    }
     printf("; %" PRId64 " job%s", total, total == 1 ? "" : "s");
     const char *sep = ": ";
     cJSON_ArrayForEach(n, counts)
@@ -259,7 +262,10 @@ int ctl_status(const ctl_ctx *x, int argc, char **argv)
             static const char *const hdr[] = {"ID",       "NAME",        "STATE",
                                               "PROGRESS", "RETRY/ERROR", "AGE"};
             ctl_table *t = ctl_table_new(6, hdr);
-            cJSON_ArrayForEach(j, unfinished) add_job_row(t, j, now, true);
+            cJSON_ArrayForEach(j, unfinished)
+            {
+                add_job_row(t, j, now, true);
+            }
             ctl_table_print(t, stdout, x->color);
             ctl_table_free(t);
         }
@@ -302,12 +308,19 @@ int ctl_list(const ctl_ctx *x, int argc, char **argv)
     if (x->json) {
         print_json(r.parameters);
     } else if (quiet) {
-        cJSON_ArrayForEach(j, jobs) if (json_str(j, "name")) puts(json_str(j, "name"));
+        cJSON_ArrayForEach(j, jobs)
+        {
+            if (json_str(j, "name"))
+                puts(json_str(j, "name"));
+        }
     } else {
         static const char *const hdr[] = {"ID", "NAME", "STATE", "RECORDS", "BATCH", "AGE"};
         ctl_table *t = ctl_table_new(6, hdr);
         int64_t now = time_now_ms();
-        cJSON_ArrayForEach(j, jobs) add_job_row(t, j, now, false);
+        cJSON_ArrayForEach(j, jobs)
+        {
+            add_job_row(t, j, now, false);
+        }
         ctl_table_print(t, stdout, x->color);
         ctl_table_free(t);
     }
