@@ -68,6 +68,9 @@ int notify_init(uv_loop_t *loop)
         return r;
     notify_timer_st = NOTIFY_TIMER_RUNNING;
     uv_unref((uv_handle_t *)&notify_timer);
+    /* The loop's cached time may be as old as the start-up (recovery can take long); count
+     * the first interval from now, not from then. */
+    uv_update_time(loop);
     r = uv_timer_start(&notify_timer, notify_on_watchdog, every_ms, every_ms);
     if (r < 0) {
         notify_close();
