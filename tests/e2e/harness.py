@@ -1,0 +1,322 @@
+"""Shared pieces of the end-to-end tests: start batchd-sim and batchd in a temporary
+directory, drop jobs into the spool the way producers do, talk varlink to the control socket,
+and wait for conditions with deadlines (never fixed sleeps). Everything started here is
+stopped and removed again by Env.close(), also when a test fails."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BUILD = os.environ.get("BATCHD_BUILD_DIR") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build")
+SOURCE = os.environ.get("BATCHD_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
+WORKSPACE = "6278acb09062db3b35bcbeb0"
+TOKEN = "e2e-secret-token-7f3a9c"
+
+
+def binary(name):
+    return os.path.join(BUILD, name)
+
+
+class TestFailure(AssertionError):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def wait_for(pred, timeout=30.0, what="condition", interval=0.02):
+    """Polls pred until it returns a true value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TestFailure(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Sim:
+    def __init__(self, workdir, args=()):
+        self.log = open(os.path.join(workdir, "sim.log"), "wb")
+        self.proc = subprocess.Popen(
+            [binary("batchd-sim"), "--listen", "127.0.0.1:0", "--token", TOKEN, "--seed", "7",
+             "--import-queued", "50ms", "--import-processing", "100ms",
+             "--batch-processing", "300ms", *args],
+            stdout=subprocess.PIPE, stderr=self.log)
+        line = self.proc.stdout.readline().decode()
+        check(line.startswith("listening on http://127.0.0.1:"), f"sim said {line!r}")
+        self.url = line.split("listening on ", 1)[1].strip()
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def state(self):
+        return self.get("/_sim/state")
+
+    def set_faults(self, faults, **kw):
+        body = json.dumps(dict(faults=faults, **kw)).encode()
+        req = urllib.request.Request(self.url + "/_sim/faults", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+class Daemon:
+    def __init__(self, env, extra_conf=""):
+        self.env = env
+        self.proc = None
+        self.starts = 0
+        d = env.dir
+        self.spool = os.path.join(d, "spool")
+        self.state_dir = os.path.join(d, "state")
+        self.socket = os.path.join(d, "run", "io.batchd")
+        self.token_file = os.path.join(d, "api-token")
+        with open(self.token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(self.token_file, 0o600)
+        self.conf = os.path.join(d, "batchd.conf")
+        templates = os.path.join(d, "templates")
+        os.makedirs(templates, exist_ok=True)
+        shutil.copy(os.path.join(SOURCE, "conf", "templates", "default.json"),
+                    os.path.join(templates, "default.json"))
+        sections = {
+            "api": {"url": env.sim.url, "workspace_id": WORKSPACE, "token_file": self.token_file,
+                    "timeout": "5s", "max_rate": "200", "max_connections": "16"},
+            "spool": {"dir": self.spool, "rescan_interval": "2s"},
+            "state": {"dir": self.state_dir},
+            "control": {"socket": self.socket, "group": "root"},
+            "poll": {"initial": "100ms", "max": "1s", "multiplier": "2"},
+            "job": {"template": os.path.join(templates, "default.json"), "max_active": "64"},
+        }
+        for line in extra_conf.strip().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            key, value = [x.strip() for x in line.split("=", 1)]
+            sec, name = key.split(".", 1)
+            sections.setdefault(sec, {})[name] = value
+        with open(self.conf, "w") as f:
+            for sec, kv in sections.items():
+                f.write(f"[{sec}]\n")
+                for k, v in kv.items():
+                    f.write(f"{k} = {v}\n")
+        self.log_path = os.path.join(d, "batchd.log")
+
+    def start(self, wait=True, env=None):
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        e = dict(os.environ)
+        e.pop("NOTIFY_SOCKET", None)
+        e.pop("JOURNAL_STREAM", None)
+        if env:
+            e.update(env)
+        self.proc = subprocess.Popen([binary("batchd"), "-c", self.conf], stdout=log,
+                                     stderr=log, env=e)
+        log.close()
+        if wait:
+            wait_for(self.answers, 20, "batchd's control socket")
+        return self.proc
+
+    def answers(self):
+        if self.proc.poll() is not None:
+            raise TestFailure(f"batchd exited with {self.proc.returncode}; log:\n{self.logs()}")
+        try:
+            call(self.socket, "io.batchd.GetInfo")
+            return True
+        except OSError:
+            return False
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise TestFailure(f"batchd did not stop within {timeout}s after {sig}")
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def drop(self, src, name=None):
+        """Atomic drop as a producer does it: copy into tmp/, then rename into incoming/."""
+        name = name or os.path.basename(src.rstrip("/"))
+        tmp = os.path.join(self.spool, "tmp", f".{name}.{random.randrange(1 << 30)}")
+        os.makedirs(os.path.join(self.spool, "tmp"), exist_ok=True)
+        os.makedirs(os.path.join(self.spool, "incoming"), exist_ok=True)
+        if os.path.isdir(src):
+            shutil.copytree(src, tmp)
+        else:
+            shutil.copy(src, tmp)
+        os.rename(tmp, os.path.join(self.spool, "incoming", name))
+        return name
+
+    def dir_entries(self, sub):
+        try:
+            return sorted(os.listdir(os.path.join(self.spool, sub)))
+        except FileNotFoundError:
+            return []
+
+    def result(self, name):
+        with open(os.path.join(self.spool, "done", name, "result.json")) as f:
+            return json.load(f)
+
+    def error(self, name):
+        with open(os.path.join(self.spool, "failed", name, "error.json")) as f:
+            return json.load(f)
+
+    def jobs(self, states=None):
+        params = {"states": states} if states else {}
+        return call(self.socket, "io.batchd.ListJobs", params)["parameters"]["jobs"]
+
+
+def call(path, method, params=None, more=False, timeout=10):
+    """One varlink call; returns the reply object (raises OSError if unreachable)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        msg = {"method": method, "parameters": params or {}}
+        if more:
+            msg["more"] = True
+        s.sendall(json.dumps(msg).encode() + b"\0")
+        buf = b""
+        while b"\0" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("connection closed")
+            buf += chunk
+        return json.loads(buf.split(b"\0", 1)[0])
+    finally:
+        s.close()
+
+
+class Watch:
+    """A streaming io.batchd.Watch subscription."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.s.sendall(json.dumps({"method": "io.batchd.Watch", "parameters": {},
+                                   "more": True}).encode() + b"\0")
+        self.buf = b""
+
+    def next(self, timeout=30):
+        self.s.settimeout(timeout)
+        while b"\0" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise TestFailure("watch connection closed")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def close(self):
+        self.s.close()
+
+
+class Env:
+    """A temporary directory with a sim and a daemon; use as a context manager."""
+
+    def __init__(self, sim_args=(), extra_conf="", start=True):
+        self.dir = tempfile.mkdtemp(prefix="batchd-e2e-")
+        self.sim = None
+        self.daemon = None
+        self.ok = False
+        try:
+            self.sim = Sim(self.dir, sim_args)
+            self.daemon = Daemon(self, extra_conf)
+            if start:
+                self.daemon.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.ok = exc_type is None
+        self.close()
+        return False
+
+    def close(self):
+        if self.daemon and self.daemon.proc:
+            try:
+                self.daemon.stop()
+            except TestFailure:
+                pass
+        if self.sim:
+            self.sim.stop()
+        if not self.ok and self.daemon:
+            sys.stderr.write("---- batchd log ----\n" + self.daemon.logs()[-20000:] + "\n")
+            try:
+                with open(os.path.join(self.dir, "sim.log"), "rb") as f:
+                    sys.stderr.write("---- sim log (tail) ----\n" +
+                                     f.read()[-5000:].decode(errors="replace") + "\n")
+            except OSError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def assert_no_token_leak(self):
+        """The token appears nowhere but the file it was read from."""
+        for root, _dirs, files in os.walk(self.dir):
+            for fn in files:
+                p = os.path.join(root, fn)
+                if p == self.daemon.token_file or os.path.islink(p):
+                    continue
+                try:
+                    with open(p, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                check(TOKEN.encode() not in data, f"the API token leaked into {p}")
+
+
+def run(tests):
+    """Runs test functions; prints a summary line that ctest shows; exits non-zero on failure."""
+    failed = 0
+    for t in tests:
+        start = time.monotonic()
+        try:
+            t()
+            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
+            failed += 1
+            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,88 @@
+"""End to end: the seed document's workflow and concurrent jobs, batchd against batchd-sim."""
+
+import json
+import os
+
+from harness import Env, SOURCE, WORKSPACE, check, run, wait_for
+
+
+def write_jsonl(path, n, prefix="p"):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"prompt": f"{prefix} prompt {i}", "response": f"answer {i}"}) + "\n")
+
+
+def test_seed_workflow():
+    """The pairwise example (task_group_id grouping) goes to READY with the seed's layout."""
+    with Env() as env:
+        d = env.daemon
+        d.drop(os.path.join(SOURCE, "examples", "pairwise"), "pairwise")
+        wait_for(lambda: "pairwise" in d.dir_entries("done"), 30, "pairwise in done/")
+        res = d.result("pairwise")
+        for key in ("job", "id", "state", "workspace_id", "dataset_id", "import_id", "batch_id",
+                    "batch_status", "records", "total_task_count", "total_task_groups",
+                    "claimed_at", "finished_at", "api_requests"):
+            check(key in res, f"result.json lacks {key}: {res}")
+        check(res["state"] == "ready" and res["batch_status"] == "READY", res)
+        check(res["workspace_id"] == WORKSPACE, res)
+        check(res["records"] == 4 and res["total_task_count"] == 4, res)
+        check(res["total_task_groups"] == 2, f"two session_id groups expected: {res}")
+        check(os.path.exists(os.path.join(d.spool, "done", "pairwise", "data.jsonl")),
+              "the job's own files stay with it")
+        st = env.sim.state()
+        check(len(st["datasets"]) == 1 and len(st["batches"]) == 1, "one dataset, one batch")
+        ds = st["datasets"][0]
+        check(ds["id"] == res["dataset_id"], "dataset id in result.json")
+        fields = ds["schema"]["fields"]
+        check(fields["session_id"]["type"] == "task_group_id", ds["schema"])
+        batch = st["batches"][0]
+        check(batch["id"] == res["batch_id"] and batch["status"] == "READY", batch)
+        items = batch["batch_items"][0]["rows"][1]["columns"]
+        check(len(items) == 2, "the seed's two-column row")
+        # Every API call carried the token; the upload to the presigned URL never did.
+        for r in st["requests"]:
+            if r["endpoint"] == "upload":
+                check(not r["auth"], f"Authorization sent to the upload URL: {r}")
+            else:
+                check(r["auth"], f"API call without Authorization: {r}")
+        eps = [r["endpoint"] for r in st["requests"]]
+        for ep in ("create_dataset", "upload_url", "upload", "get_import", "create_batch",
+                   "setup", "batch_status"):
+            check(ep in eps, f"no {ep} request: {eps}")
+        check(eps.count("create_dataset") == 1 and eps.count("create_batch") == 1, eps)
+        check(res["api_requests"] == len([e for e in eps if e != "upload"]),
+              f"api_requests {res['api_requests']} vs sim {len(eps)}")
+        d.stop()
+        env.assert_no_token_leak()
+
+
+def test_concurrent_jobs():
+    """50 jobs dropped at once all become READY, each with exactly one dataset and batch."""
+    n = 50
+    with Env() as env:
+        d = env.daemon
+        src = os.path.join(env.dir, "src")
+        os.makedirs(src)
+        for i in range(n):
+            p = os.path.join(src, f"job{i:02d}.jsonl")
+            write_jsonl(p, 3 + i % 5, prefix=f"j{i}")
+            d.drop(p)
+        wait_for(lambda: len(d.dir_entries("done")) == n, 90, f"{n} jobs in done/")
+        check(d.dir_entries("failed") == [], f"failed: {d.dir_entries('failed')}")
+        st = env.sim.state()
+        check(len(st["datasets"]) == n, f"{len(st['datasets'])} datasets")
+        check(len(st["batches"]) == n, f"{len(st['batches'])} batches")
+        per_ds = {}
+        for b in st["batches"]:
+            for ds in b["datasets"]:
+                per_ds[ds["id"]] = per_ds.get(ds["id"], 0) + 1
+        check(all(v == 1 for v in per_ds.values()), "one batch per dataset")
+        for i in range(n):
+            res = d.result(f"job{i:02d}")
+            check(res["records"] == 3 + i % 5 and res["total_task_count"] == 3 + i % 5, res)
+        jobs = d.jobs(["ready"])
+        check(len(jobs) == n, f"ListJobs ready: {len(jobs)}")
+
+
+if __name__ == "__main__":
+    run([test_seed_workflow, test_concurrent_jobs])
