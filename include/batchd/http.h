@@ -34,6 +34,11 @@ typedef struct http_request {
     const char *upload_path; /* when set: stream this file as the body (PUT), fixed memory */
     long timeout_ms;         /* 0: the client default; uploads may want a longer one */
     bool rate_limited;       /* takes a token from the shared bucket before starting */
+    /* Never over a reused connection. libcurl silently re-sends a request whose reused
+     * connection closed before any reply ("connection died, retrying a fresh connect"),
+     * which for a non-idempotent call (create, setup) acts twice. On a fresh connection it
+     * reports the failure instead, and the caller decides. */
+    bool fresh_connect;
 } http_request;
 
 enum http_error {

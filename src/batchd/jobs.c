@@ -365,6 +365,8 @@ static void send_request(jobrun *r, job_op op)
         if (rq.body)
             headers[2] = "Content-Type: application/json";
         req.rate_limited = true;
+        /* A create or setup must never be re-sent behind our back (see http.h). */
+        req.fresh_connect = job_op_has_side_effect(op);
     }
     req.url = url;
     req.headers = headers;

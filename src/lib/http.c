@@ -75,6 +75,7 @@ struct http_transfer {
     bool has_body;
     bool file_failed;
     bool rate_limited;
+    bool fresh_connect;
     bool too_large;
     char method[MAX_METHOD_LEN + 1];
     char errbuf[CURL_ERROR_SIZE];
@@ -254,6 +255,7 @@ static http_transfer *transfer_new(http_client *c, const http_request *req)
         t->upload_path = xstrdup(req->upload_path);
     t->timeout_ms = req->timeout_ms;
     t->rate_limited = req->rate_limited;
+    t->fresh_connect = req->fresh_connect;
     return t;
 }
 
@@ -416,6 +418,8 @@ static CURLcode setup_common(http_client *c, http_transfer *t, CURL *e)
     rc |= curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     rc |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
     rc |= curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (t->fresh_connect)
+        rc |= curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
     if (c->user_agent)
         rc |= curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
     rc |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
