@@ -126,7 +126,7 @@ static jobrun *jobrun_add(batchd *d, job *j, bool finished)
     r->timer.data = r;
     if (d->n_jobs == d->cap_jobs) {
         d->cap_jobs = d->cap_jobs ? d->cap_jobs * 2 : 64;
-        d->jobs = xrealloc(d->jobs, d->cap_jobs * sizeof *d->jobs);
+        d->jobs = xrealloc(d->jobs, d->cap_jobs * sizeof(jobrun *));
     }
     d->jobs[d->n_jobs++] = r;
     if (!finished)

@@ -2,6 +2,7 @@
 #include "batchd/log.h"
 #include "batchd/util.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +22,16 @@ static bool log_journal;
 static bool stderr_is_journal(void)
 {
     const char *js = getenv("JOURNAL_STREAM");
-    unsigned long long dev, ino;
     struct stat st;
-    if (!js || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+    if (!js || fstat(STDERR_FILENO, &st) < 0)
+        return false;
+    char *end;
+    errno = 0;
+    unsigned long long dev = strtoull(js, &end, 10);
+    if (errno || *end != ':')
+        return false;
+    unsigned long long ino = strtoull(end + 1, &end, 10);
+    if (errno || *end)
         return false;
     return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }

@@ -176,17 +176,76 @@ char *time_format_rfc3339(int64_t ms, bool with_ms, char *buf, size_t len)
     return buf;
 }
 
+/* A tiny scanner for fixed date formats: sscanf cannot report overflow or trailing junk. */
+static bool take_int(const char **p, int min_digits, int max_digits, int *out)
+{
+    int v = 0, n = 0;
+    while (n < max_digits && **p >= '0' && **p <= '9') {
+        v = v * 10 + (**p - '0');
+        (*p)++;
+        n++;
+    }
+    *out = v;
+    return n >= min_digits;
+}
+
+static bool take_char(const char **p, char c)
+{
+    if (**p != c)
+        return false;
+    (*p)++;
+    return true;
+}
+
+static bool take_word(const char **p, char *buf, size_t len)
+{
+    size_t n = 0;
+    while (((**p >= 'A' && **p <= 'Z') || (**p >= 'a' && **p <= 'z')) && n + 1 < len)
+        buf[n++] = *(*p)++;
+    buf[n] = '\0';
+    return n > 0;
+}
+
+static void skip_spaces(const char **p)
+{
+    while (**p == ' ')
+        (*p)++;
+}
+
+static bool take_hms(const char **p, int *h, int *mi, int *sec)
+{
+    return take_int(p, 2, 2, h) && take_char(p, ':') && take_int(p, 2, 2, mi) &&
+           take_char(p, ':') && take_int(p, 2, 2, sec);
+}
+
+static int64_t utc_ms(int y, int mo, int d, int h, int mi, int sec)
+{
+    struct tm tm = {0};
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    return (int64_t)timegm(&tm) * 1000;
+}
+
+static bool fields_valid(int mo, int d, int h, int mi, int sec)
+{
+    return mo >= 1 && mo <= 12 && d >= 1 && d <= 31 && h <= 23 && mi <= 59 && sec <= 60;
+}
+
 int time_parse_rfc3339(const char *s, int64_t *ms)
 {
-    int y, mo, d, h, mi, sec, n = 0;
-    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6)
+    int y, mo, d, h, mi, sec;
+    const char *p = s;
+    if (!s || !take_int(&p, 4, 4, &y) || !take_char(&p, '-') || !take_int(&p, 2, 2, &mo) ||
+        !take_char(&p, '-') || !take_int(&p, 2, 2, &d) ||
+        !(take_char(&p, 'T') || take_char(&p, 't')) || !take_hms(&p, &h, &mi, &sec) ||
+        !fields_valid(mo, d, h, mi, sec))
         return -EINVAL;
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-        return -EINVAL;
-    const char *p = s + n;
     int64_t frac_ms = 0;
-    if (*p == '.') {
-        p++;
+    if (take_char(&p, '.')) {
         int digits = 0;
         while (*p >= '0' && *p <= '9') {
             if (digits < 3)
@@ -200,28 +259,20 @@ int time_parse_rfc3339(const char *s, int64_t *ms)
             frac_ms *= 10;
     }
     int64_t offset_s = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
+    if (take_char(&p, 'Z') || take_char(&p, 'z')) {
+        /* UTC */
     } else if (*p == '+' || *p == '-') {
-        int oh, om;
-        if (sscanf(p + 1, "%2d:%2d", &oh, &om) != 2)
+        int sign = *p == '-' ? -1 : 1, oh, om;
+        p++;
+        if (!take_int(&p, 2, 2, &oh) || !take_char(&p, ':') || !take_int(&p, 2, 2, &om))
             return -EINVAL;
-        offset_s = (int64_t)(oh * 3600 + om * 60) * (*p == '-' ? -1 : 1);
-        p += 6;
+        offset_s = (int64_t)(oh * 3600 + om * 60) * sign;
     } else {
         return -EINVAL;
     }
     if (*p)
         return -EINVAL;
-    struct tm tm = {0};
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    *ms = ((int64_t)t - offset_s) * 1000 + frac_ms;
+    *ms = utc_ms(y, mo, d, h, mi, sec) - offset_s * 1000 + frac_ms;
     return 0;
 }
 
@@ -230,8 +281,8 @@ static int month_index(const char *m)
     static const char *const names[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     for (int i = 0; i < 12; i++)
-        if (strncasecmp(m, names[i], 3) == 0 && m[3] == '\0')
-            return i;
+        if (strcasecmp(m, names[i]) == 0)
+            return i + 1;
     return -1;
 }
 
@@ -239,34 +290,43 @@ int time_parse_http_date(const char *s, int64_t *ms)
 {
     char wk[16], mon[8], tz[8];
     int d, y, h, mi, sec;
-    struct tm tm = {0};
-    if (!s)
+    const char *p = s;
+    if (!s || !take_word(&p, wk, sizeof wk))
         return -EINVAL;
-    /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
-    if (sscanf(s, "%15[A-Za-z], %2d %3s %4d %2d:%2d:%2d %7s", wk, &d, mon, &y, &h, &mi, &sec, tz) ==
-            8 &&
-        strcmp(tz, "GMT") == 0) {
-        /* ok */
-    } else if (sscanf(s, "%15[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d %7s", wk, &d, mon, &y, &h, &mi, &sec,
-                      tz) == 8 &&
-               strcmp(tz, "GMT") == 0) {
-        /* RFC 850: two-digit year, interpret per RFC 9110 (within 50 years). */
-        y += y < 70 ? 2000 : 1900;
-    } else if (sscanf(s, "%15s %3s %d %2d:%2d:%2d %4d", wk, mon, &d, &h, &mi, &sec, &y) == 7) {
-        /* asctime */
+    if (take_char(&p, ',')) {
+        skip_spaces(&p);
+        if (!take_int(&p, 1, 2, &d))
+            return -EINVAL;
+        if (take_char(&p, ' ')) {
+            /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+            if (!take_word(&p, mon, sizeof mon) || !take_char(&p, ' ') || !take_int(&p, 4, 4, &y))
+                return -EINVAL;
+        } else if (take_char(&p, '-')) {
+            /* RFC 850: Sunday, 06-Nov-94 08:49:37 GMT; two-digit years per RFC 9110. */
+            if (!take_word(&p, mon, sizeof mon) || !take_char(&p, '-') || !take_int(&p, 2, 2, &y))
+                return -EINVAL;
+            y += y < 70 ? 2000 : 1900;
+        } else {
+            return -EINVAL;
+        }
+        if (!take_char(&p, ' ') || !take_hms(&p, &h, &mi, &sec) || !take_char(&p, ' ') ||
+            !take_word(&p, tz, sizeof tz) || strcmp(tz, "GMT") != 0)
+            return -EINVAL;
     } else {
-        return -EINVAL;
+        /* asctime: Sun Nov  6 08:49:37 1994 */
+        skip_spaces(&p);
+        if (!take_word(&p, mon, sizeof mon))
+            return -EINVAL;
+        skip_spaces(&p);
+        if (!take_int(&p, 1, 2, &d) || !take_char(&p, ' ') || !take_hms(&p, &h, &mi, &sec) ||
+            !take_char(&p, ' ') || !take_int(&p, 4, 4, &y))
+            return -EINVAL;
     }
+    skip_spaces(&p);
     int m = month_index(mon);
-    if (m < 0 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+    if (*p || m < 0 || !fields_valid(m, d, h, mi, sec))
         return -EINVAL;
-    tm.tm_year = y - 1900;
-    tm.tm_mon = m;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    *ms = (int64_t)timegm(&tm) * 1000;
+    *ms = utc_ms(y, m, d, h, mi, sec);
     return 0;
 }
 

@@ -599,7 +599,7 @@ static int listen_port(struct MHD_Daemon *d)
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
     if (!info)
         return -1;
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     socklen_t len = sizeof ss;
     if (getsockname(info->listen_fd, (struct sockaddr *)&ss, &len) < 0)
         return -1;
@@ -612,7 +612,7 @@ static int listen_port(struct MHD_Daemon *d)
 
 static int run(sim_options *o)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     socklen_t sslen;
     char host[256];
     if (resolve_listen(o->listen, &ss, &sslen, host, sizeof host) < 0) {
