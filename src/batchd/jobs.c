@@ -23,6 +23,8 @@
 #define CLAIMS_PER_TURN 64
 /* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
 #define PERSIST_RETRY_MS 5000
+/* Finished jobs kept in memory (and so in ListJobs); older ones live on disk only. */
+#define FINISHED_KEPT 1000
 /* Upload progress is published at most this often per job. */
 #define PROGRESS_PUBLISH_MS 250
 /* The slowest upload rate tolerated before a PUT is given up as timed out (bytes/s). */
@@ -136,36 +138,53 @@ static jobrun *jobrun_add(batchd *d, job *j, bool finished)
 
 jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous)
 {
-    jobrun *found = NULL;
     *ambiguous = false;
     for (size_t i = 0; i < d->n_jobs; i++)
         if (strcmp(d->jobs[i]->j->id, key) == 0)
             return d->jobs[i];
-    /* By name: the newest unfinished one wins over finished namesakes; two live jobs with
-     * one name (possible after a retry) are ambiguous. */
-    int live = 0;
+    /* By name (or directory name): it must be unique, except that one unfinished job wins
+     * over finished namesakes. */
+    jobrun *any = NULL, *live = NULL;
+    size_t n_any = 0, n_live = 0;
     for (size_t i = 0; i < d->n_jobs; i++) {
         jobrun *r = d->jobs[i];
         if (strcmp(r->j->name, key) != 0 && strcmp(r->j->dir, key) != 0)
             continue;
-        if (!found || (!r->finished && found->finished) || r->finished == found->finished)
-            found = r;
-        if (!r->finished)
-            live++;
+        any = r;
+        n_any++;
+        if (!r->finished) {
+            live = r;
+            n_live++;
+        }
     }
-    if (live > 1)
+    if (n_live == 1)
+        return live;
+    if (n_live > 1 || n_any > 1)
         *ambiguous = true;
-    if (!found)
-        return NULL;
-    if (found->finished) {
-        int namesakes = 0;
-        for (size_t i = 0; i < d->n_jobs; i++)
-            if (strcmp(d->jobs[i]->j->name, key) == 0)
-                namesakes++;
-        if (namesakes > 1)
-            *ambiguous = true;
+    return any;
+}
+
+static void free_jobrun(uv_handle_t *h);
+
+/* Finished jobs stay listed, but only the newest FINISHED_KEPT of them in memory: a daemon
+ * running for months must not grow with its history. Their records stay on disk. */
+static void evict_finished(batchd *d)
+{
+    size_t finished = 0;
+    for (size_t i = 0; i < d->n_jobs; i++)
+        finished += d->jobs[i]->finished;
+    size_t i = 0;
+    while (finished > FINISHED_KEPT && i < d->n_jobs) {
+        jobrun *r = d->jobs[i];
+        if (!r->finished || r->busy || r->validating) {
+            i++;
+            continue;
+        }
+        memmove(&d->jobs[i], &d->jobs[i + 1], (d->n_jobs - i - 1) * sizeof(jobrun *));
+        d->n_jobs--;
+        finished--;
+        uv_close((uv_handle_t *)&r->timer, free_jobrun);
     }
-    return found;
 }
 
 /* ---- validation on the thread pool ---- */
@@ -179,8 +198,6 @@ static void validate_work(uv_work_t *w)
 }
 
 static void start_validation(jobrun *r);
-
-static void free_jobrun(uv_handle_t *h);
 
 static void validate_done(uv_work_t *w, int status)
 {
@@ -420,6 +437,9 @@ static void finish(jobrun *r)
         }
     }
     job_note(j, time_now_ms(), "moved to %s/%s", ok ? "done" : "failed", j->dir);
+    /* The resolved job is not needed any more (a retry validates again). */
+    cJSON_Delete(j->spec);
+    j->spec = NULL;
     if (ok)
         log_job(LOG_LVL_NOTICE, &f, "ready: %" PRId64 " tasks in %" PRId64 " groups, %s/%s",
                 j->total_task_count, j->total_task_groups, "done", j->dir);
@@ -430,6 +450,7 @@ static void finish(jobrun *r)
     free(final_dir);
     persist(r);
     publish(r);
+    evict_finished(d);
     jobs_update_status(d);
     jobs_claim_soon(d);
 }
@@ -661,6 +682,7 @@ void jobs_recover(batchd *d)
         }
         spool_names_free(names, count);
     }
+    evict_finished(d);
     log_notice("recovered %zu unfinished job(s), %zu known in all", d->n_active, d->n_jobs);
 }
 
