@@ -1,0 +1,206 @@
+"""Shared pieces of the batchd benchmarks: a Release build, the e2e harness (batchd-sim and
+batchd in a temporary directory), /proc readings of a running batchd, data files valid for
+the default template, and small statistics helpers. Benchmarks print ratios measured within
+one run, because the machines they run on are shared and noisy."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def build(build_dir, skip=False):
+    """Configures and builds the Release programs the benchmarks drive (not the tests)."""
+    if not skip:
+        subprocess.run(["cmake", "-S", ROOT, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release",
+                        "-DBATCHD_SANITIZE=OFF", "-DBATCHD_TESTS=OFF"],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", build_dir, "--target", "batchd", "batchd-sim",
+                        "-j2"], check=True, stdout=subprocess.DEVNULL)
+    for prog in ("batchd", "batchd-sim"):
+        if not os.access(os.path.join(build_dir, prog), os.X_OK):
+            sys.exit(f"bench: {build_dir}/{prog} is missing; build it or drop --no-build")
+
+
+def harness(build_dir):
+    """Imports tests/e2e/harness.py pointed at build_dir (it reads the directory at import)."""
+    os.environ["BATCHD_BUILD_DIR"] = build_dir
+    os.environ["BATCHD_SOURCE_DIR"] = ROOT
+    sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+    import harness as h  # noqa: E402 - needs the environment set above
+    return h
+
+
+def common_args(p):
+    p.add_argument("--build", default=os.path.join(ROOT, "build-bench"),
+                   help="Release build directory (default: build-bench/)")
+    p.add_argument("--no-build", action="store_true", help="use the build as it is")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory (logs, spool, state) and print its path")
+
+
+def conf_lines(knobs):
+    """'section.key = value' lines for harness.Env(extra_conf=...)."""
+    return "\n".join(f"{k} = {v}" for k, v in knobs.items())
+
+
+def print_knobs(knobs, sim_args):
+    print("config: " + ", ".join(f"{k}={v}" for k, v in knobs.items()))
+    print("sim:    " + " ".join(sim_args))
+
+
+# ---- /proc readings ----
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status(pid):
+    """/proc/PID/status as a dict; memory values in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            value = value.strip()
+            if value.endswith(" kB"):
+                value = value[:-3]
+            out[key] = value
+    return out
+
+
+def rss_kib(pid):
+    return int(status(pid)["VmRSS"])
+
+
+def hwm_kib(pid):
+    return int(status(pid)["VmHWM"])
+
+
+def threads(pid):
+    """Per thread: name, voluntary and involuntary context switches, CPU ns, times run."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            st = status(f"{pid}/task/{tid}")
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run_ns, _wait_ns, slices = (int(x) for x in f.read().split())
+        except FileNotFoundError:
+            continue  # the thread ended while we looked
+        out[tid] = {"comm": comm, "vol": int(st["voluntary_ctxt_switches"]),
+                    "invol": int(st["nonvoluntary_ctxt_switches"]), "run_ns": run_ns,
+                    "slices": slices}
+    return out
+
+
+# ---- data ----
+
+def record(i, width=60):
+    text = f"Record {i}: " + "lorem ipsum dolor sit amet " * (width // 27 + 1)
+    return json.dumps({"prompt": text[:width], "response": f"Answer {i}. " + text[:width]})
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for i in range(records):
+            f.write(record(i) + "\n")
+
+
+def write_big_jsonl(path, size):
+    """About `size` bytes of valid records, fast: one ~1 MiB block of lines written repeatedly
+    (the records repeat, which the template does not forbid). Returns (bytes, records)."""
+    lines = []
+    n = 0
+    block_len = 0
+    while block_len < (1 << 20):
+        line = record(n, 200) + "\n"
+        lines.append(line)
+        block_len += len(line)
+        n += 1
+    block = "".join(lines).encode()
+    written = records = 0
+    with open(path, "wb") as f:
+        while written < size:
+            f.write(block)
+            written += len(block)
+            records += n
+        f.flush()
+        os.fsync(f.fileno())
+    return written, records
+
+
+# ---- spool ----
+
+def stage(daemon, src, name):
+    """Copies src into tmp/ (not yet visible to batchd); returns the staged path."""
+    import shutil
+    os.makedirs(os.path.join(daemon.spool, "tmp"), exist_ok=True)
+    os.makedirs(os.path.join(daemon.spool, "incoming"), exist_ok=True)
+    staged = os.path.join(daemon.spool, "tmp", f".{name}")
+    shutil.copy(src, staged)
+    return staged
+
+
+def publish(daemon, staged, name):
+    """The producer's rename into incoming/: the only trigger batchd reacts to."""
+    os.rename(staged, os.path.join(daemon.spool, "incoming", name))
+
+
+def done_count(daemon):
+    try:
+        return len(os.listdir(os.path.join(daemon.spool, "done")))
+    except FileNotFoundError:
+        return 0
+
+
+def failed_entries(daemon):
+    return daemon.dir_entries("failed")
+
+
+# ---- statistics ----
+
+def percentile(values, p):
+    """Nearest-rank percentile of a non-empty list."""
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
+    return v[k]
+
+
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.1f} ms"
+
+
+def mib(kib):
+    return f"{kib / 1024:.1f} MiB"
+
+
+def settle(pid, quiet_ms=300, timeout=10.0):
+    """Waits until the process used no CPU for quiet_ms (start-up work done), or timeout."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = cpu_seconds(pid)
+        if now != last:
+            last = now
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_ms / 1000:
+            return True
+    return False
