@@ -84,5 +84,44 @@ def test_concurrent_jobs():
         check(len(jobs) == n, f"ListJobs ready: {len(jobs)}")
 
 
+def test_sigterm_with_requests_in_flight():
+    """SIGTERM while every request hangs: batchd exits within seconds, and the next start
+    resumes each job from its last durable step to READY, with one batch per job."""
+    import time
+    with Env(sim_args=["--fault", "slow=1.0", "--slow", "30s"],
+             extra_conf="api.timeout = 60s") as env:
+        d = env.daemon
+        src = os.path.join(env.dir, "src")
+        os.makedirs(src)
+        for i in range(3):
+            p = os.path.join(src, f"t{i}.jsonl")
+            write_jsonl(p, 2, prefix=f"t{i}")
+            d.drop(p)
+        def pending_creates():
+            # The intent is written right before each request is sent.
+            recs = []
+            for fn in os.listdir(d.state_dir + "/jobs"):
+                try:
+                    with open(os.path.join(d.state_dir, "jobs", fn)) as f:
+                        recs.append(json.load(f))
+                except (OSError, ValueError):
+                    pass
+            return len([r for r in recs if r.get("pending_op") == "create_dataset"]) == 3
+        wait_for(pending_creates, 20, "three creates in flight")
+        start = time.monotonic()
+        rc = d.stop()
+        took = time.monotonic() - start
+        check(rc == 0, f"exit status {rc}")
+        check(took < 5, f"took {took:.1f}s to stop with requests in flight")
+        check(len(d.dir_entries("active")) == 3, "the jobs stay in active/")
+        env.sim.set_faults([])
+        d.start()
+        wait_for(lambda: len(d.dir_entries("done")) == 3, 60, "three jobs in done/")
+        st = env.sim.state()
+        check(len(st["batches"]) == 3, f"{len(st['batches'])} batches")
+        logs = d.logs()
+        check("stopping" in logs and "recovered" in logs, "stop and recovery are logged")
+
+
 if __name__ == "__main__":
-    run([test_seed_workflow, test_concurrent_jobs])
+    run([test_seed_workflow, test_concurrent_jobs, test_sigterm_with_requests_in_flight])
