@@ -320,3 +320,59 @@ def run(tests):
             print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
     print(f"{len(tests) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
+
+
+def hold(pred, duration, what="condition", interval=0.05):
+    """Checks that pred stays true for the whole of duration (an observation window, e.g. that
+    nothing happens while paused); raises at the first moment it is false."""
+    deadline = time.monotonic() + duration
+    while True:
+        check(pred(), f"{what} stopped holding")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
+def rss_kib(pid):
+    """Resident set size of a process in KiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise TestFailure(f"no VmRSS for pid {pid}")
+
+
+class Conn:
+    """One varlink connection for several calls in a row (call() opens a new one each time)."""
+
+    def __init__(self, path, timeout=10):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(timeout)
+        self.s.connect(path)
+        self.buf = b""
+
+    def send(self, method, params=None, **flags):
+        msg = {"method": method, "parameters": params or {}}
+        msg.update(flags)
+        self.s.sendall(json.dumps(msg).encode() + b"\0")
+
+    def recv(self, timeout=10):
+        """The next reply, or None when the server closed the connection."""
+        self.s.settimeout(timeout)
+        while b"\0" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method, params=None, **flags):
+        self.send(method, params, **flags)
+        reply = self.recv()
+        check(reply is not None, f"connection closed instead of answering {method}")
+        return reply
+
+    def close(self):
+        self.s.close()
+
