@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -189,8 +190,19 @@ void varlink_request_clear(varlink_request *req)
 
 /* ---------------------------------------------------------------- server setup */
 
+/* libuv writes to connections with write(2), which raises SIGPIPE when the peer has gone (a
+ * Watch client that quits with replies in flight): that must cost the connection (EPIPE),
+ * never the process. A handler the program installed itself is left alone. */
+static void ignore_sigpipe(void)
+{
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+}
+
 int varlink_server_new(uv_loop_t *loop, const varlink_server_options *opts, varlink_server **out)
 {
+    ignore_sigpipe();
     varlink_server *s = xcalloc(1, sizeof(*s));
     s->loop = loop;
     s->o = *opts;

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -434,6 +435,41 @@ static void test_more_continues(void **state)
     cl_free(c);
 }
 
+/* A streaming client that goes away while replies are being written costs its connection only:
+ * with SIGPIPE at its default the process would die on the first write after the close. */
+static void test_peer_gone_mid_stream(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_DFL);
+    start(NULL);
+    struct sigaction sa;
+    assert_int_equal(sigaction(SIGPIPE, NULL, &sa), 0);
+    assert_true(sa.sa_handler == SIG_IGN);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    cJSON *m = cl_recv(c);
+    assert_true(json_bool(m, "continues", false));
+    cJSON_Delete(m);
+    assert_int_equal(F->n_streams, 1);
+    cl_free(c);
+    /* Notifications until the server notices: the first write after the close fails. */
+    int r = 0;
+    for (int i = 0; i < 1000 && F->n_streams == 1 && r == 0; i++) {
+        r = varlink_call_notify_json(F->streams[0], "{\"n\":1}");
+        pump(-1, 1);
+    }
+    assert_int_equal(F->n_streams, 0);
+    assert_int_equal(F->cancelled, 1);
+    wait_connections(0);
+    /* The server still serves others. */
+    client *d = cl_connect();
+    cl_send(d, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"ok\":true}}");
+    m = cl_recv(d);
+    assert_true(json_bool(cJSON_GetObjectItem(m, "parameters"), "ok", false));
+    cJSON_Delete(m);
+    cl_free(d);
+}
+
 static void test_service_interface(void **state)
 {
     (void)state;
@@ -720,6 +756,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_parameters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oneway, setup, teardown),
         cmocka_unit_test_setup_teardown(test_more_continues, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_gone_mid_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_service_interface, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_caps, setup, teardown),
