@@ -105,10 +105,43 @@ static void arm_timer(jobrun *r, int64_t delay_ms)
     uv_timer_start(&r->timer, on_timer, (uint64_t)delay_ms, 0);
 }
 
+/* Watch promises every state change, but one step of the machine can pass several states (a
+ * retry resuming past work already done). Publishes the states passed between `before` and the
+ * current one, read from the history, each as the job in that state, oldest first. */
+static void publish_passed(jobrun *r, job_state before)
+{
+    const job *j = r->j;
+    const char *from = job_state_name(before), *to = job_state_name(j->state);
+    const cJSON *start = NULL, *end = NULL, *e;
+    cJSON_ArrayForEach(e, j->history)
+    {
+        const char *s = json_str(e, "state");
+        if (s && strcmp(s, from) == 0)
+            start = e->next; /* after the last entry in the old state */
+        if (s && strcmp(s, to) != 0)
+            end = NULL;
+        else if (!end)
+            end = e; /* the first entry of the final run in the new state */
+    }
+    const char *prev = from;
+    for (e = start; e && e != end; e = e->next) {
+        const char *s = json_str(e, "state");
+        if (!s || strcmp(s, prev) == 0)
+            continue;
+        cJSON *pub = job_to_public(j, false);
+        cJSON_ReplaceItemInObjectCaseSensitive(pub, "state", cJSON_CreateString(s));
+        control_job_changed(r->d->ctl, pub);
+        cJSON_Delete(pub);
+        prev = s;
+    }
+}
+
 /* After the record changed: make it durable, log a state change, tell watchers. */
 void jobs_changed(jobrun *r, job_state before)
 {
     job *j = r->j;
+    if (j->state != before && r->d->ctl)
+        publish_passed(r, before);
     if (j->state != before) {
         log_job_fields f = fields_of(j);
         log_job(j->state == JOB_FAILED ? LOG_LVL_WARNING : LOG_LVL_INFO, &f, "%s -> %s: %s",
