@@ -13,6 +13,9 @@
 #include "batchctl.h"
 #include "batchd/util.h"
 
+/* Jobs whose last event line is remembered for de-duplication. */
+#define PRINTED_MAX 1000
+
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t resized;
 
@@ -38,8 +41,9 @@ static void install_signals(bool tty)
 
 typedef struct view {
     const ctl_ctx *x;
-    cJSON *active; /* id -> latest Job, in order of appearance */
-    int drawn;     /* live lines on screen below the permanent ones */
+    cJSON *active;  /* id -> latest Job, in order of appearance */
+    cJSON *printed; /* line mode: id -> the last event line printed for it, without its time */
+    int drawn;      /* live lines on screen below the permanent ones */
 } view;
 
 /* ---------------------------------------------------------------- event lines */
@@ -68,6 +72,31 @@ static void print_event(const ctl_ctx *x, const cJSON *job, int64_t now)
     event_note(job, now, note, sizeof(note));
     printf("%s %s %s%s%s%s%s\n", at, json_str(job, "name") ? json_str(job, "name") : "?",
            col ? col : "", state ? state : "?", col ? CTL_RESET : "", note[0] ? " " : "", note);
+}
+
+/* Line mode: an event that would print the same line as the job's previous one (the daemon
+ * also reports changes that show nothing here, e.g. a finished job's directory move) is left
+ * out, so every line says something new. */
+static void print_event_once(view *v, const cJSON *job, int64_t now)
+{
+    const char *id = json_str(job, "id");
+    char note[1024];
+    event_note(job, now, note, sizeof(note));
+    char *line = xasprintf("%s %s", json_str(job, "state") ? json_str(job, "state") : "?", note);
+    const cJSON *last = id ? cJSON_GetObjectItemCaseSensitive(v->printed, id) : NULL;
+    if (last && cJSON_IsString(last) && strcmp(last->valuestring, line) == 0) {
+        free(line);
+        return;
+    }
+    print_event(v->x, job, now);
+    if (id) {
+        cJSON_DeleteItemFromObjectCaseSensitive(v->printed, id);
+        cJSON_AddItemToObject(v->printed, id, cJSON_CreateString(line));
+        /* A watch may run for months: remember only the most recently printed jobs. */
+        if (cJSON_GetArraySize(v->printed) > PRINTED_MAX)
+            cJSON_Delete(cJSON_DetachItemViaPointer(v->printed, v->printed->child));
+    }
+    free(line);
 }
 
 /* ---------------------------------------------------------------- live view */
@@ -192,7 +221,7 @@ static void handle_reply(view *v, const vlclient_reply *r, bool first)
             if (x->tty)
                 view_update(v, j, false);
             else if (!ctl_state_finished(json_str(j, "state")))
-                print_event(x, j, now);
+                print_event_once(v, j, now);
         }
     } else {
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(r->parameters, "job");
@@ -201,7 +230,7 @@ static void handle_reply(view *v, const vlclient_reply *r, bool first)
         if (x->tty)
             view_update(v, j, true);
         else
-            print_event(x, j, now);
+            print_event_once(v, j, now);
     }
     if (!x->tty)
         fflush(stdout);
@@ -221,7 +250,7 @@ int ctl_watch(const ctl_ctx *x, int argc, char **argv)
     int code = ctl_watch_open(x, &c, &r);
     if (code != 0)
         return code;
-    view v = {.x = x, .active = cJSON_CreateObject()};
+    view v = {.x = x, .active = cJSON_CreateObject(), .printed = cJSON_CreateObject()};
     ctl_ctx xx = *x;
     xx.tty = live;
     v.x = &xx;
@@ -264,6 +293,7 @@ int ctl_watch(const ctl_ctx *x, int argc, char **argv)
         fflush(stdout);
     }
     cJSON_Delete(v.active);
+    cJSON_Delete(v.printed);
     vlclient_free(c);
     return code;
 }
