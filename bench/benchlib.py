@@ -4,6 +4,7 @@ the default template, and small statistics helpers. Benchmarks print ratios meas
 one run, because the machines they run on are shared and noisy."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -40,8 +41,19 @@ def common_args(p):
     p.add_argument("--build", default=os.path.join(ROOT, "build-bench"),
                    help="Release build directory (default: build-bench/)")
     p.add_argument("--no-build", action="store_true", help="use the build as it is")
+    p.add_argument("--dir", default=None,
+                   help="where the temporary directory goes (default: $TMPDIR or /tmp); "
+                        "e.g. /dev/shm to take the disk's fsync cost out")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary directory (logs, spool, state) and print its path")
+
+
+def use_dir(directory):
+    """Puts the harness's temporary directories (spool, state, logs) under directory."""
+    if directory:
+        import tempfile
+        os.makedirs(directory, exist_ok=True)
+        tempfile.tempdir = directory
 
 
 def conf_lines(knobs):
@@ -204,3 +216,134 @@ def settle(pid, quiet_ms=300, timeout=10.0):
         elif time.monotonic() - quiet_since >= quiet_ms / 1000:
             return True
     return False
+
+
+def fsync_probe(directory, count=20):
+    """The cost of one durable small-file write as fsutil_write_atomic does it (write, fsync,
+    rename, fsync the directory), so that figures can be read against this disk's speed.
+    Returns (median, p95) in milliseconds."""
+    times = []
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(count):
+            tmp = os.path.join(directory, f".bench-probe.{i}.tmp")
+            final = os.path.join(directory, ".bench-probe")
+            t = time.perf_counter()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"x" * 2048)
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(tmp, final)
+            os.fsync(dfd)
+            times.append((time.perf_counter() - t) * 1000)
+        os.unlink(os.path.join(directory, ".bench-probe"))
+    finally:
+        os.close(dfd)
+    return median(times), percentile(times, 95)
+
+
+class SyscallTracer:
+    """System calls of a running process per thread, with time spent in each: `perf trace -s`
+    when perf works (low overhead), else `strace -c -f` (all threads merged, much slower)."""
+
+    def __init__(self, pid, out):
+        self.pid = pid
+        self.out = out
+        self.perf = subprocess.run(["perf", "trace", "-s", "--", "true"], capture_output=True
+                                   ).returncode == 0 if _which("perf") else False
+        if self.perf:
+            cmd = ["perf", "trace", "-s", "-p", str(pid), "-o", out]
+        else:
+            cmd = ["strace", "-c", "-f", "-w", "-p", str(pid), "-o", out]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attaching to every thread takes a moment
+
+    def stop(self):
+        self.proc.send_signal(2)
+        self.proc.wait(60)
+
+    def parse(self):
+        """{tid: (comm, {syscall: (calls, total_ms, max_ms)})} from perf trace -s."""
+        threads = {}
+        cur = None
+        with open(self.out) as f:
+            for line in f:
+                m = re.match(r"^\s*(\S.*) \((\d+)\), (\d+) events", line)
+                if m:
+                    cur = {}
+                    threads[int(m.group(2))] = (m.group(1), cur)
+                    continue
+                m = re.match(r"^\s+(\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
+                             line)
+                if m and cur is not None:
+                    cur[m.group(1)] = (int(m.group(2)), float(m.group(4)), float(m.group(5)))
+        return threads
+
+    def report(self, wall, jobs):
+        if not self.perf:
+            print("\nstrace -c -f -w of batchd (all threads):")
+            with open(self.out) as f:
+                print("".join(f.readlines()[:16]))
+            return
+        threads = self.parse()
+        loop = threads.get(self.pid, ("?", {}))[1]
+        print(f"\nsystem calls of the event-loop thread (perf trace -s), {wall:.2f}s wall, "
+              f"{jobs} jobs:")
+        print(f"  {'syscall':14s} {'per job':>8s} {'total':>9s} {'of wall':>8s} {'max':>9s}")
+        top = sorted(loop.items(), key=lambda kv: -kv[1][1])[:10]
+        for name, (calls, total, mx) in top:
+            note = "  (idle: waiting for events)" if name == "epoll_wait" else ""
+            print(f"  {name:14s} {calls / jobs:8.1f} {total:7.0f}ms {total / 10 / wall:7.1f}% "
+                  f"{mx:7.1f}ms{note}")
+        busy = sum(t for n, (_c, t, _m) in loop.items() if n not in ("epoll_wait",))
+        print(f"  the loop spent {busy / 1000:.2f}s ({busy / 10 / wall:.0f}% of wall) inside "
+              f"system calls other than epoll_wait")
+        for tid, (comm, calls) in sorted(threads.items()):
+            if tid == self.pid or not calls:
+                continue
+            fs = calls.get("fsync", (0, 0.0, 0.0))
+            tot = sum(t for n, (_c, t, _m) in calls.items() if n != "futex")
+            print(f"  thread {comm} ({tid}): {tot:.0f} ms in system calls (futex waits "
+                  f"excluded), fsync {fs[0]} calls {fs[1]:.0f} ms")
+
+
+def _which(prog):
+    import shutil
+    return shutil.which(prog) is not None
+
+
+class SyscallCounter:
+    """Counts chosen system calls of a running process (all threads) with `perf stat`, which
+    only counts in the kernel and costs the process next to nothing. Inactive without perf."""
+
+    def __init__(self, pid, calls, out):
+        self.calls = calls
+        self.out = out
+        self.proc = None
+        if not _which("perf"):
+            return
+        events = ",".join(f"syscalls:sys_enter_{c}" for c in calls)
+        probe = subprocess.run(["perf", "stat", "-e", events, "--", "true"], capture_output=True)
+        if probe.returncode != 0:
+            return
+        self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-p", str(pid),
+                                      "-o", out], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # perf attaches to each thread
+
+    def stop(self):
+        """{syscall: count}, or {} without perf."""
+        if not self.proc:
+            return {}
+        self.proc.send_signal(2)
+        self.proc.wait(30)
+        counts = {}
+        with open(self.out) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) > 2 and parts[2].startswith("syscalls:sys_enter_"):
+                    try:
+                        counts[parts[2][len("syscalls:sys_enter_"):]] = int(parts[0])
+                    except ValueError:
+                        pass
+        return counts
