@@ -35,6 +35,9 @@ typedef struct varlink_server_options {
     size_t max_message;      /* inbound message without its NUL; 0 = 1 MiB */
     size_t max_pending_out;  /* unsent reply bytes per connection; 0 = 8 MiB */
     int64_t idle_timeout_ms; /* no call and no traffic for this long: closed; 0 = 60 s, <0 never */
+    /* Root and the server's own uid are bound by max_connections only, not by max_per_uid:
+     * the cap protects others from an unprivileged flood, not the operator from herself. */
+    bool privileged_uncapped;
     /* org.varlink.service.GetInfo */
     const char *vendor;
     const char *product;

@@ -466,6 +466,7 @@ int control_start(uv_loop_t *loop, const control_options *opts, const control_op
         .max_message = opts->max_message,
         .max_pending_out = opts->max_pending_out,
         .idle_timeout_ms = opts->idle_timeout_ms,
+        .privileged_uncapped = true,
         .vendor = "batchd",
         .product = "batchd",
         .version = opts->version ? opts->version : BATCHD_VERSION,

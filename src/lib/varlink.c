@@ -26,6 +26,8 @@
 #define VL_READ_CHUNK (64 * 1024)
 #define VL_MAX_GROUPS 65536
 #define VL_SERVICE    "org.varlink.service"
+/* At most one log line about refused connections per this many milliseconds. */
+#define VL_REFUSED_LOG_MS 10000
 
 const char varlink_service_description[] =
     "# The Varlink Service Interface is provided by every varlink service. It\n"
@@ -124,6 +126,9 @@ struct varlink_server {
     vl_method *methods;
     size_t n_methods;
     char *unlink_path;
+    uid_t self_uid;
+    int64_t refused_log_ms; /* when a refusal was last logged */
+    size_t refused_quiet;   /* refusals not logged since then */
     char readbuf[VL_READ_CHUNK];
 };
 
@@ -205,6 +210,7 @@ int varlink_server_new(uv_loop_t *loop, const varlink_server_options *opts, varl
     ignore_sigpipe();
     varlink_server *s = xcalloc(1, sizeof(*s));
     s->loop = loop;
+    s->self_uid = geteuid();
     s->o = *opts;
     s->o.max_connections = opts->max_connections ? opts->max_connections : 1024;
     s->o.max_per_uid = opts->max_per_uid ? opts->max_per_uid : 256;
@@ -740,11 +746,30 @@ static size_t uid_connections(const varlink_server *s, uid_t uid)
     return n;
 }
 
+/* A flood of connections must not become a flood of log lines: one line per interval, with
+ * the count of refusals left out since the last one. */
+static void log_refusal(varlink_server *s, const vl_conn *c, size_t limit, const char *what)
+{
+    int64_t now = time_mono_ms();
+    if (s->refused_log_ms && now - s->refused_log_ms < VL_REFUSED_LOG_MS) {
+        s->refused_quiet++;
+        return;
+    }
+    if (s->refused_quiet)
+        log_warn("control connection (uid %u, pid %d) refused: %s (%zu); %zu more refused "
+                 "since the last report",
+                 (unsigned)c->peer.uid, (int)c->peer.pid, what, limit, s->refused_quiet);
+    else
+        log_warn("control connection (uid %u, pid %d) refused: %s (%zu)", (unsigned)c->peer.uid,
+                 (int)c->peer.pid, what, limit);
+    s->refused_log_ms = now;
+    s->refused_quiet = 0;
+}
+
 static void refuse(vl_conn *c, size_t limit, const char *what)
 {
-    const varlink_server *s = c->srv;
-    log_warn("control connection (uid %u, pid %d) refused: %s (%zu)", (unsigned)c->peer.uid,
-             (int)c->peer.pid, what, limit);
+    varlink_server *s = c->srv;
+    log_refusal(s, c, limit, what);
     if (s->o.limit_error) {
         cJSON *p = cJSON_CreateObject();
         cJSON_AddNumberToObject(p, "limit", (double)limit);
@@ -763,7 +788,12 @@ static void on_connection(uv_stream_t *server, int status)
 {
     varlink_server *s = server->data;
     if (status < 0) {
-        log_warn("control socket: accept failed: %s", uv_strerror(status));
+        /* E.g. EMFILE under a flood: libuv has already shed the pending connection. */
+        int64_t now = time_mono_ms();
+        if (!s->refused_log_ms || now - s->refused_log_ms >= VL_REFUSED_LOG_MS) {
+            log_warn("control socket: accept failed: %s", uv_strerror(status));
+            s->refused_log_ms = now;
+        }
         return;
     }
     vl_conn *c = xcalloc(1, sizeof(*c));
@@ -788,7 +818,9 @@ static void on_connection(uv_stream_t *server, int status)
         refuse(c, s->o.max_connections, "too many connections");
         return;
     }
-    if (uid_connections(s, c->peer.uid) >= s->o.max_per_uid) {
+    bool privileged = c->peer.uid == 0 || c->peer.uid == s->self_uid;
+    if (!(privileged && s->o.privileged_uncapped) &&
+        uid_connections(s, c->peer.uid) >= s->o.max_per_uid) {
         refuse(c, s->o.max_per_uid, "too many connections from this uid");
         return;
     }

@@ -109,6 +109,7 @@ static void start(const varlink_server_options *extra)
     if (extra) {
         o.max_connections = extra->max_connections;
         o.max_per_uid = extra->max_per_uid;
+        o.privileged_uncapped = extra->privileged_uncapped;
         o.max_message = extra->max_message;
         o.max_pending_out = extra->max_pending_out;
         o.idle_timeout_ms = extra->idle_timeout_ms;
@@ -561,6 +562,33 @@ static void test_connection_caps(void **state)
     wait_connections(0);
 }
 
+/* With privileged_uncapped, the server's own uid (this test) is bound by the total cap only. */
+static void test_privileged_uncapped(void **state)
+{
+    (void)state;
+    varlink_server_options o = {
+        .max_connections = 4, .max_per_uid = 2, .privileged_uncapped = true};
+    start(&o);
+    client *c[5];
+    for (int i = 0; i < 4; i++)
+        c[i] = cl_connect();
+    wait_connections(4);
+    for (int i = 0; i < 4; i++) {
+        cl_send(c[i], "{\"method\":\"org.example.test.Echo\"}");
+        cJSON *m = cl_recv(c[i]);
+        assert_null(json_str(m, "error"));
+        cJSON_Delete(m);
+    }
+    c[4] = cl_connect(); /* over the total cap */
+    cJSON *m = cl_recv(c[4]);
+    assert_error(m, "org.example.test.TooMany");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 4);
+    cJSON_Delete(m);
+    for (int i = 0; i < 5; i++)
+        cl_free(c[i]);
+    wait_connections(0);
+}
+
 static void test_total_cap(void **state)
 {
     (void)state;
@@ -760,6 +788,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_service_interface, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_caps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_privileged_uncapped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_total_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_64mib, setup, teardown),
