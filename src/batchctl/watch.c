@@ -190,7 +190,8 @@ static void view_update(view *v, const cJSON *job, bool permanent_line)
         cJSON_DeleteItemFromObjectCaseSensitive(v->active, id);
         if (permanent_line) {
             erase(v);
-            print_event(v->x, job, time_now_ms());
+            /* Once per finish: the daemon also reports the move into done/ or failed/. */
+            print_event_once(v, job, time_now_ms());
         }
         return;
     }
