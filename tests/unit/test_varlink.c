@@ -696,7 +696,7 @@ static void test_500_connections(void **state)
     varlink_server_options o = {.max_connections = 1024, .max_per_uid = 1024};
     start(&o);
     enum { N = 500 };
-    client **cs = calloc(N, sizeof(*cs));
+    client **cs = calloc(N, sizeof(client *));
     for (int i = 0; i < N; i++)
         cs[i] = cl_connect();
     for (int i = 0; i < N; i++) {
