@@ -21,9 +21,9 @@ static int connect_failed(const ctl_ctx *x, int r)
     }
     fprintf(stderr,
             "batchctl: cannot reach batchd at %s: %s\n"
-            "hint: is batchd running (systemctl status batchd)? Name another socket with -s "
-            "SOCKET or [control] socket in the config file.\n",
-            x->socket_path, r == -ETIMEDOUT ? "timed out" : strerror(-r));
+            "hint: is batchd running (systemctl status batchd) and listening on %s? Name "
+            "another socket with -s SOCKET or [control] socket in the config file.\n",
+            x->socket_path, r == -ETIMEDOUT ? "timed out" : strerror(-r), x->socket_path);
     return CTL_EXIT_UNAVAILABLE;
 }
 
