@@ -47,6 +47,18 @@ typedef struct jobrun {
     intake_result ires;
     int ires_rc;
     int64_t last_publish_ms;
+    /* Record writes run on the thread pool, one at a time per job, so a later write can
+     * never be overtaken by an earlier one; the job takes no step while its write is out. */
+    bool writing;
+    bool write_again;        /* the record changed while it was being written */
+    bool dirty;              /* the last write failed: write again before any step */
+    bool released;           /* stopping: free once the thread pool is done with it */
+    job_op send_after_write; /* a side-effecting call waiting for its intent to be durable */
+    job_op saved_pending;    /* pending_op to restore if that write fails */
+    uv_work_t write_work;
+    char *write_text;
+    char *write_dir;
+    int write_rc;
 } jobrun;
 
 typedef struct batchd {

@@ -80,18 +80,8 @@ void jobs_update_status(batchd *d)
                   d->paused ? ", paused" : "");
 }
 
-/* Persists the record; on failure the job waits and tries again, sending nothing, because an
- * intent that is not durable must not be acted on. */
-static int persist(jobrun *r)
-{
-    int rc = store_save(r->d->cfg->c.state.dir, r->j);
-    if (rc < 0) {
-        log_job_fields f = fields_of(r->j);
-        log_job(LOG_LVL_ERR, &f, "cannot write the job record in %s: %s; retrying in 5s",
-                r->d->cfg->c.state.dir, strerror(-rc));
-    }
-    return rc;
-}
+static void free_jobrun(uv_handle_t *h);
+static void start_http(jobrun *r, job_op op);
 
 static void on_timer(uv_timer_t *t)
 {
@@ -103,6 +93,92 @@ static void arm_timer(jobrun *r, int64_t delay_ms)
     if (delay_ms < 1)
         delay_ms = 1;
     uv_timer_start(&r->timer, on_timer, (uint64_t)delay_ms, 0);
+}
+
+/* Frees a job left behind by jobs_free_all once the thread pool no longer holds it. */
+static void maybe_release(jobrun *r)
+{
+    if (r->released && !r->writing && !r->validating)
+        uv_close((uv_handle_t *)&r->timer, free_jobrun);
+}
+
+static void write_work(uv_work_t *w)
+{
+    jobrun *r = w->data;
+    r->write_rc = store_write(r->write_dir, r->j->id, r->write_text);
+}
+
+static void persist(jobrun *r);
+
+static void write_done(uv_work_t *w, int status)
+{
+    jobrun *r = w->data;
+    batchd *d = r->d;
+    r->writing = false;
+    free(r->write_text);
+    free(r->write_dir);
+    r->write_text = r->write_dir = NULL;
+    int rc = status < 0 ? status : r->write_rc;
+    if (d->stopping) {
+        /* The newest state must be on disk before exit: write it here, synchronously. */
+        if (r->write_again || rc < 0)
+            store_save(d->cfg->c.state.dir, r->j);
+        r->write_again = false;
+        maybe_release(r);
+        return;
+    }
+    if (r->write_again) {
+        r->write_again = false;
+        persist(r);
+        return;
+    }
+    if (rc < 0) {
+        /* An intent that is not durable must not be acted on: take no step until a write
+         * succeeds. */
+        log_job_fields f = fields_of(r->j);
+        log_job(LOG_LVL_ERR, &f, "cannot write the job record in %s: %s; retrying in 5s",
+                d->cfg->c.state.dir, strerror(-rc));
+        if (r->send_after_write != JOB_OP_NONE) {
+            r->j->pending_op = r->saved_pending;
+            r->send_after_write = JOB_OP_NONE;
+        }
+        r->dirty = true;
+        arm_timer(r, PERSIST_RETRY_MS);
+        return;
+    }
+    r->dirty = false;
+    job_op op = r->send_after_write;
+    r->send_after_write = JOB_OP_NONE;
+    if (op != JOB_OP_NONE && !job_state_terminal(r->j->state) && !d->paused) {
+        start_http(r, op);
+        return;
+    }
+    if (op != JOB_OP_NONE)
+        r->j->pending_op = r->saved_pending; /* not sent after all (paused or cancelled) */
+    jobs_drive(r);
+}
+
+/* Makes the record durable off the loop; the job's next step waits for it (jobs_drive). */
+static void persist(jobrun *r)
+{
+    if (r->writing) {
+        r->write_again = true;
+        return;
+    }
+    r->writing = true;
+    r->write_text = store_encode(r->j);
+    r->write_dir = xstrdup(r->d->cfg->c.state.dir);
+    r->write_work.data = r;
+    int rc = uv_queue_work(r->d->loop, &r->write_work, write_work, write_done);
+    if (rc < 0) {
+        /* Cannot happen with a valid loop; fall back to writing here. */
+        r->writing = false;
+        free(r->write_text);
+        free(r->write_dir);
+        r->write_text = r->write_dir = NULL;
+        if (store_save(r->d->cfg->c.state.dir, r->j) < 0)
+            r->dirty = true;
+    }
 }
 
 /* Watch promises every state change, but one step of the machine can pass several states (a
@@ -197,8 +273,6 @@ jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous)
     return any;
 }
 
-static void free_jobrun(uv_handle_t *h);
-
 /* Finished jobs stay listed, but only the newest FINISHED_KEPT of them in memory: a daemon
  * running for months must not grow with its history. Their records stay on disk. */
 static void evict_finished(batchd *d)
@@ -209,7 +283,7 @@ static void evict_finished(batchd *d)
     size_t i = 0;
     while (finished > FINISHED_KEPT && i < d->n_jobs) {
         jobrun *r = d->jobs[i];
-        if (!r->finished || r->busy || r->validating) {
+        if (!r->finished || r->busy || r->validating || r->writing) {
             i++;
             continue;
         }
@@ -237,12 +311,14 @@ static void validate_done(uv_work_t *w, int status)
     jobrun *r = w->data;
     batchd *d = r->d;
     if (d->stopping) {
-        /* jobs_free_all left this job to us: its record is durable, the result is dropped
-         * and the validation runs again on the next start. */
+        /* Its record is durable; the result is dropped and the validation runs again on
+         * the next start. */
         d->validations--;
+        r->validating = false;
         cfgref_put(r->work_cfg);
+        r->work_cfg = NULL;
         intake_result_free(&r->ires);
-        uv_close((uv_handle_t *)&r->timer, free_jobrun);
+        maybe_release(r);
         return;
     }
     r->busy = false;
@@ -368,27 +444,18 @@ static void on_http_progress(void *ud, uint64_t sent, uint64_t total)
         publish(r);
 }
 
-static void send_request(jobrun *r, job_op op)
+/* Starts the request for op; for a side-effecting op its intent is already durable. */
+static void start_http(jobrun *r, job_op op)
 {
     batchd *d = r->d;
     job *j = r->j;
     job_request rq;
-    int64_t now = time_now_ms();
     if (job_build_request(j, op, &rq) < 0) {
         job_state before = j->state;
-        job_fail(j, now, "invalid_job", "internal error: the record lacks what %s needs",
+        job_fail(j, time_now_ms(), "invalid_job", "internal error: the record lacks what %s needs",
                  job_op_name(op));
         jobs_changed(r, before);
         jobs_drive(r);
-        return;
-    }
-    job_op saved_pending = j->pending_op;
-    job_mark_sent(j, op, now);
-    if (job_op_has_side_effect(op) && persist(r) < 0) {
-        /* The intent is not durable: do not act on it. */
-        j->pending_op = saved_pending;
-        job_request_clear(&rq);
-        arm_timer(r, PERSIST_RETRY_MS);
         return;
     }
     char *url = NULL;
@@ -438,6 +505,21 @@ static void send_request(jobrun *r, job_op op)
         return;
     }
     publish(r);
+}
+
+static void send_request(jobrun *r, job_op op)
+{
+    job *j = r->j;
+    job_op saved_pending = j->pending_op;
+    job_mark_sent(j, op, time_now_ms());
+    if (!job_op_has_side_effect(op)) {
+        start_http(r, op);
+        return;
+    }
+    /* Record the intent first; write_done sends once it is on disk. */
+    r->saved_pending = saved_pending;
+    r->send_after_write = op;
+    persist(r);
 }
 
 /* ---- finishing ---- */
@@ -493,15 +575,23 @@ static void finish(jobrun *r)
 void jobs_drive(jobrun *r)
 {
     batchd *d = r->d;
-    if (r->busy || r->finished || d->stopping || r->waiting_validation)
+    if (r->busy || r->finished || d->stopping || r->waiting_validation || r->writing)
         return;
+    if (r->dirty) {
+        persist(r); /* a failed write: no step before it succeeds */
+        return;
+    }
     job *j = r->j;
     job_state before = j->state;
     int64_t now = time_now_ms();
     bool changed = false;
     job_action a = job_next(j, &d->params, now, batchd_random(d), &changed);
-    if (changed)
+    if (changed) {
+        /* Durable before the next step: write_done drives the job again, and job_next
+         * gives the same action from the updated record. */
         jobs_changed(r, before);
+        return;
+    }
     switch (a.kind) {
     case JOB_ACT_VALIDATE:
         start_validation(r);
@@ -734,8 +824,10 @@ void jobs_shutdown(batchd *d)
         }
         if (r->validating)
             r->cancel_validation = 1;
-        if (!r->finished)
-            persist(r);
+        if (r->writing)
+            r->write_again = true; /* write_done writes the newest state */
+        else if (!r->finished)
+            store_save(d->cfg->c.state.dir, r->j);
     }
     uv_timer_stop(&d->claim_timer);
 }
@@ -749,9 +841,11 @@ static void free_jobrun(uv_handle_t *h)
 
 void jobs_free_all(batchd *d)
 {
-    for (size_t i = 0; i < d->n_jobs; i++)
-        if (!d->jobs[i]->validating) /* else validate_done frees it */
-            uv_close((uv_handle_t *)&d->jobs[i]->timer, free_jobrun);
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        /* A job the thread pool still holds is freed by its write_done / validate_done. */
+        d->jobs[i]->released = true;
+        maybe_release(d->jobs[i]);
+    }
     free(d->jobs);
     d->jobs = NULL;
     d->n_jobs = 0;

@@ -45,18 +45,30 @@ int store_init(const char *state_dir, char **err)
     return 0;
 }
 
-int store_save(const char *state_dir, const job *j)
+char *store_encode(const job *j)
 {
     cJSON *rec = job_to_record(j);
     char *text = json_print(rec);
     cJSON_Delete(rec);
+    return text;
+}
+
+int store_write(const char *state_dir, const char *job_id, const char *text)
+{
     char *dir = jobs_dir(state_dir);
-    char *name = xasprintf("%s.json", j->id);
+    char *name = xasprintf("%s.json", job_id);
     char *path = fsutil_join(dir, name);
     int r = fsutil_write_atomic(path, text, strlen(text), 0600);
     free(path);
     free(name);
     free(dir);
+    return r;
+}
+
+int store_save(const char *state_dir, const job *j)
+{
+    char *text = store_encode(j);
+    int r = store_write(state_dir, j->id, text);
     free(text);
     return r;
 }
