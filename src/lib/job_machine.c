@@ -105,6 +105,33 @@ static bool schema_has_group_field(const job *j)
     return false;
 }
 
+/* The step of a waiting state (importing, processing): start the clock, give up after the
+ * timeout, otherwise poll when due. Returns true with *a filled, or false after failing the
+ * job (the caller goes round again and finishes it). */
+static bool wait_step(job *j, int64_t timeout_ms, const char *what, const char *last_status,
+                      job_op poll_op, int64_t now, job_action *a, bool *changed)
+{
+    if (j->wait_started_at == 0) {
+        j->wait_started_at = now;
+        *changed = true;
+    }
+    if (now - j->wait_started_at >= timeout_ms) {
+        char d[32];
+        fail(j, now, "timeout", 0, NULL, NULL, "the %s (%s); last status %s", what,
+             duration_format(timeout_ms, d, sizeof d), last_status ? last_status : "unknown");
+        *changed = true;
+        return false;
+    }
+    if (j->poll_at > now) {
+        a->kind = JOB_ACT_WAIT;
+        a->until = j->poll_at;
+    } else {
+        a->kind = JOB_ACT_SEND;
+        a->op = poll_op;
+    }
+    return true;
+}
+
 job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool *changed)
 {
     job_action a = {JOB_ACT_NONE, JOB_OP_NONE, 0};
@@ -168,27 +195,10 @@ job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool
             a.op = url_usable(j, p, now) ? JOB_OP_UPLOAD : JOB_OP_UPLOAD_URL;
             return a;
         case JOB_IMPORTING:
-            if (j->wait_started_at == 0) {
-                j->wait_started_at = now;
-                *changed = true;
-            }
-            if (now - j->wait_started_at >= p->import_timeout_ms) {
-                char d[32];
-                fail(j, now, "timeout", 0, NULL, NULL,
-                     "the import did not finish within import_timeout (%s); last status %s",
-                     duration_format(p->import_timeout_ms, d, sizeof d),
-                     j->import_status ? j->import_status : "unknown");
-                *changed = true;
-                continue;
-            }
-            if (j->poll_at > now) {
-                a.kind = JOB_ACT_WAIT;
-                a.until = j->poll_at;
+            if (wait_step(j, p->import_timeout_ms, "import did not finish within import_timeout",
+                          j->import_status, JOB_OP_GET_IMPORT, now, &a, changed))
                 return a;
-            }
-            a.kind = JOB_ACT_SEND;
-            a.op = JOB_OP_GET_IMPORT;
-            return a;
+            continue;
         case JOB_CREATING_BATCH:
             if (j->batch_id) {
                 job_set_state(j, JOB_SETTING_UP, now, "setting up the batch");
@@ -219,27 +229,10 @@ job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool
                 a.op = JOB_OP_GET_BATCH;
                 return a;
             }
-            if (j->wait_started_at == 0) {
-                j->wait_started_at = now;
-                *changed = true;
-            }
-            if (now - j->wait_started_at >= p->batch_timeout_ms) {
-                char d[32];
-                fail(j, now, "timeout", 0, NULL, NULL,
-                     "the batch did not become READY within batch_timeout (%s); last status %s",
-                     duration_format(p->batch_timeout_ms, d, sizeof d),
-                     j->batch_status ? j->batch_status : "unknown");
-                *changed = true;
-                continue;
-            }
-            if (j->poll_at > now) {
-                a.kind = JOB_ACT_WAIT;
-                a.until = j->poll_at;
+            if (wait_step(j, p->batch_timeout_ms, "batch did not become READY within batch_timeout",
+                          j->batch_status, JOB_OP_BATCH_STATUS, now, &a, changed))
                 return a;
-            }
-            a.kind = JOB_ACT_SEND;
-            a.op = JOB_OP_BATCH_STATUS;
-            return a;
+            continue;
         default:
             return a;
         }
