@@ -28,6 +28,8 @@ int fsutil_read_file(const char *path, size_t max, bool nofollow, char **out, si
 int fsutil_copy_file(const char *from, const char *to, mode_t mode);
 /* Joins two path parts with one '/'. malloc'd. */
 char *fsutil_join(const char *a, const char *b);
+/* The directory part of path ("." when there is none, "/" for the root). malloc'd. */
+char *fsutil_dirname(const char *path);
 /* basename without modifying the argument; returns a pointer into path. */
 const char *fsutil_basename(const char *path);
 

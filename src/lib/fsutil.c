@@ -27,7 +27,7 @@ const char *fsutil_basename(const char *path)
     return s ? s + 1 : path;
 }
 
-static char *parent_of(const char *path)
+char *fsutil_dirname(const char *path)
 {
     const char *s = strrchr(path, '/');
     if (!s)
@@ -49,7 +49,7 @@ int fsutil_fsync_dir(const char *dir)
 
 int fsutil_fsync_parent(const char *path)
 {
-    char *p = parent_of(path);
+    char *p = fsutil_dirname(path);
     int r = fsutil_fsync_dir(p);
     free(p);
     return r;
@@ -78,7 +78,7 @@ int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t m
     unsigned char b[4];
     random_bytes(b, sizeof b);
     snprintf(rnd, sizeof rnd, "%02x%02x%02x", b[0], b[1], b[2]);
-    char *dir = parent_of(path);
+    char *dir = fsutil_dirname(path);
     int n = snprintf(tmp, sizeof tmp, "%s/.%s.%s.tmp", dir, fsutil_basename(path), rnd);
     free(dir);
     if (n < 0 || (size_t)n >= sizeof tmp)
@@ -112,7 +112,7 @@ int fsutil_rename_durable(const char *from, const char *to)
 {
     if (rename(from, to) < 0)
         return -errno;
-    char *a = parent_of(from), *b = parent_of(to);
+    char *a = fsutil_dirname(from), *b = fsutil_dirname(to);
     int r = fsutil_fsync_dir(b);
     if (r == 0 && strcmp(a, b) != 0)
         r = fsutil_fsync_dir(a);

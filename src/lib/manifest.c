@@ -81,16 +81,6 @@ static bool has_control(const char *s)
     return false;
 }
 
-static char *dir_of(const char *path)
-{
-    const char *s = strrchr(path, '/');
-    if (!s)
-        return xstrdup(".");
-    if (s == path)
-        return xstrdup("/");
-    return xstrndup(path, (size_t)(s - path));
-}
-
 char *manifest_template_path(const char *ref, const char *base_dir, const config *cfg)
 {
     if (!ref || !*ref || has_control(ref))
@@ -102,7 +92,7 @@ char *manifest_template_path(const char *ref, const char *base_dir, const config
     }
     const char *tp = cfg && cfg->job.template_path ? cfg->job.template_path
                                                    : "/etc/batchd/templates/default.json";
-    char *dir = dir_of(tp);
+    char *dir = fsutil_dirname(tp);
     char *p =
         has_suffix_ci(ref, ".json") ? fsutil_join(dir, ref) : xasprintf("%s/%s.json", dir, ref);
     free(dir);
@@ -455,7 +445,7 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
         if (t) {
             next_ref = xstrdup(t);
             free(dir);
-            dir = dir_of(path);
+            dir = fsutil_dirname(path);
         }
     }
     free(next_ref);
@@ -794,7 +784,7 @@ int manifest_resolve(const char *job_dir, const char *job_name, const config *cf
 int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
                           cJSON **out, cJSON *errors)
 {
-    char *dir = dir_of(data_path);
+    char *dir = fsutil_dirname(data_path);
     resolve_in in = {
         .job_dir = dir, .bare_file = fsutil_basename(data_path), .job_name = job_name, .cfg = cfg};
     int r = resolve(&in, out, errors);
