@@ -347,3 +347,26 @@ class SyscallCounter:
                     except ValueError:
                         pass
         return counts
+
+
+class Profiler:
+    """`perf record -g` of a running process; report() prints the hottest symbols."""
+
+    def __init__(self, pid, out):
+        self.out = out
+        self.proc = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(pid),
+                                      "-o", out], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def stop(self):
+        self.proc.send_signal(2)
+        self.proc.wait(60)
+
+    def report(self, lines=30):
+        r = subprocess.run(["perf", "report", "-i", self.out, "--stdio", "--no-children",
+                            "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.7"],
+                           capture_output=True, text=True)
+        rows = [ln for ln in r.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+        print("\nperf record of batchd during the N jobs (self time by DSO and symbol):")
+        print("\n".join(rows[:lines]))
