@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,6 +362,8 @@ int main(int argc, char **argv)
         return EX_USAGE;
     }
     const char *path = config_default_path(explicit_path);
+    /* A peer that hangs up (a batchctl, the API) must be an EPIPE, not the end of the daemon. */
+    signal(SIGPIPE, SIG_IGN);
     if (check)
         return intake_check_config(path, stdout);
 
