@@ -68,11 +68,18 @@ typedef enum simcore_fault_kind {
 const char *simcore_fault_kind_name(simcore_fault_kind k);
 int simcore_fault_kind_from_name(const char *name, simcore_fault_kind *out);
 
+/* A rule hits either with a probability (one RNG draw per matching request) or, when
+ * counted, on each of the next count matching requests (no draw; count goes down by one
+ * per hit and a spent rule stays in the table with count 0). Zeroed is a probability rule. */
 typedef struct simcore_fault_rule {
     simcore_fault_kind kind;
-    double probability;        /* 0..1 */
+    double probability;        /* 0..1; unused when counted */
+    bool counted;              /* count, not probability */
+    int64_t count;             /* hits left (0..SIMCORE_MAX_FAULT_COUNT) when counted */
     simcore_endpoint endpoint; /* SIMCORE_EP_NONE: every API request */
 } simcore_fault_rule;
+
+#define SIMCORE_MAX_FAULT_COUNT 1000000000
 
 #define SIMCORE_MAX_FAULT_RULES 64
 
@@ -85,14 +92,17 @@ typedef struct simcore_faults {
     double batch_error;    /* probability that a setup ends in ERROR */
 } simcore_faults;
 
-/* Parses "KIND=PROB[@ENDPOINT]" ("429=0.1@create_batch", "drop=1"). Returns 0 or -EINVAL
- * and writes what is wrong to err. */
+/* Parses "KIND=PROB[@ENDPOINT]" ("429=0.1@create_batch", "drop=1") or
+ * "KIND=COUNTx[@ENDPOINT]" ("503=2x@create_batch": the next 2 matching requests). Returns 0
+ * or -EINVAL and writes what is wrong to err. */
 int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, size_t err_len);
-/* Replaces the fault table from the JSON of POST /_sim/faults ({"faults": [...],
+/* Replaces the fault table from the JSON of POST /_sim/faults ({"faults": [{"kind",
+ * "probability" | "count", "endpoint"}, ...],
  * "retry_after": n | "date", "slow_ms": n, "batch_error": p}; members left out keep their
  * value, "faults" replaces the whole table). Returns 0 or -EINVAL with err filled; on
  * error nothing changes. */
 int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len);
+/* The form simcore_faults_from_json takes; a counted rule shows the hits it has left. */
 cJSON *simcore_faults_to_json(const simcore_faults *f);
 
 typedef struct simcore_fault_decision {
@@ -124,7 +134,9 @@ void simcore_free(simcore *sim);
 void simcore_set_base_url(simcore *sim, const char *base_url);
 simcore_faults *simcore_get_faults(simcore *sim);
 
-/* Draws the faults for one request to endpoint ep (control endpoints never fault). */
+/* Decides the fault for one request to endpoint ep (control endpoints never fault): the
+ * first matching rule in table order that hits wins; a counted rule that hits is used up
+ * by one. */
 void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
                           simcore_fault_decision *out);
 

@@ -1,6 +1,7 @@
 /* simcore_fault: the fault table (parsed from --fault or POST /_sim/faults), the seeded
- * RNG, and the per-request fault decision. Rules are drawn in table order; the first that
- * hits wins, so a test can reason about which fault it gets. */
+ * RNG, and the per-request fault decision. Rules are tried in table order, a probability
+ * rule by a draw and a counted rule by its hits left; the first that hits wins, so a test
+ * can reason about which fault it gets. */
 #include <errno.h>
 #include <stdarg.h>
 #include <math.h>
@@ -61,6 +62,10 @@ static int fail(char *err, size_t err_len, const char *fmt, ...)
 
 static int parse_probability(const char *s, double *out)
 {
+    /* Plain decimal only: strtod would also take "0x1" (hex 1), too easy to mistake for
+     * a count. */
+    if (!*s || s[strspn(s, "0123456789.eE+-")])
+        return -EINVAL;
     char *end;
     errno = 0;
     double p = strtod(s, &end);
@@ -70,15 +75,42 @@ static int parse_probability(const char *s, double *out)
     return 0;
 }
 
+/* "COUNTx": decimal digits only (no sign, spaces or hex), then one 'x'. */
+static int parse_count(const char *s, int64_t *out)
+{
+    size_t n = strlen(s);
+    if (n < 2 || s[n - 1] != 'x' || strspn(s, "0123456789") != n - 1 || n - 1 > 10)
+        return -EINVAL;
+    long long c = strtoll(s, NULL, 10);
+    if (c > SIMCORE_MAX_FAULT_COUNT)
+        return -EINVAL;
+    *out = c;
+    return 0;
+}
+
+/* The part after '=': a probability, or a count when it ends in 'x'. */
+static int parse_amount(const char *s, simcore_fault_rule *r)
+{
+    size_t n = strlen(s);
+    if (n && s[n - 1] == 'x') {
+        r->counted = true;
+        return parse_count(s, &r->count);
+    }
+    return parse_probability(s, &r->probability);
+}
+
 int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, size_t err_len)
 {
     if (!spec || !*spec)
-        return fail(err, err_len, "empty fault spec; use KIND=PROB[@ENDPOINT]");
+        return fail(err, err_len,
+                    "empty fault spec; use KIND=PROB[@ENDPOINT] or KIND=COUNTx[@ENDPOINT]");
     char *copy = xstrdup(spec);
     int rc = 0;
     char *eq = strchr(copy, '=');
     if (!eq) {
-        rc = fail(err, err_len, "fault '%s': missing '='; use KIND=PROB[@ENDPOINT]", spec);
+        rc = fail(err, err_len,
+                  "fault '%s': missing '='; use KIND=PROB[@ENDPOINT] or KIND=COUNTx[@ENDPOINT]",
+                  spec);
         goto done;
     }
     *eq = '\0';
@@ -90,8 +122,11 @@ int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, si
         rc = fail(err, err_len, "fault '%s': unknown kind; use one of " KINDS_HELP, spec);
         goto done;
     }
-    if (parse_probability(eq + 1, &r.probability) < 0) {
-        rc = fail(err, err_len, "fault '%s': probability must be a number from 0 to 1", spec);
+    if (parse_amount(eq + 1, &r) < 0) {
+        rc = fail(err, err_len,
+                  "fault '%s': after '=' give a probability from 0 to 1 (0.1) or a count of "
+                  "requests from 0 to %d followed by x (2x)",
+                  spec, SIMCORE_MAX_FAULT_COUNT);
         goto done;
     }
     if (at && simcore_endpoint_from_name(at + 1, &r.endpoint) < 0) {
@@ -114,9 +149,23 @@ static int rule_from_json(const cJSON *j, simcore_fault_rule *out, char *err, si
         return fail(err, err_len, "faults[].kind '%s': use one of " KINDS_HELP,
                     kind ? kind : "(missing)");
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "probability");
-    if (!cJSON_IsNumber(p) || !isfinite(p->valuedouble) || p->valuedouble < 0 || p->valuedouble > 1)
-        return fail(err, err_len, "faults[].probability must be a number from 0 to 1");
-    r.probability = p->valuedouble;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "count");
+    if ((p != NULL) == (c != NULL))
+        return fail(err, err_len, "faults[] (kind '%s'): give either \"probability\" or \"count\"",
+                    kind);
+    if (c) {
+        if (!cJSON_IsNumber(c) || !isfinite(c->valuedouble) || c->valuedouble < 0 ||
+            c->valuedouble > SIMCORE_MAX_FAULT_COUNT || c->valuedouble != floor(c->valuedouble))
+            return fail(err, err_len, "faults[].count must be a whole number from 0 to %d",
+                        SIMCORE_MAX_FAULT_COUNT);
+        r.counted = true;
+        r.count = (int64_t)c->valuedouble;
+    } else {
+        if (!cJSON_IsNumber(p) || !isfinite(p->valuedouble) || p->valuedouble < 0 ||
+            p->valuedouble > 1)
+            return fail(err, err_len, "faults[].probability must be a number from 0 to 1");
+        r.probability = p->valuedouble;
+    }
     const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "endpoint");
     if (ep && !cJSON_IsNull(ep)) {
         if (!cJSON_IsString(ep) || simcore_endpoint_from_name(ep->valuestring, &r.endpoint) < 0)
@@ -191,7 +240,10 @@ cJSON *simcore_faults_to_json(const simcore_faults *f)
     for (size_t i = 0; i < f->n_rules; i++) {
         cJSON *r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "kind", simcore_fault_kind_name(f->rules[i].kind));
-        cJSON_AddNumberToObject(r, "probability", f->rules[i].probability);
+        if (f->rules[i].counted)
+            cJSON_AddNumberToObject(r, "count", (double)f->rules[i].count);
+        else
+            cJSON_AddNumberToObject(r, "probability", f->rules[i].probability);
         json_add_str_or_null(r, "endpoint", simcore_endpoint_name(f->rules[i].endpoint));
         cJSON_AddItemToArray(arr, r);
     }
@@ -223,16 +275,24 @@ void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
     *out = (simcore_fault_decision){.kind = SIMCORE_FAULT_NONE, .retry_after_ms = -1};
     if (simcore_endpoint_is_control(ep))
         return;
-    const simcore_faults *f = &sim->faults;
+    simcore_faults *f = &sim->faults;
     for (size_t i = 0; i < f->n_rules; i++) {
-        const simcore_fault_rule *r = &f->rules[i];
+        simcore_fault_rule *r = &f->rules[i];
         if (r->endpoint != SIMCORE_EP_NONE && r->endpoint != ep)
             continue;
-        /* Always draw, even for p = 0 or 1, so one seed gives one sequence whatever the
-         * probabilities are. */
-        double x = sim_rand01(sim);
-        if (x >= r->probability)
-            continue;
+        if (r->counted) {
+            /* No draw: a count hits exactly the next N matching requests, whatever the
+             * seed (a 5xx still draws which of its statuses to answer). */
+            if (r->count <= 0)
+                continue;
+            r->count--;
+        } else {
+            /* Always draw, even for p = 0 or 1, so one seed gives one sequence whatever
+             * the probabilities are. */
+            double x = sim_rand01(sim);
+            if (x >= r->probability)
+                continue;
+        }
         out->kind = r->kind;
         switch (r->kind) {
         case SIMCORE_FAULT_500:

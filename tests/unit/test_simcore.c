@@ -328,6 +328,163 @@ static void test_fault_endpoint_and_json(void **state)
     simcore_free(sim);
 }
 
+static void test_fault_parse_count(void **state)
+{
+    (void)state;
+    simcore_fault_rule r;
+    char err[256];
+    assert_int_equal(simcore_fault_parse("503=2x@create_batch", &r, err, sizeof err), 0);
+    assert_int_equal(r.kind, SIMCORE_FAULT_503);
+    assert_true(r.counted);
+    assert_int_equal(r.count, 2);
+    assert_int_equal(r.endpoint, SIMCORE_EP_CREATE_BATCH);
+    assert_int_equal(simcore_fault_parse("drop=1000000000x", &r, err, sizeof err), 0);
+    assert_true(r.counted);
+    assert_int_equal(r.count, 1000000000);
+    assert_int_equal(r.endpoint, SIMCORE_EP_NONE);
+    assert_int_equal(simcore_fault_parse("slow=0x", &r, err, sizeof err), 0);
+    assert_true(r.counted);
+    assert_int_equal(r.count, 0);
+    /* A probability is not a count. */
+    assert_int_equal(simcore_fault_parse("500=1", &r, err, sizeof err), 0);
+    assert_false(r.counted);
+    assert_true(r.probability == 1.0);
+    static const char *const bad[] = {"503=x",   "503=-1x",          "503=2.5x", "503=2xx",
+                                      "503=+2x", "503=1000000001x",  "503= 2x",  "503=0x1",
+                                      "503=2X",  "503=99999999999x", "503=2x@"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
+        err[0] = '\0';
+        if (simcore_fault_parse(bad[i], &r, err, sizeof err) != -EINVAL)
+            fail_msg("'%s' was accepted", bad[i]);
+        assert_true(err[0] != '\0');
+    }
+    assert_int_equal(simcore_fault_parse("503=-1x", &r, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "count"));
+}
+
+static void set_rules(simcore *sim, const char *const *specs)
+{
+    char err[256];
+    simcore_faults *f = simcore_get_faults(sim);
+    f->n_rules = 0;
+    for (size_t i = 0; specs[i]; i++) {
+        if (simcore_fault_parse(specs[i], &f->rules[f->n_rules], err, sizeof err) < 0)
+            fail_msg("%s", err);
+        f->n_rules++;
+    }
+}
+
+static simcore_fault_kind decide_kind(simcore *sim, simcore_endpoint ep)
+{
+    simcore_fault_decision d;
+    simcore_fault_decide(sim, ep, T0, &d);
+    return d.kind;
+}
+
+static void test_fault_count_decide(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    /* The next 2 create_batch get a 503; the next 1 request of any endpoint a 429. */
+    static const char *const rules[] = {"503=2x@create_batch", "429=1x", NULL};
+    set_rules(sim, rules);
+    uint64_t rng = sim->rng;
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_SIM_STATE), SIMCORE_FAULT_NONE);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_GET_BATCH), SIMCORE_FAULT_429);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_GET_BATCH), SIMCORE_FAULT_NONE);
+    simcore_fault_decision d;
+    for (int i = 0; i < 2; i++) {
+        simcore_fault_decide(sim, SIMCORE_EP_CREATE_BATCH, T0, &d);
+        assert_int_equal(d.kind, SIMCORE_FAULT_503);
+        assert_int_equal(d.status, 503);
+    }
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_NONE);
+        assert_int_equal(decide_kind(sim, SIMCORE_EP_GET_BATCH), SIMCORE_FAULT_NONE);
+    }
+    /* Spent rules stay in the table with nothing left; no draw was made. */
+    assert_int_equal(simcore_get_faults(sim)->n_rules, 2);
+    assert_int_equal(simcore_get_faults(sim)->rules[0].count, 0);
+    assert_int_equal(simcore_get_faults(sim)->rules[1].count, 0);
+    assert_true(sim->rng == rng);
+
+    /* Table order: a rule before a counted one that always hits keeps the count unused. */
+    static const char *const prob_first[] = {"500=1@create_batch", "503=2x@create_batch", NULL};
+    set_rules(sim, prob_first);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_500);
+    assert_int_equal(simcore_get_faults(sim)->rules[1].count, 2);
+    /* ...and a counted rule first wins until it is spent, then the next rule decides. */
+    static const char *const count_first[] = {"503=2x@create_batch", "500=1@create_batch", NULL};
+    set_rules(sim, count_first);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_503);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_503);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_500);
+    /* A counted 429 carries Retry-After like a drawn one. */
+    static const char *const throttle[] = {"429=1x", NULL};
+    set_rules(sim, throttle);
+    simcore_fault_decide(sim, SIMCORE_EP_SETUP, T0, &d);
+    assert_int_equal(d.status, 429);
+    assert_int_equal(d.retry_after_ms, 1000);
+    simcore_free(sim);
+}
+
+static void test_fault_count_json(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char err[256];
+    cJSON *j = cJSON_Parse("{\"faults\":[{\"kind\":\"503\",\"count\":2,\"endpoint\":"
+                           "\"create_batch\"},{\"kind\":\"drop\",\"probability\":0}]}");
+    assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_503);
+    /* GET /_sim/faults shows what is left, without a probability. */
+    int st;
+    j = call_full(sim, "GET", "/_sim/faults", NULL, NULL, NULL, NULL, T0, &st, NULL);
+    assert_int_equal(st, 200);
+    const cJSON *r0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "faults"), 0);
+    assert_string_equal(json_str(r0, "kind"), "503");
+    assert_int_equal(json_int64(r0, "count", -1), 1);
+    assert_null(cJSON_GetObjectItemCaseSensitive(r0, "probability"));
+    assert_string_equal(json_str(r0, "endpoint"), "create_batch");
+    const cJSON *r1 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "faults"), 1);
+    assert_null(cJSON_GetObjectItemCaseSensitive(r1, "count"));
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(r1, "probability"));
+    /* ...in the form POST takes: posting it back keeps the one hit left. */
+    assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_503);
+    assert_int_equal(decide_kind(sim, SIMCORE_EP_CREATE_BATCH), SIMCORE_FAULT_NONE);
+    /* /_sim/state carries the same. */
+    j = simcore_state_json(sim, T0);
+    r0 = cJSON_GetArrayItem(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "faults"), "faults"),
+        0);
+    assert_int_equal(json_int64(r0, "count", -1), 0);
+    cJSON_Delete(j);
+    /* Refusals name the problem and change nothing. */
+    static const char *const bad[] = {
+        "{\"faults\":[{\"kind\":\"503\",\"count\":2,\"probability\":1}]}",
+        "{\"faults\":[{\"kind\":\"503\"}]}",
+        "{\"faults\":[{\"kind\":\"503\",\"count\":1.5}]}",
+        "{\"faults\":[{\"kind\":\"503\",\"count\":-1}]}",
+        "{\"faults\":[{\"kind\":\"503\",\"count\":\"2\"}]}",
+        "{\"faults\":[{\"kind\":\"503\",\"count\":1e12}]}",
+    };
+    for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
+        j = cJSON_Parse(bad[i]);
+        assert_non_null(j);
+        err[0] = '\0';
+        if (simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err) != -EINVAL)
+            fail_msg("accepted %s", bad[i]);
+        cJSON_Delete(j);
+        assert_true(strstr(err, "count") || strstr(err, "probability"));
+        assert_int_equal(simcore_get_faults(sim)->n_rules, 2);
+    }
+    simcore_free(sim);
+}
+
 /* ---- request handling ------------------------------------------------------------- */
 
 static void test_auth_and_protocol_errors(void **state)
@@ -480,6 +637,55 @@ static void test_import_lifecycle_complete(void **state)
     assert_string_equal(json_str(j, "filename"), "data.jsonl");
     cJSON_Delete(j);
     free(ds);
+    simcore_free(sim);
+}
+
+/* Imports of one dataset run one at a time in the order their files arrive (not the
+ * order their URLs were issued), and one that arrives after the previous finished is not
+ * held back. */
+static void test_import_arrival_order(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_TG);
+    char *other = create_dataset(sim, SCHEMA_PLAIN);
+    upload_info a, b, c, o;
+    get_upload_url(sim, ds, "a.jsonl", T0, &a);
+    get_upload_url(sim, ds, "b.jsonl", T0, &b);
+    get_upload_url(sim, ds, "c.jsonl", T0, &c);
+    get_upload_url(sim, other, "o.jsonl", T0, &o);
+    /* b arrives first, a 100 ms later: b runs 200..700, a waits for it and runs 700..1200. */
+    assert_int_equal(put(sim, &b, NULL, b.content_type, b.signature, SEED_JSONL, T0, NULL), 200);
+    assert_int_equal(put(sim, &a, NULL, a.content_type, a.signature, SEED_JSONL, T0 + 100, NULL),
+                     200);
+    /* Another dataset's import does not wait for this one's. */
+    assert_int_equal(put(sim, &o, NULL, o.content_type, o.signature,
+                         "{\"prompt\": \"p\", \"answer\": \"a\"}\n", T0 + 100, NULL),
+                     200);
+    assert_string_equal(simcore_import_status(sim, b.import_id, T0 + 200), "processing");
+    assert_string_equal(simcore_import_status(sim, a.import_id, T0 + 300), "queued");
+    assert_string_equal(simcore_import_status(sim, o.import_id, T0 + 300), "processing");
+    assert_string_equal(simcore_import_status(sim, a.import_id, T0 + 699), "queued");
+    assert_string_equal(simcore_import_status(sim, b.import_id, T0 + 699), "processing");
+    assert_string_equal(simcore_import_status(sim, b.import_id, T0 + 700), "complete");
+    assert_string_equal(simcore_import_status(sim, a.import_id, T0 + 700), "processing");
+    assert_string_equal(simcore_import_status(sim, a.import_id, T0 + 1199), "processing");
+    assert_string_equal(simcore_import_status(sim, a.import_id, T0 + 1200), "complete");
+    /* The API shows it too: a started processing when b finished. */
+    cJSON *ja = get_import(sim, ds, a.import_id, T0 + 1200);
+    cJSON *jb = get_import(sim, ds, b.import_id, T0 + 1200);
+    assert_non_null(json_str(ja, "processing_started_at"));
+    assert_string_equal(json_str(ja, "processing_started_at"), json_str(jb, "updated_at"));
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    /* c arrives long after a finished: only its own queue time. */
+    assert_int_equal(put(sim, &c, NULL, c.content_type, c.signature, SEED_JSONL, T0 + 5000, NULL),
+                     200);
+    assert_string_equal(simcore_import_status(sim, c.import_id, T0 + 5199), "queued");
+    assert_string_equal(simcore_import_status(sim, c.import_id, T0 + 5200), "processing");
+    assert_string_equal(simcore_import_status(sim, c.import_id, T0 + 5700), "complete");
+    free(ds);
+    free(other);
     simcore_free(sim);
 }
 
@@ -804,10 +1010,14 @@ int main(void)
         cmocka_unit_test(test_fault_parse),
         cmocka_unit_test(test_fault_decide_seeded),
         cmocka_unit_test(test_fault_endpoint_and_json),
+        cmocka_unit_test(test_fault_parse_count),
+        cmocka_unit_test(test_fault_count_decide),
+        cmocka_unit_test(test_fault_count_json),
         cmocka_unit_test(test_auth_and_protocol_errors),
         cmocka_unit_test(test_dataset_validation_and_get),
         cmocka_unit_test(test_upload_refusals),
         cmocka_unit_test(test_import_lifecycle_complete),
+        cmocka_unit_test(test_import_arrival_order),
         cmocka_unit_test(test_import_partial_and_failed),
         cmocka_unit_test(test_error_list_is_capped),
         cmocka_unit_test(test_seed_workflow_groups),

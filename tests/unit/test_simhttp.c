@@ -942,6 +942,129 @@ static void test_runtime_faults(void **state)
     sim_stop(&s, 5000);
 }
 
+static long post_faults(const sim_proc *s, const char *body)
+{
+    char *url = xasprintf("%s/_sim/faults", s->base);
+    request q = {.method = "POST",
+                 .url = url,
+                 .body = body,
+                 .body_len = strlen(body),
+                 .headers = {"Content-Type: application/json"}};
+    reply r;
+    do_request(&q, &r);
+    free(url);
+    assert_int_equal(r.rc, CURLE_OK);
+    long st = r.status;
+    reply_free(&r);
+    return st;
+}
+
+/* The count left in rule i of GET /_sim/faults (or of /_sim/state's "faults"); -1 when
+ * the rule has no count. */
+static int64_t rule_count(const sim_proc *s, const char *path, int i)
+{
+    cJSON *j = sim_get(s, path);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, "faults");
+    if (strcmp(path, "/_sim/state") == 0)
+        f = cJSON_GetObjectItemCaseSensitive(f, "faults");
+    int64_t n = json_int64(cJSON_GetArrayItem(f, i), "count", -1);
+    cJSON_Delete(j);
+    return n;
+}
+
+/* N list_batches requests at once; returns how many got a 503 (the rest must get 200). */
+static int concurrent_list_503s(const sim_proc *s, int n)
+{
+    enum { MAX = 16 };
+    assert_true(n <= MAX);
+    CURLM *m = curl_multi_init();
+    CURL *easy[MAX];
+    reply replies[MAX];
+    struct curl_slist *lists[MAX];
+    char *url = xasprintf("%s/api/v1/data-collection/batches?workspace_id=" WS, s->base);
+    for (int i = 0; i < n; i++) {
+        request q = {.method = "GET", .url = url, .headers = {AUTH}, .timeout_ms = 20000};
+        easy[i] = make_easy(&q, &replies[i], &lists[i]);
+        curl_easy_setopt(easy[i], CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(easy[i], CURLOPT_FORBID_REUSE, 1L);
+        curl_multi_add_handle(m, easy[i]);
+    }
+    int running = 1;
+    int64_t deadline = time_mono_ms() + 30000;
+    while (running) {
+        assert_int_equal(curl_multi_perform(m, &running), CURLM_OK);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+        assert_true(time_mono_ms() < deadline);
+    }
+    int faulted = 0;
+    for (int i = 0; i < n; i++) {
+        curl_multi_remove_handle(m, easy[i]);
+        finish_easy(easy[i], &replies[i], lists[i]);
+        if (replies[i].status == 503)
+            faulted++;
+        else
+            assert_int_equal(replies[i].status, 200);
+        reply_free(&replies[i]);
+    }
+    curl_multi_cleanup(m);
+    free(url);
+    return faulted;
+}
+
+static void test_fault_counts(void **state)
+{
+    (void)state;
+    /* --fault 503=2x@create_dataset: the next two get a 503 (and are not performed), then
+     * no more; a probability rule after it that never hits changes nothing. */
+    const char *const extra[] = {"--fault", "503=2x@create_dataset", "--fault",
+                                 "drop=0@create_dataset", NULL};
+    sim_proc s;
+    sim_start(&s, extra);
+    assert_int_equal(rule_count(&s, "/_sim/faults", 0), 2);
+    assert_int_equal(rule_count(&s, "/_sim/faults", 1), -1);
+    reply r;
+    for (int i = 0; i < 2; i++) {
+        create_raw(&s, 0, &r);
+        assert_int_equal(r.rc, CURLE_OK);
+        assert_int_equal(r.status, 503);
+        cJSON *j = reply_json(&r);
+        assert_envelope(j, 503);
+        cJSON_Delete(j);
+        reply_free(&r);
+        cJSON *last = last_request(&s);
+        assert_string_equal(json_str(last, "fault"), "503");
+        cJSON_Delete(last);
+        assert_int_equal(rule_count(&s, "/_sim/state", 0), 1 - i);
+    }
+    assert_int_equal(count_datasets(&s), 0);
+    for (int i = 0; i < 3; i++) {
+        create_raw(&s, 0, &r);
+        assert_int_equal(r.status, 201);
+        reply_free(&r);
+        cJSON *last = last_request(&s);
+        assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(last, "fault")));
+        cJSON_Delete(last);
+    }
+    assert_int_equal(count_datasets(&s), 3);
+    assert_int_equal(rule_count(&s, "/_sim/faults", 0), 0);
+
+    /* At run time, with requests racing: exactly count of them are faulted. */
+    assert_int_equal(post_faults(&s, "{\"faults\":[{\"kind\":\"503\",\"count\":5,\"endpoint\":"
+                                     "\"list_batches\"}]}"),
+                     200);
+    assert_int_equal(rule_count(&s, "/_sim/faults", 0), 5);
+    assert_int_equal(concurrent_list_503s(&s, 16), 5);
+    assert_int_equal(rule_count(&s, "/_sim/faults", 0), 0);
+    assert_int_equal(concurrent_list_503s(&s, 4), 0);
+    /* Both a count and a probability: refused, the table is unchanged. */
+    assert_int_equal(post_faults(&s, "{\"faults\":[{\"kind\":\"503\",\"count\":1,"
+                                     "\"probability\":1}]}"),
+                     400);
+    assert_int_equal(rule_count(&s, "/_sim/faults", 0), 0);
+    sim_stop(&s, 5000);
+}
+
 static void test_many_connections(void **state)
 {
     (void)state;
@@ -1098,6 +1221,9 @@ static void test_cli(void **state)
     cmd = xasprintf("'%s' --fault teapot=1 >/dev/null 2>&1", bin);
     assert_int_equal(WEXITSTATUS(system(cmd)), 64);
     free(cmd);
+    cmd = xasprintf("'%s' --fault 503=2.5x >/dev/null 2>&1", bin);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 64);
+    free(cmd);
     cmd = xasprintf("'%s' --import-queued soon >/dev/null 2>&1", bin);
     assert_int_equal(WEXITSTATUS(system(cmd)), 64);
     free(cmd);
@@ -1117,6 +1243,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fault_drop_kinds, kill_leftover),
         cmocka_unit_test_teardown(test_fault_slow_and_shutdown, kill_leftover),
         cmocka_unit_test_teardown(test_runtime_faults, kill_leftover),
+        cmocka_unit_test_teardown(test_fault_counts, kill_leftover),
         cmocka_unit_test_teardown(test_many_connections, kill_leftover),
         cmocka_unit_test_teardown(test_streamed_upload, kill_leftover),
     };
