@@ -134,6 +134,11 @@ void job_free(job *j);
 cJSON *job_to_record(const job *j);
 job *job_from_record(const cJSON *rec, const char **err);
 
+/* A digest of what must survive a crash: the durable record without the fields that only
+ * count or time things (updated_at, api_requests, bytes_sent). A poll that learned nothing
+ * new leaves it unchanged, so its reply needs no write. */
+uint64_t job_record_digest(const job *j);
+
 /* The public Job object of the control socket (PRODUCT.md §6), with history when asked. */
 cJSON *job_to_public(const job *j, bool with_history);
 /* done/NAME/result.json and failed/NAME/error.json (PRODUCT.md §4). */

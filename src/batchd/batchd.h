@@ -55,6 +55,7 @@ typedef struct jobrun {
     bool released;           /* stopping: free once the thread pool is done with it */
     job_op send_after_write; /* a side-effecting call waiting for its intent to be durable */
     job_op saved_pending;    /* pending_op to restore if that write fails */
+    uint64_t written_digest; /* job_record_digest of the last record handed to a write */
     uv_work_t write_work;
     char *write_text;
     char *write_dir;
@@ -90,7 +91,7 @@ void jobs_recover(batchd *d);
 void jobs_claim_soon(batchd *d);
 void jobs_drive(jobrun *r);
 void jobs_drive_all(batchd *d);
-void jobs_changed(jobrun *r, job_state before);
+bool jobs_changed(jobrun *r, job_state before);
 int jobs_cancel(jobrun *r);
 int jobs_retry(jobrun *r);
 void jobs_shutdown(batchd *d);

@@ -166,6 +166,7 @@ static void persist(jobrun *r)
         return;
     }
     r->writing = true;
+    r->written_digest = job_record_digest(r->j);
     r->write_text = store_encode(r->j);
     r->write_dir = xstrdup(r->d->cfg->c.state.dir);
     r->write_work.data = r;
@@ -212,8 +213,10 @@ static void publish_passed(jobrun *r, job_state before)
     }
 }
 
-/* After the record changed: make it durable, log a state change, tell watchers. */
-void jobs_changed(jobrun *r, job_state before)
+/* After the record changed: make it durable, log a state change, tell watchers. Returns
+ * true when a write started (the job's next step then waits for it); a reply that changed
+ * nothing durable (a poll with the same status) is not written. */
+bool jobs_changed(jobrun *r, job_state before)
 {
     job *j = r->j;
     if (j->state != before && r->d->ctl)
@@ -223,8 +226,11 @@ void jobs_changed(jobrun *r, job_state before)
         log_job(j->state == JOB_FAILED ? LOG_LVL_WARNING : LOG_LVL_INFO, &f, "%s -> %s: %s",
                 job_state_name(before), job_state_name(j->state), last_note(j));
     }
-    persist(r);
+    bool write = r->writing || r->dirty || job_record_digest(j) != r->written_digest;
+    if (write)
+        persist(r);
     publish(r);
+    return write;
 }
 
 static jobrun *jobrun_add(batchd *d, job *j, bool finished)
@@ -586,12 +592,10 @@ void jobs_drive(jobrun *r)
     int64_t now = time_now_ms();
     bool changed = false;
     job_action a = job_next(j, &d->params, now, batchd_random(d), &changed);
-    if (changed) {
-        /* Durable before the next step: write_done drives the job again, and job_next
-         * gives the same action from the updated record. */
-        jobs_changed(r, before);
+    /* Durable before the next step: write_done drives the job again, and job_next gives
+     * the same action from the updated record. */
+    if (changed && jobs_changed(r, before))
         return;
-    }
     switch (a.kind) {
     case JOB_ACT_VALIDATE:
         start_validation(r);

@@ -255,6 +255,23 @@ cJSON *job_to_record(const job *j)
     return o;
 }
 
+uint64_t job_record_digest(const job *j)
+{
+    cJSON *rec = job_to_record(j);
+    cJSON_DeleteItemFromObjectCaseSensitive(rec, "updated_at");
+    cJSON_DeleteItemFromObjectCaseSensitive(rec, "api_requests");
+    cJSON_DeleteItemFromObjectCaseSensitive(rec, "bytes_sent");
+    char *text = json_print(rec);
+    cJSON_Delete(rec);
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        h ^= *c;
+        h *= 1099511628211ULL;
+    }
+    free(text);
+    return h;
+}
+
 job *job_from_record(const cJSON *rec, const char **err)
 {
     const char *id = json_str(rec, "id"), *name = json_str(rec, "name"),
