@@ -54,6 +54,9 @@ const char *job_op_name(job_op op);
  * sent, and an unknown outcome is resolved before they are sent again. */
 bool job_op_has_side_effect(job_op op);
 
+/* The longest Retry-After honoured; a longer one (or an absurd one) is cut to this. */
+#define JOB_RETRY_AFTER_MAX_MS (6LL * 3600 * 1000)
+
 /* Tunables of the machine (from [poll] and [api] in the config). */
 typedef struct job_params {
     int64_t poll_initial_ms;
@@ -77,6 +80,7 @@ typedef struct job {
     int64_t created_at;     /* claim time, epoch ms */
     int64_t updated_at;
     int64_t finished_at; /* 0 until ready/failed */
+    bool moved;          /* its directory has been moved to done/ or failed/ */
 
     /* From validation. */
     cJSON *spec; /* the resolved job.json (workspace_id, dataset{}, batch{}) */

@@ -80,6 +80,10 @@ typedef struct batchd {
     bool paused;
     bool stopping;
     bool claim_pending;
+    bool driving_all;
+    size_t bad_records;
+        /* job records that could not be read at start */ /* jobs_drive_all is walking d->jobs: no
+                                                             eviction meanwhile */
     uv_timer_t claim_timer;
     uv_signal_t sig_term, sig_int, sig_hup;
     int64_t started_at;
@@ -87,7 +91,7 @@ typedef struct batchd {
 } batchd;
 
 /* jobs.c */
-void jobs_recover(batchd *d);
+int jobs_recover(batchd *d);
 void jobs_claim_soon(batchd *d);
 void jobs_drive(jobrun *r);
 void jobs_drive_all(batchd *d);

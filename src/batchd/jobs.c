@@ -23,6 +23,9 @@
 #define CLAIMS_PER_TURN 64
 /* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
 #define PERSIST_RETRY_MS 5000
+/* Entries that fail to claim are remembered (at most this many) and tried again after: */
+#define CLAIM_FAILURES_MAX 256
+#define CLAIM_RETRY_MS     60000
 /* Finished jobs kept in memory (and so in ListJobs); older ones live on disk only. */
 #define FINISHED_KEPT 1000
 /* Upload progress is published at most this often per job. */
@@ -172,13 +175,9 @@ static void persist(jobrun *r)
     r->write_work.data = r;
     int rc = uv_queue_work(r->d->loop, &r->write_work, write_work, write_done);
     if (rc < 0) {
-        /* Cannot happen with a valid loop; fall back to writing here. */
-        r->writing = false;
-        free(r->write_text);
-        free(r->write_dir);
-        r->write_text = r->write_dir = NULL;
-        if (store_save(r->d->cfg->c.state.dir, r->j) < 0)
-            r->dirty = true;
+        /* Only with a broken loop: report it like a failed write. */
+        r->write_rc = rc;
+        write_done(&r->write_work, rc);
     }
 }
 
@@ -283,13 +282,15 @@ jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous)
  * running for months must not grow with its history. Their records stay on disk. */
 static void evict_finished(batchd *d)
 {
+    if (d->driving_all)
+        return;
     size_t finished = 0;
     for (size_t i = 0; i < d->n_jobs; i++)
         finished += d->jobs[i]->finished;
     size_t i = 0;
     while (finished > FINISHED_KEPT && i < d->n_jobs) {
         jobrun *r = d->jobs[i];
-        if (!r->finished || r->busy || r->validating || r->writing) {
+        if (!r->finished || r->busy || r->validating || r->writing || r->dirty) {
             i++;
             continue;
         }
@@ -421,6 +422,12 @@ static void on_http_done(void *ud, const http_response *resp)
         /* The data file vanished or became unreadable under us: no retry can fix that. */
         job_fail(j, now, "invalid_job", "cannot read the data file %s: %s", j->upload_path,
                  resp->error_text);
+    } else if (resp->error == HTTP_ERR_TOO_LARGE) {
+        /* Asking again gets the same answer: fail with what was asked. */
+        job_fail(j, now, "api_rejected",
+                 "the API's reply to %s was larger than %u MiB; nothing was changed by it (it "
+                 "was a read); retry the job once the reply is smaller",
+                 job_op_name(op), HTTP_MAX_BODY >> 20);
     } else {
         job_reply jr = {
             .net = net_of(resp->error),
@@ -436,7 +443,8 @@ static void on_http_done(void *ud, const http_response *resp)
     if (resp->error != HTTP_OK)
         log_job(LOG_LVL_NOTICE, &f, "%s: %s", job_op_name(op), resp->error_text);
     else
-        log_job(LOG_LVL_DEBUG, &f, "%s: HTTP %ld", job_op_name(op), resp->status);
+        log_job(resp->status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld (%s)",
+                job_op_name(op), resp->status, last_note(j));
     jobs_changed(r, before);
     jobs_drive(r);
 }
@@ -505,9 +513,15 @@ static void start_http(jobrun *r, job_op op)
     free(url);
     job_request_clear(&rq);
     if (!r->xfer) {
+        /* http_start refuses only a request it cannot send at all (a URL or Content-Type
+         * with line breaks, from the API's own reply): permanent. */
         r->busy = false;
-        log_error("cannot start a request for job %s", j->id);
-        arm_timer(r, PERSIST_RETRY_MS);
+        job_state before = j->state;
+        job_fail(j, time_now_ms(), "api_rejected",
+                 "cannot send %s: the URL or Content-Type the API gave is not usable",
+                 job_op_name(op));
+        jobs_changed(r, before);
+        jobs_drive(r);
         return;
     }
     publish(r);
@@ -542,13 +556,23 @@ static void finish(jobrun *r)
     int rc = spool_finish(d->sp, j->dir, ok, ok ? "result.json" : "error.json", text, &final_dir);
     free(text);
     log_job_fields f = fields_of(j);
-    if (rc < 0) {
+    if (rc == -ENOENT) {
+        /* Its directory is gone (removed by hand): nothing to move, and no retry can help. The
+         * record keeps what exists remotely. */
+        log_job(LOG_LVL_ERR, &f,
+                "active/%s disappeared before the job could be moved to %s/; the job is %s "
+                "(dataset %s, batch %s); its record is %s/jobs/%s.json",
+                j->dir, ok ? "done" : "failed", job_state_name(j->state),
+                j->dataset_id ? j->dataset_id : "none", j->batch_id ? j->batch_id : "none",
+                d->cfg->c.state.dir, j->id);
+    } else if (rc < 0) {
         log_job(LOG_LVL_ERR, &f, "cannot move the job to %s/: %s; retrying in 5s",
                 ok ? "done" : "failed", strerror(-rc));
         arm_timer(r, PERSIST_RETRY_MS);
         return;
     }
     r->finished = true;
+    j->moved = true;
     d->n_active--;
     if (final_dir) {
         const char *base = fsutil_basename(final_dir);
@@ -581,12 +605,14 @@ static void finish(jobrun *r)
 void jobs_drive(jobrun *r)
 {
     batchd *d = r->d;
-    if (r->busy || r->finished || d->stopping || r->waiting_validation || r->writing)
+    if (r->busy || d->stopping || r->waiting_validation || r->writing)
         return;
     if (r->dirty) {
-        persist(r); /* a failed write: no step before it succeeds */
+        persist(r); /* a failed write: no step before it succeeds (finished jobs too) */
         return;
     }
+    if (r->finished)
+        return;
     job *j = r->j;
     job_state before = j->state;
     int64_t now = time_now_ms();
@@ -617,8 +643,12 @@ void jobs_drive(jobrun *r)
 
 void jobs_drive_all(batchd *d)
 {
+    /* Driving may finish jobs; evicting them would shift d->jobs under this loop. */
+    d->driving_all = true;
     for (size_t i = 0; i < d->n_jobs; i++)
         jobs_drive(d->jobs[i]);
+    d->driving_all = false;
+    evict_finished(d);
 }
 
 int jobs_cancel(jobrun *r)
@@ -666,7 +696,66 @@ int jobs_retry(jobrun *r)
 
 /* ---- claiming ---- */
 
-static void claim_one(batchd *d, const char *entry)
+/* Entries that could not be claimed (a directory batchd may not rename, a full disk) are
+ * skipped for a while, so one bad entry can neither block the others nor spin the loop. */
+typedef struct claim_failure {
+    char *name;
+    int64_t retry_at;
+} claim_failure;
+
+static claim_failure claim_failures[CLAIM_FAILURES_MAX];
+static size_t n_claim_failures;
+
+static claim_failure *claim_failure_find(const char *name)
+{
+    for (size_t i = 0; i < n_claim_failures; i++)
+        if (strcmp(claim_failures[i].name, name) == 0)
+            return &claim_failures[i];
+    return NULL;
+}
+
+static bool claim_skipped(const char *name, int64_t now)
+{
+    claim_failure *f = claim_failure_find(name);
+    return f && f->retry_at > now;
+}
+
+static void claim_failed(const char *entry, int rc, int64_t now)
+{
+    claim_failure *f = claim_failure_find(entry);
+    if (!f) {
+        if (n_claim_failures == CLAIM_FAILURES_MAX) {
+            free(claim_failures[0].name);
+            memmove(&claim_failures[0], &claim_failures[1],
+                    (CLAIM_FAILURES_MAX - 1) * sizeof claim_failures[0]);
+            n_claim_failures--;
+        }
+        f = &claim_failures[n_claim_failures++];
+        f->name = xstrdup(entry);
+        char *esc = spool_name_escape(entry);
+        log_error("cannot claim incoming/%s: %s; it stays in incoming/ and is tried again every "
+                  "minute (batchd's user needs to be able to rename it: check its owner and "
+                  "mode, and free disk space)",
+                  esc, strerror(-rc));
+        free(esc);
+    }
+    f->retry_at = now + CLAIM_RETRY_MS;
+}
+
+static void claim_failure_forget(const char *entry)
+{
+    claim_failure *f = claim_failure_find(entry);
+    if (!f)
+        return;
+    free(f->name);
+    size_t i = (size_t)(f - claim_failures);
+    memmove(&claim_failures[i], &claim_failures[i + 1],
+            (n_claim_failures - i - 1) * sizeof claim_failures[0]);
+    n_claim_failures--;
+}
+
+/* Claims one entry; true when it left incoming/ (claimed, rejected or gone). */
+static bool claim_one(batchd *d, const char *entry)
 {
     char id[27];
     int64_t now = time_now_ms();
@@ -675,21 +764,21 @@ static void claim_one(batchd *d, const char *entry)
     memset(&c, 0, sizeof c);
     int rc = spool_claim(d->sp, entry, id, &c);
     if (rc < 0) {
-        char *esc = spool_name_escape(entry);
-        log_error("cannot claim incoming/%s: %s", esc, strerror(-rc));
-        free(esc);
+        claim_failed(entry, rc, now);
         spool_claim_clear(&c);
-        return;
+        return false;
     }
+    claim_failure_forget(entry);
     if (c.kind == SPOOL_GONE) {
         spool_claim_clear(&c);
-        return;
+        return true;
     }
     const char *base = fsutil_basename(c.job_dir);
     job *j = job_new(c.kind == SPOOL_REJECTED && c.job_id ? c.job_id : id, c.job_name, base, now);
     if (c.kind == SPOOL_REJECTED) {
         job_fail(j, now, c.code ? c.code : "unsupported_entry", "%s",
                  c.reason ? c.reason : "unsupported entry");
+        j->moved = true; /* spool_claim put it in failed/ with its error.json */
         jobrun *r = jobrun_add(d, j, true);
         log_job_fields f = fields_of(j);
         log_job(LOG_LVL_WARNING, &f, "rejected into failed/%s: %s", base, j->error_message);
@@ -704,6 +793,7 @@ static void claim_one(batchd *d, const char *entry)
         jobs_drive(r);
     }
     spool_claim_clear(&c);
+    return true;
 }
 
 static void claim_run(uv_timer_t *t)
@@ -720,17 +810,26 @@ static void claim_run(uv_timer_t *t)
         want = CLAIMS_PER_TURN;
     char **names = NULL;
     size_t n = 0;
-    int rc = spool_scan_incoming(d->sp, want, &names, &n);
+    /* Scan past the entries being skipped, so they cannot starve the others. */
+    int rc = spool_scan_incoming(d->sp, want + n_claim_failures, &names, &n);
     if (rc < 0) {
         log_error("cannot scan %s: %s", spool_dir(d->sp, "incoming"), strerror(-rc));
         return;
     }
-    for (size_t i = 0; i < n && !d->stopping; i++)
-        claim_one(d, names[i]);
+    int64_t now = time_now_ms();
+    size_t claimed = 0, tried = 0;
+    for (size_t i = 0; i < n && tried < want && !d->stopping; i++) {
+        if (claim_skipped(names[i], now))
+            continue;
+        tried++;
+        claimed += claim_one(d, names[i]);
+    }
     spool_names_free(names, n);
     jobs_update_status(d);
-    /* A full batch means more may wait: come back next turn, letting I/O in between. */
-    if (n == want)
+    /* A full turn of successful claims means more may wait: come back after the loop has
+     * polled for I/O (the claim timer is 1 ms, never 0, so it cannot re-run in the same
+     * pass). Failures wait for the rescan. */
+    if (claimed == want)
         jobs_claim_soon(d);
 }
 
@@ -740,7 +839,7 @@ void jobs_claim_soon(batchd *d)
         return;
     d->claim_pending = true;
     d->claim_timer.data = d;
-    uv_timer_start(&d->claim_timer, claim_run, 0, 0);
+    uv_timer_start(&d->claim_timer, claim_run, 1, 0);
 }
 
 /* ---- recovery ---- */
@@ -753,8 +852,9 @@ static void recover_one(void *ud, job *j)
     free(dir);
     log_job_fields f = fields_of(j);
     if (job_state_terminal(j->state)) {
-        /* Finished before, or finished in memory and interrupted before the move. */
-        jobrun_add(d, j, !present);
+        /* Moved before: finished, even if a newer job now uses the same name in active/.
+         * Not moved: it finished just before the stop; finish the move now. */
+        jobrun_add(d, j, j->moved || !present);
         return;
     }
     if (!present) {
@@ -764,6 +864,7 @@ static void recover_one(void *ud, job *j)
                 "failed; its remote resources are named in its record",
                 j->dir);
         job_fail(j, now, "invalid_job", "the job directory active/%s disappeared", j->dir);
+        j->moved = true;
         jobrun *r = jobrun_add(d, j, true);
         persist(r);
         return;
@@ -776,17 +877,23 @@ static void recover_one(void *ud, job *j)
 
 static void recover_bad(void *ud, const char *file, const char *reason)
 {
-    (void)ud;
-    log_error("cannot read job record %s: %s; left in place, the job's directory is treated as "
-              "a new job if it is still in active/",
-              file, reason);
+    batchd *d = ud;
+    d->bad_records++;
+    log_error("cannot read job record %s: %s; it is left in place for you to inspect", file,
+              reason);
 }
 
-void jobs_recover(batchd *d)
+int jobs_recover(batchd *d)
 {
     int n = store_load_all(d->cfg->c.state.dir, recover_one, recover_bad, d);
-    if (n < 0)
-        log_error("cannot read job records in %s: %s", d->cfg->c.state.dir, strerror(-n));
+    if (n < 0) {
+        /* Without the records, every job in active/ would start over and create its dataset
+         * and batch a second time: refuse to run instead. */
+        log_error("cannot read the job records in %s/jobs: %s; fix its permissions (it must "
+                  "belong to batchd's user), then start again",
+                  d->cfg->c.state.dir, strerror(-n));
+        return n;
+    }
     /* Directories in active/ without a live record were claimed just before a crash. */
     char **names = NULL;
     size_t count = 0;
@@ -797,6 +904,17 @@ void jobs_recover(batchd *d)
                 known = !d->jobs[k]->finished && strcmp(d->jobs[k]->j->dir, names[i]) == 0;
             if (known)
                 continue;
+            if (d->bad_records) {
+                /* It may be the job of an unreadable record, with a dataset or batch already
+                 * made: starting it over could create them twice. */
+                char *esc = spool_name_escape(names[i]);
+                log_error("active/%s has no readable record and is not resumed, since it may "
+                          "belong to one of the %zu unreadable records; inspect them, then "
+                          "move the directory back into incoming/ to start it over",
+                          esc, d->bad_records);
+                free(esc);
+                continue;
+            }
             char id[27];
             int64_t now = time_now_ms();
             id_new(now, id);
@@ -811,6 +929,7 @@ void jobs_recover(batchd *d)
     }
     evict_finished(d);
     log_notice("recovered %zu unfinished job(s), %zu known in all", d->n_active, d->n_jobs);
+    return 0;
 }
 
 /* ---- shutdown ---- */
@@ -830,7 +949,7 @@ void jobs_shutdown(batchd *d)
             r->cancel_validation = 1;
         if (r->writing)
             r->write_again = true; /* write_done writes the newest state */
-        else if (!r->finished)
+        else if (!r->finished || r->dirty)
             store_save(d->cfg->c.state.dir, r->j);
     }
     uv_timer_stop(&d->claim_timer);

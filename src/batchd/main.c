@@ -285,7 +285,8 @@ static int start(batchd *d)
     }
     uv_timer_init(d->loop, &d->claim_timer);
     /* Recover first, then listen: a client never sees a half-loaded job table. */
-    jobs_recover(d);
+    if (jobs_recover(d) < 0)
+        return EX_IOERR;
     control_options co = {
         .socket_path = c->control.socket,
         .group = c->control.group,

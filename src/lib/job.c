@@ -244,6 +244,8 @@ cJSON *job_to_record(const job *j)
     add_ms(o, "attempts", j->attempts);
     add_ms(o, "upload_refusals", j->upload_refusals);
     add_ms(o, "wait_started_at", j->wait_started_at);
+    add_ms(o, "retry_at", j->retry_at);
+    cJSON_AddBoolToObject(o, "moved", j->moved);
     json_add_str_or_null(o, "last_error", j->last_error);
     add_ms(o, "api_requests", j->api_requests);
     json_add_str_or_null(o, "error_code", j->error_code);
@@ -323,6 +325,8 @@ job *job_from_record(const cJSON *rec, const char **err)
     j->attempts = (int)json_int64(rec, "attempts", 0);
     j->upload_refusals = (int)json_int64(rec, "upload_refusals", 0);
     j->wait_started_at = json_int64(rec, "wait_started_at", 0);
+    j->retry_at = json_int64(rec, "retry_at", 0);
+    j->moved = json_bool(rec, "moved", false);
     take_str(&j->last_error, rec, "last_error");
     j->api_requests = json_int64(rec, "api_requests", 0);
     take_str(&j->error_code, rec, "error_code");

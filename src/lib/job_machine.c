@@ -298,9 +298,11 @@ static void retry_later(job *j, job_op op, const job_reply *r, const job_params 
     int64_t ra;
     bool honoured = false;
     if (r->retry_after && backoff_parse_retry_after(r->retry_after, now, &ra) == 0) {
-        /* Never before the server said; jitter on top spreads a herd of jobs. */
-        if (delay < ra)
-            delay = ra;
+        /* Never before the server said. A small jitter on top keeps a herd of jobs told the
+         * same time from arriving together; an absurd value is bounded, not trusted. */
+        if (ra > JOB_RETRY_AFTER_MAX_MS)
+            ra = JOB_RETRY_AFTER_MAX_MS;
+        delay = ra + backoff_full_jitter(0, p->retry_base_ms, p->retry_base_ms, 2.0, rnd);
         honoured = true;
     }
     if (delay < 1)
@@ -374,6 +376,8 @@ static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
     const char *hint = r->status == 401   ? " (the API token was refused: check the token)"
                        : r->status == 403 ? " (no access to the workspace or resource)"
                                           : "";
+    /* A 4xx is a definitive answer: the call did not act, nothing is left to check. */
+    j->pending_op = JOB_OP_NONE;
     fail(j, now, "api_rejected", r->status, body, details ? details : cJSON_CreateArray(),
          "the API rejected %s with HTTP %ld%s%s%s", job_op_name(op), r->status,
          detail_text ? ": " : "", detail_text ? detail_text : "", hint);
@@ -384,6 +388,8 @@ static void protocol_error(job *j, job_op op, const job_reply *r, int64_t now, c
     cJSON *body = parse_body(r);
     if (!body && r->body)
         body = cJSON_CreateString(r->body);
+    /* A presigned URL is a bearer capability: it does not go into error.json. */
+    cJSON_DeleteItemFromObjectCaseSensitive(body, "upload_url");
     fail(j, now, "api_rejected", r->status, body, cJSON_CreateArray(),
          "unexpected reply to %s (HTTP %ld): %s", job_op_name(op), r->status, what);
 }
@@ -698,6 +704,7 @@ int job_retry(job *j, int64_t now)
     j->api_error = NULL;
     j->http_status = 0;
     j->finished_at = 0;
+    j->moved = false;
     j->wait_started_at = 0;
     j->poll_at = 0;
     job_set_state(j, JOB_VALIDATING, now, "retry requested: validating again, then resuming");
@@ -706,7 +713,10 @@ int job_retry(job *j, int64_t now)
 
 void job_recovered(job *j, int64_t now)
 {
-    j->retry_at = 0;
+    /* A retry time from before the restart still holds (a server's Retry-After), but not
+     * one beyond what any retry could have asked for (a clock jump). */
+    if (j->retry_at > now + JOB_RETRY_AFTER_MAX_MS)
+        j->retry_at = 0;
     j->poll_at = 0;
     if (!j->uploaded)
         j->bytes_sent = 0;

@@ -336,6 +336,7 @@ static void test_422_issues_in_error(void **state)
 {
     fixture *f = *state;
     drive_to(f, JOB_CREATING_BATCH);
+    job_mark_sent(f->j, JOB_OP_CREATE_BATCH, f->now);
     reply(f, JOB_OP_CREATE_BATCH, 422,
           "{\"type\":\"INVALID_BATCH_ITEMS\",\"message\":\"bad items\",\"issues\":[{\"page\":0,"
           "\"row\":1,\"column\":0,\"item\":2,\"type\":\"multiple_choice\",\"message\":\"x\"}]}");
@@ -348,6 +349,8 @@ static void test_422_issues_in_error(void **state)
     assert_string_equal(json_str(e, "dataset_id"), DATASET);
     assert_int_equal(json_int64(e, "http_status", 0), 422);
     cJSON_Delete(e);
+    /* A 4xx is definitive: a retry creates the batch without first looking for one. */
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
 }
 
 static void test_retry_after_seconds(void **state)
@@ -360,6 +363,29 @@ static void test_retry_after_seconds(void **state)
     assert_non_null(strstr(f->j->last_error, "Retry-After"));
     /* A 429 was refused before acting: no unknown outcome to resolve. */
     assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+}
+
+static void test_retry_after_bounded_and_jittered(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    /* Jitter goes on top of the server's time, never below it. */
+    reply_ra(f, JOB_OP_CREATE_DATASET, 429, "2", UINT64_MAX);
+    assert_true(f->j->retry_at >= f->now + 2000);
+    assert_true(f->j->retry_at <= f->now + 2000 + f->p.retry_base_ms);
+    f->now = f->j->retry_at;
+    /* An absurd Retry-After neither overflows nor parks the job for years. */
+    reply_ra(f, JOB_OP_CREATE_DATASET, 429, "9223372036854769", 0);
+    assert_int_equal(f->j->retry_at, f->now + JOB_RETRY_AFTER_MAX_MS);
+    /* The wait survives a restart. */
+    int64_t at = f->j->retry_at;
+    cJSON *rec = job_to_record(f->j);
+    const char *err = NULL;
+    job *back = job_from_record(rec, &err);
+    cJSON_Delete(rec);
+    job_recovered(back, f->now);
+    assert_int_equal(back->retry_at, at);
+    job_free(back);
 }
 
 static void test_retry_after_date(void **state)
@@ -758,6 +784,7 @@ int main(void)
         T(test_422_issues_in_error),
         T(test_retry_after_seconds),
         T(test_retry_after_date),
+        T(test_retry_after_bounded_and_jittered),
         T(test_jitter_bounds),
         T(test_import_timeout),
         T(test_batch_timeout),
