@@ -80,10 +80,10 @@ typedef struct batchd {
     bool paused;
     bool stopping;
     bool claim_pending;
+    /* jobs_drive_all is walking d->jobs: no eviction meanwhile */
     bool driving_all;
+    /* job records that could not be read at start */
     size_t bad_records;
-        /* job records that could not be read at start */ /* jobs_drive_all is walking d->jobs: no
-                                                             eviction meanwhile */
     uv_timer_t claim_timer;
     uv_signal_t sig_term, sig_int, sig_hup;
     int64_t started_at;
