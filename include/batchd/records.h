@@ -87,6 +87,10 @@ void records_get_stats(const records_validator *v, records_stats *out);
  * After a file error the rest of the input is counted but not validated: no more
  * callbacks. */
 const char *records_file_error(const records_validator *v, uint64_t *line);
+/* For a CSV header error: the first column name it is about (not in the schema, a
+ * duplicate, or missing), as in the file (control characters kept); NULL otherwise. Owned
+ * by the validator. */
+const char *records_file_error_field(const records_validator *v);
 
 /* The CSV header record exactly as read (without terminator), for writing a cleaned
  * file; NULL for JSONL or before the header was read. */

@@ -88,6 +88,20 @@ static void errors_add_record(error_list *el, uint64_t line, const char *field, 
     el->kept++;
 }
 
+/* A problem with the data file as a whole (unreadable, empty, not a regular file): the
+ * entry names the file and the job.json member that chose it, since there is no line. */
+static void errors_add_file(error_list *el, const char *file, const char *msg)
+{
+    if (!errors_room(el))
+        return;
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "path", "dataset.file");
+    cJSON_AddStringToObject(e, "file", file);
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddItemToArray(el->arr, e);
+    el->kept++;
+}
+
 static void errors_finish(error_list *el)
 {
     if (!el->dropped)
@@ -277,7 +291,8 @@ static int on_record(void *ud, const char *raw, size_t raw_len, const records_er
 
 typedef struct pass_out {
     records_stats stats;
-    char *file_error; /* malloc'd */
+    char *file_error;       /* malloc'd */
+    char *file_error_field; /* malloc'd, NULL when the error is about no one field */
     uint64_t file_error_line;
 } pass_out;
 
@@ -367,6 +382,8 @@ static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t c
     uint64_t line = 0;
     const char *fe = records_file_error(v, &line);
     po->file_error = fe ? xstrdup(fe) : NULL;
+    const char *ff = records_file_error_field(v);
+    po->file_error_field = ff ? xstrdup(ff) : NULL;
     po->file_error_line = line;
     records_free(v);
     ctx->v = NULL;
@@ -393,6 +410,7 @@ static int write_skip_files(int fd, const char *dir, const records_options *ro, 
         pass_out po = {0};
         r = run_pass(fd, ro, &ctx, chunk, cancel, &po);
         free(po.file_error);
+        free(po.file_error_field);
     } else {
         r = r < 0 ? r : r2;
     }
@@ -442,11 +460,14 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
     struct stat st;
     memset(&st, 0, sizeof st);
     int fd = open_data(res->data_path, shown, res, &st);
-    if (fd < 0)
+    if (fd < 0) {
+        errors_add_file(el, shown, res->message);
         return fd;
+    }
     if (st.st_size == 0) {
         close(fd);
         set_failure(res, "invalid_records", "%s is empty: it must hold at least one record", shown);
+        errors_add_file(el, shown, res->message);
         return 0;
     }
     records_format fmt;
@@ -464,9 +485,11 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
     pass_ctx ctx = {.errs = el};
     pass_out po = {0};
     int r = run_pass(fd, &ro, &ctx, chunk, cancel, &po);
-    if (po.file_error) {
-        errors_add_record(el, po.file_error_line, NULL, po.file_error);
-    }
+    /* A file error at line 0 concerns the whole file (no records at all): no line to name. */
+    if (po.file_error && po.file_error_line > 0)
+        errors_add_record(el, po.file_error_line, po.file_error_field, po.file_error);
+    else if (po.file_error)
+        errors_add_file(el, shown, po.file_error);
     const records_stats *s = &po.stats;
     bool skip = cfg->job.invalid_records == CONFIG_INVALID_SKIP;
     res->bytes = (uint64_t)st.st_size;
@@ -476,9 +499,12 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
         char eb[128];
         errno_text(-r, eb, sizeof eb);
         set_failure(res, "invalid_job", "%s cannot be read: %s", shown, eb);
-    } else if (po.file_error) {
+        errors_add_file(el, shown, res->message);
+    } else if (po.file_error && po.file_error_line > 0) {
         set_failure(res, "invalid_records", "%s:%llu: %s", shown,
                     (unsigned long long)po.file_error_line, po.file_error);
+    } else if (po.file_error) {
+        set_failure(res, "invalid_records", "%s: %s", shown, po.file_error);
     } else if (s->records == 0) {
         set_failure(res, "invalid_records", "%s holds no records (only blank lines)", shown);
     } else if (s->invalid > 0 && (!skip || s->valid == 0)) {
@@ -497,6 +523,7 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
             set_failure(res, "cancelled", "cancelled while validating %s", shown);
     }
     free(po.file_error);
+    free(po.file_error_field);
     records_schema_free(rs);
     close(fd);
     return r;

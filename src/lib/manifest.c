@@ -485,6 +485,20 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* What a non-regular directory entry is, for messages. */
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISFIFO(mode))
+        return "a FIFO (named pipe)";
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return "a device";
+    return "a special file";
+}
+
 /* Checks a data file named in dataset.file: a plain name of an existing regular file. */
 static int check_named_file(const char *job_dir, const char *name, cJSON *errors)
 {
@@ -527,7 +541,9 @@ static int check_named_file(const char *job_dir, const char *name, cJSON *errors
         return -EINVAL;
     }
     if (!S_ISREG(st.st_mode)) {
-        manifest_error_add(errors, NULL, "dataset.file", "\"%s\" is not a regular file", name);
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is %s, not a regular file; only regular files are read", name,
+                           file_kind(st.st_mode));
         return -EINVAL;
     }
     return 0;
@@ -563,8 +579,15 @@ static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
             r = -EINVAL;
             continue;
         }
-        if (!S_ISREG(st.st_mode))
+        if (!S_ISREG(st.st_mode)) {
+            /* Named like data but a FIFO, device or directory: say so, rather than "no
+             * data file", and never open it (a FIFO would block the reader). */
+            manifest_error_add(errors, NULL, "dataset.file",
+                               "\"%s\" is %s, not a regular file; only regular files are read",
+                               de->d_name, file_kind(st.st_mode));
+            r = -EINVAL;
             continue;
+        }
         names = xrealloc(names, (n + 1) * sizeof *names);
         names[n++] = xstrdup(de->d_name);
     }

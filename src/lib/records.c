@@ -325,7 +325,8 @@ struct records_validator {
     records_stats st;
     char *file_error;
     uint64_t file_error_line;
-    bool halted; /* after a file error: bytes are counted, not validated */
+    char file_error_field[132]; /* the header column a header error is about, or "" */
+    bool halted;                /* after a file error: bytes are counted, not validated */
     bool finished;
     int rc;
 };
@@ -370,6 +371,11 @@ void records_get_stats(const records_validator *v, records_stats *out)
 size_t records_buffer_capacity(const records_validator *v)
 {
     return v->cap;
+}
+
+const char *records_file_error_field(const records_validator *v)
+{
+    return v && v->file_error && v->file_error_field[0] ? v->file_error_field : NULL;
 }
 
 const char *records_file_error(const records_validator *v, uint64_t *line)
@@ -794,6 +800,8 @@ static void header_columns(records_validator *v, const char *raw, size_t len, st
         }
         key_for_message(shown, f, flen);
         long idx = schema_find(s, f, flen);
+        if (flen > 0 && !v->file_error_field[0] && (idx < 0 || v->seen[idx] == v->gen))
+            copy_cut(v->file_error_field, sizeof v->file_error_field, f, flen);
         if (flen == 0)
             header_problem(problems, count, "column %zu has an empty name", col);
         else if (idx < 0)
@@ -811,6 +819,9 @@ static void header_columns(records_validator *v, const char *raw, size_t len, st
     for (size_t i = 0; i < s->n; i++) {
         if (v->seen[i] != v->gen) {
             key_for_message(shown, s->fields[i].key, s->fields[i].len);
+            if (!v->file_error_field[0])
+                copy_cut(v->file_error_field, sizeof v->file_error_field, s->fields[i].key,
+                         s->fields[i].len);
             header_problem(problems, count, "column '%s' is missing (schema is strict)", shown);
         }
     }

@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -297,7 +298,8 @@ class Env:
         for root, _dirs, files in os.walk(self.dir):
             for fn in files:
                 p = os.path.join(root, fn)
-                if p == self.daemon.token_file or os.path.islink(p):
+                # Only regular files: opening a FIFO a test dropped would block forever.
+                if p == self.daemon.token_file or not stat.S_ISREG(os.lstat(p).st_mode):
                     continue
                 try:
                     with open(p, "rb") as f:
@@ -376,3 +378,41 @@ class Conn:
     def close(self):
         self.s.close()
 
+
+def run_tests(shared_tests, setup, teardown, own_tests=()):
+    """Like run(), for suites whose first tests share one daemon: setup() before them,
+    teardown(ok) after them (ok: every shared test passed), then the tests that start their
+    own. A failing shared test does not stop the others; a failing setup fails them all."""
+    failed = 0
+    total = len(shared_tests) + len(own_tests)
+    try:
+        setup()
+    except Exception as e:  # noqa: BLE001
+        print(f"FAIL setup: {type(e).__name__}: {e}", flush=True)
+        failed = len(shared_tests)
+        shared_tests = []
+    shared_failed = 0
+    for t in shared_tests:
+        start = time.monotonic()
+        try:
+            t()
+            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
+            shared_failed += 1
+            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
+    try:
+        teardown(shared_failed == 0)
+    except Exception as e:  # noqa: BLE001
+        shared_failed += 1
+        print(f"FAIL teardown: {type(e).__name__}: {e}", flush=True)
+    failed += shared_failed
+    for t in own_tests:
+        start = time.monotonic()
+        try:
+            t()
+            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
+    print(f"{total - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
