@@ -52,8 +52,11 @@ int spool_init(spool *s, char **err);
 int spool_open(spool *s, bool create, char **err);
 
 /* Lists claimable entry names in incoming/ (dotfiles excluded), oldest first (mtime, then
- * name bytes), at most max of them. *names is a malloc'd array of malloc'd strings (NULL when
- * *count is 0); free with spool_names_free. 0 or -errno. */
+ * name bytes), at most max of them. The oldest 4096 entries of a full scan are remembered
+ * and served (each checked to still exist) until fewer than max of them are left, so that
+ * claiming 10,000 waiting entries one at a time does not read the directory each time;
+ * entries listed but not claimed are listed again. *names is a malloc'd array of malloc'd
+ * strings (NULL when *count is 0); free with spool_names_free. 0 or -errno. */
 int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count);
 void spool_names_free(char **names, size_t count);
 

@@ -35,12 +35,25 @@ static const mode_t sub_modes[SUB_COUNT] = {02770, 02770, 0750, 0750, 0750};
 #define MAX_SUFFIX 100000
 /* result.json / error.json are small; anything bigger is not ours. */
 #define MAX_JOB_FILE (4u << 20)
+/* Entries of incoming/ remembered from one full scan (oldest first). A full scan reads and
+ * stats every entry; with 10,000 waiting and one claimed per finished job, scanning afresh
+ * each time costs O(n) system calls per claim. */
+#define SCAN_CACHE_MAX 4096
+
+/* The oldest entries of incoming/ as of the last full scan, oldest first: see
+ * spool_scan_incoming. */
+typedef struct dated_name {
+    struct timespec mtime;
+    char *name;
+} dated_name;
 
 struct spool {
     char *root;
     char *paths[SUB_COUNT];
     int rootfd;
     int fds[SUB_COUNT];
+    dated_name *scan_cache;
+    size_t scan_cached;
 };
 
 spool *spool_new(const char *dir)
@@ -67,10 +80,20 @@ static void close_fds(spool *s)
     s->rootfd = -1;
 }
 
+static void scan_cache_clear(spool *s)
+{
+    for (size_t i = 0; i < s->scan_cached; i++)
+        free(s->scan_cache[i].name);
+    free(s->scan_cache);
+    s->scan_cache = NULL;
+    s->scan_cached = 0;
+}
+
 void spool_free(spool *s)
 {
     if (!s)
         return;
+    scan_cache_clear(s);
     close_fds(s);
     for (int i = 0; i < SUB_COUNT; i++)
         free(s->paths[i]);
@@ -771,11 +794,6 @@ int spool_init(spool *s, char **err)
 
 /* ---- listing ---- */
 
-typedef struct dated_name {
-    struct timespec mtime;
-    char *name;
-} dated_name;
-
 static int cmp_dated(const void *a, const void *b)
 {
     const dated_name *x = a, *y = b;
@@ -793,14 +811,10 @@ static bool keep_visible(int fd, const char *name, void *ctx)
     return name[0] != '.';
 }
 
-int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
+/* Reads all of incoming/ and keeps the SCAN_CACHE_MAX oldest entries in the cache. */
+static int scan_cache_fill(spool *s)
 {
-    *names = NULL;
-    *count = 0;
-    if (s->rootfd < 0)
-        return -EBADF;
-    if (max == 0) /* no free slot: the daemon may ask often, reading 10,000 names is waste */
-        return 0;
+    scan_cache_clear(s);
     name_list l = {0};
     int r = list_dir(s->fds[SUB_INCOMING], keep_visible, NULL, &l);
     if (r < 0) {
@@ -821,17 +835,66 @@ int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
     }
     free(l.names);
     qsort(dn, n, sizeof *dn, cmp_dated);
-    size_t keep = n < max ? n : max;
-    char **out = keep ? xcalloc(keep, sizeof *out) : NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (i < keep)
-            out[i] = dn[i].name;
-        else
-            free(dn[i].name);
+    for (size_t i = SCAN_CACHE_MAX; i < n; i++)
+        free(dn[i].name);
+    s->scan_cache = dn;
+    s->scan_cached = n < SCAN_CACHE_MAX ? n : SCAN_CACHE_MAX;
+    return 0;
+}
+
+/* Copies up to max cached entries that still exist into out, dropping from the cache those
+ * that are gone (claimed since). Returns how many were copied. */
+static size_t scan_cache_take(spool *s, size_t max, char **out)
+{
+    size_t got = 0, kept = 0, i = 0;
+    for (; i < s->scan_cached && got < max; i++) {
+        dated_name *e = &s->scan_cache[i];
+        struct stat st;
+        if (fstatat(s->fds[SUB_INCOMING], e->name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            free(e->name);
+            continue;
+        }
+        out[got++] = xstrdup(e->name);
+        s->scan_cache[kept++] = *e;
     }
-    free(dn);
+    /* Close the gaps the gone entries left; the unexamined tail moves up behind. */
+    if (kept < i && i < s->scan_cached)
+        memmove(&s->scan_cache[kept], &s->scan_cache[i],
+                (s->scan_cached - i) * sizeof *s->scan_cache);
+    s->scan_cached -= i - kept;
+    return got;
+}
+
+int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
+{
+    *names = NULL;
+    *count = 0;
+    if (s->rootfd < 0)
+        return -EBADF;
+    if (max == 0) /* no free slot: the daemon may ask often, reading 10,000 names is waste */
+        return 0;
+    char **out = xcalloc(max, sizeof *out);
+    /* The cache answers while it still holds max live entries: they are older than what
+     * arrived since, as long as producers write a file just before renaming it (one renamed
+     * in with an old mtime waits until the cache runs low). Otherwise scan afresh, which
+     * also picks up everything that arrived since. */
+    size_t got = scan_cache_take(s, max, out);
+    if (got < max) {
+        spool_names_free(out, got);
+        out = xcalloc(max, sizeof *out);
+        int r = scan_cache_fill(s);
+        if (r < 0) {
+            free(out);
+            return r;
+        }
+        got = scan_cache_take(s, max, out);
+    }
+    if (got == 0) {
+        free(out);
+        out = NULL;
+    }
     *names = out;
-    *count = keep;
+    *count = got;
     return 0;
 }
 

@@ -627,6 +627,57 @@ static void test_name_escape(void **state)
 
 #define MANY 10000
 
+/* The scan cache: an entry listed but not claimed is listed again, a claimed one never,
+ * and an entry that arrives while the cache is served shows up once the cache runs low. */
+static void test_scan_cache(void **state)
+{
+    fixture *f = *state;
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "e%d.jsonl", i);
+        put_in(f, "incoming", name, "{}");
+        set_mtime(f, name, 1000 + i);
+    }
+    char **names;
+    size_t n;
+    assert_int_equal(spool_scan_incoming(f->s, 2, &names, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(names[0], "e0.jsonl");
+    spool_names_free(names, n);
+    /* Not claimed: the same two again. */
+    assert_int_equal(spool_scan_incoming(f->s, 2, &names, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(names[0], "e0.jsonl");
+    assert_string_equal(names[1], "e1.jsonl");
+    spool_claim_result c;
+    claim_ok(f, names[0], &c);
+    spool_claim_clear(&c);
+    spool_names_free(names, n);
+    /* A newer arrival while three older ones are cached: served after them. */
+    put_in(f, "incoming", "late.jsonl", "{}");
+    set_mtime(f, "late.jsonl", 5000);
+    assert_int_equal(spool_scan_incoming(f->s, 3, &names, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(names[0], "e1.jsonl");
+    assert_string_equal(names[2], "e3.jsonl");
+    spool_names_free(names, n);
+    /* Asking for more than the cache holds scans afresh and finds it. */
+    assert_int_equal(spool_scan_incoming(f->s, 10, &names, &n), 0);
+    assert_int_equal(n, 5);
+    assert_string_equal(names[0], "e1.jsonl");
+    assert_string_equal(names[4], "late.jsonl");
+    spool_names_free(names, n);
+    /* Removed by its producer behind the cache's back: never listed. */
+    char *p = path_of(f, "incoming", "e2.jsonl");
+    assert_int_equal(unlink(p), 0);
+    free(p);
+    assert_int_equal(spool_scan_incoming(f->s, 2, &names, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(names[0], "e1.jsonl");
+    assert_string_equal(names[1], "e3.jsonl");
+    spool_names_free(names, n);
+}
+
 static void test_ten_thousand_entries(void **state)
 {
     fixture *f = *state;
@@ -954,6 +1005,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_newline_name_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_utf8_name_rejected, setup, teardown),
         cmocka_unit_test(test_name_escape),
+        cmocka_unit_test_setup_teardown(test_scan_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ten_thousand_entries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recover_interrupted_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish_to_done_and_failed, setup, teardown),
