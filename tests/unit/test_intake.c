@@ -291,6 +291,16 @@ static void test_dry_run_writes_nothing(void **state)
     strbuf_free(&sb);
 }
 
+/* The one error of a problem with the whole data file: the file and dataset.file. */
+static void expect_file_error(const intake_result *r, const char *file, const char *needle)
+{
+    assert_int_equal(cJSON_GetArraySize(r->errors), 1);
+    const cJSON *e = cJSON_GetArrayItem(r->errors, 0);
+    assert_string_equal(json_str(e, "path"), "dataset.file");
+    assert_string_equal(json_str(e, "file"), file);
+    assert_non_null(strstr(json_str(e, "message"), needle));
+}
+
 static void test_empty_and_blank_files(void **state)
 {
     (void)state;
@@ -299,10 +309,15 @@ static void test_empty_and_blank_files(void **state)
     assert_int_equal(check("j", &r), 0);
     assert_string_equal(r.code, "invalid_records");
     assert_non_null(strstr(r.message, "d.jsonl is empty"));
+    expect_file_error(&r, "d.jsonl", "empty");
     intake_result_free(&r);
     put("j/d.jsonl", "\n\n  \n");
     assert_int_equal(check("j", &r), 0);
     assert_string_equal(r.code, "invalid_records");
+    /* No line to name: the file is named instead (never "d.jsonl:0"). */
+    assert_null(strstr(r.message, ":0"));
+    assert_non_null(strstr(r.message, "d.jsonl: "));
+    expect_file_error(&r, "d.jsonl", "no records");
     intake_result_free(&r);
 }
 
@@ -388,6 +403,7 @@ static void test_mode_000_refused(void **state)
     assert_int_equal(check("j", &r), -EACCES);
     assert_string_equal(r.code, "invalid_job");
     assert_non_null(strstr(r.message, "read permission"));
+    expect_file_error(&r, "d.jsonl", "read permission");
     intake_result_free(&r);
     free(p);
 }

@@ -330,6 +330,26 @@ static void test_no_data_file(void **state)
     cJSON_Delete(errors);
 }
 
+/* A FIFO named like a data file is named in the error (not "no data file"), found or named
+ * in job.json, and never opened (opening would block this test). */
+static void test_fifo_data_file(void **state)
+{
+    (void)state;
+    put("j/readme.txt", "\n");
+    char *fifo = path_in("j/d.jsonl");
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "dataset.file", "\"d.jsonl\" is a FIFO (named pipe), not a regular file");
+    cJSON_Delete(errors);
+    put("j/job.json", "{\"dataset\": {\"file\": \"d.jsonl\"}}");
+    errors = cJSON_CreateArray();
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "dataset.file", "is a FIFO");
+    cJSON_Delete(errors);
+    free(fifo);
+}
+
 static void test_symlinked_data_file_and_job_json(void **state)
 {
     (void)state;
@@ -464,6 +484,7 @@ int main(void)
         T(test_answer_limit_path),
         T(test_two_data_files_no_job_json),
         T(test_no_data_file),
+        T(test_fifo_data_file),
         T(test_symlinked_data_file_and_job_json),
         T(test_bad_file_names),
         T(test_missing_workspace_and_null_template),

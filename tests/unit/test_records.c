@@ -41,6 +41,7 @@ typedef struct run {
     int stop_at; /* return 7 from the callback for this record index (-1: never) */
     records_stats st;
     char *file_error;
+    char *file_error_field;
     uint64_t file_error_line;
     char *header;
     size_t header_len;
@@ -72,6 +73,7 @@ static void run_free(run *r)
         free(r->recs[i].raw);
     free(r->recs);
     free(r->file_error);
+    free(r->file_error_field);
     free(r->header);
     memset(r, 0, sizeof(*r));
 }
@@ -118,6 +120,8 @@ static void run_input_opts(run *r, const char *schema_json, records_format fmt, 
     records_get_stats(v, &r->st);
     const char *fe = records_file_error(v, &r->file_error_line);
     r->file_error = fe ? xstrdup(fe) : NULL;
+    const char *ff = records_file_error_field(v);
+    r->file_error_field = ff ? xstrdup(ff) : NULL;
     size_t hl;
     const char *h = records_csv_header(v, &hl);
     if (h) {
@@ -746,15 +750,16 @@ static void test_csv_valid(void **state)
 static void test_csv_header_errors(void **state)
 {
     (void)state;
-    const char *cases[][2] = {
-        {"prompt,,image,group\n", "column 2 has an empty name"},
-        {"prompt,image,group,prompt\n", "column 4 'prompt' is a duplicate"},
-        {"prompt,image,group,foo\n", "column 4 'foo' is not in the schema"},
-        {"prompt,image\n", "column 'group' is missing (schema is strict)"},
-        {"prompt,im\"age,group\n", "malformed CSV at byte 10"},
-        {"\"prompt,image,group\n", "never closed"},
-        {"prompt,\xff,group\n", "invalid UTF-8 at byte 8"},
-        {" prompt,image,group\n", "column 1 ' prompt' is not in the schema"},
+    /* header, message, the column the error names (field) or "" */
+    const char *cases[][3] = {
+        {"prompt,,image,group\n", "column 2 has an empty name", ""},
+        {"prompt,image,group,prompt\n", "column 4 'prompt' is a duplicate", "prompt"},
+        {"prompt,image,group,foo\n", "column 4 'foo' is not in the schema", "foo"},
+        {"prompt,image\n", "column 'group' is missing (schema is strict)", "group"},
+        {"prompt,im\"age,group\n", "malformed CSV at byte 10", ""},
+        {"\"prompt,image,group\n", "never closed", ""},
+        {"prompt,\xff,group\n", "invalid UTF-8 at byte 8", ""},
+        {" prompt,image,group\n", "column 1 ' prompt' is not in the schema", " prompt"},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
         strbuf in;
@@ -768,6 +773,10 @@ static void test_csv_header_errors(void **state)
         assert_non_null(strstr(r.file_error, cases[i][1]));
         assert_non_null(strstr(r.file_error, "CSV header: "));
         assert_int_equal(r.file_error_line, 2);
+        if (cases[i][2][0])
+            assert_string_equal(r.file_error_field, cases[i][2]);
+        else
+            assert_null(r.file_error_field);
         assert_int_equal(r.n, 0);
         assert_null(r.header);
         assert_int_equal(r.st.lines, 3);
