@@ -20,6 +20,10 @@ BUILD = os.environ.get("BATCHD_BUILD_DIR") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build")
 SOURCE = os.environ.get("BATCHD_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
 WORKSPACE = "6278acb09062db3b35bcbeb0"
+# BATCHD_E2E_VALGRIND=1 runs batchd under valgrind: any memory error or leak makes it exit 99,
+# which stop() and Env.close() turn into a test failure.
+VALGRIND = os.environ.get("BATCHD_E2E_VALGRIND") == "1"
+SLOW = 4 if VALGRIND else 1
 TOKEN = "e2e-secret-token-7f3a9c"
 
 
@@ -135,11 +139,16 @@ class Daemon:
         e.pop("JOURNAL_STREAM", None)
         if env:
             e.update(env)
-        self.proc = subprocess.Popen([binary("batchd"), "-c", self.conf], stdout=log,
-                                     stderr=log, env=e)
+        cmd = [binary("batchd"), "-c", self.conf]
+        if VALGRIND:
+            cmd = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+                   "--errors-for-leak-kinds=definite,indirect",
+                   "--show-leak-kinds=definite,indirect",
+                   f"--log-file={self.env.dir}/valgrind-%p.log"] + cmd
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=e)
         log.close()
         if wait:
-            wait_for(self.answers, 20, "batchd's control socket")
+            wait_for(self.answers, 20 * SLOW, "batchd's control socket")
         return self.proc
 
     def answers(self):
@@ -155,12 +164,24 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(timeout * SLOW)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
                 raise TestFailure(f"batchd did not stop within {timeout}s after {sig}")
+            if VALGRIND and self.proc.returncode == 99:
+                self.valgrind_failed = True
         return self.proc.returncode if self.proc else None
+
+    valgrind_failed = False
+
+    def valgrind_report(self):
+        out = []
+        for fn in sorted(os.listdir(self.env.dir)):
+            if fn.startswith("valgrind-"):
+                with open(os.path.join(self.env.dir, fn), errors="replace") as f:
+                    out.append(f.read())
+        return "\n".join(out)
 
     def kill9(self):
         self.proc.kill()
@@ -283,6 +304,10 @@ class Env:
                 pass
         if self.sim:
             self.sim.stop()
+        if self.daemon and self.daemon.valgrind_failed:
+            report = self.daemon.valgrind_report()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise TestFailure("valgrind found errors in batchd:\n" + report[-20000:])
         if not self.ok and self.daemon:
             sys.stderr.write("---- batchd log ----\n" + self.daemon.logs()[-20000:] + "\n")
             try:
