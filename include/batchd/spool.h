@@ -78,8 +78,9 @@ typedef struct spool_claim_result {
 /* Claims incoming/<entry>:
  * - a directory becomes active/NAME (NAME = entry); a result.json or error.json already in
  *   it is kept as result.json.orig / error.json.orig, since batchd writes those names;
- * - a regular file NAME.jsonl or NAME.csv becomes active/NAME/NAME.jsonl (the file keeps its
- *   name, the job directory gets the name without extension);
+ * - a regular file NAME.jsonl or NAME.csv (extension in any case, as inside a job directory)
+ *   becomes active/NAME/NAME.jsonl (the file keeps its name, the job directory gets the
+ *   name without extension);
  * - anything else (another regular file, a symlink, FIFO, socket or device), and any entry
  *   whose name has control characters or is not UTF-8, is rejected: moved as it is into
  *   failed/NAME/ next to an error.json (PRODUCT.md 4: stage "queued", code

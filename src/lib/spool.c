@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -169,15 +170,16 @@ static bool has_control_char(const char *name)
     return false;
 }
 
-/* Length of name without a ".jsonl" / ".csv" extension, or 0 when it has neither (or
- * nothing before it). */
+/* Length of name without a ".jsonl" / ".csv" extension in any case (as manifest and
+ * records accept them inside a job directory: spreadsheet exports write ".CSV"), or 0 when
+ * it has neither (or nothing before it). */
 static size_t data_stem_len(const char *name)
 {
     static const char *const exts[] = {".jsonl", ".csv"};
     size_t len = strlen(name);
     for (size_t i = 0; i < BD_ARRAY_LEN(exts); i++) {
         size_t el = strlen(exts[i]);
-        if (len > el && strcmp(name + len - el, exts[i]) == 0)
+        if (len > el && strcasecmp(name + len - el, exts[i]) == 0)
             return len - el;
     }
     return 0;

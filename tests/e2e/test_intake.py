@@ -335,6 +335,20 @@ def test_workspace_id_wrong_type():
     schema_case("ws-type", {"workspace_id": 42}, "workspace_id")
 
 
+def test_job_json_fifo():
+    p = job_dir("jobfifo", None, {"data.jsonl": jsonl(GOOD_ROWS)})
+    os.mkfifo(os.path.join(p, "job.json"))
+    err = drop_and_fail(p, "jobfifo", "jobfifo", move=True)
+    need(err, file="job.json", message="regular file")
+
+
+def test_job_json_too_big():
+    p = job_dir("jobbig", '{"batch": {"name": "' + "x" * (2 << 20) + '"}}',
+                {"data.jsonl": jsonl(GOOD_ROWS)})
+    err = drop_and_fail(p, "jobbig", "jobbig")
+    need(err, file="job.json", message="larger")
+
+
 def test_two_data_files_no_job_json():
     p = job_dir("twofiles", None, {"a.jsonl": jsonl(GOOD_ROWS), "b.jsonl": jsonl(GOOD_ROWS)})
     err = drop_and_fail(p, "twofiles", "twofiles")
@@ -448,6 +462,12 @@ def test_jsonl_unknown_key():
     records_case("unknownkey.jsonl",
                  jsonl(GOOD_ROWS) + b'{"prompt": "p", "response": "r", "extra": "e"}\n', 4,
                  field="extra")
+
+
+def test_jsonl_duplicate_key():
+    records_case("dupkey.jsonl",
+                 jsonl(GOOD_ROWS) + b'{"prompt": "a", "prompt": "b", "response": "r"}\n', 4,
+                 field="prompt", message="more than once")
 
 
 def test_csv_ragged():
@@ -583,6 +603,11 @@ def test_name_with_unicode_ready():
     check(res["job"] == "überprüfung-数据-✓", res)
 
 
+def test_extension_any_case_ready():
+    p = bare("Export.CSV", b"prompt,response\r\na,b\r\nc,d\r\n")
+    drop_and_ready(p, "Export.CSV", "Export", 2)
+
+
 def test_job_json_names_its_file():
     p = job_dir("named", {"dataset": {"file": "second.jsonl"}},
                 {"first.jsonl": b"not json at all\n", "second.jsonl": jsonl(GOOD_ROWS * 2)})
@@ -620,18 +645,19 @@ SHARED_TESTS = [
     test_dataset_field_unknown, test_dataset_field_metadata, test_answer_limit_too_big,
     test_item_missing_required, test_item_unknown_type, test_three_columns,
     test_task_details_missing, test_tasks_per_group_zero, test_workspace_id_wrong_type,
-    test_two_data_files_no_job_json, test_no_data_file, test_job_json_names_missing_file,
+    test_job_json_fifo, test_job_json_too_big, test_two_data_files_no_job_json, test_no_data_file, test_job_json_names_missing_file,
     test_job_json_file_escapes_dir, test_data_file_symlink_in_dir, test_data_file_fifo_in_dir,
     test_empty_file, test_only_blank_lines, test_ten_megabyte_line, test_invalid_utf8,
     test_binary_file, test_jsonl_array_line, test_jsonl_number_line, test_jsonl_broken_json,
     test_jsonl_value_not_string, test_jsonl_missing_strict_field, test_jsonl_unknown_key,
+    test_jsonl_duplicate_key,
     test_csv_ragged, test_csv_bad_header, test_csv_unterminated_quote,
     test_csv_error_after_embedded_newline, test_jsonl_bom, test_csv_header_only,
     test_image_url_not_http, test_mode_000_file, test_unsupported_extension,
     test_symlink_to_etc_passwd, test_fifo_does_not_block, test_name_with_newline,
     test_no_api_request_so_far,
     test_csv_bom_and_embedded_newlines_ready, test_name_with_spaces_ready,
-    test_name_with_unicode_ready, test_job_json_names_its_file, test_pickup_latency,
+    test_name_with_unicode_ready, test_extension_any_case_ready, test_job_json_names_its_file, test_pickup_latency,
     test_still_up_after_everything,
 ]
 

@@ -566,6 +566,25 @@ static void test_unicode_and_spaces_kept(void **state)
     spool_claim_clear(&c);
 }
 
+/* Spreadsheet exports say ".CSV": the extension's case does not matter (as in a job
+ * directory and for batchctl submit); the file keeps its name. */
+static void test_extension_any_case(void **state)
+{
+    fixture *f = *state;
+    put_in(f, "incoming", "Export.CSV", "prompt\n");
+    put_in(f, "incoming", "Data.JsonL", "{}");
+    spool_claim_result c;
+    claim_ok(f, "Export.CSV", &c);
+    assert_int_equal(c.kind, SPOOL_CLAIMED);
+    assert_string_equal(c.job_name, "Export");
+    assert_true(S_ISREG(lmode2_in(f, "active", "Export", "Export.CSV")));
+    spool_claim_clear(&c);
+    claim_ok(f, "Data.JsonL", &c);
+    assert_int_equal(c.kind, SPOOL_CLAIMED);
+    assert_string_equal(c.job_name, "Data");
+    spool_claim_clear(&c);
+}
+
 static void test_newline_name_rejected(void **state)
 {
     fixture *f = *state;
@@ -1002,6 +1021,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_suffixes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_suffix_on_longest_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unicode_and_spaces_kept, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_extension_any_case, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newline_name_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_utf8_name_rejected, setup, teardown),
         cmocka_unit_test(test_name_escape),
