@@ -68,7 +68,9 @@ typedef enum spool_claim_kind {
 
 typedef struct spool_claim_result {
     spool_claim_kind kind;
-    char *job_name;   /* final directory name, with any -2, -3 suffix (NULL when GONE) */
+    char *job_name;   /* final directory name, with any -2, -3 suffix (NULL when GONE);
+                         for a REJECTED entry whose name is not UTF-8, its escaped form
+                         (spool_name_escape, as error.json's "job"), so it is safe in JSON */
     char *job_dir;    /* "<spool>/active/<job_name>" or "<spool>/failed/<job_name>" */
     char *job_id;     /* REJECTED: the id written into error.json */
     char *reason;     /* REJECTED: what is wrong and what to do (safe to log: escaped) */

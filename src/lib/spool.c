@@ -548,8 +548,15 @@ static int place_rejected(spool *s, const char *stage, int stagefd, const char *
         return r == -EEXIST ? -EAGAIN : r;
     }
     out->kind = SPOOL_REJECTED;
-    out->job_name = name;
     out->job_dir = fsutil_join(s->paths[SUB_FAILED], name);
+    /* The job's name travels in JSON (job records, the control socket): a name that is not
+     * UTF-8 goes as error.json shows it, escaped; the directory keeps the bytes. */
+    if (utf8_valid(name, strlen(name))) {
+        out->job_name = name;
+    } else {
+        out->job_name = spool_name_escape(name);
+        free(name);
+    }
     out->job_id = xstrdup(job_id);
     out->reason = xstrdup(reason);
     out->code = code;

@@ -545,6 +545,27 @@ def test_name_with_newline():
     drop_and_fail(p, "new\nline.jsonl", "new\nline", code="invalid_job", stage="queued")
 
 
+def test_name_not_utf8():
+    """A name that is not UTF-8: rejected, error.json valid UTF-8 with the name escaped, and
+    the control socket still answers with valid JSON (the job listed by that name)."""
+    d = env().daemon
+    raw = b"caf\xe9.jsonl"
+    p = os.path.join(Shared.src.encode(), raw)
+    with open(p, "wb") as f:
+        f.write(jsonl(GOOD_ROWS))
+    os.rename(p, os.path.join(d.spool.encode(), b"incoming", raw))
+    failed = os.path.join(d.spool.encode(), b"failed", b"caf\xe9")
+    wait_for(lambda: os.path.exists(os.path.join(failed, b"error.json")), 20,
+             "failed/caf\\xe9/error.json")
+    with open(os.path.join(failed, b"error.json"), "rb") as f:
+        err = json.loads(f.read().decode("utf-8"))
+    check(err["job"] == "caf\\xe9" and err["code"] == "invalid_job", err)
+    with open(os.path.join(failed, raw), "rb") as f:
+        check(f.read() == jsonl(GOOD_ROWS), "the file changed")
+    jobs = [j for j in d.jobs(["failed"]) if j["name"] == "caf\\xe9"]
+    check(len(jobs) == 1 and jobs[0]["id"] == err["id"], f"ListJobs: {jobs}")
+
+
 def test_no_api_request_so_far():
     """Every case above was rejected locally: the sim has seen nothing at all."""
     check(api_requests() == 0, f"{api_requests()} API requests for invalid jobs")
@@ -655,7 +676,7 @@ SHARED_TESTS = [
     test_csv_error_after_embedded_newline, test_jsonl_bom, test_csv_header_only,
     test_image_url_not_http, test_mode_000_file, test_unsupported_extension,
     test_symlink_to_etc_passwd, test_fifo_does_not_block, test_name_with_newline,
-    test_no_api_request_so_far,
+    test_name_not_utf8, test_no_api_request_so_far,
     test_csv_bom_and_embedded_newlines_ready, test_name_with_spaces_ready,
     test_name_with_unicode_ready, test_extension_any_case_ready, test_job_json_names_its_file, test_pickup_latency,
     test_still_up_after_everything,

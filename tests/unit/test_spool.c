@@ -614,9 +614,17 @@ static void test_invalid_utf8_name_rejected(void **state)
     put_in(f, "incoming", "caf\xe9.csv", "a\n1\n");
     spool_claim_result c;
     claim_ok(f, "caf\xe9.csv", &c);
-    assert_rejected(f, &c, "caf\xe9", "invalid_job");
+    assert_int_equal(c.kind, SPOOL_REJECTED);
+    /* The name as error.json gives it (valid UTF-8, for job records and the control
+     * socket); the directory keeps the producer's bytes. */
+    assert_string_equal(c.job_name, "caf\\xe9");
+    char *want = path_of(f, "failed", "caf\xe9");
+    assert_string_equal(c.job_dir, want);
+    free(want);
+    assert_string_equal(c.code, "invalid_job");
     cJSON *j = error_json_of(f, "caf\xe9"); /* checks the file is valid UTF-8 */
     assert_string_equal(json_str(j, "job"), "caf\\xe9");
+    assert_string_equal(json_str(j, "message"), c.reason);
     cJSON_Delete(j);
     spool_claim_clear(&c);
 }
