@@ -85,6 +85,8 @@ typedef struct batchd {
     /* job records that could not be read at start */
     size_t bad_records;
     uv_timer_t claim_timer;
+    bool draining; /* stopping, waiting for creates/setups in flight */
+    uv_timer_t drain_timer;
     uv_signal_t sig_term, sig_int, sig_hup;
     int64_t started_at;
     uint64_t rng;
@@ -99,6 +101,9 @@ bool jobs_changed(jobrun *r, job_state before);
 int jobs_cancel(jobrun *r);
 int jobs_retry(jobrun *r);
 void jobs_shutdown(batchd *d);
+/* Stopping: cancels every request but creates and setups in flight; returns their number. */
+size_t jobs_begin_drain(batchd *d);
+size_t jobs_in_flight(const batchd *d);
 void jobs_free_all(batchd *d);
 jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous);
 void jobs_update_status(batchd *d);
@@ -109,6 +114,10 @@ extern const control_ops ctl_ops;
 cJSON *ctl_reload(batchd *d, const char **err, char **err_msg);
 
 /* main.c */
+/* How long a stop waits for creates and setups in flight. */
+#define DRAIN_MS 3000
 void batchd_apply_config(batchd *d);
+/* Stopping: called when a request ends; stops once none is left in flight. */
+void batchd_check_drained(batchd *d);
 
 #endif

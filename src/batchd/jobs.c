@@ -446,7 +446,10 @@ static void on_http_done(void *ud, const http_response *resp)
         log_job(resp->status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld (%s)",
                 job_op_name(op), resp->status, last_note(j));
     jobs_changed(r, before);
-    jobs_drive(r);
+    if (d->stopping)
+        batchd_check_drained(d);
+    else
+        jobs_drive(r);
 }
 
 static void on_http_progress(void *ud, uint64_t sent, uint64_t total)
@@ -933,6 +936,31 @@ int jobs_recover(batchd *d)
 }
 
 /* ---- shutdown ---- */
+
+size_t jobs_begin_drain(batchd *d)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        jobrun *r = d->jobs[i];
+        uv_timer_stop(&r->timer);
+        if (r->xfer && !job_op_has_side_effect(r->xfer_op)) {
+            http_cancel(r->xfer); /* a read: nothing to lose */
+            r->xfer = NULL;
+            r->busy = false;
+        }
+        n += r->xfer != NULL;
+    }
+    uv_timer_stop(&d->claim_timer);
+    return n;
+}
+
+size_t jobs_in_flight(const batchd *d)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < d->n_jobs; i++)
+        n += d->jobs[i]->xfer != NULL;
+    return n;
+}
 
 void jobs_shutdown(batchd *d)
 {

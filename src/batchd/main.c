@@ -226,20 +226,11 @@ static void close_handle(uv_handle_t *h)
         uv_close(h, NULL);
 }
 
-static void on_term(uv_signal_t *s, int signum)
+/* Tears everything down; the loop ends once libuv has closed the handles and the thread
+ * pool has returned its work. Every job's record is durable by then. */
+static void stop_now(batchd *d)
 {
-    batchd *d = s->data;
-    if (d->stopping)
-        return;
-    d->stopping = true;
-    log_notice("received %s: stopping; unfinished jobs resume on the next start",
-               signum == SIGINT ? "SIGINT" : "SIGTERM");
-    notify_stopping();
-    notify_extend_timeout(10 * 1000000ULL);
-    if (d->watch) {
-        spool_watch_stop(d->watch);
-        d->watch = NULL;
-    }
+    d->draining = false;
     jobs_shutdown(d);
     if (d->ctl) {
         control_stop(d->ctl);
@@ -251,10 +242,54 @@ static void on_term(uv_signal_t *s, int signum)
     }
     jobs_free_all(d);
     close_handle((uv_handle_t *)&d->claim_timer);
+    close_handle((uv_handle_t *)&d->drain_timer);
     close_handle((uv_handle_t *)&d->sig_term);
     close_handle((uv_handle_t *)&d->sig_int);
     close_handle((uv_handle_t *)&d->sig_hup);
     notify_close();
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    batchd *d = t->data;
+    log_notice("stop: abandoning the requests still in flight; their outcome is checked on the "
+               "next start");
+    stop_now(d);
+}
+
+void batchd_check_drained(batchd *d)
+{
+    if (d->draining && jobs_in_flight(d) == 0)
+        stop_now(d);
+}
+
+static void on_term(uv_signal_t *s, int signum)
+{
+    batchd *d = s->data;
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    log_notice("received %s: stopping; unfinished jobs resume on the next start",
+               signum == SIGINT ? "SIGINT" : "SIGTERM");
+    notify_stopping();
+    notify_extend_timeout((DRAIN_MS + 10000) * 1000ULL);
+    if (d->watch) {
+        spool_watch_stop(d->watch);
+        d->watch = NULL;
+    }
+    /* A create or setup in flight that is abandoned leaves its outcome unknown (a dataset
+     * created again on the next start is an orphan): give those a few seconds to answer.
+     * Everything else stops at once. */
+    size_t n = jobs_begin_drain(d);
+    if (n == 0) {
+        stop_now(d);
+        return;
+    }
+    log_notice("stop: waiting up to %ds for %zu create/setup request(s) in flight", DRAIN_MS / 1000,
+               n);
+    d->draining = true;
+    d->drain_timer.data = d;
+    uv_timer_start(&d->drain_timer, on_drain_timeout, DRAIN_MS, 0);
 }
 
 static void on_spool_change(void *ud)
@@ -284,6 +319,7 @@ static int start(batchd *d)
         return EX_SOFTWARE;
     }
     uv_timer_init(d->loop, &d->claim_timer);
+    uv_timer_init(d->loop, &d->drain_timer);
     /* Recover first, then listen: a client never sees a half-loaded job table. */
     if (jobs_recover(d) < 0)
         return EX_IOERR;
@@ -410,6 +446,8 @@ int main(int argc, char **argv)
                 http_client_close(d.http, on_http_closed, NULL);
             if (d.claim_timer.type == UV_TIMER)
                 close_handle((uv_handle_t *)&d.claim_timer);
+            if (d.drain_timer.type == UV_TIMER)
+                close_handle((uv_handle_t *)&d.drain_timer);
             jobs_free_all(&d);
         }
     }
