@@ -564,10 +564,15 @@ static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
     char **names = NULL;
     size_t n = 0;
     int r = 0;
+    char *own = NULL; /* a data-like file with a name batchd writes itself */
     const struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!manifest_is_data_name(de->d_name))
+        if (!manifest_is_data_name(de->d_name)) {
+            if (!own && de->d_name[0] != '.' && manifest_is_own_name(de->d_name) &&
+                data_extension(de->d_name))
+                own = xstrdup(de->d_name);
             continue;
+        }
         struct stat st;
         if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
             continue; /* vanished while we looked */
@@ -594,7 +599,16 @@ static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
     closedir(d);
     if (n > 1)
         qsort(names, n, sizeof *names, cmp_str);
-    if (r == 0 && n == 0) {
+    if (r == 0 && n == 0 && own) {
+        /* Most likely a producer's file dropped as it is (incoming/rejected.jsonl): taking it
+         * as data would let batchd's own rejected.jsonl replace it in skip mode. */
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is a name batchd writes itself (rejected.jsonl, "
+                           "*.cleaned.jsonl, *.cleaned.csv), so it is not taken as data; "
+                           "rename the file and submit it again",
+                           own);
+        r = -EINVAL;
+    } else if (r == 0 && n == 0) {
         manifest_error_add(errors, NULL, "dataset.file",
                            "no data file: put one *.jsonl or *.csv file in the job directory");
         r = -EINVAL;
@@ -615,6 +629,7 @@ static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
+    free(own);
     return r;
 }
 

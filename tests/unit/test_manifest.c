@@ -350,6 +350,25 @@ static void test_fifo_data_file(void **state)
     free(fifo);
 }
 
+/* A lone data file with a name batchd writes itself is reported as such (not "no data
+ * file"); next to the user's data file such names are ignored. */
+static void test_own_name_as_only_data(void **state)
+{
+    (void)state;
+    put("j/rejected.jsonl", "{}\n");
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "dataset.file", "\"rejected.jsonl\" is a name batchd writes itself");
+    cJSON_Delete(errors);
+    put("j/d.jsonl", "{}\n");
+    put("j/d.cleaned.jsonl", "{}\n");
+    errors = cJSON_CreateArray();
+    assert_int_equal(resolve("j", &job, errors), 0);
+    assert_string_equal(json_str(cJSON_GetObjectItem(job, "dataset"), "file"), "d.jsonl");
+    cJSON_Delete(job);
+    cJSON_Delete(errors);
+}
+
 static void test_symlinked_data_file_and_job_json(void **state)
 {
     (void)state;
@@ -485,6 +504,7 @@ int main(void)
         T(test_two_data_files_no_job_json),
         T(test_no_data_file),
         T(test_fifo_data_file),
+        T(test_own_name_as_only_data),
         T(test_symlinked_data_file_and_job_json),
         T(test_bad_file_names),
         T(test_missing_workspace_and_null_template),
