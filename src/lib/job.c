@@ -413,14 +413,10 @@ cJSON *job_error_json(const job *j)
     else
         cJSON_AddNullToObject(o, "http_status");
     cJSON_AddItemToObject(o, "api_error", dup_or_null(j->api_error));
-    json_add_str_or_null(o, "workspace_id", j->workspace_id);
+    /* Exactly the keys of PRODUCT.md §4. The remote resources are the dataset and the batch;
+     * an import's counts are in message and api_error. */
     json_add_str_or_null(o, "dataset_id", j->dataset_id);
-    json_add_str_or_null(o, "import_id", j->import_id);
     json_add_str_or_null(o, "batch_id", j->batch_id);
-    add_count(o, "accepted_count", j->accepted_count);
-    add_count(o, "rejected_count", j->rejected_count);
-    cJSON_AddNumberToObject(o, "api_requests", (double)j->api_requests);
-    add_time(o, "claimed_at", j->created_at);
     add_time(o, "at", j->finished_at ? j->finished_at : j->updated_at);
     return o;
 }
