@@ -84,6 +84,9 @@ static void close_fds(spool *s)
 static void scan_cache_clear(spool *s)
 {
     for (size_t i = 0; i < s->scan_cached; i++)
+        /* scan_cache_take frees a gone entry's name and compacts its slot away; the
+         * analyzer loses track of the compaction through the array index.
+         * NOLINTNEXTLINE(clang-analyzer-unix.Malloc) */
         free(s->scan_cache[i].name);
     free(s->scan_cache);
     s->scan_cache = NULL;
@@ -861,6 +864,7 @@ static size_t scan_cache_take(spool *s, size_t max, char **out)
         struct stat st;
         if (fstatat(s->fds[SUB_INCOMING], e->name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             free(e->name);
+            e->name = NULL; /* its slot is overwritten or cut off below */
             continue;
         }
         out[got++] = xstrdup(e->name);
