@@ -17,6 +17,8 @@ int store_save(const char *state_dir, const job *j);
  * loop: store_encode on the loop (reads the job), store_write anywhere (thread-safe). */
 char *store_encode(const job *j);
 int store_write(const char *state_dir, const char *job_id, const char *text);
+/* Removes a job's record (durably). 0 or -errno. */
+int store_remove(const char *state_dir, const char *job_id);
 /* Reads every record, calling each(ud, job) with a job the callee owns, in id order (ids sort
  * by claim time). A record that cannot be read is reported through bad(ud, file, reason) and
  * left in place for a person to inspect. Returns the number of records read or -errno. */

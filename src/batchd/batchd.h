@@ -84,6 +84,8 @@ typedef struct batchd {
     bool driving_all;
     /* job records that could not be read at start */
     size_t bad_records;
+    /* job records removed at start because their jobs finished long ago */
+    size_t pruned_records;
     uv_timer_t claim_timer;
     bool draining; /* stopping, waiting for creates/setups in flight */
     uv_timer_t drain_timer;

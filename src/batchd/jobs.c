@@ -26,6 +26,8 @@
 /* Entries that fail to claim are remembered (at most this many) and tried again after: */
 #define CLAIM_FAILURES_MAX 256
 #define CLAIM_RETRY_MS     60000
+/* Records of jobs finished longer ago than this are removed at start. */
+#define RECORD_KEEP_MS (30LL * 86400 * 1000)
 /* Finished jobs kept in memory (and so in ListJobs); older ones live on disk only. */
 #define FINISHED_KEPT 1000
 /* Upload progress is published at most this often per job. */
@@ -855,9 +857,21 @@ static void recover_one(void *ud, job *j)
     free(dir);
     log_job_fields f = fields_of(j);
     if (job_state_terminal(j->state)) {
+        int64_t now = time_now_ms();
+        if (j->moved && j->finished_at > 0 && now - j->finished_at > RECORD_KEEP_MS) {
+            /* Long finished: its outcome lives in done/ or failed/; the record would only
+             * make every start slower. */
+            if (store_remove(d->cfg->c.state.dir, j->id) == 0)
+                d->pruned_records++;
+            job_free(j);
+            return;
+        }
         /* Moved before: finished, even if a newer job now uses the same name in active/.
          * Not moved: it finished just before the stop; finish the move now. */
         jobrun_add(d, j, j->moved || !present);
+        /* Keep memory bounded while thousands of records load. */
+        if (d->n_jobs > FINISHED_KEPT + FINISHED_KEPT / 4)
+            evict_finished(d);
         return;
     }
     if (!present) {
@@ -931,6 +945,10 @@ int jobs_recover(batchd *d)
         spool_names_free(names, count);
     }
     evict_finished(d);
+    if (d->pruned_records)
+        log_notice("removed %zu job record(s) of jobs finished more than %d days ago (their "
+                   "results stay in done/ and failed/)",
+                   d->pruned_records, (int)(RECORD_KEEP_MS / 86400000));
     log_notice("recovered %zu unfinished job(s), %zu known in all", d->n_active, d->n_jobs);
     return 0;
 }

@@ -73,6 +73,18 @@ int store_save(const char *state_dir, const job *j)
     return r;
 }
 
+int store_remove(const char *state_dir, const char *job_id)
+{
+    char *dir = jobs_dir(state_dir);
+    char *name = xasprintf("%s.json", job_id);
+    char *path = fsutil_join(dir, name);
+    int r = unlink(path) < 0 ? -errno : fsutil_fsync_dir(dir);
+    free(path);
+    free(name);
+    free(dir);
+    return r;
+}
+
 static int cmp_names(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);

@@ -156,6 +156,27 @@ def test_sigterm_lets_a_create_finish():
         check("waiting up to" in d.logs(), "the stop says it waits for the create")
 
 
+def test_old_records_pruned_at_start():
+    """Records of jobs finished more than 30 days ago are removed at start (their results stay
+    in done/); recent ones stay listed."""
+    import time
+    with Env(start=False) as env:
+        d = env.daemon
+        jobs = os.path.join(d.state_dir, "jobs")
+        os.makedirs(jobs)
+        now_ms = int(time.time() * 1000)
+        for jid, age_days in (("01OLDJOB", 40), ("01NEWJOB", 1)):
+            rec = {"version": 1, "id": jid, "name": jid.lower(), "dir": jid.lower(),
+                   "state": "ready", "moved": True, "created_at": now_ms - age_days * 86400000,
+                   "finished_at": now_ms - age_days * 86400000, "history": []}
+            with open(os.path.join(jobs, jid + ".json"), "w") as f:
+                json.dump(rec, f)
+        d.start()
+        check(sorted(os.listdir(jobs)) == ["01NEWJOB.json"], f"records: {os.listdir(jobs)}")
+        check([j["id"] for j in d.jobs()] == ["01NEWJOB"], "the recent job is still listed")
+        check("removed 1 job record(s)" in d.logs(), "the pruning is logged")
+
+
 if __name__ == "__main__":
     run([test_seed_workflow, test_concurrent_jobs, test_sigterm_with_requests_in_flight,
-         test_sigterm_lets_a_create_finish])
+         test_sigterm_lets_a_create_finish, test_old_records_pruned_at_start])

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <errno.h>
 
 #include <cmocka.h>
 
@@ -90,6 +91,13 @@ static void test_save_and_load(void **state)
 
     for (int i = 0; i < l.n; i++)
         job_free(l.jobs[i]);
+    /* A removed record is gone for the next load. */
+    assert_int_equal(store_remove(dir, "01B"), 0);
+    assert_int_equal(store_remove(dir, "01B"), -ENOENT);
+    loaded l2 = {0};
+    assert_int_equal(store_load_all(dir, on_job, on_bad, &l2), 1);
+    assert_string_equal(l2.jobs[0]->id, "01A");
+    job_free(l2.jobs[0]);
     job_free(a);
     job_free(b);
     free(tmp);
