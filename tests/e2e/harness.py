@@ -334,19 +334,26 @@ class Env:
                 check(TOKEN.encode() not in data, f"the API token leaked into {p}")
 
 
+def _run_one(t):
+    """Runs one test function, prints its line; True when it passed."""
+    start = time.monotonic()
+    try:
+        t()
+        print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
+        return True
+    except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
+        print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
+        return False
+
+
+def _summary(total, failed):
+    print(f"{total - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
 def run(tests):
     """Runs test functions; prints a summary line that ctest shows; exits non-zero on failure."""
-    failed = 0
-    for t in tests:
-        start = time.monotonic()
-        try:
-            t()
-            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
-            failed += 1
-            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    _summary(len(tests), sum(not _run_one(t) for t in tests))
 
 
 def hold(pred, duration, what="condition", interval=0.05):
@@ -416,28 +423,12 @@ def run_tests(shared_tests, setup, teardown, own_tests=()):
         print(f"FAIL setup: {type(e).__name__}: {e}", flush=True)
         failed = len(shared_tests)
         shared_tests = []
-    shared_failed = 0
-    for t in shared_tests:
-        start = time.monotonic()
-        try:
-            t()
-            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
-            shared_failed += 1
-            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
+    shared_failed = sum(not _run_one(t) for t in shared_tests)
     try:
         teardown(shared_failed == 0)
     except Exception as e:  # noqa: BLE001
         shared_failed += 1
         print(f"FAIL teardown: {type(e).__name__}: {e}", flush=True)
     failed += shared_failed
-    for t in own_tests:
-        start = time.monotonic()
-        try:
-            t()
-            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
-        except Exception as e:  # noqa: BLE001
-            failed += 1
-            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
-    print(f"{total - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    failed += sum(not _run_one(t) for t in own_tests)
+    _summary(total, failed)
