@@ -39,6 +39,9 @@ typedef struct http_request {
      * which for a non-idempotent call (create, setup) acts twice. On a fresh connection it
      * reports the failure instead, and the caller decides. */
     bool fresh_connect;
+    /* When non-zero, the upload file must have exactly this size (what was validated); a
+     * file changed since is refused with HTTP_ERR_FILE rather than sent. */
+    uint64_t upload_expect_size;
 } http_request;
 
 enum http_error {

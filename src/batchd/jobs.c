@@ -422,7 +422,9 @@ static void on_http_done(void *ud, const http_response *resp)
     int64_t now = time_now_ms();
     if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
         /* The data file vanished or became unreadable under us: no retry can fix that. */
-        job_fail(j, now, "invalid_job", "cannot read the data file %s: %s", j->upload_path,
+        job_fail(j, now, "invalid_job",
+                 "%s; the data must stay as validated until it is uploaded: fix the job in "
+                 "failed/ and run batchctl retry, which validates it again",
                  resp->error_text);
     } else if (resp->error == HTTP_ERR_TOO_LARGE) {
         /* Asking again gets the same answer: fail with what was asked. */
@@ -491,6 +493,7 @@ static void start_http(jobrun *r, job_op op)
         headers[0] = ctype;
         req.upload_path = j->upload_path;
         int64_t size = j->bytes_total > 0 ? j->bytes_total : 0;
+        req.upload_expect_size = (uint64_t)size;
         req.timeout_ms = (long)(d->cfg->c.api.timeout_ms + size * 1000 / UPLOAD_MIN_RATE);
         req.rate_limited = false;
     } else {

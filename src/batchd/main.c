@@ -3,13 +3,16 @@
  * and reloads. The work is in jobs.c; the decisions in the job module. */
 #include "batchd.h"
 
+#include "batchd/fsutil.h"
 #include "batchd/log.h"
 #include "batchd/notify.h"
 #include "batchd/store.h"
 #include "batchd/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,9 +223,10 @@ static void on_http_closed(void *ud)
     (void)ud;
 }
 
+/* Closes a handle once; a handle start() never initialised (still zeroed) is skipped. */
 static void close_handle(uv_handle_t *h)
 {
-    if (!uv_is_closing(h))
+    if (h->type != UV_UNKNOWN_HANDLE && !uv_is_closing(h))
         uv_close(h, NULL);
 }
 
@@ -297,10 +301,40 @@ static void on_spool_change(void *ud)
     jobs_claim_soon(ud);
 }
 
+/* One daemon per spool and per state directory: a second one would claim the same entries
+ * and write the same records. The lock lives as long as the process (the fd is never
+ * closed), so a crash releases it. Returns 0, or a sysexits code after logging why. */
+static int lock_dir(const char *dir, const char *name)
+{
+    int r = fsutil_mkdir_p(dir, 0750);
+    char *path = fsutil_join(dir, name);
+    int fd = r < 0 ? r : open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        log_error("cannot create the lock file %s: %s", path, strerror(r < 0 ? -r : errno));
+        free(path);
+        return EX_CANTCREAT;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        log_error("another batchd is already running with %s (it holds %s); stop it first, or "
+                  "give this one its own [spool] dir and [state] dir",
+                  dir, path);
+        close(fd);
+        free(path);
+        return EX_UNAVAILABLE;
+    }
+    free(path);
+    return 0;
+}
+
 static int start(batchd *d)
 {
     char *err = NULL;
     const config *c = &d->cfg->c;
+    int locked = lock_dir(c->state.dir, "batchd.lock");
+    if (locked == 0)
+        locked = lock_dir(c->spool.dir, ".batchd.lock");
+    if (locked != 0)
+        return locked;
     d->sp = spool_new(c->spool.dir);
     if (spool_init(d->sp, &err) < 0) {
         log_error("cannot set up the spool: %s", err ? err : "?");
@@ -437,19 +471,13 @@ int main(int argc, char **argv)
 
     int code = start(&d);
     if (code != 0) {
-        /* Tear down what started; the jobs' records are all durable already. */
-        if (d.sig_term.type == UV_SIGNAL) {
-            on_term(&d.sig_term, SIGTERM);
-        } else {
-            d.stopping = true;
-            if (d.http)
-                http_client_close(d.http, on_http_closed, NULL);
-            if (d.claim_timer.type == UV_TIMER)
-                close_handle((uv_handle_t *)&d.claim_timer);
-            if (d.drain_timer.type == UV_TIMER)
-                close_handle((uv_handle_t *)&d.drain_timer);
-            jobs_free_all(&d);
+        /* Tear down whatever started; the jobs' records are all durable already. */
+        d.stopping = true;
+        if (d.watch) {
+            spool_watch_stop(d.watch);
+            d.watch = NULL;
         }
+        stop_now(&d);
     }
     uv_run(d.loop, UV_RUN_DEFAULT);
     uv_loop_close(d.loop);

@@ -621,6 +621,7 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
             char eb[128];
             errno_text(-e, eb, sizeof eb);
             close(fd);
+            explicit_bzero(buf, CONFIG_MAX_TOKEN + 1);
             free(buf);
             diag_add(diag, "%s: cannot read the API token file: %s", path, eb);
             return e;

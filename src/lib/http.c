@@ -76,6 +76,7 @@ struct http_transfer {
     bool file_failed;
     bool rate_limited;
     bool fresh_connect;
+    uint64_t upload_expect_size;
     bool too_large;
     char method[MAX_METHOD_LEN + 1];
     char errbuf[CURL_ERROR_SIZE];
@@ -256,6 +257,7 @@ static http_transfer *transfer_new(http_client *c, const http_request *req)
     t->timeout_ms = req->timeout_ms;
     t->rate_limited = req->rate_limited;
     t->fresh_connect = req->fresh_connect;
+    t->upload_expect_size = req->upload_expect_size;
     return t;
 }
 
@@ -384,7 +386,9 @@ static int on_close_socket(void *clientp, curl_socket_t fd)
 
 static int open_upload(http_transfer *t)
 {
-    t->upload_fd = open(t->upload_path, O_RDONLY | O_CLOEXEC);
+    /* The file sits in a directory its producer can still write to: never follow a link
+     * swapped in, never block the loop opening a FIFO. */
+    t->upload_fd = open(t->upload_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (t->upload_fd < 0) {
         int err = errno;
         file_fail(t, "cannot be opened", err);
@@ -398,6 +402,10 @@ static int open_upload(http_transfer *t)
     }
     if (!S_ISREG(st.st_mode)) {
         file_fail(t, "is not a regular file", 0);
+        return -EINVAL;
+    }
+    if (t->upload_expect_size > 0 && (uint64_t)st.st_size != t->upload_expect_size) {
+        file_fail(t, "changed size since it was validated", 0);
         return -EINVAL;
     }
     t->upload_size = (uint64_t)st.st_size;

@@ -593,6 +593,30 @@ static int keep_producer_results(int stagefd, const char *entry)
     int r = set_aside(fd, "result.json");
     if (r == 0)
         r = set_aside(fd, ERROR_JSON);
+    /* In skip mode batchd writes rejected.jsonl and <data>.cleaned.<ext> too. */
+    if (r == 0)
+        r = set_aside(fd, "rejected.jsonl");
+    DIR *d = r == 0 ? fdopendir(dup(fd)) : NULL;
+    if (d) {
+        struct dirent *e;
+        char **names = NULL;
+        size_t n = 0;
+        while ((e = readdir(d))) {
+            size_t len = strlen(e->d_name);
+            if ((len > 14 && strcmp(e->d_name + len - 14, ".cleaned.jsonl") == 0) ||
+                (len > 12 && strcmp(e->d_name + len - 12, ".cleaned.csv") == 0)) {
+                names = xrealloc(names, (n + 1) * sizeof *names);
+                names[n++] = xstrdup(e->d_name);
+            }
+        }
+        closedir(d);
+        for (size_t i = 0; i < n; i++) {
+            if (r == 0)
+                r = set_aside(fd, names[i]);
+            free(names[i]);
+        }
+        free(names);
+    }
     close(fd);
     return r;
 }
@@ -781,21 +805,23 @@ static int spool_recover(spool *s, char **err)
         *err = xasprintf("cannot read %s: %s", s->paths[SUB_ACTIVE], strerror(-r));
         return r;
     }
-    for (size_t i = 0; i < l.count && r == 0; i++) {
+    for (size_t i = 0; i < l.count; i++) {
         spool_claim_result c;
         memset(&c, 0, sizeof c);
-        r = finish_staged(s, l.names[i], NULL, &c);
-        if (r < 0)
-            *err =
-                xasprintf("cannot finish the interrupted claim in %s/%s: %s; move its entry "
-                          "back into %s by hand",
-                          s->paths[SUB_ACTIVE], l.names[i], strerror(-r), s->paths[SUB_INCOMING]);
+        int fr = finish_staged(s, l.names[i], NULL, &c);
+        /* One entry that cannot be finished must not keep every other job from running:
+         * say where it is and go on. */
+        if (fr < 0)
+            log_error("cannot finish the interrupted claim in %s/%s: %s; it is left there: "
+                      "move its entry back into %s by hand",
+                      s->paths[SUB_ACTIVE], l.names[i], strerror(-fr), s->paths[SUB_INCOMING]);
         else
             log_recovered(l.names[i], &c);
         spool_claim_clear(&c);
     }
     spool_names_free(l.names, l.count);
-    return r;
+    (void)err;
+    return 0;
 }
 
 int spool_init(spool *s, char **err)

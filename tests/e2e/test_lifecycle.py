@@ -177,6 +177,25 @@ def test_old_records_pruned_at_start():
         check("removed 1 job record(s)" in d.logs(), "the pruning is logged")
 
 
+def test_second_instance_refused():
+    """A second batchd on the same spool and state refuses to start (exit 69, EX_UNAVAILABLE)
+    before it touches anything; the first keeps working."""
+    import subprocess
+    from harness import binary
+    with Env() as env:
+        d = env.daemon
+        p = subprocess.run([binary("batchd"), "-c", d.conf], capture_output=True, timeout=30)
+        check(p.returncode == 69, f"exit {p.returncode}")
+        err = p.stderr.decode()
+        check("another batchd is already running" in err, err)
+        check("recovered" not in err, "the second daemon recovered jobs before refusing")
+        src = os.path.join(env.dir, "after.jsonl")
+        write_jsonl(src, 2)
+        d.drop(src)
+        wait_for(lambda: d.dir_entries("done") == ["after"], 30, "the first daemon still works")
+
+
 if __name__ == "__main__":
     run([test_seed_workflow, test_concurrent_jobs, test_sigterm_with_requests_in_flight,
-         test_sigterm_lets_a_create_finish, test_old_records_pruned_at_start])
+         test_sigterm_lets_a_create_finish, test_old_records_pruned_at_start,
+         test_second_instance_refused])

@@ -163,12 +163,12 @@ def test_ready_after_recovery():
                  "both jobs retrying create_dataset")
         check(d.stop() == 0, "batchd stopped cleanly")
         records = []
-        for root, _dirs, files in os.walk(d.state_dir):
-            for fn in files:
-                with open(os.path.join(root, fn)) as f:
-                    rec = json.load(f)
-                if rec.get("name") in ("parked1", "parked2"):
-                    records.append(rec)
+        jobs_dir = os.path.join(d.state_dir, "jobs")
+        for fn in os.listdir(jobs_dir):
+            with open(os.path.join(jobs_dir, fn)) as f:
+                rec = json.load(f)
+            if rec.get("name") in ("parked1", "parked2"):
+                records.append(rec)
         check(len(records) == 2, f"two job records in the state directory: {records}")
         check(all(r.get("state") == "creating_dataset" for r in records),
               f"the records are unfinished: {[r.get('state') for r in records]}")

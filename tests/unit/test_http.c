@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -635,6 +636,50 @@ static void test_upload_missing_file(void **state)
     result_free(&res);
 }
 
+/* The upload file lives where its producer can still write: a symlink or FIFO swapped in,
+ * or a file changed since validation, is refused without blocking or following it. */
+static void test_upload_refuses_swapped_file(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    char dir[] = "/tmp/batchd-http-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *fifo = xasprintf("%s/fifo.jsonl", dir), *link = xasprintf("%s/link.jsonl", dir),
+         *plain = xasprintf("%s/plain.jsonl", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(symlink("/etc/passwd", link), 0);
+    FILE *fp = fopen(plain, "w");
+    fputs("{\"a\": \"b\"}\n", fp);
+    fclose(fp);
+    struct {
+        const char *path;
+        uint64_t expect;
+        const char *says;
+    } cases[] = {{fifo, 0, "not a regular file"},
+                 {link, 0, "Too many levels"},
+                 {plain, 999, "changed size"}};
+    for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
+        result res = {0};
+        http_request req = {.method = "PUT",
+                            .url = url_of(f, "/upload"),
+                            .upload_path = cases[i].path,
+                            .upload_expect_size = cases[i].expect};
+        assert_non_null(http_start(f->client, &req, on_done, NULL, &res));
+        run_until(f, called, &res, 5000);
+        assert_int_equal(res.error, HTTP_ERR_FILE);
+        assert_non_null(strstr(res.error_text, cases[i].says));
+        result_free(&res);
+    }
+    assert_int_equal(server_get(f->srv, &f->srv->requests), 0);
+    unlink(fifo);
+    unlink(link);
+    unlink(plain);
+    rmdir(dir);
+    free(fifo);
+    free(link);
+    free(plain);
+}
+
 static void test_timeout(void **state)
 {
     fixture *f = *state;
@@ -1034,6 +1079,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_post_and_put_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_streamed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_missing_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_refuses_swapped_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_closes_connection, setup, teardown),

@@ -256,6 +256,9 @@ static void test_claim_directory_keeps_producer_results(void **state)
     put_in(f, "incoming", "again/error.json", "{\"old\": 1}");
     put_in(f, "incoming", "again/result.json", "{\"old\": 2}");
     put_in(f, "incoming", "again/error.json.orig", "{\"older\": 0}");
+    /* What skip mode writes, dropped along (a done/ job copied back): kept, not overwritten. */
+    put_in(f, "incoming", "again/rejected.jsonl", "{\"line\": 3}\n");
+    put_in(f, "incoming", "again/data.cleaned.jsonl", "{}\n");
     spool_claim_result c;
     claim_ok(f, "again", &c);
     assert_int_equal(c.kind, SPOOL_CLAIMED);
@@ -272,8 +275,12 @@ static void test_claim_directory_keeps_producer_results(void **state)
     assert_string_equal(text, "{\"old\": 2}");
     free(text);
     free(p);
+    assert_int_equal(lmode2_in(f, "active", "again", "rejected.jsonl"), 0);
+    assert_int_equal(lmode2_in(f, "active", "again", "data.cleaned.jsonl"), 0);
+    assert_true(S_ISREG(lmode2_in(f, "active", "again", "rejected.jsonl.orig")));
+    assert_true(S_ISREG(lmode2_in(f, "active", "again", "data.cleaned.jsonl.orig")));
     assert_int_equal(spool_finish(f->s, "again", false, "error.json", "{}", NULL), 0);
-    assert_int_equal(count_in(f, "failed/again"), 5);
+    assert_int_equal(count_in(f, "failed/again"), 7);
 }
 
 static void test_claim_data_files(void **state)
@@ -788,8 +795,14 @@ static void test_recover_interrupted_claims(void **state)
     put_in(f, "active", ".claim-01DDDDDDDDDDDDDDDDDDDDDDDD/.error.json.abc123.tmp", "{\"jo");
     /* The same entry already in incoming must not be touched. */
     put_in(f, "incoming", "waiting.jsonl", "{}");
+    /* A staging directory that cannot be finished (two entries) is left for a person and
+     * does not keep the others from being finished, nor the spool from starting. */
+    mkdir_in(f, "active", ".claim-01EEEEEEEEEEEEEEEEEEEEEEEE");
+    put_in(f, "active", ".claim-01EEEEEEEEEEEEEEEEEEEEEEEE/one.jsonl", "{}");
+    put_in(f, "active", ".claim-01EEEEEEEEEEEEEEEEEEEEEEEE/two.jsonl", "{}");
 
     assert_int_equal(reinit(f), 0);
+    assert_int_equal(count_in(f, "active/.claim-01EEEEEEEEEEEEEEEEEEEEEEEE"), 2);
 
     char *p = path2_of(f, "active", "crashed", "crashed.jsonl");
     char *text = read_text(p);
@@ -804,8 +817,9 @@ static void test_recover_interrupted_claims(void **state)
     assert_string_equal(json_str(j, "job"), "link");
     assert_int_equal(strlen(json_str(j, "id")), 26);
     cJSON_Delete(j);
-    /* Exactly the two claimed jobs remain in active/: no staging directory is left. */
-    assert_int_equal(count_in(f, "active"), 2);
+    /* The two claimed jobs remain in active/, and only the staging directory that could not
+     * be finished. */
+    assert_int_equal(count_in(f, "active"), 3);
     assert_true(S_ISREG(lmode_in(f, "incoming", "waiting.jsonl")));
 }
 
