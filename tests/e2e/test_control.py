@@ -316,6 +316,10 @@ def test_watch_order():
             m = w.next()
             check(m.get("continues") is True and "error" not in m, m)
             j = m["parameters"]["job"]
+            if j["name"] == "early":
+                # Its move into done/ may be published after it showed "ready".
+                check(j["state"] == "ready", f"early changed to {j['state']}")
+                continue
             check(j["name"] in seen, f"change of an unexpected job: {j['name']}")
             seen[j["name"]].append(j["state"])
         w.close()
