@@ -36,13 +36,12 @@ static void diag_add(config_diag *d, const char *fmt, ...)
 {
     if (!d)
         return;
-    strbuf sb = {0};
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    char *line = xvasprintf(fmt, ap);
     va_end(ap);
     d->lines = xrealloc(d->lines, (d->count + 1) * sizeof *d->lines);
-    d->lines[d->count++] = strbuf_steal(&sb);
+    d->lines[d->count++] = line;
 }
 
 void config_defaults(config *c)

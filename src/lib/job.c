@@ -148,19 +148,18 @@ void job_free(job *j)
 void job_note(job *j, int64_t now_ms, const char *fmt, ...)
 {
     char at[40];
-    strbuf sb = {0};
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    char *note = xvasprintf(fmt, ap);
     va_end(ap);
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "at", time_format_rfc3339(now_ms, true, at, sizeof at));
     cJSON_AddStringToObject(e, "state", job_state_name(j->state));
-    cJSON_AddStringToObject(e, "note", sb.data ? sb.data : "");
+    cJSON_AddStringToObject(e, "note", note);
     cJSON_AddItemToArray(j->history, e);
     while (cJSON_GetArraySize(j->history) > JOB_HISTORY_MAX)
         cJSON_DeleteItemFromArray(j->history, 0);
-    strbuf_free(&sb);
+    free(note);
     j->updated_at = now_ms;
 }
 

@@ -27,21 +27,18 @@ static void set_str(char **dst, const char *s)
     *dst = n;
 }
 
-static void fail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
-                 cJSON *details, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+/* Fails the job: the message is formatted once, and owns api_error and details. */
+static void vfail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
+                  cJSON *details, const char *fmt, va_list ap)
+    __attribute__((format(printf, 7, 0)));
 
-static void fail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
-                 cJSON *details, const char *fmt, ...)
+static void vfail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
+                  cJSON *details, const char *fmt, va_list ap)
 {
-    strbuf sb = {0};
-    va_list ap;
-    va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
-    va_end(ap);
     j->failed_stage = j->state;
     set_str(&j->error_code, code);
     free(j->error_message);
-    j->error_message = strbuf_steal(&sb);
+    j->error_message = xvasprintf(fmt, ap);
     j->http_status = http_status;
     cJSON_Delete(j->api_error);
     j->api_error = api_error;
@@ -51,15 +48,24 @@ static void fail(job *j, int64_t now, const char *code, long http_status, cJSON 
     job_set_state(j, JOB_FAILED, now, j->error_message);
 }
 
-void job_fail(job *j, int64_t now, const char *code, const char *fmt, ...)
+static void fail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
+                 cJSON *details, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static void fail(job *j, int64_t now, const char *code, long http_status, cJSON *api_error,
+                 cJSON *details, const char *fmt, ...)
 {
-    strbuf sb = {0};
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    vfail(j, now, code, http_status, api_error, details, fmt, ap);
     va_end(ap);
-    fail(j, now, code, 0, NULL, cJSON_CreateArray(), "%s", sb.data ? sb.data : code);
-    strbuf_free(&sb);
+}
+
+void job_fail(job *j, int64_t now, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(j, now, code, 0, NULL, cJSON_CreateArray(), fmt, ap);
+    va_end(ap);
 }
 
 static int64_t poll_delay(const job *j, const job_params *p, uint64_t rnd)

@@ -25,19 +25,18 @@ void manifest_error_add(cJSON *errors, const char *file, const char *path, const
 {
     if (!errors)
         return;
-    strbuf sb = {0};
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    char *message = xvasprintf(fmt, ap);
     va_end(ap);
     cJSON *e = cJSON_CreateObject();
     if (file)
         cJSON_AddStringToObject(e, "file", file);
     if (path)
         cJSON_AddStringToObject(e, "path", path);
-    cJSON_AddStringToObject(e, "message", sb.data ? sb.data : "");
+    cJSON_AddStringToObject(e, "message", message);
     cJSON_AddItemToArray(errors, e);
-    strbuf_free(&sb);
+    free(message);
 }
 
 static void errno_text(int e, char *buf, size_t len)

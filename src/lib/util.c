@@ -54,14 +54,20 @@ char *xstrndup(const char *s, size_t n)
     return p;
 }
 
-char *xasprintf(const char *fmt, ...)
+char *xvasprintf(const char *fmt, va_list ap)
 {
     strbuf sb = {0};
+    strbuf_vprintf(&sb, fmt, ap);
+    return strbuf_steal(&sb);
+}
+
+char *xasprintf(const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    char *s = xvasprintf(fmt, ap);
     va_end(ap);
-    return strbuf_steal(&sb);
+    return s;
 }
 
 void strbuf_init(strbuf *sb)
