@@ -164,14 +164,14 @@ static void write_done(uv_work_t *w, int status)
 }
 
 /* Makes the record durable off the loop; the job's next step waits for it (jobs_drive). */
-static void persist(jobrun *r)
+static void persist_with_digest(jobrun *r, uint64_t digest)
 {
     if (r->writing) {
         r->write_again = true;
         return;
     }
     r->writing = true;
-    r->written_digest = job_record_digest(r->j);
+    r->written_digest = digest;
     r->write_text = store_encode(r->j);
     r->write_dir = xstrdup(r->d->cfg->c.state.dir);
     r->write_work.data = r;
@@ -181,6 +181,14 @@ static void persist(jobrun *r)
         r->write_rc = rc;
         write_done(&r->write_work, rc);
     }
+}
+
+static void persist(jobrun *r)
+{
+    if (r->writing)
+        r->write_again = true;
+    else
+        persist_with_digest(r, job_record_digest(r->j));
 }
 
 /* Watch promises every state change, but one step of the machine can pass several states (a
@@ -227,9 +235,15 @@ bool jobs_changed(jobrun *r, job_state before)
         log_job(j->state == JOB_FAILED ? LOG_LVL_WARNING : LOG_LVL_INFO, &f, "%s -> %s: %s",
                 job_state_name(before), job_state_name(j->state), last_note(j));
     }
-    bool write = r->writing || r->dirty || job_record_digest(j) != r->written_digest;
-    if (write)
-        persist(r);
+    bool write = r->writing;
+    if (write) {
+        r->write_again = true;
+    } else {
+        uint64_t digest = job_record_digest(j);
+        write = r->dirty || digest != r->written_digest;
+        if (write)
+            persist_with_digest(r, digest);
+    }
     publish(r);
     return write;
 }
