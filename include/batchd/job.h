@@ -208,6 +208,9 @@ typedef struct job_reply {
     size_t body_len;
     const char *retry_after; /* header value or NULL */
     const char *error_text;  /* transport error text */
+    /* The API token, which the API or a proxy may echo: whatever the machine keeps from this
+     * reply is cleaned by apitext with it. Borrowed, never stored. NULL: nothing to redact. */
+    const char *secret;
 } job_reply;
 
 /* Records the outcome of op. rnd: random 64-bit value for the retry jitter. */

@@ -80,10 +80,20 @@ bool json_bool(const cJSON *obj, const char *key, bool dflt);
 void json_add_str_or_null(cJSON *obj, const char *key, const char *s);
 /* Adds key: v, or key: null when v < 0. */
 void json_add_int_or_null(cJSON *obj, const char *key, int64_t v);
-/* Prints compactly; the caller frees with free(). Never NULL (aborts on OOM). */
+/* The one JSON writer: every document batchd writes or sends goes through these. The output
+ * is always valid UTF-8 (an invalid byte in a string or key becomes U+FFFD), has no raw
+ * control character (DEL and C1 are \u-escaped too) and is one batchd's reader accepts
+ * (containers nested deeper than cJSON parses are replaced by a string).
+ * Prints compactly; the caller frees with free(). Never NULL (aborts on OOM). */
 char *json_print(const cJSON *j);
 /* Prints with indentation and a trailing newline; free() it. */
 char *json_print_pretty(const cJSON *j);
+
+/* Appends s[0..len) for a terminal or a log line: valid UTF-8 stays, every control
+ * character (C0, DEL, C1) and every invalid byte is shown as \xNN. */
+void strbuf_put_escaped(strbuf *sb, const char *s, size_t len);
+/* The same as a malloc'd string ("" for NULL). */
+char *text_escape(const char *s);
 
 /* True when s is valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 bool utf8_valid(const char *s, size_t len);

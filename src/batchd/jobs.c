@@ -4,6 +4,7 @@
  * socket and systemd's status line. */
 #include "batchd.h"
 
+#include "batchd/apitext.h"
 #include "batchd/fsutil.h"
 #include "batchd/log.h"
 #include "batchd/notify.h"
@@ -454,15 +455,20 @@ static void on_http_done(void *ud, const http_response *resp)
             .body_len = resp->body_len,
             .retry_after = resp->retry_after,
             .error_text = resp->error_text,
+            .secret = d->token,
         };
         job_on_reply(j, op, &jr, &d->params, now, batchd_random(d));
     }
     log_job_fields f = fields_of(j);
-    if (resp->error != HTTP_OK)
-        log_job(LOG_LVL_NOTICE, &f, "%s: %s", job_op_name(op), resp->error_text);
-    else
+    if (resp->error != HTTP_OK) {
+        /* The transport's text is the network's: cleaned like an API text. */
+        char *why = apitext_clean_str(resp->error_text ? resp->error_text : "", d->token);
+        log_job(LOG_LVL_NOTICE, &f, "%s: %s", job_op_name(op), why);
+        free(why);
+    } else {
         log_job(resp->status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld (%s)",
                 job_op_name(op), resp->status, last_note(j));
+    }
     jobs_changed(r, before);
     if (d->stopping)
         batchd_check_drained(d);

@@ -499,7 +499,7 @@ void control_job_changed(control *c, const cJSON *job)
 {
     if (!c || !c->watchers || !job)
         return;
-    char *job_text = cJSON_PrintUnformatted(job);
+    char *job_text = json_print(job);
     if (!job_text)
         abort();
     char *text = xasprintf("{\"job\":%s}", job_text);

@@ -1,5 +1,6 @@
 /* job: the record, its durable and public JSON forms, result.json and error.json.
  * The transitions are in job_machine.c. */
+#include "batchd/apitext.h"
 #include "batchd/job.h"
 #include "batchd/util.h"
 
@@ -10,6 +11,9 @@
 
 #define JOB_HISTORY_MAX    200
 #define JOB_RECORD_VERSION 1
+/* error.json as a whole (PRODUCT.md §9); record-level errors beyond it are counted, not
+ * listed. */
+#define ERROR_JSON_MAX (64 * 1024)
 
 static const char *const state_names[JOB_STATE_COUNT] = {
     [JOB_QUEUED] = "queued",
@@ -150,8 +154,12 @@ void job_note(job *j, int64_t now_ms, const char *fmt, ...)
     char at[40];
     va_list ap;
     va_start(ap, fmt);
-    char *note = xvasprintf(fmt, ap);
+    char *raw = xvasprintf(fmt, ap);
     va_end(ap);
+    /* Notes quote names and API texts (cleaned where they were received): capped and kept
+     * valid UTF-8 here, so that no note can grow a record without bound. */
+    char *note = apitext_clean_str(raw, NULL);
+    free(raw);
     cJSON *e = cJSON_CreateObject();
     cJSON_AddStringToObject(e, "at", time_format_rfc3339(now_ms, true, at, sizeof at));
     cJSON_AddStringToObject(e, "state", job_state_name(j->state));
@@ -204,13 +212,79 @@ static cJSON *dup_or_null(const cJSON *v)
     return v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull();
 }
 
+/* Names of files and directories are bytes, not text: JSON holds them as the writer makes them
+ * (invalid UTF-8 shown as U+FFFD), so one that is not valid UTF-8 is also kept exactly, in
+ * hex, as KEY_hex, for the record to bring the very same name back after a restart. */
+static void add_name(cJSON *o, const char *key, const char *s)
+{
+    json_add_str_or_null(o, key, s);
+    if (!s || utf8_valid(s, strlen(s)))
+        return;
+    static const char hex[] = "0123456789abcdef";
+    size_t n = strlen(s);
+    char *h = xmalloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) {
+        h[2 * i] = hex[(unsigned char)s[i] >> 4];
+        h[2 * i + 1] = hex[(unsigned char)s[i] & 15];
+    }
+    h[2 * n] = '\0';
+    char *k = xasprintf("%s_hex", key);
+    cJSON_AddStringToObject(o, k, h);
+    free(k);
+    free(h);
+}
+
+static int hexdigit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* KEY_hex when it is well-formed (and holds no NUL), otherwise KEY. NULL when neither. */
+static const char *name_of(const cJSON *rec, const char *key, char **owned)
+{
+    char *k = xasprintf("%s_hex", key);
+    const char *h = json_str(rec, k);
+    free(k);
+    *owned = NULL;
+    size_t n = h ? strlen(h) : 0;
+    if (h && n > 0 && n % 2 == 0) {
+        char *out = xmalloc(n / 2 + 1);
+        size_t i;
+        for (i = 0; i < n / 2; i++) {
+            int a = hexdigit(h[2 * i]), b = hexdigit(h[2 * i + 1]);
+            if (a < 0 || b < 0 || (a == 0 && b == 0))
+                break;
+            out[i] = (char)(a << 4 | b);
+        }
+        out[i] = '\0';
+        if (i == n / 2) {
+            *owned = out;
+            return out;
+        }
+        free(out);
+    }
+    return json_str(rec, key);
+}
+
+static void take_name(char **dst, const cJSON *rec, const char *key)
+{
+    char *owned;
+    const char *s = name_of(rec, key, &owned);
+    free(*dst);
+    *dst = owned ? owned : s ? xstrdup(s) : NULL;
+}
+
 cJSON *job_to_record(const job *j)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "version", JOB_RECORD_VERSION);
     cJSON_AddStringToObject(o, "id", j->id);
-    cJSON_AddStringToObject(o, "name", j->name);
-    cJSON_AddStringToObject(o, "dir", j->dir);
+    add_name(o, "name", j->name);
+    add_name(o, "dir", j->dir);
     cJSON_AddStringToObject(o, "state", job_state_name(j->state));
     cJSON_AddStringToObject(o, "failed_stage", job_state_name(j->failed_stage));
     add_ms(o, "created_at", j->created_at);
@@ -218,8 +292,8 @@ cJSON *job_to_record(const job *j)
     add_ms(o, "finished_at", j->finished_at);
     if (j->spec)
         cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(j->spec, 1));
-    json_add_str_or_null(o, "upload_path", j->upload_path);
-    json_add_str_or_null(o, "upload_name", j->upload_name);
+    add_name(o, "upload_path", j->upload_path);
+    add_name(o, "upload_name", j->upload_name);
     add_ms(o, "records", j->records);
     add_ms(o, "rejected_records", j->rejected_records);
     add_ms(o, "bytes_total", j->bytes_total);
@@ -275,21 +349,26 @@ uint64_t job_record_digest(const job *j)
 
 job *job_from_record(const cJSON *rec, const char **err)
 {
-    const char *id = json_str(rec, "id"), *name = json_str(rec, "name"),
-               *dir = json_str(rec, "dir");
+    char *name_owned, *dir_owned;
+    const char *id = json_str(rec, "id"), *name = name_of(rec, "name", &name_owned),
+               *dir = name_of(rec, "dir", &dir_owned);
     int state = job_state_from_name(json_str(rec, "state"));
     if (!cJSON_IsObject(rec) || !id || !name || !dir || state < 0 || strlen(id) >= 32) {
         *err = "the record lacks id, name, dir or a known state";
+        free(name_owned);
+        free(dir_owned);
         return NULL;
     }
     if (json_int64(rec, "version", 0) != JOB_RECORD_VERSION) {
         *err = "the record has an unknown version";
+        free(name_owned);
+        free(dir_owned);
         return NULL;
     }
     job *j = xcalloc(1, sizeof *j);
     strlcpy_bd(j->id, id, sizeof j->id);
-    j->name = xstrdup(name);
-    j->dir = xstrdup(dir);
+    j->name = name_owned ? name_owned : xstrdup(name);
+    j->dir = dir_owned ? dir_owned : xstrdup(dir);
     j->state = (job_state)state;
     int fs = job_state_from_name(json_str(rec, "failed_stage"));
     j->failed_stage = fs < 0 ? JOB_QUEUED : (job_state)fs;
@@ -298,8 +377,8 @@ job *job_from_record(const cJSON *rec, const char **err)
     j->finished_at = json_int64(rec, "finished_at", 0);
     const cJSON *spec = cJSON_GetObjectItemCaseSensitive(rec, "spec");
     j->spec = cJSON_IsObject(spec) ? cJSON_Duplicate(spec, 1) : NULL;
-    take_str(&j->upload_path, rec, "upload_path");
-    take_str(&j->upload_name, rec, "upload_name");
+    take_name(&j->upload_path, rec, "upload_path");
+    take_name(&j->upload_name, rec, "upload_name");
     j->records = json_int64(rec, "records", -1);
     j->rejected_records = json_int64(rec, "rejected_records", -1);
     j->bytes_total = json_int64(rec, "bytes_total", -1);
@@ -396,6 +475,65 @@ cJSON *job_result_json(const job *j)
     return o;
 }
 
+static size_t printed_size(const cJSON *o)
+{
+    char *text = json_print_pretty(o);
+    size_t n = strlen(text);
+    free(text);
+    return n;
+}
+
+/* Keeps the first keep entries of a (possibly long) array. */
+static void truncate_array(cJSON *a, int keep)
+{
+    cJSON *rest;
+    if (!a || !a->child)
+        return;
+    if (keep <= 0) {
+        rest = a->child;
+        a->child = NULL;
+    } else {
+        cJSON *last = a->child;
+        for (int i = 1; i < keep && last->next; i++)
+            last = last->next;
+        rest = last->next;
+        last->next = NULL;
+        a->child->prev = last;
+    }
+    if (rest) {
+        rest->prev = NULL;
+        cJSON_Delete(rest);
+    }
+}
+
+/* error.json stays within ERROR_JSON_MAX: the record-level errors that do not fit are
+ * dropped from the end, and the message says how many. Everything else in it is capped where
+ * it is made (message and texts 4 KiB, api_error 16 KiB). */
+static void cap_error_json(cJSON *o)
+{
+    if (printed_size(o) <= ERROR_JSON_MAX)
+        return;
+    cJSON *errors = cJSON_GetObjectItemCaseSensitive(o, "errors");
+    int total = cJSON_GetArraySize(errors);
+    int keep = total;
+    /* Roughly first, by each entry's share of the size, then exactly. */
+    size_t size = printed_size(o);
+    while (keep > 0 && size > ERROR_JSON_MAX) {
+        int next = (int)((double)keep * ((double)ERROR_JSON_MAX / (double)size) * 0.9);
+        keep = next < keep ? next : keep - 1;
+        truncate_array(errors, keep);
+        const char *msg = json_str(o, "message");
+        char *m = xasprintf("%s (%d more errors not listed: error.json is capped at %d KiB)",
+                            msg ? msg : "", total - keep, ERROR_JSON_MAX / 1024);
+        cJSON_ReplaceItemInObjectCaseSensitive(o, "message", cJSON_CreateString(m));
+        free(m);
+        size = printed_size(o);
+    }
+    if (size > ERROR_JSON_MAX) /* cannot happen with the caps above; never write more */
+        cJSON_ReplaceItemInObjectCaseSensitive(o, "api_error",
+                                               cJSON_CreateString("[too large to keep]"));
+}
+
 cJSON *job_error_json(const job *j)
 {
     cJSON *o = cJSON_CreateObject();
@@ -417,5 +555,6 @@ cJSON *job_error_json(const job *j)
     json_add_str_or_null(o, "dataset_id", j->dataset_id);
     json_add_str_or_null(o, "batch_id", j->batch_id);
     add_time(o, "at", j->finished_at ? j->finished_at : j->updated_at);
+    cap_error_json(o);
     return o;
 }

@@ -5,6 +5,7 @@
  * A pending_op found without a request in flight (after a restart, or after a timeout or a
  * dropped connection) means the outcome is unknown, and job_next first finds out what
  * happened (import status, the workspace's batches, the batch status) before acting again. */
+#include "batchd/apitext.h"
 #include "batchd/backoff.h"
 #include "batchd/job.h"
 #include "batchd/util.h"
@@ -19,10 +20,20 @@
 #define API_ROOT "/api/v1/data-collection"
 /* Upload URLs refused this many times in a row fail the job instead of looping. */
 #define UPLOAD_REFUSALS_MAX 5
+/* Record-level errors of an import kept in error_details (error.json is capped anyway). */
+#define IMPORT_ERRORS_MAX 1000
 
 static void set_str(char **dst, const char *s)
 {
     char *n = s ? xstrdup(s) : NULL;
+    free(*dst);
+    *dst = n;
+}
+
+/* Keeps a text the API sent (a status, a content type): cleaned by apitext. */
+static void set_api_str(char **dst, const char *s, const job_reply *r)
+{
+    char *n = apitext_clean_str(s, r->secret);
     free(*dst);
     *dst = n;
 }
@@ -38,7 +49,10 @@ static void vfail(job *j, int64_t now, const char *code, long http_status, cJSON
     j->failed_stage = j->state;
     set_str(&j->error_code, code);
     free(j->error_message);
-    j->error_message = xvasprintf(fmt, ap);
+    char *msg = xvasprintf(fmt, ap);
+    /* The parts from the API are cleaned already; this caps the whole and keeps it UTF-8. */
+    j->error_message = apitext_clean_str(msg, NULL);
+    free(msg);
     j->http_status = http_status;
     cJSON_Delete(j->api_error);
     j->api_error = api_error;
@@ -326,7 +340,9 @@ static void retry_later(job *j, job_op op, const job_reply *r, const job_params 
     if (honoured)
         strbuf_printf(&sb, " (Retry-After %s)", r->retry_after);
     free(j->last_error);
-    j->last_error = strbuf_steal(&sb);
+    /* The transport's error text and Retry-After come from the network. */
+    j->last_error = apitext_clean(sb.data ? sb.data : "", sb.len, r->secret);
+    strbuf_free(&sb);
     char d[32];
     job_note(j, now, "%s; attempt %d, retrying in %s%s", j->last_error, j->attempts,
              duration_format(delay, d, sizeof d),
@@ -346,7 +362,8 @@ static void succeeded(job *j)
 
 static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
 {
-    cJSON *body = parse_body(r);
+    /* Everything below is read from the cleaned body. */
+    cJSON *body = apitext_body(r->body, r->body_len, r->secret);
     cJSON *details = NULL;
     const char *detail_text = NULL;
     if (body && r->status == 422) {
@@ -377,8 +394,6 @@ static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
             cJSON_AddItemToArray(details, cJSON_Duplicate(detail, 1));
         }
     }
-    if (!body && r->body && r->body_len)
-        body = cJSON_CreateString(r->body);
     const char *hint = r->status == 401   ? " (the API token was refused: check the token)"
                        : r->status == 403 ? " (no access to the workspace or resource)"
                                           : "";
@@ -391,28 +406,33 @@ static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
 
 static void protocol_error(job *j, job_op op, const job_reply *r, int64_t now, const char *what)
 {
-    cJSON *body = parse_body(r);
-    if (!body && r->body)
-        body = cJSON_CreateString(r->body);
+    cJSON *body = apitext_body(r->body, r->body_len, r->secret);
     /* A presigned URL is a bearer capability: it does not go into error.json. */
     cJSON_DeleteItemFromObjectCaseSensitive(body, "upload_url");
     fail(j, now, "api_rejected", r->status, body, cJSON_CreateArray(),
          "unexpected reply to %s (HTTP %ld): %s", job_op_name(op), r->status, what);
 }
 
-static void import_errors_to_details(job *j, const cJSON *import)
+static void import_errors_to_details(job *j, const cJSON *import, const job_reply *r)
 {
     cJSON *details = cJSON_CreateArray();
     const cJSON *errs = cJSON_GetObjectItemCaseSensitive(import, "errors");
     const cJSON *e;
+    int n = 0;
     cJSON_ArrayForEach(e, errs)
     {
+        if (n++ >= IMPORT_ERRORS_MAX)
+            break;
+        char *field = apitext_clean_str(json_str(e, "field"), r->secret);
+        char *reason = apitext_clean_str(json_str(e, "reason"), r->secret);
         cJSON *d = cJSON_CreateObject();
         int64_t idx;
         if (json_get_int64(e, "record_index", &idx))
             cJSON_AddNumberToObject(d, "record_index", (double)idx);
-        json_add_str_or_null(d, "field", json_str(e, "field"));
-        json_add_str_or_null(d, "message", json_str(e, "reason"));
+        json_add_str_or_null(d, "field", field);
+        json_add_str_or_null(d, "message", reason);
+        free(field);
+        free(reason);
         cJSON_AddItemToArray(details, d);
     }
     cJSON_Delete(j->error_details);
@@ -420,10 +440,11 @@ static void import_errors_to_details(job *j, const cJSON *import)
 }
 
 /* Applies an import status read from the API (poll or post-crash check). */
-static void apply_import(job *j, const cJSON *body, const job_params *p, int64_t now, uint64_t rnd)
+static void apply_import(job *j, const cJSON *body, const job_reply *r, const job_params *p,
+                         int64_t now, uint64_t rnd)
 {
-    const char *st = json_str(body, "status");
-    set_str(&j->import_status, st);
+    set_api_str(&j->import_status, json_str(body, "status"), r);
+    const char *st = j->import_status;
     j->accepted_count = json_int64(body, "accepted_count", j->accepted_count);
     j->rejected_count = json_int64(body, "rejected_count", j->rejected_count);
     if (!st)
@@ -432,17 +453,18 @@ static void apply_import(job *j, const cJSON *body, const job_params *p, int64_t
         job_set_state(j, JOB_CREATING_BATCH, now, "import complete; creating the batch");
         job_note(j, now, "%" PRId64 " records accepted", j->accepted_count);
     } else if (strcmp(st, "partial") == 0) {
-        fail(j, now, "import_partial", 0, cJSON_Duplicate(body, 1), NULL,
+        fail(j, now, "import_partial", 0, apitext_json(body, r->secret), NULL,
              "the import was partial: %" PRId64 " records accepted, %" PRId64 " rejected",
              j->accepted_count, j->rejected_count);
-        import_errors_to_details(j, body);
+        import_errors_to_details(j, body, r);
     } else if (strcmp(st, "failed") == 0) {
-        const char *reason = json_str(body, "reason");
-        fail(j, now, "import_failed", 0, cJSON_Duplicate(body, 1), NULL, "the import failed: %s",
-             reason ? reason : "no reason given");
-        import_errors_to_details(j, body);
+        char *reason = apitext_clean_str(json_str(body, "reason"), r->secret);
+        fail(j, now, "import_failed", 0, apitext_json(body, r->secret), NULL,
+             "the import failed: %s", reason ? reason : "no reason given");
+        free(reason);
+        import_errors_to_details(j, body, r);
     } else if (strcmp(st, "pending_schema") == 0) {
-        fail(j, now, "import_failed", 0, cJSON_Duplicate(body, 1), cJSON_CreateArray(),
+        fail(j, now, "import_failed", 0, apitext_json(body, r->secret), cJSON_CreateArray(),
              "the import is pending_schema: the dataset has no schema");
     } else {
         j->polls++;
@@ -472,6 +494,44 @@ static const cJSON *find_batch_for_dataset(const cJSON *list, const char *datase
     return NULL;
 }
 
+/* What exists remotely, for a message naming what to clean up. malloc'd. */
+static char *created_text(const job *j)
+{
+    strbuf sb = {0};
+    if (j->dataset_id)
+        strbuf_printf(&sb, "dataset %s", j->dataset_id);
+    if (j->import_id)
+        strbuf_printf(&sb, "%simport %s", sb.len ? ", " : "", j->import_id);
+    if (j->batch_id)
+        strbuf_printf(&sb, "%sbatch %s", sb.len ? ", " : "", j->batch_id);
+    if (!sb.len)
+        strbuf_puts(&sb, "nothing");
+    return strbuf_steal(&sb);
+}
+
+/* An id from the API goes into the paths of later calls: anything but 1 to 128 letters,
+ * digits, '-' and '_' (a '/', "..", "%2e", '?', '#', a space) could make a later call address
+ * another resource. Such an id is a protocol error that fails the job, naming it and what
+ * already exists (made_by_this_call: the reply itself reports a new resource with it).
+ * Returns true when the id is usable. */
+static bool id_usable(job *j, job_op op, const job_reply *r, int64_t now, const char *kind,
+                      const char *id, bool made_by_this_call)
+{
+    if (apitext_id_ok(id))
+        return true;
+    char *shown = apitext_display(id, 256, r->secret);
+    char *created = created_text(j);
+    char *what = xasprintf("the %s id \"%s\" cannot be used in a URL (an id is 1 to %d letters, "
+                           "digits, '-' or '_'); already created: %s%s%s",
+                           kind, shown, APITEXT_ID_MAX, created,
+                           made_by_this_call ? ", and the " : "", made_by_this_call ? kind : "");
+    protocol_error(j, op, r, now, what);
+    free(what);
+    free(created);
+    free(shown);
+    return false;
+}
+
 static void on_success(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
                        uint64_t rnd)
 {
@@ -483,6 +543,8 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
             protocol_error(j, op, r, now, "no dataset id");
             break;
         }
+        if (!id_usable(j, op, r, now, "dataset", id, true))
+            break;
         set_str(&j->dataset_id, id);
         j->pending_op = JOB_OP_NONE;
         job_set_state(j, JOB_UPLOADING, now, "dataset created; uploading");
@@ -495,9 +557,17 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
             protocol_error(j, op, r, now, "no upload_url or import_id, or not a PUT");
             break;
         }
+        if (!id_usable(j, op, r, now, "import", imp, true))
+            break;
+        /* The URL is kept in the record and used as it is: it must not hold the token (it is
+         * never sent anywhere but the Authorization header of API calls). */
+        if (apitext_has_secret(url, strlen(url), r->secret)) {
+            protocol_error(j, op, r, now, "the upload URL contains the API token; not using it");
+            break;
+        }
         set_str(&j->upload_url, url);
         set_str(&j->import_id, imp);
-        set_str(&j->upload_content_type, json_str(body, "content_type"));
+        set_api_str(&j->upload_content_type, json_str(body, "content_type"), r);
         int64_t exp = 0;
         if (!json_str(body, "expires_at") ||
             time_parse_rfc3339(json_str(body, "expires_at"), &exp) < 0)
@@ -538,7 +608,7 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         }
         j->uploaded = true;
         start_waiting(j, JOB_IMPORTING, p, now, rnd, "the earlier upload landed");
-        apply_import(j, body, p, now, rnd);
+        apply_import(j, body, r, p, now, rnd);
         break;
     }
     case JOB_OP_GET_IMPORT:
@@ -546,7 +616,7 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
             protocol_error(j, op, r, now, "no import status");
             break;
         }
-        apply_import(j, body, p, now, rnd);
+        apply_import(j, body, r, p, now, rnd);
         break;
     case JOB_OP_FIND_BATCH: {
         if (!cJSON_IsObject(body) && !cJSON_IsArray(body)) {
@@ -554,10 +624,12 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
             break;
         }
         const cJSON *b = find_batch_for_dataset(body, j->dataset_id);
+        if (b && json_str(b, "id") && !id_usable(j, op, r, now, "batch", json_str(b, "id"), true))
+            break;
         j->pending_op = JOB_OP_NONE;
         if (b && json_str(b, "id")) {
             set_str(&j->batch_id, json_str(b, "id"));
-            set_str(&j->batch_status, json_str(b, "status"));
+            set_api_str(&j->batch_status, json_str(b, "status"), r);
             job_note(j, now, "found batch %s created before the interruption", j->batch_id);
             if (j->batch_status && strcmp(j->batch_status, "UNINITIALISED") != 0)
                 j->setup_done = true;
@@ -572,19 +644,21 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
             protocol_error(j, op, r, now, "no batch id");
             break;
         }
+        if (!id_usable(j, op, r, now, "batch", id, true))
+            break;
         set_str(&j->batch_id, id);
-        set_str(&j->batch_status, json_str(body, "status"));
+        set_api_str(&j->batch_status, json_str(body, "status"), r);
         j->pending_op = JOB_OP_NONE;
         job_set_state(j, JOB_SETTING_UP, now, "batch created; setting up");
         break;
     }
     case JOB_OP_CHECK_SETUP: {
-        const char *st = json_str(body, "status");
-        if (!st) {
+        if (!json_str(body, "status")) {
             protocol_error(j, op, r, now, "no batch status");
             break;
         }
-        set_str(&j->batch_status, st);
+        set_api_str(&j->batch_status, json_str(body, "status"), r);
+        const char *st = j->batch_status;
         j->pending_op = JOB_OP_NONE;
         if (strcmp(st, "UNINITIALISED") == 0) {
             job_note(j, now, "the earlier setup did not land; setting up again");
@@ -600,11 +674,11 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         start_waiting(j, JOB_PROCESSING, p, now, rnd, "set up; waiting for READY");
         break;
     case JOB_OP_BATCH_STATUS: {
-        const char *st = json_str(body, "status");
-        set_str(&j->batch_status, st);
+        set_api_str(&j->batch_status, json_str(body, "status"), r);
+        const char *st = j->batch_status;
         if (st && strcmp(st, "ERROR") == 0) {
-            fail(j, now, "batch_error", 0, cJSON_Duplicate(body, 1), cJSON_CreateArray(),
-                 "the batch went to ERROR during setup");
+            fail(j, now, "batch_error", 0, apitext_body(r->body, r->body_len, r->secret),
+                 cJSON_CreateArray(), "the batch went to ERROR during setup");
         } else if (!st || strcmp(st, "READY") != 0) {
             j->polls++;
             j->poll_at = now + poll_delay(j, p, rnd);
@@ -614,7 +688,7 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         break;
     }
     case JOB_OP_GET_BATCH:
-        set_str(&j->batch_status, json_str(body, "status"));
+        set_api_str(&j->batch_status, json_str(body, "status"), r);
         j->total_task_count = json_int64(body, "total_task_count", 0);
         j->total_task_groups = json_int64(body, "total_task_groups", -1);
         break;

@@ -69,39 +69,46 @@ static const char *level_name(log_level lvl)
     }
 }
 
-/* Messages are single lines: a newline from a job name or an API error body must not
- * forge a second log line. */
-static void flatten(char *s)
+/* Messages are single lines of text: a newline, an escape sequence or an invalid byte from a
+ * job name, a file name or an API body must neither forge a second log line nor reach the
+ * terminal of whoever reads the log. Every control character is shown as \xNN. */
+static char *esc(const char *s)
 {
-    for (; *s; s++)
-        if (*s == '\n' || *s == '\r')
-            *s = ' ';
+    return text_escape(s ? s : "");
 }
 
 static void emit(log_level lvl, const log_job_fields *f, const char *fmt, va_list ap)
 {
     if (lvl > log_max)
         return;
-    strbuf msg = {0};
+    strbuf raw = {0};
     if (f && f->job_id) {
-        strbuf_printf(&msg, "job %s", f->job_id);
+        strbuf_printf(&raw, "job %s", f->job_id);
         if (f->job_name)
-            strbuf_printf(&msg, " (%s)", f->job_name);
+            strbuf_printf(&raw, " (%s)", f->job_name);
         if (f->dataset_id)
-            strbuf_printf(&msg, " dataset=%s", f->dataset_id);
+            strbuf_printf(&raw, " dataset=%s", f->dataset_id);
         if (f->batch_id)
-            strbuf_printf(&msg, " batch=%s", f->batch_id);
-        strbuf_puts(&msg, ": ");
+            strbuf_printf(&raw, " batch=%s", f->batch_id);
+        strbuf_puts(&raw, ": ");
     }
-    strbuf_vprintf(&msg, fmt, ap);
-    flatten(msg.data);
+    strbuf_vprintf(&raw, fmt, ap);
+    strbuf msg = {0};
+    strbuf_append(&msg, "", 0);
+    strbuf_put_escaped(&msg, raw.data, raw.len);
+    strbuf_free(&raw);
     if (log_journal) {
+        char *id = esc(f ? f->job_id : NULL), *name = esc(f ? f->job_name : NULL),
+             *ds = esc(f ? f->dataset_id : NULL), *batch = esc(f ? f->batch_id : NULL),
+             *st = esc(f ? f->state : NULL);
         sd_journal_send("MESSAGE=%s", msg.data, "PRIORITY=%d", (int)lvl, "SYSLOG_IDENTIFIER=%s",
-                        log_ident, "JOB_ID=%s", f && f->job_id ? f->job_id : "", "JOB_NAME=%s",
-                        f && f->job_name ? f->job_name : "", "DATASET_ID=%s",
-                        f && f->dataset_id ? f->dataset_id : "", "BATCH_ID=%s",
-                        f && f->batch_id ? f->batch_id : "", "JOB_STATE=%s",
-                        f && f->state ? f->state : "", NULL);
+                        log_ident, "JOB_ID=%s", id, "JOB_NAME=%s", name, "DATASET_ID=%s", ds,
+                        "BATCH_ID=%s", batch, "JOB_STATE=%s", st, NULL);
+        free(id);
+        free(name);
+        free(ds);
+        free(batch);
+        free(st);
     } else {
         char ts[40];
         time_format_rfc3339(time_now_ms(), true, ts, sizeof ts);

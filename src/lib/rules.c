@@ -148,7 +148,7 @@ static void append_key(strbuf *sb, const char *key)
         return;
     }
     cJSON *s = cJSON_CreateString(key);
-    char *q = s ? cJSON_PrintUnformatted(s) : NULL;
+    char *q = s ? json_print(s) : NULL;
     strbuf_putc(sb, '[');
     strbuf_puts(sb, q ? q : "\"?\"");
     strbuf_putc(sb, ']');
@@ -234,7 +234,7 @@ char *rjson_show(const cJSON *v)
         return xstrdup(rjson_kind(v));
     if (!v)
         return xstrdup("nothing");
-    char *text = cJSON_PrintUnformatted(v);
+    char *text = json_print(v);
     if (!text)
         return xstrdup("?");
     size_t len = strlen(text);

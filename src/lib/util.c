@@ -490,26 +490,187 @@ void json_add_int_or_null(cJSON *obj, const char *key, int64_t v)
         cJSON_AddNullToObject(obj, key);
 }
 
-char *json_print(const cJSON *j)
+/* Length of the valid UTF-8 sequence at s (n bytes left) and its code point; 0 if invalid. */
+static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
 {
-    char *s = cJSON_PrintUnformatted(j);
+    unsigned char c = s[0];
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    size_t k;
+    uint32_t v;
+    if (c >= 0xc2 && c <= 0xdf) {
+        k = 1;
+        v = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        k = 2;
+        v = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        k = 3;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n <= k)
+        return 0;
+    for (size_t i = 1; i <= k; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        v = v << 6 | (s[i] & 0x3f);
+    }
+    if ((k == 2 && v < 0x800) || (k == 3 && v < 0x10000) || v > 0x10ffff ||
+        (v >= 0xd800 && v <= 0xdfff))
+        return 0;
+    *cp = v;
+    return k + 1;
+}
+
+/* Whether a printed document needs json_repair: invalid UTF-8, DEL or a C1 control. */
+static bool json_text_clean(const char *text)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t n = strlen(text);
+    for (size_t i = 0; i < n;) {
+        if (s[i] < 0x7f) {
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t k = utf8_next(s + i, n - i, &cp);
+        if (k == 0 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f))
+            return false;
+        i += k;
+    }
+    return true;
+}
+
+/* cJSON copies string bytes as they are. Bytes >= 0x7f only occur inside strings and keys
+ * (everything structural is printable ASCII), so the printed text is repaired in place of the
+ * tree: an invalid byte becomes U+FFFD, and DEL and C1 controls, which JSON allows raw, are
+ * escaped so that no control character leaves batchd raw. */
+static char *json_repair(const char *text)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t n = strlen(text);
+    strbuf sb = {0};
+    for (size_t i = 0; i < n;) {
+        uint32_t cp = 0;
+        size_t k = s[i] < 0x7f ? 1 : utf8_next(s + i, n - i, &cp);
+        if (k == 0) {
+            strbuf_puts(&sb, "\xef\xbf\xbd");
+            i++;
+        } else if (s[i] >= 0x7f && (cp == 0x7f || (cp >= 0x80 && cp <= 0x9f))) {
+            strbuf_printf(&sb, "\\u%04x", (unsigned)cp);
+            i += k;
+        } else {
+            strbuf_append(&sb, s + i, k);
+            i += k;
+        }
+    }
+    return strbuf_steal(&sb);
+}
+
+/* The nesting depth of v (containers), counting no further than limit + 1. */
+static int json_depth(const cJSON *v, int limit)
+{
+    if (!cJSON_IsArray(v) && !cJSON_IsObject(v))
+        return 0;
+    if (limit <= 0)
+        return 1;
+    int max = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v)
+    {
+        int d = json_depth(e, limit - 1);
+        if (d > max)
+            max = d;
+    }
+    return max + 1;
+}
+
+/* Replaces containers nested deeper than cJSON's parser accepts by a string saying so: a
+ * document batchd writes must be one it can read back. */
+static void json_prune(cJSON *v, int room)
+{
+    cJSON *e = v ? v->child : NULL;
+    while (e) {
+        cJSON *next = e->next;
+        if (cJSON_IsArray(e) || cJSON_IsObject(e)) {
+            if (room <= 1)
+                cJSON_ReplaceItemViaPointer(v, e, cJSON_CreateString("[nested too deep]"));
+            else
+                json_prune(e, room - 1);
+        }
+        e = next;
+    }
+}
+
+static char *json_emit(const cJSON *j, bool pretty)
+{
+    cJSON *copy = NULL;
+    if (json_depth(j, CJSON_NESTING_LIMIT) > CJSON_NESTING_LIMIT - 1) {
+        copy = cJSON_Duplicate(j, 1);
+        if (!copy)
+            oom();
+        json_prune(copy, CJSON_NESTING_LIMIT - 2);
+        j = copy;
+    }
+    char *s = pretty ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
+    cJSON_Delete(copy);
     if (!s)
         oom();
-    return s;
+    char *r;
+    if (json_text_clean(s)) {
+        r = xstrdup(s);
+    } else {
+        r = json_repair(s);
+    }
+    cJSON_free(s);
+    return r;
+}
+
+char *json_print(const cJSON *j)
+{
+    return json_emit(j, false);
 }
 
 char *json_print_pretty(const cJSON *j)
 {
-    char *s = cJSON_Print(j);
-    if (!s)
-        oom();
+    char *s = json_emit(j, true);
     size_t n = strlen(s);
-    char *r = xmalloc(n + 2);
-    memcpy(r, s, n);
-    r[n] = '\n';
-    r[n + 1] = '\0';
-    cJSON_free(s);
-    return r;
+    s = xrealloc(s, n + 2);
+    s[n] = '\n';
+    s[n + 1] = '\0';
+    return s;
+}
+
+void strbuf_put_escaped(strbuf *sb, const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp = 0;
+        size_t k = utf8_next(s + i, len - i, &cp);
+        if (k == 0) {
+            strbuf_printf(sb, "\\x%02x", s[i]);
+            i++;
+        } else if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f)) {
+            strbuf_printf(sb, "\\x%02x", (unsigned)cp);
+            i += k;
+        } else {
+            strbuf_append(sb, s + i, k);
+            i += k;
+        }
+    }
+}
+
+char *text_escape(const char *s)
+{
+    strbuf sb = {0};
+    strbuf_append(&sb, "", 0);
+    if (s)
+        strbuf_put_escaped(&sb, s, strlen(s));
+    return strbuf_steal(&sb);
 }
 
 bool utf8_valid(const char *str, size_t len)
