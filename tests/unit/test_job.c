@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "batchd/apitext.h"
 #include "batchd/job.h"
 #include "batchd/util.h"
 
@@ -786,6 +787,366 @@ static void test_public_job_fields(void **state)
     cJSON_Delete(p);
 }
 
+
+/* ---- hostile API text (PRODUCT.md §9) ---- */
+
+#define SECRET "tok3nAbCdEfGhIjKlMnOpQrStUvWxYz0123456"
+
+static char *b64_of(const char *in, bool url)
+{
+    const char *al = url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                         : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *s = (const unsigned char *)in;
+    size_t n = strlen(in);
+    strbuf sb = {0};
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0) |
+                     (i + 2 < n ? s[i + 2] : 0);
+        char q[4] = {al[v >> 18 & 63], al[v >> 12 & 63], i + 1 < n ? al[v >> 6 & 63] : '=',
+                     i + 2 < n ? al[v & 63] : '='};
+        strbuf_append(&sb, q, 4);
+    }
+    return strbuf_steal(&sb);
+}
+
+/* The six echoes of the token the tests put in bodies, and look for afterwards. */
+static char *echoes[6];
+
+static void make_echoes(void)
+{
+    strbuf u = {0}, pc = {0};
+    for (const char *c = SECRET; *c; c++) {
+        strbuf_printf(&u, "\\u%04x", (unsigned char)*c);
+        strbuf_printf(&pc, "%%%02X", (unsigned char)*c);
+    }
+    echoes[0] = xstrdup(SECRET);
+    echoes[1] = strbuf_steal(&u);
+    echoes[2] = strbuf_steal(&pc);
+    echoes[3] = b64_of("x" SECRET, false);
+    echoes[4] = b64_of("Token " SECRET, true);
+    echoes[5] = xasprintf("%.12s\r\n %s", SECRET, SECRET + 12);
+}
+
+static void free_echoes(void)
+{
+    for (size_t i = 0; i < BD_ARRAY_LEN(echoes); i++) {
+        free(echoes[i]);
+        echoes[i] = NULL;
+    }
+}
+
+/* What must hold of every text batchd keeps from the API. */
+static void assert_clean_text(const char *text, size_t max)
+{
+    assert_true(utf8_valid(text, strlen(text)));
+    assert_true(strlen(text) <= max);
+    assert_null(strstr(text, SECRET));
+    assert_false(apitext_has_secret(text, strlen(text), SECRET));
+    /* the token's own encodings, as a proxy would echo them */
+    char *plain_b64 = b64_of(SECRET, false), *tok_b64 = b64_of("Token " SECRET, false);
+    assert_null(strstr(text, plain_b64));
+    assert_null(strstr(text, tok_b64));
+    free(plain_b64);
+    free(tok_b64);
+    assert_null(strstr(text, echoes[2]));
+    assert_null(strstr(text, echoes[3]));
+    assert_null(strstr(text, echoes[4]));
+}
+
+/* error.json, the record (and its round trip), last_error and the notes. */
+static void assert_job_clean(const job *j)
+{
+    cJSON *ej = job_error_json(j);
+    char *text = json_print_pretty(ej);
+    cJSON_Delete(ej);
+    assert_clean_text(text, 64 * 1024);
+    free(text);
+
+    cJSON *rec = job_to_record(j);
+    text = json_print(rec);
+    cJSON_Delete(rec);
+    assert_clean_text(text, 1u << 20);
+    cJSON *back = cJSON_Parse(text);
+    assert_non_null(back);
+    const char *err = NULL;
+    job *j2 = job_from_record(back, &err);
+    assert_non_null(j2);
+    cJSON_Delete(back);
+    cJSON *rec2 = job_to_record(j2);
+    char *text2 = json_print(rec2);
+    assert_string_equal(text, text2);
+    free(text2);
+    cJSON_Delete(rec2);
+    job_free(j2);
+    free(text);
+
+    if (j->last_error)
+        assert_clean_text(j->last_error, APITEXT_MAX);
+    const cJSON *h;
+    cJSON_ArrayForEach(h, j->history)
+    {
+        assert_clean_text(json_str(h, "note"), APITEXT_MAX);
+    }
+    cJSON *pub = job_to_public(j, true);
+    text = json_print(pub);
+    cJSON_Delete(pub);
+    assert_clean_text(text, 1u << 20);
+    free(text);
+}
+
+static void reply_secret(fixture *f, job_op op, long status, const char *body, size_t len,
+                         const char *retry_after, const char *error_text)
+{
+    job_reply r = {.net = error_text ? JOB_NET_FAILED : JOB_NET_OK,
+                   .status = status,
+                   .body = body,
+                   .body_len = len,
+                   .retry_after = retry_after,
+                   .error_text = error_text,
+                   .secret = SECRET};
+    job_mark_sent(f->j, op, f->now);
+    job_on_reply(f->j, op, &r, &f->p, f->now, 0);
+}
+
+/* A body with every echo, invalid UTF-8 and control characters. */
+static char *hostile_text(void)
+{
+    strbuf sb = {0};
+    for (size_t i = 0; i < BD_ARRAY_LEN(echoes); i++)
+        strbuf_printf(&sb, "echo %zu: %s \xff\xc0\xaf\xed\xa0\x80\x1b[2J\x7f; ", i, echoes[i]);
+    return strbuf_steal(&sb);
+}
+
+static void test_hostile_huge_body(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_CREATING_DATASET);
+    char *head = hostile_text();
+    size_t n = 8u << 20;
+    char *body = xmalloc(n);
+    memset(body, 'A', n);
+    memcpy(body, head, strlen(head));
+    memcpy(body + n - strlen(head), head, strlen(head));
+    free(head);
+    reply_secret(f, JOB_OP_CREATE_DATASET, 422, body, n, NULL, NULL);
+    free(body);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "api_rejected");
+    assert_true(cJSON_IsString(f->j->api_error));
+    assert_true(strlen(f->j->api_error->valuestring) <= APITEXT_MAX);
+    assert_non_null(strstr(f->j->api_error->valuestring, APITEXT_REDACTED));
+    assert_job_clean(f->j);
+    free_echoes();
+}
+
+static void test_hostile_deep_body(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_CREATING_DATASET);
+    strbuf sb = {0};
+    for (int i = 0; i < 100000; i++)
+        strbuf_putc(&sb, '[');
+    strbuf_printf(&sb, "\"%s\"", echoes[1]);
+    for (int i = 0; i < 100000; i++)
+        strbuf_putc(&sb, ']');
+    reply_secret(f, JOB_OP_CREATE_DATASET, 400, sb.data, sb.len, NULL, NULL);
+    strbuf_free(&sb);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_true(cJSON_IsString(f->j->api_error));
+    assert_job_clean(f->j);
+
+    /* 999 deep parses for cJSON, but the record holding it would not */
+    fixture g = {.now = T0};
+    job_params_default(&g.p);
+    g.j = job_new("01JDXYZ2", "job-b", "job-b", g.now);
+    drive_to(&g, JOB_CREATING_DATASET);
+    for (int i = 0; i < 999; i++)
+        strbuf_putc(&sb, '[');
+    for (int i = 0; i < 999; i++)
+        strbuf_putc(&sb, ']');
+    reply_secret(&g, JOB_OP_CREATE_DATASET, 400, sb.data, sb.len, NULL, NULL);
+    strbuf_free(&sb);
+    assert_int_equal(g.j->state, JOB_FAILED);
+    assert_job_clean(g.j);
+    job_free(g.j);
+    free_echoes();
+}
+
+static void test_hostile_json_body(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_CREATING_DATASET);
+    char *t = hostile_text();
+    cJSON *b = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(b, "error");
+    cJSON_AddStringToObject(err, "detail", t);
+    cJSON_AddStringToObject(b, SECRET, echoes[5]);
+    char *body = cJSON_PrintUnformatted(b); /* raw bytes, as an API would send them */
+    cJSON_Delete(b);
+    free(t);
+    reply_secret(f, JOB_OP_CREATE_DATASET, 400, body, strlen(body), NULL, NULL);
+    free(body);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_true(cJSON_IsObject(f->j->api_error));
+    assert_non_null(strstr(f->j->error_message, APITEXT_REDACTED));
+    assert_job_clean(f->j);
+    free_echoes();
+}
+
+static void test_hostile_retry_texts(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_CREATING_DATASET);
+    char *t = hostile_text();
+    reply_secret(f, JOB_OP_CREATE_DATASET, 0, NULL, 0, NULL, t);
+    assert_int_equal(f->j->state, JOB_CREATING_DATASET);
+    assert_non_null(f->j->last_error);
+    assert_job_clean(f->j);
+    wait_out(f);
+    char *ra = xasprintf("1 %s", SECRET);
+    reply_secret(f, JOB_OP_FIND_BATCH, 503, t, strlen(t), ra, NULL);
+    free(ra);
+    assert_job_clean(f->j);
+    free(t);
+    free_echoes();
+}
+
+static void test_hostile_import_errors(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_IMPORTING);
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT);
+    char *t = hostile_text();
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "status", "failed");
+    cJSON_AddStringToObject(b, "reason", t);
+    cJSON *errs = cJSON_AddArrayToObject(b, "errors");
+    for (int i = 0; i < 5000; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "record_index", i);
+        cJSON_AddStringToObject(e, "field", echoes[i % 6]);
+        cJSON_AddStringToObject(e, "reason", t);
+        cJSON_AddItemToArray(errs, e);
+    }
+    char *body = cJSON_PrintUnformatted(b);
+    cJSON_Delete(b);
+    free(t);
+    reply_secret(f, JOB_OP_GET_IMPORT, 200, body, strlen(body), NULL, NULL);
+    free(body);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "import_failed");
+    cJSON *ej = job_error_json(f->j);
+    assert_non_null(strstr(json_str(ej, "message"), "more errors not listed"));
+    assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(ej, "errors")) > 0);
+    cJSON_Delete(ej);
+    assert_job_clean(f->j);
+    free_echoes();
+}
+
+static void test_hostile_batch_status(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_PROCESSING);
+    wait_out(f);
+    expect_send(f, JOB_OP_BATCH_STATUS);
+    char *body = xasprintf("{\"status\":\"ERROR\",\"message\":\"%s\"}", echoes[1]);
+    reply_secret(f, JOB_OP_BATCH_STATUS, 200, body, strlen(body), NULL, NULL);
+    free(body);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_job_clean(f->j);
+    free_echoes();
+}
+
+/* Names are bytes: a record keeps them exactly, and stays valid UTF-8. */
+static void test_record_keeps_byte_names(void **state)
+{
+    (void)state;
+    job *j = job_new("01JDNAME", "n\xff\x1b[31m", "n\xff\x1b[31m-2", T0);
+    free(j->upload_path);
+    j->upload_path = xstrdup("/spool/active/n\xff/d\xc0.jsonl");
+    cJSON *rec = job_to_record(j);
+    char *text = json_print(rec);
+    cJSON_Delete(rec);
+    assert_true(utf8_valid(text, strlen(text)));
+    cJSON *back = cJSON_Parse(text);
+    free(text);
+    const char *err = NULL;
+    job *j2 = job_from_record(back, &err);
+    cJSON_Delete(back);
+    assert_non_null(j2);
+    assert_string_equal(j2->name, j->name);
+    assert_string_equal(j2->dir, j->dir);
+    assert_string_equal(j2->upload_path, j->upload_path);
+    job_free(j2);
+    job_free(j);
+}
+
+/* Ids from the API never reach a URL path unless they are plain. */
+static void test_bad_ids_fail_the_job(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"..", "a/../b", "%2e%2e", "x?y=1", "x#f", "a b", "",
+                                      "caf\xc3\xa9", "\x1b[2J"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
+        for (int which = 0; which < 4; which++) {
+            fixture g = {.now = T0};
+            job_params_default(&g.p);
+            g.j = job_new("01JDID", "job-id", "job-id", g.now);
+            cJSON *b = cJSON_CreateObject();
+            job_op op;
+            if (which == 0) {
+                drive_to(&g, JOB_CREATING_DATASET);
+                op = JOB_OP_CREATE_DATASET;
+                cJSON_AddStringToObject(b, "id", bad[i]);
+            } else if (which == 1) {
+                drive_to(&g, JOB_UPLOADING);
+                op = JOB_OP_UPLOAD_URL;
+                cJSON_AddStringToObject(b, "upload_url", "http://127.0.0.1:1/u");
+                cJSON_AddStringToObject(b, "import_id", bad[i]);
+            } else if (which == 2) {
+                drive_to(&g, JOB_CREATING_BATCH);
+                op = JOB_OP_CREATE_BATCH;
+                cJSON_AddStringToObject(b, "id", bad[i]);
+            } else {
+                drive_to(&g, JOB_CREATING_BATCH);
+                g.j->pending_op = JOB_OP_CREATE_BATCH; /* outcome unknown: look it up */
+                op = JOB_OP_FIND_BATCH;
+                cJSON *res = cJSON_AddArrayToObject(b, "results");
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddStringToObject(e, "id", bad[i]);
+                cJSON_AddStringToObject(e, "dataset_id", DATASET);
+                cJSON_AddItemToArray(res, e);
+            }
+            expect_send(&g, op);
+            char *body = cJSON_PrintUnformatted(b);
+            cJSON_Delete(b);
+            reply(&g, op, which == 3 ? 200 : 201, body);
+            free(body);
+            assert_int_equal(g.j->state, JOB_FAILED);
+            assert_string_equal(g.j->error_code, "api_rejected");
+            assert_non_null(strstr(g.j->error_message, "cannot be used in a URL"));
+            /* it names what exists */
+            if (which > 0)
+                assert_non_null(strstr(g.j->error_message, "dataset " DATASET));
+            /* nothing of it reached the record's ids */
+            assert_true(g.j->dataset_id == NULL || strcmp(g.j->dataset_id, DATASET) == 0);
+            assert_true(g.j->import_id == NULL || strcmp(g.j->import_id, IMPORT) == 0);
+            assert_null(g.j->batch_id);
+            /* and the message shows it escaped */
+            assert_null(strchr(g.j->error_message, '\x1b'));
+            assert_true(utf8_valid(g.j->error_message, strlen(g.j->error_message)));
+            job_free(g.j);
+        }
+    }
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -824,6 +1185,14 @@ int main(void)
         T(test_cancel_and_retry),
         T(test_retry_refused_when_not_failed),
         T(test_public_job_fields),
+        T(test_hostile_huge_body),
+        T(test_hostile_deep_body),
+        T(test_hostile_json_body),
+        T(test_hostile_retry_texts),
+        T(test_hostile_import_errors),
+        T(test_hostile_batch_status),
+        T(test_record_keeps_byte_names),
+        T(test_bad_ids_fail_the_job),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
