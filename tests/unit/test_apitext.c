@@ -12,7 +12,7 @@
 #include "batchd/apitext.h"
 #include "batchd/util.h"
 
-#define TOKEN "s3cr3tT0kenAbcdefghij0123456789xyzQ"
+#define TOKEN    "s3cr3tT0kenAbcdefghij0123456789xyzQ"
 #define HEXTOKEN "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 
 static char *b64(const char *in, size_t n, bool url)
@@ -79,8 +79,8 @@ static void test_invalid_utf8(void **state)
          "b",
          "a\xef\xbf\xbd"
          "b"},
-        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                        /* overlong */
-        {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},        /* surrogate */
+        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                                 /* overlong */
+        {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},                 /* surrogate */
         {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* > U+10FFFF */
         {"tab\tnl\n", "tab\tnl\n"}, /* C0 stays: JSON escapes it */
         {"del\x7f"
@@ -264,8 +264,8 @@ static void test_ids(void **state)
     long_id[128] = 'a';
     long_id[129] = '\0';
     assert_false(apitext_id_ok(long_id));
-    static const char *const bad[] = {"", "..", "a/b", "%2e%2e", "a?b", "a#b", "a b", "a.b",
-                                      "caf\xc3\xa9", "a\nb"};
+    static const char *const bad[] = {"",    "..",  "a/b", "%2e%2e",      "a?b",
+                                      "a#b", "a b", "a.b", "caf\xc3\xa9", "a\nb"};
     for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++)
         assert_false(apitext_id_ok(bad[i]));
     assert_false(apitext_id_ok(NULL));
@@ -285,9 +285,9 @@ static void test_display(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invalid_utf8),   cmocka_unit_test(test_cap),
-        cmocka_unit_test(test_token_forms),    cmocka_unit_test(test_hex_token_case),
-        cmocka_unit_test(test_body_json),      cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_cap),
+        cmocka_unit_test(test_token_forms),  cmocka_unit_test(test_hex_token_case),
+        cmocka_unit_test(test_body_json),    cmocka_unit_test(test_ids),
         cmocka_unit_test(test_display),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

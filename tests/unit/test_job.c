@@ -787,7 +787,6 @@ static void test_public_job_fields(void **state)
     cJSON_Delete(p);
 }
 
-
 /* ---- hostile API text (PRODUCT.md §9) ---- */
 
 #define SECRET "tok3nAbCdEfGhIjKlMnOpQrStUvWxYz0123456"
@@ -924,8 +923,9 @@ static void test_hostile_huge_body(void **state)
     drive_to(f, JOB_CREATING_DATASET);
     char *head = hostile_text();
     size_t n = 8u << 20;
-    char *body = xmalloc(n);
+    char *body = xmalloc(n + 1);
     memset(body, 'A', n);
+    body[n] = '\0';
     memcpy(body, head, strlen(head));
     memcpy(body + n - strlen(head), head, strlen(head));
     free(head);
@@ -1092,8 +1092,8 @@ static void test_record_keeps_byte_names(void **state)
 static void test_bad_ids_fail_the_job(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"..", "a/../b", "%2e%2e", "x?y=1", "x#f", "a b", "",
-                                      "caf\xc3\xa9", "\x1b[2J"};
+    static const char *const bad[] = {"..",  "a/../b", "%2e%2e",      "x?y=1",  "x#f",
+                                      "a b", "",       "caf\xc3\xa9", "\x1b[2J"};
     for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
         for (int which = 0; which < 4; which++) {
             fixture g = {.now = T0};

@@ -120,6 +120,67 @@ static void test_strbuf(void **state)
     free(e);
 }
 
+/* The JSON writer only ever emits valid UTF-8 without raw control characters. */
+static void test_json_print_utf8(void **state)
+{
+    (void)state;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "k\xff",
+                            "a\xc0\xaf"
+                            "b\x7f"
+                            "c\xc2\x85"
+                            "d\x1b"
+                            "e\xf0\x9f\x98\x80");
+    char *s = json_print(o);
+    assert_true(utf8_valid(s, strlen(s)));
+    assert_string_equal(s, "{\"k\xef\xbf\xbd\":\"a\xef\xbf\xbd\xef\xbf\xbd"
+                           "b\\u007fc\\u0085d\\u001be\xf0\x9f\x98\x80\"}");
+    cJSON *back = cJSON_Parse(s);
+    assert_non_null(back);
+    cJSON_Delete(back);
+    free(s);
+    s = json_print_pretty(o);
+    assert_true(utf8_valid(s, strlen(s)));
+    assert_null(strchr(s, '\x7f'));
+    free(s);
+    cJSON_Delete(o);
+}
+
+/* A tree nested deeper than cJSON parses is written so that it still parses. */
+static void test_json_print_depth(void **state)
+{
+    (void)state;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *at = root;
+    for (int i = 0; i < CJSON_NESTING_LIMIT + 50; i++) {
+        cJSON *n = cJSON_CreateArray();
+        if (i == 0)
+            cJSON_AddItemToObject(at, "deep", n);
+        else
+            cJSON_AddItemToArray(at, n);
+        at = n;
+    }
+    cJSON_AddStringToObject(root, "after", "kept");
+    char *s = json_print(root);
+    cJSON *back = cJSON_Parse(s);
+    assert_non_null(back);
+    assert_string_equal(json_str(back, "after"), "kept");
+    cJSON_Delete(back);
+    free(s);
+    cJSON_Delete(root);
+}
+
+static void test_escape_controls(void **state)
+{
+    (void)state;
+    char *s = text_escape("a\x1b[1m\n\t\x7f\xc2\x9b\xff\xc3\xa9z");
+    assert_string_equal(s, "a\\x1b[1m\\x0a\\x09\\x7f\\x9b\\xff\xc3\xa9z");
+    free(s);
+    s = text_escape(NULL);
+    assert_string_equal(s, "");
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -130,6 +191,9 @@ int main(void)
         cmocka_unit_test(test_ids_sort_by_time),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_strbuf),
+        cmocka_unit_test(test_json_print_utf8),
+        cmocka_unit_test(test_json_print_depth),
+        cmocka_unit_test(test_escape_controls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
