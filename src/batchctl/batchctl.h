@@ -88,6 +88,13 @@ char *ctl_progress_text(const cJSON *job, char *buf, size_t len);
 double ctl_progress_fraction(const cJSON *job);
 /* "retry in 12s: <last_error>", "<error_code>: <error_message>", "<last_error>" or "". */
 char *ctl_problem_text(const cJSON *job, int64_t now_ms, char *buf, size_t len);
+/* Text from the daemon, a file name or the API never reaches a terminal raw: for output to
+ * people (not --json), every string and key of a reply has its control characters (and
+ * invalid bytes) shown as \xNN. Call on each reply received. */
+void ctl_defang_reply(const ctl_ctx *x, vlclient_reply *r);
+/* s with control characters and invalid bytes shown as \xNN, for one printf: the result is
+ * valid until eight more calls. */
+const char *ctl_esc(const char *s);
 /* A bar of width cells, e.g. "[=======>      ]". */
 char *ctl_progress_bar(double fraction, int width, char *buf, size_t len);
 

@@ -2,6 +2,7 @@
  * is complete and durable in tmp/ before one rename makes it visible in incoming/, so the
  * daemon never sees half a job. */
 #include "offline.h"
+#include "batchctl.h"
 
 #include "batchd/config.h"
 #include "batchd/fsutil.h"
@@ -149,7 +150,7 @@ static int list_job_files(const char *dir, char ***names, size_t *count)
     *count = 0;
     DIR *d = opendir(dir);
     if (!d) {
-        fprintf(stderr, "batchctl submit: cannot read %s: %s\n", dir, strerror(errno));
+        fprintf(stderr, "batchctl submit: cannot read %s: %s\n", ctl_esc(dir), strerror(errno));
         return EX_NOINPUT_;
     }
     int rc = 0;
@@ -261,7 +262,7 @@ static void print_submitted(bool json, const char *name, const char *path)
         free(s);
         cJSON_Delete(j);
     } else {
-        printf("%s\n", name);
+        printf("%s\n", ctl_esc(name));
     }
 }
 
@@ -279,7 +280,7 @@ static int examine_source(const char *path, submit_job *job)
     memset(job, 0, sizeof *job);
     struct stat st;
     if (stat(path, &st) < 0) {
-        fprintf(stderr, "batchctl submit: %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "batchctl submit: %s: %s\n", ctl_esc(path), strerror(errno));
         return EX_NOINPUT_;
     }
     if (S_ISDIR(st.st_mode)) {
@@ -287,13 +288,13 @@ static int examine_source(const char *path, submit_job *job)
         job->src_dir = xstrdup(path);
         int rc = list_job_files(path, &job->files, &job->n_files);
         if (rc == 0 && job->n_files == 0) {
-            fprintf(stderr, "batchctl submit: %s holds no files\n", path);
+            fprintf(stderr, "batchctl submit: %s holds no files\n", ctl_esc(path));
             rc = EX_DATAERR_;
         }
         return rc;
     }
     if (!S_ISREG(st.st_mode)) {
-        fprintf(stderr, "batchctl submit: %s is not a regular file or directory\n", path);
+        fprintf(stderr, "batchctl submit: %s is not a regular file or directory\n", ctl_esc(path));
         return EX_DATAERR_;
     }
     job->ext = data_ext(path);
@@ -332,7 +333,7 @@ static int do_submit(const config *cfg, const submit_job *job, const char *name,
     int rc = 0;
     if (mkdir(stage, 0700) < 0) {
         r = -errno;
-        fprintf(stderr, "batchctl submit: cannot create %s: %s\n", stage, strerror(-r));
+        fprintf(stderr, "batchctl submit: cannot create %s: %s\n", ctl_esc(stage), strerror(-r));
         rc = errno_exit(r);
         goto out;
     }
@@ -344,7 +345,7 @@ static int do_submit(const config *cfg, const submit_job *job, const char *name,
     if (r == 0)
         r = fsutil_fsync_dir(stage);
     if (r < 0) {
-        fprintf(stderr, "batchctl submit: cannot copy into %s: %s\n", stage, strerror(-r));
+        fprintf(stderr, "batchctl submit: cannot copy into %s: %s\n", ctl_esc(stage), strerror(-r));
         rc = errno_exit(r);
         goto out;
     }
@@ -418,22 +419,22 @@ static void print_problem(const cJSON *e, const char *data_label, const char *jo
         msg = "";
     if (path || file) {
         /* a manifest problem */
-        printf("%s", file ? file : job_label);
+        printf("%s", ctl_esc(file ? file : job_label));
         if (line > 0)
             printf(":%lld", (long long)line);
         if (line > 0 && json_int64(e, "column", 0) > 0)
             printf(":%lld", (long long)json_int64(e, "column", 0));
         if (path)
-            printf(": %s", path);
-        printf(": %s\n", msg);
+            printf(": %s", ctl_esc(path));
+        printf(": %s\n", ctl_esc(msg));
     } else if (line > 0) {
         const char *field = json_str(e, "field");
-        printf("%s:%lld: ", data_label, (long long)line);
+        printf("%s:%lld: ", ctl_esc(data_label), (long long)line);
         if (field)
-            printf("%s: ", field);
-        printf("%s\n", msg);
+            printf("%s: ", ctl_esc(field));
+        printf("%s\n", ctl_esc(msg));
     } else {
-        printf("%s: %s\n", data_label, msg);
+        printf("%s: %s\n", ctl_esc(data_label), ctl_esc(msg));
     }
 }
 
@@ -499,12 +500,14 @@ int batchctl_validate(const char *config_path, bool json, int argc, char **argv)
             print_problem(e, data_label, job_label);
         }
         if (!valid && cJSON_GetArraySize(r.errors) == 0)
-            printf("%s: %s\n", path, r.message ? r.message : "invalid");
+            printf("%s: %s\n", ctl_esc(path), ctl_esc(r.message ? r.message : "invalid"));
         if (valid)
-            fprintf(stderr, "%s: valid: %llu records%s\n", path, (unsigned long long)r.records,
+            fprintf(stderr, "%s: valid: %llu records%s\n", ctl_esc(path),
+                    (unsigned long long)r.records,
                     r.rejected ? " (the records listed above would be skipped)" : "");
         else
-            fprintf(stderr, "%s: invalid: %s\n", path, r.message ? r.message : "");
+            fprintf(stderr, "%s: invalid: %s\n", ctl_esc(path),
+                    ctl_esc(r.message ? r.message : ""));
     }
     /* 66 when something could not be read at all; 65 when it was read and is wrong. */
     rc = valid ? EX_OK_ : (ir < 0 && ir != -ECANCELED && ir != -EINVAL) ? EX_NOINPUT_ : EX_DATAERR_;

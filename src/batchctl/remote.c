@@ -116,6 +116,7 @@ static int call_on(const ctl_ctx *x, vlclient *c, const char *method, const cJSO
     int rr = vlclient_call(c, method, params, x->timeout_ms, r);
     if (rr < 0)
         return recv_failed(x, rr);
+    ctl_defang_reply(x, r);
     if (r->error) {
         int code = error_reply(x, method, r);
         vlclient_reply_clear(r);
@@ -558,6 +559,8 @@ int ctl_watch_open(const ctl_ctx *x, vlclient **c, vlclient_reply *first)
     int r = vlclient_send(*c, "io.batchd.Watch", NULL, VLCLIENT_MORE);
     if (r == 0)
         r = vlclient_recv(*c, x->timeout_ms, first);
+    if (r == 0)
+        ctl_defang_reply(x, first);
     if (r < 0)
         code = recv_failed(x, r);
     else if (first->error) {

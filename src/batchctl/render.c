@@ -247,3 +247,57 @@ char *ctl_progress_bar(double fraction, int width, char *buf, size_t len)
     buf[width] = '\0';
     return buf;
 }
+
+/* ---- text from outside ---- */
+
+static void defang(cJSON *v)
+{
+    for (; v; v = v->next) {
+        if (v->string && !(v->type & cJSON_StringIsConst)) {
+            char *e = text_escape(v->string);
+            if (strcmp(e, v->string) != 0) {
+                char *k = cJSON_malloc(strlen(e) + 1);
+                if (!k)
+                    abort();
+                strcpy(k, e);
+                cJSON_free(v->string);
+                v->string = k;
+            }
+            free(e);
+        }
+        if (cJSON_IsString(v) && v->valuestring) {
+            char *e = text_escape(v->valuestring);
+            if (strcmp(e, v->valuestring) != 0) {
+                char *n = cJSON_malloc(strlen(e) + 1);
+                if (!n)
+                    abort();
+                strcpy(n, e);
+                cJSON_free(v->valuestring);
+                v->valuestring = n;
+            }
+            free(e);
+        }
+        if (v->child)
+            defang(v->child);
+    }
+}
+
+void ctl_defang_reply(const ctl_ctx *x, vlclient_reply *r)
+{
+    if (x->json || !r->msg)
+        return;
+    defang(r->msg->child);
+    if (r->error)
+        r->error = json_str(r->msg, "error");
+}
+
+const char *ctl_esc(const char *s)
+{
+    /* A few at once for one printf; batchctl is short-lived and prints little. */
+    static char *ring[8];
+    static unsigned at;
+    at = (at + 1) % BD_ARRAY_LEN(ring);
+    free(ring[at]);
+    ring[at] = text_escape(s);
+    return ring[at];
+}

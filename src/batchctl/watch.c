@@ -269,6 +269,7 @@ int ctl_watch(const ctl_ctx *x, int argc, char **argv)
         int rr = 0;
         bool changed = false;
         while (pr > 0 && (rr = vlclient_recv(c, 0, &r)) == 0) {
+            ctl_defang_reply(x, &r);
             handle_reply(&v, &r, false);
             vlclient_reply_clear(&r);
             changed = true;
