@@ -278,6 +278,15 @@ static void forms_of(const char *secret, forms *fs)
     size_t n = strlen(secret);
     bool hex = is_hex_text(secret);
     forms_add(fs, xstrdup(secret), hex);
+    /* Every character escaped, as text: a backslash before it can make a JSON decoder read
+     * it otherwise, but it is still the token to whoever reads the text. */
+    strbuf u = {0}, pc = {0};
+    for (size_t i = 0; i < n; i++) {
+        strbuf_printf(&u, "\\u%04x", (unsigned char)secret[i]);
+        strbuf_printf(&pc, "%%%02x", (unsigned char)secret[i]);
+    }
+    forms_add(fs, strbuf_steal(&u), true);
+    forms_add(fs, strbuf_steal(&pc), true);
     if (n < B64_MIN_SECRET)
         return;
     /* The secret as given and, for a hex token, in either case: the base64 of each. */
@@ -350,28 +359,40 @@ static unsigned char *redaction_marks(const char *s, size_t n, const char *secre
         forms_free(&fs);
         return mark;
     }
-    view a, b;
-    view_init(&a, n);
-    view_init(&b, n);
+    /* Decodings compose in any order a proxy might have applied them, and one decoding can
+     * break an echo another leaves whole ("%b4" in "…%b4805\r\n461" is a percent escape),
+     * so the forms are looked for in each of these views, and in each with line breaks
+     * taken out. */
+    view raw, json1, pct0, pct1, json2, flat;
+    view_init(&raw, n);
+    view_init(&json1, n);
+    view_init(&pct0, n);
+    view_init(&pct1, n);
+    view_init(&json2, n);
+    view_init(&flat, n);
     unsigned char *tmp = xmalloc(n + 1);
     for (size_t i = 0; i < n; i++)
-        view_put(&a, (unsigned char)s[i], i, i + 1);
-    find_forms(&a, &fs, mark, tmp);
-    layer_json(&a, &b);
-    find_forms(&b, &fs, mark, tmp);
-    layer_pct(&b, &a);
-    find_forms(&a, &fs, mark, tmp);
-    layer_json(&a, &b);
-    find_forms(&b, &fs, mark, tmp);
-    layer_lines(&b, &a);
-    find_forms(&a, &fs, mark, tmp);
+        view_put(&raw, (unsigned char)s[i], i, i + 1);
+    layer_json(&raw, &json1);
+    layer_pct(&raw, &pct0);
+    layer_pct(&json1, &pct1);
+    layer_json(&pct1, &json2);
+    const view *views[] = {&raw, &json1, &pct0, &pct1, &json2};
+    for (size_t k = 0; k < BD_ARRAY_LEN(views); k++) {
+        find_forms(views[k], &fs, mark, tmp);
+        layer_lines(views[k], &flat);
+        find_forms(&flat, &fs, mark, tmp);
+    }
     free(tmp);
-    view_free(&a);
-    view_free(&b);
+    view_free(&raw);
+    view_free(&json1);
+    view_free(&pct0);
+    view_free(&pct1);
+    view_free(&json2);
+    view_free(&flat);
     forms_free(&fs);
     return mark;
 }
-
 /* Length of a valid UTF-8 sequence at s (n bytes available) and its code point; 0 when
  * invalid. */
 static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
@@ -558,6 +579,15 @@ static cJSON *copy_clean(const cJSON *v, const char *secret, int depth, size_t *
         free(s);
     } else if (cJSON_IsNumber(v)) {
         c = cJSON_CreateNumber(v->valuedouble);
+        /* A token of digits can come back as a number. */
+        if (c && secret && *secret) {
+            char *text = json_print(c);
+            if (apitext_has_secret(text, strlen(text), secret)) {
+                cJSON_Delete(c);
+                c = cJSON_CreateString(APITEXT_REDACTED);
+            }
+            free(text);
+        }
     } else if (cJSON_IsBool(v)) {
         c = cJSON_CreateBool(cJSON_IsTrue(v));
     } else {

@@ -353,7 +353,9 @@ job *job_from_record(const cJSON *rec, const char **err)
     const char *id = json_str(rec, "id"), *name = name_of(rec, "name", &name_owned),
                *dir = name_of(rec, "dir", &dir_owned);
     int state = job_state_from_name(json_str(rec, "state"));
-    if (!cJSON_IsObject(rec) || !id || !name || !dir || state < 0 || strlen(id) >= 32) {
+    /* The id names the record's file: only letters, digits, '-' and '_'. */
+    if (!cJSON_IsObject(rec) || !id || !name || !dir || state < 0 || strlen(id) >= 32 ||
+        !apitext_id_ok(id)) {
         *err = "the record lacks id, name, dir or a known state";
         free(name_owned);
         free(dir_owned);
