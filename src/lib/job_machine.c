@@ -21,7 +21,8 @@
 /* Upload URLs refused this many times in a row fail the job instead of looping. */
 #define UPLOAD_REFUSALS_MAX 5
 /* Record-level errors of an import kept in error_details (error.json is capped anyway). */
-#define IMPORT_ERRORS_MAX 1000
+#define IMPORT_ERRORS_MAX   1000
+#define IMPORT_ERRORS_BYTES (48 * 1024)
 
 static void set_str(char **dst, const char *s)
 {
@@ -418,10 +419,12 @@ static void import_errors_to_details(job *j, const cJSON *import, const job_repl
     cJSON *details = cJSON_CreateArray();
     const cJSON *errs = cJSON_GetObjectItemCaseSensitive(import, "errors");
     const cJSON *e;
-    int n = 0;
+    int total = cJSON_GetArraySize(errs), kept = 0;
+    size_t bytes = 0;
     cJSON_ArrayForEach(e, errs)
     {
-        if (n++ >= IMPORT_ERRORS_MAX)
+        /* The record keeps what error.json can show: a bounded number and size. */
+        if (kept >= IMPORT_ERRORS_MAX || bytes >= IMPORT_ERRORS_BYTES)
             break;
         char *field = apitext_clean_str(json_str(e, "field"), r->secret);
         char *reason = apitext_clean_str(json_str(e, "reason"), r->secret);
@@ -431,12 +434,20 @@ static void import_errors_to_details(job *j, const cJSON *import, const job_repl
             cJSON_AddNumberToObject(d, "record_index", (double)idx);
         json_add_str_or_null(d, "field", field);
         json_add_str_or_null(d, "message", reason);
+        bytes += 64 + (field ? strlen(field) : 0) + (reason ? strlen(reason) : 0);
         free(field);
         free(reason);
         cJSON_AddItemToArray(details, d);
+        kept++;
     }
     cJSON_Delete(j->error_details);
     j->error_details = details;
+    if (kept < total) {
+        char *m = xasprintf("%s (%d more record errors not listed)",
+                            j->error_message ? j->error_message : "", total - kept);
+        free(j->error_message);
+        j->error_message = m;
+    }
 }
 
 /* Applies an import status read from the API (poll or post-crash check). */

@@ -1042,7 +1042,7 @@ static void test_hostile_import_errors(void **state)
     assert_int_equal(f->j->state, JOB_FAILED);
     assert_string_equal(f->j->error_code, "import_failed");
     cJSON *ej = job_error_json(f->j);
-    assert_non_null(strstr(json_str(ej, "message"), "more errors not listed"));
+    assert_non_null(strstr(json_str(ej, "message"), "more record errors not listed"));
     assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(ej, "errors")) > 0);
     cJSON_Delete(ej);
     assert_job_clean(f->j);
@@ -1147,6 +1147,36 @@ static void test_bad_ids_fail_the_job(void **state)
     }
 }
 
+/* error.json stays within 64 KiB, and says how many errors it leaves out. */
+static void test_error_json_capped(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_VALIDATING);
+    cJSON *errs = cJSON_CreateArray();
+    for (int i = 0; i < 10000; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "line", i + 1);
+        cJSON_AddStringToObject(e, "field", "prompt");
+        cJSON_AddStringToObject(e, "message",
+                                "missing (schema is strict), and a long text besides");
+        cJSON_AddItemToArray(errs, e);
+    }
+    job_validation v = {.ok = false,
+                        .code = "invalid_records",
+                        .message = "10000 records do not match the schema",
+                        .errors = errs};
+    job_on_validated(f->j, &v, f->now);
+    cJSON_Delete(errs);
+    cJSON *ej = job_error_json(f->j);
+    char *text = json_print_pretty(ej);
+    assert_true(strlen(text) <= 64 * 1024);
+    assert_non_null(strstr(json_str(ej, "message"), "more errors not listed"));
+    int kept = cJSON_GetArraySize(cJSON_GetObjectItem(ej, "errors"));
+    assert_true(kept > 100 && kept < 10000);
+    free(text);
+    cJSON_Delete(ej);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1193,6 +1223,7 @@ int main(void)
         T(test_hostile_batch_status),
         T(test_record_keeps_byte_names),
         T(test_bad_ids_fail_the_job),
+        T(test_error_json_capped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
