@@ -473,20 +473,13 @@ static char *clean(const char *s, size_t len, const char *secret, size_t max, bo
         uint32_t cp = 0;
         size_t k = utf8_seq(u + i, n - i, &cp);
         if (k == 0) {
-            if (escape) {
-                plen = (size_t)snprintf(piece, sizeof piece, "\\x%02x", u[i]);
-            } else {
-                memcpy(piece, fffd, 3);
-                plen = 3;
-            }
+            /* snprintf, not memcpy: piece stays a terminated string */
+            plen = escape ? (size_t)snprintf(piece, sizeof piece, "\\x%02x", u[i])
+                          : (size_t)snprintf(piece, sizeof piece, "%s", fffd);
             adv = 1;
         } else if (apitext_control(cp) && (escape || cp == 0 || cp >= 0x7f)) {
-            if (escape) {
-                plen = (size_t)snprintf(piece, sizeof piece, "\\x%02x", (unsigned)cp);
-            } else {
-                memcpy(piece, fffd, 3);
-                plen = 3;
-            }
+            plen = escape ? (size_t)snprintf(piece, sizeof piece, "\\x%02x", (unsigned)cp)
+                          : (size_t)snprintf(piece, sizeof piece, "%s", fffd);
             adv = k;
         } else {
             memcpy(piece, u + i, k);

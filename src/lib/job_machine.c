@@ -871,6 +871,11 @@ static char *body_setup(const job *j)
 int job_build_request(const job *j, job_op op, job_request *out)
 {
     memset(out, 0, sizeof *out);
+    /* Ids are checked when they arrive; a record from before that check is held to it too. */
+    if ((j->dataset_id && !apitext_id_ok(j->dataset_id)) ||
+        (j->import_id && !apitext_id_ok(j->import_id)) ||
+        (j->batch_id && !apitext_id_ok(j->batch_id)))
+        return -EINVAL;
     char *a = NULL, *b = NULL;
     int r = 0;
     switch (op) {

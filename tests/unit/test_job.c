@@ -1144,6 +1144,12 @@ static void test_bad_ids_fail_the_job(void **state)
             assert_true(utf8_valid(g.j->error_message, strlen(g.j->error_message)));
             job_free(g.j);
         }
+        /* a record from before the check: no request is built from it */
+        job *old = job_new("01JDOLD", "old", "old", T0);
+        old->batch_id = xstrdup(bad[i]);
+        job_request rq;
+        assert_int_equal(job_build_request(old, JOB_OP_BATCH_STATUS, &rq), -EINVAL);
+        job_free(old);
     }
 }
 
