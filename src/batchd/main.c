@@ -112,6 +112,41 @@ void batchd_apply_config(batchd *d)
         spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
 }
 
+const char *batchd_pause_reason(const batchd *d)
+{
+    if (d->token_hold)
+        return "api_token_rejected";
+    return d->operator_paused ? "operator" : NULL;
+}
+
+void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold)
+{
+    bool was = d->paused;
+    d->operator_paused = operator_paused;
+    d->token_hold = token_hold;
+    d->paused = operator_paused || token_hold;
+    jobs_update_status(d);
+    if (was && !d->paused) {
+        /* Every job waiting to send does so now; claims start again. */
+        jobs_drive_all(d);
+        jobs_claim_soon(d);
+    }
+}
+
+void batchd_token_rejected(batchd *d, unsigned gen)
+{
+    /* Sent with a token replaced since: the job just sends again with the new one. */
+    if (gen != d->token_gen)
+        return;
+    if (d->token_hold)
+        return; /* requests in flight answered 401 too: nothing more to say */
+    log_error("the API rejected the token (HTTP 401): batchd is on hold, no job has failed and "
+              "none takes a step until it has a working token; put the right token in %s, then "
+              "run systemctl reload batchd (or batchctl reload), or batchctl resume",
+              d->cfg->c.api.token_file ? d->cfg->c.api.token_file : "the token source");
+    batchd_set_paused(d, d->operator_paused, true);
+}
+
 static bool str_differs(const char *a, const char *b)
 {
     if (!a || !b)
@@ -189,11 +224,14 @@ cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
         free(*keep[i]);
         *keep[i] = cur[i] ? xstrdup(cur[i]) : NULL;
     }
+    bool token_changed = !d->token || strcmp(d->token, token) != 0;
     if (d->token) {
         explicit_bzero(d->token, strlen(d->token));
         free(d->token);
     }
     d->token = token;
+    if (token_changed)
+        d->token_gen++;
     cfgref_put(d->cfg);
     d->cfg = n;
     batchd_apply_config(d);
@@ -202,6 +240,14 @@ cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
     free(a);
     free(rs);
     notify_ready();
+    if (d->token_hold && token_changed) {
+        log_notice("reload loaded a different API token: lifting the hold; every job carries on");
+        batchd_set_paused(d, d->operator_paused, false);
+    } else if (d->token_hold) {
+        log_warn("reload loaded the same API token the API rejected: still on hold; put the "
+                 "right token in %s and reload again (or batchctl resume to try it once more)",
+                 d->cfg->c.api.token_file ? d->cfg->c.api.token_file : source);
+    }
     jobs_update_status(d);
     jobs_claim_soon(d);
     return reply;
