@@ -68,7 +68,8 @@ typedef struct batchd {
     char *config_path;
     cfgref *cfg;
     char *token;
-    char *api_url; /* cfg api.url without a trailing slash */
+    bool token_from_env; /* read from BATCHD_API_TOKEN, which is gone from the environment */
+    char *api_url;       /* cfg api.url without a trailing slash */
     job_params params;
     spool *sp;
     spool_watch *watch;
@@ -123,6 +124,8 @@ void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold);
 /* A request sent with token generation gen came back 401. */
 void batchd_token_rejected(batchd *d, unsigned gen);
 const char *batchd_pause_reason(const batchd *d);
+/* Reads the token source again (a resume after a hold: the file may have been fixed). */
+void batchd_reread_token(batchd *d);
 
 /* ctl.c */
 extern const control_ops ctl_ops;

@@ -125,10 +125,11 @@ static void resume_(void *ud)
     batchd *d = ud;
     if (!d->paused)
         return;
-    if (d->token_hold)
+    if (d->token_hold) {
         log_notice("resumed by an operator: lifting the API token hold; requests are sent with "
-                   "the current token (another 401 holds again)");
-    else
+                   "the token as it reads now (another 401 holds again)");
+        batchd_reread_token(d);
+    } else
         log_notice("resumed");
     batchd_set_paused(d, false, false);
 }
