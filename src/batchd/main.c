@@ -581,7 +581,7 @@ int main(int argc, char **argv)
     config_diag_free(&dg);
     /* Read once; the environment is inherited by whatever runs later and shown in /proc. A
      * reload cannot read it again: it keeps this token unless a file source then has one. */
-    d.token_from_env = strncmp(source, "environment", 11) == 0;
+    d.token_from_env = source && strncmp(source, "environment", 11) == 0;
     scrub_env_token();
     log_info("configuration %s; API token from %s", path, source);
     warn_no_workspace(&d.cfg->c);
