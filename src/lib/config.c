@@ -568,7 +568,9 @@ static int handler(void *user, const char *section, const char *name, const char
     st->seen[k] = 1;
     char *v = strip_value(value);
     const char *err = keys[k].fn(st->c, v);
-    if (err)
+    if (err && keys[k].fn == k_api_url && strchr(v, '@'))
+        perr(st, "[%s] %s (not shown: it may hold a password): %s", section, name, err);
+    else if (err)
         perr(st, "[%s] %s = %s: %s", section, name, v, err);
     free(v);
     return 1;

@@ -802,6 +802,8 @@ int job_retry(job *j, int64_t now)
     j->http_status = 0;
     j->finished_at = 0;
     j->moved = false;
+    /* A retry starts the step's bounds over (attempts start over with the state change). */
+    j->upload_refusals = 0;
     j->wait_started_at = 0;
     j->poll_at = 0;
     job_set_state(j, JOB_VALIDATING, now, "retry requested: validating again, then resuming");

@@ -180,6 +180,7 @@ static void test_bad_values(void **state)
         /* What curl parses decides: the host after the user info, before the fragment. */
         {"[api]\nurl = http://127.0.0.1@evil.com/\n", "has user info"},
         {"[api]\nurl = http://user:pass@127.0.0.1/\n", "token_file"},
+        {"[api]\nurl = https://u:hunter2@x.example/\n", "batchd.conf:2: [api] url (not shown"},
         {"[api]\nurl = https://user@api.prolific.com/\n", "would be logged and sent"},
         {"[api]\nurl = http://evil.com#@127.0.0.1\n", "fragment"},
         {"[api]\nurl = https://api.prolific.com/?x=1\n", "query"},

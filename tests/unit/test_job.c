@@ -704,6 +704,13 @@ static void test_upload_500_forever_backs_off_and_fails(void **state)
     assert_non_null(strstr(json_str(e, "message"), "HTTP 500"));
     assert_string_equal(json_str(cJSON_GetObjectItem(e, "api_error"), "error"), "store down");
     cJSON_Delete(e);
+    /* A retry of the job gets the whole bound again: one more 500 does not fail it. */
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    validated(f);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    reply(f, JOB_OP_CHECK_UPLOAD, 500, "");
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_int_equal(f->j->attempts, 1);
 }
 
 /* A create answering 500 every time, with the "outcome unknown" lookups in between. */
