@@ -142,6 +142,27 @@ def test_401_hold_lifted_by_resume():
         check(i["paused"] is False and i["pause_reason"] is None, i)
 
 
+def test_status_line_says_on_hold():
+    """systemd's STATUS= line names the hold, and drops it once a new token is loaded."""
+    from test_notify import NotifySocket, start_notified, wait_ready
+    with Env(start=False) as env:
+        notify = NotifySocket(os.path.join(env.dir, "notify"))
+        try:
+            write_token(env, WRONG)
+            start_notified(env, notify)
+            wait_ready(env, notify)
+            make_jobs(env, 1, "st")
+            n = notify.wait(lambda n: "on hold" in (n.get("STATUS") or ""), 30,
+                            "STATUS= on hold")
+            check("token" in n.get("STATUS"), n)
+            no_job_failed(env)
+            write_token(env, TOKEN)
+            check(ctl(env, "reload").returncode == 0, "reload")
+            notify.wait_key("STATUS", "0 active, 1 done, 0 failed", 30)
+        finally:
+            notify.close()
+
+
 def test_operator_pause_reason():
     with Env() as env:
         check(info(env)["pause_reason"] is None, info(env))
@@ -229,4 +250,4 @@ def run_with_skips(tests):
 
 if __name__ == "__main__":
     run_with_skips([test_401_hold_lifted_by_reload, test_401_hold_lifted_by_resume,
-                    test_operator_pause_reason, test_not_dumpable_and_env_token_removed])
+                    test_status_line_says_on_hold, test_operator_pause_reason, test_not_dumpable_and_env_token_removed])
