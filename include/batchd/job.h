@@ -67,7 +67,14 @@ typedef struct job_params {
     int64_t retry_base_ms; /* first retry delay bound (full jitter) */
     int64_t retry_cap_ms;  /* largest retry delay bound */
     int64_t url_margin_ms; /* an upload URL this close to expiry is not used */
+    /* Failed attempts of one step (network errors, timeouts, 5xx, 408, 429, refused upload
+     * URLs, unreadable replies, counted across the checks of unknown outcomes in between)
+     * after which the job fails with what the last one saw. With the default base and cap
+     * (1 s, 5 min) the waits add up to about half an hour, an hour at most. */
+    int retry_attempts_max;
 } job_params;
+
+#define JOB_RETRY_ATTEMPTS_MAX 20
 
 void job_params_default(job_params *p);
 
@@ -195,10 +202,11 @@ void job_on_validated(job *j, const job_validation *v, int64_t now_ms);
 
 /* One HTTP exchange's outcome as the machine needs it. */
 typedef enum job_net_error {
-    JOB_NET_OK = 0,   /* an HTTP response arrived (any status) */
-    JOB_NET_TIMEOUT,  /* no answer in time: outcome unknown */
-    JOB_NET_FAILED,   /* connection failed or dropped: outcome unknown */
-    JOB_NET_NOT_SENT, /* certainly not sent (connect refused, local file error) */
+    JOB_NET_OK = 0,    /* an HTTP response arrived (any status) */
+    JOB_NET_TIMEOUT,   /* no answer in time: outcome unknown */
+    JOB_NET_FAILED,    /* connection failed or dropped: outcome unknown */
+    JOB_NET_NOT_SENT,  /* certainly not sent (connect refused, local file error) */
+    JOB_NET_TOO_LARGE, /* a response came (status set) but too large to read: outcome unknown */
 } job_net_error;
 
 typedef struct job_reply {
@@ -213,8 +221,11 @@ typedef struct job_reply {
     const char *secret;
 } job_reply;
 
-/* Records the outcome of op. rnd: random 64-bit value for the retry jitter. */
-void job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now_ms,
+/* Records the outcome of op. rnd: random 64-bit value for the retry jitter. Returns true when
+ * the API rejected the token (HTTP 401 to an API call): the job then stays where it is, its
+ * call to be made again, and nothing about it failed; the caller holds every job until it
+ * has a new token (PRODUCT.md §9). */
+bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now_ms,
                   uint64_t rnd);
 
 /* Upload progress. */

@@ -39,6 +39,10 @@ int manifest_resolve_bare(const char *data_path, const char *job_name, const con
  * batchd --check-config. Returns 0 or -EINVAL / -ENOENT with issues in errors. */
 int manifest_check_template(const char *ref, const config *cfg, cJSON *errors);
 
+/* The workspace_id the template ref sets (through its chain), malloc'd; NULL when it sets
+ * none or cannot be loaded (manifest_check_template reports why). */
+char *manifest_template_workspace(const char *ref, const config *cfg);
+
 /* Where a template reference points: a path when it contains '/' (relative to base_dir),
  * else "<dir of cfg->job.template_path>/<ref>.json" (".json" not doubled). malloc'd, or NULL
  * when ref is empty or has control characters. */

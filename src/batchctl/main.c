@@ -28,7 +28,7 @@ static const char usage_text[] =
     "  retry JOB              resume a failed job\n"
     "  cancel JOB             cancel an unfinished job\n"
     "  pause                  stop claiming jobs and sending new requests\n"
-    "  resume                 undo pause\n"
+    "  resume                 undo pause, or lift the hold after a rejected token\n"
     "  reload                 re-read the configuration\n"
     "JOB is a job id or a unique job name.\n"
     "\n"

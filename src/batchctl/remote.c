@@ -202,7 +202,11 @@ static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
     bool paused = json_bool(info, "paused", false);
     printf("batchd %s, up %s, ", json_str(info, "version") ? json_str(info, "version") : "?",
            up >= 0 ? duration_format(up, d, sizeof(d)) : "?");
-    if (paused)
+    const char *reason = json_str(info, "pause_reason");
+    if (paused && reason && strcmp(reason, "api_token_rejected") == 0)
+        printf("%son hold: the API rejected the token (fix it, then batchctl reload)%s",
+               x->color ? CTL_YELLOW : "", x->color ? CTL_RESET : "");
+    else if (paused)
         printf("%spaused%s", x->color ? CTL_YELLOW : "", x->color ? CTL_RESET : "");
     else
         printf("running");

@@ -37,8 +37,9 @@ typedef struct jobrun {
     uv_timer_t timer;
     http_transfer *xfer;
     job_op xfer_op;
-    bool busy;     /* a request or a validation is in flight */
-    bool finished; /* its directory is in done/ or failed/ */
+    unsigned xfer_token_gen; /* batchd.token_gen when the request was sent */
+    bool busy;               /* a request or a validation is in flight */
+    bool finished;           /* its directory is in done/ or failed/ */
     bool waiting_validation;
     bool validating;
     volatile int cancel_validation;
@@ -67,7 +68,8 @@ typedef struct batchd {
     char *config_path;
     cfgref *cfg;
     char *token;
-    char *api_url; /* cfg api.url without a trailing slash */
+    bool token_from_env; /* read from BATCHD_API_TOKEN, which is gone from the environment */
+    char *api_url;       /* cfg api.url without a trailing slash */
     job_params params;
     spool *sp;
     spool_watch *watch;
@@ -77,7 +79,13 @@ typedef struct batchd {
     size_t n_jobs, cap_jobs;
     size_t n_active; /* jobs not finished */
     size_t validations;
+    /* No claims and no new requests: an operator's Pause, or a hold after the API rejected
+     * the token (HTTP 401). paused is their union; Resume lifts both, a reload that loads a
+     * different token lifts the hold. */
     bool paused;
+    bool operator_paused;
+    bool token_hold;
+    unsigned token_gen; /* counts token changes: a 401 to an older token holds nothing */
     bool stopping;
     bool claim_pending;
     /* jobs_drive_all is walking d->jobs: no eviction meanwhile */
@@ -110,6 +118,14 @@ void jobs_free_all(batchd *d);
 jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous);
 void jobs_update_status(batchd *d);
 uint64_t batchd_random(batchd *d);
+
+/* main.c: the pause and the token hold. */
+void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold);
+/* A request sent with token generation gen came back 401. */
+void batchd_token_rejected(batchd *d, unsigned gen);
+const char *batchd_pause_reason(const batchd *d);
+/* Reads the token source again (a resume after a hold: the file may have been fixed). */
+void batchd_reread_token(batchd *d);
 
 /* ctl.c */
 extern const control_ops ctl_ops;

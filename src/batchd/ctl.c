@@ -18,6 +18,11 @@ static cJSON *get_info(void *ud)
     cJSON_AddStringToObject(o, "started_at",
                             time_format_rfc3339(d->started_at, false, at, sizeof at));
     cJSON_AddBoolToObject(o, "paused", d->paused);
+    const char *reason = batchd_pause_reason(d);
+    if (reason)
+        cJSON_AddStringToObject(o, "pause_reason", reason);
+    else
+        cJSON_AddNullToObject(o, "pause_reason");
     cJSON_AddStringToObject(o, "api_url", d->api_url);
     cJSON_AddStringToObject(o, "spool_dir", d->cfg->c.spool.dir);
     cJSON *counts = cJSON_AddObjectToObject(o, "jobs");
@@ -109,11 +114,10 @@ static int cancel(void *ud, const char *key, cJSON **job_out, const char **err,
 static void pause_(void *ud)
 {
     batchd *d = ud;
-    if (d->paused)
+    if (d->operator_paused)
         return;
-    d->paused = true;
     log_notice("paused: no new claims and no new requests; requests in flight finish");
-    jobs_update_status(d);
+    batchd_set_paused(d, true, d->token_hold);
 }
 
 static void resume_(void *ud)
@@ -121,11 +125,13 @@ static void resume_(void *ud)
     batchd *d = ud;
     if (!d->paused)
         return;
-    d->paused = false;
-    log_notice("resumed");
-    jobs_update_status(d);
-    jobs_drive_all(d);
-    jobs_claim_soon(d);
+    if (d->token_hold) {
+        log_notice("resumed by an operator: lifting the API token hold; requests are sent with "
+                   "the token as it reads now (another 401 holds again)");
+        batchd_reread_token(d);
+    } else
+        log_notice("resumed");
+    batchd_set_paused(d, false, false);
 }
 
 static cJSON *reload(void *ud, const char **err, char **err_msg)

@@ -83,7 +83,9 @@ void jobs_update_status(batchd *d)
             failed++;
     }
     notify_status("%zu active, %zu done, %zu failed%s", d->n_active, done, failed,
-                  d->paused ? ", paused" : "");
+                  d->token_hold ? ", on hold: the API rejected the token (fix it, then reload)"
+                  : d->paused   ? ", paused"
+                                : "");
 }
 
 static void free_jobrun(uv_handle_t *h);
@@ -420,6 +422,9 @@ static job_net_error net_of(enum http_error e)
         return JOB_NET_TIMEOUT;
     case HTTP_ERR_FILE:
         return JOB_NET_NOT_SENT;
+    case HTTP_ERR_TOO_LARGE:
+        /* A create may have acted before its reply was cut off: checked like a timeout. */
+        return JOB_NET_TOO_LARGE;
     default:
         return JOB_NET_FAILED;
     }
@@ -435,18 +440,13 @@ static void on_http_done(void *ud, const http_response *resp)
     r->busy = false;
     job_state before = j->state;
     int64_t now = time_now_ms();
+    bool token_rejected = false;
     if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
         /* The data file vanished or became unreadable under us: no retry can fix that. */
         job_fail(j, now, "invalid_job",
                  "%s; the data must stay as validated until it is uploaded: fix the job in "
                  "failed/ and run batchctl retry, which validates it again",
                  resp->error_text);
-    } else if (resp->error == HTTP_ERR_TOO_LARGE) {
-        /* Asking again gets the same answer: fail with what was asked. */
-        job_fail(j, now, "api_rejected",
-                 "the API's reply to %s was larger than %u MiB; nothing was changed by it (it "
-                 "was a read); retry the job once the reply is smaller",
-                 job_op_name(op), HTTP_MAX_BODY >> 20);
     } else {
         job_reply jr = {
             .net = net_of(resp->error),
@@ -457,7 +457,7 @@ static void on_http_done(void *ud, const http_response *resp)
             .error_text = resp->error_text,
             .secret = d->token,
         };
-        job_on_reply(j, op, &jr, &d->params, now, batchd_random(d));
+        token_rejected = job_on_reply(j, op, &jr, &d->params, now, batchd_random(d));
     }
     log_job_fields f = fields_of(j);
     if (resp->error != HTTP_OK) {
@@ -470,6 +470,8 @@ static void on_http_done(void *ud, const http_response *resp)
                 job_op_name(op), resp->status, last_note(j));
     }
     jobs_changed(r, before);
+    if (token_rejected)
+        batchd_token_rejected(d, r->xfer_token_gen);
     if (d->stopping)
         batchd_check_drained(d);
     else
@@ -530,6 +532,7 @@ static void start_http(jobrun *r, job_op op)
     req.url = url;
     req.headers = headers;
     r->xfer_op = op;
+    r->xfer_token_gen = d->token_gen;
     r->busy = true;
     r->xfer =
         http_start(d->http, &req, on_http_done, op == JOB_OP_UPLOAD ? on_http_progress : NULL, r);

@@ -5,6 +5,7 @@
 
 #include "batchd/fsutil.h"
 #include "batchd/log.h"
+#include "batchd/manifest.h"
 #include "batchd/notify.h"
 #include "batchd/store.h"
 #include "batchd/util.h"
@@ -13,6 +14,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,35 @@ static void print_diag(const config_diag *dg)
         fprintf(stderr, "batchd: %s\n", dg->lines[i]);
 }
 
+/* Removes the variable, and wipes its "NAME=value" string where it lies: unsetenv only drops
+ * the pointer, while /proc/PID/environ keeps showing the block the process started with. */
+static void scrub_env_token(void)
+{
+    static const char name[] = "BATCHD_API_TOKEN=";
+    char *v = getenv("BATCHD_API_TOKEN");
+    if (!v)
+        return;
+    char *entry = v - (sizeof name - 1);
+    unsetenv("BATCHD_API_TOKEN");
+    explicit_bzero(entry, strlen(entry));
+}
+
+/* Jobs whose job.json names a workspace still run, so this does not stop the daemon (batchd
+ * --check-config fails on it). */
+static void warn_no_workspace(const config *c)
+{
+    if (c->api.workspace_id)
+        return;
+    char *ws = c->job.template_path ? manifest_template_workspace(c->job.template_path, c) : NULL;
+    if (ws) {
+        free(ws);
+        return;
+    }
+    log_warn("%s: neither [api] workspace_id nor the template %s names a workspace: every data "
+             "file dropped on its own will fail; set [api] workspace_id",
+             c->path, c->job.template_path ? c->job.template_path : "(none)");
+}
+
 static char *strip_slash(const char *url)
 {
     size_t n = strlen(url);
@@ -112,6 +143,71 @@ void batchd_apply_config(batchd *d)
         spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
 }
 
+const char *batchd_pause_reason(const batchd *d)
+{
+    if (d->token_hold)
+        return "api_token_rejected";
+    return d->operator_paused ? "operator" : NULL;
+}
+
+void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold)
+{
+    bool was = d->paused;
+    d->operator_paused = operator_paused;
+    d->token_hold = token_hold;
+    d->paused = operator_paused || token_hold;
+    jobs_update_status(d);
+    if (was && !d->paused) {
+        /* Every job waiting to send does so now; claims start again. */
+        jobs_drive_all(d);
+        jobs_claim_soon(d);
+    }
+}
+
+void batchd_token_rejected(batchd *d, unsigned gen)
+{
+    /* Sent with a token replaced since: the job just sends again with the new one. */
+    if (gen != d->token_gen)
+        return;
+    if (d->token_hold)
+        return; /* requests in flight answered 401 too: nothing more to say */
+    log_error("the API rejected the token (HTTP 401): batchd is on hold, no job has failed and "
+              "none takes a step until it has a working token; put the right token in %s, then "
+              "run systemctl reload batchd (or batchctl reload), or batchctl resume",
+              d->cfg->c.api.token_file ? d->cfg->c.api.token_file : "the token source");
+    batchd_set_paused(d, d->operator_paused, true);
+}
+
+void batchd_reread_token(batchd *d)
+{
+    char *token = NULL;
+    const char *source = NULL;
+    config_diag dg = {0};
+    int rc = config_load_token(&d->cfg->c, &token, &source, &dg);
+    if (rc < 0) {
+        /* Not fatal for a resume: the token in use stays. */
+        if (!(rc == -ENOENT && d->token_from_env))
+            for (size_t i = 0; i < dg.count; i++)
+                log_warn("resume: cannot read the API token, keeping the one in use: %s",
+                         dg.lines[i]);
+        config_diag_free(&dg);
+        return;
+    }
+    config_diag_free(&dg);
+    if (d->token && strcmp(d->token, token) == 0) {
+        explicit_bzero(token, strlen(token));
+        free(token);
+        return;
+    }
+    if (d->token) {
+        explicit_bzero(d->token, strlen(d->token));
+        free(d->token);
+    }
+    d->token = token;
+    d->token_gen++;
+    log_notice("resume: a different API token was read from %s", source);
+}
+
 static bool str_differs(const char *a, const char *b)
 {
     if (!a || !b)
@@ -130,6 +226,13 @@ cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
     int rc = config_load(d->config_path, &n->c, &dg);
     if (rc == 0)
         rc = config_load_token(&n->c, &token, &source, &dg);
+    if (rc == -ENOENT && d->token_from_env && d->token) {
+        /* The environment was cleared at start: the token read from it then still holds. */
+        config_diag_free(&dg);
+        token = xstrdup(d->token);
+        source = "environment BATCHD_API_TOKEN (as read at start)";
+        rc = 0;
+    }
     if (rc < 0) {
         strbuf sb = {0};
         for (size_t i = 0; i < dg.count; i++)
@@ -189,11 +292,14 @@ cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
         free(*keep[i]);
         *keep[i] = cur[i] ? xstrdup(cur[i]) : NULL;
     }
+    bool token_changed = !d->token || strcmp(d->token, token) != 0;
     if (d->token) {
         explicit_bzero(d->token, strlen(d->token));
         free(d->token);
     }
     d->token = token;
+    if (token_changed)
+        d->token_gen++;
     cfgref_put(d->cfg);
     d->cfg = n;
     batchd_apply_config(d);
@@ -202,6 +308,14 @@ cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
     free(a);
     free(rs);
     notify_ready();
+    if (d->token_hold && token_changed) {
+        log_notice("reload loaded a different API token: lifting the hold; every job carries on");
+        batchd_set_paused(d, d->operator_paused, false);
+    } else if (d->token_hold) {
+        log_warn("reload loaded the same API token the API rejected: still on hold; put the "
+                 "right token in %s and reload again (or batchctl resume to try it once more)",
+                 d->cfg->c.api.token_file ? d->cfg->c.api.token_file : source);
+    }
     jobs_update_status(d);
     jobs_claim_soon(d);
     return reply;
@@ -435,6 +549,10 @@ int main(int argc, char **argv)
     const char *path = config_default_path(explicit_path);
     /* A peer that hangs up (a batchctl, the API) must be an EPIPE, not the end of the daemon. */
     signal(SIGPIPE, SIG_IGN);
+    /* Before any token is read: no core file and no ptrace by other users can hold it, and
+     * /proc/PID/environ and friends become root's only. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        log_warn("cannot make the process non-dumpable: %s", strerror(errno));
     if (check)
         return intake_check_config(path, stdout);
 
@@ -461,7 +579,12 @@ int main(int argc, char **argv)
         return EX_CONFIG;
     }
     config_diag_free(&dg);
+    /* Read once; the environment is inherited by whatever runs later and shown in /proc. A
+     * reload cannot read it again: it keeps this token unless a file source then has one. */
+    d.token_from_env = source && strncmp(source, "environment", 11) == 0;
+    scrub_env_token();
     log_info("configuration %s; API token from %s", path, source);
+    warn_no_workspace(&d.cfg->c);
     d.api_url = strip_slash(d.cfg->c.api.url);
     d.started_at = time_now_ms();
     random_bytes(&d.rng, sizeof d.rng);

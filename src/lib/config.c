@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
@@ -158,60 +159,101 @@ static const char *parse_size_value(const char *v, size_t *out)
     return NULL;
 }
 
-static bool host_is_loopback(const char *host, size_t len)
+/* A host as curl parsed it (numeric IPv4 forms such as 127.1 or 0x7f.1 and percent-encoding
+ * already normalised to dotted quads, IPv6 in brackets) is loopback: 127.0.0.0/8, ::1 (also
+ * as ::ffff:127.x.y.z) or the name localhost (with or without its trailing dot). Anything
+ * else, e.g. localhost.evil.com, would be resolved through DNS and is not. */
+static bool host_is_loopback(const char *host)
 {
-    char buf[64];
-    if (len == 0 || len >= sizeof buf)
-        return false;
-    memcpy(buf, host, len);
-    buf[len] = '\0';
-    if (!strcasecmp(buf, "localhost"))
+    if (!strcasecmp(host, "localhost") || !strcasecmp(host, "localhost."))
         return true;
     struct in_addr a4;
-    if (inet_pton(AF_INET, buf, &a4) == 1)
+    if (inet_pton(AF_INET, host, &a4) == 1)
         return (ntohl(a4.s_addr) >> 24) == 127;
-    if (buf[0] == '[' && buf[len - 1] == ']') {
-        buf[len - 1] = '\0';
-        struct in6_addr a6;
-        return inet_pton(AF_INET6, buf + 1, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
-    }
-    return false;
+    size_t len = strlen(host);
+    char buf[INET6_ADDRSTRLEN + 2];
+    if (len < 3 || len >= sizeof buf || host[0] != '[' || host[len - 1] != ']')
+        return false;
+    memcpy(buf, host + 1, len - 2);
+    buf[len - 2] = '\0';
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, buf, &a6) != 1)
+        return false;
+    if (IN6_IS_ADDR_LOOPBACK(&a6))
+        return true;
+    return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
 }
 
-/* https:// anywhere; http:// only to a loopback host (batchd-sim), so that the token never
- * crosses a network in clear text. */
+/* Reads one part of a parsed URL; NULL when it is absent. */
+static char *url_part(CURLU *u, CURLUPart part)
+{
+    char *v = NULL;
+    if (curl_url_get(u, part, &v, 0) != CURLUE_OK)
+        return NULL;
+    return v;
+}
+
+/* [api] url, parsed by curl's own URL parser (what is checked is what curl will connect to):
+ * https:// anywhere; http:// only to a loopback host (batchd-sim), so that the token never
+ * crosses a network in clear text. No user info (it would be logged with the URL and sent as
+ * Basic credentials next to the token), and no query or fragment (API paths are appended). */
 static const char *check_url(const char *v)
 {
-    const char *host;
-    bool plain;
-    if (!strncasecmp(v, "https://", 8)) {
-        host = v + 8;
-        plain = false;
-    } else if (!strncasecmp(v, "http://", 7)) {
-        host = v + 7;
-        plain = true;
-    } else {
-        return "must start with https:// (http:// is allowed only to a loopback host such as "
-               "127.0.0.1, [::1] or localhost, for batchd-sim)";
-    }
-    size_t hlen;
-    if (*host == '[') {
-        const char *close = strchr(host, ']');
-        if (!close)
-            return "malformed IPv6 host: missing ']'";
-        hlen = (size_t)(close - host) + 1;
-    } else {
-        hlen = strcspn(host, ":/?#");
-    }
-    if (hlen == 0)
-        return "has no host";
     for (const char *p = v; *p; p++)
         if ((unsigned char)*p <= ' ' || *p == 0x7f)
             return "contains white space or control characters";
-    if (plain && !host_is_loopback(host, hlen))
-        return "http:// is allowed only to a loopback host (127.0.0.0/8, [::1], localhost, "
-               "for batchd-sim); use https:// for anything else";
-    return NULL;
+    if (strncasecmp(v, "https://", 8) != 0 && strncasecmp(v, "http://", 7) != 0)
+        return "must start with https:// (http:// is allowed only to a loopback host such as "
+               "127.0.0.1, [::1] or localhost, for batchd-sim)";
+    CURLU *u = curl_url();
+    if (!u)
+        return "cannot be parsed (out of memory)";
+    const char *err = NULL;
+    char *scheme = NULL, *host = NULL, *user = NULL, *password = NULL, *options = NULL;
+    char *query = NULL, *fragment = NULL, *zone = NULL;
+    CURLUcode rc = curl_url_set(u, CURLUPART_URL, v, 0);
+    if (rc == CURLUE_NO_HOST) {
+        err = "has no host";
+        goto out;
+    }
+    if (rc != CURLUE_OK) {
+        err = "is not a valid URL (write it as https://HOST[:PORT][/PATH])";
+        goto out;
+    }
+    scheme = url_part(u, CURLUPART_SCHEME);
+    host = url_part(u, CURLUPART_HOST);
+    user = url_part(u, CURLUPART_USER);
+    password = url_part(u, CURLUPART_PASSWORD);
+    options = url_part(u, CURLUPART_OPTIONS);
+    query = url_part(u, CURLUPART_QUERY);
+    fragment = url_part(u, CURLUPART_FRAGMENT);
+    zone = url_part(u, CURLUPART_ZONEID);
+    if (user || password || options) {
+        err = "has user info (USER@ or USER:PASSWORD@ before the host): credentials in a URL "
+              "would be logged and sent with every request; remove them and put the API "
+              "token in the file named by [api] token_file";
+    } else if (!host || !*host) {
+        err = "has no host";
+    } else if (query || fragment) {
+        err = "has a query (?...) or fragment (#...): batchd appends the API paths to this "
+              "URL; give only https://HOST[:PORT][/PATH]";
+    } else if (!scheme || (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)) {
+        err = "must start with https://";
+    } else if (strcmp(scheme, "http") == 0 && (zone || !host_is_loopback(host))) {
+        err = "http:// is allowed only to a loopback host (127.0.0.0/8, [::1], localhost, "
+              "for batchd-sim); use https:// for anything else";
+    }
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(user);
+    curl_free(password);
+    curl_free(options);
+    curl_free(query);
+    curl_free(fragment);
+    curl_free(zone);
+    curl_url_cleanup(u);
+    return err;
 }
 
 /* ---- the inih side ---- */
@@ -526,7 +568,9 @@ static int handler(void *user, const char *section, const char *name, const char
     st->seen[k] = 1;
     char *v = strip_value(value);
     const char *err = keys[k].fn(st->c, v);
-    if (err)
+    if (err && keys[k].fn == k_api_url && strchr(v, '@'))
+        perr(st, "[%s] %s (not shown: it may hold a password): %s", section, name, err);
+    else if (err)
         perr(st, "[%s] %s = %s: %s", section, name, v, err);
     free(v);
     return 1;

@@ -672,6 +672,26 @@ static void print_manifest_errors(const cJSON *errors, FILE *out)
     }
 }
 
+/* Every bare data file dropped into incoming/ takes its workspace from [api] workspace_id or
+ * the configured template; with neither, each one would fail as invalid_job. */
+static int check_workspace(const char *path, const config *c, FILE *out)
+{
+    if (c->api.workspace_id)
+        return 0;
+    char *ws = c->job.template_path ? manifest_template_workspace(c->job.template_path, c) : NULL;
+    if (ws) {
+        free(ws);
+        return 0;
+    }
+    fprintf(out,
+            "%s: [api] workspace_id is not set and [job] template %s sets no \"workspace_id\": "
+            "every data file dropped on its own into incoming/ would fail (only job directories "
+            "whose job.json names a workspace_id could run); add workspace_id = ID under [api] "
+            "in %s, or \"workspace_id\" to the template\n",
+            path, c->job.template_path ? c->job.template_path : "(none)", path);
+    return 1;
+}
+
 int intake_check_config(const char *path, FILE *out)
 {
     config c;
@@ -707,6 +727,7 @@ int intake_check_config(const char *path, FILE *out)
             print_manifest_errors(errs, out);
             cJSON_Delete(errs);
         }
+        problems += check_workspace(path, &c, out);
         if (problems == 0)
             fprintf(out, "%s: configuration OK (API token from %s)\n", path, source ? source : "?");
     }

@@ -99,6 +99,7 @@ void job_params_default(job_params *p)
     p->retry_base_ms = 1000;
     p->retry_cap_ms = 300000;
     p->url_margin_ms = 30000;
+    p->retry_attempts_max = JOB_RETRY_ATTEMPTS_MAX;
 }
 
 job *job_new(const char *id, const char *name, const char *dir, int64_t now_ms)

@@ -311,11 +311,64 @@ static cJSON *parse_body(const job_reply *r)
     return cJSON_ParseWithLength(r->body, r->body_len);
 }
 
-static void retry_later(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
-                        uint64_t rnd, bool outcome_unknown)
+/* What a failed exchange saw, for last_error and the final message: "upload: HTTP 500". */
+static char *reply_text(job_op op, const job_reply *r)
 {
-    int64_t delay =
-        backoff_full_jitter((unsigned)j->attempts, p->retry_base_ms, p->retry_cap_ms, 2.0, rnd);
+    if (r->net == JOB_NET_OK)
+        return xasprintf("%s: HTTP %ld", job_op_name(op), r->status);
+    if (r->net == JOB_NET_TOO_LARGE)
+        return xasprintf("%s: HTTP %ld with a reply too large to read (%s)", job_op_name(op),
+                         r->status,
+                         r->error_text && *r->error_text ? r->error_text : "over the size limit");
+    return xasprintf("%s: %s", job_op_name(op),
+                     r->error_text && *r->error_text
+                         ? r->error_text
+                         : (r->net == JOB_NET_TIMEOUT ? "timed out" : "connection failed"));
+}
+
+/* The API's body as error.json keeps it: JSON when it parses, else the text. */
+static cJSON *reply_body_json(const job_reply *r)
+{
+    if (r->net == JOB_NET_TOO_LARGE)
+        return NULL; /* cut off: neither whole nor worth keeping */
+    cJSON *body = parse_body(r);
+    if (!body && r->body && r->body_len)
+        body = cJSON_CreateString(r->body);
+    return body;
+}
+
+/* The retry bound is reached: fail with what the last attempt saw. The pending_op is kept
+ * when the outcome is unknown, so a later `batchctl retry` checks it before acting again. */
+static void give_up(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now)
+{
+    bool answered = r->net == JOB_NET_OK || r->net == JOB_NET_TOO_LARGE;
+    char *what = reply_text(op, r);
+    fail(j, now, answered ? "api_rejected" : "timeout", answered ? r->status : 0,
+         reply_body_json(r), cJSON_CreateArray(),
+         "gave up after %d attempts of %s; the last one ended with %s%s", p->retry_attempts_max,
+         job_op_name(op), what,
+         job_op_has_side_effect(op) && j->pending_op == op
+             ? " (its outcome is unknown: batchctl retry checks it before sending it again)"
+             : "");
+    free(what);
+}
+
+/* One more failed attempt of the current step: wait (full jitter growing with the attempts,
+ * or the server's Retry-After), or give up once the step has failed retry_attempts_max times.
+ * `attempts` counts per step, across the checks of unknown outcomes in between: only
+ * progress resets it (see job_on_reply), so the delay keeps growing and the bound holds. */
+static void retry_later(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                        uint64_t rnd, bool outcome_unknown, const char *why)
+{
+    if (!outcome_unknown && job_op_has_side_effect(op) && j->pending_op == op)
+        j->pending_op = JOB_OP_NONE;
+    j->attempts++;
+    if (p->retry_attempts_max > 0 && j->attempts >= p->retry_attempts_max) {
+        give_up(j, op, r, p, now);
+        return;
+    }
+    int64_t delay = backoff_full_jitter((unsigned)(j->attempts - 1), p->retry_base_ms,
+                                        p->retry_cap_ms, 2.0, rnd);
     int64_t ra;
     bool honoured = false;
     if (r->retry_after && backoff_parse_retry_after(r->retry_after, now, &ra) == 0) {
@@ -328,16 +381,13 @@ static void retry_later(job *j, job_op op, const job_reply *r, const job_params 
     }
     if (delay < 1)
         delay = 1;
-    j->attempts++;
     j->retry_at = now + delay;
     strbuf sb = {0};
-    if (r->net == JOB_NET_OK)
-        strbuf_printf(&sb, "%s: HTTP %ld", job_op_name(op), r->status);
-    else
-        strbuf_printf(&sb, "%s: %s", job_op_name(op),
-                      r->error_text && *r->error_text
-                          ? r->error_text
-                          : (r->net == JOB_NET_TIMEOUT ? "timed out" : "connection failed"));
+    char *what = reply_text(op, r);
+    strbuf_printf(&sb, "%s", what);
+    free(what);
+    if (why)
+        strbuf_printf(&sb, " (%s)", why);
     if (honoured)
         strbuf_printf(&sb, " (Retry-After %s)", r->retry_after);
     free(j->last_error);
@@ -345,20 +395,37 @@ static void retry_later(job *j, job_op op, const job_reply *r, const job_params 
     j->last_error = apitext_clean(sb.data ? sb.data : "", sb.len, r->secret);
     strbuf_free(&sb);
     char d[32];
-    job_note(j, now, "%s; attempt %d, retrying in %s%s", j->last_error, j->attempts,
-             duration_format(delay, d, sizeof d),
+    job_note(j, now, "%s; attempt %d of %d failed, retrying in %s%s", j->last_error, j->attempts,
+             p->retry_attempts_max, duration_format(delay, d, sizeof d),
              outcome_unknown && job_op_has_side_effect(op) ? " (outcome unknown: checking first)"
                                                            : "");
-    if (!outcome_unknown && job_op_has_side_effect(op))
-        j->pending_op = JOB_OP_NONE;
 }
 
+/* Real progress: the step's retry count and error start over. */
 static void succeeded(job *j)
 {
     j->attempts = 0;
-    j->retry_at = 0;
     free(j->last_error);
     j->last_error = NULL;
+}
+
+/* A check of an unknown outcome (or a fresh upload URL) that succeeded is not progress of
+ * the step it serves: the step itself has still failed that many times. It is progress only
+ * when it found that the checked call did act. */
+static bool step_progressed(const job *j, job_op op)
+{
+    switch (op) {
+    case JOB_OP_CHECK_UPLOAD:
+        return j->uploaded;
+    case JOB_OP_FIND_BATCH:
+        return j->batch_id != NULL;
+    case JOB_OP_CHECK_SETUP:
+        return j->setup_done;
+    case JOB_OP_UPLOAD_URL:
+        return false;
+    default:
+        return true;
+    }
 }
 
 static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
@@ -709,44 +776,68 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
     cJSON_Delete(body);
 }
 
-void job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
                   uint64_t rnd)
 {
     if (job_state_terminal(j->state))
-        return;
+        return false;
     j->updated_at = now;
+    if (r->net == JOB_NET_TOO_LARGE) {
+        /* The reply could not be read whole: for a create or setup its effect is unknown
+         * (it may have acted), so it is checked first, as after a timeout; a read is asked
+         * again. Both within the retry bound. */
+        retry_later(j, op, r, p, now, rnd, true, NULL);
+        return false;
+    }
     if (r->net != JOB_NET_OK) {
-        retry_later(j, op, r, p, now, rnd, r->net != JOB_NET_NOT_SENT);
-        return;
+        retry_later(j, op, r, p, now, rnd, r->net != JOB_NET_NOT_SENT, NULL);
+        return false;
     }
     long s = r->status;
     if (s >= 200 && s < 300) {
-        succeeded(j);
+        j->retry_at = 0;
         on_success(j, op, r, p, now, rnd);
-        return;
+        if (step_progressed(j, op))
+            succeeded(j);
+        return false;
+    }
+    if (s == 401 && op != JOB_OP_UPLOAD) {
+        /* The token is wrong for every job, not for this one: the job stays where it is and
+         * its call is made again once the daemon has a token that works. A 401 did not act,
+         * so nothing is left to check; it is not a failed attempt of the step either. */
+        if (job_op_has_side_effect(op) && j->pending_op == op)
+            j->pending_op = JOB_OP_NONE;
+        j->retry_at = 0;
+        free(j->last_error);
+        j->last_error = xasprintf("%s: HTTP 401 (the API token was rejected; waiting for a "
+                                  "new token)",
+                                  job_op_name(op));
+        job_note(j, now, "%s", j->last_error);
+        return true;
     }
     if (s == 408 || s == 429) {
         /* The server refused before acting. */
-        retry_later(j, op, r, p, now, rnd, false);
-        return;
+        retry_later(j, op, r, p, now, rnd, false, NULL);
+        return false;
     }
     if (s >= 500) {
         /* A 5xx may come from a proxy after the backend acted: outcome unknown. */
-        retry_later(j, op, r, p, now, rnd, true);
-        return;
+        retry_later(j, op, r, p, now, rnd, true, NULL);
+        return false;
     }
-    if (op == JOB_OP_UPLOAD && s == 403 && j->upload_refusals < UPLOAD_REFUSALS_MAX) {
-        /* The presigned URL expired or was refused: ask for a fresh one. */
+    if (op == JOB_OP_UPLOAD && (s == 403 || s == 401) && j->upload_refusals < UPLOAD_REFUSALS_MAX) {
+        /* The presigned URL expired or was refused: ask for a fresh one, backing off like any
+         * other retry so a refusing store is not hammered. */
         j->upload_refusals++;
         free(j->upload_url);
         j->upload_url = NULL;
         j->pending_op = JOB_OP_NONE;
-        free(j->last_error);
-        j->last_error = xasprintf("upload: HTTP 403 (the upload URL was refused)");
-        job_note(j, now, "the upload URL was refused (HTTP 403, expired?); requesting a new one");
-        return;
+        retry_later(j, op, r, p, now, rnd, false,
+                    "the upload URL was refused, expired?; requesting a new one");
+        return false;
     }
     api_rejected(j, op, r, now);
+    return false;
 }
 
 int job_cancel(job *j, int64_t now)
@@ -796,6 +887,8 @@ int job_retry(job *j, int64_t now)
     j->http_status = 0;
     j->finished_at = 0;
     j->moved = false;
+    /* A retry starts the step's bounds over (attempts start over with the state change). */
+    j->upload_refusals = 0;
     j->wait_started_at = 0;
     j->poll_at = 0;
     job_set_state(j, JOB_VALIDATING, now, "retry requested: validating again, then resuming");

@@ -842,3 +842,20 @@ int manifest_check_template(const char *ref, const config *cfg, cJSON *errors)
     chain_free(&ch);
     return r;
 }
+
+char *manifest_template_workspace(const char *ref, const config *cfg)
+{
+    chain ch = {0};
+    cJSON *errors = cJSON_CreateArray();
+    char *ws = NULL;
+    if (chain_load(&ch, ref, "[job] template", NULL, cfg, false, errors) == 0) {
+        cJSON *m = chain_merge(&ch);
+        const char *v = json_str(m, "workspace_id");
+        if (v && *v)
+            ws = xstrdup(v);
+        cJSON_Delete(m);
+    }
+    chain_free(&ch);
+    cJSON_Delete(errors);
+    return ws;
+}

@@ -177,6 +177,19 @@ static void test_bad_values(void **state)
         {"[api]\nurl = http://api.prolific.com\n", "loopback"},
         {"[api]\nurl = http://10.0.0.1:8080\n", "loopback"},
         {"[api]\nurl = https://\n", "has no host"},
+        /* What curl parses decides: the host after the user info, before the fragment. */
+        {"[api]\nurl = http://127.0.0.1@evil.com/\n", "has user info"},
+        {"[api]\nurl = http://user:pass@127.0.0.1/\n", "token_file"},
+        {"[api]\nurl = https://u:hunter2@x.example/\n", "batchd.conf:2: [api] url (not shown"},
+        {"[api]\nurl = https://user@api.prolific.com/\n", "would be logged and sent"},
+        {"[api]\nurl = http://evil.com#@127.0.0.1\n", "fragment"},
+        {"[api]\nurl = https://api.prolific.com/?x=1\n", "query"},
+        {"[api]\nurl = http://localhost.evil.com\n", "loopback"},
+        {"[api]\nurl = http://127.0.0.1.evil.com/\n", "loopback"},
+        {"[api]\nurl = http://[::2]:8080\n", "loopback"},
+        {"[api]\nurl = http://[fe80::1%25lo]/\n", "loopback"},
+        {"[api]\nurl = http://0x7e.1\n", "loopback"},
+        {"[api]\nurl = http://[::1\n", "not a valid URL"},
         {"[poll]\ninitial = 2m\nmax = 1m\n", "initial must not be longer than [poll] max"},
         {"url = https://x\n", "batchd.conf:1: 'url' is outside any section"},
         {"[api]\nurl = https://a.example\nurl = https://b.example\n",
@@ -201,8 +214,22 @@ static void test_bad_values(void **state)
 static void test_loopback_http_allowed(void **state)
 {
     (void)state;
-    const char *ok[] = {"http://127.0.0.1:8080", "http://127.1.2.3/", "http://localhost:9",
-                        "http://[::1]:8080/api", "https://api.prolific.com/"};
+    /* Loopback in every form curl accepts: it normalises 127.1, 0x7f.1, 2130706433 and
+     * percent-encoding to a dotted quad before it connects. */
+    const char *ok[] = {"http://127.0.0.1:8080",
+                        "http://127.1.2.3/",
+                        "http://localhost:9",
+                        "http://[::1]:8080/api",
+                        "https://api.prolific.com/",
+                        "http://[::1]:8080",
+                        "http://127.1",
+                        "http://0x7f.1",
+                        "HTTP://LOCALHOST",
+                        "http://%31%32%37.0.0.1",
+                        "http://2130706433/",
+                        "http://localhost.:9",
+                        "http://[0:0:0:0:0:0:0:1]/",
+                        "http://[::ffff:127.0.0.1]/"};
     for (size_t i = 0; i < BD_ARRAY_LEN(ok); i++) {
         char *text = xasprintf("[api]\nurl = %s\n", ok[i]);
         config c;

@@ -520,8 +520,8 @@ static void test_check_config(void **state)
     put("token", "secret-token\n");
     char *tok = path_in("token"), *conf = path_in("b.conf");
     chmod(tok, 0600);
-    char *text = xasprintf("[api]\ntoken_file = %s\n[spool]\ndir = %s\n[state]\ndir = %s\n"
-                           "[control]\ngroup =\n[job]\ntemplate = %s\n",
+    char *text = xasprintf("[api]\ntoken_file = %s\nworkspace_id = ws1\n[spool]\ndir = %s\n"
+                           "[state]\ndir = %s\n[control]\ngroup =\n[job]\ntemplate = %s\n",
                            tok, root, root, cfg.job.template_path);
     put("b.conf", text);
     char *buf = NULL;
@@ -532,6 +532,33 @@ static void test_check_config(void **state)
     assert_non_null(strstr(buf, "configuration OK"));
     assert_null(strstr(buf, "secret-token"));
     free(buf);
+
+    /* Without [api] workspace_id, the template must name one: every bare file needs it. */
+    char *nows = xasprintf("[api]\ntoken_file = %s\n[spool]\ndir = %s\n[state]\ndir = %s\n"
+                           "[control]\ngroup =\n[job]\ntemplate = %s\n",
+                           tok, root, root, cfg.job.template_path);
+    char *conf2 = path_in("nows.conf");
+    put("nows.conf", nows);
+    out = open_memstream(&buf, &len);
+    assert_int_equal(intake_check_config(conf2, out), 78);
+    fclose(out);
+    assert_non_null(strstr(buf, "[api] workspace_id is not set"));
+    assert_non_null(strstr(buf, "add workspace_id = ID under [api]"));
+    assert_null(strstr(buf, "configuration OK"));
+    free(buf);
+    put("templates/ws.json", "{\"template\": \"default\", \"workspace_id\": \"ws9\"}");
+    free(nows);
+    nows = xasprintf("[api]\ntoken_file = %s\n[spool]\ndir = %s\n[state]\ndir = %s\n"
+                     "[control]\ngroup =\n[job]\ntemplate = %s/templates/ws.json\n",
+                     tok, root, root, root);
+    put("nows.conf", nows);
+    out = open_memstream(&buf, &len);
+    assert_int_equal(intake_check_config(conf2, out), 0);
+    fclose(out);
+    assert_non_null(strstr(buf, "configuration OK"));
+    free(buf);
+    free(nows);
+    free(conf2);
 
     put("templates/default.json", "{\"batch\": {\"nope\": 1}}");
     out = open_memstream(&buf, &len);

@@ -423,7 +423,8 @@ static void test_jitter_bounds(void **state)
     assert_true(f->j->retry_at - f->now >= 1);
     assert_true(f->j->retry_at - f->now <= f->p.retry_base_ms);
     f->now = f->j->retry_at;
-    for (int i = 0; i < 30; i++) {
+    /* 2^9 s is past the 5 min cap: attempt 10 is capped, well inside the retry bound. */
+    for (int i = 0; i < 12; i++) {
         reply_ra(f, JOB_OP_CREATE_DATASET, 503, NULL, UINT64_MAX);
         int64_t d = f->j->retry_at - f->now;
         assert_true(d >= 1);
@@ -634,12 +635,214 @@ static void test_upload_403_new_url(void **state)
     reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
     reply(f, JOB_OP_UPLOAD, 403, "<Error><Code>AccessDenied</Code></Error>");
     assert_int_equal(f->j->state, JOB_UPLOADING);
+    /* A refused URL is retried with backoff, not at once. */
+    assert_true(f->j->retry_at > f->now);
+    assert_int_equal(f->j->attempts, 1);
+    wait_out(f);
     expect_send(f, JOB_OP_UPLOAD_URL);
     for (int i = 0; i < 5; i++) {
         reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
         reply(f, JOB_OP_UPLOAD, 403, "");
+        wait_out(f);
     }
     assert_int_equal(f->j->state, JOB_FAILED);
+}
+
+/* Replies with the largest jitter: every delay is its upper bound. */
+static bool reply_max(fixture *f, job_op op, long status, const char *body)
+{
+    job_reply r = {
+        .net = JOB_NET_OK, .status = status, .body = body, .body_len = body ? strlen(body) : 0};
+    job_mark_sent(f->j, op, f->now);
+    return job_on_reply(f->j, op, &r, &f->p, f->now, UINT64_MAX);
+}
+
+static const char *last_history_note(const job *j)
+{
+    const cJSON *last = cJSON_GetArrayItem(j->history, cJSON_GetArraySize(j->history) - 1);
+    return json_str(last, "note");
+}
+
+/* The storm of issue 9: an upload URL answering 500 every time. The check of the unknown
+ * outcome between two PUTs must not reset the count: attempts and delays grow (up to the
+ * cap), the notes count true attempts, and the job fails at the bound with the last status. */
+static void test_upload_500_forever_backs_off_and_fails(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 86400000LL * 7));
+    int64_t prev_delay = 0, start = f->now;
+    int puts = 0;
+    for (;;) {
+        expect_send(f, JOB_OP_UPLOAD);
+        puts++;
+        reply_max(f, JOB_OP_UPLOAD, 500, "{\"error\":\"store down\"}");
+        if (f->j->state == JOB_FAILED)
+            break;
+        assert_int_equal(f->j->attempts, puts);
+        char want[64];
+        snprintf(want, sizeof want, "attempt %d of %d failed", puts, JOB_RETRY_ATTEMPTS_MAX);
+        assert_non_null(strstr(last_history_note(f->j), want));
+        int64_t delay = f->j->retry_at - f->now;
+        assert_true(delay >= prev_delay);
+        assert_true(delay <= f->p.retry_cap_ms);
+        prev_delay = delay;
+        f->now = f->j->retry_at;
+        expect_send(f, JOB_OP_CHECK_UPLOAD);
+        reply_max(f, JOB_OP_CHECK_UPLOAD, 200, "{\"status\":\"uninitialised\"}");
+        assert_int_equal(f->j->attempts, puts); /* the check is not progress */
+    }
+    assert_int_equal(puts, JOB_RETRY_ATTEMPTS_MAX);
+    assert_int_equal(prev_delay, f->p.retry_cap_ms);
+    /* Half an hour to an hour of trying with the defaults (here every wait at its bound). */
+    assert_true(f->now - start >= 30LL * 60000 && f->now - start <= 90LL * 60000);
+    cJSON *e = job_error_json(f->j);
+    assert_string_equal(json_str(e, "code"), "api_rejected");
+    assert_string_equal(json_str(e, "stage"), "uploading");
+    assert_int_equal(json_int64(e, "http_status", 0), 500);
+    assert_non_null(strstr(json_str(e, "message"), "gave up after 20 attempts"));
+    assert_non_null(strstr(json_str(e, "message"), "HTTP 500"));
+    assert_string_equal(json_str(cJSON_GetObjectItem(e, "api_error"), "error"), "store down");
+    cJSON_Delete(e);
+    /* A retry of the job gets the whole bound again: one more 500 does not fail it. */
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    validated(f);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    reply(f, JOB_OP_CHECK_UPLOAD, 500, "");
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_int_equal(f->j->attempts, 1);
+}
+
+/* A create answering 500 every time, with the "outcome unknown" lookups in between. */
+static void test_create_batch_500_forever_fails(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_BATCH);
+    int creates = 0;
+    for (;;) {
+        expect_send(f, JOB_OP_CREATE_BATCH);
+        creates++;
+        reply(f, JOB_OP_CREATE_BATCH, 503, "upstream");
+        if (f->j->state == JOB_FAILED)
+            break;
+        assert_int_equal(f->j->attempts, creates);
+        wait_out(f);
+        expect_send(f, JOB_OP_FIND_BATCH);
+        reply(f, JOB_OP_FIND_BATCH, 200, "{\"results\":[],\"meta\":{\"count\":0}}");
+        assert_int_equal(f->j->attempts, creates);
+    }
+    assert_int_equal(creates, JOB_RETRY_ATTEMPTS_MAX);
+    assert_int_equal(f->j->http_status, 503);
+    /* Its outcome is unknown: a retry of the job looks for the batch before creating. */
+    assert_int_equal(f->j->pending_op, JOB_OP_CREATE_BATCH);
+    assert_non_null(strstr(f->j->error_message, "create_batch"));
+}
+
+/* Network errors and timeouts are bounded too, and fail as timeout with the error text. */
+static void test_network_errors_bounded(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_PROCESSING);
+    for (int i = 0; i < JOB_RETRY_ATTEMPTS_MAX && f->j->state == JOB_PROCESSING; i++) {
+        wait_out(f);
+        expect_send(f, JOB_OP_BATCH_STATUS);
+        net_error(f, JOB_OP_BATCH_STATUS, i % 2 ? JOB_NET_TIMEOUT : JOB_NET_FAILED);
+    }
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "timeout");
+    assert_non_null(strstr(f->j->error_message, "boom"));
+}
+
+/* A success of the step itself is progress: the count starts over. A Retry-After is still
+ * honoured at any attempt. */
+static void test_progress_resets_and_retry_after_still_honoured(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    for (int i = 0; i < 5; i++) {
+        reply(f, JOB_OP_CREATE_DATASET, 500, "{}");
+        wait_out(f);
+    }
+    reply_ra(f, JOB_OP_CREATE_DATASET, 429, "7", 0);
+    assert_int_equal(f->j->retry_at, f->now + 7000);
+    assert_int_equal(f->j->attempts, 6);
+    f->now = f->j->retry_at;
+    reply(f, JOB_OP_CREATE_DATASET, 201, "{\"id\":\"" DATASET "\"}");
+    assert_int_equal(f->j->attempts, 0);
+    assert_null(f->j->last_error);
+}
+
+/* A reply too large to read: for a create its effect is unknown and is checked first; never
+ * "nothing was changed". A read is asked again, and both are bounded. */
+static void test_reply_too_large(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_BATCH);
+    expect_send(f, JOB_OP_CREATE_BATCH);
+    job_mark_sent(f->j, JOB_OP_CREATE_BATCH, f->now);
+    job_reply big = {
+        .net = JOB_NET_TOO_LARGE, .status = 201, .error_text = "response body larger than 8 MiB"};
+    assert_false(job_on_reply(f->j, JOB_OP_CREATE_BATCH, &big, &f->p, f->now, 0));
+    assert_int_equal(f->j->state, JOB_CREATING_BATCH);
+    assert_int_equal(f->j->pending_op, JOB_OP_CREATE_BATCH);
+    assert_non_null(strstr(f->j->last_error, "too large"));
+    assert_null(strstr(last_history_note(f->j), "it was a read"));
+    wait_out(f);
+    expect_send(f, JOB_OP_FIND_BATCH);
+    for (int i = 1; i < JOB_RETRY_ATTEMPTS_MAX; i++) {
+        job_mark_sent(f->j, JOB_OP_FIND_BATCH, f->now);
+        job_on_reply(f->j, JOB_OP_FIND_BATCH, &big, &f->p, f->now, 0);
+        if (f->j->state == JOB_FAILED)
+            break;
+        wait_out(f);
+        expect_send(f, JOB_OP_FIND_BATCH);
+    }
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_non_null(strstr(f->j->error_message, "too large to read"));
+    assert_null(strstr(f->j->error_message, "nothing was changed"));
+    assert_int_equal(f->j->pending_op, JOB_OP_CREATE_BATCH);
+}
+
+/* HTTP 401: the token is wrong for every job. The job stays, its call is made again, nothing
+ * counts as a failed attempt, and the caller is told. A 403 still fails the job. */
+static void test_401_holds_not_fails(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    expect_send(f, JOB_OP_CREATE_DATASET);
+    for (int i = 0; i < JOB_RETRY_ATTEMPTS_MAX * 2; i++) {
+        assert_true(reply_max(f, JOB_OP_CREATE_DATASET, 401, "{\"detail\":\"bad token\"}"));
+        assert_int_equal(f->j->state, JOB_CREATING_DATASET);
+        assert_int_equal(f->j->attempts, 0);
+        assert_int_equal(f->j->retry_at, 0);
+        /* A 401 did not act: no unknown outcome is left to check. */
+        assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+        assert_non_null(strstr(f->j->last_error, "401"));
+        expect_send(f, JOB_OP_CREATE_DATASET);
+    }
+    reply(f, JOB_OP_CREATE_DATASET, 201, "{\"id\":\"" DATASET "\"}");
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_null(f->j->last_error);
+    /* A 401 to the check of an unknown upload keeps the upload's unknown outcome. */
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    net_error(f, JOB_OP_UPLOAD, JOB_NET_TIMEOUT);
+    wait_out(f);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    assert_true(reply_max(f, JOB_OP_CHECK_UPLOAD, 401, ""));
+    assert_int_equal(f->j->pending_op, JOB_OP_UPLOAD);
+    expect_send(f, JOB_OP_CHECK_UPLOAD);
+    /* The presigned PUT carries no token: its 401 is a refused URL, not a token problem. */
+    reply(f, JOB_OP_CHECK_UPLOAD, 200, "{\"status\":\"uninitialised\"}");
+    expect_send(f, JOB_OP_UPLOAD);
+    assert_false(reply_max(f, JOB_OP_UPLOAD, 401, ""));
+    assert_null(f->j->upload_url);
+    /* A 403 to an API call fails only this job. */
+    wait_out(f);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    assert_false(reply_max(f, JOB_OP_UPLOAD_URL, 403, "{\"detail\":\"no access\"}"));
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_int_equal(f->j->http_status, 403);
 }
 
 static void test_expiring_url_not_used(void **state)
@@ -1211,6 +1414,12 @@ int main(void)
         T(test_resume_upload_unknown_expired),
         T(test_resume_upload_landed),
         T(test_upload_403_new_url),
+        T(test_upload_500_forever_backs_off_and_fails),
+        T(test_create_batch_500_forever_fails),
+        T(test_network_errors_bounded),
+        T(test_progress_resets_and_retry_after_still_honoured),
+        T(test_reply_too_large),
+        T(test_401_holds_not_fails),
         T(test_expiring_url_not_used),
         T(test_resume_batch_create_found),
         T(test_resume_batch_create_not_found),
