@@ -361,6 +361,7 @@ static void validate_done(uv_work_t *w, int status)
             .spec = r->ires.job,
             .upload_path = r->ires.upload_path,
             .upload_name = r->ires.upload_name,
+            .sha256 = r->ires.sha256,
             .records = (int64_t)r->ires.records,
             .rejected = (int64_t)r->ires.rejected,
             .bytes = (int64_t)r->ires.bytes,
@@ -434,7 +435,16 @@ static void on_http_done(void *ud, const http_response *resp)
     r->busy = false;
     job_state before = j->state;
     int64_t now = time_now_ms();
-    if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
+    if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_CHANGED) {
+        /* PRODUCT.md §9: what was validated is what is uploaded. The PUT was aborted before
+         * its last bytes, so nothing changed remotely but the empty dataset. */
+        job_fail(j, now, "invalid_job",
+                 "%s; it was not uploaded (the upload was aborted before its end); a job's "
+                 "data must not change once it is in incoming/: put the intended data in the "
+                 "job's directory in failed/ and run batchctl retry %s, which validates it "
+                 "again",
+                 resp->error_text, j->id);
+    } else if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
         /* The data file vanished or became unreadable under us: no retry can fix that. */
         job_fail(j, now, "invalid_job",
                  "%s; the data must stay as validated until it is uploaded: fix the job in "
@@ -479,6 +489,28 @@ static void on_http_progress(void *ud, uint64_t sent, uint64_t total)
         publish(r);
 }
 
+/* 64 hex digits into 32 bytes; -EINVAL for anything else (NULL included). */
+static int hex_to_sha256(const char *hex, unsigned char out[32])
+{
+    if (!hex || strlen(hex) != 64)
+        return -EINVAL;
+    for (size_t i = 0; i < 32; i++) {
+        unsigned v = 0;
+        for (size_t k = 0; k < 2; k++) {
+            char c = hex[2 * i + k];
+            unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
+                         : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                         : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
+                                                : 16u;
+            if (d > 15)
+                return -EINVAL;
+            v = v * 16 + d;
+        }
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
 /* Starts the request for op; for a side-effecting op its intent is already durable. */
 static void start_http(jobrun *r, job_op op)
 {
@@ -497,6 +529,7 @@ static void start_http(jobrun *r, job_op op)
     char *auth = NULL;
     char *ctype = NULL;
     const char *headers[5] = {0};
+    unsigned char digest[32];
     http_request req = {
         .method = rq.method, .body = rq.body, .body_len = rq.body ? strlen(rq.body) : 0};
     if (op == JOB_OP_UPLOAD) {
@@ -508,6 +541,9 @@ static void start_http(jobrun *r, job_op op)
         req.upload_path = j->upload_path;
         int64_t size = j->bytes_total > 0 ? j->bytes_total : 0;
         req.upload_expect_size = (uint64_t)size;
+        /* Records written before digests existed upload with the size check only. */
+        if (size > 0 && hex_to_sha256(j->upload_sha256, digest) == 0)
+            req.upload_sha256 = digest;
         req.timeout_ms = (long)(d->cfg->c.api.timeout_ms + size * 1000 / UPLOAD_MIN_RATE);
         req.rate_limited = false;
     } else {
