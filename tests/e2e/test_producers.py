@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 
-from harness import Env, check, run, wait_for
+from harness import Env, call, check, other_uid_bin_dir, run, wait_for
+
+NOBODY = 65534
 
 CHANGED = "changed after it was validated"
 
@@ -98,6 +100,81 @@ def test_result_has_sha256_of_upload():
         check(res.get("sha256") == want, f"sha256 {res.get('sha256')} != {want}")
 
 
+def chown_tree(top, uid, gid):
+    for root, dirs, files in os.walk(top):
+        for n in dirs + files:
+            os.lchown(os.path.join(root, n), uid, gid)
+    os.lchown(top, uid, gid)
+
+
+def start_as_nobody(env, keep_root=()):
+    """Starts batchd as another uid (from a copy outside the build tree), so that entries
+    made by root with the default umask are ones it cannot rename."""
+    d = env.daemon
+    with open(d.conf) as f:
+        conf = f.read().replace("group = root", f"group = {NOBODY}")
+    with open(d.conf, "w") as f:
+        f.write(conf)
+    for sub in ("tmp", "incoming", "active", "done", "failed"):
+        os.makedirs(os.path.join(d.spool, sub), exist_ok=True)
+    os.chmod(env.dir, 0o755)
+    chown_tree(env.dir, NOBODY, NOBODY)
+    for p in keep_root:
+        os.lchown(p, 0, 0)
+    log = open(d.log_path, "ab")
+    d.proc = subprocess.Popen([os.path.join(other_uid_bin_dir(), "batchd"), "-c", d.conf],
+                              stdout=log, stderr=log, user=NOBODY, group=NOBODY,
+                              extra_groups=[])
+    log.close()
+    wait_for(d.answers, 20, "batchd's control socket")
+
+
+def test_stuck_entries_do_not_block():
+    """400 directories batchd cannot rename, then a good entry: it is claimed at once, the
+    400 are counted in GetInfo and each is logged once."""
+    n_bad = 400
+    with Env(start=False) as env:
+        d = env.daemon
+        os.makedirs(os.path.join(d.spool, "incoming"), exist_ok=True)
+        # Made by root with the default umask: batchd's user may not rename them.
+        old = os.umask(0o022)
+        try:
+            for i in range(n_bad):
+                bad = os.path.join(d.spool, "incoming", f"bad{i:03d}")
+                os.mkdir(bad)
+                with open(os.path.join(bad, "data.jsonl"), "w") as f:
+                    f.write(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+        finally:
+            os.umask(old)
+        bad_dirs = [f"bad{i:03d}" for i in range(n_bad)]
+        start_as_nobody(env, [os.path.join(d.spool, "incoming", b) for b in bad_dirs])
+
+        def stuck():
+            return call(d.socket, "io.batchd.GetInfo")["parameters"].get("stuck")
+
+        wait_for(lambda: stuck() == n_bad, 20, f"GetInfo stuck == {n_bad}")
+        src = os.path.join(env.dir, "good.jsonl")
+        write_jsonl(src, 3)
+        os.chown(src, NOBODY, NOBODY)
+        d.drop(src)
+        wait_for(lambda: d.dir_entries("done") == ["good"], 10, "the good job in done/")
+        check(stuck() == n_bad, f"stuck: {stuck()}")
+        check(d.dir_entries("incoming") == bad_dirs, "the stuck entries stay in incoming/")
+        logs = d.logs()
+        for b in bad_dirs:
+            k = logs.count(f"claim incoming/{b}:")
+            check(k == 1, f"incoming/{b} is logged {k} times, not once")
+        out = subprocess.run([os.path.join(other_uid_bin_dir(), "batchctl"), "-c", d.conf,
+                              "status"], capture_output=True, text=True, timeout=20)
+        check(f"{n_bad} stuck" in out.stdout, f"batchctl status: {out.stdout!r} {out.stderr!r}")
+
+
 if __name__ == "__main__":
-    run([test_same_size_edit_is_not_uploaded, test_extended_file_is_not_uploaded,
-         test_truncated_file_is_not_uploaded, test_result_has_sha256_of_upload])
+    tests = [test_same_size_edit_is_not_uploaded, test_extended_file_is_not_uploaded,
+             test_truncated_file_is_not_uploaded, test_result_has_sha256_of_upload]
+    if os.geteuid() == 0:
+        tests.append(test_stuck_entries_do_not_block)
+    else:
+        print("skip test_stuck_entries_do_not_block: needs root to run batchd as another uid",
+              flush=True)
+    run(tests)
