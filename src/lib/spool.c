@@ -198,7 +198,9 @@ static char *suffixed_name(const char *base, unsigned n)
     size_t keep = strlen(base);
     if (keep + (size_t)sl > NAME_MAX) {
         keep = NAME_MAX - (size_t)sl;
-        while (keep > 0 && ((unsigned char)base[keep] & 0xc0) == 0x80)
+        /* Not inside a UTF-8 character; at most three steps, so a name of bytes that are
+         * not UTF-8 (all continuation bytes) keeps its length instead of shrinking to "". */
+        for (int i = 0; i < 3 && keep > 0 && ((unsigned char)base[keep] & 0xc0) == 0x80; i++)
             keep--;
     }
     return xasprintf("%.*s%s", (int)keep, base, suffix);

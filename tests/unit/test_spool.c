@@ -559,6 +559,27 @@ static void test_suffix_on_longest_name(void **state)
     spool_claim_clear(&c);
 }
 
+/* A 255-byte name that is not UTF-8 at all (every byte a continuation byte) keeps all but
+ * what the suffix needs, rather than being cut to nothing: names stay unique and
+ * recognisable. */
+static void test_suffix_on_name_not_utf8(void **state)
+{
+    fixture *f = *state;
+    char name[256];
+    memset(name, 0x80, 255);
+    name[255] = '\0';
+    mkdir_in(f, "failed", name);
+    mkdir_in(f, "incoming", name);
+    spool_claim_result c;
+    claim_ok(f, name, &c);
+    assert_int_equal(c.kind, SPOOL_REJECTED); /* not UTF-8 */
+    const char *base = fsutil_basename(c.job_dir);
+    assert_true(strlen(base) >= 250 && strlen(base) <= NAME_MAX);
+    assert_int_equal(strcmp(base + strlen(base) - 2, "-2"), 0);
+    assert_int_equal((unsigned char)base[0], 0x80);
+    spool_claim_clear(&c);
+}
+
 static void test_unicode_and_spaces_kept(void **state)
 {
     fixture *f = *state;
@@ -1120,6 +1141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan_oldest_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_suffixes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_suffix_on_longest_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_suffix_on_name_not_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unicode_and_spaces_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_extension_any_case, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newline_name_rejected, setup, teardown),
