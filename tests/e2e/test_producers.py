@@ -5,6 +5,7 @@ get derived names that fit."""
 
 import json
 import os
+import shutil
 import subprocess
 
 from harness import Env, call, check, other_uid_bin_dir, run, wait_for
@@ -100,6 +101,70 @@ def test_result_has_sha256_of_upload():
         check(res.get("sha256") == want, f"sha256 {res.get('sha256')} != {want}")
 
 
+def drop_long(d, src, name):
+    """As a producer does it, with a short temporary name (name is up to NAME_MAX)."""
+    tmp = os.path.join(d.spool, "tmp", "t")
+    os.makedirs(os.path.join(d.spool, "tmp"), exist_ok=True)
+    if os.path.isdir(src):
+        shutil.copytree(src, tmp)
+    else:
+        shutil.copy(src, tmp)
+    os.rename(tmp, os.path.join(d.spool, "incoming", name))
+
+
+def test_longest_bare_name_in_skip_mode():
+    """A bare data file named 255 bytes (NAME_MAX) with an invalid record, in skip mode: the
+    cleaned file and its temporary name are derived to fit, and the job goes READY."""
+    stem = "\u00e9" * 100 + "x" * 49  # 249 bytes, two-byte characters up to the cut
+    name = stem + ".jsonl"
+    check(len(name.encode()) == 255, "a 255-byte name")
+    with Env(extra_conf="job.invalid_records = skip") as env:
+        d = env.daemon
+        src = os.path.join(env.dir, "src.jsonl")
+        with open(src, "w") as f:
+            f.write(json.dumps({"prompt": "p1", "response": "r1"}) + "\n")
+            f.write(json.dumps({"prompt": 7}) + "\n")
+            f.write(json.dumps({"prompt": "p2", "response": "r2"}) + "\n")
+        drop_long(d, src, name)
+        wait_for(lambda: d.dir_entries("done") == [stem], 30, "the job in done/")
+        check(d.dir_entries("failed") == [], f"failed/: {d.dir_entries('failed')}")
+        files = os.listdir(os.path.join(d.spool, "done", stem))
+        cleaned = [f for f in files if f.endswith(".cleaned.jsonl")]
+        check(len(cleaned) == 1 and len(cleaned[0].encode()) <= 255, f"files: {files}")
+        check("rejected.jsonl" in files and name in files, f"files: {files}")
+        res = d.result(stem)
+        check(res["records"] == 2, res)
+        want = sha256_of(os.path.join(d.spool, "done", stem, cleaned[0]))
+        check(res["sha256"] == want, f"sha256 of the cleaned file: {res['sha256']} != {want}")
+
+
+def test_longest_name_clash_in_done():
+    """A 255-byte job directory whose name is taken in done/ gets a -2 that fits; a 255-byte
+    name that is not UTF-8 is rejected next to its namesake in failed/ with one too."""
+    with Env() as env:
+        d = env.daemon
+        long_name = "d" * 255
+        check(len(long_name.encode()) == 255, "a 255-byte name")
+        os.makedirs(os.path.join(d.spool, "done", long_name))
+        src = os.path.join(env.dir, "job")
+        os.makedirs(src)
+        write_jsonl(os.path.join(src, "data.jsonl"), 2)
+        drop_long(d, src, long_name)
+        bad = os.fsdecode(b"\x80" * 255)
+        os.makedirs(os.path.join(d.spool, "failed", bad))
+        badsrc = os.path.join(env.dir, "bad")
+        os.makedirs(badsrc)
+        drop_long(d, badsrc, bad)
+        suffixed = long_name[:253] + "-2"
+        wait_for(lambda: suffixed in d.dir_entries("done"), 30, "the job in done/ with -2")
+        check(d.result(suffixed)["state"] == "ready", "ready")
+        wait_for(lambda: len(d.dir_entries("failed")) == 2, 30, "the rejected entry in failed/")
+        other = [n for n in d.dir_entries("failed") if n != bad][0]
+        raw = os.fsencode(other)
+        check(len(raw) <= 255 and raw.endswith(b"-2") and raw.startswith(b"\x80" * 200),
+              f"failed/ name {raw!r}")
+
+
 def chown_tree(top, uid, gid):
     for root, dirs, files in os.walk(top):
         for n in dirs + files:
@@ -171,7 +236,8 @@ def test_stuck_entries_do_not_block():
 
 if __name__ == "__main__":
     tests = [test_same_size_edit_is_not_uploaded, test_extended_file_is_not_uploaded,
-             test_truncated_file_is_not_uploaded, test_result_has_sha256_of_upload]
+             test_truncated_file_is_not_uploaded, test_result_has_sha256_of_upload,
+             test_longest_bare_name_in_skip_mode, test_longest_name_clash_in_done]
     if os.geteuid() == 0:
         tests.append(test_stuck_entries_do_not_block)
     else:
