@@ -18,8 +18,13 @@ typedef struct stuck_entry {
     struct stuck_entry *next;
 } stuck_entry;
 
+/* A struct, not a bare pointer, so the allocation's sizeof reads as what it is. */
+typedef struct bucket {
+    stuck_entry *first;
+} bucket;
+
 struct spool_stuck {
-    stuck_entry **buckets;
+    bucket *buckets;
     size_t n_buckets; /* a power of two */
     size_t count;
     stuck_entry *head; /* earliest retry */
@@ -40,7 +45,7 @@ spool_stuck *spool_stuck_new(void)
 {
     spool_stuck *st = xcalloc(1, sizeof *st);
     st->n_buckets = INITIAL_BUCKETS;
-    st->buckets = xcalloc(st->n_buckets, sizeof *st->buckets);
+    st->buckets = xcalloc(st->n_buckets, sizeof(bucket));
     return st;
 }
 
@@ -66,7 +71,7 @@ size_t spool_stuck_count(const spool_stuck *st)
 
 static stuck_entry **find_slot(const spool_stuck *st, const char *name, uint64_t h)
 {
-    stuck_entry **p = &st->buckets[h & (st->n_buckets - 1)];
+    stuck_entry **p = &st->buckets[h & (st->n_buckets - 1)].first;
     while (*p && ((*p)->hash != h || strcmp((*p)->name, name) != 0))
         p = &(*p)->chain;
     return p;
@@ -109,11 +114,11 @@ static void order_append(spool_stuck *st, stuck_entry *e)
 static void grow(spool_stuck *st)
 {
     size_t nb = st->n_buckets * 2;
-    stuck_entry **b = xcalloc(nb, sizeof *b);
+    bucket *b = xcalloc(nb, sizeof(bucket));
     for (stuck_entry *e = st->head; e; e = e->next) {
         size_t i = e->hash & (nb - 1);
-        e->chain = b[i];
-        b[i] = e;
+        e->chain = b[i].first;
+        b[i].first = e;
     }
     free(st->buckets);
     st->buckets = b;
@@ -132,7 +137,7 @@ bool spool_stuck_failed(spool_stuck *st, const char *name, int64_t now_ms, int64
         e = xcalloc(1, sizeof *e);
         e->name = xstrdup(name);
         e->hash = h;
-        stuck_entry **b = &st->buckets[h & (st->n_buckets - 1)];
+        stuck_entry **b = &st->buckets[h & (st->n_buckets - 1)].first;
         e->chain = *b;
         *b = e;
         st->count++;
