@@ -41,7 +41,7 @@ def edit_truncate(path):
         f.truncate(size // 2)
 
 
-def changed_after_validation(edit, how):
+def changed_after_validation(edit, how, retry=False):
     """A producer edits the data file in active/ while the dataset create is slow."""
     with Env(sim_args=("--slow", "2s")) as env:
         d = env.daemon
@@ -69,10 +69,19 @@ def changed_after_validation(edit, how):
         check(all(i["status"] == "uninitialised" for i in imports), f"imports: {imports}")
         check(st["batches"] == [], "no batch was created")
         check(d.dir_entries("done") == [], d.dir_entries("done"))
+        if retry:
+            # What the message says to do: retry validates the data as it is now, takes
+            # its digest afresh and uploads it.
+            r = call(d.socket, "io.batchd.Retry", {"job": err["id"]})
+            check("error" not in r, f"Retry: {r}")
+            wait_for(lambda: d.dir_entries("done") == ["edited"], 30, "the retried job in done/")
+            res = d.result("edited")
+            want = sha256_of(os.path.join(d.spool, "done", "edited", "edited.jsonl"))
+            check(res["sha256"] == want, f"sha256 after retry: {res['sha256']} != {want}")
 
 
 def test_same_size_edit_is_not_uploaded():
-    changed_after_validation(edit_same_size, "SHA-256 differs")
+    changed_after_validation(edit_same_size, "SHA-256 differs", retry=True)
 
 
 def test_extended_file_is_not_uploaded():
