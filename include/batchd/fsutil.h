@@ -32,5 +32,11 @@ char *fsutil_join(const char *a, const char *b);
 char *fsutil_dirname(const char *path);
 /* basename without modifying the argument; returns a pointer into path. */
 const char *fsutil_basename(const char *path);
+/* A file name made of the first head_len bytes of head and then tail, that always fits in
+ * NAME_MAX: when it would not, head is cut (never inside a UTF-8 sequence) and followed by
+ * "~" and 8 hex digits of a hash of the whole head, so two long heads that share a prefix
+ * still get different names. tail (an extension, a ".cleaned.jsonl", a "-2") is kept whole;
+ * it must be shorter than NAME_MAX - 16. Any bytes are accepted. malloc'd, never NULL. */
+char *fsutil_fit_name(const char *head, size_t head_len, const char *tail);
 
 #endif

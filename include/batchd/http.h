@@ -42,6 +42,12 @@ typedef struct http_request {
     /* When non-zero, the upload file must have exactly this size (what was validated); a
      * file changed since is refused with HTTP_ERR_FILE rather than sent. */
     uint64_t upload_expect_size;
+    /* When non-NULL (32 bytes, with upload_expect_size set): the SHA-256 of exactly the
+     * upload_expect_size bytes that were validated. Every byte is hashed as it is read, and
+     * the last ones are handed to curl only once the whole file (and not one byte more)
+     * matches; otherwise the transfer is aborted, so the PUT never completes, and fails
+     * with HTTP_ERR_CHANGED. A rewind (curl re-sending on a fresh connection) re-hashes. */
+    const unsigned char *upload_sha256;
 } http_request;
 
 enum http_error {
@@ -50,7 +56,8 @@ enum http_error {
     HTTP_ERR_NETWORK,
     HTTP_ERR_FILE,
     HTTP_ERR_TOO_LARGE,
-    HTTP_ERR_OTHER
+    HTTP_ERR_OTHER,
+    HTTP_ERR_CHANGED /* the upload file is not what was validated (upload_sha256) */
 };
 
 typedef struct http_response {

@@ -32,6 +32,11 @@ typedef struct intake_result {
     uint64_t records;  /* records that will be uploaded */
     uint64_t rejected; /* records rejected (skip mode) */
     uint64_t bytes;    /* size of upload_path */
+    /* SHA-256 (lower-case hex) of exactly the bytes validated for upload: the data file as
+     * read, or the cleaned file as written in skip mode. The upload is checked against it
+     * (the producer still owns the data file). "" when the job is not valid, or in a dry
+     * run that would have written a cleaned file. */
+    char sha256[65];
 } intake_result;
 
 typedef struct intake_options {

@@ -93,7 +93,8 @@ typedef struct job {
     cJSON *spec; /* the resolved job.json (workspace_id, dataset{}, batch{}) */
     char *upload_path;
     char *upload_name;
-    int64_t records; /* -1 unknown */
+    char *upload_sha256; /* hex SHA-256 of the validated bytes; NULL in records before it */
+    int64_t records;     /* -1 unknown */
     int64_t rejected_records;
     int64_t bytes_total;
     int64_t bytes_sent;
@@ -193,6 +194,7 @@ typedef struct job_validation {
     const cJSON *spec;   /* borrowed; copied */
     const char *upload_path;
     const char *upload_name;
+    const char *sha256; /* hex SHA-256 of upload_path's validated bytes */
     int64_t records;
     int64_t rejected;
     int64_t bytes;

@@ -33,7 +33,7 @@ int manifest_resolve(const char *job_dir, const char *job_name, const config *cf
 int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
                           cJSON **out, cJSON *errors);
 
-/* Loads one template (a name or a path, see below) with its chain, merged, without
+/* Loads one template (the configured one: any path) with its chain, merged, without
  * defaults or data file, and checks what can be checked without a job (member types,
  * schema, task_details, batch_items against the schema when both are present). For
  * batchd --check-config. Returns 0 or -EINVAL / -ENOENT with issues in errors. */
@@ -43,10 +43,14 @@ int manifest_check_template(const char *ref, const config *cfg, cJSON *errors);
  * none or cannot be loaded (manifest_check_template reports why). */
 char *manifest_template_workspace(const char *ref, const config *cfg);
 
-/* Where a template reference points: a path when it contains '/' (relative to base_dir),
- * else "<dir of cfg->job.template_path>/<ref>.json" (".json" not doubled). malloc'd, or NULL
- * when ref is empty or has control characters. */
-char *manifest_template_path(const char *ref, const char *base_dir, const config *cfg);
+/* Where a template named by job.json (or by another template) is: always
+ * "<dir of cfg->job.template_path>/<ref>.json" (".json" not doubled). Only a name is
+ * accepted, never a path: malloc'd, or NULL when manifest_template_name_problem(ref). The
+ * resolved file must also lie inside that directory (checked when it is loaded). */
+char *manifest_template_path(const char *ref, const config *cfg);
+/* Why ref is not a template name (empty, '/', a leading '.', control characters, too
+ * long), as a phrase for "it %s"; NULL when it is one. */
+const char *manifest_template_name_problem(const char *ref);
 
 /* True for names data-file discovery considers: "*.jsonl" / "*.csv" (any case), not a
  * dotfile, not rejected.jsonl and not our own "*.cleaned.jsonl" / "*.cleaned.csv". */

@@ -58,7 +58,34 @@ int spool_open(spool *s, bool create, char **err);
  * entries listed but not claimed are listed again. *names is a malloc'd array of malloc'd
  * strings (NULL when *count is 0); free with spool_names_free. 0 or -errno. */
 int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count);
+/* As spool_scan_incoming, but leaves out (and does not count towards max, nor stat, nor
+ * cache) every name for which skip(ud, name) is true: entries the caller is skipping cost a
+ * directory entry read, never a system call each. skip may be NULL. */
+int spool_scan_incoming_ex(spool *s, size_t max, bool (*skip)(void *ud, const char *name), void *ud,
+                           char ***names, size_t *count);
 void spool_names_free(char **names, size_t count);
+
+/* Entries of incoming/ that could not be claimed (a directory batchd may not rename, an I/O
+ * error): remembered by name, without limit, so they are skipped by the scan (see
+ * spool_scan_incoming_ex with spool_stuck_skip) and retried now and then. Pure: the caller
+ * passes the time (monotonic ms) and does the logging. */
+typedef struct spool_stuck spool_stuck;
+spool_stuck *spool_stuck_new(void);
+void spool_stuck_free(spool_stuck *st); /* NULL: no-op */
+size_t spool_stuck_count(const spool_stuck *st);
+bool spool_stuck_has(const spool_stuck *st, const char *name);
+/* For spool_scan_incoming_ex: ud is a spool_stuck. */
+bool spool_stuck_skip(void *ud, const char *name);
+/* Records a failed claim of name: it is next due at now_ms + retry_ms. Returns true when the
+ * failure should be logged now: the first time, and then when relog_ms have passed since it
+ * last was. */
+bool spool_stuck_failed(spool_stuck *st, const char *name, int64_t now_ms, int64_t retry_ms,
+                        int64_t relog_ms);
+/* Forgets name (claimed, or gone). No-op when it is not there. */
+void spool_stuck_forget(spool_stuck *st, const char *name);
+/* Copies into out (malloc'd strings) up to max names whose retry time has come, earliest
+ * first; returns how many. Costs O(what it returns). */
+size_t spool_stuck_due(const spool_stuck *st, int64_t now_ms, size_t max, char **out);
 
 typedef enum spool_claim_kind {
     SPOOL_CLAIMED,  /* now active/<job_name>/ (a directory) */

@@ -226,6 +226,10 @@ static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
             sep = ", ";
         }
     }
+    int64_t stuck = json_int64(info, "stuck", 0);
+    if (stuck > 0)
+        printf("; %s%" PRId64 " stuck in incoming/%s (cannot be claimed: see the log)",
+               x->color ? CTL_YELLOW : "", stuck, x->color ? CTL_RESET : "");
     putchar('\n');
 }
 

@@ -95,6 +95,8 @@ typedef struct batchd {
     /* job records removed at start because their jobs finished long ago */
     size_t pruned_records;
     uv_timer_t claim_timer;
+    /* entries of incoming/ that could not be claimed (GetInfo "stuck"); NULL until one */
+    spool_stuck *stuck;
     bool draining; /* stopping, waiting for creates/setups in flight */
     uv_timer_t drain_timer;
     uv_signal_t sig_term, sig_int, sig_hup;

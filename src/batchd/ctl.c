@@ -33,6 +33,7 @@ static cJSON *get_info(void *ud)
                 n++;
         cJSON_AddNumberToObject(counts, job_state_name((job_state)s), (double)n);
     }
+    cJSON_AddNumberToObject(o, "stuck", (double)spool_stuck_count(d->stuck));
     return o;
 }
 

@@ -24,9 +24,12 @@
 #define CLAIMS_PER_TURN 64
 /* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
 #define PERSIST_RETRY_MS 5000
-/* Entries that fail to claim are remembered (at most this many) and tried again after: */
-#define CLAIM_FAILURES_MAX 256
-#define CLAIM_RETRY_MS     60000
+/* Entries that fail to claim (stuck) are remembered, without limit, and tried again after
+ * CLAIM_RETRY_MS; each is logged when first found and then at most every STUCK_RELOG_MS.
+ * At most STUCK_RETRIES_PER_TURN of them are retried per loop turn. */
+#define CLAIM_RETRY_MS         60000
+#define STUCK_RELOG_MS         (3600LL * 1000)
+#define STUCK_RETRIES_PER_TURN 64
 /* Records of jobs finished longer ago than this are removed at start. */
 #define RECORD_KEEP_MS (30LL * 86400 * 1000)
 /* Finished jobs kept in memory (and so in ListJobs); older ones live on disk only. */
@@ -364,6 +367,7 @@ static void validate_done(uv_work_t *w, int status)
             .spec = r->ires.job,
             .upload_path = r->ires.upload_path,
             .upload_name = r->ires.upload_name,
+            .sha256 = r->ires.sha256,
             .records = (int64_t)r->ires.records,
             .rejected = (int64_t)r->ires.rejected,
             .bytes = (int64_t)r->ires.bytes,
@@ -441,7 +445,16 @@ static void on_http_done(void *ud, const http_response *resp)
     job_state before = j->state;
     int64_t now = time_now_ms();
     bool token_rejected = false;
-    if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
+    if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_CHANGED) {
+        /* PRODUCT.md §9: what was validated is what is uploaded. The PUT was aborted before
+         * its last bytes, so nothing changed remotely but the empty dataset. */
+        job_fail(j, now, "invalid_job",
+                 "%s; it was not uploaded (the upload was aborted before its end); a job's "
+                 "data must not change once it is in incoming/: put the intended data in the "
+                 "job's directory in failed/ and run batchctl retry %s, which validates it "
+                 "again",
+                 resp->error_text, j->id);
+    } else if (op == JOB_OP_UPLOAD && resp->error == HTTP_ERR_FILE) {
         /* The data file vanished or became unreadable under us: no retry can fix that. */
         job_fail(j, now, "invalid_job",
                  "%s; the data must stay as validated until it is uploaded: fix the job in "
@@ -487,6 +500,28 @@ static void on_http_progress(void *ud, uint64_t sent, uint64_t total)
         publish(r);
 }
 
+/* 64 hex digits into 32 bytes; -EINVAL for anything else (NULL included). */
+static int hex_to_sha256(const char *hex, unsigned char out[32])
+{
+    if (!hex || strlen(hex) != 64)
+        return -EINVAL;
+    for (size_t i = 0; i < 32; i++) {
+        unsigned v = 0;
+        for (size_t k = 0; k < 2; k++) {
+            char c = hex[2 * i + k];
+            unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
+                         : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                         : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
+                                                : 16u;
+            if (d > 15)
+                return -EINVAL;
+            v = v * 16 + d;
+        }
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
 /* Starts the request for op; for a side-effecting op its intent is already durable. */
 static void start_http(jobrun *r, job_op op)
 {
@@ -505,6 +540,7 @@ static void start_http(jobrun *r, job_op op)
     char *auth = NULL;
     char *ctype = NULL;
     const char *headers[5] = {0};
+    unsigned char digest[32];
     http_request req = {
         .method = rq.method, .body = rq.body, .body_len = rq.body ? strlen(rq.body) : 0};
     if (op == JOB_OP_UPLOAD) {
@@ -516,6 +552,9 @@ static void start_http(jobrun *r, job_op op)
         req.upload_path = j->upload_path;
         int64_t size = j->bytes_total > 0 ? j->bytes_total : 0;
         req.upload_expect_size = (uint64_t)size;
+        /* Records written before digests existed upload with the size check only. */
+        if (size > 0 && hex_to_sha256(j->upload_sha256, digest) == 0)
+            req.upload_sha256 = digest;
         req.timeout_ms = (long)(d->cfg->c.api.timeout_ms + size * 1000 / UPLOAD_MIN_RATE);
         req.rate_limited = false;
     } else {
@@ -728,61 +767,27 @@ int jobs_retry(jobrun *r)
 /* ---- claiming ---- */
 
 /* Entries that could not be claimed (a directory batchd may not rename, a full disk) are
- * skipped for a while, so one bad entry can neither block the others nor spin the loop. */
-typedef struct claim_failure {
-    char *name;
-    int64_t retry_at;
-} claim_failure;
-
-static claim_failure claim_failures[CLAIM_FAILURES_MAX];
-static size_t n_claim_failures;
-
-static claim_failure *claim_failure_find(const char *name)
+ * stuck: kept in d->stuck (no limit), left out of every scan, and retried every
+ * CLAIM_RETRY_MS, so any number of them can neither block the others nor spin the loop. */
+static spool_stuck *stuck_of(batchd *d)
 {
-    for (size_t i = 0; i < n_claim_failures; i++)
-        if (strcmp(claim_failures[i].name, name) == 0)
-            return &claim_failures[i];
-    return NULL;
+    if (!d->stuck)
+        d->stuck = spool_stuck_new();
+    return d->stuck;
 }
 
-static bool claim_skipped(const char *name, int64_t now)
+static void claim_failed(batchd *d, const char *entry, int rc)
 {
-    claim_failure *f = claim_failure_find(name);
-    return f && f->retry_at > now;
-}
-
-static void claim_failed(const char *entry, int rc, int64_t now)
-{
-    claim_failure *f = claim_failure_find(entry);
-    if (!f) {
-        if (n_claim_failures == CLAIM_FAILURES_MAX) {
-            free(claim_failures[0].name);
-            memmove(&claim_failures[0], &claim_failures[1],
-                    (CLAIM_FAILURES_MAX - 1) * sizeof claim_failures[0]);
-            n_claim_failures--;
-        }
-        f = &claim_failures[n_claim_failures++];
-        f->name = xstrdup(entry);
-        char *esc = spool_name_escape(entry);
-        log_error("cannot claim incoming/%s: %s; it stays in incoming/ and is tried again every "
-                  "minute (batchd's user needs to be able to rename it: check its owner and "
-                  "mode, and free disk space)",
-                  esc, strerror(-rc));
-        free(esc);
-    }
-    f->retry_at = now + CLAIM_RETRY_MS;
-}
-
-static void claim_failure_forget(const char *entry)
-{
-    claim_failure *f = claim_failure_find(entry);
-    if (!f)
+    bool first = !spool_stuck_has(d->stuck, entry);
+    if (!spool_stuck_failed(stuck_of(d), entry, time_mono_ms(), CLAIM_RETRY_MS, STUCK_RELOG_MS))
         return;
-    free(f->name);
-    size_t i = (size_t)(f - claim_failures);
-    memmove(&claim_failures[i], &claim_failures[i + 1],
-            (n_claim_failures - i - 1) * sizeof claim_failures[0]);
-    n_claim_failures--;
+    char *esc = spool_name_escape(entry);
+    log_error("%s incoming/%s: %s; it stays in incoming/ and is tried again every minute "
+              "(batchd's user needs to be able to rename it: check its owner and mode, and "
+              "free disk space); %zu entr%s in incoming/ cannot be claimed",
+              first ? "cannot claim" : "still cannot claim", esc, strerror(-rc),
+              spool_stuck_count(d->stuck), spool_stuck_count(d->stuck) == 1 ? "y" : "ies");
+    free(esc);
 }
 
 /* Claims one entry; true when it left incoming/ (claimed, rejected or gone). */
@@ -795,11 +800,11 @@ static bool claim_one(batchd *d, const char *entry)
     memset(&c, 0, sizeof c);
     int rc = spool_claim(d->sp, entry, id, &c);
     if (rc < 0) {
-        claim_failed(entry, rc, now);
+        claim_failed(d, entry, rc);
         spool_claim_clear(&c);
         return false;
     }
-    claim_failure_forget(entry);
+    spool_stuck_forget(d->stuck, entry);
     if (c.kind == SPOOL_GONE) {
         spool_claim_clear(&c);
         return true;
@@ -841,26 +846,37 @@ static void claim_run(uv_timer_t *t)
         want = CLAIMS_PER_TURN;
     char **names = NULL;
     size_t n = 0;
-    /* Scan past the entries being skipped, so they cannot starve the others. */
-    int rc = spool_scan_incoming(d->sp, want + n_claim_failures, &names, &n);
+    /* The scan leaves the stuck entries out (a hash lookup each, no system call), so any
+     * number of them cannot starve the others. */
+    int rc = spool_scan_incoming_ex(d->sp, want, spool_stuck_skip, d->stuck, &names, &n);
     if (rc < 0) {
         log_error("cannot scan %s: %s", spool_dir(d->sp, "incoming"), strerror(-rc));
         return;
     }
-    int64_t now = time_now_ms();
-    size_t claimed = 0, tried = 0;
-    for (size_t i = 0; i < n && tried < want && !d->stopping; i++) {
-        if (claim_skipped(names[i], now))
-            continue;
+    size_t tried = 0;
+    for (size_t i = 0; i < n && !d->stopping; i++) {
         tried++;
-        claimed += claim_one(d, names[i]);
+        claim_one(d, names[i]);
     }
     spool_names_free(names, n);
+    /* Then the stuck entries whose retry time has come, a bounded number per turn. */
+    bool more_due = false;
+    if (tried < want && !d->stopping && spool_stuck_count(d->stuck) > 0) {
+        size_t room = want - tried < STUCK_RETRIES_PER_TURN ? want - tried : STUCK_RETRIES_PER_TURN;
+        char **due = xcalloc(room, sizeof *due);
+        size_t nd = spool_stuck_due(d->stuck, time_mono_ms(), room, due);
+        for (size_t i = 0; i < nd && !d->stopping; i++)
+            claim_one(d, due[i]);
+        more_due = nd == room;
+        spool_names_free(due, nd);
+    }
     jobs_update_status(d);
-    /* A full turn of successful claims means more may wait: come back after the loop has
-     * polled for I/O (the claim timer is 1 ms, never 0, so it cannot re-run in the same
-     * pass). Failures wait for the rescan. */
-    if (claimed == want)
+    /* A full scan's worth of entries (or of due retries) means more may wait: come back
+     * after the loop has polled for I/O (the claim timer is 1 ms, never 0, so it cannot
+     * re-run in the same pass). Each turn makes progress: an entry that failed is stuck
+     * now and left out of the next scan, so newly found stuck entries cannot delay a good
+     * one behind them by more than a few turns. */
+    if (n == want || more_due)
         jobs_claim_soon(d);
 }
 
@@ -1044,4 +1060,6 @@ void jobs_free_all(batchd *d)
     free(d->jobs);
     d->jobs = NULL;
     d->n_jobs = 0;
+    spool_stuck_free(d->stuck);
+    d->stuck = NULL;
 }

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,15 +72,39 @@ static int write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
+char *fsutil_fit_name(const char *head, size_t head_len, const char *tail)
+{
+    size_t tl = strlen(tail);
+    if (head_len + tl <= NAME_MAX)
+        return xasprintf("%.*s%s", (int)head_len, head, tail);
+    /* FNV-1a of the whole head: cheap, and enough to tell two cut names apart. */
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < head_len; i++)
+        h = (h ^ (unsigned char)head[i]) * 16777619u;
+    char mark[16];
+    int ml = snprintf(mark, sizeof mark, "~%08x", (unsigned)h);
+    size_t keep = NAME_MAX - tl - (size_t)ml;
+    /* Step back over at most three continuation bytes so a UTF-8 character is not split
+     * (bytes that are not UTF-8 at all are cut anywhere). */
+    for (int i = 0; i < 3 && keep > 0 && ((unsigned char)head[keep] & 0xc0) == 0x80; i++)
+        keep--;
+    return xasprintf("%.*s%s%s", (int)keep, head, mark, tail);
+}
+
 int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
     char tmp[PATH_MAX];
-    char rnd[8];
+    char rnd[16];
     unsigned char b[4];
     random_bytes(b, sizeof b);
-    snprintf(rnd, sizeof rnd, "%02x%02x%02x", b[0], b[1], b[2]);
+    snprintf(rnd, sizeof rnd, ".%02x%02x%02x.tmp", b[0], b[1], b[2]);
     char *dir = fsutil_dirname(path);
-    int n = snprintf(tmp, sizeof tmp, "%s/.%s.%s.tmp", dir, fsutil_basename(path), rnd);
+    /* ".<name>.<rand>.tmp", cut to fit when name is long. */
+    char *dotted = xasprintf(".%s", fsutil_basename(path));
+    char *tname = fsutil_fit_name(dotted, strlen(dotted), rnd);
+    int n = snprintf(tmp, sizeof tmp, "%s/%s", dir, tname);
+    free(tname);
+    free(dotted);
     free(dir);
     if (n < 0 || (size_t)n >= sizeof tmp)
         return -ENAMETOOLONG;

@@ -21,6 +21,8 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -77,6 +79,9 @@ struct http_transfer {
     bool rate_limited;
     bool fresh_connect;
     uint64_t upload_expect_size;
+    EVP_MD_CTX *md; /* set when the upload is verified against want_sha256 */
+    unsigned char want_sha256[32];
+    bool changed; /* the upload file is not what was validated */
     bool too_large;
     char method[MAX_METHOD_LEN + 1];
     char errbuf[CURL_ERROR_SIZE];
@@ -182,6 +187,7 @@ static void transfer_free(http_transfer *t)
     curl_slist_free_all(t->headers);
     if (t->upload_fd >= 0)
         close(t->upload_fd);
+    EVP_MD_CTX_free(t->md);
     free(t->url);
     free(t->body);
     free(t->upload_path);
@@ -231,6 +237,8 @@ static bool request_valid(const http_request *req)
         return false;
     if (req->upload_path && (!*req->upload_path || req->body))
         return false;
+    if (req->upload_sha256 && (!req->upload_path || req->upload_expect_size == 0))
+        return false;
     for (const char *const *h = req->headers; h && *h; h++)
         if (!header_valid(*h))
             return false;
@@ -258,6 +266,12 @@ static http_transfer *transfer_new(http_client *c, const http_request *req)
     t->rate_limited = req->rate_limited;
     t->fresh_connect = req->fresh_connect;
     t->upload_expect_size = req->upload_expect_size;
+    if (req->upload_sha256) {
+        memcpy(t->want_sha256, req->upload_sha256, sizeof t->want_sha256);
+        t->md = EVP_MD_CTX_new();
+        if (!t->md || EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) != 1)
+            abort(); /* out of memory, as xmalloc treats it */
+    }
     return t;
 }
 
@@ -300,6 +314,40 @@ static void file_fail(http_transfer *t, const char *what, int err)
              err ? ": " : "", err ? strerror(err) : "");
 }
 
+/* The upload file is not the one validated: the job must not go on with it. */
+static void changed_fail(http_transfer *t, const char *how)
+{
+    t->file_failed = true;
+    t->changed = true;
+    snprintf(t->file_error, sizeof t->file_error,
+             "the data file %s changed after it was validated (%s)", t->upload_path, how);
+}
+
+/* Called with the last bytes read but not yet handed to curl: the file must end here and its
+ * digest must be the validated one. 0, or -1 after changed_fail. */
+static int verify_end(http_transfer *t)
+{
+    char extra;
+    ssize_t n;
+    do {
+        n = read(t->upload_fd, &extra, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        changed_fail(t, "it grew");
+        return -1;
+    }
+    unsigned char got[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (EVP_DigestFinal_ex(t->md, got, &len) != 1 || len != sizeof t->want_sha256 ||
+        CRYPTO_memcmp(got, t->want_sha256, sizeof t->want_sha256) != 0) {
+        changed_fail(t, "its SHA-256 differs");
+        return -1;
+    }
+    /* A rewind after this point hashes from the start again. */
+    EVP_DigestInit_ex(t->md, EVP_sha256(), NULL);
+    return 0;
+}
+
 static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata)
 {
     http_transfer *t = userdata;
@@ -318,12 +366,47 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata)
         return CURL_READFUNC_ABORT;
     }
     if (n == 0) {
-        file_fail(t, "shrank while it was being uploaded; write it completely before submitting",
-                  0);
+        if (t->md)
+            changed_fail(t, "it shrank");
+        else
+            file_fail(
+                t, "shrank while it was being uploaded; write it completely before submitting", 0);
         return CURL_READFUNC_ABORT;
+    }
+    if (t->md) {
+        /* Hash before handing over; the final bytes are held back until the whole file is
+         * known to be what was validated, so a changed file never completes the PUT. */
+        if (EVP_DigestUpdate(t->md, buf, (size_t)n) != 1) {
+            file_fail(t, "cannot hash it", ENOMEM);
+            return CURL_READFUNC_ABORT;
+        }
+        if (t->upload_pos + (uint64_t)n == t->upload_size && verify_end(t) < 0)
+            return CURL_READFUNC_ABORT;
     }
     t->upload_pos += (uint64_t)n;
     return (size_t)n;
+}
+
+/* Re-hashes the first offset bytes after a rewind, so the digest again covers exactly what
+ * curl has been given. 0 or -1. */
+static int rehash_prefix(http_transfer *t, uint64_t offset)
+{
+    if (EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) != 1)
+        return -1;
+    char buf[16384];
+    uint64_t done = 0;
+    while (done < offset) {
+        size_t want = offset - done < sizeof buf ? (size_t)(offset - done) : sizeof buf;
+        ssize_t n = pread(t->upload_fd, buf, want, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        if (EVP_DigestUpdate(t->md, buf, (size_t)n) != 1)
+            return -1;
+        done += (uint64_t)n;
+    }
+    return 0;
 }
 
 /* curl rewinds when it retries a request on a fresh connection after a reused one died. */
@@ -332,6 +415,8 @@ static int on_seek(void *userdata, curl_off_t offset, int origin)
     http_transfer *t = userdata;
     if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > t->upload_size)
         return CURL_SEEKFUNC_CANTSEEK;
+    if (t->md && rehash_prefix(t, (uint64_t)offset) < 0)
+        return CURL_SEEKFUNC_FAIL;
     if (lseek(t->upload_fd, (off_t)offset, SEEK_SET) < 0)
         return CURL_SEEKFUNC_FAIL;
     t->upload_pos = (uint64_t)offset;
@@ -405,7 +490,10 @@ static int open_upload(http_transfer *t)
         return -EINVAL;
     }
     if (t->upload_expect_size > 0 && (uint64_t)st.st_size != t->upload_expect_size) {
-        file_fail(t, "changed size since it was validated", 0);
+        if (t->md)
+            changed_fail(t, (uint64_t)st.st_size < t->upload_expect_size ? "it shrank" : "it grew");
+        else
+            file_fail(t, "changed size since it was validated", 0);
         return -EINVAL;
     }
     t->upload_size = (uint64_t)st.st_size;
@@ -499,6 +587,8 @@ static int transfer_prepare(http_client *c, http_transfer *t)
 
 static enum http_error map_curl_error(const http_transfer *t, CURLcode code)
 {
+    if (t->changed)
+        return HTTP_ERR_CHANGED;
     if (t->file_failed)
         return HTTP_ERR_FILE;
     if (t->too_large)
@@ -553,7 +643,7 @@ static void transfer_finish(http_transfer *t, CURLcode code)
     }
     if (r->error == HTTP_OK)
         r->error_text = "";
-    else if (r->error == HTTP_ERR_FILE)
+    else if (r->error == HTTP_ERR_FILE || r->error == HTTP_ERR_CHANGED)
         r->error_text = t->file_error;
     else if (r->error == HTTP_ERR_TOO_LARGE)
         r->error_text = "response body larger than 8 MiB";
@@ -1029,6 +1119,8 @@ const char *http_error_name(enum http_error e)
         return "upload file error";
     case HTTP_ERR_TOO_LARGE:
         return "response too large";
+    case HTTP_ERR_CHANGED:
+        return "upload file changed";
     case HTTP_ERR_OTHER:
         break;
     }

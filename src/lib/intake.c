@@ -1,7 +1,9 @@
 /* intake: see include/batchd/intake.h. The records are read twice at most: the first pass
  * only validates (so a valid job costs no writes), and only in skip mode with rejected
- * records a second pass writes the cleaned file and rejected.jsonl. The file cannot change
- * between passes: it lives in active/, which batchd owns. */
+ * records a second pass writes the cleaned file and rejected.jsonl. Each pass validates what
+ * it reads, and the digest is taken of the bytes that pass produced for upload (the data
+ * file in pass 1, the cleaned file in pass 2), since the producer still owns the data file
+ * in active/ and may change it between passes. */
 #include "batchd/intake.h"
 #include "batchd/fsutil.h"
 #include "batchd/manifest.h"
@@ -12,6 +14,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -135,7 +138,9 @@ typedef struct outfile {
     int fd;
     char *buf;
     size_t len;
-    int err; /* first -errno */
+    int err;          /* first -errno */
+    EVP_MD_CTX *md;   /* when set, every byte written is hashed */
+    uint64_t written; /* bytes handed to outfile_write */
 } outfile;
 
 static int outfile_open(outfile *o, const char *dir, const char *name)
@@ -143,7 +148,12 @@ static int outfile_open(outfile *o, const char *dir, const char *name)
     memset(o, 0, sizeof *o);
     o->fd = -1;
     o->path = fsutil_join(dir, name);
-    o->tmp = xasprintf("%s/.%s.tmp", dir, name);
+    /* ".<name>.tmp", cut to fit when name is already near NAME_MAX. */
+    char *dotted = xasprintf(".%s", name);
+    char *tname = fsutil_fit_name(dotted, strlen(dotted), ".tmp");
+    o->tmp = fsutil_join(dir, tname);
+    free(tname);
+    free(dotted);
     unlink(o->tmp); /* ours, left by a crash */
     o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (o->fd < 0)
@@ -170,6 +180,9 @@ static void outfile_flush(outfile *o)
 static void outfile_write(outfile *o, const void *data, size_t len)
 {
     const char *p = data;
+    if (o->md && len && EVP_DigestUpdate(o->md, data, len) != 1 && o->err == 0)
+        o->err = -ENOMEM;
+    o->written += len;
     while (len && o->err == 0) {
         size_t take = WRITE_BUF - o->len < len ? WRITE_BUF - o->len : len;
         memcpy(o->buf + o->len, p, take);
@@ -342,7 +355,7 @@ static int open_data(const char *path, const char *shown, intake_result *res, st
 /* Streams the file through a validator. ctx says what to do with each record. Returns 0,
  * -ECANCELED, or -errno on a read or write error. */
 static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t chunk,
-                    const volatile int *cancel, pass_out *po)
+                    const volatile int *cancel, EVP_MD_CTX *md, pass_out *po)
 {
     records_options o = *base;
     o.on_record = on_record;
@@ -373,6 +386,10 @@ static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t c
             r = records_finish(v);
             break;
         }
+        if (md && EVP_DigestUpdate(md, buf, (size_t)n) != 1) {
+            r = -ENOMEM;
+            break;
+        }
         r = records_feed(v, buf, (size_t)n);
         if (r != 0)
             break;
@@ -390,30 +407,67 @@ static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t c
     return r > 0 ? -EIO : r;
 }
 
-/* The cleaned file's name: data.jsonl -> data.cleaned.jsonl. */
+/* Finishes md into 64 lower-case hex digits. 0 or -ENOMEM. */
+static int digest_hex(EVP_MD_CTX *md, char out[65])
+{
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    out[0] = '\0';
+    if (EVP_DigestFinal_ex(md, d, &n) != 1 || n != 32)
+        return -ENOMEM;
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+    return 0;
+}
+
+static EVP_MD_CTX *digest_new(void)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(md);
+        md = NULL;
+    }
+    return md;
+}
+
+/* The cleaned file's name: data.jsonl -> data.cleaned.jsonl; a stem too long for that is
+ * cut (fsutil_fit_name), so a data file named up to NAME_MAX still gets one. */
 static char *cleaned_name(const char *data_name)
 {
     const char *dot = strrchr(data_name, '.');
     size_t stem = dot ? (size_t)(dot - data_name) : strlen(data_name);
-    return xasprintf("%.*s.cleaned%s", (int)stem, data_name, dot ? dot : "");
+    char *tail = xasprintf(".cleaned%s", dot ? dot : "");
+    char *name = fsutil_fit_name(data_name, stem, tail);
+    free(tail);
+    return name;
 }
 
 static int write_skip_files(int fd, const char *dir, const records_options *ro, size_t chunk,
                             const volatile int *cancel, intake_result *res)
 {
     outfile cleaned, rejected;
+    uint64_t written = 0;
     char *cname = cleaned_name(res->upload_name);
     int r = outfile_open(&cleaned, dir, cname);
     int r2 = outfile_open(&rejected, dir, INTAKE_REJECTED_NAME);
+    EVP_MD_CTX *md = digest_new();
+    if (!md && r == 0)
+        r = -ENOMEM;
     if (r == 0 && r2 == 0) {
+        /* What is uploaded is the cleaned file exactly as written here. */
+        cleaned.md = md;
         pass_ctx ctx = {.cleaned = &cleaned, .rejected = &rejected};
         pass_out po = {0};
-        r = run_pass(fd, ro, &ctx, chunk, cancel, &po);
+        r = run_pass(fd, ro, &ctx, chunk, cancel, NULL, &po);
         free(po.file_error);
         free(po.file_error_field);
+        if (r == 0)
+            r = digest_hex(md, res->sha256);
+        written = cleaned.written;
     } else {
         r = r < 0 ? r : r2;
     }
+    EVP_MD_CTX_free(md);
     int c1 = outfile_close(&cleaned, r == 0);
     int c2 = outfile_close(&rejected, r == 0);
     if (r == 0)
@@ -423,9 +477,9 @@ static int write_skip_files(int fd, const char *dir, const records_options *ro, 
     if (r == 0) {
         free(res->upload_path);
         res->upload_path = fsutil_join(dir, cname);
-        struct stat st;
-        if (stat(res->upload_path, &st) == 0)
-            res->bytes = (uint64_t)st.st_size;
+        /* What was written and hashed, not what a stat sees later: the directory is the
+         * producer's, and the upload checks the file against both. */
+        res->bytes = written;
     } else if (r != -ECANCELED) {
         char eb[128];
         errno_text(-r, eb, sizeof eb);
@@ -484,7 +538,8 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
     records_options ro = {.format = fmt, .schema = rs, .max_record = cfg->job.max_record_bytes};
     pass_ctx ctx = {.errs = el};
     pass_out po = {0};
-    int r = run_pass(fd, &ro, &ctx, chunk, cancel, &po);
+    EVP_MD_CTX *md = digest_new();
+    int r = md ? run_pass(fd, &ro, &ctx, chunk, cancel, md, &po) : -ENOMEM;
     /* A file error at line 0 concerns the whole file (no records at all): no line to name. */
     if (po.file_error && po.file_error_line > 0)
         errors_add_record(el, po.file_error_line, po.file_error_field, po.file_error);
@@ -517,13 +572,21 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
     } else {
         res->records = s->valid;
         res->rejected = s->invalid;
-        if (s->invalid > 0 && !(opts && opts->dry_run))
+        if (s->invalid == 0) {
+            /* The bytes read and hashed (the file may have changed size since fstat). */
+            res->bytes = s->bytes;
+            r = digest_hex(md, res->sha256);
+        } else if (!(opts && opts->dry_run))
             r = write_skip_files(fd, dir, &ro, chunk, cancel, res);
+        if (r == -ENOMEM)
+            set_failure(res, "invalid_job", "cannot compute the SHA-256 of %s: out of memory",
+                        shown);
         if (r == -ECANCELED)
             set_failure(res, "cancelled", "cancelled while validating %s", shown);
     }
     free(po.file_error);
     free(po.file_error_field);
+    EVP_MD_CTX_free(md);
     records_schema_free(rs);
     close(fd);
     return r;
@@ -581,6 +644,8 @@ done:
     errors_finish(&el);
     cJSON_Delete(merrs);
     free(dir);
+    if (out->code)
+        out->sha256[0] = '\0';
     if (out->code && strcmp(out->code, "invalid_records") != 0) {
         out->records = 0;
         out->rejected = 0;

@@ -133,6 +133,7 @@ void job_free(job *j)
     cJSON_Delete(j->spec);
     free(j->upload_path);
     free(j->upload_name);
+    free(j->upload_sha256);
     free(j->workspace_id);
     free(j->dataset_id);
     free(j->import_id);
@@ -295,6 +296,7 @@ cJSON *job_to_record(const job *j)
         cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(j->spec, 1));
     add_name(o, "upload_path", j->upload_path);
     add_name(o, "upload_name", j->upload_name);
+    json_add_str_or_null(o, "upload_sha256", j->upload_sha256);
     add_ms(o, "records", j->records);
     add_ms(o, "rejected_records", j->rejected_records);
     add_ms(o, "bytes_total", j->bytes_total);
@@ -382,6 +384,7 @@ job *job_from_record(const cJSON *rec, const char **err)
     j->spec = cJSON_IsObject(spec) ? cJSON_Duplicate(spec, 1) : NULL;
     take_name(&j->upload_path, rec, "upload_path");
     take_name(&j->upload_name, rec, "upload_name");
+    take_str(&j->upload_sha256, rec, "upload_sha256");
     j->records = json_int64(rec, "records", -1);
     j->rejected_records = json_int64(rec, "rejected_records", -1);
     j->bytes_total = json_int64(rec, "bytes_total", -1);
@@ -472,6 +475,7 @@ cJSON *job_result_json(const job *j)
     add_count(o, "records", j->records);
     add_count(o, "total_task_count", j->total_task_count);
     add_count(o, "total_task_groups", j->total_task_groups);
+    json_add_str_or_null(o, "sha256", j->upload_sha256);
     add_time(o, "claimed_at", j->created_at);
     add_time(o, "finished_at", j->finished_at ? j->finished_at : j->updated_at);
     cJSON_AddNumberToObject(o, "api_requests", (double)j->api_requests);

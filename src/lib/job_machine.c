@@ -286,6 +286,7 @@ void job_on_validated(job *j, const job_validation *v, int64_t now)
     set_str(&j->workspace_id, json_str(j->spec, "workspace_id"));
     set_str(&j->upload_path, v->upload_path);
     set_str(&j->upload_name, v->upload_name);
+    set_str(&j->upload_sha256, v->sha256 && *v->sha256 ? v->sha256 : NULL);
     j->records = v->records;
     j->rejected_records = v->rejected;
     j->bytes_total = v->bytes;

@@ -80,22 +80,52 @@ static bool has_control(const char *s)
     return false;
 }
 
-char *manifest_template_path(const char *ref, const char *base_dir, const config *cfg)
+const char *manifest_template_name_problem(const char *ref)
 {
-    if (!ref || !*ref || has_control(ref))
-        return NULL;
-    if (strchr(ref, '/')) {
-        if (ref[0] == '/' || !base_dir)
-            return xstrdup(ref);
-        return fsutil_join(base_dir, ref);
-    }
+    if (!ref || !*ref)
+        return "is empty";
+    if (has_control(ref))
+        return "has control characters";
+    if (strchr(ref, '/'))
+        return "is a path; only a name is accepted (a template in the templates directory)";
+    if (ref[0] == '.')
+        return "starts with '.' (\".\", \"..\" and hidden files are not templates)";
+    if (strlen(ref) > NAME_MAX - 5)
+        return "is too long for a file name";
+    return NULL;
+}
+
+static char *templates_dir(const config *cfg)
+{
     const char *tp = cfg && cfg->job.template_path ? cfg->job.template_path
                                                    : "/etc/batchd/templates/default.json";
-    char *dir = fsutil_dirname(tp);
+    return fsutil_dirname(tp);
+}
+
+char *manifest_template_path(const char *ref, const config *cfg)
+{
+    if (manifest_template_name_problem(ref))
+        return NULL;
+    char *dir = templates_dir(cfg);
     char *p =
         has_suffix_ci(ref, ".json") ? fsutil_join(dir, ref) : xasprintf("%s/%s.json", dir, ref);
     free(dir);
     return p;
+}
+
+/* True when real (a canonical path) lies inside the templates directory (canonical too), so
+ * a link in there cannot lead a job's template reference to any other file. */
+static bool inside_templates_dir(const char *real, const config *cfg)
+{
+    char *dir = templates_dir(cfg);
+    char *rdir = realpath(dir, NULL);
+    free(dir);
+    if (!rdir)
+        return false;
+    size_t n = strlen(rdir);
+    bool ok = strncmp(real, rdir, n) == 0 && (real[n] == '/' || (n == 1 && rdir[0] == '/'));
+    free(rdir);
+    return ok;
 }
 
 /* ---- reading JSON files ---- */
@@ -352,30 +382,51 @@ static void report_cycle(const chain *ch, int back_to, const char *path, cJSON *
     strbuf_free(&sb);
 }
 
-/* Loads ref and every template it names. from_file/from_dir: the file holding the reference
- * (for messages) and the directory relative paths start from. missing_ok: an absent first
- * template is not an error (the configured default). Returns 0, -ENOENT (absent, when
- * missing_ok) or -EINVAL. */
-static int chain_load(chain *ch, const char *ref, const char *from_file, const char *from_dir,
+/* Loads ref and every template it names. from_file: the file holding the reference (for
+ * messages). by_name: ref is a name from job.json (else the configured template, any path);
+ * the templates a template names are always names. missing_ok: an absent first template is
+ * not an error (the configured default). Returns 0, -ENOENT (absent, when missing_ok) or
+ * -EINVAL. */
+static int chain_load(chain *ch, const char *ref, const char *from_file, bool by_name,
                       const config *cfg, bool missing_ok, cJSON *errors)
 {
-    char *dir = from_dir ? xstrdup(from_dir) : NULL;
     const char *referrer = from_file;
     char *next_ref = ref ? xstrdup(ref) : NULL;
     int r = 0;
     while (next_ref) {
         const char *where = ch->n ? ch->paths[ch->n - 1] : referrer;
-        /* The configured template is not referenced by a "template" member. */
-        const char *member = (ch->n || from_dir) ? "template" : NULL;
-        char *path = manifest_template_path(next_ref, dir, cfg);
+        /* The configured template ([job] template, the operator's) may be any path; every
+         * template a job.json or a template names is a name looked up only in the
+         * templates directory, so job.json cannot make batchd read any other file. */
+        bool named = ch->n > 0 || by_name;
+        const char *member = named ? "template" : NULL;
+        char *path = named ? manifest_template_path(next_ref, cfg) : xstrdup(next_ref);
         if (!path) {
+            char *dir = templates_dir(cfg);
             manifest_error_add(errors, where, member,
-                               "not a template name or path: must be non-empty, without "
-                               "control characters");
+                               "\"%s\" is not a template name: it %s; name a template in %s "
+                               "(\"pairwise\" for %s/pairwise.json), or leave \"template\" out "
+                               "for the configured one",
+                               has_control(next_ref) ? "(the name)" : next_ref,
+                               manifest_template_name_problem(next_ref), dir, dir);
+            free(dir);
             r = -EINVAL;
             break;
         }
         char *real = realpath(path, NULL);
+        if (real && named && !inside_templates_dir(real, cfg)) {
+            char *dir = templates_dir(cfg);
+            manifest_error_add(errors, where, member,
+                               "template \"%s\" (%s) leads outside the templates directory %s "
+                               "(a symbolic link?); templates named by a job must be files in "
+                               "that directory",
+                               next_ref, path, dir);
+            free(dir);
+            free(real);
+            free(path);
+            r = -EINVAL;
+            break;
+        }
         if (!real) {
             int e = errno;
             if (e == ENOENT && missing_ok && ch->n == 0) {
@@ -385,13 +436,12 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
             }
             char eb[128];
             errno_text(e, eb, sizeof eb);
-            if (e == ENOENT && strchr(next_ref, '/'))
+            if (e == ENOENT && !named)
                 manifest_error_add(errors, where, member, "template %s does not exist", path);
             else if (e == ENOENT)
                 manifest_error_add(errors, where, member,
                                    "unknown template \"%s\": %s does not exist (a name is "
-                                   "looked up next to the configured template; give a path "
-                                   "with '/' otherwise)",
+                                   "looked up in the directory of the configured template)",
                                    next_ref, path);
             else
                 manifest_error_add(errors, where, member, "template \"%s\" (%s): %s", next_ref,
@@ -441,14 +491,10 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, const c
             break;
         }
         const char *t = json_str(j, "template");
-        if (t) {
+        if (t)
             next_ref = xstrdup(t);
-            free(dir);
-            dir = fsutil_dirname(path);
-        }
     }
     free(next_ref);
-    free(dir);
     return r;
 }
 
@@ -755,9 +801,9 @@ static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
     const char *hint = "";
     char hintbuf[PATH_MAX + 96];
     if (cJSON_IsString(t)) {
-        r = chain_load(&ch, t->valuestring, JOB_JSON, in->job_dir, in->cfg, false, errors);
+        r = chain_load(&ch, t->valuestring, JOB_JSON, true, in->cfg, false, errors);
     } else if (!t && in->cfg && in->cfg->job.template_path) {
-        r = chain_load(&ch, in->cfg->job.template_path, "[job] template", NULL, in->cfg, true,
+        r = chain_load(&ch, in->cfg->job.template_path, "[job] template", false, in->cfg, true,
                        errors);
         if (r == -ENOENT) {
             snprintf(hintbuf, sizeof hintbuf, " (the configured template %s does not exist)",
@@ -832,7 +878,10 @@ int manifest_resolve_bare(const char *data_path, const char *job_name, const con
 int manifest_check_template(const char *ref, const config *cfg, cJSON *errors)
 {
     chain ch = {0};
-    int r = chain_load(&ch, ref, "[job] template", NULL, cfg, false, errors);
+    /* A bare name means a template in the templates directory; anything else is the
+     * operator's path. */
+    bool by_name = ref && !strchr(ref, '/');
+    int r = chain_load(&ch, ref, "[job] template", by_name, cfg, false, errors);
     if (r == 0) {
         cJSON *m = chain_merge(&ch);
         if (check_resolved(m, "", false, errors) > 0)
@@ -848,7 +897,7 @@ char *manifest_template_workspace(const char *ref, const config *cfg)
     chain ch = {0};
     cJSON *errors = cJSON_CreateArray();
     char *ws = NULL;
-    if (chain_load(&ch, ref, "[job] template", NULL, cfg, false, errors) == 0) {
+    if (chain_load(&ch, ref, "[job] template", false, cfg, false, errors) == 0) {
         cJSON *m = chain_merge(&ch);
         const char *v = json_str(m, "workspace_id");
         if (v && *v)

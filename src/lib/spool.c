@@ -198,7 +198,9 @@ static char *suffixed_name(const char *base, unsigned n)
     size_t keep = strlen(base);
     if (keep + (size_t)sl > NAME_MAX) {
         keep = NAME_MAX - (size_t)sl;
-        while (keep > 0 && ((unsigned char)base[keep] & 0xc0) == 0x80)
+        /* Not inside a UTF-8 character; at most three steps, so a name of bytes that are
+         * not UTF-8 (all continuation bytes) keeps its length instead of shrinking to "". */
+        for (int i = 0; i < 3 && keep > 0 && ((unsigned char)base[keep] & 0xc0) == 0x80; i++)
             keep--;
     }
     return xasprintf("%.*s%s", (int)keep, base, suffix);
@@ -842,19 +844,28 @@ static int cmp_dated(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+typedef struct scan_skip {
+    bool (*fn)(void *ud, const char *name);
+    void *ud;
+} scan_skip;
+
+static bool skipped(const scan_skip *k, const char *name)
+{
+    return k && k->fn && k->fn(k->ud, name);
+}
+
 static bool keep_visible(int fd, const char *name, void *ctx)
 {
     (void)fd;
-    (void)ctx;
-    return name[0] != '.';
+    return name[0] != '.' && !skipped(ctx, name);
 }
 
 /* Reads all of incoming/ and keeps the SCAN_CACHE_MAX oldest entries in the cache. */
-static int scan_cache_fill(spool *s)
+static int scan_cache_fill(spool *s, scan_skip *k)
 {
     scan_cache_clear(s);
     name_list l = {0};
-    int r = list_dir(s->fds[SUB_INCOMING], keep_visible, NULL, &l);
+    int r = list_dir(s->fds[SUB_INCOMING], keep_visible, k, &l);
     if (r < 0) {
         spool_names_free(l.names, l.count);
         return r;
@@ -882,13 +893,15 @@ static int scan_cache_fill(spool *s)
 
 /* Copies up to max cached entries that still exist into out, dropping from the cache those
  * that are gone (claimed since). Returns how many were copied. */
-static size_t scan_cache_take(spool *s, size_t max, char **out)
+static size_t scan_cache_take(spool *s, size_t max, const scan_skip *k, char **out)
 {
     size_t got = 0, kept = 0, i = 0;
     for (; i < s->scan_cached && got < max; i++) {
         dated_name *e = &s->scan_cache[i];
         struct stat st;
-        if (fstatat(s->fds[SUB_INCOMING], e->name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        /* Skipped since it was cached (a claim of it failed): drop it like a gone one. */
+        if (skipped(k, e->name) ||
+            fstatat(s->fds[SUB_INCOMING], e->name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             free(e->name);
             e->name = NULL; /* its slot is overwritten or cut off below */
             continue;
@@ -906,6 +919,13 @@ static size_t scan_cache_take(spool *s, size_t max, char **out)
 
 int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
 {
+    return spool_scan_incoming_ex(s, max, NULL, NULL, names, count);
+}
+
+int spool_scan_incoming_ex(spool *s, size_t max, bool (*skip)(void *ud, const char *name), void *ud,
+                           char ***names, size_t *count)
+{
+    scan_skip k = {.fn = skip, .ud = ud};
     *names = NULL;
     *count = 0;
     if (s->rootfd < 0)
@@ -917,16 +937,16 @@ int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count)
      * arrived since, as long as producers write a file just before renaming it (one renamed
      * in with an old mtime waits until the cache runs low). Otherwise scan afresh, which
      * also picks up everything that arrived since. */
-    size_t got = scan_cache_take(s, max, out);
+    size_t got = scan_cache_take(s, max, &k, out);
     if (got < max) {
         spool_names_free(out, got);
         out = xcalloc(max, sizeof *out);
-        int r = scan_cache_fill(s);
+        int r = scan_cache_fill(s, &k);
         if (r < 0) {
             free(out);
             return r;
         }
-        got = scan_cache_take(s, max, out);
+        got = scan_cache_take(s, max, &k, out);
     }
     if (got == 0) {
         free(out);

@@ -31,6 +31,27 @@ def binary(name):
     return os.path.join(BUILD, name)
 
 
+_OTHER_UID_BIN = None
+
+
+def other_uid_bin_dir():
+    """A fresh 0755 directory under /tmp holding copies of batchd, batchd-sim and batchctl,
+    for running them as another uid: the checkout and build tree may sit where other uids
+    cannot enter (a 0700 home). Made once per process, removed at exit."""
+    global _OTHER_UID_BIN
+    if _OTHER_UID_BIN is None:
+        import atexit
+        d = tempfile.mkdtemp(prefix="batchd-bin-", dir="/tmp")
+        os.chmod(d, 0o755)
+        for name in ("batchd", "batchd-sim", "batchctl"):
+            dst = os.path.join(d, name)
+            shutil.copy(binary(name), dst)
+            os.chmod(dst, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        _OTHER_UID_BIN = d
+    return _OTHER_UID_BIN
+
+
 class TestFailure(AssertionError):
     pass
 

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 #include <microhttpd.h>
+#include <openssl/evp.h>
 #include <uv.h>
 
 #include "batchd/http.h"
@@ -300,6 +301,14 @@ static int server_get(server *s, const int *field)
 {
     pthread_mutex_lock(&s->mu);
     int v = *field;
+    pthread_mutex_unlock(&s->mu);
+    return v;
+}
+
+static uint64_t server_get64(server *s, const uint64_t *field)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t v = *field;
     pthread_mutex_unlock(&s->mu);
     return v;
 }
@@ -678,6 +687,145 @@ static void test_upload_refuses_swapped_file(void **state)
     free(fifo);
     free(link);
     free(plain);
+}
+
+/* ---- uploads verified against the validated digest ---- */
+
+static void sha256_file(const char *path, unsigned char out[32])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        EVP_DigestUpdate(md, buf, (size_t)n);
+    close(fd);
+    unsigned int len = 0;
+    assert_int_equal(EVP_DigestFinal_ex(md, out, &len), 1);
+    assert_int_equal(len, 32);
+    EVP_MD_CTX_free(md);
+}
+
+typedef enum edit_kind { EDIT_NONE, EDIT_SAME_SIZE, EDIT_TRUNCATE, EDIT_EXTEND } edit_kind;
+
+typedef struct edit_ctx {
+    result res;
+    const char *path;
+    size_t size;
+    edit_kind kind;
+    bool edited;
+} edit_ctx;
+
+/* A producer changes the file once the upload is under way (the first bytes have left). */
+static void progress_edits(void *ud, uint64_t sent, uint64_t total)
+{
+    edit_ctx *e = ud;
+    on_progress(&e->res, sent, total);
+    if (sent == 0 || e->edited || e->kind == EDIT_NONE)
+        return;
+    e->edited = true;
+    int fd = open(e->path, O_WRONLY);
+    assert_true(fd >= 0);
+    if (e->kind == EDIT_SAME_SIZE) {
+        /* the last byte, flipped: same size, different bytes */
+        unsigned char b = 0;
+        int rfd = open(e->path, O_RDONLY);
+        assert_int_equal(pread(rfd, &b, 1, (off_t)e->size - 1), 1);
+        close(rfd);
+        b ^= 0xff;
+        assert_int_equal(pwrite(fd, &b, 1, (off_t)e->size - 1), 1);
+    } else if (e->kind == EDIT_TRUNCATE) {
+        assert_int_equal(ftruncate(fd, (off_t)(e->size - 1000)), 0);
+    } else {
+        assert_int_equal(pwrite(fd, "{}\n", 3, (off_t)e->size), 3);
+    }
+    close(fd);
+}
+
+static void test_upload_verified_against_digest(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    /* Much larger than what loopback socket buffers can take in before the server reads, so
+     * the edit lands while most of the file is still unread. */
+    size_t size = 24 * 1024 * 1024 + 5;
+    static const struct {
+        edit_kind kind;
+        const char *says;
+    } cases[] = {{EDIT_SAME_SIZE, "SHA-256 differs"},
+                 {EDIT_TRUNCATE, "shrank"},
+                 {EDIT_EXTEND, "grew"},
+                 {EDIT_NONE, NULL}};
+    for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
+        uint64_t hash;
+        char *path = make_file(size, &hash);
+        unsigned char digest[32];
+        sha256_file(path, digest);
+        pthread_mutex_lock(&f->srv->mu);
+        f->srv->upload_len = 0;
+        f->srv->upload_hash = 0;
+        pthread_mutex_unlock(&f->srv->mu);
+        edit_ctx e = {.path = path, .size = size, .kind = cases[i].kind};
+        http_request req = {.method = "PUT",
+                            .url = url_of(f, "/upload"),
+                            .upload_path = path,
+                            .upload_expect_size = size,
+                            .upload_sha256 = digest,
+                            .timeout_ms = 60000};
+        assert_non_null(http_start(f->client, &req, on_done, progress_edits, &e));
+        run_until(f, called, &e.res, 30000);
+        if (cases[i].kind == EDIT_NONE) {
+            assert_int_equal(e.res.error, HTTP_OK);
+            assert_int_equal(e.res.status, 200);
+            assert_int_equal(e.res.bytes_sent, size);
+            assert_int_equal(server_get64(f->srv, &f->srv->upload_len), size);
+            assert_true(server_get64(f->srv, &f->srv->upload_hash) == hash);
+        } else {
+            assert_true(e.edited);
+            assert_int_equal(e.res.error, HTTP_ERR_CHANGED);
+            assert_int_equal(e.res.status, 0);
+            assert_non_null(strstr(e.res.error_text, "changed after it was validated"));
+            assert_non_null(strstr(e.res.error_text, cases[i].says));
+            /* the last bytes never left: the body never completed at the server */
+            assert_true(e.res.bytes_sent < size);
+            assert_int_equal(server_get64(f->srv, &f->srv->upload_len), 0);
+        }
+        unlink(path);
+        free(path);
+        result_free(&e.res);
+    }
+}
+
+/* Changed before the upload starts (size differs at open): refused without a byte sent. */
+static void test_upload_changed_before_start(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    uint64_t hash;
+    size_t size = 4096;
+    char *path = make_file(size, &hash);
+    unsigned char digest[32];
+    sha256_file(path, digest);
+    assert_int_equal(truncate(path, 100), 0);
+    result res = {0};
+    http_request req = {.method = "PUT",
+                        .url = url_of(f, "/upload"),
+                        .upload_path = path,
+                        .upload_expect_size = size,
+                        .upload_sha256 = digest};
+    assert_non_null(http_start(f->client, &req, on_done, NULL, &res));
+    run_until(f, called, &res, 5000);
+    assert_int_equal(res.error, HTTP_ERR_CHANGED);
+    assert_non_null(strstr(res.error_text, "shrank"));
+    assert_int_equal(server_get(f->srv, &f->srv->requests), 0);
+    /* a digest needs the size it was taken of */
+    req.upload_expect_size = 0;
+    assert_null(http_start(f->client, &req, on_done, NULL, &res));
+    unlink(path);
+    free(path);
+    result_free(&res);
 }
 
 static void test_timeout(void **state)
@@ -1080,6 +1228,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_streamed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_missing_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_refuses_swapped_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_verified_against_digest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_changed_before_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_closes_connection, setup, teardown),

@@ -19,6 +19,9 @@
 #include "batchd/intake.h"
 #include "batchd/util.h"
 
+#include <dirent.h>
+#include <openssl/evp.h>
+
 static char root[64];
 static config cfg;
 
@@ -147,6 +150,112 @@ static void test_valid_job(void **state)
     intake_result_free(&r);
     intake_result_free(NULL);
     strbuf_free(&sb);
+}
+
+static void sha256_hex_of(const char *path, char out[65])
+{
+    size_t len = 0;
+    char *data = NULL;
+    assert_int_equal(fsutil_read_file(path, 1 << 20, true, &data, &len), 0);
+    unsigned char d[32];
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(data, len, d, &n, EVP_sha256(), NULL), 1);
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+    free(data);
+}
+
+/* The digest is of exactly what will be uploaded: the data file as read, or the cleaned
+ * file as written in skip mode. */
+static void test_sha256_of_upload(void **state)
+{
+    (void)state;
+    put("j/data.jsonl", ok1);
+    intake_result r;
+    assert_int_equal(check("j", &r), 0);
+    assert_null(r.code);
+    char want[65];
+    sha256_hex_of(r.upload_path, want);
+    assert_string_equal(r.sha256, want);
+    intake_result_free(&r);
+
+    cfg.job.invalid_records = CONFIG_INVALID_SKIP;
+    strbuf sb = {0};
+    strbuf_puts(&sb, ok1);
+    strbuf_puts(&sb, "{\"prompt\": 7}\n");
+    strbuf_puts(&sb, ok2);
+    put("k/data.jsonl", sb.data);
+    assert_int_equal(check("k", &r), 0);
+    assert_null(r.code);
+    assert_int_equal(r.rejected, 1);
+    assert_non_null(strstr(r.upload_path, "data.cleaned.jsonl"));
+    sha256_hex_of(r.upload_path, want);
+    assert_string_equal(r.sha256, want);
+    assert_int_equal(r.bytes, strlen(ok1) + strlen(ok2));
+    intake_result_free(&r);
+
+    /* not valid: no digest */
+    put("x/data.jsonl", "{\"prompt\": 7}\n");
+    assert_int_equal(check("x", &r), 0);
+    assert_non_null(r.code);
+    assert_string_equal(r.sha256, "");
+    intake_result_free(&r);
+    strbuf_free(&sb);
+}
+
+/* Data files named up to NAME_MAX, in any bytes: skip mode's cleaned file and its temporary
+ * name are cut to fit, keep the extension, and two long names sharing a prefix still get
+ * different cleaned names. */
+static void test_skip_mode_long_names(void **state)
+{
+    (void)state;
+    cfg.job.invalid_records = CONFIG_INVALID_SKIP;
+    strbuf data = {0};
+    strbuf_puts(&data, ok1);
+    strbuf_puts(&data, "{\"prompt\": 7}\n");
+    char *cleaned[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        /* 255 bytes: a stem with control characters and bytes that are not UTF-8 */
+        char name[256];
+        memset(name, 'n', 249);
+        name[0] = '\x01';
+        name[1] = (char)0xff;
+        name[2] = (char)0xc3; /* a UTF-8 lead byte whose sequence is cut */
+        name[248] = k ? 'b' : 'a';
+        memcpy(name + 249, ".jsonl", 7);
+        assert_int_equal(strlen(name), 255);
+        char *rel = xasprintf("long%d/%s", k, name);
+        put(rel, data.data);
+        char *p = path_in(rel);
+        intake_result r;
+        assert_int_equal(intake_check(p, "long", &cfg, NULL, &r), 0);
+        assert_null(r.code);
+        assert_int_equal(r.rejected, 1);
+        const char *base = fsutil_basename(r.upload_path);
+        assert_true(strlen(base) <= NAME_MAX);
+        assert_true(strcmp(base, name) != 0);
+        assert_int_equal(strcmp(base + strlen(base) - 14, ".cleaned.jsonl"), 0);
+        char want[65];
+        sha256_hex_of(r.upload_path, want);
+        assert_string_equal(r.sha256, want);
+        cleaned[k] = xstrdup(base);
+        /* no temporary file left behind */
+        char *dir = path_in(k ? "long1" : "long0");
+        DIR *dp = opendir(dir);
+        assert_non_null(dp);
+        const struct dirent *de;
+        while ((de = readdir(dp)) != NULL)
+            assert_false(strstr(de->d_name, ".tmp") != NULL);
+        closedir(dp);
+        free(dir);
+        intake_result_free(&r);
+        free(p);
+        free(rel);
+    }
+    assert_string_not_equal(cleaned[0], cleaned[1]);
+    free(cleaned[0]);
+    free(cleaned[1]);
+    strbuf_free(&data);
 }
 
 static void test_invalid_records_fail_mode(void **state)
@@ -584,6 +693,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_valid_job),
         T(test_invalid_records_fail_mode),
+        T(test_sha256_of_upload),
+        T(test_skip_mode_long_names),
         T(test_skip_mode_writes_cleaned_and_rejected),
         T(test_skip_mode_csv_keeps_header),
         T(test_skip_mode_all_invalid_fails),

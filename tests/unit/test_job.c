@@ -15,11 +15,12 @@
 #include "batchd/job.h"
 #include "batchd/util.h"
 
-#define T0      1764405165000LL /* 2025-11-29T08:32:45Z */
-#define DATASET "0192a3b5-e8f9-7a0b-1c2d-3e4f5a6b7c8d"
-#define IMPORT  "01935c2d-1a2b-3c4d-5e6f-7a8b9c0d1e2f"
-#define BATCH   "01935c2d-aaaa-4c4d-8e6f-7a8b9c0d1e2f"
-#define WS      "6278acb09062db3b35bcbeb0"
+#define SHA256_HEX "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+#define T0         1764405165000LL /* 2025-11-29T08:32:45Z */
+#define DATASET    "0192a3b5-e8f9-7a0b-1c2d-3e4f5a6b7c8d"
+#define IMPORT     "01935c2d-1a2b-3c4d-5e6f-7a8b9c0d1e2f"
+#define BATCH      "01935c2d-aaaa-4c4d-8e6f-7a8b9c0d1e2f"
+#define WS         "6278acb09062db3b35bcbeb0"
 
 typedef struct fixture {
     job *j;
@@ -67,6 +68,7 @@ static void validated(fixture *f)
                         .upload_name = "d.jsonl",
                         .records = 3,
                         .rejected = 0,
+                        .sha256 = SHA256_HEX,
                         .bytes = 120};
     job_on_validated(f->j, &v, f->now);
     cJSON_Delete(spec);
@@ -196,7 +198,9 @@ static void test_happy_path(void **state)
     /* upload is not an API request: 1 create + 1 url + 1 poll + 1 create + 1 setup + 2 polls +
      * 1 get */
     assert_int_equal(json_int64(res, "api_requests", -1), 8);
-    assert_int_equal(cJSON_GetArraySize(res), 14); /* exactly the keys of PRODUCT.md §4 */
+    /* the digest of what was validated and uploaded (PRODUCT.md §9) */
+    assert_string_equal(json_str(res, "sha256"), SHA256_HEX);
+    assert_int_equal(cJSON_GetArraySize(res), 15); /* exactly the keys of PRODUCT.md §4, §9 */
     cJSON_Delete(res);
 }
 
@@ -403,6 +407,9 @@ static void test_retry_after_bounded_and_jittered(void **state)
     cJSON_Delete(rec);
     job_recovered(back, f->now);
     assert_int_equal(back->retry_at, at);
+    /* the digest the upload is checked against survives a restart too */
+    assert_non_null(back->upload_sha256);
+    assert_string_equal(back->upload_sha256, SHA256_HEX);
     job_free(back);
 }
 

@@ -231,16 +231,65 @@ static void test_template_cycle_and_depth(void **state)
     cJSON_Delete(errors);
 }
 
-static void test_template_by_relative_path(void **state)
+/* A template named by job.json (or by a template) is a name in the templates directory:
+ * never a path, never a way to read another file (PRODUCT.md §9). */
+static void test_template_only_by_name(void **state)
 {
     (void)state;
     put("j/d.jsonl", "{}\n");
     put("j/own/t.json", base_template);
-    put("j/job.json", "{\"template\": \"./own/t.json\"}");
+    put("secret.json", base_template);
+    char *abs_secret = path_in("secret.json");
+    char *abs_ref = xasprintf("{\"template\": \"%s\"}", abs_secret);
+    static const struct {
+        const char *job_json;
+        const char *says;
+    } refused[] = {
+        {"{\"template\": \"./own/t.json\"}", "is a path"},
+        {"{\"template\": \"../secret\"}", "is a path"},
+        {"{\"template\": \"..\"}", "starts with '.'"},
+        {"{\"template\": \".hidden\"}", "starts with '.'"},
+        {"{\"template\": \"\"}", "is empty"},
+        {"{\"template\": \"a\\nb\"}", "control characters"},
+    };
+    for (size_t i = 0; i <= BD_ARRAY_LEN(refused); i++) {
+        put("j/job.json", i < BD_ARRAY_LEN(refused) ? refused[i].job_json : abs_ref);
+        cJSON *errors = cJSON_CreateArray(), *job = NULL;
+        assert_int_equal(resolve("j", &job, errors), -EINVAL);
+        expect_error(errors, "template", i < BD_ARRAY_LEN(refused) ? refused[i].says : "is a path");
+        /* says what to do */
+        expect_error(errors, "template", "name a template in");
+        cJSON_Delete(errors);
+    }
+    /* A link in the templates directory that leads out of it. */
+    char *target = path_in("secret.json");
+    char *link = path_in("templates/escape.json");
+    assert_int_equal(symlink(target, link), 0);
+    put("j/job.json", "{\"template\": \"escape\"}");
     cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "template", "outside the templates directory");
+    cJSON_Delete(errors);
+    /* A chain follows the same rule: a template naming a path is refused too. */
+    char *chain = xasprintf("{\"template\": \"%s\"}", abs_secret);
+    put("templates/chained.json", chain);
+    put("j/job.json", "{\"template\": \"chained\"}");
+    errors = cJSON_CreateArray();
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "template", "is a path");
+    cJSON_Delete(errors);
+    /* A name resolves in the templates directory. */
+    put("templates/mine.json", base_template);
+    put("j/job.json", "{\"template\": \"mine\"}");
+    errors = cJSON_CreateArray();
     assert_int_equal(resolve("j", &job, errors), 0);
     cJSON_Delete(job);
     cJSON_Delete(errors);
+    free(chain);
+    free(target);
+    free(link);
+    free(abs_ref);
+    free(abs_secret);
 }
 
 static void test_schema_rule_broken(void **state)
@@ -473,17 +522,19 @@ static void test_names(void **state)
     assert_false(manifest_is_data_name("a.cleaned.jsonl"));
     assert_false(manifest_is_data_name("rejected.jsonl"));
     assert_false(manifest_is_data_name("a.json"));
-    char *p = manifest_template_path("pairwise", NULL, &cfg);
+    char *p = manifest_template_path("pairwise", &cfg);
     assert_non_null(strstr(p, "/templates/pairwise.json"));
     free(p);
-    p = manifest_template_path("/abs/t.json", "/base", &cfg);
-    assert_string_equal(p, "/abs/t.json");
+    p = manifest_template_path("pairwise.json", &cfg);
+    assert_non_null(strstr(p, "/templates/pairwise.json"));
     free(p);
-    p = manifest_template_path("rel/t.json", "/base", &cfg);
-    assert_string_equal(p, "/base/rel/t.json");
-    free(p);
-    assert_null(manifest_template_path("", NULL, &cfg));
-    assert_null(manifest_template_path("a\nb", NULL, &cfg));
+    assert_null(manifest_template_path("/abs/t.json", &cfg));
+    assert_null(manifest_template_path("rel/t.json", &cfg));
+    assert_null(manifest_template_path("..", &cfg));
+    assert_null(manifest_template_path(".x", &cfg));
+    assert_null(manifest_template_path("", &cfg));
+    assert_null(manifest_template_path(NULL, &cfg));
+    assert_null(manifest_template_path("a\nb", &cfg));
 }
 
 int main(void)
@@ -497,7 +548,7 @@ int main(void)
         T(test_unknown_keys_reported_with_path),
         T(test_unknown_template),
         T(test_template_cycle_and_depth),
-        T(test_template_by_relative_path),
+        T(test_template_only_by_name),
         T(test_schema_rule_broken),
         T(test_dataset_field_naming_metadata),
         T(test_answer_limit_path),

@@ -559,6 +559,27 @@ static void test_suffix_on_longest_name(void **state)
     spool_claim_clear(&c);
 }
 
+/* A 255-byte name that is not UTF-8 at all (every byte a continuation byte) keeps all but
+ * what the suffix needs, rather than being cut to nothing: names stay unique and
+ * recognisable. */
+static void test_suffix_on_name_not_utf8(void **state)
+{
+    fixture *f = *state;
+    char name[256];
+    memset(name, 0x80, 255);
+    name[255] = '\0';
+    mkdir_in(f, "failed", name);
+    mkdir_in(f, "incoming", name);
+    spool_claim_result c;
+    claim_ok(f, name, &c);
+    assert_int_equal(c.kind, SPOOL_REJECTED); /* not UTF-8 */
+    const char *base = fsutil_basename(c.job_dir);
+    assert_true(strlen(base) >= 250 && strlen(base) <= NAME_MAX);
+    assert_int_equal(strcmp(base + strlen(base) - 2, "-2"), 0);
+    assert_int_equal((unsigned char)base[0], 0x80);
+    spool_claim_clear(&c);
+}
+
 static void test_unicode_and_spaces_kept(void **state)
 {
     fixture *f = *state;
@@ -710,6 +731,84 @@ static void test_scan_cache(void **state)
     assert_string_equal(names[0], "e1.jsonl");
     assert_string_equal(names[1], "e3.jsonl");
     spool_names_free(names, n);
+}
+
+/* Stuck entries: remembered without limit, logged once then at most every relog period,
+ * retried when due (earliest first), forgotten once claimed. Fake clock. */
+static void test_stuck_set(void **state)
+{
+    (void)state;
+    spool_stuck *st = spool_stuck_new();
+    enum { N = 5000 };
+    for (int i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "stuck-%d", i);
+        assert_true(spool_stuck_failed(st, name, 1000 + i, 60000, 3600000)); /* first: log */
+    }
+    assert_int_equal(spool_stuck_count(st), N);
+    assert_true(spool_stuck_has(st, "stuck-0") && spool_stuck_has(st, "stuck-4999"));
+    assert_false(spool_stuck_has(st, "stuck-5000"));
+    /* Failing again within the hour: not logged again. */
+    assert_false(spool_stuck_failed(st, "stuck-0", 70000, 60000, 3600000));
+    assert_int_equal(spool_stuck_count(st), N);
+    char *due[8];
+    /* Nothing due before a minute has passed. */
+    assert_int_equal(spool_stuck_due(st, 60999, 8, due), 0);
+    /* stuck-0 was retried at 70000 and went to the back; stuck-1.. come first. */
+    size_t n = spool_stuck_due(st, 61002, 8, due);
+    assert_int_equal(n, 2);
+    assert_string_equal(due[0], "stuck-1");
+    assert_string_equal(due[1], "stuck-2");
+    for (size_t i = 0; i < n; i++)
+        free(due[i]);
+    /* An hour later a failure is logged again. */
+    assert_true(spool_stuck_failed(st, "stuck-0", 70000 + 3600000, 60000, 3600000));
+    spool_stuck_forget(st, "stuck-1");
+    spool_stuck_forget(st, "not-there");
+    assert_int_equal(spool_stuck_count(st), N - 1);
+    assert_false(spool_stuck_has(st, "stuck-1"));
+    n = spool_stuck_due(st, 61002, 8, due);
+    assert_int_equal(n, 1);
+    assert_string_equal(due[0], "stuck-2");
+    free(due[0]);
+    spool_stuck_free(st);
+    spool_stuck_free(NULL);
+}
+
+/* The scan leaves skipped entries out without counting them, also from the cache. */
+static void test_scan_skips_stuck(void **state)
+{
+    fixture *f = *state;
+    spool_stuck *st = spool_stuck_new();
+    for (int i = 0; i < 400; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "bad%03d", i);
+        char *p = path_of(f, "incoming", name);
+        assert_int_equal(mkdir(p, 0755), 0);
+        free(p);
+        set_mtime(f, name, 1000 + i);
+        spool_stuck_failed(st, name, 0, 60000, 3600000);
+    }
+    put_in(f, "incoming", "good.jsonl", "{}");
+    set_mtime(f, "good.jsonl", 9000);
+    char **names;
+    size_t n;
+    assert_int_equal(spool_scan_incoming_ex(f->s, 1, spool_stuck_skip, st, &names, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(names[0], "good.jsonl");
+    spool_names_free(names, n);
+    /* An entry cached before it got stuck is dropped from the cache's answers. */
+    put_in(f, "incoming", "later.jsonl", "{}");
+    set_mtime(f, "later.jsonl", 9500);
+    assert_int_equal(spool_scan_incoming_ex(f->s, 2, spool_stuck_skip, st, &names, &n), 0);
+    assert_int_equal(n, 2);
+    spool_names_free(names, n);
+    spool_stuck_failed(st, "good.jsonl", 0, 60000, 3600000);
+    assert_int_equal(spool_scan_incoming_ex(f->s, 1, spool_stuck_skip, st, &names, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(names[0], "later.jsonl");
+    spool_names_free(names, n);
+    spool_stuck_free(st);
 }
 
 static void test_ten_thousand_entries(void **state)
@@ -1042,6 +1141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan_oldest_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_suffixes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_suffix_on_longest_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_suffix_on_name_not_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unicode_and_spaces_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_extension_any_case, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newline_name_rejected, setup, teardown),
@@ -1053,6 +1153,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_finish_to_done_and_failed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reactivate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_active, setup, teardown),
+        cmocka_unit_test(test_stuck_set),
+        cmocka_unit_test_setup_teardown(test_scan_skips_stuck, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch_fires_on_rename, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch_rescans_periodically, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch_set_interval, setup, teardown),
