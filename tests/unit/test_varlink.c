@@ -30,6 +30,7 @@ typedef struct fixture {
     char dir[64];
     char path[128];
     int counted;              /* Count calls received */
+    bool unprivileged;        /* the test's peers are taken for unprivileged ones */
     varlink_call *streams[8]; /* open Stream calls */
     int n_streams;
     int cancelled;
@@ -98,6 +99,13 @@ static void m_stream(varlink_call *call, const cJSON *params, void *ud)
     varlink_call_set_cancel(call, stream_cancel, NULL);
 }
 
+static bool test_privileged(const varlink_peer *peer, void *ud)
+{
+    (void)peer;
+    (void)ud;
+    return !F->unprivileged;
+}
+
 static void start(const varlink_server_options *extra)
 {
     varlink_server_options o = {.vendor = "test",
@@ -105,8 +113,15 @@ static void start(const varlink_server_options *extra)
                                 .version = "1",
                                 .url = "x",
                                 .protocol_error = "org.example.test.ProtocolError",
-                                .limit_error = "org.example.test.TooMany"};
+                                .limit_error = "org.example.test.TooMany",
+                                .busy_error = "org.example.test.Busy",
+                                .too_large_error = "org.example.test.TooLarge"};
+    o.is_privileged = test_privileged;
     if (extra) {
+        o.reserved_connections = extra->reserved_connections;
+        o.max_stream_out = extra->max_stream_out;
+        o.memory_budget = extra->memory_budget;
+        o.now_ms = extra->now_ms;
         o.max_connections = extra->max_connections;
         o.max_per_uid = extra->max_per_uid;
         o.privileged_uncapped = extra->privileged_uncapped;
@@ -562,29 +577,78 @@ static void test_connection_caps(void **state)
     wait_connections(0);
 }
 
-/* With privileged_uncapped, the server's own uid (this test) is bound by the total cap only. */
+/* With privileged_uncapped, the server's own uid (this test) is bound by the total cap and its
+ * reserve only. */
 static void test_privileged_uncapped(void **state)
 {
     (void)state;
-    varlink_server_options o = {
-        .max_connections = 4, .max_per_uid = 2, .privileged_uncapped = true};
+    varlink_server_options o = {.max_connections = 4,
+                                .max_per_uid = 2,
+                                .reserved_connections = 1,
+                                .privileged_uncapped = true};
     start(&o);
-    client *c[5];
-    for (int i = 0; i < 4; i++)
+    client *c[6];
+    for (int i = 0; i < 5; i++)
         c[i] = cl_connect();
-    wait_connections(4);
-    for (int i = 0; i < 4; i++) {
+    wait_connections(5);
+    for (int i = 0; i < 5; i++) {
         cl_send(c[i], "{\"method\":\"org.example.test.Echo\"}");
         cJSON *m = cl_recv(c[i]);
         assert_null(json_str(m, "error"));
         cJSON_Delete(m);
     }
-    c[4] = cl_connect(); /* over the total cap */
-    cJSON *m = cl_recv(c[4]);
+    c[5] = cl_connect(); /* over the total cap and the reserve */
+    cJSON *m = cl_recv(c[5]);
     assert_error(m, "org.example.test.TooMany");
-    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 4);
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 5);
     cJSON_Delete(m);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
+        cl_free(c[i]);
+    wait_connections(0);
+}
+
+/* Unprivileged peers holding every ordinary slot leave the reserve to root and the server's
+ * uid: those are still accepted and answered. */
+static void test_reserve(void **state)
+{
+    (void)state;
+    varlink_server_options o = {
+        .max_connections = 3, .max_per_uid = 100, .reserved_connections = 2};
+    F->unprivileged = true;
+    start(&o);
+    client *c[8];
+    for (int i = 0; i < 3; i++)
+        c[i] = cl_connect();
+    wait_connections(3);
+    c[3] = cl_connect(); /* unprivileged: refused, the reserve is not theirs */
+    cJSON *m = cl_recv(c[3]);
+    assert_error(m, "org.example.test.TooMany");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 3);
+    cJSON_Delete(m);
+    cl_wait_eof(c[3]);
+    F->unprivileged = false; /* from now on the peers are root */
+    for (int i = 4; i < 6; i++) {
+        c[i] = cl_connect();
+        cl_send(c[i], "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"root\":true}}");
+        m = cl_recv(c[i]);
+        assert_true(json_bool(cJSON_GetObjectItem(m, "parameters"), "root", false));
+        cJSON_Delete(m);
+    }
+    wait_connections(5);
+    c[6] = cl_connect(); /* the reserve is used up too */
+    m = cl_recv(c[6]);
+    assert_error(m, "org.example.test.TooMany");
+    cJSON_Delete(m);
+    /* An unprivileged peer that leaves frees an ordinary slot, for anyone. */
+    F->unprivileged = true;
+    cl_free(c[0]);
+    wait_connections(4);
+    c[7] = cl_connect();
+    cl_send(c[7], "{\"method\":\"org.example.test.Echo\"}");
+    m = cl_recv(c[7]);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    for (int i = 1; i < 8; i++)
         cl_free(c[i]);
     wait_connections(0);
 }
@@ -593,6 +657,7 @@ static void test_total_cap(void **state)
 {
     (void)state;
     varlink_server_options o = {.max_connections = 3, .max_per_uid = 100};
+    F->unprivileged = true;
     start(&o);
     client *cs[3];
     for (int i = 0; i < 3; i++)
@@ -789,6 +854,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_privileged_uncapped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve, setup, teardown),
         cmocka_unit_test_setup_teardown(test_total_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_64mib, setup, teardown),
