@@ -30,6 +30,7 @@ typedef struct fixture {
     char dir[64];
     char path[128];
     int counted;              /* Count calls received */
+    int echoed;               /* Echo calls received */
     bool unprivileged;        /* the test's peers are taken for unprivileged ones */
     varlink_call *streams[8]; /* open Stream calls */
     int n_streams;
@@ -43,6 +44,7 @@ static fixture *F;
 static void m_echo(varlink_call *call, const cJSON *params, void *ud)
 {
     (void)ud;
+    F->echoed++;
     varlink_call_reply(call, cJSON_Duplicate(params, 1));
 }
 
@@ -782,6 +784,222 @@ static void test_500_connections(void **state)
     wait_connections(0);
 }
 
+/* Writes as much of buf as the server takes within `rounds` turns of its loop. */
+static size_t push(client *c, const char *buf, size_t len, int rounds)
+{
+    size_t done = 0;
+    for (int i = 0; i < rounds && done < len; i++) {
+        ssize_t n = send(c->fd, buf + done, len - done, MSG_NOSIGNAL);
+        if (n > 0)
+            done += (size_t)n;
+        pump(-1, 5);
+    }
+    return done;
+}
+
+/* A frame of about `size` bytes: an Echo call with a string of that length. */
+static void echo_frame(strbuf *sb, int i, size_t size)
+{
+    strbuf_printf(sb, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"i\":%d,\"s\":\"", i);
+    for (size_t k = 0; k < size; k++)
+        strbuf_putc(sb, 'p');
+    strbuf_puts(sb, "\"}}");
+    strbuf_putc(sb, '\0');
+}
+
+/* A peer that pipelines calls and does not read: the next call is taken only once the reply
+ * to the previous one is written out, so the server neither reads ahead nor queues replies;
+ * once the peer reads, every call is answered, in order. */
+static void test_pipelined_one_at_a_time(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    enum { N = 200, SIZE = 10000 };
+    strbuf sb = {0};
+    for (int i = 0; i < N; i++)
+        echo_frame(&sb, i, SIZE);
+    size_t sent = push(c, sb.data, sb.len, 200);
+    /* The socket buffers hold a few replies; the server took a call for each and no more. */
+    assert_true(F->echoed < N / 2);
+    assert_true(sent < sb.len);
+    /* What it holds: one reply in flight and one read buffer of calls (in a buffer at most
+     * twice as large), not N of either. */
+    size_t held = varlink_server_held(F->srv);
+    if (held > 2 * (64 * 1024 + SIZE) + SIZE + 1024)
+        fail_msg("the server holds %zu bytes for one pipelining peer", held);
+    int got = 0;
+    size_t off = sent;
+    int64_t end = time_mono_ms() + DEADLINE_MS * 4;
+    while (got < N && time_mono_ms() < end) {
+        if (off < sb.len) {
+            ssize_t n = send(c->fd, sb.data + off, sb.len - off, MSG_NOSIGNAL);
+            if (n > 0)
+                off += (size_t)n;
+        }
+        cJSON *m = cl_recv_within(c, 20);
+        if (!m)
+            continue;
+        assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "i", -1), got);
+        got++;
+        cJSON_Delete(m);
+    }
+    assert_int_equal(got, N);
+    assert_int_equal(F->echoed, N);
+    strbuf_free(&sb);
+    cl_free(c);
+}
+
+/* A stream whose peer does not read is closed once its unsent output passes max_stream_out,
+ * far below the cap of a reply. */
+static void test_stream_output_cap(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_stream_out = 64 * 1024};
+    start(&o);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 1 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 1);
+    strbuf p = {0};
+    strbuf_puts(&p, "{\"blob\":\"");
+    for (int i = 0; i < 4000; i++)
+        strbuf_putc(&p, 'w');
+    strbuf_puts(&p, "\"}");
+    int sent = 0;
+    while (F->n_streams == 1 && sent < 1000) {
+        varlink_call_notify_json(F->streams[0], p.data);
+        sent++;
+        uv_run(&F->loop, UV_RUN_NOWAIT);
+    }
+    strbuf_free(&p);
+    assert_int_equal(F->cancelled, 1);
+    /* Closed after the socket buffers and 64 KiB, not after 1000 notifications (4 MB). */
+    assert_true(sent < 500);
+    wait_connections(0);
+    assert_int_equal(varlink_server_held(F->srv), 0);
+    cl_free(c);
+}
+
+/* A stream whose unsent output does not move for an idle period is closed: a Watch that
+ * stopped reading does not hold its backlog (nor its slot) forever. */
+static void test_stalled_stream_closed(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.idle_timeout_ms = 100};
+    start(&o);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 1 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 1);
+    strbuf p = {0};
+    strbuf_puts(&p, "{\"blob\":\"");
+    for (int i = 0; i < 800 * 1024; i++)
+        strbuf_putc(&p, 'v');
+    strbuf_puts(&p, "\"}");
+    assert_int_equal(varlink_call_notify_json(F->streams[0], p.data), 0);
+    strbuf_free(&p);
+    assert_true(varlink_server_held(F->srv) > 0);
+    end = time_mono_ms() + DEADLINE_MS;
+    while (F->cancelled == 0 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->cancelled, 1);
+    wait_connections(0);
+    cl_free(c);
+}
+
+/* Near the memory budget, an unprivileged peer's call is refused with busy_error (the
+ * connection stays); a privileged peer still has the last quarter. A reply over
+ * max_pending_out is refused with too_large_error. */
+static void test_budget_busy(void **state)
+{
+    (void)state;
+    /* Input buffers count with their capacity: a 180 KB call costs 256 KiB while it runs. */
+    varlink_server_options o = {.memory_budget = 1024 * 1024, .max_pending_out = 450 * 1024};
+    start(&o);
+    client *w = cl_connect(); /* a stream that does not read holds 400 KB */
+    cl_send(w, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 1 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 1);
+    strbuf p = {0};
+    strbuf_puts(&p, "{\"blob\":\"");
+    for (int i = 0; i < 400 * 1024; i++)
+        strbuf_putc(&p, 'b');
+    strbuf_puts(&p, "\"}");
+    assert_int_equal(varlink_call_notify_json(F->streams[0], p.data), 0);
+    strbuf_free(&p);
+    assert_true(varlink_server_held(F->srv) >= 400 * 1024);
+
+    strbuf sb = {0};
+    echo_frame(&sb, 1, 180 * 1024); /* 400 + 256 + 180 KiB: over 768 KiB, under 1 MiB */
+    F->unprivileged = true;
+    client *u = cl_connect();
+    cl_send(u, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"small\":1}}");
+    cJSON *m = cl_recv(u);
+    assert_null(json_str(m, "error")); /* small calls still fit */
+    cJSON_Delete(m);
+    assert_int_equal(cl_write(u, sb.data, sb.len), sb.len);
+    m = cl_recv(u);
+    assert_error(m, "org.example.test.Busy");
+    cJSON_Delete(m);
+    /* The connection stays usable. */
+    cl_send(u, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"small\":2}}");
+    m = cl_recv(u);
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "small", 0), 2);
+    cJSON_Delete(m);
+    F->unprivileged = false;
+    client *r = cl_connect();
+    assert_int_equal(cl_write(r, sb.data, sb.len), sb.len);
+    m = cl_recv(r);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    strbuf_free(&sb);
+    /* Larger than a reply may be: refused whoever asks. */
+    sb = (strbuf){0};
+    echo_frame(&sb, 2, 460 * 1024);
+    assert_int_equal(cl_write(r, sb.data, sb.len), sb.len);
+    m = cl_recv(r);
+    assert_error(m, "org.example.test.TooLarge");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 450 * 1024);
+    cJSON_Delete(m);
+    strbuf_free(&sb);
+    cl_free(u);
+    cl_free(r);
+    cl_free(w);
+    wait_connections(0);
+}
+
+static void test_ratelimit(void **state)
+{
+    (void)state;
+    varlink_ratelimit rl = {0};
+    size_t quiet = 99;
+    assert_true(varlink_ratelimit_check(&rl, 1000, 5000, 1000, &quiet));
+    assert_int_equal(quiet, 0);
+    for (int i = 0; i < 7; i++)
+        assert_false(varlink_ratelimit_check(&rl, 1000, 5000 + i * 100, 1000, &quiet));
+    /* Another uid has its own allowance. */
+    assert_true(varlink_ratelimit_check(&rl, 1001, 5100, 1000, &quiet));
+    assert_int_equal(quiet, 0);
+    assert_false(varlink_ratelimit_check(&rl, 1000, 5999, 1000, &quiet));
+    /* A second later: logged again, with the count left out in between. */
+    assert_true(varlink_ratelimit_check(&rl, 1000, 6000, 1000, &quiet));
+    assert_int_equal(quiet, 8);
+    assert_true(varlink_ratelimit_check(&rl, 1000, 7000, 1000, &quiet));
+    assert_int_equal(quiet, 0);
+    /* More uids than slots: the table stays bounded and new uids are still logged. */
+    for (uid_t u = 0; u < 3 * VARLINK_RATELIMIT_SLOTS; u++)
+        assert_true(varlink_ratelimit_check(&rl, 20000 + u, 8000 + (int64_t)u, 1000, &quiet));
+    assert_false(varlink_ratelimit_check(&rl, 20000 + 3 * VARLINK_RATELIMIT_SLOTS - 1, 8500,
+                                         1000, &quiet));
+}
+
 static void test_socket_file(void **state)
 {
     (void)state;
@@ -859,6 +1077,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_64mib, setup, teardown),
         cmocka_unit_test_setup_teardown(test_500_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_one_at_a_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_output_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stalled_stream_closed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_busy, setup, teardown),
+        cmocka_unit_test(test_ratelimit),
         cmocka_unit_test_setup_teardown(test_socket_file, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
