@@ -31,6 +31,7 @@ typedef struct fixture {
     char path[128];
     int counted;              /* Count calls received */
     int echoed;               /* Echo calls received */
+    int slow, slow_root;      /* Slow calls received */
     bool unprivileged;        /* the test's peers are taken for unprivileged ones */
     varlink_call *streams[8]; /* open Stream calls */
     int n_streams;
@@ -975,6 +976,58 @@ static void test_budget_busy(void **state)
     wait_connections(0);
 }
 
+/* Stands for an expensive call (a long ListJobs): 15 ms of work. */
+static void m_slow(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)ud;
+    if (json_bool(params, "root", false))
+        F->slow_root++;
+    else
+        F->slow++;
+    int64_t end = time_mono_ms() + 15;
+    while (time_mono_ms() < end)
+        ;
+    varlink_call_reply(call, NULL);
+}
+
+/* Expensive calls of unprivileged peers arriving together are spread over loop turns (10 ms of
+ * them per turn), so that nothing waits behind all of them; a privileged call is taken at
+ * once. */
+static void test_work_per_turn(void **state)
+{
+    (void)state;
+    start(NULL);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Slow", 0, m_slow, NULL),
+                     0);
+    F->unprivileged = true;
+    enum { N = 4 };
+    client *c[N];
+    for (int i = 0; i < N; i++)
+        c[i] = cl_connect();
+    wait_connections(N); /* accepted as unprivileged */
+    F->unprivileged = false;
+    client *root = cl_connect();
+    wait_connections(N + 1);
+    uv_run(&F->loop, UV_RUN_NOWAIT); /* libuv registers the new connections with epoll */
+    for (int i = 0; i < N; i++)
+        cl_send(c[i], "{\"method\":\"org.example.test.Slow\"}");
+    cl_send(root, "{\"method\":\"org.example.test.Slow\",\"parameters\":{\"root\":true}}");
+    struct pollfd p = {.fd = uv_backend_fd(&F->loop), .events = POLLIN};
+    assert_int_equal(poll(&p, 1, DEADLINE_MS), 1);
+    uv_run(&F->loop, UV_RUN_NOWAIT); /* one turn */
+    assert_int_equal(F->slow_root, 1);
+    assert_true(F->slow <= 1);
+    for (int i = 0; i < N; i++) {
+        cJSON *m = cl_recv(c[i]);
+        assert_null(json_str(m, "error"));
+        cJSON_Delete(m);
+        cl_free(c[i]);
+    }
+    assert_int_equal(F->slow, N);
+    cJSON_Delete(cl_recv(root));
+    cl_free(root);
+}
+
 static void test_ratelimit(void **state)
 {
     (void)state;
@@ -1081,6 +1134,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_output_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stalled_stream_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_work_per_turn, setup, teardown),
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test_setup_teardown(test_socket_file, setup, teardown),
     };
