@@ -45,9 +45,10 @@
 #define VL_REFUSED_LOG_MS 1000
 /* An input buffer this large or smaller is kept between messages; a larger one is given back. */
 #define VL_IN_KEEP 4096
-/* Unprivileged calls dispatched in one stretch of the loop (the run queue, or one poll's
- * callbacks) stop being taken after this long; the rest wait for the next turn, so that other
- * events, and the operator's calls, are never behind more than this plus one call. */
+/* Unprivileged calls are taken only from the run queue, once per loop turn, and stop being
+ * taken after this long; the rest wait for the next turn (in order), so that other events, and
+ * the operator's calls (taken as soon as they are read), never wait behind more than this plus
+ * one call. */
 #define VL_TURN_MS 10
 /* File descriptors kept for the rest of the process beyond the control connections. */
 #define VL_FD_SPARE 256
@@ -164,9 +165,8 @@ struct varlink_server {
     int64_t accept_log_ms; /* when a failed accept was last logged */
     uv_idle_t kick;        /* runs runq on the next turn */
     bool kick_init;
-    uv_prepare_t turn;      /* marks the start of each poll phase */
-    bool turn_init;
-    int64_t turn_start_ms;  /* when the current stretch of the loop began */
+    int64_t turn_start_ms;  /* when this turn's run of the queue began */
+    bool in_runq;           /* kick_cb is running the queue */
     vl_conn *runq, *runq_tail; /* FIFO of connections with a message to take next turn */
     size_t runq_len;
     char readbuf[VL_READ_CHUNK];
@@ -279,12 +279,6 @@ static void ignore_sigpipe(void)
         signal(SIGPIPE, SIG_IGN);
 }
 
-static void turn_cb(uv_prepare_t *h)
-{
-    varlink_server *s = h->data;
-    s->turn_start_ms = time_mono_ms();
-}
-
 int varlink_server_new(uv_loop_t *loop, const varlink_server_options *opts, varlink_server **out)
 {
     ignore_sigpipe();
@@ -314,12 +308,6 @@ int varlink_server_new(uv_loop_t *loop, const varlink_server_options *opts, varl
     s->kick.data = s;
     s->kick_init = true;
     s->pending_handles++;
-    uv_prepare_init(loop, &s->turn);
-    s->turn.data = s;
-    s->turn_init = true;
-    s->pending_handles++;
-    uv_prepare_start(&s->turn, turn_cb);
-    uv_unref((uv_handle_t *)&s->turn); /* it must not keep the loop alive */
     *out = s;
     return 0;
 }
@@ -361,8 +349,6 @@ void varlink_server_free(varlink_server *s)
         uv_close((uv_handle_t *)&s->listener, listener_close_cb);
     if (s->kick_init)
         uv_close((uv_handle_t *)&s->kick, listener_close_cb);
-    if (s->turn_init)
-        uv_close((uv_handle_t *)&s->turn, listener_close_cb);
     while (s->conns)
         conn_close(s->conns);
     if (s->unlink_path && unlink(s->unlink_path) < 0 && errno != ENOENT)
@@ -495,12 +481,14 @@ static void kick_cb(uv_idle_t *h)
 {
     varlink_server *s = h->data;
     s->turn_start_ms = time_mono_ms();
+    s->in_runq = true;
     for (size_t n = s->runq_len; n > 0; n--) {
         vl_conn *c = runq_pop(s);
         if (!c)
             break;
         conn_process(c);
     }
+    s->in_runq = false;
     if (!s->runq)
         uv_idle_stop(&s->kick);
 }
@@ -994,10 +982,13 @@ static void conn_process(vl_conn *c)
     if (c->processing || c->closing)
         return;
     c->processing = true;
-    size_t max = c->srv->o.max_message;
+    varlink_server *s = c->srv;
+    size_t max = s->o.max_message;
     bool complete = false;
-    bool late = !c->privileged && time_mono_ms() - c->srv->turn_start_ms >= VL_TURN_MS;
-    if (conn_idle_for_calls(c) && c->in.len > 0 && !late) {
+    /* An unprivileged call is taken from the run queue only, within the turn's time. */
+    bool now = c->privileged ||
+               (s->in_runq && !c->queued && time_mono_ms() - s->turn_start_ms < VL_TURN_MS);
+    if (conn_idle_for_calls(c) && c->in.len > 0 && now) {
         char *nul = memchr(c->in.data + c->scanned, '\0', c->in.len - c->scanned);
         if (!nul) {
             c->scanned = c->in.len;
@@ -1034,7 +1025,7 @@ static void conn_process(vl_conn *c)
     if (!c->closing) {
         bool ready = conn_idle_for_calls(c);
         if (ready && complete)
-            conn_kick(c); /* the next one on the next turn */
+            conn_kick(c); /* taken from the run queue */
         conn_set_reading(c, ready ? !complete : (c->call.open && c->call.more));
     }
     c->processing = false;
