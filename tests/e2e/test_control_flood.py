@@ -10,7 +10,6 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import time
 
@@ -28,6 +27,9 @@ PIPELINERS = 16                            # per uid: 64 in all
 N_JOBS = 500
 FLOOD_S = 8                                # how long root measures under the flood
 LATENCY_MS = 100
+# AddressSanitizer makes batchd's work (serialising hundreds of jobs) several times slower: in
+# such a build the bound is this many times the product's, and the output says so.
+ASAN_SLOWDOWN = 5
 RSS_GROWTH_KIB = 64 * 1024
 
 # Runs as a flooding uid, from /usr/bin/python3 with the code inline (nothing of the checkout
@@ -117,6 +119,12 @@ def getinfo_ms(sock):
     return ms
 
 
+def sanitized(pid):
+    """Whether the process runs with AddressSanitizer's runtime."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def drop_failing_jobs(env, n):
     """n jobs that fail validation at once (no API calls), so the daemon knows n jobs fast."""
     src = os.path.join(env.dir, "src")
@@ -166,7 +174,6 @@ def test_flood():
                 # Each asks for more than its share: the per-uid cap turns the rest away.
                 procs.append(start_flooder(sock, uid, PIPELINERS, PER_UID - PIPELINERS + 8,
                                            i == 0, FLOOD_S * 6))
-            t_ready = time.monotonic()
             kept = []
             for p in procs:
                 line = read_line(p, 60)
@@ -190,7 +197,6 @@ def test_flood():
             check(p.returncode == 0 and "io.batchd.TooManyConnections" in p.stdout,
                   f"a fifth member was let in while four hold every slot: {p.stdout} {p.stderr}")
 
-            print(f"     set up in {time.monotonic() - t_ready:.1f} s", flush=True)
             # ... while root always gets in, and is answered fast.
             lat, rss = [], []
             end = time.monotonic() + FLOOD_S
@@ -198,10 +204,8 @@ def test_flood():
                 lat.append(getinfo_ms(sock))
                 rss.append(rss_kib(d.proc.pid))
                 time.sleep(0.02)  # pacing of the samples, not synchronisation
-            print(f"     measured until {time.monotonic() - t_ready:.1f} s", flush=True)
             ctl = subprocess.run([binary("batchctl"), "-s", sock, "status"], capture_output=True,
                                  text=True, timeout=30)
-            print(f"     batchctl status done at {time.monotonic() - t_ready:.1f} s", flush=True)
             check(ctl.returncode == 0, f"batchctl status as root under the flood: {ctl.stderr}")
             for p in procs:
                 if p.poll() is not None:  # (the reads would block while it runs)
@@ -222,13 +226,18 @@ def test_flood():
         lat.sort()
         print(f"     ListJobs of {N_JOBS} jobs: {size} bytes in {lj_ms:.1f} ms unloaded; "
               f"GetInfo {max(base):.1f} ms unloaded; under the flood {len(lat)} samples, median "
-              f"{lat[len(lat) // 2]:.1f} ms, max {lat[-1]:.1f} ms; idle kept per uid {kept}; "
+              f"{lat[len(lat) // 2]:.1f} ms, p99 {lat[len(lat) * 99 // 100]:.1f} ms, max "
+              f"{lat[-1]:.1f} ms; idle kept per uid {kept}; "
               f"rss {rss0} -> max {max(rss)} KiB", flush=True)
         check(kept[0] == PER_UID - PIPELINERS - 1 and
               all(k == PER_UID - PIPELINERS for k in kept[1:]),
               f"each flooding uid holds its {PER_UID} slots and no more: {kept}")
-        slow = [x for x in lat if x > LATENCY_MS]
-        check(not slow, f"{len(slow)} of {len(lat)} GetInfo calls took more than {LATENCY_MS} ms "
+        bound = LATENCY_MS * (ASAN_SLOWDOWN if sanitized(d.proc.pid) else 1)
+        if bound != LATENCY_MS:
+            print(f"     AddressSanitizer build: latency bound {bound} ms instead of {LATENCY_MS}",
+                  flush=True)
+        slow = [x for x in lat if x > bound]
+        check(not slow, f"{len(slow)} of {len(lat)} GetInfo calls took more than {bound} ms "
               f"under the flood: {slow[:10]}")
         if not VALGRIND:  # under valgrind the RSS is valgrind's own
             check(max(rss) - rss0 <= RSS_GROWTH_KIB,
