@@ -113,7 +113,8 @@ static int error_reply(const ctl_ctx *x, const char *method, const vlclient_repl
         fprintf(stderr,
                 "batchctl: the reply to %s would be %" PRId64 " bytes, more than batchd sends "
                 "(%" PRId64 ")\nhint: ask for fewer jobs (list --limit N, --state)\n",
-                method, json_int64(r->parameters, "size", 0), json_int64(r->parameters, "limit", 0));
+                method, json_int64(r->parameters, "size", 0),
+                json_int64(r->parameters, "limit", 0));
         return CTL_EXIT_REFUSED;
     }
     if (strcmp(e, "org.varlink.service.InvalidParameter") == 0) {

@@ -32,10 +32,14 @@ static cJSON *get_info(void *ud)
     return o;
 }
 
+typedef struct job_ref {
+    const job *j;
+} job_ref;
+
 /* Newest first: claim time, then id (a ULID, which sorts by time too). */
 static int newest_first(const void *a, const void *b)
 {
-    const job *x = *(const job *const *)a, *y = *(const job *const *)b;
+    const job *x = ((const job_ref *)a)->j, *y = ((const job_ref *)b)->j;
     if (x->created_at != y->created_at)
         return x->created_at > y->created_at ? -1 : 1;
     return -strcmp(x->id, y->id);
@@ -46,7 +50,7 @@ static int newest_first(const void *a, const void *b)
 static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states, size_t limit)
 {
     batchd *d = ud;
-    const job **match = xcalloc(d->n_jobs + 1, sizeof(*match));
+    job_ref *match = xcalloc(d->n_jobs + 1, sizeof(*match));
     size_t n = 0;
     for (size_t i = 0; i < d->n_jobs; i++) {
         const job *j = d->jobs[i]->j;
@@ -54,12 +58,12 @@ static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states, si
         for (size_t k = 0; k < n_states && !keep; k++)
             keep = strcmp(states[k], job_state_name(j->state)) == 0;
         if (keep)
-            match[n++] = j;
+            match[n++].j = j;
     }
     qsort(match, n, sizeof(*match), newest_first);
     cJSON *arr = cJSON_CreateArray();
     for (size_t i = 0; i < n && i < limit; i++)
-        cJSON_AddItemToArray(arr, job_to_public(match[i], false));
+        cJSON_AddItemToArray(arr, job_to_public(match[i].j, false));
     free(match);
     return arr;
 }

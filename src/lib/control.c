@@ -235,7 +235,7 @@ static int limit_param(const cJSON *params, size_t *limit)
         return -EINVAL;
     double v = l->valuedouble;
     if (!(v >= 0))
-        return -EINVAL; /* negative or NaN */
+        return -EINVAL;            /* negative or NaN */
     if (v >= 9007199254740992.0) { /* 2^53: every double from here on is an integer */
         *limit = SIZE_MAX;
         return 0;

@@ -128,10 +128,10 @@ struct vl_conn {
     bool listed; /* counted in srv->conns */
     bool closing;
     bool processing;
-    bool privileged; /* root or the server's own uid (or what is_privileged says) */
-    bool reading;    /* uv_read_start is in effect */
-    bool queued;     /* on srv->runq: take the next buffered message on the next turn */
-    bool progress;   /* a write completed since the idle timer last looked */
+    bool privileged;  /* root or the server's own uid (or what is_privileged says) */
+    bool reading;     /* uv_read_start is in effect */
+    bool queued;      /* on srv->runq: take the next buffered message on the next turn */
+    bool progress;    /* a write completed since the idle timer last looked */
     size_t out_bytes; /* output queued and not yet written out (held until write_cb) */
     size_t in_acct;   /* in.cap as counted in srv->held */
     vl_conn *runq_next;
@@ -145,12 +145,7 @@ typedef struct vl_write {
 
 struct varlink_server {
     uv_loop_t *loop;
-    varlink_server_options o; /* its strings point at `owned` */
-    char *owned[8];
-    uv_pipe_t listener;
-    bool listener_init;
     size_t pending_handles;
-    bool stopping;
     vl_conn *conns;
     size_t n_conns;
     vl_iface *ifaces;
@@ -158,17 +153,22 @@ struct varlink_server {
     vl_method *methods;
     size_t n_methods;
     char *unlink_path;
-    uid_t self_uid;
-    size_t held;         /* bytes held for clients: input buffers and unsent output */
-    size_t n_privileged; /* connections of privileged peers */
-    varlink_ratelimit refused;
-    int64_t accept_log_ms; /* when a failed accept was last logged */
-    uv_idle_t kick;        /* runs runq on the next turn */
-    bool kick_init;
-    int64_t turn_start_ms;  /* when this turn's run of the queue began */
-    bool in_runq;           /* kick_cb is running the queue */
+    size_t held;               /* bytes held for clients: input buffers and unsent output */
+    size_t n_privileged;       /* connections of privileged peers */
+    int64_t accept_log_ms;     /* when a failed accept was last logged */
+    int64_t turn_start_ms;     /* when this turn's run of the queue began */
     vl_conn *runq, *runq_tail; /* FIFO of connections with a message to take next turn */
     size_t runq_len;
+    char *owned[8];
+    uv_idle_t kick;           /* runs runq on the next turn */
+    varlink_server_options o; /* its strings point at `owned` */
+    uv_pipe_t listener;
+    varlink_ratelimit refused;
+    uid_t self_uid;
+    bool listener_init;
+    bool stopping;
+    bool kick_init;
+    bool in_runq; /* kick_cb is running the queue */
     char readbuf[VL_READ_CHUNK];
 };
 
@@ -302,8 +302,8 @@ int varlink_server_new(uv_loop_t *loop, const varlink_server_options *opts, varl
     s->o.protocol_error = s->owned[4] = opts->protocol_error ? xstrdup(opts->protocol_error) : NULL;
     s->o.limit_error = s->owned[5] = opts->limit_error ? xstrdup(opts->limit_error) : NULL;
     s->o.busy_error = s->owned[6] = opts->busy_error ? xstrdup(opts->busy_error) : NULL;
-    s->o.too_large_error = s->owned[7] = opts->too_large_error ? xstrdup(opts->too_large_error)
-                                                               : NULL;
+    s->o.too_large_error = s->owned[7] =
+        opts->too_large_error ? xstrdup(opts->too_large_error) : NULL;
     uv_idle_init(loop, &s->kick);
     s->kick.data = s;
     s->kick_init = true;
@@ -631,8 +631,9 @@ static int conn_send_final(vl_conn *c, char *text, size_t len)
     if (c->out_bytes > 0 && c->out_bytes + len > s->o.max_pending_out) {
         /* The end of a stream whose backlog is already at the cap. */
         free(text);
-        log_refusal(s, &c->peer, "connection closed: it does not read its replies (%zu bytes "
-                                 "unsent)",
+        log_refusal(s, &c->peer,
+                    "connection closed: it does not read its replies (%zu bytes "
+                    "unsent)",
                     c->out_bytes);
         conn_close(c);
         return -ENOBUFS;
@@ -645,8 +646,9 @@ static int conn_send_final(vl_conn *c, char *text, size_t len)
         instead = s->o.too_large_error ? too_large_msg(s, len) : NULL;
         r = -EMSGSIZE;
     } else if (!budget_allows(c, len)) {
-        log_refusal(s, &c->peer, "reply of %zu bytes refused: %zu bytes are held for clients, the "
-                                 "budget is %zu",
+        log_refusal(s, &c->peer,
+                    "reply of %zu bytes refused: %zu bytes are held for clients, the "
+                    "budget is %zu",
                     len, s->held, budget_for(c));
         instead = s->o.busy_error ? busy_msg(s) : NULL;
         r = -EBUSY;
@@ -733,14 +735,16 @@ int varlink_call_notify_json(varlink_call *call, const char *params_json)
                     c->out_bytes, s->o.max_stream_out);
         r = -ENOBUFS;
     } else if (len > s->o.max_pending_out) {
-        log_refusal(s, &c->peer, "streaming connection closed: a reply of %zu bytes is over the "
-                                 "limit of %zu",
+        log_refusal(s, &c->peer,
+                    "streaming connection closed: a reply of %zu bytes is over the "
+                    "limit of %zu",
                     len, s->o.max_pending_out);
         last = s->o.too_large_error ? too_large_msg(s, len) : NULL;
         r = -EMSGSIZE;
     } else if (!budget_allows(c, len)) {
-        log_refusal(s, &c->peer, "streaming connection closed: %zu bytes are held for clients, "
-                                 "the budget is %zu",
+        log_refusal(s, &c->peer,
+                    "streaming connection closed: %zu bytes are held for clients, "
+                    "the budget is %zu",
                     s->held, budget_for(c));
         last = s->o.busy_error ? busy_msg(s) : NULL;
         r = -EBUSY;
@@ -936,8 +940,9 @@ static void dispatch(vl_conn *c, const char *buf, size_t len)
         params = empty = cJSON_CreateObject();
     if (!budget_allows(c, 0)) {
         /* Refused before any work: an answer would only take more of what is short. */
-        log_refusal(c->srv, &c->peer, "%s refused: %zu bytes are held for clients, the budget is %zu",
-                    req.method, c->srv->held, budget_for(c));
+        log_refusal(c->srv, &c->peer,
+                    "%s refused: %zu bytes are held for clients, the budget is %zu", req.method,
+                    c->srv->held, budget_for(c));
         if (c->srv->o.busy_error)
             varlink_call_error(call, c->srv->o.busy_error, busy_msg_params());
         else
@@ -1194,7 +1199,8 @@ static int admit(varlink_server *s, vl_conn *c)
         refuse(c, total, "too many connections");
         return -EMFILE;
     }
-    if (!(c->privileged && s->o.privileged_uncapped) && uid_connections(s, c->peer.uid) >= s->o.max_per_uid) {
+    if (!(c->privileged && s->o.privileged_uncapped) &&
+        uid_connections(s, c->peer.uid) >= s->o.max_per_uid) {
         refuse(c, s->o.max_per_uid, "too many connections from this uid");
         return -EMFILE;
     }
@@ -1276,8 +1282,7 @@ static void fit_fd_limit(varlink_server *s)
     size_t room = rl.rlim_cur > other + 1 ? (size_t)rl.rlim_cur - other : 1;
     log_warn("control socket: %llu file descriptors allowed (LimitNOFILE=): at most %zu ordinary "
              "control connections instead of %zu; raise the limit to %llu",
-             (unsigned long long)rl.rlim_cur, room, s->o.max_connections,
-             (unsigned long long)need);
+             (unsigned long long)rl.rlim_cur, room, s->o.max_connections, (unsigned long long)need);
     s->o.max_connections = room;
 }
 

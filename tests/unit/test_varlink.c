@@ -1049,8 +1049,8 @@ static void test_ratelimit(void **state)
     /* More uids than slots: the table stays bounded and new uids are still logged. */
     for (uid_t u = 0; u < 3 * VARLINK_RATELIMIT_SLOTS; u++)
         assert_true(varlink_ratelimit_check(&rl, 20000 + u, 8000 + (int64_t)u, 1000, &quiet));
-    assert_false(varlink_ratelimit_check(&rl, 20000 + 3 * VARLINK_RATELIMIT_SLOTS - 1, 8500,
-                                         1000, &quiet));
+    assert_false(
+        varlink_ratelimit_check(&rl, 20000 + 3 * VARLINK_RATELIMIT_SLOTS - 1, 8500, 1000, &quiet));
 }
 
 static void test_socket_file(void **state)
