@@ -58,7 +58,7 @@ _batchctl()
         COMPREPLY=($(compgen -W "$states" -- "$cur"))
         return
         ;;
-    --name)
+    --name | --limit)
         return
         ;;
     esac
@@ -74,7 +74,7 @@ _batchctl()
 
     case $cmd in
     list)
-        COMPREPLY=($(compgen -W "--state -q --quiet --json" -- "$cur"))
+        COMPREPLY=($(compgen -W "--state --limit -q --quiet --json" -- "$cur"))
         ;;
     show | retry | cancel)
         if [[ $cur == -* ]]; then

@@ -22,8 +22,8 @@ typedef enum control_access { CONTROL_READ = 1, CONTROL_WRITE = 2 } control_acce
 typedef struct control_ops {
     void *ud;
     cJSON *(*get_info)(void *ud); /* io.batchd.GetInfo reply parameters */
-    /* array of Job objects; states NULL/0 = all */
-    cJSON *(*list_jobs)(void *ud, const char *const *states, size_t n_states);
+    /* array of Job objects, newest first, at most limit of them; states NULL/0 = all */
+    cJSON *(*list_jobs)(void *ud, const char *const *states, size_t n_states, size_t limit);
     /* Job object with history, or NULL: *err = "io.batchd.NoSuchJob" / "io.batchd.AmbiguousJob" */
     cJSON *(*get_job)(void *ud, const char *job, const char **err);
     /* retry/cancel: 0 and *job_out = Job object, or -errno with *err = varlink error name
@@ -44,12 +44,15 @@ typedef struct control_options {
     const char *socket_path; /* e.g. /run/batchd/io.batchd */
     const char *group;       /* control group name (or number): members may read; NULL = only
                                 root/own uid; a group that does not exist is warned about */
-    size_t max_connections;  /* e.g. 1024 */
-    size_t max_per_uid;      /* e.g. 256 */
-    size_t max_message;      /* e.g. 1 MiB inbound message cap */
-    size_t max_pending_out;  /* e.g. 8 MiB outbound buffer cap per connection (slow readers
-                                dropped) */
-    int64_t idle_timeout_ms; /* e.g. 60000; a Watch connection is not idle */
+    /* Limits of the varlink server (see varlink_server_options; 0 = its default). */
+    size_t max_connections;      /* ordinary connections, e.g. 1024 */
+    size_t max_per_uid;          /* one unprivileged uid, e.g. 256 */
+    size_t reserved_connections; /* for root and the daemon's uid beyond the others, e.g. 32 */
+    size_t max_message;          /* inbound message, e.g. 64 KiB */
+    size_t max_pending_out;      /* a reply, e.g. 4 MiB (larger: io.batchd.ReplyTooLarge) */
+    size_t max_stream_out;       /* a Watch's unsent backlog, e.g. 1 MiB (more: closed) */
+    size_t memory_budget;        /* all clients together, e.g. 48 MiB (io.batchd.Busy) */
+    int64_t idle_timeout_ms;     /* e.g. 60000; a Watch connection is not idle */
     const char *version;
 } control_options;
 
@@ -74,6 +77,9 @@ unsigned control_peer_access(const varlink_peer *peer, uid_t self_uid, bool have
                              gid_t group);
 /* The access io.batchd method `method` needs (0 for unknown methods). Pure. */
 unsigned control_method_access(const char *method);
+
+/* ListJobs without a limit, and the snapshot that opens a Watch: the newest this many jobs. */
+#define CONTROL_LIST_DEFAULT 1000
 
 /* The varlink interface description of io.batchd. */
 extern const char control_interface_description[];

@@ -30,14 +30,32 @@ typedef struct varlink_peer {
 } varlink_peer;
 
 typedef struct varlink_server_options {
-    size_t max_connections;  /* all peers together; 0 = 1024 */
-    size_t max_per_uid;      /* one uid; 0 = 256 */
+    size_t max_connections; /* ordinary connections, all peers together; 0 = 1024 */
+    size_t max_per_uid;     /* one unprivileged uid; 0 = 256 */
+    /* Connections beyond max_connections that only privileged peers may use: root and the
+     * server's own uid are always accepted while the reserve lasts, even when others hold
+     * every ordinary slot. 0 = 32. */
+    size_t reserved_connections;
     size_t max_message;      /* inbound message without its NUL; 0 = 1 MiB */
-    size_t max_pending_out;  /* unsent reply bytes per connection; 0 = 8 MiB */
-    int64_t idle_timeout_ms; /* no call and no traffic for this long: closed; 0 = 60 s, <0 never */
-    /* Root and the server's own uid are bound by max_connections only, not by max_per_uid:
-     * the cap protects others from an unprivileged flood, not the operator from herself. */
+    size_t max_pending_out;  /* a final reply: larger ones are refused with too_large_error, and
+                                one connection never holds more unsent; 0 = 4 MiB */
+    size_t max_stream_out;   /* unsent output of a streaming call: a peer that lets more pile
+                                up is disconnected; 0 = 1 MiB */
+    size_t memory_budget;    /* bytes held for all clients (input buffers, unsent output);
+                                0 = 48 MiB. Unprivileged calls are refused with busy_error from
+                                three quarters of it on, privileged ones only at the whole. */
+    int64_t idle_timeout_ms; /* no call and no traffic for this long, or unsent output that
+                                makes no progress for this long: closed; 0 = 60 s, <0 never */
+    /* Root and the server's own uid are bound by max_connections + reserved_connections only,
+     * not by max_per_uid: the cap protects others from an unprivileged flood, not the operator
+     * from herself. */
     bool privileged_uncapped;
+    /* Who is privileged (reserve, budget, uncapped); NULL = root and the server's own uid.
+     * Tests use it to play an unprivileged peer. */
+    bool (*is_privileged)(const varlink_peer *peer, void *ud);
+    void *is_privileged_ud;
+    /* Clock for rate-limited logging, milliseconds; NULL = time_mono_ms. */
+    int64_t (*now_ms)(void);
     /* org.varlink.service.GetInfo */
     const char *vendor;
     const char *product;
@@ -48,6 +66,12 @@ typedef struct varlink_server_options {
     const char *protocol_error;
     /* Error sent (with {"limit": n}) to a connection refused by a cap; NULL = close silently. */
     const char *limit_error;
+    /* Error answering a call refused because the clients' memory budget is used up, with
+     * {"reason": text}; the connection stays. NULL = the connection is closed instead. */
+    const char *busy_error;
+    /* Error answering a call whose reply would exceed max_pending_out, with {"size": n,
+     * "limit": n}; the connection stays. NULL = close the connection instead. */
+    const char *too_large_error;
 } varlink_server_options;
 
 /* Method flags. */
@@ -88,6 +112,13 @@ int varlink_server_listen(varlink_server *s, const char *path, mode_t mode, gid_
 int varlink_server_listen_fd(varlink_server *s, int fd);
 
 size_t varlink_server_connections(const varlink_server *s);
+/* Bytes held for clients right now: input buffers and output not yet written. */
+size_t varlink_server_held(const varlink_server *s);
+
+/* Logs a refusal (warning) of the call's peer, at most once a second per peer uid; the next
+ * line logged for that uid says how many were left out. */
+void varlink_call_log_refusal(varlink_call *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* The call's method, flags and peer. */
 const char *varlink_call_method(const varlink_call *c);
@@ -97,14 +128,34 @@ const varlink_peer *varlink_call_peer(const varlink_call *c);
 void varlink_call_set_cancel(varlink_call *c, varlink_cancel_fn fn, void *ud);
 
 /* Final reply; params is taken (NULL = {}). The call is over when this returns. 0, -EPIPE when
- * the connection is gone, -ENOBUFS when the peer is too far behind (it was dropped). */
+ * the connection is gone, -ENOBUFS when the peer is too far behind (it was dropped), -EMSGSIZE
+ * when the reply was too large or -EBUSY when the memory budget was used up (an error was
+ * sent instead; see too_large_error and busy_error). */
 int varlink_call_reply(varlink_call *c, cJSON *params);
 /* Final error reply; params taken (NULL = {}). */
 int varlink_call_error(varlink_call *c, const char *error, cJSON *params);
 /* One streamed reply with "continues": true; params_json is a printed JSON object. The call
- * stays open. Same returns as varlink_call_reply; on failure the connection is closed and the
- * cancel callback has run before this returns. */
+ * stays open. Same returns as varlink_call_reply; on failure the call is over: either an error
+ * ended it (the first reply of a stream was too large or over budget), or the connection was
+ * closed and the cancel callback has run before this returns. */
 int varlink_call_notify_json(varlink_call *c, const char *params_json);
+
+/* Per-uid rate limit of log lines (pure: the caller passes the time). A fixed table: when it is
+ * full, the uid seen longest ago makes room. */
+#define VARLINK_RATELIMIT_SLOTS 64
+typedef struct varlink_ratelimit {
+    struct {
+        uid_t uid;
+        bool used;
+        int64_t last_ms; /* when a line for uid was last allowed */
+        size_t quiet;    /* events for uid not logged since */
+    } e[VARLINK_RATELIMIT_SLOTS];
+} varlink_ratelimit;
+
+/* true: log this event now, *suppressed = events of uid left out since its last line; false:
+ * counted, stay quiet. At most one true per interval_ms per uid. */
+bool varlink_ratelimit_check(varlink_ratelimit *rl, uid_t uid, int64_t now_ms, int64_t interval_ms,
+                             size_t *suppressed);
 
 /* A parsed call message (pure; used by the server and the fuzz harness). */
 typedef struct varlink_request {

@@ -22,7 +22,7 @@ enum {
     CTL_EXIT_REFUSED = 65,     /* no such job, ambiguous name, invalid state, bad parameter */
     CTL_EXIT_UNAVAILABLE = 69, /* the daemon cannot be reached */
     CTL_EXIT_SOFTWARE = 70,
-    CTL_EXIT_TEMPFAIL = 75, /* the daemon has too many connections */
+    CTL_EXIT_TEMPFAIL = 75, /* the daemon has too many connections, or is busy */
     CTL_EXIT_PROTOCOL = 76, /* the daemon said something batchctl does not understand */
     CTL_EXIT_NOPERM = 77,
     CTL_EXIT_CONFIG = 78,

@@ -48,6 +48,11 @@ static int recv_failed(const ctl_ctx *x, int r)
     return CTL_EXIT_PROTOCOL;
 }
 
+static const char *msg_or(const char *s, const char *dflt)
+{
+    return s ? s : dflt;
+}
+
 /* Prints an error reply for people and returns its exit code. */
 static int error_reply(const ctl_ctx *x, const char *method, const vlclient_reply *r)
 {
@@ -96,6 +101,21 @@ static int error_reply(const ctl_ctx *x, const char *method, const vlclient_repl
                 "); try again later\n",
                 json_int64(r->parameters, "limit", 0));
         return CTL_EXIT_TEMPFAIL;
+    }
+    if (strcmp(e, "io.batchd.Busy") == 0) {
+        fprintf(stderr,
+                "batchctl: batchd is short of memory for its control clients (%s); try again "
+                "later\n",
+                msg_or(json_str(r->parameters, "reason"), "busy"));
+        return CTL_EXIT_TEMPFAIL;
+    }
+    if (strcmp(e, "io.batchd.ReplyTooLarge") == 0) {
+        fprintf(stderr,
+                "batchctl: the reply to %s would be %" PRId64 " bytes, more than batchd sends "
+                "(%" PRId64 ")\nhint: ask for fewer jobs (list --limit N, --state)\n",
+                method, json_int64(r->parameters, "size", 0),
+                json_int64(r->parameters, "limit", 0));
+        return CTL_EXIT_REFUSED;
     }
     if (strcmp(e, "org.varlink.service.InvalidParameter") == 0) {
         fprintf(stderr, "batchctl: batchd rejected the parameter \"%s\" of %s\n",
@@ -291,16 +311,33 @@ int ctl_list(const ctl_ctx *x, int argc, char **argv)
     cJSON *states = cJSON_AddArrayToObject(params, "states");
     bool quiet = false;
     for (int i = 1; i < argc; i++) {
-        const char *s = NULL;
+        const char *s = NULL, *limit = NULL;
         if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
             s = argv[++i];
         else if (strncmp(argv[i], "--state=", 8) == 0)
             s = argv[i] + 8;
+        else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc)
+            limit = argv[++i];
+        else if (strncmp(argv[i], "--limit=", 8) == 0)
+            limit = argv[i] + 8;
         else if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0)
             quiet = true;
         else {
             cJSON_Delete(params);
-            return usage("list", "[--state STATE]... [-q]");
+            return usage("list", "[--state STATE]... [--limit N] [-q]");
+        }
+        if (limit) {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long n = strtoull(limit, &end, 10);
+            if (!limit[0] || *end || errno || limit[0] == '-' || n > (1ULL << 53)) {
+                fprintf(stderr, "batchctl: list: --limit %s: not a number of jobs (0 or more)\n",
+                        limit);
+                cJSON_Delete(params);
+                return CTL_EXIT_USAGE;
+            }
+            cJSON_DeleteItemFromObject(params, "limit");
+            cJSON_AddNumberToObject(params, "limit", (double)n);
         }
         if (s)
             cJSON_AddItemToArray(states, cJSON_CreateString(s));

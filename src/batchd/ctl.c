@@ -7,6 +7,7 @@
 #include "batchd/util.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 static cJSON *get_info(void *ud)
@@ -37,18 +38,39 @@ static cJSON *get_info(void *ud)
     return o;
 }
 
-static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states)
+typedef struct job_ref {
+    const job *j;
+} job_ref;
+
+/* Newest first: claim time, then id (a ULID, which sorts by time too). */
+static int newest_first(const void *a, const void *b)
+{
+    const job *x = ((const job_ref *)a)->j, *y = ((const job_ref *)b)->j;
+    if (x->created_at != y->created_at)
+        return x->created_at > y->created_at ? -1 : 1;
+    return -strcmp(x->id, y->id);
+}
+
+/* Only the jobs that are sent are turned into JSON: a small limit costs little whatever the
+ * number of jobs known. */
+static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states, size_t limit)
 {
     batchd *d = ud;
-    cJSON *arr = cJSON_CreateArray();
+    job_ref *match = xcalloc(d->n_jobs + 1, sizeof(*match));
+    size_t n = 0;
     for (size_t i = 0; i < d->n_jobs; i++) {
         const job *j = d->jobs[i]->j;
-        bool match = n_states == 0;
-        for (size_t k = 0; k < n_states && !match; k++)
-            match = strcmp(states[k], job_state_name(j->state)) == 0;
-        if (match)
-            cJSON_AddItemToArray(arr, job_to_public(j, false));
+        bool keep = n_states == 0;
+        for (size_t k = 0; k < n_states && !keep; k++)
+            keep = strcmp(states[k], job_state_name(j->state)) == 0;
+        if (keep)
+            match[n++].j = j;
     }
+    qsort(match, n, sizeof(*match), newest_first);
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < n && i < limit; i++)
+        cJSON_AddItemToArray(arr, job_to_public(match[i].j, false));
+    free(match);
     return arr;
 }
 

@@ -474,10 +474,16 @@ static int start(batchd *d)
     control_options co = {
         .socket_path = c->control.socket,
         .group = c->control.group,
+        /* PRODUCT.md section 9: a member of the control group can read, not harm. Calls are
+         * small (a job name at most), replies bounded (ListJobs limit), and everything held
+         * for clients stays within a 48 MiB budget, so below 64 MiB whatever they do. */
         .max_connections = 1024,
         .max_per_uid = 256,
-        .max_message = 1 << 20,
-        .max_pending_out = 8 << 20,
+        .reserved_connections = 32,
+        .max_message = 64 << 10,
+        .max_pending_out = 4 << 20,
+        .max_stream_out = 1 << 20,
+        .memory_budget = 48 << 20,
         .idle_timeout_ms = 60000,
         .version = BATCHD_VERSION,
     };

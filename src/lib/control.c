@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -64,14 +65,16 @@ const char control_interface_description[] =
     "  stuck: int\n"
     ")\n"
     "\n"
-    "# All known jobs, or those in the given states.\n"
-    "method ListJobs(states: ?[]string) -> (jobs: []Job)\n"
+    "# Known jobs, or those in the given states, newest first: at most limit of them (default\n"
+    "# 1000; a non-negative integer).\n"
+    "method ListJobs(states: ?[]string, limit: ?int) -> (jobs: []Job)\n"
     "\n"
     "# One job by id or unique name, with its history.\n"
     "method GetJob(job: string) -> (job: Job)\n"
     "\n"
-    "# Needs \"more\". The first reply has every current job in jobs; each later reply has one\n"
-    "# changed job in job, in the order the changes happened.\n"
+    "# Needs \"more\". The first reply has the current jobs in jobs (the newest 1000); each later\n"
+    "# reply has one changed job in job, in the order the changes happened. A watcher that does\n"
+    "# not read its replies is disconnected once 1 MiB of them is waiting.\n"
     "method Watch() -> (jobs: ?[]Job, job: ?Job)\n"
     "\n"
     "# Resumes a failed job from its last durable step. Needs write access.\n"
@@ -111,7 +114,14 @@ const char control_interface_description[] =
     "error ProtocolError (reason: string)\n"
     "\n"
     "# The server has as many connections as it allows (in total or for this user).\n"
-    "error TooManyConnections (limit: int)\n";
+    "error TooManyConnections (limit: int)\n"
+    "\n"
+    "# The control server holds as much memory for its clients as it allows; try again later.\n"
+    "error Busy (reason: string)\n"
+    "\n"
+    "# The reply would be larger than a connection may hold (size and limit in bytes); ask for\n"
+    "# less (ListJobs limit or states).\n"
+    "error ReplyTooLarge (size: int, limit: int)\n";
 
 typedef struct watcher watcher;
 
@@ -219,11 +229,38 @@ static bool state_known(const char *s)
     return false;
 }
 
+/* ListJobs' "limit": absent or null = the default; else a non-negative integer. */
+static int limit_param(const cJSON *params, size_t *limit)
+{
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(params, "limit");
+    *limit = CONTROL_LIST_DEFAULT;
+    if (!l || cJSON_IsNull(l))
+        return 0;
+    if (!cJSON_IsNumber(l))
+        return -EINVAL;
+    double v = l->valuedouble;
+    if (!(v >= 0))
+        return -EINVAL;            /* negative or NaN */
+    if (v >= 9007199254740992.0) { /* 2^53: every double from here on is an integer */
+        *limit = SIZE_MAX;
+        return 0;
+    }
+    if (v != (double)(int64_t)v)
+        return -EINVAL;
+    *limit = (size_t)v;
+    return 0;
+}
+
 static void m_list_jobs(control *c, varlink_call *call, const cJSON *params)
 {
     const cJSON *states = cJSON_GetObjectItemCaseSensitive(params, "states");
     const char **names = NULL;
     size_t n = 0;
+    size_t limit = 0;
+    if (limit_param(params, &limit) < 0) {
+        invalid_parameter(call, "limit");
+        return;
+    }
     if (states && !cJSON_IsNull(states)) {
         if (!cJSON_IsArray(states)) {
             invalid_parameter(call, "states");
@@ -241,7 +278,7 @@ static void m_list_jobs(control *c, varlink_call *call, const cJSON *params)
             names[n++] = s->valuestring;
         }
     }
-    cJSON *jobs = c->ops.list_jobs(c->ops.ud, names, n);
+    cJSON *jobs = c->ops.list_jobs(c->ops.ud, names, n, limit);
     free(names);
     varlink_call_reply(call, wrap("jobs", jobs ? jobs : cJSON_CreateArray()));
 }
@@ -340,7 +377,7 @@ static void watcher_cancel(varlink_call *call, void *ud)
 static void m_watch(control *c, varlink_call *call, const cJSON *params)
 {
     (void)params;
-    cJSON *jobs = c->ops.list_jobs(c->ops.ud, NULL, 0);
+    cJSON *jobs = c->ops.list_jobs(c->ops.ud, NULL, 0, CONTROL_LIST_DEFAULT);
     cJSON *snap = wrap("jobs", jobs ? jobs : cJSON_CreateArray());
     char *text = json_print(snap);
     cJSON_Delete(snap);
@@ -420,10 +457,9 @@ static void on_call(varlink_call *call, const cJSON *params, void *ud)
         return;
     }
     if ((have & m->access) != m->access) {
-        log_notice("control: %s refused to uid %u (pid %d): %s", m->name, (unsigned)peer->uid,
-                   (int)peer->pid,
-                   m->access == CONTROL_WRITE ? "needs root or the daemon's user"
-                                              : "not in the control group");
+        varlink_call_log_refusal(call, "%s refused: %s", m->name,
+                                 m->access == CONTROL_WRITE ? "needs root or the daemon's user"
+                                                            : "not in the control group");
         varlink_call_error(call, IFACE ".PermissionDenied", obj_str("method", m->name));
         return;
     }
@@ -468,8 +504,11 @@ int control_start(uv_loop_t *loop, const control_options *opts, const control_op
     varlink_server_options vo = {
         .max_connections = opts->max_connections,
         .max_per_uid = opts->max_per_uid,
+        .reserved_connections = opts->reserved_connections,
         .max_message = opts->max_message,
         .max_pending_out = opts->max_pending_out,
+        .max_stream_out = opts->max_stream_out,
+        .memory_budget = opts->memory_budget,
         .idle_timeout_ms = opts->idle_timeout_ms,
         .privileged_uncapped = true,
         .vendor = "batchd",
@@ -478,6 +517,8 @@ int control_start(uv_loop_t *loop, const control_options *opts, const control_op
         .url = "man:batchd(8)",
         .protocol_error = IFACE ".ProtocolError",
         .limit_error = IFACE ".TooManyConnections",
+        .busy_error = IFACE ".Busy",
+        .too_large_error = IFACE ".ReplyTooLarge",
     };
     varlink_server_new(loop, &vo, &c->srv);
     int r = varlink_server_add_interface(c->srv, IFACE, control_interface_description);

@@ -115,6 +115,19 @@ def test_methods_raw():
               bad["parameters"].get("parameter") == "states", bad)
         bad = call(sock, "io.batchd.ListJobs", {"states": "ready"})
         check(bad.get("error") == "org.varlink.service.InvalidParameter", bad)
+        # Newest first; limit keeps the first ones; a negative or fractional limit is refused.
+        keys = [(j["created_at"], j["id"]) for j in jobs]
+        check(keys == sorted(keys, reverse=True), f"ListJobs not newest first: {keys}")
+        one = call(sock, "io.batchd.ListJobs", {"limit": 1})["parameters"]["jobs"]
+        check([j["id"] for j in one] == [jobs[0]["id"]], one)
+        for limit in (-1, 1.5, "2"):
+            bad = call(sock, "io.batchd.ListJobs", {"limit": limit})
+            check(bad.get("error") == "org.varlink.service.InvalidParameter" and
+                  bad["parameters"].get("parameter") == "limit", f"limit {limit!r}: {bad}")
+        lp = ctl(env, "list", "-q", "--limit", "1")
+        check(lp.returncode == 0 and lp.stdout.split() == [jobs[0]["name"]], (lp.stdout, lp.stderr))
+        lp = ctl(env, "list", "--limit", "-3")
+        check(lp.returncode == 64 and "--limit" in lp.stderr, (lp.returncode, lp.stderr))
 
         alpha = get_job(sock, "alpha")
         by_id = get_job(sock, alpha["id"])

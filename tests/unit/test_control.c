@@ -43,7 +43,7 @@ static cJSON *fake_get_info(void *ud)
     return p;
 }
 
-static cJSON *fake_list(void *ud, const char *const *states, size_t n)
+static cJSON *fake_list(void *ud, const char *const *states, size_t n, size_t limit)
 {
     fixture *f = ud;
     cJSON *out = cJSON_CreateArray();
@@ -53,7 +53,7 @@ static cJSON *fake_list(void *ud, const char *const *states, size_t n)
         bool keep = n == 0;
         for (size_t i = 0; i < n; i++)
             keep |= strcmp(states[i], json_str(j, "state")) == 0;
-        if (keep)
+        if (keep && (size_t)cJSON_GetArraySize(out) < limit)
             cJSON_AddItemToArray(out, cJSON_Duplicate(j, 1));
     }
     return out;
@@ -273,6 +273,9 @@ static void test_description(void **state)
     }
     assert_non_null(strstr(d, "interface io.batchd\n"));
     assert_non_null(strstr(d, "error PermissionDenied"));
+    assert_non_null(strstr(d, "method ListJobs(states: ?[]string, limit: ?int)"));
+    assert_non_null(strstr(d, "error Busy (reason: string)"));
+    assert_non_null(strstr(d, "error ReplyTooLarge (size: int, limit: int)"));
     cJSON_Delete(m);
     m = call(c, "org.varlink.service.GetInfo", NULL);
     const cJSON *ifs = cJSON_GetObjectItem(params_of(m), "interfaces");
@@ -306,6 +309,29 @@ static void test_read_methods(void **state)
     m = call(c, "io.batchd.ListJobs", "{\"states\":\"failed\"}");
     assert_error(m, "org.varlink.service.InvalidParameter");
     cJSON_Delete(m);
+
+    /* limit: at most that many; a negative or non-integer one is refused. */
+    m = call(c, "io.batchd.ListJobs", "{\"limit\":2}");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs")), 2);
+    cJSON_Delete(m);
+    m = call(c, "io.batchd.ListJobs", "{\"limit\":0,\"states\":[\"ready\"]}");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs")), 0);
+    cJSON_Delete(m);
+    m = call(c, "io.batchd.ListJobs", "{\"limit\":1e300}");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs")), 4);
+    cJSON_Delete(m);
+    m = call(c, "io.batchd.ListJobs", "{\"limit\":null}");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs")), 4);
+    cJSON_Delete(m);
+    static const char *const bad_limits[] = {"-1", "1.5", "\"3\"", "true", "[]", "-0.5"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(bad_limits); i++) {
+        char *p = xasprintf("{\"limit\":%s}", bad_limits[i]);
+        m = call(c, "io.batchd.ListJobs", p);
+        free(p);
+        assert_error(m, "org.varlink.service.InvalidParameter");
+        assert_string_equal(json_str(params_of(m), "parameter"), "limit");
+        cJSON_Delete(m);
+    }
 
     m = call(c, "io.batchd.GetJob", "{\"job\":\"alpha\"}");
     const cJSON *j = cJSON_GetObjectItem(params_of(m), "job");

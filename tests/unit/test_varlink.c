@@ -30,6 +30,9 @@ typedef struct fixture {
     char dir[64];
     char path[128];
     int counted;              /* Count calls received */
+    int echoed;               /* Echo calls received */
+    int slow, slow_root;      /* Slow calls received */
+    bool unprivileged;        /* the test's peers are taken for unprivileged ones */
     varlink_call *streams[8]; /* open Stream calls */
     int n_streams;
     int cancelled;
@@ -42,6 +45,7 @@ static fixture *F;
 static void m_echo(varlink_call *call, const cJSON *params, void *ud)
 {
     (void)ud;
+    F->echoed++;
     varlink_call_reply(call, cJSON_Duplicate(params, 1));
 }
 
@@ -98,6 +102,13 @@ static void m_stream(varlink_call *call, const cJSON *params, void *ud)
     varlink_call_set_cancel(call, stream_cancel, NULL);
 }
 
+static bool test_privileged(const varlink_peer *peer, void *ud)
+{
+    (void)peer;
+    (void)ud;
+    return !F->unprivileged;
+}
+
 static void start(const varlink_server_options *extra)
 {
     varlink_server_options o = {.vendor = "test",
@@ -105,8 +116,15 @@ static void start(const varlink_server_options *extra)
                                 .version = "1",
                                 .url = "x",
                                 .protocol_error = "org.example.test.ProtocolError",
-                                .limit_error = "org.example.test.TooMany"};
+                                .limit_error = "org.example.test.TooMany",
+                                .busy_error = "org.example.test.Busy",
+                                .too_large_error = "org.example.test.TooLarge"};
+    o.is_privileged = test_privileged;
     if (extra) {
+        o.reserved_connections = extra->reserved_connections;
+        o.max_stream_out = extra->max_stream_out;
+        o.memory_budget = extra->memory_budget;
+        o.now_ms = extra->now_ms;
         o.max_connections = extra->max_connections;
         o.max_per_uid = extra->max_per_uid;
         o.privileged_uncapped = extra->privileged_uncapped;
@@ -562,29 +580,78 @@ static void test_connection_caps(void **state)
     wait_connections(0);
 }
 
-/* With privileged_uncapped, the server's own uid (this test) is bound by the total cap only. */
+/* With privileged_uncapped, the server's own uid (this test) is bound by the total cap and its
+ * reserve only. */
 static void test_privileged_uncapped(void **state)
 {
     (void)state;
-    varlink_server_options o = {
-        .max_connections = 4, .max_per_uid = 2, .privileged_uncapped = true};
+    varlink_server_options o = {.max_connections = 4,
+                                .max_per_uid = 2,
+                                .reserved_connections = 1,
+                                .privileged_uncapped = true};
     start(&o);
-    client *c[5];
-    for (int i = 0; i < 4; i++)
+    client *c[6];
+    for (int i = 0; i < 5; i++)
         c[i] = cl_connect();
-    wait_connections(4);
-    for (int i = 0; i < 4; i++) {
+    wait_connections(5);
+    for (int i = 0; i < 5; i++) {
         cl_send(c[i], "{\"method\":\"org.example.test.Echo\"}");
         cJSON *m = cl_recv(c[i]);
         assert_null(json_str(m, "error"));
         cJSON_Delete(m);
     }
-    c[4] = cl_connect(); /* over the total cap */
-    cJSON *m = cl_recv(c[4]);
+    c[5] = cl_connect(); /* over the total cap and the reserve */
+    cJSON *m = cl_recv(c[5]);
     assert_error(m, "org.example.test.TooMany");
-    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 4);
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 5);
     cJSON_Delete(m);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
+        cl_free(c[i]);
+    wait_connections(0);
+}
+
+/* Unprivileged peers holding every ordinary slot leave the reserve to root and the server's
+ * uid: those are still accepted and answered. */
+static void test_reserve(void **state)
+{
+    (void)state;
+    varlink_server_options o = {
+        .max_connections = 3, .max_per_uid = 100, .reserved_connections = 2};
+    F->unprivileged = true;
+    start(&o);
+    client *c[8];
+    for (int i = 0; i < 3; i++)
+        c[i] = cl_connect();
+    wait_connections(3);
+    c[3] = cl_connect(); /* unprivileged: refused, the reserve is not theirs */
+    cJSON *m = cl_recv(c[3]);
+    assert_error(m, "org.example.test.TooMany");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 3);
+    cJSON_Delete(m);
+    cl_wait_eof(c[3]);
+    F->unprivileged = false; /* from now on the peers are root */
+    for (int i = 4; i < 6; i++) {
+        c[i] = cl_connect();
+        cl_send(c[i], "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"root\":true}}");
+        m = cl_recv(c[i]);
+        assert_true(json_bool(cJSON_GetObjectItem(m, "parameters"), "root", false));
+        cJSON_Delete(m);
+    }
+    wait_connections(5);
+    c[6] = cl_connect(); /* the reserve is used up too */
+    m = cl_recv(c[6]);
+    assert_error(m, "org.example.test.TooMany");
+    cJSON_Delete(m);
+    /* An unprivileged peer that leaves frees an ordinary slot, for anyone. */
+    F->unprivileged = true;
+    cl_free(c[0]);
+    wait_connections(4);
+    c[7] = cl_connect();
+    cl_send(c[7], "{\"method\":\"org.example.test.Echo\"}");
+    m = cl_recv(c[7]);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    for (int i = 1; i < 8; i++)
         cl_free(c[i]);
     wait_connections(0);
 }
@@ -593,6 +660,7 @@ static void test_total_cap(void **state)
 {
     (void)state;
     varlink_server_options o = {.max_connections = 3, .max_per_uid = 100};
+    F->unprivileged = true;
     start(&o);
     client *cs[3];
     for (int i = 0; i < 3; i++)
@@ -717,6 +785,274 @@ static void test_500_connections(void **state)
     wait_connections(0);
 }
 
+/* Writes as much of buf as the server takes within `rounds` turns of its loop. */
+static size_t push(client *c, const char *buf, size_t len, int rounds)
+{
+    size_t done = 0;
+    for (int i = 0; i < rounds && done < len; i++) {
+        ssize_t n = send(c->fd, buf + done, len - done, MSG_NOSIGNAL);
+        if (n > 0)
+            done += (size_t)n;
+        pump(-1, 5);
+    }
+    return done;
+}
+
+/* A frame of about `size` bytes: an Echo call with a string of that length. */
+static void echo_frame(strbuf *sb, int i, size_t size)
+{
+    strbuf_printf(sb, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"i\":%d,\"s\":\"", i);
+    for (size_t k = 0; k < size; k++)
+        strbuf_putc(sb, 'p');
+    strbuf_puts(sb, "\"}}");
+    strbuf_putc(sb, '\0');
+}
+
+/* A peer that pipelines calls and does not read: the next call is taken only once the reply
+ * to the previous one is written out, so the server neither reads ahead nor queues replies;
+ * once the peer reads, every call is answered, in order. */
+static void test_pipelined_one_at_a_time(void **state)
+{
+    (void)state;
+    start(NULL);
+    client *c = cl_connect();
+    enum { N = 200, SIZE = 10000 };
+    strbuf sb = {0};
+    for (int i = 0; i < N; i++)
+        echo_frame(&sb, i, SIZE);
+    size_t sent = push(c, sb.data, sb.len, 200);
+    /* The socket buffers hold a few replies; the server took a call for each and no more. */
+    assert_true(F->echoed < N / 2);
+    assert_true(sent < sb.len);
+    /* What it holds: one reply in flight and one read buffer of calls (in a buffer at most
+     * twice as large), not N of either. */
+    size_t held = varlink_server_held(F->srv);
+    if (held > 2 * (64 * 1024 + SIZE) + SIZE + 1024)
+        fail_msg("the server holds %zu bytes for one pipelining peer", held);
+    int got = 0;
+    size_t off = sent;
+    int64_t end = time_mono_ms() + DEADLINE_MS * 4;
+    while (got < N && time_mono_ms() < end) {
+        if (off < sb.len) {
+            ssize_t n = send(c->fd, sb.data + off, sb.len - off, MSG_NOSIGNAL);
+            if (n > 0)
+                off += (size_t)n;
+        }
+        cJSON *m = cl_recv_within(c, 20);
+        if (!m)
+            continue;
+        assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "i", -1), got);
+        got++;
+        cJSON_Delete(m);
+    }
+    assert_int_equal(got, N);
+    assert_int_equal(F->echoed, N);
+    strbuf_free(&sb);
+    cl_free(c);
+}
+
+/* A stream whose peer does not read is closed once its unsent output passes max_stream_out,
+ * far below the cap of a reply. */
+static void test_stream_output_cap(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.max_stream_out = 64 * 1024};
+    start(&o);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 1 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 1);
+    strbuf p = {0};
+    strbuf_puts(&p, "{\"blob\":\"");
+    for (int i = 0; i < 4000; i++)
+        strbuf_putc(&p, 'w');
+    strbuf_puts(&p, "\"}");
+    int sent = 0;
+    while (F->n_streams == 1 && sent < 1000) {
+        varlink_call_notify_json(F->streams[0], p.data);
+        sent++;
+        uv_run(&F->loop, UV_RUN_NOWAIT);
+    }
+    strbuf_free(&p);
+    assert_int_equal(F->cancelled, 1);
+    /* Closed after the socket buffers and 64 KiB, not after 1000 notifications (4 MB). */
+    assert_true(sent < 500);
+    wait_connections(0);
+    assert_int_equal(varlink_server_held(F->srv), 0);
+    cl_free(c);
+}
+
+/* A stream whose unsent output does not move for an idle period is closed: a Watch that
+ * stopped reading does not hold its backlog (nor its slot) forever. */
+static void test_stalled_stream_closed(void **state)
+{
+    (void)state;
+    varlink_server_options o = {.idle_timeout_ms = 100};
+    start(&o);
+    client *c = cl_connect();
+    cl_send(c, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 1 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 1);
+    strbuf p = {0};
+    strbuf_puts(&p, "{\"blob\":\"");
+    for (int i = 0; i < 800 * 1024; i++)
+        strbuf_putc(&p, 'v');
+    strbuf_puts(&p, "\"}");
+    assert_int_equal(varlink_call_notify_json(F->streams[0], p.data), 0);
+    strbuf_free(&p);
+    assert_true(varlink_server_held(F->srv) > 0);
+    end = time_mono_ms() + DEADLINE_MS;
+    while (F->cancelled == 0 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->cancelled, 1);
+    wait_connections(0);
+    cl_free(c);
+}
+
+/* Near the memory budget, an unprivileged peer's call is refused with busy_error (the
+ * connection stays); a privileged peer still has the last quarter. A reply over
+ * max_pending_out is refused with too_large_error. */
+static void test_budget_busy(void **state)
+{
+    (void)state;
+    /* Input buffers count with their capacity: a 180 KB call costs 256 KiB while it runs. */
+    varlink_server_options o = {.memory_budget = 1024 * 1024, .max_pending_out = 450 * 1024};
+    start(&o);
+    client *w = cl_connect(); /* a stream that does not read holds 400 KB */
+    cl_send(w, "{\"method\":\"org.example.test.Stream\",\"more\":true}");
+    int64_t end = time_mono_ms() + DEADLINE_MS;
+    while (F->n_streams < 1 && time_mono_ms() < end)
+        pump(-1, 10);
+    assert_int_equal(F->n_streams, 1);
+    strbuf p = {0};
+    strbuf_puts(&p, "{\"blob\":\"");
+    for (int i = 0; i < 400 * 1024; i++)
+        strbuf_putc(&p, 'b');
+    strbuf_puts(&p, "\"}");
+    assert_int_equal(varlink_call_notify_json(F->streams[0], p.data), 0);
+    strbuf_free(&p);
+    assert_true(varlink_server_held(F->srv) >= 400 * 1024);
+
+    strbuf sb = {0};
+    echo_frame(&sb, 1, 180 * 1024); /* 400 + 256 + 180 KiB: over 768 KiB, under 1 MiB */
+    F->unprivileged = true;
+    client *u = cl_connect();
+    cl_send(u, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"small\":1}}");
+    cJSON *m = cl_recv(u);
+    assert_null(json_str(m, "error")); /* small calls still fit */
+    cJSON_Delete(m);
+    assert_int_equal(cl_write(u, sb.data, sb.len), sb.len);
+    m = cl_recv(u);
+    assert_error(m, "org.example.test.Busy");
+    cJSON_Delete(m);
+    /* The connection stays usable. */
+    cl_send(u, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"small\":2}}");
+    m = cl_recv(u);
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "small", 0), 2);
+    cJSON_Delete(m);
+    F->unprivileged = false;
+    client *r = cl_connect();
+    assert_int_equal(cl_write(r, sb.data, sb.len), sb.len);
+    m = cl_recv(r);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    strbuf_free(&sb);
+    /* Larger than a reply may be: refused whoever asks. */
+    sb = (strbuf){0};
+    echo_frame(&sb, 2, 460 * 1024);
+    assert_int_equal(cl_write(r, sb.data, sb.len), sb.len);
+    m = cl_recv(r);
+    assert_error(m, "org.example.test.TooLarge");
+    assert_int_equal(json_int64(cJSON_GetObjectItem(m, "parameters"), "limit", 0), 450 * 1024);
+    cJSON_Delete(m);
+    strbuf_free(&sb);
+    cl_free(u);
+    cl_free(r);
+    cl_free(w);
+    wait_connections(0);
+}
+
+/* Stands for an expensive call (a long ListJobs): 15 ms of work. */
+static void m_slow(varlink_call *call, const cJSON *params, void *ud)
+{
+    (void)ud;
+    if (json_bool(params, "root", false))
+        F->slow_root++;
+    else
+        F->slow++;
+    int64_t end = time_mono_ms() + 15;
+    while (time_mono_ms() < end)
+        ;
+    varlink_call_reply(call, NULL);
+}
+
+/* Expensive calls of unprivileged peers arriving together are spread over loop turns (10 ms of
+ * them per turn), so that nothing waits behind all of them; a privileged call is taken at
+ * once. */
+static void test_work_per_turn(void **state)
+{
+    (void)state;
+    start(NULL);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Slow", 0, m_slow, NULL),
+                     0);
+    F->unprivileged = true;
+    enum { N = 4 };
+    client *c[N];
+    for (int i = 0; i < N; i++)
+        c[i] = cl_connect();
+    wait_connections(N); /* accepted as unprivileged */
+    F->unprivileged = false;
+    client *root = cl_connect();
+    wait_connections(N + 1);
+    uv_run(&F->loop, UV_RUN_NOWAIT); /* libuv registers the new connections with epoll */
+    for (int i = 0; i < N; i++)
+        cl_send(c[i], "{\"method\":\"org.example.test.Slow\"}");
+    cl_send(root, "{\"method\":\"org.example.test.Slow\",\"parameters\":{\"root\":true}}");
+    struct pollfd p = {.fd = uv_backend_fd(&F->loop), .events = POLLIN};
+    assert_int_equal(poll(&p, 1, DEADLINE_MS), 1);
+    uv_run(&F->loop, UV_RUN_NOWAIT); /* one turn */
+    assert_int_equal(F->slow_root, 1);
+    assert_true(F->slow <= 1);
+    for (int i = 0; i < N; i++) {
+        cJSON *m = cl_recv(c[i]);
+        assert_null(json_str(m, "error"));
+        cJSON_Delete(m);
+        cl_free(c[i]);
+    }
+    assert_int_equal(F->slow, N);
+    cJSON_Delete(cl_recv(root));
+    cl_free(root);
+}
+
+static void test_ratelimit(void **state)
+{
+    (void)state;
+    varlink_ratelimit rl = {0};
+    size_t quiet = 99;
+    assert_true(varlink_ratelimit_check(&rl, 1000, 5000, 1000, &quiet));
+    assert_int_equal(quiet, 0);
+    for (int i = 0; i < 7; i++)
+        assert_false(varlink_ratelimit_check(&rl, 1000, 5000 + i * 100, 1000, &quiet));
+    /* Another uid has its own allowance. */
+    assert_true(varlink_ratelimit_check(&rl, 1001, 5100, 1000, &quiet));
+    assert_int_equal(quiet, 0);
+    assert_false(varlink_ratelimit_check(&rl, 1000, 5999, 1000, &quiet));
+    /* A second later: logged again, with the count left out in between. */
+    assert_true(varlink_ratelimit_check(&rl, 1000, 6000, 1000, &quiet));
+    assert_int_equal(quiet, 8);
+    assert_true(varlink_ratelimit_check(&rl, 1000, 7000, 1000, &quiet));
+    assert_int_equal(quiet, 0);
+    /* More uids than slots: the table stays bounded and new uids are still logged. */
+    for (uid_t u = 0; u < 3 * VARLINK_RATELIMIT_SLOTS; u++)
+        assert_true(varlink_ratelimit_check(&rl, 20000 + u, 8000 + (int64_t)u, 1000, &quiet));
+    assert_false(
+        varlink_ratelimit_check(&rl, 20000 + 3 * VARLINK_RATELIMIT_SLOTS - 1, 8500, 1000, &quiet));
+}
+
 static void test_socket_file(void **state)
 {
     (void)state;
@@ -789,10 +1125,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_caps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_privileged_uncapped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve, setup, teardown),
         cmocka_unit_test_setup_teardown(test_total_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_64mib, setup, teardown),
         cmocka_unit_test_setup_teardown(test_500_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_one_at_a_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_output_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stalled_stream_closed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_work_per_turn, setup, teardown),
+        cmocka_unit_test(test_ratelimit),
         cmocka_unit_test_setup_teardown(test_socket_file, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

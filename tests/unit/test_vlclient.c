@@ -327,11 +327,12 @@ static cJSON *live_info(void *ud)
     return p;
 }
 
-static cJSON *live_list(void *ud, const char *const *states, size_t n)
+static cJSON *live_list(void *ud, const char *const *states, size_t n, size_t limit)
 {
     (void)ud;
     (void)states;
     (void)n;
+    (void)limit;
     cJSON *a = cJSON_CreateArray();
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "name", "one");
