@@ -96,9 +96,12 @@ void simcore_hostile_rewrite(const simcore *sim, const simcore_fault_decision *d
         replace_member(j, "import_id", odd_value(sim, d));
         break;
     case SIMCORE_EP_LIST_BATCHES: {
+        cJSON *results = cJSON_GetObjectItemCaseSensitive(j, "results");
         cJSON *b;
-        cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(j, "results"))
+        cJSON_ArrayForEach(b, results)
+        {
             replace_member(b, "id", odd_value(sim, d));
+        }
         break;
     }
     default:
