@@ -508,6 +508,22 @@ def printable(s):
     return all(unicodedata.category(c)[0] != "C" for c in s)
 
 
+def named(odd, msg):
+    """Whether msg names the id: as it is (a long one at least by its first 64 characters),
+    or escaped the way batchd escapes text (\\xNN bytes, \\uNNNN)."""
+    if isinstance(odd, (int, float)):
+        return str(odd) in msg or "not a string" in msg
+    if odd == "":
+        return any(q in msg for q in ("''", '""', "empty"))
+    if not printable(odd):
+        return "ctl" in msg
+    head = odd[:64]
+    forms = {head, json.dumps(head)[1:-1],
+             "".join(c if ord(c) < 0x80 else "".join(f"\\x{b:02x}" for b in c.encode())
+                     for c in head)}
+    return any(f in msg for f in forms)
+
+
 ODD_IDS = [
     "../../etc", "a/b", "%2e%2e", "x?y=1", "id#frag", "a" * 200, "", "id with spaces",
     "\u00efd-\u00fcn\u00efc\u00f8d\u00e9", 12345, "..", ".", "a%2Fb", "id\x01ctl",
@@ -521,15 +537,7 @@ def odd_job(env, ck, name, endpoint, odd):
     if err is None:
         return
     msg = err.get("message") or ""
-    if isinstance(odd, (int, float)):
-        named = str(odd) in msg or "not a string" in msg
-    elif odd == "":
-        named = any(q in msg for q in ("''", '""', "empty"))
-    elif printable(odd):
-        named = odd in msg
-    else:
-        named = "ctl" in msg
-    ck.check(named, f"{name}: the error does not name the id {odd!r}: {msg[:300]!r}")
+    ck.check(named(odd, msg), f"{name}: the error does not name the id {odd!r}: {msg[:300]!r}")
     if endpoint != "create_dataset":
         ck.check(bool(err.get("dataset_id")),
                  f"{name}: the error does not name the dataset already created: {err}")
