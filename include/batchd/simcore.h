@@ -209,7 +209,8 @@ typedef struct simcore_response {
 } simcore_response;
 
 void simcore_response_free(simcore_response *resp);
-/* Fills resp with the API's Error envelope. */
+/* Fills resp (zeroed first: free it before, if it holds anything) with the API's Error
+ * envelope. */
 void simcore_response_error(simcore_response *resp, int status, const char *detail);
 
 /* Answers every API and /_sim request except the presigned PUT (see simcore_upload_*).

@@ -383,6 +383,8 @@ const char *sim_status_title(int status)
 
 void simcore_response_error(simcore_response *resp, int status, const char *detail)
 {
+    /* A whole new answer: nothing of an earlier one (its owned headers) may remain. */
+    memset(resp, 0, sizeof *resp);
     respond_json(resp, status, rules_error_envelope(status, sim_status_title(status), detail));
 }
 
