@@ -63,7 +63,25 @@ typedef enum simcore_fault_kind {
     SIMCORE_FAULT_DROP,       /* close without a response, before acting */
     SIMCORE_FAULT_DROP_AFTER, /* act, then close without a response */
     SIMCORE_FAULT_SLOW,       /* act, then wait slow_ms before answering */
+    /* Hostile replies (see simcore_hostile_response): an error of hostile_status whose
+     * body or headers echo the request's headers the way a debugging proxy does. */
+    SIMCORE_FAULT_ECHO,         /* one of the five echo variants below per hit (seeded) */
+    SIMCORE_FAULT_ECHO_RAW,     /* text/plain: the request line and headers as received */
+    SIMCORE_FAULT_ECHO_JSON,    /* JSON error: every echoed character as \uXXXX */
+    SIMCORE_FAULT_ECHO_PCT,     /* JSON error: header values percent-encoded, every byte */
+    SIMCORE_FAULT_ECHO_B64,     /* JSON error: header values in base64 */
+    SIMCORE_FAULT_ECHO_HEADER,  /* JSON error; Authorization in X-Echo-Authorization */
+    SIMCORE_FAULT_ECHO_429,     /* 429; Authorization in Retry-After and in the body */
+    SIMCORE_FAULT_HUGE,         /* JSON error of huge_bytes (detail is most of it) */
+    SIMCORE_FAULT_DEEP,         /* JSON error whose detail nests deep_levels arrays */
+    SIMCORE_FAULT_BADUTF8,      /* JSON error: invalid UTF-8 and control characters */
+    SIMCORE_FAULT_BADUTF8_TEXT, /* text/plain error: the same, raw, with a NUL byte */
+    SIMCORE_FAULT_ODDID,        /* act, then answer with a hostile id (see odd_id) */
 } simcore_fault_kind;
+
+/* True for the kinds answered by simcore_hostile_response (every echo, huge, deep and
+ * badutf8 kind); oddid acts and is applied by simcore_hostile_rewrite. */
+bool simcore_fault_is_hostile(simcore_fault_kind k);
 
 const char *simcore_fault_kind_name(simcore_fault_kind k);
 int simcore_fault_kind_from_name(const char *name, simcore_fault_kind *out);
@@ -90,17 +108,32 @@ typedef struct simcore_faults {
     bool retry_after_date; /* send it as an HTTP-date instead of seconds */
     int64_t slow_ms;       /* delay of a "slow" fault */
     double batch_error;    /* probability that a setup ends in ERROR */
+    int hostile_status;    /* status of echo, huge, deep and badutf8 replies (400) */
+    int64_t huge_bytes;    /* size of a huge body (9 MiB: past batchd's 8 MiB cap) */
+    int64_t deep_levels;   /* nesting of a deep body (100000) */
+    /* The id an oddid reply gives: SIMCORE_ODD_ID_LIST picks one of the built-in hostile
+     * ids per hit (seeded), STRING gives odd_id, NUMBER gives odd_id_number (a JSON
+     * number where a string belongs). */
+    enum { SIMCORE_ODD_ID_LIST = 0, SIMCORE_ODD_ID_STRING, SIMCORE_ODD_ID_NUMBER } odd_id_mode;
+    char odd_id[256];
+    double odd_id_number;
 } simcore_faults;
 
-/* Parses "KIND=PROB[@ENDPOINT]" ("429=0.1@create_batch", "drop=1") or
+#define SIMCORE_HUGE_DEFAULT (9 * 1024 * 1024)
+#define SIMCORE_HUGE_MAX     (256LL * 1024 * 1024)
+#define SIMCORE_DEEP_DEFAULT 100000
+#define SIMCORE_DEEP_MAX     10000000
+
+/* Parses "KIND=PROB[@ENDPOINT]" ("429=0.1@create_batch", "drop=1", "echo-raw=1") or
  * "KIND=COUNTx[@ENDPOINT]" ("503=2x@create_batch": the next 2 matching requests). Returns 0
  * or -EINVAL and writes what is wrong to err. */
 int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, size_t err_len);
 /* Replaces the fault table from the JSON of POST /_sim/faults ({"faults": [{"kind",
  * "probability" | "count", "endpoint"}, ...],
- * "retry_after": n | "date", "slow_ms": n, "batch_error": p}; members left out keep their
- * value, "faults" replaces the whole table). Returns 0 or -EINVAL with err filled; on
- * error nothing changes. */
+ * "retry_after": n | "date", "slow_ms": n, "batch_error": p, "hostile_status": 400..599,
+ * "huge_bytes": n, "deep_levels": n, "odd_id": "text" | number | null (null: the built-in
+ * list)}; members left out keep their value, "faults" replaces the whole table). Returns 0 or
+ * -EINVAL with err filled; on error nothing changes. */
 int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len);
 /* The form simcore_faults_from_json takes; a counted rule shows the hits it has left. */
 cJSON *simcore_faults_to_json(const simcore_faults *f);
@@ -109,6 +142,7 @@ typedef struct simcore_fault_decision {
     simcore_fault_kind kind; /* 5xx resolved to 500/502/503 */
     int status;              /* HTTP status to answer for 5xx/429, else 0 */
     int64_t retry_after_ms;  /* for 429, else -1 */
+    unsigned variant;        /* oddid: index into the built-in hostile ids */
 } simcore_fault_decision;
 
 /* ---- the simulator ------------------------------------------------------------- */
@@ -140,6 +174,10 @@ simcore_faults *simcore_get_faults(simcore *sim);
 void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
                           simcore_fault_decision *out);
 
+typedef struct simcore_header {
+    const char *name, *value;
+} simcore_header;
+
 /* One request, as the server saw it. */
 typedef struct simcore_request {
     const char *method;
@@ -152,18 +190,27 @@ typedef struct simcore_request {
     const char *body; /* NUL-terminated copy of the body (may be NULL when body_len 0) */
     size_t body_len;
     int64_t now_ms;
+    /* Every request header in arrival order and the request target as sent (path and
+     * query, not decoded), for the echo replies; may be NULL/0. */
+    const simcore_header *headers;
+    size_t n_headers;
+    const char *uri;
 } simcore_request;
 
 typedef struct simcore_response {
     int status;
     char *body;               /* owned; NULL for an empty body */
+    size_t body_len;          /* 0: strlen(body) (a hostile body may hold NUL bytes) */
+    char *retry_after;        /* owned; a Retry-After value simcore chose, or NULL */
+    char *echo_header;        /* owned; value of X-Echo-Authorization, or NULL */
     const char *content_type; /* static string or NULL */
     const char *allow;        /* for 405 */
     char etag[48];            /* for a successful upload */
 } simcore_response;
 
 void simcore_response_free(simcore_response *resp);
-/* Fills resp with the API's Error envelope. */
+/* Fills resp (zeroed first: free it before, if it holds anything) with the API's Error
+ * envelope. */
 void simcore_response_error(simcore_response *resp, int status, const char *detail);
 
 /* Answers every API and /_sim request except the presigned PUT (see simcore_upload_*).
@@ -171,6 +218,21 @@ void simcore_response_error(simcore_response *resp, int status, const char *deta
  * method (405), Content-Type (415), JSON (400), then the endpoint's own rules. */
 void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
                     simcore_response *resp);
+
+/* ---- hostile replies ------------------------------------------------------------ */
+
+/* Fills resp with the hostile reply of decision d (simcore_fault_is_hostile(d->kind)) to
+ * req: d->status, and the body and headers of the kind. On the upload endpoint too. */
+void simcore_hostile_response(const simcore *sim, const simcore_fault_decision *d,
+                              const simcore_request *req, simcore_response *resp);
+/* After an oddid request acted: replaces the id the client goes on with in a 2xx reply
+ * of ep (create_dataset and create_batch "id", upload_url "import_id", list_batches
+ * "results[].id") with the hostile id of d. The sim's own state keeps its real ids. */
+void simcore_hostile_rewrite(const simcore *sim, const simcore_fault_decision *d,
+                             simcore_endpoint ep, simcore_response *resp);
+/* The built-in hostile ids; *is_number is set for the one given as a JSON number. */
+size_t simcore_odd_id_count(void);
+const char *simcore_odd_id(size_t i, bool *is_number);
 
 /* ---- uploads ------------------------------------------------------------------- */
 
@@ -201,13 +263,14 @@ typedef struct simcore_log_entry {
     bool auth;  /* an Authorization header was present */
     simcore_fault_kind fault;
     int64_t retry_after_ms; /* -1: none */
+    const char *uri;        /* the request target as sent (not decoded), or NULL */
 } simcore_log_entry;
 
 /* Appends to the request log (oldest entries beyond max_log are forgotten); returns the
  * entry's seq (1, 2, ...). */
 uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e);
-/* [{"seq", "t_ms", "method", "path", "endpoint", "status", "auth", "fault",
- *   "retry_after_ms"}] with seq > since. */
+/* [{"seq", "t_ms", "method", "path", "uri", "endpoint", "status", "auth", "fault",
+ *   "retry_after_ms"}] with seq > since ("uri": the target as sent, or null). */
 cJSON *simcore_requests_json(const simcore *sim, uint64_t since);
 /* {"datasets": [Dataset with imports], "batches": [Batch], "requests": [...],
  *  "faults": {...}} as of now_ms. */

@@ -40,6 +40,9 @@ simcore *simcore_new(const simcore_config *cfg)
     sim->rng = cfg->seed;
     sim->faults.retry_after_s = 1;
     sim->faults.slow_ms = 5000;
+    sim->faults.hostile_status = 400;
+    sim->faults.huge_bytes = SIMCORE_HUGE_DEFAULT;
+    sim->faults.deep_levels = SIMCORE_DEEP_DEFAULT;
     sim->log = xcalloc(sim->cfg.max_log, sizeof *sim->log);
     return sim;
 }
@@ -88,6 +91,7 @@ void simcore_free(simcore *sim)
     for (size_t i = 0; i < sim->cfg.max_log; i++) {
         free(sim->log[i].method);
         free(sim->log[i].path);
+        free(sim->log[i].uri);
     }
     free(sim->log);
     free(sim->datasets);
@@ -332,6 +336,11 @@ void simcore_response_free(simcore_response *resp)
         return;
     free(resp->body);
     resp->body = NULL;
+    resp->body_len = 0;
+    free(resp->retry_after);
+    resp->retry_after = NULL;
+    free(resp->echo_header);
+    resp->echo_header = NULL;
 }
 
 static void respond_json(simcore_response *resp, int status, cJSON *j)
@@ -342,7 +351,7 @@ static void respond_json(simcore_response *resp, int status, cJSON *j)
     cJSON_Delete(j);
 }
 
-static const char *status_title(int status)
+const char *sim_status_title(int status)
 {
     switch (status) {
     case 400:
@@ -374,7 +383,9 @@ static const char *status_title(int status)
 
 void simcore_response_error(simcore_response *resp, int status, const char *detail)
 {
-    respond_json(resp, status, rules_error_envelope(status, status_title(status), detail));
+    /* A whole new answer: nothing of an earlier one (its owned headers) may remain. */
+    memset(resp, 0, sizeof *resp);
+    respond_json(resp, status, rules_error_envelope(status, sim_status_title(status), detail));
 }
 
 /* A 400 whose detail maps one request member to one message, as validation errors do. */

@@ -14,12 +14,33 @@
 #include "simcore_internal.h"
 
 static const char *const kind_names[] = {
-    [SIMCORE_FAULT_NONE] = NULL,   [SIMCORE_FAULT_500] = "500",
-    [SIMCORE_FAULT_502] = "502",   [SIMCORE_FAULT_503] = "503",
-    [SIMCORE_FAULT_5XX] = "5xx",   [SIMCORE_FAULT_429] = "429",
-    [SIMCORE_FAULT_DROP] = "drop", [SIMCORE_FAULT_DROP_AFTER] = "drop-after",
+    [SIMCORE_FAULT_NONE] = NULL,
+    [SIMCORE_FAULT_500] = "500",
+    [SIMCORE_FAULT_502] = "502",
+    [SIMCORE_FAULT_503] = "503",
+    [SIMCORE_FAULT_5XX] = "5xx",
+    [SIMCORE_FAULT_429] = "429",
+    [SIMCORE_FAULT_DROP] = "drop",
+    [SIMCORE_FAULT_DROP_AFTER] = "drop-after",
     [SIMCORE_FAULT_SLOW] = "slow",
+    [SIMCORE_FAULT_ECHO] = "echo",
+    [SIMCORE_FAULT_ECHO_RAW] = "echo-raw",
+    [SIMCORE_FAULT_ECHO_JSON] = "echo-json",
+    [SIMCORE_FAULT_ECHO_PCT] = "echo-pct",
+    [SIMCORE_FAULT_ECHO_B64] = "echo-b64",
+    [SIMCORE_FAULT_ECHO_HEADER] = "echo-header",
+    [SIMCORE_FAULT_ECHO_429] = "echo-429",
+    [SIMCORE_FAULT_HUGE] = "huge",
+    [SIMCORE_FAULT_DEEP] = "deep",
+    [SIMCORE_FAULT_BADUTF8] = "badutf8",
+    [SIMCORE_FAULT_BADUTF8_TEXT] = "badutf8-text",
+    [SIMCORE_FAULT_ODDID] = "oddid",
 };
+
+bool simcore_fault_is_hostile(simcore_fault_kind k)
+{
+    return k >= SIMCORE_FAULT_ECHO && k <= SIMCORE_FAULT_BADUTF8_TEXT;
+}
 
 const char *simcore_fault_kind_name(simcore_fault_kind k)
 {
@@ -55,7 +76,9 @@ static int fail(char *err, size_t err_len, const char *fmt, ...)
     return -EINVAL;
 }
 
-#define KINDS_HELP "500, 502, 503, 5xx, 429, drop, drop-after or slow"
+#define KINDS_HELP                                                                                 \
+    "500, 502, 503, 5xx, 429, drop, drop-after, slow, echo, echo-raw, echo-json, echo-pct, "       \
+    "echo-b64, echo-header, echo-429, huge, deep, badutf8, badutf8-text or oddid"
 #define ENDPOINTS_HELP                                                                             \
     "create_dataset, get_dataset, upload_url, upload, get_import, create_batch, "                  \
     "list_batches, get_batch, batch_status or setup"
@@ -220,7 +243,7 @@ int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_
         next.retry_after_date = json_bool(j, "retry_after_date", false);
     }
     bool present;
-    double v;
+    double v = 0;
     if (number_member(j, "slow_ms", 0, 3600000, &present, &v) < 0)
         return fail(err, err_len, "slow_ms must be milliseconds from 0 to 3600000");
     if (present)
@@ -229,6 +252,38 @@ int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_
         return fail(err, err_len, "batch_error must be a probability from 0 to 1");
     if (present)
         next.batch_error = v;
+    if (number_member(j, "hostile_status", 400, 599, &present, &v) < 0 ||
+        (present && v != floor(v)))
+        return fail(err, err_len, "hostile_status must be an HTTP status from 400 to 599");
+    if (present)
+        next.hostile_status = (int)v;
+    if (number_member(j, "huge_bytes", 0, (double)SIMCORE_HUGE_MAX, &present, &v) < 0 ||
+        (present && v != floor(v)))
+        return fail(err, err_len, "huge_bytes must be a whole number of bytes from 0 to %lld",
+                    (long long)SIMCORE_HUGE_MAX);
+    if (present)
+        next.huge_bytes = (int64_t)v;
+    if (number_member(j, "deep_levels", 1, SIMCORE_DEEP_MAX, &present, &v) < 0 ||
+        (present && v != floor(v)))
+        return fail(err, err_len, "deep_levels must be a whole number from 1 to %d",
+                    SIMCORE_DEEP_MAX);
+    if (present)
+        next.deep_levels = (int64_t)v;
+    const cJSON *odd = cJSON_GetObjectItemCaseSensitive(j, "odd_id");
+    if (cJSON_IsNull(odd)) {
+        next.odd_id_mode = SIMCORE_ODD_ID_LIST;
+        next.odd_id[0] = '\0';
+    } else if (cJSON_IsString(odd)) {
+        if (strlen(odd->valuestring) >= sizeof next.odd_id)
+            return fail(err, err_len, "odd_id: at most %zu bytes", sizeof next.odd_id - 1);
+        next.odd_id_mode = SIMCORE_ODD_ID_STRING;
+        strlcpy_bd(next.odd_id, odd->valuestring, sizeof next.odd_id);
+    } else if (cJSON_IsNumber(odd) && isfinite(odd->valuedouble)) {
+        next.odd_id_mode = SIMCORE_ODD_ID_NUMBER;
+        next.odd_id_number = odd->valuedouble;
+    } else if (odd) {
+        return fail(err, err_len, "odd_id must be a string, a number or null");
+    }
     *f = next;
     return 0;
 }
@@ -251,6 +306,15 @@ cJSON *simcore_faults_to_json(const simcore_faults *f)
     cJSON_AddBoolToObject(j, "retry_after_date", f->retry_after_date);
     cJSON_AddNumberToObject(j, "slow_ms", (double)f->slow_ms);
     cJSON_AddNumberToObject(j, "batch_error", f->batch_error);
+    cJSON_AddNumberToObject(j, "hostile_status", f->hostile_status);
+    cJSON_AddNumberToObject(j, "huge_bytes", (double)f->huge_bytes);
+    cJSON_AddNumberToObject(j, "deep_levels", (double)f->deep_levels);
+    if (f->odd_id_mode == SIMCORE_ODD_ID_STRING)
+        cJSON_AddStringToObject(j, "odd_id", f->odd_id);
+    else if (f->odd_id_mode == SIMCORE_ODD_ID_NUMBER)
+        cJSON_AddNumberToObject(j, "odd_id", f->odd_id_number);
+    else
+        cJSON_AddNullToObject(j, "odd_id");
     return j;
 }
 
@@ -268,6 +332,12 @@ double sim_rand01(simcore *sim)
     return (double)(sim_rand64(sim) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+static bool gives_id(simcore_endpoint ep)
+{
+    return ep == SIMCORE_EP_CREATE_DATASET || ep == SIMCORE_EP_UPLOAD_URL ||
+           ep == SIMCORE_EP_CREATE_BATCH || ep == SIMCORE_EP_LIST_BATCHES;
+}
+
 void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
                           simcore_fault_decision *out)
 {
@@ -279,6 +349,9 @@ void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
     for (size_t i = 0; i < f->n_rules; i++) {
         simcore_fault_rule *r = &f->rules[i];
         if (r->endpoint != SIMCORE_EP_NONE && r->endpoint != ep)
+            continue;
+        /* An odd id needs a reply that gives one: other endpoints do not use the rule up. */
+        if (r->kind == SIMCORE_FAULT_ODDID && !gives_id(ep))
             continue;
         if (r->counted) {
             /* No draw: a count hits exactly the next N matching requests, whatever the
@@ -313,8 +386,29 @@ void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
             break;
         }
         case SIMCORE_FAULT_429:
+        case SIMCORE_FAULT_ECHO_429:
             out->status = 429;
             out->retry_after_ms = f->retry_after_s * 1000;
+            break;
+        case SIMCORE_FAULT_ECHO:
+            /* Resolved here, like 5xx, so the request log names the variant sent. */
+            out->kind = (simcore_fault_kind)(SIMCORE_FAULT_ECHO_RAW + (int)(sim_rand64(sim) % 5));
+            out->status = f->hostile_status;
+            break;
+        case SIMCORE_FAULT_ECHO_RAW:
+        case SIMCORE_FAULT_ECHO_JSON:
+        case SIMCORE_FAULT_ECHO_PCT:
+        case SIMCORE_FAULT_ECHO_B64:
+        case SIMCORE_FAULT_ECHO_HEADER:
+        case SIMCORE_FAULT_HUGE:
+        case SIMCORE_FAULT_DEEP:
+        case SIMCORE_FAULT_BADUTF8:
+        case SIMCORE_FAULT_BADUTF8_TEXT:
+            out->status = f->hostile_status;
+            break;
+        case SIMCORE_FAULT_ODDID:
+            if (f->odd_id_mode == SIMCORE_ODD_ID_LIST)
+                out->variant = (unsigned)(sim_rand64(sim) % simcore_odd_id_count());
             break;
         default:
             break;

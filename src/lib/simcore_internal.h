@@ -75,6 +75,7 @@ typedef struct sim_log_slot {
     int64_t t_ms;
     char *method;
     char *path;
+    char *uri; /* NULL: not known */
     simcore_endpoint endpoint;
     int status;
     bool auth;
@@ -123,5 +124,8 @@ int sim_csv_field(const char *rec, size_t len, size_t col, char **out, size_t *o
 long sim_csv_column(const char *header, size_t len, const char *name);
 
 void sim_import_free(sim_import *imp);
+
+/* "Bad Request", ...: the title of an error envelope. */
+const char *sim_status_title(int status);
 
 #endif

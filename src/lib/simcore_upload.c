@@ -362,6 +362,7 @@ uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e)
         sim->log_head = (sim->log_head + 1) % max;
         free(sim->log[at].method);
         free(sim->log[at].path);
+        free(sim->log[at].uri);
     } else {
         at = (sim->log_head + sim->log_len) % max;
         sim->log_len++;
@@ -371,6 +372,7 @@ uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e)
     s->t_ms = e->t_ms;
     s->method = xstrdup(e->method ? e->method : "");
     s->path = xstrdup(e->path ? e->path : "");
+    s->uri = e->uri ? xstrdup(e->uri) : NULL;
     s->endpoint = e->endpoint;
     s->status = e->status;
     s->auth = e->auth;
@@ -391,6 +393,7 @@ cJSON *simcore_requests_json(const simcore *sim, uint64_t since)
         cJSON_AddNumberToObject(j, "t_ms", (double)s->t_ms);
         cJSON_AddStringToObject(j, "method", s->method);
         cJSON_AddStringToObject(j, "path", s->path);
+        json_add_str_or_null(j, "uri", s->uri);
         json_add_str_or_null(j, "endpoint", simcore_endpoint_name(s->endpoint));
         cJSON_AddNumberToObject(j, "status", s->status);
         cJSON_AddBoolToObject(j, "auth", s->auth);

@@ -32,7 +32,9 @@ typedef struct sim_server {
 
 /* Everything known about one request while its body arrives. */
 typedef struct conn_ctx {
+    bool started; /* begin_request ran (the URI callback made the context before) */
     int64_t t_ms;
+    char *uri; /* the request target as sent: path and query, not decoded */
     char *method;
     char *path;
     simcore_route route;
@@ -61,6 +63,10 @@ typedef struct sim_options {
     bool retry_after_date;
     int64_t slow_ms;
     double batch_error;
+    int hostile_status;
+    int64_t huge_bytes;
+    int64_t deep_levels;
+    const char *odd_id;
     size_t max_body;
     bool quiet;
 } sim_options;
@@ -80,13 +86,22 @@ static void usage(FILE *f)
           "  --upload-ttl DUR          lifetime of a presigned upload URL (default 15m)\n"
           "  --fault KIND=PROB[@EP]    inject a fault with probability PROB (0 to 1), or\n"
           "  --fault KIND=COUNTx[@EP]  into the next COUNT matching requests (503=2x);\n"
-          "                            KIND: 500 502 503 5xx 429 drop drop-after slow;\n"
+          "                            KIND: 500 502 503 5xx 429 drop drop-after slow,\n"
+          "                            or a hostile reply: echo echo-raw echo-json\n"
+          "                            echo-pct echo-b64 echo-header echo-429 huge deep\n"
+          "                            badutf8 badutf8-text oddid;\n"
           "                            EP: create_dataset get_dataset upload_url upload\n"
           "                            get_import create_batch list_batches get_batch\n"
           "                            batch_status setup (repeatable; first hit wins)\n"
           "  --retry-after SECS|date   Retry-After of a 429: seconds (default 1) or an HTTP-date\n"
           "  --slow DUR                delay of a slow fault (default 5s)\n"
           "  --batch-error PROB        probability that a setup ends in ERROR (default 0)\n"
+          "  --hostile-status CODE     status of echo, huge, deep and badutf8 replies\n"
+          "                            (400 to 599; default 400)\n"
+          "  --huge-size BYTES         size of a huge reply (default 9437184: 9 MiB)\n"
+          "  --deep-levels N           arrays nested in a deep reply (default 100000)\n"
+          "  --odd-id ID               the id an oddid reply gives (default: one of the\n"
+          "                            built-in hostile ids per hit, seeded)\n"
           "  --max-body BYTES          largest JSON request body (default 1048576)\n"
           "  --quiet                   no per-request log lines on stderr\n"
           "  --help, --version\n"
@@ -130,6 +145,10 @@ enum {
     OPT_RETRY_AFTER,
     OPT_SLOW,
     OPT_BATCH_ERROR,
+    OPT_HOSTILE_STATUS,
+    OPT_HUGE_SIZE,
+    OPT_DEEP_LEVELS,
+    OPT_ODD_ID,
     OPT_MAX_BODY,
     OPT_QUIET,
     OPT_HELP,
@@ -192,6 +211,30 @@ static int apply_option(sim_options *o, int c, const char *arg)
         return 0;
     case OPT_BATCH_ERROR:
         return parse_number_opt("batch-error", arg, 0, 1, &o->batch_error);
+    case OPT_HOSTILE_STATUS:
+        if (parse_number_opt("hostile-status", arg, 400, 599, &d) < 0 || d != (double)(int)d)
+            return -EINVAL;
+        o->hostile_status = (int)d;
+        return 0;
+    case OPT_HUGE_SIZE:
+        if (parse_number_opt("huge-size", arg, 0, (double)SIMCORE_HUGE_MAX, &d) < 0 ||
+            d != (double)(int64_t)d)
+            return -EINVAL;
+        o->huge_bytes = (int64_t)d;
+        return 0;
+    case OPT_DEEP_LEVELS:
+        if (parse_number_opt("deep-levels", arg, 1, SIMCORE_DEEP_MAX, &d) < 0 ||
+            d != (double)(int64_t)d)
+            return -EINVAL;
+        o->deep_levels = (int64_t)d;
+        return 0;
+    case OPT_ODD_ID:
+        if (strlen(arg) >= sizeof((simcore_faults *)0)->odd_id) {
+            fputs("batchd-sim: --odd-id: at most 255 bytes\n", stderr);
+            return -EINVAL;
+        }
+        o->odd_id = arg;
+        return 0;
     case OPT_MAX_BODY:
         if (parse_number_opt("max-body", arg, 1, 1073741824.0, &d) < 0)
             return -EINVAL;
@@ -220,6 +263,10 @@ static int parse_options(int argc, char **argv, sim_options *o)
         {"retry-after", required_argument, NULL, OPT_RETRY_AFTER},
         {"slow", required_argument, NULL, OPT_SLOW},
         {"batch-error", required_argument, NULL, OPT_BATCH_ERROR},
+        {"hostile-status", required_argument, NULL, OPT_HOSTILE_STATUS},
+        {"huge-size", required_argument, NULL, OPT_HUGE_SIZE},
+        {"deep-levels", required_argument, NULL, OPT_DEEP_LEVELS},
+        {"odd-id", required_argument, NULL, OPT_ODD_ID},
         {"max-body", required_argument, NULL, OPT_MAX_BODY},
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"help", no_argument, NULL, OPT_HELP},
@@ -299,7 +346,8 @@ static void log_request(sim_server *s, conn_ctx *c, int status)
                            .status = status,
                            .auth = c->auth,
                            .fault = c->fault.kind,
-                           .retry_after_ms = c->fault.retry_after_ms};
+                           .retry_after_ms = c->fault.retry_after_ms,
+                           .uri = c->uri};
     pthread_mutex_lock(&s->lock);
     uint64_t seq = simcore_log_request(s->core, &e);
     pthread_mutex_unlock(&s->lock);
@@ -313,8 +361,8 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, const simcore_
 {
     static char empty[1];
     char *body = r->body ? r->body : empty;
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
+    size_t len = r->body && r->body_len ? r->body_len : strlen(body);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_COPY);
     if (!resp)
         return MHD_NO;
     if (r->content_type)
@@ -323,17 +371,63 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, const simcore_
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (r->etag[0])
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, r->etag);
+    if (r->retry_after)
+        retry_after = r->retry_after;
     if (retry_after)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    if (r->echo_header)
+        MHD_add_response_header(resp, "X-Echo-Authorization", r->echo_header);
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return rc;
 }
 
-static void fault_response(sim_server *s, conn_ctx *c, simcore_response *r, char *retry_after,
-                           size_t ra_len)
+#define MAX_ECHO_HEADERS 64
+
+typedef struct header_list {
+    simcore_header h[MAX_ECHO_HEADERS];
+    size_t n;
+} header_list;
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    header_list *l = cls;
+    if (l->n < MAX_ECHO_HEADERS)
+        l->h[l->n++] = (simcore_header){key, value};
+    return MHD_YES;
+}
+
+/* A hostile reply: simcore builds it from the request as received. */
+static void hostile_response(sim_server *s, struct MHD_Connection *conn, conn_ctx *c,
+                             simcore_response *r)
+{
+    header_list hl = {.n = 0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, &hl);
+    simcore_request req = {
+        .method = c->method,
+        .path = c->path,
+        .uri = c->uri,
+        .authorization =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+        .headers = hl.h,
+        .n_headers = hl.n,
+        .now_ms = time_now_ms(),
+    };
+    pthread_mutex_lock(&s->lock);
+    simcore_hostile_response(s->core, &c->fault, &req, r);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void fault_response(sim_server *s, struct MHD_Connection *conn, conn_ctx *c,
+                           simcore_response *r, char *retry_after, size_t ra_len)
 {
     memset(r, 0, sizeof *r);
+    if (simcore_fault_is_hostile(c->fault.kind)) {
+        hostile_response(s, conn, c, r);
+        return;
+    }
     const char *detail = c->fault.status == 429 ? "Request was throttled (simulated)."
                                                 : "Simulated server error; retry later.";
     if (c->route.endpoint == SIMCORE_EP_UPLOAD) {
@@ -403,6 +497,7 @@ static void act(sim_server *s, struct MHD_Connection *conn, conn_ctx *c, simcore
         free(base);
     }
     simcore_handle(s->core, s->token, &req, r);
+    simcore_hostile_rewrite(s->core, &c->fault, c->route.endpoint, r);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -435,7 +530,7 @@ static enum MHD_Result finish_request(sim_server *s, struct MHD_Connection *conn
     simcore_response r;
     char retry_after[64] = "";
     if (c->fault.status) {
-        fault_response(s, c, &r, retry_after, sizeof retry_after);
+        fault_response(s, conn, c, &r, retry_after, sizeof retry_after);
     } else if (c->refusal.status) {
         r = c->refusal;
         c->refusal = (simcore_response){0};
@@ -471,10 +566,23 @@ static enum MHD_Result answer_now(sim_server *s, struct MHD_Connection *conn, co
     return rc;
 }
 
-static conn_ctx *begin_request(sim_server *s, struct MHD_Connection *conn, const char *url,
-                               const char *method)
+/* Called by libmicrohttpd with the request target as sent, before it is decoded: the
+ * context made here is the request's *con_cls (freed by on_completed). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
+    (void)cls;
+    (void)conn;
     conn_ctx *c = xcalloc(1, sizeof *c);
+    c->uri = xstrdup(uri ? uri : "");
+    return c;
+}
+
+static conn_ctx *begin_request(sim_server *s, struct MHD_Connection *conn, conn_ctx *c,
+                               const char *url, const char *method)
+{
+    if (!c)
+        c = xcalloc(1, sizeof *c);
+    c->started = true;
     c->t_ms = time_now_ms();
     c->method = xstrdup(method);
     c->path = xstrdup(url);
@@ -487,7 +595,7 @@ static conn_ctx *begin_request(sim_server *s, struct MHD_Connection *conn, const
     simcore_fault_decide(s->core, c->route.endpoint, c->t_ms, &c->fault);
     pthread_mutex_unlock(&s->lock);
     if (c->fault.kind != SIMCORE_FAULT_NONE && c->fault.kind != SIMCORE_FAULT_SLOW &&
-        c->fault.kind != SIMCORE_FAULT_DROP_AFTER)
+        c->fault.kind != SIMCORE_FAULT_DROP_AFTER && c->fault.kind != SIMCORE_FAULT_ODDID)
         c->discard = true;
     if (!c->discard && c->route.status == 0 && c->route.endpoint == SIMCORE_EP_UPLOAD) {
         simcore_request req = {
@@ -526,10 +634,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     sim_server *s = cls;
     conn_ctx *c = *con_cls;
-    if (!c) {
-        c = begin_request(s, conn, url, method);
+    if (!c || !c->started) {
+        c = begin_request(s, conn, c, url, method);
         *con_cls = c;
-        if (!c->fault.kind && body_too_large(s, conn, c)) {
+        if ((!c->fault.kind || c->fault.kind == SIMCORE_FAULT_ODDID) &&
+            body_too_large(s, conn, c)) {
             c->too_large = true;
             return answer_now(s, conn, c, 413,
                               "Request body too large: the limit is set by batchd-sim "
@@ -570,10 +679,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     conn_ctx *c = *con_cls;
     if (!c)
         return;
-    log_request(s, c, 0); /* the client went away before an answer */
+    if (c->started)
+        log_request(s, c, 0); /* the client went away before an answer */
     simcore_upload_free(c->upload);
     simcore_response_free(&c->refusal);
     strbuf_free(&c->body);
+    free(c->uri);
     free(c->method);
     free(c->path);
     free(c);
@@ -641,6 +752,16 @@ static int run(sim_options *o)
     f->retry_after_date = o->retry_after_date;
     f->slow_ms = o->slow_ms;
     f->batch_error = o->batch_error;
+    if (o->hostile_status)
+        f->hostile_status = o->hostile_status;
+    if (o->huge_bytes >= 0)
+        f->huge_bytes = o->huge_bytes;
+    if (o->deep_levels)
+        f->deep_levels = o->deep_levels;
+    if (o->odd_id) {
+        f->odd_id_mode = SIMCORE_ODD_ID_STRING;
+        strlcpy_bd(f->odd_id, o->odd_id, sizeof f->odd_id);
+    }
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
@@ -648,9 +769,10 @@ static int run(sim_options *o)
         flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+        (unsigned)1, MHD_OPTION_END);
     int port = d ? listen_port(d) : -1;
     if (!d || port < 0) {
         fprintf(stderr, "batchd-sim: cannot listen on %s: %s; pick another address or port\n",
@@ -700,6 +822,7 @@ int main(int argc, char **argv)
                 .upload_ttl_ms = 15 * 60 * 1000},
         .retry_after_s = 1,
         .slow_ms = 5000,
+        .huge_bytes = -1,
         .max_body = 1024 * 1024,
     };
     int rc = parse_options(argc, argv, &o);

@@ -339,8 +339,13 @@ class Env:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def assert_no_token_leak(self):
-        """The token appears nowhere but the file it was read from."""
+    def assert_no_token_leak(self, encoded=False, replies=()):
+        """The token appears nowhere but the file it was read from. encoded=True also looks
+        for it base64-encoded, percent-encoded and JSON-\\u-escaped, inside JSON strings and
+        in replies (bytes, e.g. raw socket replies): see assert_no_token_anywhere."""
+        if encoded:
+            assert_no_token_anywhere(self, replies)
+            return
         for root, _dirs, files in os.walk(self.dir):
             for fn in files:
                 p = os.path.join(root, fn)
@@ -453,3 +458,110 @@ def run_tests(shared_tests, setup, teardown, own_tests=()):
     failed += shared_failed
     failed += sum(not _run_one(t) for t in own_tests)
     _summary(total, failed)
+
+
+# ---------------------------------------------------------------- the token, in any form
+
+
+def token_forms(token=TOKEN):
+    """The byte strings that give the token away: raw; base64 (standard and URL-safe, at each
+    of the three alignments it can have inside a longer encoded value, keeping only the
+    characters that depend on the token alone); every byte percent-encoded (either case);
+    every character JSON-\\u-escaped (either case)."""
+    import base64
+    t = token.encode()
+    forms = {"raw": t}
+    for k in range(3):
+        for name, enc in (("base64", base64.b64encode), ("base64url", base64.urlsafe_b64encode)):
+            e = enc(b"\0" * k + t)
+            start = -(-8 * k // 6)
+            end = (8 * (k + len(t))) // 6
+            forms[f"{name}@{k}"] = e[start:end]
+    forms["percent"] = "".join(f"%{c:02X}" for c in t).encode()
+    forms["percent-lower"] = "".join(f"%{c:02x}" for c in t).encode()
+    forms["json-u"] = "".join(f"\\u{c:04x}" for c in t).encode()
+    forms["json-U"] = "".join(f"\\u{c:04X}" for c in t).encode()
+    return forms
+
+
+def _json_strings(v):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield k
+            yield from _json_strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _json_strings(x)
+
+
+def token_leaks(data, token=TOKEN):
+    """How the token shows in data (bytes): [] when it does not. Besides token_forms, data
+    is percent-decoded as a whole, and each JSON document in it (the whole, each line, each
+    NUL-separated message) has its strings decoded, so partly escaped forms count too."""
+    import urllib.parse
+    found = [name for name, f in token_forms(token).items() if f in data]
+    text = data.decode("utf-8", errors="replace")
+    if token in urllib.parse.unquote(text):
+        found.append("percent-decoded")
+    docs = [text] + text.split("\n") + text.split("\0")
+    for d in docs:
+        d = d.strip()
+        if not d or d[0] not in "{[\"":
+            continue
+        try:
+            v = json.loads(d)
+        except (ValueError, RecursionError):
+            continue
+        for st in _json_strings(v):
+            if token in st or token in urllib.parse.unquote(st):
+                found.append("json-decoded")
+                return sorted(set(found))
+    return sorted(set(found))
+
+
+def assert_no_token_anywhere(env, replies=()):
+    """The token, in no form (token_leaks), in any regular file under env.dir (the spool,
+    the state dir, batchd's log, ...) except the token file, nor in any of replies (bytes)."""
+    problems = []
+    for root, _dirs, files in os.walk(env.dir):
+        for fn in files:
+            p = os.path.join(root, fn)
+            if p == env.daemon.token_file or not stat.S_ISREG(os.lstat(p).st_mode):
+                continue
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            how = token_leaks(data)
+            if how:
+                problems.append(f"{os.path.relpath(p, env.dir)} ({', '.join(how)})")
+    for i, r in enumerate(replies):
+        how = token_leaks(r)
+        if how:
+            problems.append(f"reply #{i} {r[:120]!r}... ({', '.join(how)})")
+    check(not problems, "the API token leaked into: " + "; ".join(problems))
+
+
+def call_raw(path, method, params=None, more=False, timeout=10):
+    """One varlink call; returns the first reply's bytes as sent (without the NUL), for
+    checks on the encoding itself (call() returns the decoded object)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        msg = {"method": method, "parameters": params or {}}
+        if more:
+            msg["more"] = True
+        s.sendall(json.dumps(msg).encode() + b"\0")
+        buf = b""
+        while b"\0" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("connection closed")
+            buf += chunk
+        return buf.split(b"\0", 1)[0]
+    finally:
+        s.close()

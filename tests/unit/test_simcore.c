@@ -1003,6 +1003,342 @@ static void test_csv_helpers(void **state)
     assert_int_equal(sim_csv_column("x,y", 3, "q"), -1);
 }
 
+/* ---- hostile replies ---------------------------------------------------------------- */
+
+static void test_hostile_parse_and_json(void **state)
+{
+    (void)state;
+    simcore_fault_rule r;
+    char err[256];
+    static const char *const kinds[] = {"echo",     "echo-raw",    "echo-json",    "echo-pct",
+                                        "echo-b64", "echo-header", "echo-429",     "huge",
+                                        "deep",     "badutf8",     "badutf8-text", "oddid"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(kinds); i++) {
+        char *spec = xasprintf("%s=2x@get_import", kinds[i]);
+        assert_int_equal(simcore_fault_parse(spec, &r, err, sizeof err), 0);
+        assert_string_equal(simcore_fault_kind_name(r.kind), kinds[i]);
+        assert_true(r.counted && r.count == 2 && r.endpoint == SIMCORE_EP_GET_IMPORT);
+        assert_int_equal(simcore_fault_is_hostile(r.kind), strcmp(kinds[i], "oddid") != 0);
+        free(spec);
+    }
+    assert_false(simcore_fault_is_hostile(SIMCORE_FAULT_503));
+    assert_false(simcore_fault_is_hostile(SIMCORE_FAULT_SLOW));
+    assert_int_equal(simcore_fault_parse("echo-rot13=1", &r, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "echo-b64"));
+
+    simcore *sim = new_sim();
+    simcore_faults *f = simcore_get_faults(sim);
+    assert_int_equal(f->hostile_status, 400);
+    assert_int_equal(f->huge_bytes, 9 * 1024 * 1024);
+    assert_int_equal(f->deep_levels, 100000);
+    assert_int_equal(f->odd_id_mode, SIMCORE_ODD_ID_LIST);
+    cJSON *j = cJSON_Parse("{\"faults\":[{\"kind\":\"huge\",\"count\":1}],\"hostile_status\":503,"
+                           "\"huge_bytes\":7340032,\"deep_levels\":1001,\"odd_id\":\"../../etc\"}");
+    assert_int_equal(simcore_faults_from_json(f, j, err, sizeof err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(f->hostile_status, 503);
+    assert_int_equal(f->huge_bytes, 7340032);
+    assert_int_equal(f->deep_levels, 1001);
+    assert_int_equal(f->odd_id_mode, SIMCORE_ODD_ID_STRING);
+    assert_string_equal(f->odd_id, "../../etc");
+    cJSON *out = simcore_faults_to_json(f);
+    assert_int_equal(json_int64(out, "hostile_status", 0), 503);
+    assert_int_equal(json_int64(out, "huge_bytes", 0), 7340032);
+    assert_int_equal(json_int64(out, "deep_levels", 0), 1001);
+    assert_string_equal(json_str(out, "odd_id"), "../../etc");
+    assert_string_equal(json_str(cJSON_GetArrayItem(cJSON_GetObjectItem(out, "faults"), 0), "kind"),
+                        "huge");
+    cJSON_Delete(out);
+    j = cJSON_Parse("{\"odd_id\":12345}");
+    assert_int_equal(simcore_faults_from_json(f, j, err, sizeof err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(f->odd_id_mode, SIMCORE_ODD_ID_NUMBER);
+    out = simcore_faults_to_json(f);
+    assert_true(cJSON_IsNumber(cJSON_GetObjectItem(out, "odd_id")));
+    cJSON_Delete(out);
+    j = cJSON_Parse("{\"odd_id\":null}");
+    assert_int_equal(simcore_faults_from_json(f, j, err, sizeof err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(f->odd_id_mode, SIMCORE_ODD_ID_LIST);
+    /* Bad values are refused and change nothing. */
+    static const char *const bad[] = {"{\"hostile_status\":200}", "{\"hostile_status\":400.5}",
+                                      "{\"huge_bytes\":-1}",      "{\"deep_levels\":0}",
+                                      "{\"odd_id\":true}",        "{\"odd_id\":[\"x\"]}"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(bad); i++) {
+        j = cJSON_Parse(bad[i]);
+        assert_int_equal(simcore_faults_from_json(f, j, err, sizeof err), -EINVAL);
+        cJSON_Delete(j);
+    }
+    assert_int_equal(f->hostile_status, 503);
+    assert_int_equal(f->deep_levels, 1001);
+    simcore_free(sim);
+}
+
+static void set_rule(simcore *sim, const char *spec)
+{
+    char err[256];
+    simcore_faults *f = simcore_get_faults(sim);
+    assert_int_equal(simcore_fault_parse(spec, &f->rules[f->n_rules], err, sizeof err), 0);
+    f->n_rules++;
+}
+
+static void test_hostile_decide(void **state)
+{
+    (void)state;
+    simcore *a = new_sim(), *b = new_sim();
+    set_rule(a, "echo=1");
+    set_rule(b, "echo=1");
+    bool seen[SIMCORE_FAULT_ODDID + 1] = {false};
+    for (int i = 0; i < 100; i++) {
+        simcore_fault_decision da, db;
+        simcore_fault_decide(a, SIMCORE_EP_CREATE_DATASET, T0, &da);
+        simcore_fault_decide(b, SIMCORE_EP_CREATE_DATASET, T0, &db);
+        assert_int_equal(da.kind, db.kind); /* seeded */
+        assert_true(da.kind >= SIMCORE_FAULT_ECHO_RAW && da.kind <= SIMCORE_FAULT_ECHO_HEADER);
+        assert_int_equal(da.status, 400);
+        seen[da.kind] = true;
+    }
+    for (int k = SIMCORE_FAULT_ECHO_RAW; k <= SIMCORE_FAULT_ECHO_HEADER; k++)
+        assert_true(seen[k]);
+    simcore_free(a);
+    simcore_free(b);
+
+    simcore *sim = new_sim();
+    simcore_get_faults(sim)->hostile_status = 502;
+    set_rule(sim, "oddid=1x");
+    set_rule(sim, "echo-429=1x@get_import");
+    set_rule(sim, "deep=1x@get_import");
+    simcore_fault_decision d;
+    /* An oddid rule is not used up by a reply without an id. */
+    simcore_fault_decide(sim, SIMCORE_EP_GET_IMPORT, T0, &d);
+    assert_int_equal(d.kind, SIMCORE_FAULT_ECHO_429);
+    assert_int_equal(d.status, 429);
+    assert_int_equal(d.retry_after_ms, 1000);
+    simcore_fault_decide(sim, SIMCORE_EP_GET_IMPORT, T0, &d);
+    assert_int_equal(d.kind, SIMCORE_FAULT_DEEP);
+    assert_int_equal(d.status, 502);
+    simcore_fault_decide(sim, SIMCORE_EP_GET_IMPORT, T0, &d);
+    assert_int_equal(d.kind, SIMCORE_FAULT_NONE);
+    assert_int_equal(simcore_get_faults(sim)->rules[0].count, 1);
+    simcore_fault_decide(sim, SIMCORE_EP_UPLOAD_URL, T0, &d);
+    assert_int_equal(d.kind, SIMCORE_FAULT_ODDID);
+    assert_int_equal(d.status, 0); /* it acts */
+    assert_true(d.variant < simcore_odd_id_count());
+    assert_int_equal(simcore_get_faults(sim)->rules[0].count, 0);
+    simcore_free(sim);
+}
+
+static void hostile(simcore *sim, simcore_fault_kind kind, int status, simcore_response *resp)
+{
+    static const simcore_header headers[] = {
+        {"Host", "127.0.0.1:9"},
+        {"Authorization", "Token " TOKEN},
+        {"Content-Type", "application/json"},
+    };
+    simcore_request req = {.method = "POST",
+                           .path = API "/datasets",
+                           .uri = API "/datasets",
+                           .authorization = "Token " TOKEN,
+                           .headers = headers,
+                           .n_headers = BD_ARRAY_LEN(headers),
+                           .now_ms = T0};
+    simcore_fault_decision d = {.kind = kind, .status = status, .retry_after_ms = -1};
+    simcore_hostile_response(sim, &d, &req, resp);
+    assert_int_equal(resp->status, status);
+    assert_non_null(resp->body);
+}
+
+static const char *error_detail(const cJSON *j)
+{
+    return json_str(cJSON_GetObjectItemCaseSensitive(j, "error"), "detail");
+}
+
+static void test_hostile_echo(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    simcore_response r;
+    /* raw: the headers as text, the token among them. */
+    hostile(sim, SIMCORE_FAULT_ECHO_RAW, 400, &r);
+    assert_string_equal(r.content_type, "text/plain; charset=utf-8");
+    assert_non_null(strstr(r.body, "\nAuthorization: Token " TOKEN "\n"));
+    assert_non_null(strstr(r.body, "POST " API "/datasets HTTP/1.1\n"));
+    simcore_response_free(&r);
+    /* json: not in the bytes, but in the text once parsed. */
+    hostile(sim, SIMCORE_FAULT_ECHO_JSON, 403, &r);
+    assert_null(strstr(r.body, TOKEN));
+    assert_non_null(strstr(r.body, "\\u0074\\u0030\\u006b\\u0065\\u006e")); /* t0ken */
+    cJSON *j = cJSON_Parse(r.body);
+    assert_non_null(j);
+    assert_non_null(strstr(error_detail(j), "Authorization: Token " TOKEN));
+    assert_string_equal(
+        json_str(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "error"), "headers"), "Authorization"),
+        "Token " TOKEN);
+    cJSON_Delete(j);
+    simcore_response_free(&r);
+    /* pct: every byte. */
+    hostile(sim, SIMCORE_FAULT_ECHO_PCT, 404, &r);
+    assert_null(strstr(r.body, TOKEN));
+    assert_non_null(strstr(r.body, "Authorization=%54%6F%6B%65%6E%20%74%30%6B%65%6E"));
+    j = cJSON_Parse(r.body);
+    assert_non_null(j);
+    cJSON_Delete(j);
+    simcore_response_free(&r);
+    /* b64 of the header value. */
+    hostile(sim, SIMCORE_FAULT_ECHO_B64, 500, &r);
+    assert_null(strstr(r.body, TOKEN));
+    assert_non_null(strstr(r.body, "Authorization=VG9rZW4gdDBrZW4=")); /* "Token t0ken" */
+    simcore_response_free(&r);
+    /* header: a clean body, the token in X-Echo-Authorization. */
+    hostile(sim, SIMCORE_FAULT_ECHO_HEADER, 400, &r);
+    assert_null(strstr(r.body, TOKEN));
+    assert_string_equal(r.echo_header, "Token " TOKEN);
+    assert_null(r.retry_after);
+    simcore_response_free(&r);
+    /* 429: in Retry-After, the echo header and the body. */
+    simcore_get_faults(sim)->retry_after_s = 2;
+    hostile(sim, SIMCORE_FAULT_ECHO_429, 429, &r);
+    assert_string_equal(r.retry_after, "2; echo=\"Token " TOKEN "\"");
+    assert_string_equal(r.echo_header, "Token " TOKEN);
+    j = cJSON_Parse(r.body);
+    assert_non_null(strstr(error_detail(j), "Authorization: Token " TOKEN));
+    cJSON_Delete(j);
+    simcore_response_free(&r);
+    assert_null(r.retry_after);
+    assert_null(r.echo_header);
+    simcore_free(sim);
+}
+
+static void test_hostile_bodies(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    simcore_response r;
+    /* huge: exactly huge_bytes, JSON with the text in detail; 9 MiB by default. */
+    hostile(sim, SIMCORE_FAULT_HUGE, 400, &r);
+    assert_int_equal(strlen(r.body), 9 * 1024 * 1024);
+    simcore_response_free(&r);
+    simcore_get_faults(sim)->huge_bytes = 100000;
+    hostile(sim, SIMCORE_FAULT_HUGE, 400, &r);
+    assert_int_equal(strlen(r.body), 100000);
+    cJSON *j = cJSON_Parse(r.body);
+    assert_non_null(j);
+    assert_true(strlen(error_detail(j)) > 99000);
+    cJSON_Delete(j);
+    simcore_response_free(&r);
+    /* deep: deep_levels arrays in detail. */
+    simcore_get_faults(sim)->deep_levels = 3;
+    hostile(sim, SIMCORE_FAULT_DEEP, 400, &r);
+    assert_non_null(strstr(r.body, "\"detail\":[[[\"deep\"]]]}}"));
+    simcore_response_free(&r);
+    simcore_get_faults(sim)->deep_levels = 1001;
+    hostile(sim, SIMCORE_FAULT_DEEP, 400, &r);
+    assert_null(cJSON_Parse(r.body)); /* past cJSON's nesting limit */
+    simcore_response_free(&r);
+    simcore_get_faults(sim)->deep_levels = 100000;
+    hostile(sim, SIMCORE_FAULT_DEEP, 400, &r);
+    assert_true(strlen(r.body) > 200000);
+    simcore_response_free(&r);
+    /* badutf8: invalid UTF-8 and raw control characters inside JSON strings. */
+    hostile(sim, SIMCORE_FAULT_BADUTF8, 400, &r);
+    assert_false(utf8_valid(r.body, strlen(r.body)));
+    assert_non_null(strchr(r.body, '\x1b'));
+    assert_non_null(strstr(r.body, "\xed\xa0\x80")); /* an encoded surrogate */
+    assert_non_null(strstr(r.body, "\\u0000"));
+    assert_int_equal(r.body_len, 0);
+    simcore_response_free(&r);
+    /* badutf8-text: a NUL byte inside, so the length is explicit. */
+    hostile(sim, SIMCORE_FAULT_BADUTF8_TEXT, 400, &r);
+    assert_true(r.body_len > strlen(r.body));
+    assert_non_null(memmem(r.body, r.body_len, "after a NUL byte", 16));
+    assert_string_equal(r.content_type, "text/plain; charset=utf-8");
+    simcore_response_free(&r);
+    simcore_free(sim);
+}
+
+static void test_hostile_oddid(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    for (size_t i = 0; i < simcore_odd_id_count(); i++) {
+        simcore_response resp;
+        int st;
+        cJSON *j = call_full(sim, "POST", API "/datasets", "Token " TOKEN, "application/json",
+                             SCHEMA_PLAIN, NULL, T0, &st, &resp);
+        assert_int_equal(st, 201);
+        char *real = xstrdup(json_str(j, "id"));
+        cJSON_Delete(j);
+        simcore_fault_decision d = {.kind = SIMCORE_FAULT_ODDID, .variant = (unsigned)i};
+        simcore_hostile_rewrite(sim, &d, SIMCORE_EP_CREATE_DATASET, &resp);
+        j = cJSON_Parse(resp.body);
+        assert_non_null(j);
+        bool number;
+        const char *odd = simcore_odd_id(i, &number);
+        const cJSON *id = cJSON_GetObjectItem(j, "id");
+        if (number)
+            assert_true(cJSON_IsNumber(id) && id->valuedouble == strtod(odd, NULL));
+        else
+            assert_string_equal(id->valuestring, odd);
+        assert_string_equal(json_str(j, "name"), "ds2"); /* the rest as it was */
+        assert_non_null(sim_find_dataset(sim, real));    /* the sim keeps its real id */
+        cJSON_Delete(j);
+        simcore_response_free(&resp);
+        free(real);
+    }
+    assert_null(simcore_odd_id(simcore_odd_id_count(), NULL));
+    /* A given odd id; the import id of an upload URL; errors are left alone. */
+    simcore_faults *f = simcore_get_faults(sim);
+    f->odd_id_mode = SIMCORE_ODD_ID_STRING;
+    strlcpy_bd(f->odd_id, "x?y=1", sizeof f->odd_id);
+    char *ds = create_dataset(sim, SCHEMA_PLAIN);
+    char *path = xasprintf(API "/datasets/%s/upload-url/d.jsonl", ds);
+    simcore_response resp;
+    int st;
+    cJSON *j = call_full(sim, "GET", path, "Token " TOKEN, NULL, NULL, NULL, T0, &st, &resp);
+    assert_int_equal(st, 201);
+    char *real_import = xstrdup(json_str(j, "import_id"));
+    cJSON_Delete(j);
+    simcore_fault_decision d = {.kind = SIMCORE_FAULT_ODDID};
+    simcore_hostile_rewrite(sim, &d, SIMCORE_EP_UPLOAD_URL, &resp);
+    j = cJSON_Parse(resp.body);
+    assert_string_equal(json_str(j, "import_id"), "x?y=1");
+    assert_string_equal(json_str(j, "dataset_id"), ds);
+    assert_string_equal(simcore_import_status(sim, real_import, T0), "uninitialised");
+    cJSON_Delete(j);
+    simcore_response_free(&resp);
+    simcore_response_error(&resp, 400, "no");
+    char *before = xstrdup(resp.body);
+    simcore_hostile_rewrite(sim, &d, SIMCORE_EP_CREATE_DATASET, &resp);
+    assert_string_equal(resp.body, before);
+    simcore_response_free(&resp);
+    free(before);
+    free(real_import);
+    free(path);
+    free(ds);
+    simcore_free(sim);
+}
+
+static void test_request_log_uri(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    simcore_log_entry e = {.method = "GET",
+                           .path = API "/datasets/../x",
+                           .uri = API "/datasets/%2e%2e/x?y=1",
+                           .endpoint = SIMCORE_EP_NONE,
+                           .status = 404,
+                           .retry_after_ms = -1};
+    simcore_log_request(sim, &e);
+    e.uri = NULL;
+    simcore_log_request(sim, &e);
+    cJSON *all = simcore_requests_json(sim, 0);
+    assert_string_equal(json_str(cJSON_GetArrayItem(all, 0), "uri"), API "/datasets/%2e%2e/x?y=1");
+    assert_string_equal(json_str(cJSON_GetArrayItem(all, 0), "path"), API "/datasets/../x");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 1), "uri")));
+    cJSON_Delete(all);
+    simcore_free(sim);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1026,6 +1362,12 @@ int main(void)
         cmocka_unit_test(test_batch_create_rules),
         cmocka_unit_test(test_request_log),
         cmocka_unit_test(test_csv_helpers),
+        cmocka_unit_test(test_hostile_parse_and_json),
+        cmocka_unit_test(test_hostile_decide),
+        cmocka_unit_test(test_hostile_echo),
+        cmocka_unit_test(test_hostile_bodies),
+        cmocka_unit_test(test_hostile_oddid),
+        cmocka_unit_test(test_request_log_uri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -135,6 +135,7 @@ typedef struct reply {
     char allow[64];
     char etag[64];
     char content_type[64];
+    char echo[128]; /* X-Echo-Authorization */
 } reply;
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
@@ -167,6 +168,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     copy_header(p, size * n, "Allow:", r->allow, sizeof r->allow);
     copy_header(p, size * n, "ETag:", r->etag, sizeof r->etag);
     copy_header(p, size * n, "Content-Type:", r->content_type, sizeof r->content_type);
+    copy_header(p, size * n, "X-Echo-Authorization:", r->echo, sizeof r->echo);
     return size * n;
 }
 
@@ -1065,6 +1067,95 @@ static void test_fault_counts(void **state)
     sim_stop(&s, 5000);
 }
 
+/* The hostile kinds over HTTP: the echo headers reach the client, a body with a NUL byte
+ * is sent whole, a huge body has its size, an odd id is given, the table is set at run
+ * time, and the log keeps the request target as sent. */
+static void test_hostile_kinds(void **state)
+{
+    (void)state;
+    const char *const extra[] = {"--fault",
+                                 "echo-header=1x@create_dataset",
+                                 "--fault",
+                                 "echo-429=1x@create_dataset",
+                                 "--fault",
+                                 "badutf8-text=1x@create_dataset",
+                                 "--fault",
+                                 "huge=1x@create_dataset",
+                                 "--fault",
+                                 "oddid=1x",
+                                 "--odd-id",
+                                 "../../etc",
+                                 "--huge-size",
+                                 "9437184",
+                                 "--hostile-status",
+                                 "403",
+                                 "--retry-after",
+                                 "3",
+                                 NULL};
+    sim_proc s;
+    sim_start(&s, extra);
+    reply r;
+    create_raw(&s, 0, &r);
+    assert_int_equal(r.status, 403);
+    assert_string_equal(r.echo, "Token sim-token");
+    assert_null(strstr(r.body.data, "sim-token"));
+    reply_free(&r);
+    create_raw(&s, 0, &r);
+    assert_int_equal(r.status, 429);
+    assert_string_equal(r.retry_after, "3; echo=\"Token sim-token\"");
+    assert_non_null(strstr(r.body.data, "Authorization: Token sim-token"));
+    reply_free(&r);
+    create_raw(&s, 0, &r);
+    assert_int_equal(r.status, 403);
+    assert_true(r.body.len > strlen(r.body.data)); /* the NUL byte and what follows came */
+    assert_non_null(memmem(r.body.data, r.body.len, "after a NUL byte", 16));
+    assert_false(utf8_valid(r.body.data, strlen(r.body.data)));
+    reply_free(&r);
+    create_raw(&s, 0, &r);
+    assert_int_equal(r.rc, CURLE_OK);
+    assert_int_equal(r.status, 403);
+    assert_int_equal(r.body.len, 9437184);
+    reply_free(&r);
+    assert_int_equal(count_datasets(&s), 0); /* none of them acted */
+    create_raw(&s, 0, &r);
+    assert_int_equal(r.status, 201);
+    cJSON *j = reply_json(&r);
+    assert_string_equal(json_str(j, "id"), "../../etc");
+    cJSON_Delete(j);
+    reply_free(&r);
+    assert_int_equal(count_datasets(&s), 1); /* oddid acted */
+    cJSON *last = last_request(&s);
+    assert_string_equal(json_str(last, "fault"), "oddid");
+    cJSON_Delete(last);
+
+    /* At run time: an echo of every header, in the seeded variant, as a 451. */
+    assert_int_equal(post_faults(&s, "{\"faults\":[{\"kind\":\"echo-raw\",\"count\":1}],"
+                                     "\"hostile_status\":451}"),
+                     200);
+    cJSON *f = sim_get(&s, "/_sim/faults");
+    assert_int_equal(json_int64(f, "hostile_status", 0), 451);
+    assert_string_equal(json_str(f, "odd_id"), "../../etc");
+    cJSON_Delete(f);
+    create_raw(&s, 0, &r);
+    assert_int_equal(r.status, 451);
+    assert_string_equal(r.content_type, "text/plain; charset=utf-8");
+    assert_non_null(strstr(r.body.data, "\nAuthorization: Token sim-token\n"));
+    reply_free(&r);
+
+    /* The log: the target as sent (not decoded), with its query. */
+    char *url = xasprintf("%s/api/v1/data-collection/datasets/%%2e%%2e/x?y=1", s.base);
+    request q = {.method = "GET", .url = url, .headers = {AUTH}};
+    do_request(&q, &r);
+    assert_int_equal(r.status, 404);
+    reply_free(&r);
+    free(url);
+    last = last_request(&s);
+    assert_string_equal(json_str(last, "uri"), "/api/v1/data-collection/datasets/%2e%2e/x?y=1");
+    assert_string_equal(json_str(last, "path"), "/api/v1/data-collection/datasets/../x");
+    cJSON_Delete(last);
+    sim_stop(&s, 5000);
+}
+
 static void test_many_connections(void **state)
 {
     (void)state;
@@ -1244,6 +1335,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fault_slow_and_shutdown, kill_leftover),
         cmocka_unit_test_teardown(test_runtime_faults, kill_leftover),
         cmocka_unit_test_teardown(test_fault_counts, kill_leftover),
+        cmocka_unit_test_teardown(test_hostile_kinds, kill_leftover),
         cmocka_unit_test_teardown(test_many_connections, kill_leftover),
         cmocka_unit_test_teardown(test_streamed_upload, kill_leftover),
     };
