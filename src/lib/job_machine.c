@@ -332,10 +332,7 @@ static cJSON *reply_body_json(const job_reply *r)
 {
     if (r->net == JOB_NET_TOO_LARGE)
         return NULL; /* cut off: neither whole nor worth keeping */
-    cJSON *body = parse_body(r);
-    if (!body && r->body && r->body_len)
-        body = cJSON_CreateString(r->body);
-    return body;
+    return apitext_body(r->body, r->body_len, r->secret);
 }
 
 /* The retry bound is reached: fail with what the last attempt saw. The pending_op is kept

@@ -1225,6 +1225,26 @@ static void test_hostile_retry_texts(void **state)
     free_echoes();
 }
 
+/* A step that keeps failing gives up with the last reply as api_error: a 5xx body that
+ * echoes the token is cleaned on that path too. */
+static void test_hostile_body_on_give_up(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_CREATING_DATASET);
+    char *t = hostile_text();
+    for (int i = 0; i < JOB_RETRY_ATTEMPTS_MAX && f->j->state != JOB_FAILED; i++) {
+        reply_secret(f, JOB_OP_CREATE_DATASET, 500, t, strlen(t), NULL, NULL);
+        f->j->pending_op = JOB_OP_NONE; /* as if each unknown outcome had been resolved */
+        wait_out(f);
+    }
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_non_null(f->j->api_error);
+    assert_job_clean(f->j);
+    free(t);
+    free_echoes();
+}
+
 static void test_hostile_import_errors(void **state)
 {
     fixture *f = *state;
@@ -1441,6 +1461,7 @@ int main(void)
         T(test_hostile_deep_body),
         T(test_hostile_json_body),
         T(test_hostile_retry_texts),
+        T(test_hostile_body_on_give_up),
         T(test_hostile_import_errors),
         T(test_hostile_batch_status),
         T(test_record_keeps_byte_names),
