@@ -608,18 +608,38 @@ static bool id_usable(job *j, job_op op, const job_reply *r, int64_t now, const 
     return false;
 }
 
+/* The id member `key` of a reply that creates a resource: a usable string, or NULL after
+ * failing the job with a message that names what came instead (missing, or not a string:
+ * a number such as 12345 is shown as it was sent). */
+static const char *reply_id(job *j, job_op op, const job_reply *r, int64_t now, const cJSON *body,
+                            const char *key, const char *kind)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, key);
+    if (cJSON_IsString(v))
+        return id_usable(j, op, r, now, kind, v->valuestring, true) ? v->valuestring : NULL;
+    char *what;
+    if (!v) {
+        what = xasprintf("no %s id (member \"%s\")", kind, key);
+    } else {
+        char *printed = json_print(v);
+        char *shown = apitext_display(printed, 256, r->secret);
+        what = xasprintf("the %s id %s is not a string (member \"%s\")", kind, shown, key);
+        free(shown);
+        free(printed);
+    }
+    protocol_error(j, op, r, now, what);
+    free(what);
+    return NULL;
+}
+
 static void on_success(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
                        uint64_t rnd)
 {
     cJSON *body = parse_body(r);
     switch (op) {
     case JOB_OP_CREATE_DATASET: {
-        const char *id = json_str(body, "id");
-        if (!id) {
-            protocol_error(j, op, r, now, "no dataset id");
-            break;
-        }
-        if (!id_usable(j, op, r, now, "dataset", id, true))
+        const char *id = reply_id(j, op, r, now, body, "id", "dataset");
+        if (!id)
             break;
         set_str(&j->dataset_id, id);
         j->pending_op = JOB_OP_NONE;
@@ -627,13 +647,14 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         break;
     }
     case JOB_OP_UPLOAD_URL: {
-        const char *url = json_str(body, "upload_url"), *imp = json_str(body, "import_id");
+        const char *url = json_str(body, "upload_url");
         const char *method = json_str(body, "http_method");
-        if (!url || !imp || (method && strcmp(method, "PUT") != 0)) {
-            protocol_error(j, op, r, now, "no upload_url or import_id, or not a PUT");
+        if (!url || (method && strcmp(method, "PUT") != 0)) {
+            protocol_error(j, op, r, now, "no upload_url, or not a PUT");
             break;
         }
-        if (!id_usable(j, op, r, now, "import", imp, true))
+        const char *imp = reply_id(j, op, r, now, body, "import_id", "import");
+        if (!imp)
             break;
         /* The URL is kept in the record and used as it is: it must not hold the token (it is
          * never sent anywhere but the Authorization header of API calls). */
@@ -715,12 +736,8 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         break;
     }
     case JOB_OP_CREATE_BATCH: {
-        const char *id = json_str(body, "id");
-        if (!id) {
-            protocol_error(j, op, r, now, "no batch id");
-            break;
-        }
-        if (!id_usable(j, op, r, now, "batch", id, true))
+        const char *id = reply_id(j, op, r, now, body, "id", "batch");
+        if (!id)
             break;
         set_str(&j->batch_id, id);
         set_api_str(&j->batch_status, json_str(body, "status"), r);
@@ -781,6 +798,17 @@ bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, in
         return false;
     j->updated_at = now;
     if (r->net == JOB_NET_TOO_LARGE) {
+        if (r->status >= 400 && r->status < 500) {
+            /* A 4xx is a definitive answer whatever its body: handled by its status alone
+             * (the body was cut off and is not kept). */
+            job_note(j, now, "%s: HTTP %ld with a reply too large to read; handled by its status",
+                     job_op_name(op), r->status);
+            job_reply cut = *r;
+            cut.net = JOB_NET_OK;
+            cut.body = NULL;
+            cut.body_len = 0;
+            return job_on_reply(j, op, &cut, p, now, rnd);
+        }
         /* The reply could not be read whole: for a create or setup its effect is unknown
          * (it may have acted), so it is checked first, as after a timeout; a read is asked
          * again. Both within the retry bound. */

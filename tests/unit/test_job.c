@@ -811,6 +811,28 @@ static void test_reply_too_large(void **state)
     assert_int_equal(f->j->pending_op, JOB_OP_CREATE_BATCH);
 }
 
+/* A 4xx whose body is too large to read is still a definitive answer: the job fails with
+ * its status (a 401 still holds), and nothing of the cut-off body is kept. */
+static void test_4xx_too_large_fails_by_status(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    expect_send(f, JOB_OP_CREATE_DATASET);
+    job_mark_sent(f->j, JOB_OP_CREATE_DATASET, f->now);
+    job_reply big401 = {.net = JOB_NET_TOO_LARGE, .status = 401, .body = "x", .body_len = 1};
+    assert_true(job_on_reply(f->j, JOB_OP_CREATE_DATASET, &big401, &f->p, f->now, 0));
+    assert_int_equal(f->j->state, JOB_CREATING_DATASET);
+    expect_send(f, JOB_OP_CREATE_DATASET);
+    job_mark_sent(f->j, JOB_OP_CREATE_DATASET, f->now);
+    job_reply big = {.net = JOB_NET_TOO_LARGE, .status = 400, .body = "{\"a\":", .body_len = 5};
+    assert_false(job_on_reply(f->j, JOB_OP_CREATE_DATASET, &big, &f->p, f->now, 0));
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "api_rejected");
+    assert_int_equal(f->j->http_status, 400);
+    assert_null(f->j->api_error);
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+}
+
 /* HTTP 401: the token is wrong for every job. The job stays, its call is made again, nothing
  * counts as a failed attempt, and the caller is told. A 403 still fails the job. */
 static void test_401_holds_not_fails(void **state)
@@ -1383,6 +1405,32 @@ static void test_bad_ids_fail_the_job(void **state)
     }
 }
 
+/* An id that is not a string (a number such as 12345, an object) fails the job with a
+ * message that shows what was sent, for each reply that creates a resource. */
+static void test_non_string_ids_named(void **state)
+{
+    (void)state;
+    static const char *const bodies[] = {
+        "{\"id\": 12345}",
+        "{\"upload_url\": \"http://127.0.0.1:1/u\", \"import_id\": 12345}",
+        "{\"id\": 12345}",
+    };
+    static const job_state states[] = {JOB_CREATING_DATASET, JOB_UPLOADING, JOB_CREATING_BATCH};
+    static const job_op ops[] = {JOB_OP_CREATE_DATASET, JOB_OP_UPLOAD_URL, JOB_OP_CREATE_BATCH};
+    for (size_t i = 0; i < BD_ARRAY_LEN(bodies); i++) {
+        fixture g = {.now = T0};
+        job_params_default(&g.p);
+        g.j = job_new("01JDNUM", "job-num", "job-num", g.now);
+        drive_to(&g, states[i]);
+        expect_send(&g, ops[i]);
+        reply(&g, ops[i], 201, bodies[i]);
+        assert_int_equal(g.j->state, JOB_FAILED);
+        assert_string_equal(g.j->error_code, "api_rejected");
+        assert_non_null(strstr(g.j->error_message, "12345 is not a string"));
+        job_free(g.j);
+    }
+}
+
 /* error.json stays within 64 KiB, and says how many errors it leaves out. */
 static void test_error_json_capped(void **state)
 {
@@ -1462,6 +1510,8 @@ int main(void)
         T(test_hostile_json_body),
         T(test_hostile_retry_texts),
         T(test_hostile_body_on_give_up),
+        T(test_non_string_ids_named),
+        T(test_4xx_too_large_fails_by_status),
         T(test_hostile_import_errors),
         T(test_hostile_batch_status),
         T(test_record_keeps_byte_names),
