@@ -59,6 +59,7 @@ def test_unclaimable_entry_does_not_block():
         wait_for(lambda: d.dir_entries("done") == ["good"], 30, "the good job in done/")
         check(d.dir_entries("incoming") == ["bad"], f"incoming: {d.dir_entries('incoming')}")
         check(os.listdir(bad) == ["data.jsonl"], "the bad entry is untouched")
+        wait_for(lambda: "cannot claim incoming/bad" in d.logs(), 10, "the failure logged")
         # No spinning: the loop sleeps while the bad entry waits for its next try.
         before = cpu_seconds(d.proc.pid)
         time.sleep(2)  # measuring idle CPU over a window, not synchronising

@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 
-from harness import Env, Skipped, check, run_tests, wait_for
+from harness import TSAN, Env, Skipped, check, run_tests, skipped, wait_for
 
 ERROR_KEYS = {"job", "id", "state", "stage", "code", "message", "errors", "http_status",
               "api_error", "dataset_id", "batch_id", "at"}
@@ -651,18 +651,19 @@ def test_still_up_after_everything():
 
 
 def test_pickup_latency():
-    """A rename into incoming/ is noticed within milliseconds, not at the next rescan (2s)."""
-    d = env().daemon
-    worst = 0.0
-    for i in range(5):
-        p = bare(f"latency{i}.txt", b"x\n")
-        os.rename(p, os.path.join(d.spool, "incoming", f"latency{i}.txt"))
-        t0 = time.monotonic()
-        wait_for(lambda i=i: f"latency{i}.txt" not in d.dir_entries("incoming"), 5,
-                 "the entry to be claimed", interval=0.001)
-        worst = max(worst, time.monotonic() - t0)
-    check(worst < 0.5, f"pickup took {worst * 1000:.0f} ms")
-    print(f"     pickup latency, worst of 5: {worst * 1000:.1f} ms", flush=True)
+    """A rename into incoming/ is noticed by its file event, not at the next rescan: with the
+    rescan an hour away, each entry is claimed all the same (the latency is printed)."""
+    with Env(extra_conf="spool.rescan_interval = 1h") as e:
+        d = e.daemon
+        worst = 0.0
+        for i in range(5):
+            p = bare(f"latency{i}.txt", b"x\n")
+            os.rename(p, os.path.join(d.spool, "incoming", f"latency{i}.txt"))
+            t0 = time.monotonic()
+            wait_for(lambda i=i: f"latency{i}.txt" not in d.dir_entries("incoming"), 30,
+                     "the entry to be claimed without a rescan", interval=0.001)
+            worst = max(worst, time.monotonic() - t0)
+        print(f"     pickup latency, worst of 5: {worst * 1000:.1f} ms", flush=True)
 
 
 SHARED_TESTS = [
@@ -825,6 +826,8 @@ def test_big_file_memory():
     size = 1 << 30
     if os.environ.get("BATCHD_E2E_BIG") == "0":
         raise Skipped("BATCHD_E2E_BIG=0")
+    if TSAN:
+        raise Skipped("under ThreadSanitizer the RSS is mostly its shadow memory")
     if shutil.disk_usage(tempfile.gettempdir()).free < 3 * size:
         raise Skipped("less than 3 GiB free for the 1 GiB file")
     # A last line that is invalid, so the job fails after the whole file was validated and
@@ -870,5 +873,6 @@ if __name__ == "__main__":
     own = [test_skip_invalid_records, test_ten_thousand_entries, test_big_file_memory]
     only = os.environ.get("BATCHD_E2E_ONLY")  # run just the named own tests while debugging
     if only:
-        own = [t for t in own if t.__name__ in only.split(",")]
+        own = [t if t.__name__ in only.split(",") else skipped(t, "not in BATCHD_E2E_ONLY")
+               for t in own]
     run_tests(SHARED_TESTS, shared_setup, shared_teardown, own)

@@ -693,7 +693,8 @@ static void test_timeout(void **state)
     assert_int_equal(res.error, HTTP_ERR_TIMEOUT);
     assert_int_equal(res.status, 0);
     assert_true(res.error_text[0] != '\0');
-    assert_in_range(took, 180, 3000);
+    /* The timeout ended it: not before 200 ms, and long before the server's 10 s answer. */
+    assert_in_range(took, 180, 9000);
     result_free(&res);
 }
 
