@@ -367,7 +367,9 @@ def test_batchctl_commands():
         env.sim.set_faults([{"kind": "429", "probability": 1.0, "endpoint": "create_batch"}],
                            batch_error=0.0)
         drop_jobs(env, ["victim"])
-        wait_for(lambda: job_state(sock, "victim") == "creating_batch", 30, "victim stuck")
+        # Stuck: its first create_batch got the 429 (status then shows "retry in").
+        wait_for(lambda: job_state(sock, "victim") == "creating_batch" and
+                 get_job(sock, "victim")["retry_at"], 30, "victim stuck")
 
         # Both watchers have subscribed once their snapshot shows victim.
         watch = Lines([binary("batchctl"), "-s", sock, "watch"])
@@ -500,6 +502,9 @@ def test_batchctl_terminal():
                          f"{ctlbin} -s {sock} watch; sleep 600")
                 check(r.returncode == 0, r.stderr)
             names = [f"t{i}" for i in range(4)]
+            # The jobs stay in processing (a 429 on the batch status) until a live progress
+            # line was captured, however slowly the screens are read.
+            env.sim.set_faults([{"kind": "429", "probability": 1.0, "endpoint": "batch_status"}])
             drop_jobs(env, names)
             screens = {"plain": set(), "color": set()}
 
@@ -508,6 +513,12 @@ def test_batchctl_terminal():
                     r = tmux(tsock, "capture-pane", "-p", "-e", "-t", name)
                     screens[name].add(r.stdout)
                 return all(job_state(sock, n) == "ready" for n in names)
+
+            def live_seen():
+                capture()
+                return any("[" in s and "processing" in s for s in screens["plain"])
+            wait_for(live_seen, 40, "a live progress line while processing", interval=0.1)
+            env.sim.set_faults([])
             wait_for(capture, 40, "four jobs ready while capturing", interval=0.1)
             wait_for(lambda: capture() and all(
                 sum(f" {n} ready" in ln for ln in last_screen(tsock, "plain").splitlines()) == 1
