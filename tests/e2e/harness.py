@@ -92,6 +92,22 @@ def wait_for(pred, timeout=30.0, what="condition", interval=0.02):
     raise TestFailure(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def wait_progress(count, target, stall=60.0, what="progress", interval=0.2):
+    """Waits until count() reaches target, for as long as it keeps growing: fails only when it
+    stays the same for stall seconds. For bulk work whose total time is the machine's load,
+    not batchd's correctness."""
+    last, since = None, time.monotonic()
+    while True:
+        n = count()
+        if n >= target:
+            return n
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > stall:
+            raise TestFailure(f"{what}: stuck at {n} of {target} for {stall:.0f}s")
+        time.sleep(interval)
+
+
 class Sim:
     def __init__(self, workdir, args=()):
         self.log = open(os.path.join(workdir, "sim.log"), "wb")

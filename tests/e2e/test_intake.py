@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 
-from harness import TSAN, Env, Skipped, check, run_tests, skipped, wait_for
+from harness import TSAN, Env, Skipped, check, run_tests, skipped, wait_for, wait_progress
 
 ERROR_KEYS = {"job", "id", "state", "stage", "code", "message", "errors", "http_status",
               "api_error", "dataset_id", "batch_id", "at"}
@@ -779,10 +779,11 @@ def test_ten_thousand_entries():
         total = n_bad + n_good
 
         def finished():
-            return len(d.dir_entries("done")) + len(d.dir_entries("failed")) == total
+            return len(d.dir_entries("done")) + len(d.dir_entries("failed"))
 
-        # Typically 40-60 s under ASan; the deadline leaves room for a loaded machine.
-        wait_for(finished, 150, f"{total} jobs in done/ or failed/", interval=0.2)
+        # Typically 40-60 s under ASan, much more on a loaded machine: it fails only if no
+        # entry finishes for a minute.
+        wait_progress(finished, total, 60, f"{total} jobs in done/ or failed/")
         took = time.monotonic() - t0
         done, failed = d.dir_entries("done"), d.dir_entries("failed")
         check(done == sorted(f"good{i}" for i in range(n_good)), f"done/: {done[:10]}")
