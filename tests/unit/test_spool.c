@@ -993,7 +993,6 @@ static void test_watch_fires_on_rename(void **state)
     /* The second call came before the deadline, with the rescan an hour away: the event
      * made it. How fast is not asserted (a busy machine under valgrind decides that). */
     assert_int_equal(ctx.calls, 2);
-    assert_true(ctx.latency_ms >= 0);
 }
 
 static void test_watch_rescans_periodically(void **state)
