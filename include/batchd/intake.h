@@ -6,6 +6,7 @@
 #ifndef BATCHD_INTAKE_H
 #define BATCHD_INTAKE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,9 +61,9 @@ typedef struct intake_options {
  * -EACCES for a data file without read permission (even as root), -ENOENT when job_dir does
  * not exist, -EIO ... */
 int intake_check(const char *job_dir, const char *job_name, const config *cfg,
-                 const volatile int *cancel, intake_result *out);
+                 const atomic_int *cancel, intake_result *out);
 int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg,
-                    const volatile int *cancel, const intake_options *opts, intake_result *out);
+                    const atomic_int *cancel, const intake_options *opts, intake_result *out);
 void intake_result_free(intake_result *r);
 
 /* Builds error.json exactly as PRODUCT.md §4 (the caller adds dataset_id, batch_id etc. when

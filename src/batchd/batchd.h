@@ -4,6 +4,7 @@
 #ifndef BATCHD_DAEMON_H
 #define BATCHD_DAEMON_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,7 +43,7 @@ typedef struct jobrun {
     bool finished;           /* its directory is in done/ or failed/ */
     bool waiting_validation;
     bool validating;
-    volatile int cancel_validation;
+    atomic_int cancel_validation; /* set on the loop, polled by the validating thread */
     uv_work_t work;
     cfgref *work_cfg;
     intake_result ires;

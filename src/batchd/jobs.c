@@ -399,7 +399,7 @@ static void start_validation(jobrun *r)
     d->validations++;
     r->busy = true;
     r->validating = true;
-    r->cancel_validation = 0;
+    atomic_store(&r->cancel_validation, 0);
     r->work_cfg = cfgref_get(d->cfg);
     memset(&r->ires, 0, sizeof r->ires);
     r->work.data = r;
@@ -732,7 +732,7 @@ int jobs_cancel(jobrun *r)
         r->busy = false;
     }
     if (r->validating)
-        r->cancel_validation = 1; /* validate_done releases the job */
+        atomic_store(&r->cancel_validation, 1); /* validate_done releases the job */
     r->waiting_validation = false;
     uv_timer_stop(&r->timer);
     job_state before = j->state;
@@ -1034,7 +1034,7 @@ void jobs_shutdown(batchd *d)
             r->busy = false;
         }
         if (r->validating)
-            r->cancel_validation = 1;
+            atomic_store(&r->cancel_validation, 1);
         if (r->writing)
             r->write_again = true; /* write_done writes the newest state */
         else if (!r->finished || r->dirty)

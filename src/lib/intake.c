@@ -355,7 +355,7 @@ static int open_data(const char *path, const char *shown, intake_result *res, st
 /* Streams the file through a validator. ctx says what to do with each record. Returns 0,
  * -ECANCELED, or -errno on a read or write error. */
 static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t chunk,
-                    const volatile int *cancel, EVP_MD_CTX *md, pass_out *po)
+                    const atomic_int *cancel, EVP_MD_CTX *md, pass_out *po)
 {
     records_options o = *base;
     o.on_record = on_record;
@@ -371,7 +371,7 @@ static int run_pass(int fd, const records_options *base, pass_ctx *ctx, size_t c
     char *buf = xmalloc(chunk);
     int r = 0;
     for (;;) {
-        if (cancel && *cancel) {
+        if (cancel && atomic_load(cancel)) {
             r = -ECANCELED;
             break;
         }
@@ -443,7 +443,7 @@ static char *cleaned_name(const char *data_name)
 }
 
 static int write_skip_files(int fd, const char *dir, const records_options *ro, size_t chunk,
-                            const volatile int *cancel, intake_result *res)
+                            const atomic_int *cancel, intake_result *res)
 {
     outfile cleaned, rejected;
     uint64_t written = 0;
@@ -507,7 +507,7 @@ static void manifest_failure(intake_result *res, const cJSON *errors)
 }
 
 /* Everything after the manifest: the data file and its records. */
-static int check_data(const char *dir, const config *cfg, const volatile int *cancel,
+static int check_data(const char *dir, const config *cfg, const atomic_int *cancel,
                       const intake_options *opts, error_list *el, intake_result *res)
 {
     const char *shown = res->upload_name;
@@ -593,7 +593,7 @@ static int check_data(const char *dir, const config *cfg, const volatile int *ca
 }
 
 int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg,
-                    const volatile int *cancel, const intake_options *opts, intake_result *out)
+                    const atomic_int *cancel, const intake_options *opts, intake_result *out)
 {
     memset(out, 0, sizeof *out);
     error_list el = {.arr = cJSON_CreateArray()};
@@ -654,7 +654,7 @@ done:
 }
 
 int intake_check(const char *job_dir, const char *job_name, const config *cfg,
-                 const volatile int *cancel, intake_result *out)
+                 const atomic_int *cancel, intake_result *out)
 {
     return intake_check_ex(job_dir, job_name, cfg, cancel, NULL, out);
 }

@@ -26,7 +26,7 @@ typedef struct sim_server {
     char *token;
     size_t max_body;
     pthread_mutex_t lock;
-    pthread_cond_t wake; /* broadcast on shutdown so slow answers end at once */
+    pthread_cond_t wake; /* broadcast on shutdown and on new faults: slow answers look again */
     bool stopping;
 } sim_server;
 
@@ -498,22 +498,29 @@ static void act(sim_server *s, struct MHD_Connection *conn, conn_ctx *c, simcore
     }
     simcore_handle(s->core, s->token, &req, r);
     simcore_hostile_rewrite(s->core, &c->fault, c->route.endpoint, r);
+    if (c->route.endpoint == SIMCORE_EP_SIM_FAULTS)
+        pthread_cond_broadcast(&s->wake); /* slow answers held now use the new delay */
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Waits up to ms, or less when the server stops. */
-static void slow_wait(sim_server *s, int64_t ms)
+/* Holds a slow answer for the slow fault's delay, counted from now, or less when the server
+ * stops. The delay is read again whenever POST /_sim/faults changes the faults (act() wakes
+ * every waiter), so a test can hold an answer as long as it needs and release it at the
+ * moment it chooses by setting slow_ms to 0. */
+static void slow_wait(sim_server *s)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     pthread_mutex_lock(&s->lock);
     while (!s->stopping) {
+        int64_t ms = simcore_get_faults(s->core)->slow_ms;
+        struct timespec ts = start;
+        ts.tv_sec += (time_t)(ms / 1000);
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
         if (pthread_cond_timedwait(&s->wake, &s->lock, &ts) == ETIMEDOUT)
             break;
     }
@@ -542,12 +549,8 @@ static enum MHD_Result finish_request(sim_server *s, struct MHD_Connection *conn
         log_request(s, c, 0);
         return MHD_NO;
     }
-    if (k == SIMCORE_FAULT_SLOW) {
-        pthread_mutex_lock(&s->lock);
-        int64_t ms = simcore_get_faults(s->core)->slow_ms;
-        pthread_mutex_unlock(&s->lock);
-        slow_wait(s, ms);
-    }
+    if (k == SIMCORE_FAULT_SLOW)
+        slow_wait(s);
     log_request(s, c, r.status);
     enum MHD_Result rc = send_response(conn, &r, retry_after[0] ? retry_after : NULL);
     simcore_response_free(&r);

@@ -3,6 +3,7 @@ directory, drop jobs into the spool the way producers do, talk varlink to the co
 and wait for conditions with deadlines (never fixed sleeps). Everything started here is
 stopped and removed again by Env.close(), also when a test fails."""
 
+import atexit
 import json
 import os
 import random
@@ -24,6 +25,20 @@ WORKSPACE = "6278acb09062db3b35bcbeb0"
 # which stop() and Env.close() turn into a test failure.
 VALGRIND = os.environ.get("BATCHD_E2E_VALGRIND") == "1"
 SLOW = 4 if VALGRIND else 1
+
+
+def _cache_on(var):
+    try:
+        with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+            return any(line.startswith(var + ":") and line.strip().endswith("=ON") for line in f)
+    except OSError:
+        return False
+
+
+# A ThreadSanitizer build (the tsan preset): RSS is mostly its shadow memory, so memory bounds
+# do not measure batchd; a race report makes batchd exit with TSAN_EXIT.
+TSAN = _cache_on("BATCHD_SANITIZE_THREAD")
+TSAN_EXIT = 66
 TOKEN = "e2e-secret-token-7f3a9c"
 
 
@@ -31,29 +46,33 @@ def binary(name):
     return os.path.join(BUILD, name)
 
 
-_OTHER_UID_BIN = None
+_OTHER_UID_BIN = []
 
 
 def other_uid_bin_dir():
-    """A fresh 0755 directory under /tmp holding copies of batchd, batchd-sim and batchctl,
-    for running them as another uid: the checkout and build tree may sit where other uids
-    cannot enter (a 0700 home). Made once per process, removed at exit."""
-    global _OTHER_UID_BIN
-    if _OTHER_UID_BIN is None:
-        import atexit
+    """A directory that any uid can reach, holding copies of batchd, batchd-sim and batchctl:
+    what a test runs as a second uid must not live in the checkout or build tree, which may
+    sit where other uids cannot enter (a 0700 home, a mktemp -d folder). Made once per
+    process under /tmp with mode 0755, removed at exit; returns its path."""
+    if not _OTHER_UID_BIN:
         d = tempfile.mkdtemp(prefix="batchd-bin-", dir="/tmp")
-        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        os.chmod(d, 0o755)  # mkdtemp makes it 0700
         for name in ("batchd", "batchd-sim", "batchctl"):
             dst = os.path.join(d, name)
-            shutil.copy(binary(name), dst)
+            shutil.copyfile(binary(name), dst)
             os.chmod(dst, 0o755)
-        atexit.register(shutil.rmtree, d, True)
-        _OTHER_UID_BIN = d
-    return _OTHER_UID_BIN
+        _OTHER_UID_BIN.append(d)
+    return _OTHER_UID_BIN[0]
 
 
 class TestFailure(AssertionError):
     pass
+
+
+class Skipped(Exception):
+    """Raised by a test that cannot run here (not root, a tool missing): reported as a skip,
+    never as ok. A suite whose every test was skipped exits 77, which ctest shows as skipped."""
 
 
 def check(cond, msg):
@@ -71,6 +90,22 @@ def wait_for(pred, timeout=30.0, what="condition", interval=0.02):
             return last
         time.sleep(interval)
     raise TestFailure(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def wait_progress(count, target, stall=60.0, what="progress", interval=0.2):
+    """Waits until count() reaches target, for as long as it keeps growing: fails only when it
+    stays the same for stall seconds. For bulk work whose total time is the machine's load,
+    not batchd's correctness."""
+    last, since = None, time.monotonic()
+    while True:
+        n = count()
+        if n >= target:
+            return n
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > stall:
+            raise TestFailure(f"{what}: stuck at {n} of {target} for {stall:.0f}s")
+        time.sleep(interval)
 
 
 class Sim:
@@ -192,9 +227,12 @@ class Daemon:
                 raise TestFailure(f"batchd did not stop within {timeout}s after {sig}")
             if VALGRIND and self.proc.returncode == 99:
                 self.valgrind_failed = True
+        if TSAN and self.proc and self.proc.returncode == TSAN_EXIT:
+            self.tsan_failed = True  # also when it exited at the report, before the stop
         return self.proc.returncode if self.proc else None
 
     valgrind_failed = False
+    tsan_failed = False
 
     def valgrind_report(self):
         out = []
@@ -295,8 +333,10 @@ class Watch:
 class Env:
     """A temporary directory with a sim and a daemon; use as a context manager."""
 
-    def __init__(self, sim_args=(), extra_conf="", start=True):
-        self.dir = tempfile.mkdtemp(prefix="batchd-e2e-")
+    def __init__(self, sim_args=(), extra_conf="", start=True, other_uid=False):
+        # other_uid: a test gives this directory to a second uid, so it must not sit under a
+        # TMPDIR that other uids cannot enter (the test still sets the directory's own mode).
+        self.dir = tempfile.mkdtemp(prefix="batchd-e2e-", dir="/tmp" if other_uid else None)
         self.sim = None
         self.daemon = None
         self.ok = False
@@ -329,6 +369,10 @@ class Env:
             report = self.daemon.valgrind_report()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise TestFailure("valgrind found errors in batchd:\n" + report[-20000:])
+        if self.daemon and self.daemon.tsan_failed:
+            log = self.daemon.logs()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise TestFailure("ThreadSanitizer found a race in batchd:\n" + log[-20000:])
         if not self.ok and self.daemon:
             sys.stderr.write("---- batchd log ----\n" + self.daemon.logs()[-20000:] + "\n")
             try:
@@ -360,26 +404,47 @@ class Env:
                 check(TOKEN.encode() not in data, f"the API token leaked into {p}")
 
 
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+
+def skipped(t, reason):
+    """t, replaced by a test of the same name that reports a skip with reason (for tests a
+    run leaves out on purpose, so that they are listed as skipped, not silently dropped)."""
+    def skip():
+        raise Skipped(reason)
+    skip.__name__ = t.__name__
+    return skip
+
+
 def _run_one(t):
-    """Runs one test function, prints its line; True when it passed."""
+    """Runs one test function, prints its line; returns PASS, FAIL or SKIP."""
     start = time.monotonic()
     try:
         t()
         print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
-        return True
+        return PASS
+    except Skipped as e:
+        print(f"SKIP {t.__name__}: {e}", flush=True)
+        return SKIP
     except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
         print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
-        return False
+        return FAIL
 
 
-def _summary(total, failed):
-    print(f"{total - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+SKIP_EXIT = 77  # ctest's SKIP_RETURN_CODE for these suites (tests/CMakeLists.txt)
+
+
+def _summary(outcomes):
+    """Prints the closing line; exits 1 on a failure, 77 when every test was skipped."""
+    passed, failed, skipped = (outcomes.count(k) for k in (PASS, FAIL, SKIP))
+    print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    sys.exit(1 if failed else SKIP_EXIT if skipped and not passed else 0)
 
 
 def run(tests):
-    """Runs test functions; prints a summary line that ctest shows; exits non-zero on failure."""
-    _summary(len(tests), sum(not _run_one(t) for t in tests))
+    """Runs test functions; prints a summary line that ctest shows; exits non-zero on failure
+    (77 when all were skipped)."""
+    _summary([_run_one(t) for t in tests])
 
 
 def hold(pred, duration, what="condition", interval=0.05):
@@ -441,23 +506,22 @@ def run_tests(shared_tests, setup, teardown, own_tests=()):
     """Like run(), for suites whose first tests share one daemon: setup() before them,
     teardown(ok) after them (ok: every shared test passed), then the tests that start their
     own. A failing shared test does not stop the others; a failing setup fails them all."""
-    failed = 0
-    total = len(shared_tests) + len(own_tests)
+    outcomes = []
     try:
         setup()
     except Exception as e:  # noqa: BLE001
         print(f"FAIL setup: {type(e).__name__}: {e}", flush=True)
-        failed = len(shared_tests)
+        outcomes += [FAIL] * len(shared_tests)
         shared_tests = []
-    shared_failed = sum(not _run_one(t) for t in shared_tests)
+    shared = [_run_one(t) for t in shared_tests]
     try:
-        teardown(shared_failed == 0)
+        teardown(FAIL not in shared)
     except Exception as e:  # noqa: BLE001
-        shared_failed += 1
+        shared.append(FAIL)
         print(f"FAIL teardown: {type(e).__name__}: {e}", flush=True)
-    failed += shared_failed
-    failed += sum(not _run_one(t) for t in own_tests)
-    _summary(total, failed)
+    outcomes += shared
+    outcomes += [_run_one(t) for t in own_tests]
+    _summary(outcomes)
 
 
 # ---------------------------------------------------------------- the token, in any form

@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 
-from harness import Env, check, run_tests, wait_for
+from harness import TSAN, Env, Skipped, check, run_tests, skipped, wait_for, wait_progress
 
 ERROR_KEYS = {"job", "id", "state", "stage", "code", "message", "errors", "http_status",
               "api_error", "dataset_id", "batch_id", "at"}
@@ -651,18 +651,19 @@ def test_still_up_after_everything():
 
 
 def test_pickup_latency():
-    """A rename into incoming/ is noticed within milliseconds, not at the next rescan (2s)."""
-    d = env().daemon
-    worst = 0.0
-    for i in range(5):
-        p = bare(f"latency{i}.txt", b"x\n")
-        os.rename(p, os.path.join(d.spool, "incoming", f"latency{i}.txt"))
-        t0 = time.monotonic()
-        wait_for(lambda i=i: f"latency{i}.txt" not in d.dir_entries("incoming"), 5,
-                 "the entry to be claimed", interval=0.001)
-        worst = max(worst, time.monotonic() - t0)
-    check(worst < 0.5, f"pickup took {worst * 1000:.0f} ms")
-    print(f"     pickup latency, worst of 5: {worst * 1000:.1f} ms", flush=True)
+    """A rename into incoming/ is noticed by its file event, not at the next rescan: with the
+    rescan an hour away, each entry is claimed all the same (the latency is printed)."""
+    with Env(extra_conf="spool.rescan_interval = 1h") as e:
+        d = e.daemon
+        worst = 0.0
+        for i in range(5):
+            p = bare(f"latency{i}.txt", b"x\n")
+            os.rename(p, os.path.join(d.spool, "incoming", f"latency{i}.txt"))
+            t0 = time.monotonic()
+            wait_for(lambda i=i: f"latency{i}.txt" not in d.dir_entries("incoming"), 30,
+                     "the entry to be claimed without a rescan", interval=0.001)
+            worst = max(worst, time.monotonic() - t0)
+        print(f"     pickup latency, worst of 5: {worst * 1000:.1f} ms", flush=True)
 
 
 SHARED_TESTS = [
@@ -778,10 +779,11 @@ def test_ten_thousand_entries():
         total = n_bad + n_good
 
         def finished():
-            return len(d.dir_entries("done")) + len(d.dir_entries("failed")) == total
+            return len(d.dir_entries("done")) + len(d.dir_entries("failed"))
 
-        # Typically 40-60 s under ASan; the deadline leaves room for a loaded machine.
-        wait_for(finished, 150, f"{total} jobs in done/ or failed/", interval=0.2)
+        # Typically 40-60 s under ASan, much more on a loaded machine: it fails only if no
+        # entry finishes for a minute.
+        wait_progress(finished, total, 60, f"{total} jobs in done/ or failed/")
         took = time.monotonic() - t0
         done, failed = d.dir_entries("done"), d.dir_entries("failed")
         check(done == sorted(f"good{i}" for i in range(n_good)), f"done/: {done[:10]}")
@@ -824,11 +826,11 @@ def test_big_file_memory():
     BATCHD_E2E_BIG=0 skips it, and so does a temporary directory with less than 3 GiB free."""
     size = 1 << 30
     if os.environ.get("BATCHD_E2E_BIG") == "0":
-        print("     skipped (BATCHD_E2E_BIG=0)", flush=True)
-        return
+        raise Skipped("BATCHD_E2E_BIG=0")
+    if TSAN:
+        raise Skipped("under ThreadSanitizer the RSS is mostly its shadow memory")
     if shutil.disk_usage(tempfile.gettempdir()).free < 3 * size:
-        print("     skipped: less than 3 GiB free for the 1 GiB file", flush=True)
-        return
+        raise Skipped("less than 3 GiB free for the 1 GiB file")
     # A last line that is invalid, so the job fails after the whole file was validated and
     # nothing is uploaded.
     with Env() as e:
@@ -872,5 +874,6 @@ if __name__ == "__main__":
     own = [test_skip_invalid_records, test_ten_thousand_entries, test_big_file_memory]
     only = os.environ.get("BATCHD_E2E_ONLY")  # run just the named own tests while debugging
     if only:
-        own = [t for t in own if t.__name__ in only.split(",")]
+        own = [t if t.__name__ in only.split(",") else skipped(t, "not in BATCHD_E2E_ONLY")
+               for t in own]
     run_tests(SHARED_TESTS, shared_setup, shared_teardown, own)

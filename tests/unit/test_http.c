@@ -841,7 +841,8 @@ static void test_timeout(void **state)
     assert_int_equal(res.error, HTTP_ERR_TIMEOUT);
     assert_int_equal(res.status, 0);
     assert_true(res.error_text[0] != '\0');
-    assert_in_range(took, 180, 3000);
+    /* The timeout ended it: not before 200 ms, and long before the server's 10 s answer. */
+    assert_in_range(took, 180, 9000);
     result_free(&res);
 }
 
@@ -965,7 +966,7 @@ static void test_rate_limit_spacing(void **state)
 static void test_rate_limit_unlimited_bypass(void **state)
 {
     fixture *f = *state;
-    make_client(f, 8, 1.0, 1.0); /* one token per second */
+    make_client(f, 8, 0.1, 1.0); /* one token per 10 s: "held up" is far from "at once" */
     result res[3] = {{0}};
     for (int i = 0; i < 2; i++) {
         http_request req = {.method = "GET", .url = url_of(f, "/echo"), .rate_limited = true};
@@ -975,7 +976,7 @@ static void test_rate_limit_unlimited_bypass(void **state)
     get(f, "/echo", &res[2]);
     int64_t t0 = time_mono_ms();
     run_until(f, called, &res[2], 5000);
-    assert_true(time_mono_ms() - t0 < 800);
+    assert_true(time_mono_ms() - t0 < 5000);
     assert_int_equal(res[1].calls, 0);
     assert_int_equal(http_client_queued(f->client), 1);
     /* a reload to unlimited releases the waiting one at once */
@@ -983,7 +984,7 @@ static void test_rate_limit_unlimited_bypass(void **state)
     http_client_configure(f->client, &o);
     all_called all = {res, 3};
     run_until(f, all_done, &all, 5000);
-    assert_true(time_mono_ms() - t0 < 800);
+    assert_true(time_mono_ms() - t0 < 5000);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(res[i].status, 200);
         result_free(&res[i]);

@@ -587,7 +587,7 @@ static void test_cancel(void **state)
     (void)state;
     put("j/d.jsonl", ok1);
     char *p = path_in("j");
-    volatile int cancel = 1;
+    atomic_int cancel = 1;
     intake_result r;
     assert_int_equal(intake_check(p, "job", &cfg, &cancel, &r), -ECANCELED);
     assert_string_equal(r.code, "cancelled");

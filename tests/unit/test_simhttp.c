@@ -865,21 +865,25 @@ static void *slow_client(void *ud)
 static void test_fault_slow_and_shutdown(void **state)
 {
     (void)state;
-    const char *const slow[] = {"--fault", "slow=1@create_dataset", "--slow", "400ms", NULL};
+    const char *const slow[] = {"--fault", "slow=1@create_dataset", "--slow", "2s", NULL};
     sim_proc s;
     sim_start(&s, slow);
     /* A client that waits less than --slow gives up, though the request was performed. */
     reply r;
-    create_raw(&s, 100, &r);
+    create_raw(&s, 500, &r);
     assert_int_equal(r.rc, CURLE_OPERATION_TIMEDOUT);
     reply_free(&r);
+    /* The sim may get to the request after the client gave up: wait for it. */
+    int64_t until = time_mono_ms() + 10000;
+    while (count_datasets(&s) == 0 && time_mono_ms() < until)
+        pause_ms(5);
     assert_int_equal(count_datasets(&s), 1);
     /* A patient one gets the answer. */
     int64_t t0 = time_mono_ms();
     create_raw(&s, 10000, &r);
     assert_int_equal(r.rc, CURLE_OK);
     assert_int_equal(r.status, 201);
-    assert_true(time_mono_ms() - t0 >= 390);
+    assert_true(time_mono_ms() - t0 >= 1990);
     reply_free(&r);
     sim_stop(&s, 5000);
 
@@ -893,8 +897,60 @@ static void test_fault_slow_and_shutdown(void **state)
         assert_true(time_mono_ms() < deadline);
         pause_ms(5);
     }
-    sim_stop(&s, 3000);
+    sim_stop(&s, 20000); /* well before the 60 s answer: the held answer ends at once */
     pthread_join(th, NULL);
+}
+
+typedef struct held {
+    const sim_proc *s;
+    reply r;
+    int64_t answered_ms;
+} held;
+
+static void *held_client(void *ud)
+{
+    held *h = ud;
+    create_raw(h->s, 60000, &h->r);
+    h->answered_ms = time_mono_ms();
+    return NULL;
+}
+
+/* An answer held by a slow fault is sent as soon as POST /_sim/faults shortens the delay, so
+ * tests release it when they choose instead of racing a fixed delay. */
+static void test_slow_answer_released_by_new_faults(void **state)
+{
+    (void)state;
+    const char *const slow[] = {"--fault", "slow=1@create_dataset", "--slow", "60s", NULL};
+    sim_proc s;
+    sim_start(&s, slow);
+    held h = {.s = &s};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, held_client, &h), 0);
+    int64_t deadline = time_mono_ms() + 10000;
+    while (count_datasets(&s) == 0) {
+        assert_true(time_mono_ms() < deadline);
+        pause_ms(5);
+    }
+    char *url = xasprintf("%s/_sim/faults", s.base);
+    const char *body = "{\"faults\":[],\"slow_ms\":0}";
+    request q = {.method = "POST",
+                 .url = url,
+                 .body = body,
+                 .body_len = strlen(body),
+                 .headers = {"Content-Type: application/json"}};
+    reply r;
+    int64_t released = time_mono_ms();
+    do_request(&q, &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    pthread_join(th, NULL);
+    assert_int_equal(h.r.rc, CURLE_OK);
+    assert_int_equal(h.r.status, 201);
+    /* Answered once released, far from the 60 s it was held for. */
+    assert_true(h.answered_ms - released < 30000);
+    reply_free(&h.r);
+    free(url);
+    sim_stop(&s, 5000);
 }
 
 static void test_runtime_faults(void **state)
@@ -1333,6 +1389,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fault_status_kinds, kill_leftover),
         cmocka_unit_test_teardown(test_fault_drop_kinds, kill_leftover),
         cmocka_unit_test_teardown(test_fault_slow_and_shutdown, kill_leftover),
+        cmocka_unit_test_teardown(test_slow_answer_released_by_new_faults, kill_leftover),
         cmocka_unit_test_teardown(test_runtime_faults, kill_leftover),
         cmocka_unit_test_teardown(test_fault_counts, kill_leftover),
         cmocka_unit_test_teardown(test_hostile_kinds, kill_leftover),
