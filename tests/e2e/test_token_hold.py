@@ -5,20 +5,14 @@ batchd is not dumpable and BATCHD_API_TOKEN is gone from its environment once re
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
 
-from harness import TOKEN, Env, binary, call, check, hold, wait_for
+from harness import (TOKEN, Env, Skipped, call, check, hold, other_uid_bin_dir, run,
+                     wait_for)
 
 WRONG = "e2e-wrong-token-typo"
 NOBODY = 65534
 
-
-class Skipped(Exception):
-    pass
 
 
 def write_token(env, token):
@@ -179,75 +173,52 @@ def test_not_dumpable_and_env_token_removed():
     to root, which a dumpable one's do not."""
     if os.geteuid() != 0:
         raise Skipped("needs root to run batchd as another user and read its environment")
-    with Env(start=False, extra_conf="control.group =") as env:
+    with Env(start=False, extra_conf="control.group =", other_uid=True) as env:
         d = env.daemon
         with open(d.conf) as f:
             conf = "".join(line for line in f if not line.startswith("token_file"))
         with open(d.conf, "w") as f:
             f.write(conf)
         # The binary must not run from the checkout or build tree (maybe 0700 for others).
-        bindir = tempfile.mkdtemp(prefix="batchd-bin-")
-        try:
-            os.chmod(bindir, 0o755)
-            exe = os.path.join(bindir, "batchd")
-            shutil.copy(binary("batchd"), exe)
-            os.chmod(exe, 0o755)
-            for sub in ("tmp", "incoming", "active", "done", "failed"):
-                os.makedirs(os.path.join(d.spool, sub), exist_ok=True)
-            os.makedirs(os.path.dirname(d.socket), exist_ok=True)
-            os.chmod(env.dir, 0o755)
-            for root, dirs, files in os.walk(env.dir):
-                for n in dirs + files:
-                    os.lchown(os.path.join(root, n), NOBODY, NOBODY)
-            os.lchown(env.dir, NOBODY, NOBODY)
-            e = {k: v for k, v in os.environ.items()
-                 if k not in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "BATCHD_CONFIG")}
-            e["BATCHD_API_TOKEN"] = TOKEN
-            e["BATCHD_E2E_MARKER"] = "still-here"
-            log = open(d.log_path, "ab")
-            d.proc = subprocess.Popen([exe, "-c", d.conf], stdout=log, stderr=log, env=e,
-                                      user=NOBODY, group=NOBODY, extra_groups=[])
-            log.close()
-            wait_for(d.answers, 20, "batchd's control socket")
-            pid = d.proc.pid
-            check(os.stat(f"/proc/{pid}").st_uid == NOBODY, "batchd runs as nobody")
-            st = os.stat(f"/proc/{pid}/environ")
-            check(st.st_uid == 0, f"/proc/{pid}/environ belongs to uid {st.st_uid}: dumpable")
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-            check(b"BATCHD_E2E_MARKER=still-here" in environ, "environ read")
-            check(b"BATCHD_API_TOKEN" not in environ, "BATCHD_API_TOKEN is still set")
-            check(TOKEN.encode() not in environ, "the token is still in the environment block")
-            # The token read from the environment works, also after a reload.
-            src = os.path.join(env.dir, "envtok.jsonl")
-            with open(src, "w") as f:
-                f.write(json.dumps({"prompt": "p", "response": "r"}) + "\n")
-            os.chown(src, NOBODY, NOBODY)
-            r = call(d.socket, "io.batchd.Reload")
-            check("error" not in r, r)
-            d.drop(src)
-            wait_for(lambda: d.dir_entries("done") == ["envtok"], 30, "the job in done/")
-        finally:
-            shutil.rmtree(bindir, ignore_errors=True)
-
-
-def run_with_skips(tests):
-    """Like harness.run, but a skipped test says skip, not ok."""
-    failed = 0
-    for t in tests:
-        start = time.monotonic()
-        try:
-            t()
-            print(f"ok   {t.__name__} ({time.monotonic() - start:.1f}s)", flush=True)
-        except Skipped as e:
-            print(f"skip {t.__name__}: {e}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every kind of failure the same way
-            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}", flush=True)
-            failed += 1
-    print(f"{len(tests) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+        exe = os.path.join(other_uid_bin_dir(), "batchd")
+        for sub in ("tmp", "incoming", "active", "done", "failed"):
+            os.makedirs(os.path.join(d.spool, sub), exist_ok=True)
+        os.makedirs(os.path.dirname(d.socket), exist_ok=True)
+        os.chmod(env.dir, 0o755)
+        for root, dirs, files in os.walk(env.dir):
+            for n in dirs + files:
+                os.lchown(os.path.join(root, n), NOBODY, NOBODY)
+        os.lchown(env.dir, NOBODY, NOBODY)
+        e = {k: v for k, v in os.environ.items()
+             if k not in ("CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "BATCHD_CONFIG")}
+        e["BATCHD_API_TOKEN"] = TOKEN
+        e["BATCHD_E2E_MARKER"] = "still-here"
+        log = open(d.log_path, "ab")
+        d.proc = subprocess.Popen([exe, "-c", d.conf], stdout=log, stderr=log, env=e,
+                                  user=NOBODY, group=NOBODY, extra_groups=[])
+        log.close()
+        wait_for(d.answers, 20, "batchd's control socket")
+        pid = d.proc.pid
+        check(os.stat(f"/proc/{pid}").st_uid == NOBODY, "batchd runs as nobody")
+        st = os.stat(f"/proc/{pid}/environ")
+        check(st.st_uid == 0, f"/proc/{pid}/environ belongs to uid {st.st_uid}: dumpable")
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+        check(b"BATCHD_E2E_MARKER=still-here" in environ, "environ read")
+        check(b"BATCHD_API_TOKEN" not in environ, "BATCHD_API_TOKEN is still set")
+        check(TOKEN.encode() not in environ, "the token is still in the environment block")
+        # The token read from the environment works, also after a reload.
+        src = os.path.join(env.dir, "envtok.jsonl")
+        with open(src, "w") as f:
+            f.write(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+        os.chown(src, NOBODY, NOBODY)
+        r = call(d.socket, "io.batchd.Reload")
+        check("error" not in r, r)
+        d.drop(src)
+        wait_for(lambda: d.dir_entries("done") == ["envtok"], 30, "the job in done/")
 
 
 if __name__ == "__main__":
-    run_with_skips([test_401_hold_lifted_by_reload, test_401_hold_lifted_by_resume,
-                    test_status_line_says_on_hold, test_operator_pause_reason, test_not_dumpable_and_env_token_removed])
+    run([test_401_hold_lifted_by_reload, test_401_hold_lifted_by_resume,
+         test_status_line_says_on_hold, test_operator_pause_reason,
+         test_not_dumpable_and_env_token_removed])
