@@ -146,8 +146,12 @@ class Offline(unittest.TestCase):
 
     def test_validate_without_config_uses_defaults(self):
         self.write("j/data.jsonl", GOOD)
-        t = os.path.join(self.dir, "templates/default.json")
-        self.write("j/job.json", json.dumps({"template": t, "workspace_id": "abc"}))
+        # No config: no templates directory either, so job.json carries the whole job (job.json
+        # may name a template, never give a path to one: see batchd(8)).
+        with open(os.path.join(self.dir, "templates/default.json")) as f:
+            spec = json.load(f)
+        spec["workspace_id"] = "abc"
+        self.write("j/job.json", json.dumps(spec))
         p = self.run_ctl("validate", os.path.join(self.dir, "j"), conf=False,
                          env={"BATCHD_CONFIG": os.path.join(self.dir, "absent.conf")})
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from harness import (TOKEN, Env, Skipped, call, check, hold, other_uid_bin_dir, run,
+from harness import (TOKEN, Env, Skipped, binary, call, check, hold, other_uid_bin_dir, run,
                      wait_for)
 
 WRONG = "e2e-wrong-token-typo"
