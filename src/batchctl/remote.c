@@ -262,8 +262,19 @@ int ctl_status(const ctl_ctx *x, int argc, char **argv)
     int code = open_client(x, &c);
     if (code == 0)
         code = call_on(x, c, "io.batchd.GetInfo", NULL, &info);
-    if (code == 0)
-        code = call_on(x, c, "io.batchd.ListJobs", NULL, &jobs);
+    if (code == 0) {
+        /* Asked by state: ListJobs returns the newest 1000 by default, and an unfinished job
+         * older than a thousand finished ones must still show. */
+        static const char *const unfinished_states[] = {
+            "queued",    "validating",     "creating_dataset", "uploading",
+            "importing", "creating_batch", "setting_up",       "processing"};
+        cJSON *params = cJSON_CreateObject();
+        cJSON *states = cJSON_AddArrayToObject(params, "states");
+        for (size_t i = 0; i < sizeof unfinished_states / sizeof *unfinished_states; i++)
+            cJSON_AddItemToArray(states, cJSON_CreateString(unfinished_states[i]));
+        code = call_on(x, c, "io.batchd.ListJobs", params, &jobs);
+        cJSON_Delete(params);
+    }
     vlclient_free(c);
     if (code != 0) {
         vlclient_reply_clear(&info);
