@@ -46,6 +46,10 @@ typedef struct intake_options {
     bool dry_run;
     /* Bytes read at a time; 0 = 64 KiB. */
     size_t chunk;
+    /* For tests: called between skip mode's counting pass and its writing pass, where a
+     * producer may still change the file. */
+    void (*between_passes)(void *ud);
+    void *between_passes_ud;
 } intake_options;
 
 /* Blocking: resolves the manifest and streams every record through the validator. job_dir is

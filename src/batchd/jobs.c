@@ -553,7 +553,7 @@ static void start_http(jobrun *r, job_op op)
         int64_t size = j->bytes_total > 0 ? j->bytes_total : 0;
         req.upload_expect_size = (uint64_t)size;
         /* Records written before digests existed upload with the size check only. */
-        if (size > 0 && hex_to_sha256(j->upload_sha256, digest) == 0)
+        if (hex_to_sha256(j->upload_sha256, digest) == 0)
             req.upload_sha256 = digest;
         req.timeout_ms = (long)(d->cfg->c.api.timeout_ms + size * 1000 / UPLOAD_MIN_RATE);
         req.rate_limited = false;
@@ -672,10 +672,34 @@ static void finish(jobrun *r)
 
 /* ---- the driver ---- */
 
+/* The states that wait for the API with a timeout (import_timeout, batch_timeout). */
+static bool waits_with_timeout(job_state s)
+{
+    return s == JOB_IMPORTING || s == JOB_PROCESSING;
+}
+
+void jobs_pause_ended(batchd *d, int64_t held_ms)
+{
+    if (held_ms <= 0)
+        return;
+    /* A pause (a token the API rejected, an operator's) stops the polls: the time it took is
+     * not the API's, and must not time a job out once it is lifted. */
+    for (size_t i = 0; i < d->n_jobs; i++) {
+        job *j = d->jobs[i]->j;
+        if (!d->jobs[i]->finished && waits_with_timeout(j->state) && j->wait_started_at > 0)
+            j->wait_started_at += held_ms;
+    }
+}
+
 void jobs_drive(jobrun *r)
 {
     batchd *d = r->d;
     if (r->busy || d->stopping || r->waiting_validation || r->writing)
+        return;
+    /* Paused, a waiting job takes no step (it could only send a poll, which waits, or time
+     * out on time that is not the API's); jobs_pause_ended then batchd_set_paused drive it. */
+    if (d->paused && !r->dirty && !r->finished && waits_with_timeout(r->j->state) &&
+        !job_state_terminal(r->j->state))
         return;
     if (r->dirty) {
         persist(r); /* a failed write: no step before it succeeds (finished jobs too) */

@@ -237,7 +237,7 @@ static bool request_valid(const http_request *req)
         return false;
     if (req->upload_path && (!*req->upload_path || req->body))
         return false;
-    if (req->upload_sha256 && (!req->upload_path || req->upload_expect_size == 0))
+    if (req->upload_sha256 && !req->upload_path)
         return false;
     for (const char *const *h = req->headers; h && *h; h++)
         if (!header_valid(*h))
@@ -355,8 +355,12 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata)
     uint64_t left = t->upload_size - t->upload_pos;
     if (want > left)
         want = (size_t)left; /* a file that grew must not overrun Content-Length */
-    if (want == 0)
+    if (want == 0) {
+        /* An empty file has no last bytes to hold back: it is verified at its end. */
+        if (t->md && t->upload_size == 0 && verify_end(t) < 0)
+            return CURL_READFUNC_ABORT;
         return 0;
+    }
     ssize_t n;
     do {
         n = read(t->upload_fd, buf, want);
@@ -489,7 +493,8 @@ static int open_upload(http_transfer *t)
         file_fail(t, "is not a regular file", 0);
         return -EINVAL;
     }
-    if (t->upload_expect_size > 0 && (uint64_t)st.st_size != t->upload_expect_size) {
+    /* With a digest the size is always checked, an empty file's too. */
+    if ((t->upload_expect_size > 0 || t->md) && (uint64_t)st.st_size != t->upload_expect_size) {
         if (t->md)
             changed_fail(t, (uint64_t)st.st_size < t->upload_expect_size ? "it shrank" : "it grew");
         else

@@ -459,6 +459,12 @@ static int write_skip_files(int fd, const char *dir, const records_options *ro, 
         pass_ctx ctx = {.cleaned = &cleaned, .rejected = &rejected};
         pass_out po = {0};
         r = run_pass(fd, ro, &ctx, chunk, cancel, NULL, &po);
+        /* The second pass re-reads a file its producer still owns: what it wrote must be
+         * what the first pass counted, or the cleaned file holds records nobody checked
+         * the counts of (or none at all). */
+        if (r == 0 &&
+            (po.file_error || po.stats.valid != res->records || po.stats.invalid != res->rejected))
+            r = -ESTALE;
         free(po.file_error);
         free(po.file_error_field);
         if (r == 0)
@@ -480,6 +486,11 @@ static int write_skip_files(int fd, const char *dir, const records_options *ro, 
         /* What was written and hashed, not what a stat sees later: the directory is the
          * producer's, and the upload checks the file against both. */
         res->bytes = written;
+    } else if (r == -ESTALE) {
+        set_failure(res, "invalid_job",
+                    "the data file changed while it was being validated (its valid records "
+                    "were counted again and differ); nothing was uploaded: write the data "
+                    "completely before submitting, then run batchctl retry");
     } else if (r != -ECANCELED) {
         char eb[128];
         errno_text(-r, eb, sizeof eb);
@@ -576,8 +587,11 @@ static int check_data(const char *dir, const config *cfg, const atomic_int *canc
             /* The bytes read and hashed (the file may have changed size since fstat). */
             res->bytes = s->bytes;
             r = digest_hex(md, res->sha256);
-        } else if (!(opts && opts->dry_run))
+        } else if (!(opts && opts->dry_run)) {
+            if (opts && opts->between_passes)
+                opts->between_passes(opts->between_passes_ud);
             r = write_skip_files(fd, dir, &ro, chunk, cancel, res);
+        }
         if (r == -ENOMEM)
             set_failure(res, "invalid_job", "cannot compute the SHA-256 of %s: out of memory",
                         shown);

@@ -820,9 +820,24 @@ static void test_upload_changed_before_start(void **state)
     assert_int_equal(res.error, HTTP_ERR_CHANGED);
     assert_non_null(strstr(res.error_text, "shrank"));
     assert_int_equal(server_get(f->srv, &f->srv->requests), 0);
-    /* a digest needs the size it was taken of */
+    /* with a digest an expected size of 0 is checked too: an empty file was validated */
+    result_free(&res);
+    memset(&res, 0, sizeof res);
     req.upload_expect_size = 0;
-    assert_null(http_start(f->client, &req, on_done, NULL, &res));
+    assert_non_null(http_start(f->client, &req, on_done, NULL, &res));
+    run_until(f, called, &res, 5000);
+    assert_int_equal(res.error, HTTP_ERR_CHANGED);
+    assert_non_null(strstr(res.error_text, "grew"));
+    assert_int_equal(server_get(f->srv, &f->srv->requests), 0);
+    result_free(&res);
+    /* an empty file that is still empty uploads, verified at its end */
+    memset(&res, 0, sizeof res);
+    assert_int_equal(truncate(path, 0), 0);
+    sha256_file(path, digest);
+    assert_non_null(http_start(f->client, &req, on_done, NULL, &res));
+    run_until(f, called, &res, 5000);
+    assert_int_equal(res.error, HTTP_OK);
+    assert_int_equal(res.status, 200);
     unlink(path);
     free(path);
     result_free(&res);

@@ -364,6 +364,35 @@ static void test_skip_mode_csv_keeps_header(void **state)
     intake_result_free(&r);
 }
 
+/* Skip mode reads the file twice (count, then write the cleaned file): a producer that
+ * rewrites it in between must not get records uploaded that the counts do not describe. */
+static void rewrite_all_invalid(void *ud)
+{
+    put(ud, "{\"prompt\": 7}\n{\"prompt\": 8}\n{\"prompt\": 9}\n");
+}
+
+static void test_skip_mode_file_changed_between_passes(void **state)
+{
+    (void)state;
+    cfg.job.invalid_records = CONFIG_INVALID_SKIP;
+    strbuf sb = {0};
+    strbuf_puts(&sb, ok1);
+    strbuf_puts(&sb, "{\"prompt\": 7}\n");
+    strbuf_puts(&sb, ok2);
+    put("j/d.jsonl", sb.data);
+    char *p = path_in("j");
+    static char data_rel[] = "j/d.jsonl";
+    intake_options o = {.between_passes = rewrite_all_invalid, .between_passes_ud = data_rel};
+    intake_result r;
+    assert_int_equal(intake_check_ex(p, "job", &cfg, NULL, &o, &r), -ESTALE);
+    assert_string_equal(r.code, "invalid_job");
+    assert_non_null(strstr(r.message, "changed while it was being validated"));
+    assert_false(exists("j/d.cleaned.jsonl"));
+    intake_result_free(&r);
+    free(p);
+    strbuf_free(&sb);
+}
+
 static void test_skip_mode_all_invalid_fails(void **state)
 {
     (void)state;
@@ -698,6 +727,7 @@ int main(void)
         T(test_skip_mode_writes_cleaned_and_rejected),
         T(test_skip_mode_csv_keeps_header),
         T(test_skip_mode_all_invalid_fails),
+        T(test_skip_mode_file_changed_between_passes),
         T(test_dry_run_writes_nothing),
         T(test_empty_and_blank_files),
         T(test_ten_megabyte_line),
