@@ -44,6 +44,11 @@ cJSON *apitext_body(const char *body, size_t len, const char *secret);
  * printed text as a string). NULL for NULL. */
 cJSON *apitext_json(const cJSON *v, const char *secret);
 
+/* base (batchd's own text, already clean) followed by suffix, within APITEXT_MAX: base is
+ * cut (on a character boundary, with the cut mark) to leave room for the whole suffix.
+ * malloc'd. */
+char *apitext_with_suffix(const char *base, const char *suffix);
+
 /* True when the text holds the secret in one of the forms apitext_clean redacts. */
 bool apitext_has_secret(const char *s, size_t len, const char *secret);
 

@@ -671,3 +671,23 @@ cJSON *apitext_body(const char *body, size_t len, const char *secret)
     }
     return as_text(body, len, secret);
 }
+
+char *apitext_with_suffix(const char *base, const char *suffix)
+{
+    char *b = apitext_clean_str(base ? base : "", NULL);
+    size_t bl = strlen(b), sl = strlen(suffix);
+    size_t room = APITEXT_MAX > sl ? APITEXT_MAX - sl : 0;
+    if (bl > room) {
+        size_t mark = sizeof APITEXT_CUT - 1;
+        size_t k = room > mark ? room - mark : 0;
+        while (k > 0 && ((unsigned char)b[k] & 0xC0) == 0x80)
+            k--; /* never inside a character */
+        b[k] = '\0';
+        char *cut = xasprintf("%s%s", b, k < room ? APITEXT_CUT : "");
+        free(b);
+        b = cut;
+    }
+    char *out = xasprintf("%s%s", b, suffix);
+    free(b);
+    return out;
+}

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #define JOB_HISTORY_MAX    200
@@ -525,17 +526,22 @@ static void cap_error_json(cJSON *o)
     int keep = total;
     /* Roughly first, by each entry's share of the size, then exactly. */
     size_t size = printed_size(o);
+    /* The message as it was, so that each round replaces the note instead of adding one. */
+    char *base = xstrdup(json_str(o, "message") ? json_str(o, "message") : "");
     while (keep > 0 && size > ERROR_JSON_MAX) {
         int next = (int)((double)keep * ((double)ERROR_JSON_MAX / (double)size) * 0.9);
         keep = next < keep ? next : keep - 1;
         truncate_array(errors, keep);
-        const char *msg = json_str(o, "message");
-        char *m = xasprintf("%s (%d more errors not listed: error.json is capped at %d KiB)",
-                            msg ? msg : "", total - keep, ERROR_JSON_MAX / 1024);
+        char suffix[96];
+        snprintf(suffix, sizeof suffix,
+                 " (%d more errors not listed: error.json is capped at %d KiB)", total - keep,
+                 ERROR_JSON_MAX / 1024);
+        char *m = apitext_with_suffix(base, suffix);
         cJSON_ReplaceItemInObjectCaseSensitive(o, "message", cJSON_CreateString(m));
         free(m);
         size = printed_size(o);
     }
+    free(base);
     if (size > ERROR_JSON_MAX) /* cannot happen with the caps above; never write more */
         cJSON_ReplaceItemInObjectCaseSensitive(o, "api_error",
                                                cJSON_CreateString("[too large to keep]"));

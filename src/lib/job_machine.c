@@ -340,7 +340,10 @@ static cJSON *reply_body_json(const job_reply *r)
 static void give_up(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now)
 {
     bool answered = r->net == JOB_NET_OK || r->net == JOB_NET_TOO_LARGE;
-    char *what = reply_text(op, r);
+    /* The transport's text is the network's: cleaned like any API text. */
+    char *raw = reply_text(op, r);
+    char *what = apitext_clean_str(raw, r->secret);
+    free(raw);
     fail(j, now, answered ? "api_rejected" : "timeout", answered ? r->status : 0,
          reply_body_json(r), cJSON_CreateArray(),
          "gave up after %d attempts of %s; the last one ended with %s%s", p->retry_attempts_max,
@@ -508,8 +511,9 @@ static void import_errors_to_details(job *j, const cJSON *import, const job_repl
     cJSON_Delete(j->error_details);
     j->error_details = details;
     if (kept < total) {
-        char *m = xasprintf("%s (%d more record errors not listed)",
-                            j->error_message ? j->error_message : "", total - kept);
+        char suffix[64];
+        snprintf(suffix, sizeof suffix, " (%d more record errors not listed)", total - kept);
+        char *m = apitext_with_suffix(j->error_message, suffix);
         free(j->error_message);
         j->error_message = m;
     }

@@ -253,6 +253,26 @@ static void test_body_json(void **state)
     assert_null(apitext_body("", 0, NULL));
 }
 
+/* A note appended to a message keeps the whole within the cap, the note whole. */
+static void test_with_suffix(void **state)
+{
+    (void)state;
+    char *small = apitext_with_suffix("failed", " (3 more)");
+    assert_string_equal(small, "failed (3 more)");
+    free(small);
+    char *base = xmalloc(APITEXT_MAX + 1);
+    memset(base, 'a', APITEXT_MAX - 2);
+    memcpy(base + APITEXT_MAX - 2, "\xc3\xa9", 3); /* ends with a two-byte character */
+    const char *suffix = " (200 more record errors not listed)";
+    char *m = apitext_with_suffix(base, suffix);
+    assert_true(strlen(m) <= APITEXT_MAX);
+    assert_true(utf8_valid(m, strlen(m)));
+    assert_non_null(strstr(m, APITEXT_CUT));
+    assert_string_equal(m + strlen(m) - strlen(suffix), suffix);
+    free(m);
+    free(base);
+}
+
 static void test_ids(void **state)
 {
     (void)state;
@@ -288,7 +308,7 @@ int main(void)
         cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_cap),
         cmocka_unit_test(test_token_forms),  cmocka_unit_test(test_hex_token_case),
         cmocka_unit_test(test_body_json),    cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_display),
+        cmocka_unit_test(test_display),      cmocka_unit_test(test_with_suffix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

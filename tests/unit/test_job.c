@@ -1405,6 +1405,25 @@ static void test_bad_ids_fail_the_job(void **state)
     }
 }
 
+/* A step that keeps failing on the network gives up with the transport's text, which the
+ * network controls: cleaned there too. */
+static void test_hostile_error_text_on_give_up(void **state)
+{
+    fixture *f = *state;
+    make_echoes();
+    drive_to(f, JOB_CREATING_DATASET);
+    char *t = hostile_text();
+    for (int i = 0; i < JOB_RETRY_ATTEMPTS_MAX && f->j->state != JOB_FAILED; i++) {
+        reply_secret(f, JOB_OP_CREATE_DATASET, 0, NULL, 0, NULL, t);
+        f->j->pending_op = JOB_OP_NONE; /* as if each unknown outcome had been resolved */
+        wait_out(f);
+    }
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_job_clean(f->j);
+    free(t);
+    free_echoes();
+}
+
 /* An id that is not a string (a number such as 12345, an object) fails the job with a
  * message that shows what was sent, for each reply that creates a resource. */
 static void test_non_string_ids_named(void **state)
@@ -1511,6 +1530,7 @@ int main(void)
         T(test_hostile_retry_texts),
         T(test_hostile_body_on_give_up),
         T(test_non_string_ids_named),
+        T(test_hostile_error_text_on_give_up),
         T(test_4xx_too_large_fails_by_status),
         T(test_hostile_import_errors),
         T(test_hostile_batch_status),
