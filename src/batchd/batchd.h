@@ -86,6 +86,7 @@ typedef struct batchd {
     bool paused;
     bool operator_paused;
     bool token_hold;
+    int64_t paused_at;  /* when the current pause began (wall ms): waits do not run meanwhile */
     unsigned token_gen; /* counts token changes: a 401 to an older token holds nothing */
     bool stopping;
     bool claim_pending;
@@ -120,6 +121,8 @@ size_t jobs_in_flight(const batchd *d);
 void jobs_free_all(batchd *d);
 jobrun *jobs_find(batchd *d, const char *key, bool *ambiguous);
 void jobs_update_status(batchd *d);
+/* After a pause of held_ms: the import and READY waits resume where they stood. */
+void jobs_pause_ended(batchd *d, int64_t held_ms);
 uint64_t batchd_random(batchd *d);
 
 /* main.c: the pause and the token hold. */

@@ -157,7 +157,10 @@ void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold)
     d->token_hold = token_hold;
     d->paused = operator_paused || token_hold;
     jobs_update_status(d);
+    if (!was && d->paused)
+        d->paused_at = time_now_ms();
     if (was && !d->paused) {
+        jobs_pause_ended(d, time_now_ms() - d->paused_at);
         /* Every job waiting to send does so now; claims start again. */
         jobs_drive_all(d);
         jobs_claim_soon(d);

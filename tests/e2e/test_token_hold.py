@@ -111,6 +111,28 @@ def test_401_hold_lifted_by_reload():
         env.assert_no_token_leak()
 
 
+def test_hold_does_not_time_out_waits():
+    """A 401 on an import poll holds the daemon for longer than import_timeout: once the hold
+    is lifted, the job carries on to READY; the time on hold is not the import's."""
+    with Env(start=False, sim_args=("--hostile-status", "401"),
+             extra_conf="poll.import_timeout = 3s\npoll.initial = 200ms") as env:
+        d = env.daemon
+        d.start()
+        env.sim.set_faults([{"kind": "echo-raw", "count": 1, "endpoint": "get_import"}])
+        names = make_jobs(env, 1, "wt")
+        wait_for(lambda: on_hold(env), 30, "the hold after a 401 on an import poll")
+        check([j["state"] for j in d.jobs()] == ["importing"], d.jobs())
+        # Held past import_timeout: nothing fails meanwhile.
+        hold(lambda: d.dir_entries("failed") == [], 4.0, "no job failed while on hold")
+        r = ctl(env, "resume")
+        check(r.returncode == 0, r.stderr)
+        wait_for(lambda: d.dir_entries("done") == names or d.dir_entries("failed"), 60,
+                 "the job finished")
+        check(d.dir_entries("done") == names,
+              f"done: {d.dir_entries('done')}, failed: {d.dir_entries('failed')}")
+        d.stop()
+
+
 def test_401_hold_lifted_by_resume():
     with Env(start=False) as env:
         d = env.daemon
@@ -219,6 +241,7 @@ def test_not_dumpable_and_env_token_removed():
 
 
 if __name__ == "__main__":
-    run([test_401_hold_lifted_by_reload, test_401_hold_lifted_by_resume,
+    run([test_401_hold_lifted_by_reload, test_hold_does_not_time_out_waits,
+         test_401_hold_lifted_by_resume,
          test_status_line_says_on_hold, test_operator_pause_reason,
          test_not_dumpable_and_env_token_removed])
