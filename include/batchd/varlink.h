@@ -54,6 +54,10 @@ typedef struct varlink_server_options {
      * Tests use it to play an unprivileged peer. */
     bool (*is_privileged)(const varlink_peer *peer, void *ud);
     void *is_privileged_ud;
+    /* Methods that cost next to nothing (NULL-terminated, e.g. a status call): an
+     * unprivileged call of one of them is taken as soon as it is read, like a privileged
+     * one, instead of waiting in the run queue behind costly calls. NULL = none. */
+    const char *const *quick_methods;
     /* Clock for rate-limited logging, milliseconds; NULL = time_mono_ms. */
     int64_t (*now_ms)(void);
     /* org.varlink.service.GetInfo */

@@ -50,6 +50,8 @@
  * the operator's calls (taken as soon as they are read), never wait behind more than this plus
  * one call. */
 #define VL_TURN_MS 10
+/* A message longer than this is never a quick call (see quick_methods). */
+#define VL_QUICK_MAX 1024
 /* File descriptors kept for the rest of the process beyond the control connections. */
 #define VL_FD_SPARE 256
 
@@ -982,6 +984,21 @@ static void conn_set_reading(vl_conn *c, bool on)
  * only when there is no complete message to take (no read-ahead), or during a stream (to
  * notice the peer's hang-up; see the top of the file). Re-entry (an answer given from inside a
  * handler) is a no-op: the outer call finishes the job. */
+/* True when the len-byte message is a call of one of the server's quick methods. Only short
+ * messages are looked at, so the look costs little whatever a peer sends. */
+static bool quick_call(const varlink_server *s, const char *msg, size_t len)
+{
+    if (!s->o.quick_methods || len > VL_QUICK_MAX)
+        return false;
+    cJSON *m = cJSON_ParseWithLength(msg, len);
+    const char *method = json_str(m, "method");
+    bool quick = false;
+    for (const char *const *q = s->o.quick_methods; method && *q && !quick; q++)
+        quick = strcmp(method, *q) == 0;
+    cJSON_Delete(m);
+    return quick;
+}
+
 static void conn_process(vl_conn *c)
 {
     if (c->processing || c->closing)
@@ -993,6 +1010,13 @@ static void conn_process(vl_conn *c)
     /* An unprivileged call is taken from the run queue only, within the turn's time. */
     bool now = c->privileged ||
                (s->in_runq && !c->queued && time_mono_ms() - s->turn_start_ms < VL_TURN_MS);
+    if (!now && !c->queued && conn_idle_for_calls(c) && c->in.len > 0) {
+        /* A cheap call (GetInfo) answers at once: a member's status check never waits behind
+         * another member's flood of costly calls. */
+        size_t look = c->in.len < VL_QUICK_MAX + 1 ? c->in.len : VL_QUICK_MAX + 1;
+        char *nul = memchr(c->in.data, '\0', look);
+        now = nul && quick_call(s, c->in.data, (size_t)(nul - c->in.data));
+    }
     if (conn_idle_for_calls(c) && c->in.len > 0 && now) {
         char *nul = memchr(c->in.data + c->scanned, '\0', c->in.len - c->scanned);
         if (!nul) {

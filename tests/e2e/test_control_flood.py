@@ -32,11 +32,13 @@ RSS_GROWTH_KIB = 64 * 1024
 # Runs as a flooding uid, from /usr/bin/python3 with the code inline (nothing of the checkout
 # is run as another uid). argv: socket, pipeliners, idle connections, watch (0/1), max seconds.
 # Prints "ready <idle kept>" once set up, floods until stdin closes or max seconds pass, then
-# prints "done <pipeliner connections still open>".
+# prints "done <pipeliner connections still open> <why> <max ms> <samples>" (the last two: its
+# own GetInfo calls timed while it floods, when asked to probe).
 FLOODER = r"""
 import os, select, socket, sys, time
 path, n_pipe, n_idle, watch, max_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
     sys.argv[4] == "1", float(sys.argv[5])
+probe_on = sys.argv[6] == "1"
 end = time.monotonic() + max_s
 
 def connect():
@@ -79,6 +81,9 @@ for _ in range(n_idle):
 print("ready", len(kept), flush=True)
 msg = b'{"method":"io.batchd.ListJobs"}\0' * 64
 why = "time"
+# The member's own status checks on one of its idle connections, timed (ms), while it floods.
+probe = kept[0] if kept and probe_on else None
+lat = []
 while time.monotonic() < end:
     if select.select([sys.stdin], [], [], 0.02)[0]:
         why = "stdin %r" % sys.stdin.read(100)
@@ -90,14 +95,25 @@ while time.monotonic() < end:
             pass
         except OSError:
             pipes.remove(s)
-print("done", len(pipes), why, flush=True)
+    if probe is not None:
+        t0 = time.monotonic()
+        probe.sendall(b'{"method":"io.batchd.GetInfo"}\0')
+        b = b""
+        while b"\0" not in b:
+            c = probe.recv(65536)
+            if not c:
+                break
+            b += c
+        lat.append((time.monotonic() - t0) * 1000 if b'"version"' in b else 1e9)
+print("done", len(pipes), why, "%.1f" % max(lat or [0]), len(lat), flush=True)
 """
 
 
-def start_flooder(sock, uid, n_pipe, n_idle, watch, max_s):
+def start_flooder(sock, uid, n_pipe, n_idle, watch, max_s, probe=False):
     return subprocess.Popen(
         ["setpriv", f"--reuid={uid}", f"--regid={GROUP}", "--clear-groups", "/usr/bin/python3",
-         "-c", FLOODER, sock, str(n_pipe), str(n_idle), "1" if watch else "0", str(max_s)],
+         "-c", FLOODER, sock, str(n_pipe), str(n_idle), "1" if watch else "0", str(max_s),
+         "1" if probe else "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -174,7 +190,7 @@ def test_flood():
             for i, uid in enumerate(FLOODERS):
                 # Each asks for more than its share: the per-uid cap turns the rest away.
                 procs.append(start_flooder(sock, uid, PIPELINERS, PER_UID - PIPELINERS + 8,
-                                           i == 0, FLOOD_S * 6))
+                                           i == 0, FLOOD_S * 6, probe=i == 1))
             kept = []
             for p in procs:
                 line = read_line(p, 60)
@@ -218,12 +234,16 @@ def test_flood():
                     p.stdin.close()
                 except OSError:
                     pass
+            done = []
             for p in procs:
                 try:
                     p.wait(30)
+                    out = p.stdout.read().strip()
+                    done.append(out.splitlines()[-1] if out else "")
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+                    done.append("")
         lat.sort()
         print(f"     ListJobs of {N_JOBS} jobs: {size} bytes in {lj_ms:.1f} ms unloaded; "
               f"GetInfo {max(base):.1f} ms unloaded; under the flood {len(lat)} samples, median "
@@ -240,6 +260,14 @@ def test_flood():
         slow = [x for x in lat if x > bound]
         check(not slow, f"{len(slow)} of {len(lat)} GetInfo calls took more than {bound} ms "
               f"under the flood: {slow[:10]}")
+        # A member's own GetInfo is answered as fast: it never waits behind the ListJobs flood.
+        probe = done[1].split() if len(done) > 1 else []
+        check(len(probe) >= 5 and probe[0] == "done" and int(probe[-1]) > 0,
+              f"the member's probe reported nothing: {done[1] if len(done) > 1 else None!r}")
+        print(f"     a member's GetInfo under the flood: {probe[-1]} samples, max {probe[-2]} ms",
+              flush=True)
+        check(float(probe[-2]) <= bound,
+              f"a member's GetInfo took {probe[-2]} ms under the flood (bound {bound} ms)")
         if not VALGRIND:  # under valgrind the RSS is valgrind's own
             check(max(rss) - rss0 <= RSS_GROWTH_KIB,
                   f"batchd's RSS grew from {rss0} KiB to {max(rss)} KiB under the flood")

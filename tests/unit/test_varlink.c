@@ -131,6 +131,7 @@ static void start(const varlink_server_options *extra)
         o.max_message = extra->max_message;
         o.max_pending_out = extra->max_pending_out;
         o.idle_timeout_ms = extra->idle_timeout_ms;
+        o.quick_methods = extra->quick_methods;
     }
     assert_int_equal(varlink_server_new(&F->loop, &o, &F->srv), 0);
     assert_int_equal(
@@ -1028,6 +1029,43 @@ static void test_work_per_turn(void **state)
     cl_free(root);
 }
 
+/* A quick method from an unprivileged peer is taken in the turn it is read, like the
+ * operator's calls, while costly unprivileged calls wait in the run queue. */
+static void test_quick_call_not_queued(void **state)
+{
+    (void)state;
+    static const char *const quick[] = {"org.example.test.Echo", NULL};
+    varlink_server_options o = {.quick_methods = quick};
+    start(&o);
+    assert_int_equal(varlink_server_add_method(F->srv, "org.example.test.Slow", 0, m_slow, NULL),
+                     0);
+    F->unprivileged = true;
+    enum { N = 4 };
+    client *c[N];
+    for (int i = 0; i < N; i++)
+        c[i] = cl_connect();
+    client *member = cl_connect();
+    wait_connections(N + 1);
+    uv_run(&F->loop, UV_RUN_NOWAIT); /* libuv registers the new connections with epoll */
+    for (int i = 0; i < N; i++)
+        cl_send(c[i], "{\"method\":\"org.example.test.Slow\"}");
+    cl_send(member, "{\"method\":\"org.example.test.Echo\",\"parameters\":{\"x\":1}}");
+    struct pollfd p = {.fd = uv_backend_fd(&F->loop), .events = POLLIN};
+    assert_int_equal(poll(&p, 1, DEADLINE_MS), 1);
+    uv_run(&F->loop, UV_RUN_NOWAIT); /* one turn */
+    assert_true(F->slow <= 1);
+    cJSON *m = cl_recv_within(member, 0); /* answered in that turn: already written */
+    assert_non_null(m);
+    assert_null(json_str(m, "error"));
+    cJSON_Delete(m);
+    assert_true(F->slow <= 1);
+    for (int i = 0; i < N; i++) {
+        cJSON_Delete(cl_recv(c[i]));
+        cl_free(c[i]);
+    }
+    cl_free(member);
+}
+
 static void test_ratelimit(void **state)
 {
     (void)state;
@@ -1135,6 +1173,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stalled_stream_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_per_turn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quick_call_not_queued, setup, teardown),
         cmocka_unit_test(test_ratelimit),
         cmocka_unit_test_setup_teardown(test_socket_file, setup, teardown),
     };
