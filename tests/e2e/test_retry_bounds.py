@@ -38,9 +38,12 @@ def test_upload_500_for_a_minute_backs_off():
         # Full jitter from 1 s doubling: about 6 or 7 attempts fit in a minute; the storm
         # made about 60.
         check(3 <= n <= 14, f"{n} PUTs in {FAULT_S}s")
+        # Single gaps are not asserted: with full jitter any one of them may be short (a
+        # bound on the largest failed one run in eight). The count above (a storm makes ~60,
+        # backoff ~7, and more than 14 is all but impossible) and the attempt numbers below
+        # (never reset) are what backing off means.
         gaps = [b["t_ms"] - a["t_ms"] for a, b in zip(puts, puts[1:])]
-        check(max(gaps[-3:]) > max(gaps[:2]) and max(gaps) >= 8000,
-              f"the gaps between attempts do not grow: {gaps}")
+        print(f"     {n} PUTs in {FAULT_S}s, gaps {gaps} ms", flush=True)
         job = [j for j in d.jobs() if j["name"] == "storm"][0]
         check(job["state"] == "uploading", job)
         check(job["attempts"] == n, f"attempts {job['attempts']}, {n} PUTs failed")
