@@ -97,6 +97,9 @@ char *text_escape(const char *s);
 
 /* True when s is valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 bool utf8_valid(const char *s, size_t len);
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left) and its code point; 0 when
+ * invalid (overlong, surrogate, above U+10FFFF, cut short). */
+size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
 
 /* Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a
  * query value. malloc'd. */

@@ -393,42 +393,6 @@ static unsigned char *redaction_marks(const char *s, size_t n, const char *secre
     forms_free(&fs);
     return mark;
 }
-/* Length of a valid UTF-8 sequence at s (n bytes available) and its code point; 0 when
- * invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    unsigned char c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    size_t k;
-    uint32_t v;
-    if (c >= 0xc2 && c <= 0xdf) {
-        k = 1;
-        v = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        k = 2;
-        v = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        k = 3;
-        v = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n <= k)
-        return 0;
-    for (size_t i = 1; i <= k; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        v = v << 6 | (s[i] & 0x3f);
-    }
-    if ((k == 2 && v < 0x800) || (k == 3 && v < 0x10000) || v > 0x10ffff ||
-        (v >= 0xd800 && v <= 0xdfff))
-        return 0;
-    *cp = v;
-    return k + 1;
-}
 
 static bool apitext_control(uint32_t cp)
 {
@@ -471,7 +435,7 @@ static char *clean(const char *s, size_t len, const char *secret, size_t max, bo
             continue;
         }
         uint32_t cp = 0;
-        size_t k = utf8_seq(u + i, n - i, &cp);
+        size_t k = utf8_next(u + i, n - i, &cp);
         if (k == 0) {
             /* snprintf, not memcpy: piece stays a terminated string */
             plen = escape ? (size_t)snprintf(piece, sizeof piece, "\\x%02x", u[i])

@@ -490,8 +490,7 @@ void json_add_int_or_null(cJSON *obj, const char *key, int64_t v)
         cJSON_AddNullToObject(obj, key);
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left) and its code point; 0 if invalid. */
-static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
+size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
 {
     unsigned char c = s[0];
     if (c < 0x80) {
