@@ -1,6 +1,7 @@
-/* batchd's wiring: the daemon's state shared by main.c (start, signals, reload), jobs.c
+/* batchd's wiring: the daemon's state shared by main.c (start and tear down), jobs.c
  * (claiming and running jobs: the machine's actions performed with the http client, the
- * store, the spool and the thread pool) and ctl.c (the io.batchd methods). */
+ * store, the spool and the thread pool), ctl.c (the io.batchd methods), reload.c (the
+ * reload policy), hold.c (the pause and the token hold) and stop.c (signals and stopping). */
 #ifndef BATCHD_DAEMON_H
 #define BATCHD_DAEMON_H
 
@@ -25,6 +26,7 @@ typedef struct cfgref {
     int refs;
 } cfgref;
 
+/* cfgref.c */
 cfgref *cfgref_new(void);
 cfgref *cfgref_get(cfgref *r);
 void cfgref_put(cfgref *r);
@@ -125,7 +127,7 @@ void jobs_update_status(batchd *d);
 void jobs_pause_ended(batchd *d, int64_t held_ms);
 uint64_t batchd_random(batchd *d);
 
-/* main.c: the pause and the token hold. */
+/* hold.c: the pause and the token hold. */
 void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold);
 /* A request sent with token generation gen came back 401. */
 void batchd_token_rejected(batchd *d, unsigned gen);
@@ -135,12 +137,23 @@ void batchd_reread_token(batchd *d);
 
 /* ctl.c */
 extern const control_ops ctl_ops;
-cJSON *ctl_reload(batchd *d, const char **err, char **err_msg);
 
-/* main.c */
+/* reload.c: the reload policy. */
+http_client_options batchd_http_options(const config *c);
+/* Applies d->cfg to the job parameters and to the modules already started. */
+void batchd_apply_config(batchd *d);
+/* Reads the config and the token again and applies what may change without a restart. Returns
+ * the reply ({"applied": [...], "restart_required": [...]}), or NULL with *err and *err_msg
+ * (allocated) set, the running config untouched. */
+cJSON *batchd_reload(batchd *d, const char **err, char **err_msg);
+
+/* stop.c: signals and stopping. */
 /* How long a stop waits for creates and setups in flight. */
 #define DRAIN_MS 3000
-void batchd_apply_config(batchd *d);
+/* SIGTERM and SIGINT stop, SIGHUP reloads. */
+void batchd_signals_start(batchd *d);
+/* Stops at once, without waiting for requests in flight (a start that failed part way). */
+void batchd_stop_now(batchd *d);
 /* Stopping: called when a request ends; stops once none is left in flight. */
 void batchd_check_drained(batchd *d);
 

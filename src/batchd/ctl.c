@@ -159,7 +159,7 @@ static void resume_(void *ud)
 
 static cJSON *reload(void *ud, const char **err, char **err_msg)
 {
-    return ctl_reload(ud, err, err_msg);
+    return batchd_reload(ud, err, err_msg);
 }
 
 const control_ops ctl_ops = {

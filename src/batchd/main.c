@@ -1,6 +1,7 @@
-/* batchd: the daemon's entry point. Wiring only: parse the command line and the config,
- * recover state, listen on the control socket, tell systemd, run the loop, handle signals
- * and reloads. The work is in jobs.c; the decisions in the job module. */
+/* batchd: the daemon's entry point. Wiring only: parse the command line, load the config,
+ * set the modules up, run the loop, tear down. The work is elsewhere: jobs.c runs the jobs
+ * (the decisions are in the job module), ctl.c answers the control socket, reload.c holds
+ * the reload policy, hold.c the pause and the token hold, stop.c the signals and stopping. */
 #include "batchd.h"
 
 #include "batchd/fsutil.h"
@@ -21,27 +22,6 @@
 #include <string.h>
 #include <sysexits.h>
 #include <unistd.h>
-
-cfgref *cfgref_new(void)
-{
-    cfgref *r = xcalloc(1, sizeof *r);
-    r->refs = 1;
-    return r;
-}
-
-cfgref *cfgref_get(cfgref *r)
-{
-    r->refs++;
-    return r;
-}
-
-void cfgref_put(cfgref *r)
-{
-    if (r && --r->refs == 0) {
-        config_free(&r->c);
-        free(r);
-    }
-}
 
 static void usage(FILE *out)
 {
@@ -105,319 +85,6 @@ static char *strip_slash(const char *url)
     return xstrndup(url, n);
 }
 
-static void fill_params(batchd *d)
-{
-    const config *c = &d->cfg->c;
-    job_params_default(&d->params);
-    d->params.poll_initial_ms = c->poll.initial_ms;
-    d->params.poll_max_ms = c->poll.max_ms;
-    d->params.poll_multiplier = c->poll.multiplier;
-    d->params.import_timeout_ms = c->poll.import_timeout_ms;
-    d->params.batch_timeout_ms = c->poll.batch_timeout_ms;
-    /* Retries start near the first poll interval and back off to the poll maximum. */
-    d->params.retry_base_ms = c->poll.initial_ms < 1000 ? c->poll.initial_ms : 1000;
-    d->params.retry_cap_ms = c->poll.max_ms > 300000 ? c->poll.max_ms : 300000;
-    if (d->params.retry_cap_ms > c->poll.max_ms * 5)
-        d->params.retry_cap_ms = c->poll.max_ms * 5;
-}
-
-static http_client_options http_options(const config *c)
-{
-    http_client_options o = {
-        .timeout_ms = (long)c->api.timeout_ms,
-        .max_connections = c->api.max_connections,
-        .max_rate = c->api.max_rate,
-        .burst = 0,
-        .user_agent = "batchd/" BATCHD_VERSION,
-    };
-    return o;
-}
-
-void batchd_apply_config(batchd *d)
-{
-    fill_params(d);
-    http_client_options ho = http_options(&d->cfg->c);
-    if (d->http)
-        http_client_configure(d->http, &ho);
-    if (d->watch)
-        spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
-}
-
-const char *batchd_pause_reason(const batchd *d)
-{
-    if (d->token_hold)
-        return "api_token_rejected";
-    return d->operator_paused ? "operator" : NULL;
-}
-
-void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold)
-{
-    bool was = d->paused;
-    d->operator_paused = operator_paused;
-    d->token_hold = token_hold;
-    d->paused = operator_paused || token_hold;
-    jobs_update_status(d);
-    if (!was && d->paused)
-        d->paused_at = time_now_ms();
-    if (was && !d->paused) {
-        jobs_pause_ended(d, time_now_ms() - d->paused_at);
-        /* Every job waiting to send does so now; claims start again. */
-        jobs_drive_all(d);
-        jobs_claim_soon(d);
-    }
-}
-
-void batchd_token_rejected(batchd *d, unsigned gen)
-{
-    /* Sent with a token replaced since: the job just sends again with the new one. */
-    if (gen != d->token_gen)
-        return;
-    if (d->token_hold)
-        return; /* requests in flight answered 401 too: nothing more to say */
-    log_error("the API rejected the token (HTTP 401): batchd is on hold, no job has failed and "
-              "none takes a step until it has a working token; put the right token in %s, then "
-              "run systemctl reload batchd (or batchctl reload), or batchctl resume",
-              d->cfg->c.api.token_file ? d->cfg->c.api.token_file : "the token source");
-    batchd_set_paused(d, d->operator_paused, true);
-}
-
-void batchd_reread_token(batchd *d)
-{
-    char *token = NULL;
-    const char *source = NULL;
-    config_diag dg = {0};
-    int rc = config_load_token(&d->cfg->c, &token, &source, &dg);
-    if (rc < 0) {
-        /* Not fatal for a resume: the token in use stays. */
-        if (!(rc == -ENOENT && d->token_from_env))
-            for (size_t i = 0; i < dg.count; i++)
-                log_warn("resume: cannot read the API token, keeping the one in use: %s",
-                         dg.lines[i]);
-        config_diag_free(&dg);
-        return;
-    }
-    config_diag_free(&dg);
-    if (d->token && strcmp(d->token, token) == 0) {
-        explicit_bzero(token, strlen(token));
-        free(token);
-        return;
-    }
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
-    d->token = token;
-    d->token_gen++;
-    log_notice("resume: a different API token was read from %s", source);
-}
-
-static bool str_differs(const char *a, const char *b)
-{
-    if (!a || !b)
-        return a != b;
-    return strcmp(a, b) != 0;
-}
-
-cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
-{
-    notify_reloading();
-    log_notice("reloading %s", d->config_path);
-    cfgref *n = cfgref_new();
-    config_diag dg = {0};
-    char *token = NULL;
-    const char *source = NULL;
-    int rc = config_load(d->config_path, &n->c, &dg);
-    if (rc == 0)
-        rc = config_load_token(&n->c, &token, &source, &dg);
-    if (rc == -ENOENT && d->token_from_env && d->token) {
-        /* The environment was cleared at start: the token read from it then still holds. */
-        config_diag_free(&dg);
-        token = xstrdup(d->token);
-        source = "environment BATCHD_API_TOKEN (as read at start)";
-        rc = 0;
-    }
-    if (rc < 0) {
-        strbuf sb = {0};
-        for (size_t i = 0; i < dg.count; i++)
-            strbuf_printf(&sb, "%s%s", i ? "\n" : "", dg.lines[i]);
-        log_error("reload failed; keeping the running configuration: %s", sb.data ? sb.data : "");
-        *err = "io.batchd.ReloadFailed";
-        *err_msg = strbuf_steal(&sb);
-        config_diag_free(&dg);
-        cfgref_put(n);
-        notify_ready();
-        return NULL;
-    }
-    config_diag_free(&dg);
-    const config *o = &d->cfg->c, *c = &n->c;
-    cJSON *reply = cJSON_CreateObject();
-    cJSON *applied = cJSON_AddArrayToObject(reply, "applied");
-    cJSON *restart = cJSON_AddArrayToObject(reply, "restart_required");
-    /* What is bound at start (sockets, directories, the API the jobs were created in) needs a
-     * restart; everything else applies to the next request or claim. */
-    struct {
-        const char *key;
-        bool changed;
-        bool needs_restart;
-    } keys[] = {
-        {"api.url", str_differs(o->api.url, c->api.url), true},
-        {"spool.dir", str_differs(o->spool.dir, c->spool.dir), true},
-        {"state.dir", str_differs(o->state.dir, c->state.dir), true},
-        {"control.socket", str_differs(o->control.socket, c->control.socket), true},
-        {"control.group", str_differs(o->control.group, c->control.group), true},
-        {"api.workspace_id", str_differs(o->api.workspace_id, c->api.workspace_id), false},
-        {"api.token_file", str_differs(o->api.token_file, c->api.token_file), false},
-        {"api.timeout", o->api.timeout_ms != c->api.timeout_ms, false},
-        {"api.max_rate", o->api.max_rate != c->api.max_rate, false},
-        {"api.max_connections", o->api.max_connections != c->api.max_connections, false},
-        {"spool.rescan_interval", o->spool.rescan_interval_ms != c->spool.rescan_interval_ms,
-         false},
-        {"poll.initial", o->poll.initial_ms != c->poll.initial_ms, false},
-        {"poll.max", o->poll.max_ms != c->poll.max_ms, false},
-        {"poll.multiplier", o->poll.multiplier != c->poll.multiplier, false},
-        {"poll.import_timeout", o->poll.import_timeout_ms != c->poll.import_timeout_ms, false},
-        {"poll.batch_timeout", o->poll.batch_timeout_ms != c->poll.batch_timeout_ms, false},
-        {"job.template", str_differs(o->job.template_path, c->job.template_path), false},
-        {"job.max_active", o->job.max_active != c->job.max_active, false},
-        {"job.invalid_records", o->job.invalid_records != c->job.invalid_records, false},
-        {"job.max_record_size", o->job.max_record_bytes != c->job.max_record_bytes, false},
-    };
-    for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++)
-        if (keys[i].changed)
-            cJSON_AddItemToArray(keys[i].needs_restart ? restart : applied,
-                                 cJSON_CreateString(keys[i].key));
-    /* Keep the running values of what needs a restart, so nothing half-changes. */
-    char **keep[] = {&n->c.api.url, &n->c.spool.dir, &n->c.state.dir, &n->c.control.socket,
-                     &n->c.control.group};
-    const char *cur[] = {o->api.url, o->spool.dir, o->state.dir, o->control.socket,
-                         o->control.group};
-    for (size_t i = 0; i < BD_ARRAY_LEN(keep); i++) {
-        free(*keep[i]);
-        *keep[i] = cur[i] ? xstrdup(cur[i]) : NULL;
-    }
-    bool token_changed = !d->token || strcmp(d->token, token) != 0;
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
-    d->token = token;
-    if (token_changed)
-        d->token_gen++;
-    cfgref_put(d->cfg);
-    d->cfg = n;
-    batchd_apply_config(d);
-    char *a = json_print(applied), *rs = json_print(restart);
-    log_notice("reloaded: applied %s; needs a restart: %s (token from %s)", a, rs, source);
-    free(a);
-    free(rs);
-    notify_ready();
-    if (d->token_hold && token_changed) {
-        log_notice("reload loaded a different API token: lifting the hold; every job carries on");
-        batchd_set_paused(d, d->operator_paused, false);
-    } else if (d->token_hold) {
-        log_warn("reload loaded the same API token the API rejected: still on hold; put the "
-                 "right token in %s and reload again (or batchctl resume to try it once more)",
-                 d->cfg->c.api.token_file ? d->cfg->c.api.token_file : source);
-    }
-    jobs_update_status(d);
-    jobs_claim_soon(d);
-    return reply;
-}
-
-static void on_hup(uv_signal_t *s, int signum)
-{
-    (void)signum;
-    batchd *d = s->data;
-    const char *err = NULL;
-    char *msg = NULL;
-    cJSON *r = ctl_reload(d, &err, &msg);
-    cJSON_Delete(r);
-    free(msg);
-}
-
-static void on_http_closed(void *ud)
-{
-    (void)ud;
-}
-
-/* Closes a handle once; a handle start() never initialised (still zeroed) is skipped. */
-static void close_handle(uv_handle_t *h)
-{
-    if (h->type != UV_UNKNOWN_HANDLE && !uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
-/* Tears everything down; the loop ends once libuv has closed the handles and the thread
- * pool has returned its work. Every job's record is durable by then. */
-static void stop_now(batchd *d)
-{
-    d->draining = false;
-    jobs_shutdown(d);
-    if (d->ctl) {
-        control_stop(d->ctl);
-        d->ctl = NULL;
-    }
-    if (d->http) {
-        http_client_close(d->http, on_http_closed, NULL);
-        d->http = NULL;
-    }
-    jobs_free_all(d);
-    close_handle((uv_handle_t *)&d->claim_timer);
-    close_handle((uv_handle_t *)&d->drain_timer);
-    close_handle((uv_handle_t *)&d->sig_term);
-    close_handle((uv_handle_t *)&d->sig_int);
-    close_handle((uv_handle_t *)&d->sig_hup);
-    notify_close();
-}
-
-static void on_drain_timeout(uv_timer_t *t)
-{
-    batchd *d = t->data;
-    log_notice("stop: abandoning the requests still in flight; their outcome is checked on the "
-               "next start");
-    stop_now(d);
-}
-
-void batchd_check_drained(batchd *d)
-{
-    if (d->draining && jobs_in_flight(d) == 0)
-        stop_now(d);
-}
-
-static void on_term(uv_signal_t *s, int signum)
-{
-    batchd *d = s->data;
-    if (d->stopping)
-        return;
-    d->stopping = true;
-    log_notice("received %s: stopping; unfinished jobs resume on the next start",
-               signum == SIGINT ? "SIGINT" : "SIGTERM");
-    notify_stopping();
-    notify_extend_timeout((DRAIN_MS + 10000) * 1000ULL);
-    if (d->watch) {
-        spool_watch_stop(d->watch);
-        d->watch = NULL;
-    }
-    /* A create or setup in flight that is abandoned leaves its outcome unknown (a dataset
-     * created again on the next start is an orphan): give those a few seconds to answer.
-     * Everything else stops at once. */
-    size_t n = jobs_begin_drain(d);
-    if (n == 0) {
-        stop_now(d);
-        return;
-    }
-    log_notice("stop: waiting up to %ds for %zu create/setup request(s) in flight", DRAIN_MS / 1000,
-               n);
-    d->draining = true;
-    d->drain_timer.data = d;
-    uv_timer_start(&d->drain_timer, on_drain_timeout, DRAIN_MS, 0);
-}
-
-static void on_spool_change(void *ud)
-{
-    jobs_claim_soon(ud);
-}
-
 /* One daemon per spool and per state directory: a second one would claim the same entries
  * and write the same records. The lock lives as long as the process (the fd is never
  * closed), so a crash releases it. Returns 0, or a sysexits code after logging why. */
@@ -443,7 +110,14 @@ static int lock_dir(const char *dir, const char *name)
     return 0;
 }
 
-static int start(batchd *d)
+static void on_spool_change(void *ud)
+{
+    jobs_claim_soon(ud);
+}
+
+/* The locks, the spool and the state directory. Returns 0, or a sysexits code after logging
+ * why. */
+static int start_dirs(batchd *d)
 {
     char *err = NULL;
     const config *c = &d->cfg->c;
@@ -463,21 +137,17 @@ static int start(batchd *d)
         free(err);
         return EX_CANTCREAT;
     }
-    http_client_options ho = http_options(c);
-    d->http = http_client_new(d->loop, &ho);
-    if (!d->http) {
-        log_error("cannot start the HTTP client");
-        return EX_SOFTWARE;
-    }
-    uv_timer_init(d->loop, &d->claim_timer);
-    uv_timer_init(d->loop, &d->drain_timer);
-    /* Recover first, then listen: a client never sees a half-loaded job table. */
-    if (jobs_recover(d) < 0)
-        return EX_IOERR;
+    return 0;
+}
+
+static int start_control(batchd *d)
+{
+    char *err = NULL;
+    const config *c = &d->cfg->c;
     control_options co = {
         .socket_path = c->control.socket,
         .group = c->control.group,
-        /* PRODUCT.md section 9: a member of the control group can read, not harm. Calls are
+        /* batchd(8), CONTROL SOCKET: a member of the control group can read, not harm. Calls are
          * small (a job name at most), replies bounded (ListJobs limit), and everything held
          * for clients stays within a 48 MiB budget, so below 64 MiB whatever they do. */
         .max_connections = 1024,
@@ -498,13 +168,30 @@ static int start(batchd *d)
         free(err);
         return rc == -EADDRINUSE ? EX_UNAVAILABLE : EX_CANTCREAT;
     }
-    uv_signal_init(d->loop, &d->sig_term);
-    uv_signal_init(d->loop, &d->sig_int);
-    uv_signal_init(d->loop, &d->sig_hup);
-    d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
-    uv_signal_start(&d->sig_term, on_term, SIGTERM);
-    uv_signal_start(&d->sig_int, on_term, SIGINT);
-    uv_signal_start(&d->sig_hup, on_hup, SIGHUP);
+    return 0;
+}
+
+static int start(batchd *d)
+{
+    const config *c = &d->cfg->c;
+    int code = start_dirs(d);
+    if (code != 0)
+        return code;
+    http_client_options ho = batchd_http_options(c);
+    d->http = http_client_new(d->loop, &ho);
+    if (!d->http) {
+        log_error("cannot start the HTTP client");
+        return EX_SOFTWARE;
+    }
+    uv_timer_init(d->loop, &d->claim_timer);
+    uv_timer_init(d->loop, &d->drain_timer);
+    /* Recover first, then listen: a client never sees a half-loaded job table. */
+    if (jobs_recover(d) < 0)
+        return EX_IOERR;
+    code = start_control(d);
+    if (code != 0)
+        return code;
+    batchd_signals_start(d);
     notify_init(d->loop);
     d->watch = spool_watch_start(d->sp, d->loop, c->spool.rescan_interval_ms, on_spool_change, d);
     if (!d->watch) {
@@ -519,7 +206,8 @@ static int start(batchd *d)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Returns -1 to go on, else the exit code. */
+static int parse_args(int argc, char **argv, const char **explicit_path, bool *check)
 {
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -528,16 +216,14 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *explicit_path = NULL;
-    bool check = false;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
-            explicit_path = optarg;
+            *explicit_path = optarg;
             break;
         case 'C':
-            check = true;
+            *check = true;
             break;
         case 'V':
             printf("batchd %s\n", BATCHD_VERSION);
@@ -555,13 +241,85 @@ int main(int argc, char **argv)
         usage(stderr);
         return EX_USAGE;
     }
-    const char *path = config_default_path(explicit_path);
+    return -1;
+}
+
+static void harden(void)
+{
     /* A peer that hangs up (a batchctl, the API) must be an EPIPE, not the end of the daemon. */
     signal(SIGPIPE, SIG_IGN);
     /* Before any token is read: no core file and no ptrace by other users can hold it, and
      * /proc/PID/environ and friends become root's only. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
         log_warn("cannot make the process non-dumpable: %s", strerror(errno));
+}
+
+/* Loads the config and the token into a zeroed d. Returns 0, or EX_CONFIG after printing
+ * every problem. */
+static int load(batchd *d, const char *path)
+{
+    d->config_path = xstrdup(path);
+    d->cfg = cfgref_new();
+    config_diag dg = {0};
+    const char *source = NULL;
+    int rc = config_load(path, &d->cfg->c, &dg);
+    if (rc == 0)
+        rc = config_load_token(&d->cfg->c, &d->token, &source, &dg);
+    if (rc < 0) {
+        print_diag(&dg);
+        config_diag_free(&dg);
+        cfgref_put(d->cfg);
+        free(d->config_path);
+        return EX_CONFIG;
+    }
+    config_diag_free(&dg);
+    /* Read once; the environment is inherited by whatever runs later and shown in /proc. A
+     * reload cannot read it again: it keeps this token unless a file source then has one. */
+    d->token_from_env = source && strncmp(source, "environment", 11) == 0;
+    scrub_env_token();
+    log_info("configuration %s; API token from %s", path, source);
+    warn_no_workspace(&d->cfg->c);
+    d->api_url = strip_slash(d->cfg->c.api.url);
+    d->started_at = time_now_ms();
+    random_bytes(&d->rng, sizeof d->rng);
+    d->rng |= 1;
+    batchd_apply_config(d);
+    return 0;
+}
+
+/* Runs until stopped; returns 0, or the sysexits code of a start that failed. */
+static int run(batchd *d)
+{
+    d->loop = uv_default_loop();
+    int code = start(d);
+    if (code != 0)
+        batchd_stop_now(d); /* whatever started; the jobs' records are all durable already */
+    uv_run(d->loop, UV_RUN_DEFAULT);
+    uv_loop_close(d->loop);
+    return code;
+}
+
+static void teardown(batchd *d)
+{
+    spool_free(d->sp);
+    if (d->token) {
+        explicit_bzero(d->token, strlen(d->token));
+        free(d->token);
+    }
+    cfgref_put(d->cfg);
+    free(d->api_url);
+    free(d->config_path);
+}
+
+int main(int argc, char **argv)
+{
+    const char *explicit_path = NULL;
+    bool check = false;
+    int code = parse_args(argc, argv, &explicit_path, &check);
+    if (code >= 0)
+        return code;
+    const char *path = config_default_path(explicit_path);
+    harden();
     if (check)
         return intake_check_config(path, stdout);
 
@@ -573,54 +331,11 @@ int main(int argc, char **argv)
 
     batchd d;
     memset(&d, 0, sizeof d);
-    d.config_path = xstrdup(path);
-    d.cfg = cfgref_new();
-    config_diag dg = {0};
-    const char *source = NULL;
-    int rc = config_load(path, &d.cfg->c, &dg);
-    if (rc == 0)
-        rc = config_load_token(&d.cfg->c, &d.token, &source, &dg);
-    if (rc < 0) {
-        print_diag(&dg);
-        config_diag_free(&dg);
-        cfgref_put(d.cfg);
-        free(d.config_path);
-        return EX_CONFIG;
-    }
-    config_diag_free(&dg);
-    /* Read once; the environment is inherited by whatever runs later and shown in /proc. A
-     * reload cannot read it again: it keeps this token unless a file source then has one. */
-    d.token_from_env = source && strncmp(source, "environment", 11) == 0;
-    scrub_env_token();
-    log_info("configuration %s; API token from %s", path, source);
-    warn_no_workspace(&d.cfg->c);
-    d.api_url = strip_slash(d.cfg->c.api.url);
-    d.started_at = time_now_ms();
-    random_bytes(&d.rng, sizeof d.rng);
-    d.rng |= 1;
-    fill_params(&d);
-    d.loop = uv_default_loop();
-
-    int code = start(&d);
-    if (code != 0) {
-        /* Tear down whatever started; the jobs' records are all durable already. */
-        d.stopping = true;
-        if (d.watch) {
-            spool_watch_stop(d.watch);
-            d.watch = NULL;
-        }
-        stop_now(&d);
-    }
-    uv_run(d.loop, UV_RUN_DEFAULT);
-    uv_loop_close(d.loop);
-    spool_free(d.sp);
-    if (d.token) {
-        explicit_bzero(d.token, strlen(d.token));
-        free(d.token);
-    }
-    cfgref_put(d.cfg);
-    free(d.api_url);
-    free(d.config_path);
+    code = load(&d, path);
+    if (code != 0)
+        return code;
+    code = run(&d);
+    teardown(&d);
     if (code == 0)
         log_notice("stopped");
     return code;
