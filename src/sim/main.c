@@ -18,7 +18,7 @@
 #include <microhttpd.h>
 
 #include "batchd/log.h"
-#include "batchd/simcore.h"
+#include "simcore.h"
 #include "batchd/util.h"
 
 typedef struct sim_server {

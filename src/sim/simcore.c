@@ -10,7 +10,7 @@
 
 #include "batchd/records.h"
 #include "batchd/rules.h"
-#include "batchd/simcore.h"
+#include "simcore.h"
 #include "batchd/util.h"
 #include "simcore_internal.h"
 

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "batchd/simcore.h"
+#include "simcore.h"
 #include "batchd/util.h"
 #include "simcore_internal.h"
 

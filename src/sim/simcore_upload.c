@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "batchd/records.h"
-#include "batchd/simcore.h"
+#include "simcore.h"
 #include "batchd/util.h"
 #include "simcore_internal.h"
 

@@ -10,7 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "batchd/records.h"
-#include "batchd/simcore.h"
+#include "simcore.h"
 
 typedef enum sim_outcome {
     SIM_OUTCOME_COMPLETE = 0,

@@ -4,7 +4,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "batchd/simcore.h"
+#include "simcore.h"
 #include "batchd/util.h"
 
 #define API_PREFIX "/api/v1/data-collection"
