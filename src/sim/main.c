@@ -18,8 +18,8 @@
 #include <microhttpd.h>
 
 #include "batchd/log.h"
-#include "simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 
 typedef struct sim_server {
     simcore *core;

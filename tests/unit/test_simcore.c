@@ -10,8 +10,8 @@
 
 #include <cmocka.h>
 
-#include "simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 #include "simcore_internal.h"
 
 #define TOKEN "t0ken"
