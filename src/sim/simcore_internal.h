@@ -121,12 +121,6 @@ void sim_hashset_merge(sim_hashset *dst, const sim_hashset *src);
 void sim_hashset_free(sim_hashset *s);
 uint64_t sim_hash(const void *data, size_t len);
 
-/* simcore_upload.c: extracts field number col (0-based) of one RFC 4180 record into out
- * (unquoted). Returns 0, or -ENOENT when the record has fewer fields. */
-int sim_csv_field(const char *rec, size_t len, size_t col, char **out, size_t *out_len);
-/* Column index of name in a CSV header, or -1. */
-long sim_csv_column(const char *header, size_t len, const char *name);
-
 /* simcore_response.c: "Bad Request", ...: the title of an error envelope. */
 const char *sim_status_title(int status);
 /* Sets resp's status and JSON body from j, which it frees. */

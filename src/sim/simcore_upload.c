@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batchd/csv.h"
 #include "batchd/records.h"
 #include "batchd/util.h"
 #include "simcore.h"
@@ -27,63 +28,6 @@ struct simcore_upload {
     char first_problem[512];
 };
 
-/* ---- small helpers ------------------------------------------------------------- */
-
-int sim_csv_field(const char *rec, size_t len, size_t col, char **out, size_t *out_len)
-{
-    size_t i = 0, field = 0;
-    strbuf sb;
-    strbuf_init(&sb);
-    for (;;) {
-        strbuf_reset(&sb);
-        if (i < len && rec[i] == '"') {
-            i++;
-            while (i < len) {
-                if (rec[i] == '"') {
-                    if (i + 1 < len && rec[i + 1] == '"') {
-                        strbuf_putc(&sb, '"');
-                        i += 2;
-                        continue;
-                    }
-                    i++;
-                    break;
-                }
-                strbuf_putc(&sb, rec[i++]);
-            }
-            while (i < len && rec[i] != ',')
-                strbuf_putc(&sb, rec[i++]);
-        } else {
-            while (i < len && rec[i] != ',' && rec[i] != '\r')
-                strbuf_putc(&sb, rec[i++]);
-        }
-        if (field == col) {
-            *out_len = sb.len;
-            *out = strbuf_steal(&sb);
-            return 0;
-        }
-        if (i >= len || rec[i] != ',')
-            break;
-        i++;
-        field++;
-    }
-    strbuf_free(&sb);
-    return -ENOENT;
-}
-
-long sim_csv_column(const char *header, size_t len, const char *name)
-{
-    for (size_t col = 0;; col++) {
-        char *v;
-        size_t n;
-        if (sim_csv_field(header, len, col, &v, &n) < 0)
-            return -1;
-        bool match = strlen(name) == n && memcmp(v, name, n) == 0;
-        free(v);
-        if (match)
-            return (long)col;
-    }
-}
-
 /* ---- S3-style refusals ----------------------------------------------------------- */
 
 static void s3_error(simcore_response *resp, int status, const char *code, const char *message)
@@ -102,6 +46,8 @@ static void s3_error(simcore_response *resp, int status, const char *code, const
 
 /* ---- records glue -------------------------------------------------------------- */
 
+/* Only records the validator accepted (and its accepted header) get here, so the CSV
+ * splitter sees well-formed records only. */
 static void add_group(simcore_upload *u, const char *raw, size_t len)
 {
     char *value = NULL;
@@ -118,13 +64,16 @@ static void add_group(simcore_upload *u, const char *raw, size_t len)
         if (u->group_col == -2) {
             size_t hlen = 0;
             const char *h = records_csv_header(u->validator, &hlen);
-            u->group_col = h ? sim_csv_column(h, hlen, u->group_field) : -1;
+            u->group_col = h ? csv_column(h, hlen, u->group_field) : -1;
         }
-        if (u->group_col >= 0 && sim_csv_field(raw, len, (size_t)u->group_col, &value, &n) == 0 &&
-            n == 0) {
-            free(value);
-            value = NULL;
+        strbuf field;
+        strbuf_init(&field);
+        if (u->group_col >= 0 && csv_field(raw, len, (size_t)u->group_col, &field) == 0 &&
+            field.len > 0) {
+            n = field.len;
+            value = strbuf_steal(&field);
         }
+        strbuf_free(&field);
     }
     uint64_t h;
     if (value) {
