@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "batchd/csv.h"
 #include "batchd/records.h"
 #include "batchd/util.h"
 #include "records_internal.h"
@@ -695,61 +696,6 @@ static int jsonl_feed(records_validator *v, const char *p, size_t n)
 
 /* ---- CSV ---------------------------------------------------------------------------- */
 
-/* Iterates the fields of a complete, well-formed record. */
-typedef struct csv_iter {
-    const char *s;
-    size_t n, pos;
-    bool done;
-} csv_iter;
-
-static bool csv_next(csv_iter *it, const char **field, size_t *len, bool *quoted)
-{
-    if (it->done)
-        return false;
-    const char *s = it->s;
-    if (it->pos < it->n && s[it->pos] == '"') {
-        size_t i = it->pos + 1;
-        while (i < it->n) {
-            if (s[i] == '"') {
-                if (i + 1 < it->n && s[i + 1] == '"') {
-                    i += 2;
-                    continue;
-                }
-                break;
-            }
-            i++;
-        }
-        *field = s + it->pos + 1;
-        *len = i - it->pos - 1;
-        *quoted = true;
-        it->pos = i < it->n ? i + 1 : i;
-    } else {
-        const char *comma = memchr(s + it->pos, ',', it->n - it->pos);
-        size_t end = comma ? (size_t)(comma - s) : it->n;
-        *field = s + it->pos;
-        *len = end - it->pos;
-        *quoted = false;
-        it->pos = end;
-    }
-    if (it->pos < it->n && s[it->pos] == ',')
-        it->pos++;
-    else
-        it->done = true;
-    return true;
-}
-
-/* A quoted field's value with "" turned into ". */
-static void csv_unquote(const char *f, size_t len, strbuf *out)
-{
-    strbuf_reset(out);
-    strbuf_append(out, "", 0);
-    for (size_t i = 0; i < len; i++) {
-        strbuf_putc(out, f[i]);
-        if (f[i] == '"' && i + 1 < len && f[i + 1] == '"')
-            i++;
-    }
-}
-
 static const char *csv_bad_text(csv_bad bad)
 {
     switch (bad) {
@@ -786,14 +732,15 @@ static void header_columns(records_validator *v, const char *raw, size_t len, st
                            size_t *count)
 {
     const records_schema *s = v->schema;
-    csv_iter it = {.s = raw, .n = len};
+    csv_fields it;
+    csv_fields_init(&it, raw, len);
     const char *f;
     size_t flen;
     bool quoted;
     size_t col = 0;
     char shown[52];
     next_generation(v);
-    while (csv_next(&it, &f, &flen, &quoted)) {
+    while (csv_fields_next(&it, &f, &flen, &quoted)) {
         col++;
         if (quoted) {
             csv_unquote(f, flen, &v->key_buf);
@@ -878,12 +825,13 @@ static void csv_check_row(records_validator *v, const char *raw, size_t len)
                   (unsigned long long)v->bad_off + 1, csv_bad_text(v->bad));
         return;
     }
-    csv_iter it = {.s = raw, .n = len};
+    csv_fields it;
+    csv_fields_init(&it, raw, len);
     const char *f;
     size_t flen;
     bool quoted;
     size_t n = 0;
-    while (csv_next(&it, &f, &flen, &quoted))
+    while (csv_fields_next(&it, &f, &flen, &quoted))
         n++;
     if (n != v->ncols) {
         rec_error(v, NULL, 0,
@@ -891,8 +839,8 @@ static void csv_check_row(records_validator *v, const char *raw, size_t len)
                   n == 1 ? "" : "s", v->ncols);
         return;
     }
-    it = (csv_iter){.s = raw, .n = len};
-    for (size_t col = 0; csv_next(&it, &f, &flen, &quoted); col++) {
+    csv_fields_init(&it, raw, len);
+    for (size_t col = 0; csv_fields_next(&it, &f, &flen, &quoted); col++) {
         size_t idx = v->col_field[col];
         /* With a non-strict schema an empty cell is an absent value. */
         if (flen == 0 && !v->schema->strict)

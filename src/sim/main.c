@@ -18,8 +18,8 @@
 #include <microhttpd.h>
 
 #include "batchd/log.h"
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 
 typedef struct sim_server {
     simcore *core;
@@ -155,10 +155,72 @@ enum {
     OPT_VERSION,
 };
 
+/* A whole number from lo to hi; a fraction fails (with parse_number_opt's message only
+ * when it is also out of range). */
+static int parse_whole_opt(const char *name, const char *v, double lo, double hi, int64_t *out)
+{
+    double d;
+    if (parse_number_opt(name, v, lo, hi, &d) < 0 || d != (double)(int64_t)d)
+        return -EINVAL;
+    *out = (int64_t)d;
+    return 0;
+}
+
+/* The options that shape injected faults and hostile replies. */
+static int apply_fault_option(sim_options *o, int c, const char *arg)
+{
+    char err[512];
+    int64_t n;
+    switch (c) {
+    case OPT_FAULT:
+        if (o->n_rules == SIMCORE_MAX_FAULT_RULES) {
+            fputs("batchd-sim: too many --fault options (at most 64)\n", stderr);
+            return -EINVAL;
+        }
+        if (simcore_fault_parse(arg, &o->rules[o->n_rules], err, sizeof err) < 0) {
+            fprintf(stderr, "batchd-sim: --fault: %s\n", err);
+            return -EINVAL;
+        }
+        o->n_rules++;
+        return 0;
+    case OPT_RETRY_AFTER:
+        if (strcmp(arg, "date") == 0) {
+            o->retry_after_date = true;
+            return 0;
+        }
+        if (parse_whole_opt("retry-after", arg, 0, 86400, &o->retry_after_s) < 0) {
+            fputs("batchd-sim: --retry-after: whole seconds or 'date'\n", stderr);
+            return -EINVAL;
+        }
+        return 0;
+    case OPT_SLOW:
+        return parse_duration_opt("slow", arg, &o->slow_ms);
+    case OPT_BATCH_ERROR:
+        return parse_number_opt("batch-error", arg, 0, 1, &o->batch_error);
+    case OPT_HOSTILE_STATUS:
+        if (parse_whole_opt("hostile-status", arg, 400, 599, &n) < 0)
+            return -EINVAL;
+        o->hostile_status = (int)n;
+        return 0;
+    case OPT_HUGE_SIZE:
+        return parse_whole_opt("huge-size", arg, 0, (double)SIMCORE_HUGE_MAX, &o->huge_bytes);
+    case OPT_DEEP_LEVELS:
+        return parse_whole_opt("deep-levels", arg, 1, SIMCORE_DEEP_MAX, &o->deep_levels);
+    case OPT_ODD_ID:
+        if (strlen(arg) >= sizeof((simcore_faults *)0)->odd_id) {
+            fputs("batchd-sim: --odd-id: at most 255 bytes\n", stderr);
+            return -EINVAL;
+        }
+        o->odd_id = arg;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
 static int apply_option(sim_options *o, int c, const char *arg)
 {
     double d;
-    char err[512];
     switch (c) {
     case OPT_LISTEN:
         free(o->listen);
@@ -185,56 +247,6 @@ static int apply_option(sim_options *o, int c, const char *arg)
         return parse_duration_opt("batch-processing", arg, &o->cfg.batch_processing_ms);
     case OPT_UPLOAD_TTL:
         return parse_duration_opt("upload-ttl", arg, &o->cfg.upload_ttl_ms);
-    case OPT_SLOW:
-        return parse_duration_opt("slow", arg, &o->slow_ms);
-    case OPT_FAULT:
-        if (o->n_rules == SIMCORE_MAX_FAULT_RULES) {
-            fputs("batchd-sim: too many --fault options (at most 64)\n", stderr);
-            return -EINVAL;
-        }
-        if (simcore_fault_parse(arg, &o->rules[o->n_rules], err, sizeof err) < 0) {
-            fprintf(stderr, "batchd-sim: --fault: %s\n", err);
-            return -EINVAL;
-        }
-        o->n_rules++;
-        return 0;
-    case OPT_RETRY_AFTER:
-        if (strcmp(arg, "date") == 0) {
-            o->retry_after_date = true;
-            return 0;
-        }
-        if (parse_number_opt("retry-after", arg, 0, 86400, &d) < 0 || d != (double)(int64_t)d) {
-            fputs("batchd-sim: --retry-after: whole seconds or 'date'\n", stderr);
-            return -EINVAL;
-        }
-        o->retry_after_s = (int64_t)d;
-        return 0;
-    case OPT_BATCH_ERROR:
-        return parse_number_opt("batch-error", arg, 0, 1, &o->batch_error);
-    case OPT_HOSTILE_STATUS:
-        if (parse_number_opt("hostile-status", arg, 400, 599, &d) < 0 || d != (double)(int)d)
-            return -EINVAL;
-        o->hostile_status = (int)d;
-        return 0;
-    case OPT_HUGE_SIZE:
-        if (parse_number_opt("huge-size", arg, 0, (double)SIMCORE_HUGE_MAX, &d) < 0 ||
-            d != (double)(int64_t)d)
-            return -EINVAL;
-        o->huge_bytes = (int64_t)d;
-        return 0;
-    case OPT_DEEP_LEVELS:
-        if (parse_number_opt("deep-levels", arg, 1, SIMCORE_DEEP_MAX, &d) < 0 ||
-            d != (double)(int64_t)d)
-            return -EINVAL;
-        o->deep_levels = (int64_t)d;
-        return 0;
-    case OPT_ODD_ID:
-        if (strlen(arg) >= sizeof((simcore_faults *)0)->odd_id) {
-            fputs("batchd-sim: --odd-id: at most 255 bytes\n", stderr);
-            return -EINVAL;
-        }
-        o->odd_id = arg;
-        return 0;
     case OPT_MAX_BODY:
         if (parse_number_opt("max-body", arg, 1, 1073741824.0, &d) < 0)
             return -EINVAL;
@@ -244,7 +256,7 @@ static int apply_option(sim_options *o, int c, const char *arg)
         o->quiet = true;
         return 0;
     default:
-        return -EINVAL;
+        return apply_fault_option(o, c, arg);
     }
 }
 
@@ -726,29 +738,9 @@ static int listen_port(struct MHD_Daemon *d)
     return -1;
 }
 
-static int run(sim_options *o)
+/* The faults set on the command line; the rest keep simcore's defaults. */
+static void apply_fault_options(simcore_faults *f, const sim_options *o)
 {
-    struct sockaddr_storage ss = {0};
-    socklen_t sslen;
-    char host[256];
-    if (resolve_listen(o->listen, &ss, &sslen, host, sizeof host) < 0) {
-        fprintf(stderr, "batchd-sim: --listen '%s': expected ADDR:PORT such as 127.0.0.1:8080\n",
-                o->listen);
-        return 64;
-    }
-    sim_server *s = &g_server;
-    s->token = xstrdup(o->token);
-    s->max_body = o->max_body;
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->wake, &ca);
-    pthread_condattr_destroy(&ca);
-    if (!o->have_seed)
-        random_bytes(&o->cfg.seed, sizeof o->cfg.seed);
-    s->core = simcore_new(&o->cfg);
-    simcore_faults *f = simcore_get_faults(s->core);
     memcpy(f->rules, o->rules, o->n_rules * sizeof o->rules[0]);
     f->n_rules = o->n_rules;
     f->retry_after_s = o->retry_after_s;
@@ -765,28 +757,51 @@ static int run(sim_options *o)
         f->odd_id_mode = SIMCORE_ODD_ID_STRING;
         strlcpy_bd(f->odd_id, o->odd_id, sizeof f->odd_id);
     }
+}
 
+static void server_init(sim_server *s, sim_options *o)
+{
+    s->token = xstrdup(o->token);
+    s->max_body = o->max_body;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    /* Slow answers wait with deadlines on the monotonic clock (the wall clock may jump). */
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    if (!o->have_seed)
+        random_bytes(&o->cfg.seed, sizeof o->cfg.seed);
+    s->core = simcore_new(&o->cfg);
+    apply_fault_options(simcore_get_faults(s->core), o);
+}
+
+static void server_free(sim_server *s)
+{
+    simcore_free(s->core);
+    free(s->token);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->lock);
+}
+
+static struct MHD_Daemon *start_daemon(sim_server *s, const struct sockaddr_storage *ss)
+{
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    if (ss.ss_family == AF_INET6)
+    if (ss->ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    struct MHD_Daemon *d = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        (unsigned)1, MHD_OPTION_END);
-    int port = d ? listen_port(d) : -1;
-    if (!d || port < 0) {
-        fprintf(stderr, "batchd-sim: cannot listen on %s: %s; pick another address or port\n",
-                o->listen, strerror(errno));
-        if (d)
-            MHD_stop_daemon(d);
-        simcore_free(s->core);
-        free(s->token);
-        return 69;
-    }
-    bool v6 = ss.ss_family == AF_INET6;
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+                            (const struct sockaddr *)ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+                            s, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_EXTERNAL_LOGGER,
+                            mhd_logger, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+}
+
+/* Tells simcore its base URL (upload URLs point at it) and prints it: tests read the
+ * "listening on" line to learn the port. */
+static void announce(sim_server *s, const char *host, bool v6, int port)
+{
     char *base = xasprintf("http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
     pthread_mutex_lock(&s->lock);
     simcore_set_base_url(s->core, base);
@@ -794,7 +809,12 @@ static int run(sim_options *o)
     printf("listening on %s\n", base);
     fflush(stdout);
     free(base);
+}
 
+/* Waits for SIGTERM or SIGINT (blocked in every thread by main), then wakes the slow
+ * answers so that the daemon's threads can end. */
+static void wait_for_stop(sim_server *s)
+{
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -806,11 +826,34 @@ static int run(sim_options *o)
     s->stopping = true;
     pthread_cond_broadcast(&s->wake);
     pthread_mutex_unlock(&s->lock);
+}
+
+static int run(sim_options *o)
+{
+    struct sockaddr_storage ss = {0};
+    socklen_t sslen;
+    char host[256];
+    if (resolve_listen(o->listen, &ss, &sslen, host, sizeof host) < 0) {
+        fprintf(stderr, "batchd-sim: --listen '%s': expected ADDR:PORT such as 127.0.0.1:8080\n",
+                o->listen);
+        return 64;
+    }
+    sim_server *s = &g_server;
+    server_init(s, o);
+    struct MHD_Daemon *d = start_daemon(s, &ss);
+    int port = d ? listen_port(d) : -1;
+    if (!d || port < 0) {
+        fprintf(stderr, "batchd-sim: cannot listen on %s: %s; pick another address or port\n",
+                o->listen, strerror(errno));
+        if (d)
+            MHD_stop_daemon(d);
+        server_free(s);
+        return 69;
+    }
+    announce(s, host, ss.ss_family == AF_INET6, port);
+    wait_for_stop(s);
     MHD_stop_daemon(d);
-    simcore_free(s->core);
-    free(s->token);
-    pthread_cond_destroy(&s->wake);
-    pthread_mutex_destroy(&s->lock);
+    server_free(s);
     return 0;
 }
 

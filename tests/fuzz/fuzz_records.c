@@ -2,8 +2,8 @@
  *
  * Build and run (from the repository root):
  *   clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Iinclude -Isrc/lib \
- *     tests/fuzz/fuzz_records.c src/lib/records.c src/lib/records_json.c src/lib/util.c \
- *     -lcjson -lm -o /tmp/fuzz_records
+ *     tests/fuzz/fuzz_records.c src/lib/records.c src/lib/records_json.c src/lib/csv.c \
+ *     src/lib/util.c -lcjson -lm -o /tmp/fuzz_records
  *   mkdir -p /tmp/fuzz_records_corpus && /tmp/fuzz_records -max_total_time=60 \
  *     -max_len=4096 /tmp/fuzz_records_corpus
  *

@@ -10,8 +10,8 @@
 
 #include <cmocka.h>
 
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 #include "simcore_internal.h"
 
 #define TOKEN "t0ken"
@@ -983,26 +983,6 @@ static void test_request_log(void **state)
     simcore_free(NULL);
 }
 
-static void test_csv_helpers(void **state)
-{
-    (void)state;
-    const char rec[] = "a,\"b,\"\"c\"\"\",,d";
-    char *v;
-    size_t n;
-    assert_int_equal(sim_csv_field(rec, strlen(rec), 1, &v, &n), 0);
-    assert_string_equal(v, "b,\"c\"");
-    free(v);
-    assert_int_equal(sim_csv_field(rec, strlen(rec), 2, &v, &n), 0);
-    assert_int_equal(n, 0);
-    free(v);
-    assert_int_equal(sim_csv_field(rec, strlen(rec), 3, &v, &n), 0);
-    assert_string_equal(v, "d");
-    free(v);
-    assert_int_equal(sim_csv_field(rec, strlen(rec), 4, &v, &n), -ENOENT);
-    assert_int_equal(sim_csv_column("x,y,\"z\"", 7, "z"), 2);
-    assert_int_equal(sim_csv_column("x,y", 3, "q"), -1);
-}
-
 /* ---- hostile replies ---------------------------------------------------------------- */
 
 static void test_hostile_parse_and_json(void **state)
@@ -1361,7 +1341,6 @@ int main(void)
         cmocka_unit_test(test_csv_task_group_column),
         cmocka_unit_test(test_batch_create_rules),
         cmocka_unit_test(test_request_log),
-        cmocka_unit_test(test_csv_helpers),
         cmocka_unit_test(test_hostile_parse_and_json),
         cmocka_unit_test(test_hostile_decide),
         cmocka_unit_test(test_hostile_echo),

@@ -10,8 +10,8 @@
 #include <strings.h>
 
 #include "batchd/rules.h"
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 #include "simcore_internal.h"
 
 /* ---- the hostile ids ---------------------------------------------------------------- */

@@ -2,7 +2,7 @@
  * imports, batches), routes API paths to endpoint names, answers requests as the API
  * does, derives import and batch lifecycles from the time passed in, computes import
  * results from uploaded bytes (streamed through records), decides injected faults with a
- * seeded RNG and keeps the request log. No sockets, no clocks: the server (src/sim) reads
+ * seeded RNG and keeps the request log. No sockets, no clocks: the server (main.c) reads
  * the time and serialises calls with one mutex; only simcore_upload_feed runs unlocked. */
 #ifndef BATCHD_SIMCORE_H
 #define BATCHD_SIMCORE_H

@@ -1,5 +1,5 @@
-/* simcore_internal: the state types shared by the simcore_*.c files. Not a public face:
- * only simcore's own files (and its unit test) include it. */
+/* simcore_internal: the state types and helpers shared by the simcore_*.c files. Not a
+ * public face: only simcore's own files (and its unit test) include it. */
 #ifndef BATCHD_SIMCORE_INTERNAL_H
 #define BATCHD_SIMCORE_INTERNAL_H
 
@@ -10,7 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "batchd/records.h"
-#include "batchd/simcore.h"
+#include "simcore.h"
 
 typedef enum sim_outcome {
     SIM_OUTCOME_COMPLETE = 0,
@@ -97,10 +97,11 @@ struct simcore {
     uint64_t log_seq;
 };
 
-/* Uniform double in [0, 1) from the seeded generator. */
+/* simcore_fault.c: uniform double in [0, 1) from the seeded generator. */
 double sim_rand01(simcore *sim);
 uint64_t sim_rand64(simcore *sim);
 
+/* simcore.c: the state and its JSON forms. */
 sim_dataset *sim_find_dataset(const simcore *sim, const char *id);
 sim_import *sim_find_import(const sim_dataset *d, const char *id);
 sim_batch *sim_find_batch(const simcore *sim, const char *id);
@@ -112,20 +113,17 @@ cJSON *sim_import_json(const sim_dataset *d, const sim_import *imp, int64_t now_
 cJSON *sim_dataset_json(const sim_dataset *d, int64_t now_ms);
 cJSON *sim_batch_json(const simcore *sim, const sim_batch *b, int64_t now_ms);
 
+void sim_import_free(sim_import *imp);
+
+/* simcore_hashset.c */
 void sim_hashset_add(sim_hashset *s, uint64_t h);
 void sim_hashset_merge(sim_hashset *dst, const sim_hashset *src);
 void sim_hashset_free(sim_hashset *s);
 uint64_t sim_hash(const void *data, size_t len);
 
-/* Extracts field number col (0-based) of one RFC 4180 record into out (unquoted).
- * Returns 0, or -ENOENT when the record has fewer fields. */
-int sim_csv_field(const char *rec, size_t len, size_t col, char **out, size_t *out_len);
-/* Column index of name in a CSV header, or -1. */
-long sim_csv_column(const char *header, size_t len, const char *name);
-
-void sim_import_free(sim_import *imp);
-
-/* "Bad Request", ...: the title of an error envelope. */
+/* simcore_response.c: "Bad Request", ...: the title of an error envelope. */
 const char *sim_status_title(int status);
+/* Sets resp's status and JSON body from j, which it frees. */
+void sim_respond_json(simcore_response *resp, int status, cJSON *j);
 
 #endif

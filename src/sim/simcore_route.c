@@ -4,8 +4,8 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 
 #define API_PREFIX "/api/v1/data-collection"
 

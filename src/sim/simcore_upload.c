@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batchd/csv.h"
 #include "batchd/records.h"
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 #include "simcore_internal.h"
 
 struct simcore_upload {
@@ -26,114 +27,6 @@ struct simcore_upload {
     uint64_t hash, bytes;
     char first_problem[512];
 };
-
-/* ---- small helpers ------------------------------------------------------------- */
-
-uint64_t sim_hash(const void *data, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
-static size_t hashset_lower(const sim_hashset *s, uint64_t h)
-{
-    size_t lo = 0, hi = s->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->v[mid] < h)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-void sim_hashset_add(sim_hashset *s, uint64_t h)
-{
-    size_t at = hashset_lower(s, h);
-    if (at < s->n && s->v[at] == h)
-        return;
-    if (s->n == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 16;
-        s->v = xrealloc(s->v, s->cap * sizeof *s->v);
-    }
-    memmove(s->v + at + 1, s->v + at, (s->n - at) * sizeof *s->v);
-    s->v[at] = h;
-    s->n++;
-}
-
-void sim_hashset_merge(sim_hashset *dst, const sim_hashset *src)
-{
-    for (size_t i = 0; i < src->n; i++)
-        sim_hashset_add(dst, src->v[i]);
-}
-
-void sim_hashset_free(sim_hashset *s)
-{
-    free(s->v);
-    s->v = NULL;
-    s->n = s->cap = 0;
-}
-
-int sim_csv_field(const char *rec, size_t len, size_t col, char **out, size_t *out_len)
-{
-    size_t i = 0, field = 0;
-    strbuf sb;
-    strbuf_init(&sb);
-    for (;;) {
-        strbuf_reset(&sb);
-        if (i < len && rec[i] == '"') {
-            i++;
-            while (i < len) {
-                if (rec[i] == '"') {
-                    if (i + 1 < len && rec[i + 1] == '"') {
-                        strbuf_putc(&sb, '"');
-                        i += 2;
-                        continue;
-                    }
-                    i++;
-                    break;
-                }
-                strbuf_putc(&sb, rec[i++]);
-            }
-            while (i < len && rec[i] != ',')
-                strbuf_putc(&sb, rec[i++]);
-        } else {
-            while (i < len && rec[i] != ',' && rec[i] != '\r')
-                strbuf_putc(&sb, rec[i++]);
-        }
-        if (field == col) {
-            *out_len = sb.len;
-            *out = strbuf_steal(&sb);
-            return 0;
-        }
-        if (i >= len || rec[i] != ',')
-            break;
-        i++;
-        field++;
-    }
-    strbuf_free(&sb);
-    return -ENOENT;
-}
-
-long sim_csv_column(const char *header, size_t len, const char *name)
-{
-    for (size_t col = 0;; col++) {
-        char *v;
-        size_t n;
-        if (sim_csv_field(header, len, col, &v, &n) < 0)
-            return -1;
-        bool match = strlen(name) == n && memcmp(v, name, n) == 0;
-        free(v);
-        if (match)
-            return (long)col;
-    }
-}
 
 /* ---- S3-style refusals ----------------------------------------------------------- */
 
@@ -153,6 +46,8 @@ static void s3_error(simcore_response *resp, int status, const char *code, const
 
 /* ---- records glue -------------------------------------------------------------- */
 
+/* Only records the validator accepted (and its accepted header) get here, so the CSV
+ * splitter sees well-formed records only. */
 static void add_group(simcore_upload *u, const char *raw, size_t len)
 {
     char *value = NULL;
@@ -169,13 +64,16 @@ static void add_group(simcore_upload *u, const char *raw, size_t len)
         if (u->group_col == -2) {
             size_t hlen = 0;
             const char *h = records_csv_header(u->validator, &hlen);
-            u->group_col = h ? sim_csv_column(h, hlen, u->group_field) : -1;
+            u->group_col = h ? csv_column(h, hlen, u->group_field) : -1;
         }
-        if (u->group_col >= 0 && sim_csv_field(raw, len, (size_t)u->group_col, &value, &n) == 0 &&
-            n == 0) {
-            free(value);
-            value = NULL;
+        strbuf field;
+        strbuf_init(&field);
+        if (u->group_col >= 0 && csv_field(raw, len, (size_t)u->group_col, &field) == 0 &&
+            field.len > 0) {
+            n = field.len;
+            value = strbuf_steal(&field);
         }
+        strbuf_free(&field);
     }
     uint64_t h;
     if (value) {
@@ -349,57 +247,4 @@ void simcore_upload_finish(simcore *sim, simcore_upload *u, int64_t now_ms, simc
         d->last_finish_ms = imp->finish_ms;
     }
     simcore_upload_free(u);
-}
-
-/* ---- the request log ---------------------------------------------------------- */
-
-uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e)
-{
-    size_t max = sim->cfg.max_log;
-    size_t at;
-    if (sim->log_len == max) {
-        at = sim->log_head;
-        sim->log_head = (sim->log_head + 1) % max;
-        free(sim->log[at].method);
-        free(sim->log[at].path);
-        free(sim->log[at].uri);
-    } else {
-        at = (sim->log_head + sim->log_len) % max;
-        sim->log_len++;
-    }
-    sim_log_slot *s = &sim->log[at];
-    s->seq = ++sim->log_seq;
-    s->t_ms = e->t_ms;
-    s->method = xstrdup(e->method ? e->method : "");
-    s->path = xstrdup(e->path ? e->path : "");
-    s->uri = e->uri ? xstrdup(e->uri) : NULL;
-    s->endpoint = e->endpoint;
-    s->status = e->status;
-    s->auth = e->auth;
-    s->fault = e->fault;
-    s->retry_after_ms = e->retry_after_ms;
-    return s->seq;
-}
-
-cJSON *simcore_requests_json(const simcore *sim, uint64_t since)
-{
-    cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; i < sim->log_len; i++) {
-        const sim_log_slot *s = &sim->log[(sim->log_head + i) % sim->cfg.max_log];
-        if (s->seq <= since)
-            continue;
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddNumberToObject(j, "seq", (double)s->seq);
-        cJSON_AddNumberToObject(j, "t_ms", (double)s->t_ms);
-        cJSON_AddStringToObject(j, "method", s->method);
-        cJSON_AddStringToObject(j, "path", s->path);
-        json_add_str_or_null(j, "uri", s->uri);
-        json_add_str_or_null(j, "endpoint", simcore_endpoint_name(s->endpoint));
-        cJSON_AddNumberToObject(j, "status", s->status);
-        cJSON_AddBoolToObject(j, "auth", s->auth);
-        json_add_str_or_null(j, "fault", simcore_fault_kind_name(s->fault));
-        json_add_int_or_null(j, "retry_after_ms", s->retry_after_ms);
-        cJSON_AddItemToArray(arr, j);
-    }
-    return arr;
 }

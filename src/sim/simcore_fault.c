@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 #include "simcore_internal.h"
 
 static const char *const kind_names[] = {

@@ -10,8 +10,8 @@
 
 #include "batchd/records.h"
 #include "batchd/rules.h"
-#include "batchd/simcore.h"
 #include "batchd/util.h"
+#include "simcore.h"
 #include "simcore_internal.h"
 
 #define CREATED_BY "sim-researcher"
@@ -330,64 +330,6 @@ cJSON *simcore_state_json(const simcore *sim, int64_t now_ms)
 
 /* ---- responses ------------------------------------------------------------------ */
 
-void simcore_response_free(simcore_response *resp)
-{
-    if (!resp)
-        return;
-    free(resp->body);
-    resp->body = NULL;
-    resp->body_len = 0;
-    free(resp->retry_after);
-    resp->retry_after = NULL;
-    free(resp->echo_header);
-    resp->echo_header = NULL;
-}
-
-static void respond_json(simcore_response *resp, int status, cJSON *j)
-{
-    resp->status = status;
-    resp->body = json_print(j);
-    resp->content_type = "application/json";
-    cJSON_Delete(j);
-}
-
-const char *sim_status_title(int status)
-{
-    switch (status) {
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 413:
-        return "Request Entity Too Large";
-    case 415:
-        return "Unsupported Media Type";
-    case 429:
-        return "Too Many Requests";
-    case 500:
-        return "Internal Server Error";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    default:
-        return "Error";
-    }
-}
-
-void simcore_response_error(simcore_response *resp, int status, const char *detail)
-{
-    /* A whole new answer: nothing of an earlier one (its owned headers) may remain. */
-    memset(resp, 0, sizeof *resp);
-    respond_json(resp, status, rules_error_envelope(status, sim_status_title(status), detail));
-}
-
 /* A 400 whose detail maps one request member to one message, as validation errors do. */
 static void respond_field_error(simcore_response *resp, const char *param, const char *msg)
 {
@@ -397,14 +339,14 @@ static void respond_field_error(simcore_response *resp, const char *param, const
     int status = 400;
     cJSON *j = rules_report_to_api_error(&r, &status);
     rules_report_free(&r);
-    respond_json(resp, status, j);
+    sim_respond_json(resp, status, j);
 }
 
 static void respond_report(simcore_response *resp, const rules_report *r)
 {
     int status = 400;
     cJSON *j = rules_report_to_api_error(r, &status);
-    respond_json(resp, status, j);
+    sim_respond_json(resp, status, j);
 }
 
 /* ---- handlers ------------------------------------------------------------------- */
@@ -454,7 +396,7 @@ static void handle_create_dataset(simcore *sim, const cJSON *body, int64_t now,
     }
     sim->datasets = grow(sim->datasets, &sim->cap_datasets, sim->n_datasets, sizeof(void *));
     sim->datasets[sim->n_datasets++] = d;
-    respond_json(resp, 201, sim_dataset_json(d, now));
+    sim_respond_json(resp, 201, sim_dataset_json(d, now));
 }
 
 static void respond_not_found(simcore_response *resp, const char *what, const char *id)
@@ -473,7 +415,7 @@ static void handle_get_dataset(simcore *sim, const simcore_route *rt, int64_t no
         respond_not_found(resp, "dataset", rt->id);
         return;
     }
-    respond_json(resp, 200, sim_dataset_json(d, now));
+    sim_respond_json(resp, 200, sim_dataset_json(d, now));
 }
 
 static bool filename_ok(const char *name)
@@ -560,7 +502,7 @@ static void handle_upload_url(simcore *sim, const simcore_route *rt, int64_t now
     cJSON_AddStringToObject(j, "file_key", imp->file_key);
     cJSON_AddStringToObject(j, "import_id", imp->id);
     strbuf_free(&url);
-    respond_json(resp, 201, j);
+    sim_respond_json(resp, 201, j);
 }
 
 static void handle_get_import(simcore *sim, const simcore_route *rt, int64_t now,
@@ -576,7 +518,7 @@ static void handle_get_import(simcore *sim, const simcore_route *rt, int64_t now
         respond_not_found(resp, "import job", rt->sub);
         return;
     }
-    respond_json(resp, 200, sim_import_json(d, imp, now));
+    sim_respond_json(resp, 200, sim_import_json(d, imp, now));
 }
 
 static bool is_input_item(const char *type)
@@ -668,7 +610,7 @@ static void handle_create_batch(simcore *sim, const cJSON *body, int64_t now,
     b->tasks_per_group = 1;
     sim->batches = grow(sim->batches, &sim->cap_batches, sim->n_batches, sizeof(void *));
     sim->batches[sim->n_batches++] = b;
-    respond_json(resp, 201, sim_batch_json(sim, b, now));
+    sim_respond_json(resp, 201, sim_batch_json(sim, b, now));
 }
 
 static void handle_list_batches(simcore *sim, const simcore_request *req, simcore_response *resp)
@@ -689,7 +631,7 @@ static void handle_list_batches(simcore *sim, const simcore_request *req, simcor
     }
     cJSON *meta = cJSON_AddObjectToObject(j, "meta");
     cJSON_AddNumberToObject(meta, "count", count);
-    respond_json(resp, 200, j);
+    sim_respond_json(resp, 200, j);
 }
 
 static void handle_get_batch(simcore *sim, const simcore_route *rt, int64_t now, bool status_only,
@@ -701,12 +643,12 @@ static void handle_get_batch(simcore *sim, const simcore_route *rt, int64_t now,
         return;
     }
     if (!status_only) {
-        respond_json(resp, 200, sim_batch_json(sim, b, now));
+        sim_respond_json(resp, 200, sim_batch_json(sim, b, now));
         return;
     }
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "status", sim_batch_status_at(b, now));
-    respond_json(resp, 200, j);
+    sim_respond_json(resp, 200, j);
 }
 
 static bool dataset_has_complete_import(const sim_dataset *d, int64_t now)
@@ -787,7 +729,7 @@ static void handle_setup(simcore *sim, const simcore_route *rt, const cJSON *bod
     b->ready_ms = now + sim->cfg.batch_processing_ms;
     b->error = sim_rand01(sim) < sim->faults.batch_error;
     compute_tasks(d, b, now);
-    respond_json(resp, 202, cJSON_CreateObject());
+    sim_respond_json(resp, 202, cJSON_CreateObject());
 }
 
 /* ---- /_sim ---------------------------------------------------------------------- */
@@ -796,22 +738,22 @@ static void handle_sim(simcore *sim, const simcore_route *rt, const simcore_requ
                        const cJSON *body, simcore_response *resp)
 {
     if (rt->endpoint == SIMCORE_EP_SIM_STATE) {
-        respond_json(resp, 200, simcore_state_json(sim, req->now_ms));
+        sim_respond_json(resp, 200, simcore_state_json(sim, req->now_ms));
     } else if (rt->endpoint == SIMCORE_EP_SIM_REQUESTS) {
         const char *since = req->query ? req->query(req->query_ud, "since") : NULL;
         uint64_t s = since ? strtoull(since, NULL, 10) : 0;
         cJSON *j = cJSON_CreateObject();
         cJSON_AddItemToObject(j, "requests", simcore_requests_json(sim, s));
-        respond_json(resp, 200, j);
+        sim_respond_json(resp, 200, j);
     } else if (strcmp(req->method, "POST") == 0) {
         char err[256];
         if (simcore_faults_from_json(&sim->faults, body, err, sizeof err) < 0) {
             simcore_response_error(resp, 400, err);
             return;
         }
-        respond_json(resp, 200, simcore_faults_to_json(&sim->faults));
+        sim_respond_json(resp, 200, simcore_faults_to_json(&sim->faults));
     } else {
-        respond_json(resp, 200, simcore_faults_to_json(&sim->faults));
+        sim_respond_json(resp, 200, simcore_faults_to_json(&sim->faults));
     }
 }
 
