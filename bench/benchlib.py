@@ -93,6 +93,38 @@ def rss_kib(pid):
     return int(status(pid)["VmRSS"])
 
 
+def rss_breakdown(pid):
+    """What VmRSS is made of, in KiB, from /proc/PID/smaps_rollup and smaps: anonymous
+    (heap, stacks, copied-on-write library pages), file pages (mostly shared libraries'
+    code and data, shared with the page cache), Pss, and the largest mappings by RSS."""
+    roll = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                roll[parts[0].rstrip(":")] = int(parts[1])
+    per = {}
+    name = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", parts[0]):
+                name = parts[5] if len(parts) > 5 else "[anon]"
+            elif parts[0] == "Rss:":
+                per[name] = per.get(name, 0) + int(parts[1])
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:6]
+    return {"rss": roll.get("Rss", 0), "pss": roll.get("Pss", 0),
+            "anon": roll.get("Anonymous", 0), "file": roll.get("Rss", 0) - roll.get("Anonymous", 0),
+            "top": [(os.path.basename(n), kb) for n, kb in top]}
+
+
+def print_rss_breakdown(pid, title="RSS"):
+    r = rss_breakdown(pid)
+    print(f"{title}: {mib(r['rss'])} = anonymous {mib(r['anon'])} + file-backed {mib(r['file'])}"
+          f" (Pss {mib(r['pss'])}); largest: " +
+          ", ".join(f"{n} {kb} KiB" for n, kb in r["top"]))
+
+
 def hwm_kib(pid):
     return int(status(pid)["VmHWM"])
 

@@ -11,6 +11,10 @@
 
 /* Writes data to path atomically and durably. mode is the new file's mode. 0 or -errno. */
 int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode);
+/* The same without the fsync of the directory: the file's content is durable, its name is
+ * not until the caller fsyncs the directory, which it does once after writing many files
+ * there (store_write_batch, spool_finish_batch). 0 or -errno. */
+int fsutil_write_replace(const char *path, const void *data, size_t len, mode_t mode);
 /* fsync()s a directory. 0 or -errno. */
 int fsutil_fsync_dir(const char *dir);
 /* fsync()s the directory that holds path. */

@@ -124,6 +124,36 @@ int spool_claim(spool *s, const char *entry, const char *job_id, spool_claim_res
 /* Frees the strings of c and zeroes it. */
 void spool_claim_clear(spool_claim_result *c);
 
+/* Claims many entries at once (spool_claim is a batch of one), with what spool_claim does
+ * for each, but each shared directory fsynced once for the whole batch: failed/ (when an
+ * entry was rejected), active/, then incoming/. Only a data file's new job directory (and a
+ * rejected entry's, with its error.json) costs an fsync of its own.
+ *
+ * Why a crash loses or doubles nothing: every entry moves by rename(2) alone, which a
+ * journalling file system commits whole, so after a crash an entry is in exactly one place:
+ * - still in incoming/: its claim was never reported, and it is claimed again;
+ * - in a staging directory active/.claim-*: spool_init finishes that claim;
+ * - in active/ or failed/: the daemon adopts a directory of active/ that has no record.
+ * The destinations are fsynced before incoming/, so a file system that persisted the two
+ * halves of a rename apart could show an entry twice but never lose it. The call returns
+ * only after every fsync, so no claim it reports can be undone by a crash; a failed fsync
+ * fails every entry of the batch that left incoming/.
+ *
+ * Thread-safe against the event loop: uses only s's directory fds and paths (not the scan
+ * cache), and logs nothing. Run one batch at a time per spool (concurrent claimers are safe
+ * but may pick the same -N suffix and retry). */
+#define SPOOL_STAGE_MAX 64
+typedef struct spool_claim_item {
+    const char *entry;      /* in: a name in incoming/ */
+    const char *job_id;     /* in: the id a rejected entry's error.json gets (NULL: fresh) */
+    int rc;                 /* out: as spool_claim returns */
+    spool_claim_result res; /* out: as spool_claim's *out; clear with spool_claim_clear */
+    /* out: when rc < 0 and the entry left incoming/, the staging directory under active/
+     * where it may wait for the next start (as spool_claim logs); else "". */
+    char stage[SPOOL_STAGE_MAX];
+} spool_claim_item;
+void spool_claim_batch(spool *s, spool_claim_item *items, size_t n);
+
 /* Lists the job directories in active/ (dot names excluded), sorted by name. Free with
  * spool_names_free. 0 or -errno. */
 int spool_list_active(spool *s, char ***names, size_t *count);
@@ -137,6 +167,23 @@ int spool_list_active(spool *s, char ***names, size_t *count);
  * for names with '/' or a leading '.', else -errno. */
 int spool_finish(spool *s, const char *job_name, bool ok, const char *file_name, const char *body,
                  char **final_dir);
+
+/* Finishes many jobs at once (spool_finish is a batch of one): each job's file is written
+ * and fsynced, the job directories are fsynced, then each moves into done/ or failed/ as
+ * spool_finish does, and done/, failed/ and active/ are fsynced once each for the batch.
+ * The file is durable in its directory before the directory moves, so a finished job is
+ * never found without its result.json / error.json. items[i].rc and final_dir as
+ * spool_finish's (final_dir malloc'd, NULL on error); a failed directory fsync fails every
+ * job that moved. Thread-safe as spool_claim_batch; job names must differ. */
+typedef struct spool_finish_item {
+    const char *job_name;  /* in: the directory in active/ */
+    bool ok;               /* in: done/ (true) or failed/ */
+    const char *file_name; /* in: "result.json" or "error.json" */
+    const char *body;      /* in */
+    int rc;                /* out */
+    char *final_dir;       /* out: malloc'd */
+} spool_finish_item;
+void spool_finish_batch(spool *s, spool_finish_item *items, size_t n);
 
 /* Moves failed/<failed_name> back to active/ for a retry, as active/<failed_name> or with a
  * -2, -3 suffix when active/ or done/ has that name. The old error.json is kept, renamed to

@@ -1,6 +1,7 @@
 /* store: the durable job records under <state>/jobs/<id>.json. One file per job, replaced
  * atomically (temp file, fsync, rename, fsync of the directory) so a crash leaves either
- * the old record or the new one, never a torn one. */
+ * the old record or the new one, never a torn one. store_write_batch shares the directory
+ * fsync among many records. */
 #ifndef BATCHD_STORE_H
 #define BATCHD_STORE_H
 
@@ -17,6 +18,17 @@ int store_save(const char *state_dir, const job *j);
  * loop: store_encode on the loop (reads the job), store_write anywhere (thread-safe). */
 char *store_encode(const job *j);
 int store_write(const char *state_dir, const char *job_id, const char *text);
+/* Many records at once (group commit): each is written to a temporary file, fsynced and
+ * renamed into place as store_write does, then the jobs directory is fsynced once for all
+ * of them. items[i].rc receives 0 or -errno (a failed directory fsync fails every record
+ * of the batch). Thread-safe: no shared state, no logging; items must not name one job
+ * twice. */
+typedef struct store_item {
+    const char *job_id; /* in */
+    const char *text;   /* in: store_encode's output */
+    int rc;             /* out */
+} store_item;
+void store_write_batch(const char *state_dir, store_item *items, size_t n);
 /* Removes a job's record (durably). 0 or -errno. */
 int store_remove(const char *state_dir, const char *job_id);
 /* Reads every record, calling each(ud, job) with a job the callee owns, in id order (ids sort

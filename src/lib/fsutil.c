@@ -93,6 +93,12 @@ char *fsutil_fit_name(const char *head, size_t head_len, const char *tail)
 
 int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode)
 {
+    int r = fsutil_write_replace(path, data, len, mode);
+    return r < 0 ? r : fsutil_fsync_parent(path);
+}
+
+int fsutil_write_replace(const char *path, const void *data, size_t len, mode_t mode)
+{
     char tmp[PATH_MAX];
     char rnd[16];
     unsigned char b[4];
@@ -119,11 +125,9 @@ int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t m
         r = -errno;
     if (r == 0 && rename(tmp, path) < 0)
         r = -errno;
-    if (r < 0) {
+    if (r < 0)
         unlink(tmp);
-        return r;
-    }
-    return fsutil_fsync_parent(path);
+    return r;
 }
 
 int fsutil_rename_noreplace(const char *from, const char *to)

@@ -23,6 +23,9 @@
 enum { SUB_TMP, SUB_INCOMING, SUB_ACTIVE, SUB_DONE, SUB_FAILED, SUB_COUNT };
 
 #define MASK(sub) (1u << (sub))
+/* In a mask of directories whose fsync a claim leaves to its caller: the job directory the
+ * claim made (a data file's, or a rejected entry's). */
+#define MASK_JOB_DIR MASK(SUB_COUNT)
 
 static const char *const sub_names[SUB_COUNT] = {"tmp", "incoming", "active", "done", "failed"};
 /* Producers in the spool's group must be able to write tmp/ and rename into incoming/;
@@ -521,7 +524,7 @@ static int read_staged(int stagefd, staged *st)
 
 static int place_rejected(spool *s, const char *stage, int stagefd, const char *base,
                           const char *job_id, const char *code, const char *reason,
-                          spool_claim_result *out)
+                          spool_claim_result *out, unsigned *dirty)
 {
     char *name = NULL;
     int r = pick_free_name(s, base, MASK(SUB_ACTIVE) | MASK(SUB_DONE) | MASK(SUB_FAILED), &name);
@@ -565,8 +568,9 @@ static int place_rejected(spool *s, const char *stage, int stagefd, const char *
     out->job_id = xstrdup(job_id);
     out->reason = xstrdup(reason);
     out->code = code;
-    r = fsync_fd(s->fds[SUB_FAILED]);
-    return r ? r : fsync_fd(s->fds[SUB_ACTIVE]);
+    /* The job directory (the former stage) was fsynced above, with error.json in it. */
+    *dirty |= MASK(SUB_FAILED) | MASK(SUB_ACTIVE);
+    return 0;
 }
 
 /* Renames <dirfd>/<file> to the first free <file>.orig, <file>.orig.2 ... when it exists. */
@@ -624,7 +628,8 @@ static int keep_producer_results(int stagefd, const char *entry)
 }
 
 static int place_claimed(spool *s, const char *stage, int stagefd, const char *entry,
-                         entry_kind kind, const char *base, spool_claim_result *out)
+                         entry_kind kind, const char *base, spool_claim_result *out,
+                         unsigned *dirty)
 {
     unsigned mask = MASK(SUB_ACTIVE) | MASK(SUB_DONE) | MASK(SUB_FAILED);
     char *name = NULL;
@@ -634,25 +639,31 @@ static int place_claimed(spool *s, const char *stage, int stagefd, const char *e
         if (r < 0)
             return r;
         r = move_to_free_name(s, stagefd, entry, s->fds[SUB_ACTIVE], base, mask, &name);
-        /* The empty staging directory is ours; a crash before this rmdir leaves it for
-         * spool_init, which removes it. */
-        if (r == 0 && unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR) < 0)
-            log_warn("spool: cannot remove %s/%s: %s", s->paths[SUB_ACTIVE], stage,
-                     strerror(errno));
+        /* The empty staging directory is ours; when this rmdir fails (or a crash comes
+         * first), spool_init removes it on the next start. */
+        if (r == 0)
+            (void)unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR);
     } else {
+        /* The staging directory, holding the data file, becomes the job directory: the
+         * file's name in it is made durable by fsyncing it (MASK_JOB_DIR). */
         r = move_to_free_name(s, s->fds[SUB_ACTIVE], stage, s->fds[SUB_ACTIVE], base, mask, &name);
+        *dirty |= MASK_JOB_DIR;
     }
     if (r < 0)
         return r;
     out->kind = SPOOL_CLAIMED;
     out->job_name = name;
     out->job_dir = fsutil_join(s->paths[SUB_ACTIVE], name);
-    return fsync_fd(s->fds[SUB_ACTIVE]);
+    *dirty |= MASK(SUB_ACTIVE);
+    return 0;
 }
 
 /* Moves what staging directory active/<stage> holds to its final place. Shared by
- * spool_claim and the recovery in spool_init, so an interrupted claim resumes exactly. */
-static int finish_staged(spool *s, const char *stage, const char *job_id, spool_claim_result *out)
+ * spool_claim_batch and the recovery in spool_init, so an interrupted claim resumes exactly.
+ * Leaves the fsyncs of the directories it changed to the caller: it adds them to *dirty
+ * (MASK(SUB_...) and MASK_JOB_DIR for out->job_dir). */
+static int finish_staged(spool *s, const char *stage, const char *job_id, spool_claim_result *out,
+                         unsigned *dirty)
 {
     int stagefd =
         openat(s->fds[SUB_ACTIVE], stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -660,11 +671,8 @@ static int finish_staged(spool *s, const char *stage, const char *job_id, spool_
         return -errno;
     staged st;
     int r = read_staged(stagefd, &st);
-    if (r == 0 && st.others > 0) {
-        log_error("spool: %s/%s holds more than one entry; leaving it for a person to sort out",
-                  s->paths[SUB_ACTIVE], stage);
-        r = -ENOTEMPTY;
-    }
+    if (r == 0 && st.others > 0)
+        r = -ENOTEMPTY; /* only recovery meets this; spool_recover says what to do */
     if (r == 0 && !st.entry) {
         /* Interrupted before the entry arrived (or after a directory left): only our own
          * files are here. */
@@ -672,8 +680,7 @@ static int finish_staged(spool *s, const char *stage, const char *job_id, spool_
             (void)unlinkat(stagefd, ERROR_JSON, 0);
         out->kind = SPOOL_GONE;
         r = unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR) < 0 ? -errno : 0;
-        if (r == 0)
-            r = fsync_fd(s->fds[SUB_ACTIVE]);
+        *dirty |= MASK(SUB_ACTIVE);
     } else if (r == 0) {
         struct stat lst;
         if (fstatat(stagefd, st.entry, &lst, AT_SYMLINK_NOFOLLOW) < 0) {
@@ -686,12 +693,12 @@ static int finish_staged(spool *s, const char *stage, const char *job_id, spool_
             char *base = job_base_name(&lst, st.entry);
             if (kind == ENTRY_REJECT) {
                 for (int attempt = 0; attempt < 8; attempt++) {
-                    r = place_rejected(s, stage, stagefd, base, job_id, code, reason, out);
+                    r = place_rejected(s, stage, stagefd, base, job_id, code, reason, out, dirty);
                     if (r != -EAGAIN)
                         break;
                 }
             } else {
-                r = place_claimed(s, stage, stagefd, st.entry, kind, base, out);
+                r = place_claimed(s, stage, stagefd, st.entry, kind, base, out, dirty);
             }
             free(base);
             free(reason);
@@ -704,12 +711,12 @@ static int finish_staged(spool *s, const char *stage, const char *job_id, spool_
 }
 
 /* Creates an empty, uniquely named staging directory active/.claim-<id>. */
-static int make_stage(spool *s, char stage[64])
+static int make_stage(spool *s, char stage[SPOOL_STAGE_MAX])
 {
     for (int attempt = 0; attempt < 8; attempt++) {
         char id[27];
         id_new(time_now_ms(), id);
-        snprintf(stage, 64, STAGE_PREFIX "%s", id);
+        snprintf(stage, SPOOL_STAGE_MAX, STAGE_PREFIX "%s", id);
         if (mkdirat(s->fds[SUB_ACTIVE], stage, 0750) == 0)
             return 0;
         if (errno != EEXIST)
@@ -718,53 +725,105 @@ static int make_stage(spool *s, char stage[64])
     return -EEXIST;
 }
 
-int spool_claim(spool *s, const char *entry, const char *job_id, spool_claim_result *out)
+/* Moves incoming/<entry> into a fresh staging directory active/<stage>. 0 when staged, 1
+ * when the entry is gone (nothing left behind), or -errno (nothing left behind). No fsync:
+ * see spool_claim_batch. */
+static int stage_entry(spool *s, const char *entry, char stage[SPOOL_STAGE_MAX])
 {
-    memset(out, 0, sizeof *out);
-    if (!name_arg_ok(entry))
-        return -EINVAL;
-    if (s->rootfd < 0)
-        return -EBADF;
-    char stage[64];
     int r = make_stage(s, stage);
     if (r < 0)
         return r;
-    int stagefd =
-        openat(s->fds[SUB_ACTIVE], stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (stagefd < 0) {
-        r = -errno;
-        (void)unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR);
-        return r;
-    }
     /* An entry named error.json would collide with the error.json written beside a rejected
      * entry, so it gets its own name right away (and keeps it as its job name). */
     const char *staged_name = strcmp(entry, ERROR_JSON) == 0 ? ERROR_JSON_ENTRY : entry;
-    if (renameat(s->fds[SUB_INCOMING], entry, stagefd, staged_name) < 0) {
-        r = -errno;
-        close(stagefd);
-        (void)unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR);
-        if (r == -ENOENT) {
-            out->kind = SPOOL_GONE;
-            return 0;
-        }
-        return r;
-    }
-    /* From here the entry lives in staging, durably, before anything else happens. */
-    r = fsync_fd(stagefd);
-    close(stagefd);
-    if (r == 0)
-        r = fsync_fd(s->fds[SUB_INCOMING]);
-    if (r == 0)
-        r = finish_staged(s, stage, job_id, out);
+    char *to = xasprintf("%s/%s", stage, staged_name);
+    r = renameat(s->fds[SUB_INCOMING], entry, s->fds[SUB_ACTIVE], to) < 0 ? -errno : 0;
+    free(to);
     if (r < 0) {
-        spool_claim_clear(out);
+        (void)unlinkat(s->fds[SUB_ACTIVE], stage, AT_REMOVEDIR);
+        stage[0] = '\0';
+    }
+    return r == -ENOENT ? 1 : r;
+}
+
+/* fsyncs the job directory a claim made (MASK_JOB_DIR): its one name is the entry's. */
+static int sync_job_dir(const char *job_dir)
+{
+    return job_dir ? fsutil_fsync_dir(job_dir) : 0;
+}
+
+/* Fails every item that left incoming/ with r: its claim is not durable. */
+static void fail_staged(spool_claim_item *items, size_t n, int r)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].stage[0] && items[i].rc == 0) {
+            spool_claim_clear(&items[i].res);
+            items[i].rc = r;
+        }
+    }
+}
+
+void spool_claim_batch(spool *s, spool_claim_item *items, size_t n)
+{
+    unsigned dirty = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_claim_item *it = &items[i];
+        memset(&it->res, 0, sizeof it->res);
+        it->stage[0] = '\0';
+        it->rc = !name_arg_ok(it->entry) ? -EINVAL : s->rootfd < 0 ? -EBADF : 0;
+        if (it->rc == 0)
+            it->rc = stage_entry(s, it->entry, it->stage);
+        if (it->rc == 1) {
+            it->rc = 0;
+            it->res.kind = SPOOL_GONE;
+        }
+    }
+    unsigned *job_dirty = xcalloc(n ? n : 1, sizeof *job_dirty);
+    for (size_t i = 0; i < n; i++) {
+        spool_claim_item *it = &items[i];
+        if (!it->stage[0])
+            continue;
+        job_dirty[i] = MASK(SUB_INCOMING) | MASK(SUB_ACTIVE);
+        it->rc = finish_staged(s, it->stage, it->job_id, &it->res, &job_dirty[i]);
+        dirty |= job_dirty[i];
+    }
+    /* After all the renames, so that the first fsync commits them all (on a journalling
+     * file system) and the others find little left to do. */
+    for (size_t i = 0; i < n; i++) {
+        spool_claim_item *it = &items[i];
+        if (it->rc == 0 && (job_dirty[i] & MASK_JOB_DIR))
+            it->rc = sync_job_dir(it->res.job_dir);
+        if (it->rc < 0)
+            spool_claim_clear(&it->res);
+    }
+    free(job_dirty);
+    /* Destinations first, incoming/ last: see spool.h. */
+    static const int order[] = {SUB_FAILED, SUB_ACTIVE, SUB_INCOMING};
+    for (size_t k = 0; k < BD_ARRAY_LEN(order); k++) {
+        int r = (dirty & MASK(order[k])) ? fsync_fd(s->fds[order[k]]) : 0;
+        if (r < 0) {
+            fail_staged(items, n, r);
+            break;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (items[i].rc == 0)
+            items[i].stage[0] = '\0';
+}
+
+int spool_claim(spool *s, const char *entry, const char *job_id, spool_claim_result *out)
+{
+    spool_claim_item it = {.entry = entry, .job_id = job_id};
+    spool_claim_batch(s, &it, 1);
+    *out = it.res;
+    if (it.rc < 0 && it.stage[0]) {
         char *display = spool_name_escape(entry);
         log_error("spool: claiming incoming/%s failed: %s; if it is not in its final place, "
                   "it is kept in %s/%s and the claim is finished on the next start",
-                  display, strerror(-r), s->paths[SUB_ACTIVE], stage);
+                  display, strerror(-it.rc), s->paths[SUB_ACTIVE], it.stage);
         free(display);
     }
-    return r;
+    return it.rc;
 }
 
 void spool_claim_clear(spool_claim_result *c)
@@ -810,13 +869,21 @@ static int spool_recover(spool *s, char **err)
     for (size_t i = 0; i < l.count; i++) {
         spool_claim_result c;
         memset(&c, 0, sizeof c);
-        int fr = finish_staged(s, l.names[i], NULL, &c);
+        unsigned dirty = 0;
+        int fr = finish_staged(s, l.names[i], NULL, &c, &dirty);
+        if (fr == 0 && (dirty & MASK_JOB_DIR))
+            fr = sync_job_dir(c.job_dir);
+        for (int k = SUB_FAILED; fr == 0 && k >= SUB_INCOMING; k--)
+            if (dirty & MASK(k))
+                fr = fsync_fd(s->fds[k]);
         /* One entry that cannot be finished must not keep every other job from running:
          * say where it is and go on. */
         if (fr < 0)
             log_error("cannot finish the interrupted claim in %s/%s: %s; it is left there: "
                       "move its entry back into %s by hand",
-                      s->paths[SUB_ACTIVE], l.names[i], strerror(-fr), s->paths[SUB_INCOMING]);
+                      s->paths[SUB_ACTIVE], l.names[i],
+                      fr == -ENOTEMPTY ? "it holds more than one entry" : strerror(-fr),
+                      s->paths[SUB_INCOMING]);
         else
             log_recovered(l.names[i], &c);
         spool_claim_clear(&c);
@@ -1049,43 +1116,86 @@ static int find_finished(spool *s, int dest, const char *job_name, const char *f
     return r;
 }
 
-int spool_finish(spool *s, const char *job_name, bool ok, const char *file_name, const char *body,
-                 char **final_dir)
+/* Writes the item's file into active/<job_name>/ (content durable, name not yet). 0 when
+ * written, 1 when the job was already moved (rc and final_dir then say where), or -errno. */
+static int finish_write(spool *s, spool_finish_item *it)
 {
-    if (final_dir)
-        *final_dir = NULL;
-    if (!name_arg_ok(job_name) || !name_arg_ok(file_name) || !body)
+    if (!name_arg_ok(it->job_name) || !name_arg_ok(it->file_name) || !it->body)
         return -EINVAL;
     if (s->rootfd < 0)
         return -EBADF;
-    int dest = ok ? SUB_DONE : SUB_FAILED;
     struct stat st;
-    if (fstatat(s->fds[SUB_ACTIVE], job_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (fstatat(s->fds[SUB_ACTIVE], it->job_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         if (errno != ENOENT)
             return -errno;
-        return find_finished(s, dest, job_name, file_name, body, final_dir);
+        int dest = it->ok ? SUB_DONE : SUB_FAILED;
+        it->rc = find_finished(s, dest, it->job_name, it->file_name, it->body, &it->final_dir);
+        return 1;
     }
     if (!S_ISDIR(st.st_mode))
         return -ENOTDIR;
-    char *job_dir = fsutil_join(s->paths[SUB_ACTIVE], job_name);
-    char *path = fsutil_join(job_dir, file_name);
-    int r = fsutil_write_atomic(path, body, strlen(body), 0640);
+    char *job_dir = fsutil_join(s->paths[SUB_ACTIVE], it->job_name);
+    char *path = fsutil_join(job_dir, it->file_name);
+    int r = fsutil_write_replace(path, it->body, strlen(it->body), 0640);
     free(path);
-    free(job_dir);
-    if (r < 0)
-        return r;
-    char *name = NULL;
-    r = move_to_free_name(s, s->fds[SUB_ACTIVE], job_name, s->fds[dest], job_name, MASK(dest),
-                          &name);
-    if (r < 0)
-        return r;
-    r = fsync_fd(s->fds[dest]);
     if (r == 0)
-        r = fsync_fd(s->fds[SUB_ACTIVE]);
-    if (r == 0 && final_dir)
-        *final_dir = fsutil_join(s->paths[dest], name);
-    free(name);
+        r = fsutil_fsync_dir(job_dir);
+    free(job_dir);
     return r;
+}
+
+void spool_finish_batch(spool *s, spool_finish_item *items, size_t n)
+{
+    bool *moved = xcalloc(n ? n : 1, sizeof *moved);
+    for (size_t i = 0; i < n; i++) {
+        spool_finish_item *it = &items[i];
+        it->final_dir = NULL;
+        it->rc = 0;
+        int r = finish_write(s, it);
+        if (r != 1)
+            it->rc = r;
+    }
+    unsigned dirty = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_finish_item *it = &items[i];
+        if (it->rc < 0 || it->final_dir)
+            continue;
+        int dest = it->ok ? SUB_DONE : SUB_FAILED;
+        char *name = NULL;
+        it->rc = move_to_free_name(s, s->fds[SUB_ACTIVE], it->job_name, s->fds[dest], it->job_name,
+                                   MASK(dest), &name);
+        if (it->rc == 0) {
+            it->final_dir = fsutil_join(s->paths[dest], name);
+            moved[i] = true;
+            dirty |= MASK(dest) | MASK(SUB_ACTIVE);
+        }
+        free(name);
+    }
+    /* Destinations before active/, as a claim does (spool.h): never lost. */
+    static const int order[] = {SUB_DONE, SUB_FAILED, SUB_ACTIVE};
+    int r = 0;
+    for (size_t k = 0; r == 0 && k < BD_ARRAY_LEN(order); k++)
+        r = (dirty & MASK(order[k])) ? fsync_fd(s->fds[order[k]]) : 0;
+    for (size_t i = 0; r < 0 && i < n; i++) {
+        if (moved[i]) {
+            items[i].rc = r;
+            free(items[i].final_dir);
+            items[i].final_dir = NULL;
+        }
+    }
+    free(moved);
+}
+
+int spool_finish(spool *s, const char *job_name, bool ok, const char *file_name, const char *body,
+                 char **final_dir)
+{
+    spool_finish_item it = {.job_name = job_name, .ok = ok, .file_name = file_name, .body = body};
+    spool_finish_batch(s, &it, 1);
+    if (final_dir)
+        *final_dir = it.final_dir;
+    else
+        free(it.final_dir);
+    return it.rc;
 }
 
 /* Renames error.json in the job directory to the first free error.json.N. */

@@ -55,14 +55,32 @@ char *store_encode(const job *j)
 
 int store_write(const char *state_dir, const char *job_id, const char *text)
 {
+    store_item it = {.job_id = job_id, .text = text};
+    store_write_batch(state_dir, &it, 1);
+    return it.rc;
+}
+
+void store_write_batch(const char *state_dir, store_item *items, size_t n)
+{
     char *dir = jobs_dir(state_dir);
-    char *name = xasprintf("%s.json", job_id);
-    char *path = fsutil_join(dir, name);
-    int r = fsutil_write_atomic(path, text, strlen(text), 0600);
-    free(path);
-    free(name);
+    size_t written = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *name = xasprintf("%s.json", items[i].job_id);
+        char *path = fsutil_join(dir, name);
+        /* Content durable, then renamed over the old record: a crash leaves the old record
+         * or the new one. */
+        items[i].rc = fsutil_write_replace(path, items[i].text, strlen(items[i].text), 0600);
+        written += items[i].rc == 0;
+        free(path);
+        free(name);
+    }
+    /* One fsync makes every rename above durable. Until it returns no record counts as
+     * written, so a caller never acts on a record a crash could still take back. */
+    int r = written ? fsutil_fsync_dir(dir) : 0;
+    for (size_t i = 0; r < 0 && i < n; i++)
+        if (items[i].rc == 0)
+            items[i].rc = r;
     free(dir);
-    return r;
 }
 
 int store_save(const char *state_dir, const job *j)

@@ -27,6 +27,7 @@
 #include "batchd/fsutil.h"
 #include "batchd/spool.h"
 #include "batchd/util.h"
+#include "fsync_count.h"
 
 typedef struct fixture {
     char base[64]; /* the mkdtemp directory */
@@ -967,6 +968,184 @@ static void test_finish_to_done_and_failed(void **state)
     assert_int_equal(spool_finish(f->s, "a/b", false, "error.json", "{}", NULL), -EINVAL);
 }
 
+/* ---- batches ---- */
+
+static size_t fsyncs_of(const fixture *f, const char *sub)
+{
+    char *p = xasprintf("%s/%s", f->root, sub);
+    size_t n = fsync_count_of(p);
+    free(p);
+    return n;
+}
+
+static void test_claim_batch(void **state)
+{
+    fixture *f = *state;
+    mkdir_in(f, "incoming", "dirjob");
+    put_in(f, "incoming", "dirjob/job.json", "{}");
+    mkdir_in(f, "incoming", "dirjob2");
+    put_in(f, "incoming", "a.jsonl", "{}\n");
+    put_in(f, "incoming", "b.csv", "x\n");
+    char *link = path_of(f, "incoming", "link.jsonl");
+    assert_int_equal(symlink("/etc/passwd", link), 0);
+    free(link);
+    spool_claim_item items[] = {
+        {.entry = "dirjob"},  {.entry = "a.jsonl"}, {.entry = "gone.jsonl"},
+        {.entry = "b.csv"},   {.entry = "a/b"},     {.entry = "link.jsonl", .job_id = "01LINK"},
+        {.entry = "dirjob2"},
+    };
+    size_t n = BD_ARRAY_LEN(items);
+    fsync_count_start();
+    spool_claim_batch(f->s, items, n);
+    fsync_count_stop();
+
+    /* Each shared directory is fsynced once for the whole batch. */
+    assert_int_equal(fsyncs_of(f, "incoming"), 1);
+    assert_int_equal(fsyncs_of(f, "active"), 1);
+    assert_int_equal(fsyncs_of(f, "failed"), 1);
+    assert_int_equal(fsyncs_of(f, "done"), 0);
+    /* Besides: each data file's new job directory, and the rejected entry's error.json and
+     * its directory. */
+    assert_int_equal(fsyncs_of(f, "active/a"), 1);
+    assert_int_equal(fsyncs_of(f, "active/b"), 1);
+
+    const char *want_name[] = {"dirjob", "a", NULL, "b", NULL, "link", "dirjob2"};
+    const spool_claim_kind want_kind[] = {SPOOL_CLAIMED, SPOOL_CLAIMED, SPOOL_GONE,
+                                          SPOOL_CLAIMED, SPOOL_GONE,    SPOOL_REJECTED,
+                                          SPOOL_CLAIMED};
+    for (size_t i = 0; i < n; i++) {
+        if (i == 4) {
+            assert_int_equal(items[i].rc, -EINVAL);
+        } else {
+            assert_int_equal(items[i].rc, 0);
+            assert_int_equal(items[i].res.kind, want_kind[i]);
+        }
+        assert_string_equal(items[i].stage, "");
+        if (want_name[i])
+            assert_string_equal(items[i].res.job_name, want_name[i]);
+        else
+            assert_null(items[i].res.job_name);
+        spool_claim_clear(&items[i].res);
+    }
+    assert_true(S_ISREG(lmode2_in(f, "active", "dirjob", "job.json")));
+    assert_true(S_ISDIR(lmode_in(f, "active", "dirjob2")));
+    assert_true(S_ISREG(lmode2_in(f, "active", "a", "a.jsonl")));
+    assert_true(S_ISREG(lmode2_in(f, "active", "b", "b.csv")));
+    assert_true(S_ISLNK(lmode2_in(f, "failed", "link", "link.jsonl")));
+    cJSON *j = error_json_of(f, "link");
+    assert_string_equal(json_str(j, "id"), "01LINK");
+    cJSON_Delete(j);
+    /* Nothing left in incoming/ and no staging directory in active/. */
+    assert_int_equal(count_in(f, "incoming"), 0);
+    assert_int_equal(count_in(f, "active"), 4);
+}
+
+/* A hundred data files cost one fsync of incoming/ and of active/, against one each per
+ * entry when claimed one by one. */
+static void test_claim_batch_hundred(void **state)
+{
+    fixture *f = *state;
+    enum { N = 100 };
+    spool_claim_item items[N];
+    memset(items, 0, sizeof items);
+    char names[N][32];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "e%03d.jsonl", i);
+        put_in(f, "incoming", names[i], "{}\n");
+        items[i].entry = names[i];
+    }
+    fsync_count_start();
+    spool_claim_batch(f->s, items, N);
+    fsync_count_stop();
+    assert_int_equal(fsyncs_of(f, "incoming"), 1);
+    assert_int_equal(fsyncs_of(f, "active"), 1);
+    assert_int_equal(fsync_count_all(), N + 2); /* + one per new job directory */
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(items[i].rc, 0);
+        assert_int_equal(items[i].res.kind, SPOOL_CLAIMED);
+        spool_claim_clear(&items[i].res);
+    }
+    assert_int_equal(count_in(f, "active"), N);
+    assert_int_equal(count_in(f, "incoming"), 0);
+
+    /* The single-entry call is a batch of one: the same fsyncs for its one entry. */
+    put_in(f, "incoming", "one.jsonl", "{}\n");
+    spool_claim_result c;
+    fsync_count_start();
+    claim_ok(f, "one.jsonl", &c);
+    fsync_count_stop();
+    assert_int_equal(fsyncs_of(f, "incoming"), 1);
+    assert_int_equal(fsyncs_of(f, "active"), 1);
+    assert_int_equal(fsync_count_all(), 3);
+    spool_claim_clear(&c);
+}
+
+/* A batch that finds the spool unopened fails every item and leaves the entries alone. */
+static void test_claim_batch_unopened(void **state)
+{
+    fixture *f = *state;
+    put_in(f, "incoming", "a.jsonl", "{}\n");
+    spool *s = spool_new(f->root);
+    spool_claim_item it = {.entry = "a.jsonl"};
+    spool_claim_batch(s, &it, 1);
+    assert_int_equal(it.rc, -EBADF);
+    assert_string_equal(it.stage, "");
+    spool_free(s);
+    assert_true(S_ISREG(lmode_in(f, "incoming", "a.jsonl")));
+    spool_claim_batch(f->s, NULL, 0); /* an empty batch does nothing */
+}
+
+static void test_finish_batch(void **state)
+{
+    fixture *f = *state;
+    const char *jobs[] = {"j1", "j2", "j3"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(jobs); i++)
+        mkdir_in(f, "active", jobs[i]);
+    mkdir_in(f, "done", "j1"); /* taken: j1 becomes done/j1-2 */
+    /* Finished before a crash: found where it went, nothing moves. */
+    mkdir_in(f, "done", "old");
+    put_in(f, "done", "old/result.json", "{\"id\":\"OLD\"}");
+    spool_finish_item items[] = {
+        {.job_name = "j1", .ok = true, .file_name = "result.json", .body = "{\"id\":\"1\"}"},
+        {.job_name = "j2", .ok = false, .file_name = "error.json", .body = "{\"id\":\"2\"}"},
+        {.job_name = "j3", .ok = true, .file_name = "result.json", .body = "{\"id\":\"3\"}"},
+        {.job_name = "old", .ok = true, .file_name = "result.json", .body = "{\"id\":\"OLD\"}"},
+        {.job_name = "nope", .ok = true, .file_name = "result.json", .body = "{}"},
+        {.job_name = "j3", .ok = true, .file_name = "../x", .body = "{}"},
+    };
+    size_t n = BD_ARRAY_LEN(items);
+    fsync_count_start();
+    spool_finish_batch(f->s, items, n);
+    fsync_count_stop();
+    assert_int_equal(fsyncs_of(f, "done"), 1);
+    assert_int_equal(fsyncs_of(f, "failed"), 1);
+    assert_int_equal(fsyncs_of(f, "active"), 1);
+    /* Per job: its file, and its directory before the move. */
+    assert_int_equal(fsyncs_of(f, "done/j1-2"), 1);
+    assert_int_equal(fsyncs_of(f, "done/j1-2/result.json"), 1);
+    assert_int_equal(fsync_count_all(), 3 + 2 * 3);
+
+    const char *want[] = {"done/j1-2", "failed/j2", "done/j3", "done/old", NULL, NULL};
+    const int want_rc[] = {0, 0, 0, 0, -ENOENT, -EINVAL};
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(items[i].rc, want_rc[i]);
+        if (want[i]) {
+            char *p = xasprintf("%s/%s", f->root, want[i]);
+            assert_string_equal(items[i].final_dir, p);
+            free(p);
+        } else {
+            assert_null(items[i].final_dir);
+        }
+        free(items[i].final_dir);
+    }
+    char *p = path2_of(f, "failed", "j2", "error.json");
+    char *text = read_text(p);
+    assert_string_equal(text, "{\"id\":\"2\"}");
+    free(text);
+    free(p);
+    assert_int_equal(count_in(f, "active"), 0);
+}
+
 static void test_reactivate(void **state)
 {
     fixture *f = *state;
@@ -1151,6 +1330,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ten_thousand_entries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recover_interrupted_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish_to_done_and_failed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_batch_hundred, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_batch_unopened, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_finish_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reactivate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_active, setup, teardown),
         cmocka_unit_test(test_stuck_set),

@@ -15,6 +15,7 @@
 #include "batchd/fsutil.h"
 #include "batchd/store.h"
 #include "batchd/util.h"
+#include "fsync_count.h"
 
 typedef struct loaded {
     job *jobs[8];
@@ -116,11 +117,64 @@ static void test_init_fails_clearly(void **state)
     free(err);
 }
 
+/* A batch of records costs one fsync of the jobs directory (and one per record for its
+ * content); a record that cannot be written fails alone. */
+static void test_write_batch(void **state)
+{
+    (void)state;
+    char tmpl[] = "/tmp/batchd-store-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    char *err = NULL;
+    assert_int_equal(store_init(dir, &err), 0);
+    job *a = job_new("01A", "first", "first", 1000);
+    job *b = job_new("01B", "second", "second", 2000);
+    char *ta = store_encode(a), *tb = store_encode(b);
+    store_item items[] = {
+        {.job_id = "01A", .text = ta},
+        {.job_id = "no/such/dir", .text = tb},
+        {.job_id = "01B", .text = tb},
+    };
+    char *jobs = xasprintf("%s/jobs", dir);
+    fsync_count_start();
+    store_write_batch(dir, items, 3);
+    fsync_count_stop();
+    assert_int_equal(items[0].rc, 0);
+    assert_int_equal(items[1].rc, -ENOENT);
+    assert_int_equal(items[2].rc, 0);
+    assert_int_equal(fsync_count_of(jobs), 1);
+    assert_int_equal(fsync_count_all(), 3);
+
+    loaded l = {0};
+    assert_int_equal(store_load_all(dir, on_job, on_bad, &l), 2);
+    assert_int_equal(l.bad, 0);
+    assert_string_equal(l.jobs[0]->id, "01A");
+    assert_string_equal(l.jobs[1]->name, "second");
+    for (int i = 0; i < l.n; i++)
+        job_free(l.jobs[i]);
+
+    /* store_write is a batch of one. */
+    fsync_count_start();
+    assert_int_equal(store_write(dir, "01A", tb), 0);
+    fsync_count_stop();
+    assert_int_equal(fsync_count_of(jobs), 1);
+    assert_int_equal(fsync_count_all(), 2);
+    store_write_batch(dir, NULL, 0); /* nothing to do: no fsync either */
+
+    free(jobs);
+    free(ta);
+    free(tb);
+    job_free(a);
+    job_free(b);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_save_and_load),
         cmocka_unit_test(test_init_fails_clearly),
+        cmocka_unit_test(test_write_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,58 @@
+/* fsync_count: counts fsync(2) calls per directory, for the tests that check how many
+ * fsyncs a batch costs. Including it defines fsync in the test program, which takes the
+ * place of libc's for every caller linked into it (the modules are static libraries); the
+ * real system call is still made. Include it from one file of a test program only. */
+#ifndef BATCHD_TEST_FSYNC_COUNT_H
+#define BATCHD_TEST_FSYNC_COUNT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define FSYNC_COUNT_MAX 4096
+
+static bool fsync_counting;
+static struct stat fsync_seen[FSYNC_COUNT_MAX];
+static size_t fsync_seen_n;
+
+/* The interposed fsync: records what was synced while counting, then syncs it. */
+int fsync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp) */
+{
+    struct stat st;
+    if (fsync_counting && fsync_seen_n < FSYNC_COUNT_MAX && fstat(fd, &st) == 0)
+        fsync_seen[fsync_seen_n++] = st;
+    return (int)syscall(SYS_fsync, fd);
+}
+
+static void fsync_count_start(void)
+{
+    fsync_seen_n = 0;
+    fsync_counting = true;
+}
+
+static void fsync_count_stop(void)
+{
+    fsync_counting = false;
+}
+
+/* How many of the counted fsyncs were of path (the same inode). */
+static size_t fsync_count_of(const char *path)
+{
+    struct stat want;
+    if (stat(path, &want) != 0)
+        return 0;
+    size_t n = 0;
+    for (size_t i = 0; i < fsync_seen_n; i++)
+        n += fsync_seen[i].st_dev == want.st_dev && fsync_seen[i].st_ino == want.st_ino;
+    return n;
+}
+
+/* How many fsyncs were counted in all. */
+static size_t fsync_count_all(void)
+{
+    return fsync_seen_n;
+}
+
+#endif
