@@ -89,6 +89,19 @@ char *json_print(const cJSON *j);
 /* Prints with indentation and a trailing newline; free() it. */
 char *json_print_pretty(const cJSON *j);
 
+/* error.json (man/batchd.8.scd), built in one place for every writer of it. Strings that
+ * are NULL become null; errors and api_error are copied (NULL: [] and null); state NULL is
+ * "failed"; http_status <= 0 and at_ms <= 0 are null. Keys keep the man page's order. */
+typedef struct error_doc {
+    const char *job, *id, *state, *stage, *code, *message;
+    const cJSON *errors;
+    long http_status;
+    const cJSON *api_error;
+    const char *dataset_id, *batch_id;
+    int64_t at_ms;
+} error_doc;
+cJSON *error_json_new(const error_doc *e);
+
 /* Appends s[0..len) for a terminal or a log line: valid UTF-8 stays, every control
  * character (C0, DEL, C1) and every invalid byte is shown as \xNN. */
 void strbuf_put_escaped(strbuf *sb, const char *s, size_t len);

@@ -673,30 +673,6 @@ int intake_check(const char *job_dir, const char *job_name, const config *cfg,
     return intake_check_ex(job_dir, job_name, cfg, cancel, NULL, out);
 }
 
-cJSON *intake_error_json(const char *job_name, const char *job_id, const char *stage,
-                         const intake_result *r, int64_t now_ms)
-{
-    cJSON *j = cJSON_CreateObject();
-    json_add_str_or_null(j, "job", job_name);
-    json_add_str_or_null(j, "id", job_id);
-    cJSON_AddStringToObject(j, "state", "failed");
-    json_add_str_or_null(j, "stage", stage);
-    json_add_str_or_null(j, "code", r ? r->code : NULL);
-    json_add_str_or_null(j, "message", r ? r->message : NULL);
-    if (r && r->errors)
-        cJSON_AddItemToObject(j, "errors", cJSON_Duplicate(r->errors, true));
-    else
-        cJSON_AddArrayToObject(j, "errors");
-    cJSON_AddNullToObject(j, "http_status");
-    cJSON_AddNullToObject(j, "api_error");
-    cJSON_AddNullToObject(j, "dataset_id");
-    cJSON_AddNullToObject(j, "batch_id");
-    char at[40];
-    time_format_rfc3339(now_ms, false, at, sizeof at);
-    cJSON_AddStringToObject(j, "at", at);
-    return j;
-}
-
 /* ---- batchd --check-config ---- */
 
 static int check_dir(const char *what, const char *path, FILE *out)

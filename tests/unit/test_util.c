@@ -1,4 +1,4 @@
-/* Unit tests of util: durations, times, ids, UTF-8 and the string buffer. */
+/* Unit tests of util: durations, times, ids, UTF-8, the string buffer and error.json. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -181,6 +181,45 @@ static void test_escape_controls(void **state)
     free(s);
 }
 
+/* error.json byte for byte: the compact print pins key order, nulls and defaults. */
+static void test_error_json(void **state)
+{
+    (void)state;
+    error_doc e = {.job = "a",
+                   .id = "01J",
+                   .stage = "queued",
+                   .code = "unsupported_entry",
+                   .message = "m",
+                   .at_ms = 1795941166000LL};
+    cJSON *o = error_json_new(&e);
+    char *t = json_print(o);
+    assert_string_equal(t,
+                        "{\"job\":\"a\",\"id\":\"01J\",\"state\":\"failed\",\"stage\":"
+                        "\"queued\",\"code\":\"unsupported_entry\",\"message\":\"m\","
+                        "\"errors\":[],\"http_status\":null,\"api_error\":null,"
+                        "\"dataset_id\":null,\"batch_id\":null,\"at\":\"2026-11-29T08:32:46Z\"}");
+    free(t);
+    cJSON_Delete(o);
+
+    cJSON *errors = cJSON_Parse("[{\"line\":1}]"), *api = cJSON_Parse("{\"x\":1}");
+    error_doc f = {.state = "cancelled",
+                   .errors = errors,
+                   .http_status = 422,
+                   .api_error = api,
+                   .dataset_id = "d",
+                   .batch_id = "b"};
+    o = error_json_new(&f);
+    t = json_print(o);
+    assert_string_equal(t, "{\"job\":null,\"id\":null,\"state\":\"cancelled\",\"stage\":null,"
+                           "\"code\":null,\"message\":null,\"errors\":[{\"line\":1}],"
+                           "\"http_status\":422,\"api_error\":{\"x\":1},\"dataset_id\":\"d\","
+                           "\"batch_id\":\"b\",\"at\":null}");
+    free(t);
+    cJSON_Delete(o);
+    cJSON_Delete(errors);
+    cJSON_Delete(api);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +233,7 @@ int main(void)
         cmocka_unit_test(test_json_print_utf8),
         cmocka_unit_test(test_json_print_depth),
         cmocka_unit_test(test_escape_controls),
+        cmocka_unit_test(test_error_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
