@@ -118,6 +118,12 @@ size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
  * query value. malloc'd. */
 char *url_escape(const char *s);
 
+/* Secrets (the API token and anything holding it, like an Authorization header): wiped
+ * with explicit_bzero, which the compiler may not drop as a dead store, before the memory
+ * goes back. secret_free wipes strlen(*s) bytes, frees and sets *s to NULL; NULL is fine. */
+void secret_wipe(void *p, size_t n);
+void secret_free(char **s);
+
 /* Copies src into dst (size n) always NUL-terminating; returns strlen(src). */
 size_t strlcpy_bd(char *dst, const char *src, size_t n);
 

@@ -664,7 +664,7 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
             char eb[128];
             errno_text(-e, eb, sizeof eb);
             close(fd);
-            explicit_bzero(buf, CONFIG_MAX_TOKEN + 1);
+            secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
             free(buf);
             diag_add(diag, "%s: cannot read the API token file: %s", path, eb);
             return e;
@@ -674,7 +674,7 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
     }
     close(fd);
     if (len > CONFIG_MAX_TOKEN) {
-        explicit_bzero(buf, CONFIG_MAX_TOKEN + 1);
+        secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
         free(buf);
         diag_add(diag, "%s: the API token file is too large (at most %d bytes)", path,
                  CONFIG_MAX_TOKEN);
@@ -694,6 +694,9 @@ static int clean_token(char *t, const char *where, config_diag *diag)
         t[--n] = '\0';
     size_t skip = strspn(t, " \t\r\n\v\f");
     memmove(t, t + skip, n - skip + 1);
+    /* The move leaves the token's last skip bytes behind its new end, where the strlen that
+     * secret_free wipes would not reach. */
+    secret_wipe(t + n - skip + 1, skip);
     if (!*t) {
         diag_add(diag, "%s: the API token is empty", where);
         return -EINVAL;
@@ -719,8 +722,7 @@ static int token_from_file(const char *path, const char *label, char **token, co
         return r < 0 ? r : -EIO;
     r = clean_token(t, path, diag);
     if (r < 0) {
-        explicit_bzero(t, strlen(t));
-        free(t);
+        secret_free(&t);
         return r;
     }
     *token = t;
@@ -762,8 +764,7 @@ int config_load_token(const config *c, char **token, const char **source, config
         char *t = xstrdup(env);
         int r = clean_token(t, "$BATCHD_API_TOKEN", diag);
         if (r < 0) {
-            explicit_bzero(t, strlen(t));
-            free(t);
+            secret_free(&t);
             strbuf_free(&tried);
             return r;
         }

@@ -765,10 +765,7 @@ int intake_check_config(const char *path, FILE *out)
         for (size_t i = 0; i < d.count; i++)
             fprintf(out, "%s\n", d.lines[i]);
         config_diag_free(&d);
-        if (token) {
-            explicit_bzero(token, strlen(token));
-            free(token);
-        }
+        secret_free(&token);
         problems += check_dir("[spool] dir", c.spool.dir, out);
         problems += check_dir("[state] dir", c.state.dir, out);
         problems += check_group(c.control.group, out);

@@ -220,6 +220,19 @@ static void test_error_json(void **state)
     cJSON_Delete(api);
 }
 
+static void test_secret(void **state)
+{
+    (void)state;
+    char buf[8] = "abcdefg";
+    secret_wipe(buf, 3);
+    assert_memory_equal(buf, "\0\0\0defg", 8);
+    char *s = xstrdup("token");
+    secret_free(&s);
+    assert_null(s);
+    secret_free(&s); /* NULL is fine */
+    secret_wipe(NULL, 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,6 +247,7 @@ int main(void)
         cmocka_unit_test(test_json_print_depth),
         cmocka_unit_test(test_escape_controls),
         cmocka_unit_test(test_error_json),
+        cmocka_unit_test(test_secret),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
