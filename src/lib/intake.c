@@ -518,6 +518,32 @@ static void manifest_failure(intake_result *res, const cJSON *errors)
 }
 
 /* Everything after the manifest: the data file and its records. */
+/* The check found records to upload: the file as read when all are valid (with its
+ * SHA-256), else, in skip mode, the cleaned file and rejected.jsonl (write_skip_files). */
+static int accept_records(int fd, const char *dir, const records_options *ro, size_t chunk,
+                          const atomic_int *cancel, const intake_options *opts, EVP_MD_CTX *md,
+                          const records_stats *s, intake_result *res)
+{
+    int r = 0;
+    res->records = s->valid;
+    res->rejected = s->invalid;
+    if (s->invalid == 0) {
+        /* The bytes read and hashed (the file may have changed size since fstat). */
+        res->bytes = s->bytes;
+        r = digest_hex(md, res->sha256);
+    } else if (!(opts && opts->dry_run)) {
+        if (opts && opts->between_passes)
+            opts->between_passes(opts->between_passes_ud);
+        r = write_skip_files(fd, dir, ro, chunk, cancel, res);
+    }
+    if (r == -ENOMEM)
+        set_failure(res, "invalid_job", "cannot compute the SHA-256 of %s: out of memory",
+                    res->upload_name);
+    if (r == -ECANCELED)
+        set_failure(res, "cancelled", "cancelled while validating %s", res->upload_name);
+    return r;
+}
+
 static int check_data(const char *dir, const config *cfg, const atomic_int *cancel,
                       const intake_options *opts, error_list *el, intake_result *res)
 {
@@ -581,22 +607,7 @@ static int check_data(const char *dir, const config *cfg, const atomic_int *canc
             set_failure(res, "invalid_records", "%llu record%s not match the schema",
                         (unsigned long long)s->invalid, s->invalid == 1 ? " does" : "s do");
     } else {
-        res->records = s->valid;
-        res->rejected = s->invalid;
-        if (s->invalid == 0) {
-            /* The bytes read and hashed (the file may have changed size since fstat). */
-            res->bytes = s->bytes;
-            r = digest_hex(md, res->sha256);
-        } else if (!(opts && opts->dry_run)) {
-            if (opts && opts->between_passes)
-                opts->between_passes(opts->between_passes_ud);
-            r = write_skip_files(fd, dir, &ro, chunk, cancel, res);
-        }
-        if (r == -ENOMEM)
-            set_failure(res, "invalid_job", "cannot compute the SHA-256 of %s: out of memory",
-                        shown);
-        if (r == -ECANCELED)
-            set_failure(res, "cancelled", "cancelled while validating %s", shown);
+        r = accept_records(fd, dir, &ro, chunk, cancel, opts, md, s, res);
     }
     free(po.file_error);
     free(po.file_error_field);

@@ -387,6 +387,88 @@ static void report_cycle(const chain *ch, int back_to, const char *path, cJSON *
  * the templates a template names are always names. missing_ok: an absent first template is
  * not an error (the configured default). Returns 0, -ENOENT (absent, when missing_ok) or
  * -EINVAL. */
+/* Where one template of the chain is: *path as named (a name looked up in the templates
+ * directory when named, else the configured path as given) and *real, its resolved path.
+ * Returns 0, -ENOENT for a missing first template when missing_ok, else -EINVAL (reported
+ * at where/member). */
+static int chain_locate(const char *ref, bool named, const char *where, const config *cfg,
+                        bool missing_ok, cJSON *errors, char **path, char **real)
+{
+    const char *member = named ? "template" : NULL;
+    *real = NULL;
+    *path = named ? manifest_template_path(ref, cfg) : xstrdup(ref);
+    if (!*path) {
+        char *dir = templates_dir(cfg);
+        manifest_error_add(errors, where, member,
+                           "\"%s\" is not a template name: it %s; name a template in %s "
+                           "(\"pairwise\" for %s/pairwise.json), or leave \"template\" out "
+                           "for the configured one",
+                           has_control(ref) ? "(the name)" : ref,
+                           manifest_template_name_problem(ref), dir, dir);
+        free(dir);
+        return -EINVAL;
+    }
+    *real = realpath(*path, NULL);
+    if (*real && named && !inside_templates_dir(*real, cfg)) {
+        char *dir = templates_dir(cfg);
+        manifest_error_add(errors, where, member,
+                           "template \"%s\" (%s) leads outside the templates directory %s "
+                           "(a symbolic link?); templates named by a job must be files in "
+                           "that directory",
+                           ref, *path, dir);
+        free(dir);
+        return -EINVAL;
+    }
+    if (*real)
+        return 0;
+    int e = errno;
+    if (e == ENOENT && missing_ok)
+        return -ENOENT;
+    char eb[128];
+    errno_text(e, eb, sizeof eb);
+    if (e == ENOENT && !named)
+        manifest_error_add(errors, where, member, "template %s does not exist", *path);
+    else if (e == ENOENT)
+        manifest_error_add(errors, where, member,
+                           "unknown template \"%s\": %s does not exist (a name is "
+                           "looked up in the directory of the configured template)",
+                           ref, *path);
+    else
+        manifest_error_add(errors, where, member, "template \"%s\" (%s): %s", ref, *path, eb);
+    return -EINVAL;
+}
+
+/* Loads the template at path (resolved: real) as the chain's next layer: refuses a cycle
+ * and a chain deeper than MANIFEST_MAX_TEMPLATE_DEPTH. Returns 0 (the chain owns path and
+ * real) or -EINVAL (the caller still owns them). */
+static int chain_push(chain *ch, char *path, char *real, const char *where, const char *member,
+                      cJSON *errors)
+{
+    for (int i = 0; i < ch->n; i++) {
+        if (!strcmp(ch->real[i], real)) {
+            report_cycle(ch, i, path, errors);
+            return -EINVAL;
+        }
+    }
+    if (ch->n == MANIFEST_MAX_TEMPLATE_DEPTH) {
+        manifest_error_add(errors, where, member, "templates nest deeper than %d levels (next: %s)",
+                           MANIFEST_MAX_TEMPLATE_DEPTH, path);
+        return -EINVAL;
+    }
+    cJSON *j = NULL;
+    int lr = load_json_object(path, path, false, &j, errors);
+    if (lr < 0) {
+        if (lr == -ENOENT)
+            manifest_error_add(errors, where, member, "template %s disappeared", path);
+        return -EINVAL;
+    }
+    ch->layers[ch->n] = j;
+    ch->paths[ch->n] = path;
+    ch->real[ch->n] = real;
+    ch->n++;
+    return 0;
+}
+
 static int chain_load(chain *ch, const char *ref, const char *from_file, bool by_name,
                       const config *cfg, bool missing_ok, cJSON *errors)
 {
@@ -399,93 +481,19 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, bool by
          * template a job.json or a template names is a name looked up only in the
          * templates directory, so job.json cannot make batchd read any other file. */
         bool named = ch->n > 0 || by_name;
-        const char *member = named ? "template" : NULL;
-        char *path = named ? manifest_template_path(next_ref, cfg) : xstrdup(next_ref);
-        if (!path) {
-            char *dir = templates_dir(cfg);
-            manifest_error_add(errors, where, member,
-                               "\"%s\" is not a template name: it %s; name a template in %s "
-                               "(\"pairwise\" for %s/pairwise.json), or leave \"template\" out "
-                               "for the configured one",
-                               has_control(next_ref) ? "(the name)" : next_ref,
-                               manifest_template_name_problem(next_ref), dir, dir);
-            free(dir);
-            r = -EINVAL;
-            break;
-        }
-        char *real = realpath(path, NULL);
-        if (real && named && !inside_templates_dir(real, cfg)) {
-            char *dir = templates_dir(cfg);
-            manifest_error_add(errors, where, member,
-                               "template \"%s\" (%s) leads outside the templates directory %s "
-                               "(a symbolic link?); templates named by a job must be files in "
-                               "that directory",
-                               next_ref, path, dir);
-            free(dir);
-            free(real);
-            free(path);
-            r = -EINVAL;
-            break;
-        }
-        if (!real) {
-            int e = errno;
-            if (e == ENOENT && missing_ok && ch->n == 0) {
-                free(path);
-                r = -ENOENT;
-                break;
-            }
-            char eb[128];
-            errno_text(e, eb, sizeof eb);
-            if (e == ENOENT && !named)
-                manifest_error_add(errors, where, member, "template %s does not exist", path);
-            else if (e == ENOENT)
-                manifest_error_add(errors, where, member,
-                                   "unknown template \"%s\": %s does not exist (a name is "
-                                   "looked up in the directory of the configured template)",
-                                   next_ref, path);
-            else
-                manifest_error_add(errors, where, member, "template \"%s\" (%s): %s", next_ref,
-                                   path, eb);
-            free(path);
-            r = -EINVAL;
-            break;
-        }
-        int cyc = -1;
-        for (int i = 0; i < ch->n; i++)
-            if (!strcmp(ch->real[i], real))
-                cyc = i;
-        if (cyc >= 0) {
-            report_cycle(ch, cyc, path, errors);
-            free(path);
-            free(real);
-            r = -EINVAL;
-            break;
-        }
-        if (ch->n == MANIFEST_MAX_TEMPLATE_DEPTH) {
-            manifest_error_add(errors, where, member,
-                               "templates nest deeper than %d levels (next: %s)",
-                               MANIFEST_MAX_TEMPLATE_DEPTH, path);
-            free(path);
-            free(real);
-            r = -EINVAL;
-            break;
-        }
-        cJSON *j = NULL;
-        int lr = load_json_object(path, path, false, &j, errors);
-        if (lr < 0) {
-            if (lr == -ENOENT)
-                manifest_error_add(errors, where, member, "template %s disappeared", path);
-            free(path);
-            free(real);
-            r = -EINVAL;
-            break;
-        }
-        ch->layers[ch->n] = j;
-        ch->paths[ch->n] = path;
-        ch->real[ch->n] = real;
-        ch->n++;
+        char *path, *real;
+        r = chain_locate(next_ref, named, where, cfg, missing_ok && ch->n == 0, errors, &path,
+                         &real);
+        if (r == 0)
+            r = chain_push(ch, path, real, where, named ? "template" : NULL, errors);
         free(next_ref);
         next_ref = NULL;
+        if (r < 0) {
+            free(path);
+            free(real);
+            break;
+        }
+        const cJSON *j = ch->layers[ch->n - 1];
         if (check_shape(j, path, errors) > 0) {
             r = -EINVAL;
             break;
@@ -595,6 +603,81 @@ static int check_named_file(const char *job_dir, const char *name, cJSON *errors
 }
 
 /* Finds the one data file in job_dir. *found is malloc'd. */
+/* The data-like names of a job directory, sorted; own is the first name batchd writes
+ * itself that looks like data (NULL when none). */
+typedef struct data_names {
+    char **names;
+    size_t n;
+    char *own;
+} data_names;
+
+/* Takes one directory entry into dn when it is a regular data file; a symbolic link or a
+ * non-regular file named like data is reported (-EINVAL). */
+static int consider_entry(DIR *d, const struct dirent *de, data_names *dn, cJSON *errors)
+{
+    if (!manifest_is_data_name(de->d_name)) {
+        if (!dn->own && de->d_name[0] != '.' && manifest_is_own_name(de->d_name) &&
+            data_extension(de->d_name))
+            dn->own = xstrdup(de->d_name);
+        return 0;
+    }
+    struct stat st;
+    if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return 0; /* vanished while we looked */
+    if (S_ISLNK(st.st_mode)) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is a symbolic link; batchd never follows links: copy "
+                           "the file in instead",
+                           de->d_name);
+        return -EINVAL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        /* Named like data but a FIFO, device or directory: say so, rather than "no
+         * data file", and never open it (a FIFO would block the reader). */
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is %s, not a regular file; only regular files are read",
+                           de->d_name, file_kind(st.st_mode));
+        return -EINVAL;
+    }
+    dn->names = xrealloc(dn->names, (dn->n + 1) * sizeof *dn->names);
+    dn->names[dn->n++] = xstrdup(de->d_name);
+    return 0;
+}
+
+/* The one data file among dn (moved to *found), or -EINVAL with the reason reported. */
+static int pick_data_file(data_names *dn, char **found, cJSON *errors)
+{
+    if (dn->n == 0 && dn->own) {
+        /* Most likely a producer's file dropped as it is (incoming/rejected.jsonl): taking it
+         * as data would let batchd's own rejected.jsonl replace it in skip mode. */
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "\"%s\" is a name batchd writes itself (rejected.jsonl, "
+                           "*.cleaned.jsonl, *.cleaned.csv), so it is not taken as data; "
+                           "rename the file and submit it again",
+                           dn->own);
+        return -EINVAL;
+    }
+    if (dn->n == 0) {
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "no data file: put one *.jsonl or *.csv file in the job directory");
+        return -EINVAL;
+    }
+    if (dn->n > 1) {
+        strbuf sb = {0};
+        for (size_t i = 0; i < dn->n; i++)
+            strbuf_printf(&sb, "%s%s", i ? ", " : "", dn->names[i]);
+        manifest_error_add(errors, NULL, "dataset.file",
+                           "%zu data files (%s) and none is named: set \"dataset\": {\"file\": "
+                           "...} in job.json, or keep one data file",
+                           dn->n, sb.data);
+        strbuf_free(&sb);
+        return -EINVAL;
+    }
+    *found = dn->names[0];
+    dn->names[0] = NULL;
+    return 0;
+}
+
 static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
 {
     *found = NULL;
@@ -606,75 +689,21 @@ static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
         manifest_error_add(errors, NULL, NULL, "cannot list the job directory %s: %s", job_dir, eb);
         return -e;
     }
-    char **names = NULL;
-    size_t n = 0;
+    data_names dn = {0};
     int r = 0;
-    char *own = NULL; /* a data-like file with a name batchd writes itself */
     const struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!manifest_is_data_name(de->d_name)) {
-            if (!own && de->d_name[0] != '.' && manifest_is_own_name(de->d_name) &&
-                data_extension(de->d_name))
-                own = xstrdup(de->d_name);
-            continue;
-        }
-        struct stat st;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            continue; /* vanished while we looked */
-        if (S_ISLNK(st.st_mode)) {
-            manifest_error_add(errors, NULL, "dataset.file",
-                               "\"%s\" is a symbolic link; batchd never follows links: copy "
-                               "the file in instead",
-                               de->d_name);
+    while ((de = readdir(d)) != NULL)
+        if (consider_entry(d, de, &dn, errors) < 0)
             r = -EINVAL;
-            continue;
-        }
-        if (!S_ISREG(st.st_mode)) {
-            /* Named like data but a FIFO, device or directory: say so, rather than "no
-             * data file", and never open it (a FIFO would block the reader). */
-            manifest_error_add(errors, NULL, "dataset.file",
-                               "\"%s\" is %s, not a regular file; only regular files are read",
-                               de->d_name, file_kind(st.st_mode));
-            r = -EINVAL;
-            continue;
-        }
-        names = xrealloc(names, (n + 1) * sizeof *names);
-        names[n++] = xstrdup(de->d_name);
-    }
     closedir(d);
-    if (n > 1)
-        qsort(names, n, sizeof *names, cmp_str);
-    if (r == 0 && n == 0 && own) {
-        /* Most likely a producer's file dropped as it is (incoming/rejected.jsonl): taking it
-         * as data would let batchd's own rejected.jsonl replace it in skip mode. */
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "\"%s\" is a name batchd writes itself (rejected.jsonl, "
-                           "*.cleaned.jsonl, *.cleaned.csv), so it is not taken as data; "
-                           "rename the file and submit it again",
-                           own);
-        r = -EINVAL;
-    } else if (r == 0 && n == 0) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "no data file: put one *.jsonl or *.csv file in the job directory");
-        r = -EINVAL;
-    } else if (r == 0 && n > 1) {
-        strbuf sb = {0};
-        for (size_t i = 0; i < n; i++)
-            strbuf_printf(&sb, "%s%s", i ? ", " : "", names[i]);
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "%zu data files (%s) and none is named: set \"dataset\": {\"file\": "
-                           "...} in job.json, or keep one data file",
-                           n, sb.data);
-        strbuf_free(&sb);
-        r = -EINVAL;
-    } else if (r == 0) {
-        *found = names[0];
-        names[0] = NULL;
-    }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    free(own);
+    if (dn.n > 1)
+        qsort(dn.names, dn.n, sizeof *dn.names, cmp_str);
+    if (r == 0)
+        r = pick_data_file(&dn, found, errors);
+    for (size_t i = 0; i < dn.n; i++)
+        free(dn.names[i]);
+    free(dn.names);
+    free(dn.own);
     return r;
 }
 
