@@ -761,13 +761,13 @@ static int check_workspace(const char *path, const config *c, FILE *out)
 int intake_check_config(const char *path, FILE *out)
 {
     config c;
-    config_diag d = {0};
+    diag d = {0};
     int problems = 0;
     if (config_load(path, &c, &d) < 0)
         problems += (int)(d.count ? d.count : 1);
     for (size_t i = 0; i < d.count; i++)
         fprintf(out, "%s\n", d.lines[i]);
-    config_diag_free(&d);
+    diag_free(&d);
     if (problems == 0) {
         char *token = NULL;
         const char *source = NULL;
@@ -775,7 +775,7 @@ int intake_check_config(const char *path, FILE *out)
             problems++;
         for (size_t i = 0; i < d.count; i++)
             fprintf(out, "%s\n", d.lines[i]);
-        config_diag_free(&d);
+        diag_free(&d);
         secret_free(&token);
         problems += check_dir("[spool] dir", c.spool.dir, out);
         problems += check_dir("[state] dir", c.state.dir, out);

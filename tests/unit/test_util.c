@@ -233,6 +233,36 @@ static void test_secret(void **state)
     secret_wipe(NULL, 4);
 }
 
+static void test_diag(void **state)
+{
+    (void)state;
+    diag d = {0};
+    diag_add(&d, DIAG_ERROR, &(diag_where){.file = "a.conf", .line = 3}, "bad %s", "key");
+    diag_add(&d, DIAG_WARNING, &(diag_where){.file = "tok"}, "empty");
+    diag_add(&d, DIAG_ERROR, NULL, "plain %d", 7);
+    assert_int_equal(d.count, 3);
+    assert_string_equal(d.lines[0], "a.conf:3: bad key");
+    assert_string_equal(d.lines[1], "tok: empty");
+    assert_string_equal(d.lines[2], "plain 7");
+    assert_string_equal(d.entries[0].message, "bad key");
+    assert_int_equal(d.entries[1].severity, DIAG_WARNING);
+    assert_null(diag_more_text(&d));
+    diag_free(&d);
+    assert_int_equal(d.count, 0);
+
+    diag b = {.max = 2};
+    for (int i = 0; i < 5; i++)
+        diag_add(&b, DIAG_ERROR, &(diag_where){.line = (uint64_t)i + 1, .field = "f"}, "e%d", i);
+    assert_int_equal(b.count, 2);
+    assert_string_equal(b.entries[1].field, "f");
+    char *more = diag_more_text(&b);
+    assert_string_equal(more, "... and 3 more");
+    free(more);
+    diag_free(&b);
+    assert_int_equal(b.max, 2);
+    diag_add(NULL, DIAG_ERROR, NULL, "nowhere");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_escape_controls),
         cmocka_unit_test(test_error_json),
         cmocka_unit_test(test_secret),
+        cmocka_unit_test(test_diag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
