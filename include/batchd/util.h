@@ -129,6 +129,9 @@ void diag_vadd(diag *d, diag_severity sev, const diag_where *w, const char *fmt,
     __attribute__((format(printf, 4, 0)));
 /* "... and N more" when entries were dropped, else NULL; free(). */
 char *diag_more_text(const diag *d);
+/* Appends each entry to array as {file, line, column, path, field, message}, with only the
+ * parts it has, then {"message": "... and N more"} when entries were dropped. */
+void diag_to_json(const diag *d, cJSON *array);
 /* Frees the entries and leaves d empty (max is kept). */
 void diag_free(diag *d);
 

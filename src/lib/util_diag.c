@@ -62,6 +62,33 @@ char *diag_more_text(const diag *d)
     return xasprintf("... and %llu more", (unsigned long long)d->dropped);
 }
 
+void diag_to_json(const diag *d, cJSON *array)
+{
+    for (size_t i = 0; i < d->count; i++) {
+        const diag_entry *e = &d->entries[i];
+        cJSON *o = cJSON_CreateObject();
+        if (e->file)
+            cJSON_AddStringToObject(o, "file", e->file);
+        if (e->line > 0)
+            cJSON_AddNumberToObject(o, "line", (double)e->line);
+        if (e->column > 0)
+            cJSON_AddNumberToObject(o, "column", e->column);
+        if (e->path)
+            cJSON_AddStringToObject(o, "path", e->path);
+        if (e->field)
+            cJSON_AddStringToObject(o, "field", e->field);
+        cJSON_AddStringToObject(o, "message", e->message);
+        cJSON_AddItemToArray(array, o);
+    }
+    char *more = diag_more_text(d);
+    if (more) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "message", more);
+        cJSON_AddItemToArray(array, o);
+        free(more);
+    }
+}
+
 void diag_free(diag *d)
 {
     if (!d)
