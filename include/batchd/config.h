@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "batchd/util.h"
+
 #define CONFIG_DEFAULT_PATH "/etc/batchd/batchd.conf"
 
 typedef enum config_invalid_records {
@@ -51,13 +53,11 @@ typedef struct config {
     } job;
 } config;
 
-/* A list of problems, each "file:line: message" (or "file: message"). */
-typedef struct config_diag {
-    char **lines;
-    size_t count;
-} config_diag;
-
-void config_diag_free(config_diag *d);
+/* Problems go into a diag (util.h): each line "file:line: message" (or "file: message").
+ * config_diag and config_diag_free are the names src/batchd/main.c still uses for diag and
+ * diag_free. */
+typedef diag config_diag;
+void config_diag_free(diag *d);
 
 /* Fills c with defaults (strings allocated). */
 void config_defaults(config *c);
@@ -66,7 +66,7 @@ void config_defaults(config *c);
  * diag filled when the file has errors; -errno when it cannot be read (also described in
  * diag; c then holds the defaults). Always config_free(c) afterwards. Besides the keys of
  * PRODUCT.md §3, [job] max_record_size (bytes, k/M suffix) sets max_record_bytes. */
-int config_load(const char *path, config *c, config_diag *diag);
+int config_load(const char *path, config *c, diag *diag);
 void config_free(config *c);
 
 /* Reads the API token: token_file, then $CREDENTIALS_DIRECTORY/api-token, then
@@ -74,7 +74,7 @@ void config_free(config *c);
  * space is stripped. *token is malloc'd; *source says where it came from (static string,
  * never the token). Returns 0, or -ENOENT (no source), -EPERM (mode), -EINVAL (empty)
  * with a message in diag. */
-int config_load_token(const config *c, char **token, const char **source, config_diag *diag);
+int config_load_token(const config *c, char **token, const char **source, diag *diag);
 
 /* Resolves the path of the config file to use: explicit (-c), else $BATCHD_CONFIG, else
  * CONFIG_DEFAULT_PATH. */

@@ -1,8 +1,9 @@
 /* intake: the whole local check of one job before any API call: the manifest (manifest
  * module), the data file's own properties (regular, readable, not empty) and every record
  * (records module, streamed in fixed-size chunks so memory stays flat). With
- * invalid_records = skip it writes the cleaned upload file and rejected.jsonl. Also builds
- * error.json and runs batchd --check-config. Thread-safe: no globals, no logging. */
+ * invalid_records = skip it writes the cleaned upload file and rejected.jsonl. Also runs
+ * batchd --check-config (error.json is built by util's error_json_new). Thread-safe: no globals, no
+ * logging. */
 #ifndef BATCHD_INTAKE_H
 #define BATCHD_INTAKE_H
 
@@ -69,12 +70,6 @@ int intake_check(const char *job_dir, const char *job_name, const config *cfg,
 int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg,
                     const atomic_int *cancel, const intake_options *opts, intake_result *out);
 void intake_result_free(intake_result *r);
-
-/* Builds error.json exactly as PRODUCT.md §4 (the caller adds dataset_id, batch_id etc. when
- * it has them): {job, id, state:"failed", stage, code, message, errors, http_status:null,
- * api_error:null, dataset_id:null, batch_id:null, at}. job_id may be NULL (null). */
-cJSON *intake_error_json(const char *job_name, const char *job_id, const char *stage,
-                         const intake_result *r, int64_t now_ms);
 
 /* batchd --check-config: loads the config at path, reads the token (never printed),
  * checks the directories, control group and the configured template; prints each problem

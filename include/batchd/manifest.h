@@ -60,8 +60,4 @@ bool manifest_is_data_name(const char *name);
  * error.json, result.json): such files never count as the user's data. */
 bool manifest_is_own_name(const char *name);
 
-/* Appends {"path": path, "message": msg} (path may be NULL; file too) to errors. */
-void manifest_error_add(cJSON *errors, const char *file, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
 #endif

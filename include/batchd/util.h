@@ -89,6 +89,65 @@ char *json_print(const cJSON *j);
 /* Prints with indentation and a trailing newline; free() it. */
 char *json_print_pretty(const cJSON *j);
 
+/* diag: the one list of problems found in a configuration, a job's manifest, its records
+ * or its intake check. An entry has a severity, where it is (every part optional: NULL or
+ * 0) and a message; lines[i] is entry i as one line, "file:line: message", "file: message"
+ * or "message", the text every printer and log line shows. A zeroed diag keeps every entry;
+ * with max > 0 it keeps the first max and only counts the rest (dropped). */
+typedef enum diag_severity { DIAG_ERROR = 0, DIAG_WARNING = 1 } diag_severity;
+
+typedef struct diag_where {
+    const char *file;  /* a file as shown to people */
+    uint64_t line;     /* 1-based */
+    int column;        /* 1-based */
+    const char *path;  /* a JSON path ("dataset.file") */
+    const char *field; /* a record's field */
+} diag_where;
+
+typedef struct diag_entry {
+    diag_severity severity;
+    char *file;
+    uint64_t line;
+    int column;
+    char *path;
+    char *field;
+    char *message;
+} diag_entry;
+
+typedef struct diag {
+    char **lines;
+    size_t count;
+    diag_entry *entries;
+    size_t max;
+    uint64_t dropped;
+} diag;
+
+/* w may be NULL (nowhere in particular); d may be NULL (the problem is not wanted). */
+void diag_add(diag *d, diag_severity sev, const diag_where *w, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void diag_vadd(diag *d, diag_severity sev, const diag_where *w, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+/* "... and N more" when entries were dropped, else NULL; free(). */
+char *diag_more_text(const diag *d);
+/* Appends each entry to array as {file, line, column, path, field, message}, with only the
+ * parts it has, then {"message": "... and N more"} when entries were dropped. */
+void diag_to_json(const diag *d, cJSON *array);
+/* Frees the entries and leaves d empty (max is kept). */
+void diag_free(diag *d);
+
+/* error.json (man/batchd.8.scd), built in one place for every writer of it. Strings that
+ * are NULL become null; errors and api_error are copied (NULL: [] and null); state NULL is
+ * "failed"; http_status <= 0 and at_ms <= 0 are null. Keys keep the man page's order. */
+typedef struct error_doc {
+    const char *job, *id, *state, *stage, *code, *message;
+    const cJSON *errors;
+    long http_status;
+    const cJSON *api_error;
+    const char *dataset_id, *batch_id;
+    int64_t at_ms;
+} error_doc;
+cJSON *error_json_new(const error_doc *e);
+
 /* Appends s[0..len) for a terminal or a log line: valid UTF-8 stays, every control
  * character (C0, DEL, C1) and every invalid byte is shown as \xNN. */
 void strbuf_put_escaped(strbuf *sb, const char *s, size_t len);
@@ -104,6 +163,12 @@ size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
 /* Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a
  * query value. malloc'd. */
 char *url_escape(const char *s);
+
+/* Secrets (the API token and anything holding it, like an Authorization header): wiped
+ * with explicit_bzero, which the compiler may not drop as a dead store, before the memory
+ * goes back. secret_free wipes strlen(*s) bytes, frees and sets *s to NULL; NULL is fine. */
+void secret_wipe(void *p, size_t n);
+void secret_free(char **s);
 
 /* Copies src into dst (size n) always NUL-terminating; returns strlen(src). */
 size_t strlcpy_bd(char *dst, const char *src, size_t n);

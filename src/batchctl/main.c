@@ -146,15 +146,15 @@ static int resolve_socket(const globals *g, char **path, char **group)
     bool explicit_path = g->config_path || getenv("BATCHD_CONFIG");
     if (explicit_path || access(cfg_path, F_OK) == 0) {
         config cfg = {0};
-        config_diag diag = {0};
-        int r = config_load(cfg_path, &cfg, &diag);
+        diag dg = {0};
+        int r = config_load(cfg_path, &cfg, &dg);
         if (r < 0) {
-            for (size_t i = 0; i < diag.count; i++)
-                fprintf(stderr, "batchctl: %s\n", diag.lines[i]);
-            if (diag.count == 0)
+            for (size_t i = 0; i < dg.count; i++)
+                fprintf(stderr, "batchctl: %s\n", dg.lines[i]);
+            if (dg.count == 0)
                 fprintf(stderr, "batchctl: %s: %s\n", cfg_path, strerror(-r));
             fprintf(stderr, "hint: fix the configuration, or name the socket with -s SOCKET\n");
-            config_diag_free(&diag);
+            diag_free(&dg);
             config_free(&cfg);
             return CTL_EXIT_CONFIG;
         }
@@ -162,7 +162,7 @@ static int resolve_socket(const globals *g, char **path, char **group)
             *path = xstrdup(cfg.control.socket);
         if (cfg.control.group)
             *group = xstrdup(cfg.control.group);
-        config_diag_free(&diag);
+        diag_free(&dg);
         config_free(&cfg);
         if (*path)
             return 0;

@@ -54,15 +54,15 @@ static int load_config(const char *config_path, config *c)
 {
     const char *path = config_default_path(config_path);
     bool implicit = !config_path || !strcmp(path, config_default_path(NULL));
-    config_diag d = {0};
+    diag d = {0};
     int r = config_load(path, c, &d);
     if (r == -ENOENT && implicit) {
-        config_diag_free(&d);
+        diag_free(&d);
         return 0; /* no config file: the built-in defaults */
     }
     for (size_t i = 0; i < d.count; i++)
         fprintf(stderr, "batchctl: %s\n", d.lines[i]);
-    config_diag_free(&d);
+    diag_free(&d);
     return r < 0 ? EX_CONFIG_ : 0;
 }
 

@@ -21,28 +21,21 @@
 #define CONFIG_MAX_FILE  (1024 * 1024)
 #define CONFIG_MAX_TOKEN 4096
 
-void config_diag_free(config_diag *d)
+void config_diag_free(diag *d)
 {
-    if (!d)
-        return;
-    for (size_t i = 0; i < d->count; i++)
-        free(d->lines[i]);
-    free(d->lines);
-    d->lines = NULL;
-    d->count = 0;
+    diag_free(d);
 }
 
-static void diag_add(config_diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void diag_add(config_diag *d, const char *fmt, ...)
+/* A problem at file (or a token source), with no line. */
+static void file_problem(diag *d, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void file_problem(diag *d, const char *file, const char *fmt, ...)
 {
-    if (!d)
-        return;
+    const diag_where w = {.file = file};
     va_list ap;
     va_start(ap, fmt);
-    char *line = xvasprintf(fmt, ap);
+    diag_vadd(d, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
-    d->lines = xrealloc(d->lines, (d->count + 1) * sizeof *d->lines);
-    d->lines[d->count++] = line;
 }
 
 void config_defaults(config *c)
@@ -264,7 +257,7 @@ static const char *const section_names[SEC_COUNT] = {"api",     "spool", "state"
 
 typedef struct parse_state {
     config *c;
-    config_diag *diag;
+    diag *dg;
     const char *path;
     const char *data; /* the whole file */
     size_t len, pos;
@@ -276,14 +269,11 @@ typedef struct parse_state {
 static void perr(parse_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void perr(parse_state *st, const char *fmt, ...)
 {
-    strbuf sb = {0};
-    strbuf_printf(&sb, "%s:%d: ", st->path, st->lineno);
+    const diag_where w = {.file = st->path, .line = (uint64_t)st->lineno};
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    diag_vadd(st->dg, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
-    diag_add(st->diag, "%s", sb.data);
-    strbuf_free(&sb);
     st->errors++;
 }
 
@@ -577,10 +567,10 @@ static int handler(void *user, const char *section, const char *name, const char
 }
 
 /* Checks that span several keys. */
-static void check_whole(const config *c, config_diag *diag, const char *path, int *errors)
+static void check_whole(const config *c, diag *dg, const char *path, int *errors)
 {
     if (c->poll.initial_ms > c->poll.max_ms) {
-        diag_add(diag, "%s: [poll] initial must not be longer than [poll] max", path);
+        file_problem(dg, path, "[poll] initial must not be longer than [poll] max");
         (*errors)++;
     }
 }
@@ -593,7 +583,7 @@ static void errno_text(int e, char *buf, size_t len)
         strlcpy_bd(buf, s, len);
 }
 
-int config_load(const char *path, config *c, config_diag *diag)
+int config_load(const char *path, config *c, diag *dg)
 {
     config_defaults(c);
     c->path = xstrdup(path);
@@ -604,29 +594,29 @@ int config_load(const char *path, config *c, config_diag *diag)
         char eb[128];
         errno_text(-r, eb, sizeof eb);
         if (r == -EFBIG)
-            diag_add(diag, "%s: too large for a configuration file (at most 1 MiB)", path);
+            file_problem(dg, path, "too large for a configuration file (at most 1 MiB)");
         else if (r == -EISDIR || r == -EINVAL)
-            diag_add(diag, "%s: not a regular file", path);
+            file_problem(dg, path, "not a regular file");
         else
-            diag_add(diag, "%s: cannot read: %s", path, eb);
+            file_problem(dg, path, "cannot read: %s", eb);
         return r;
     }
     if (!utf8_valid(data, len)) {
-        diag_add(diag, "%s: not valid UTF-8 text", path);
+        file_problem(dg, path, "not valid UTF-8 text");
         free(data);
         return -EINVAL;
     }
-    parse_state st = {.c = c, .diag = diag, .path = path, .data = data, .len = len};
+    parse_state st = {.c = c, .dg = dg, .path = path, .data = data, .len = len};
     int pr = ini_parse_stream(reader, &st, handler, &st);
     if (pr > 0 && st.errors == 0) {
         st.lineno = pr;
         perr(&st, "syntax error: expected [section], key = value, or a # comment");
     } else if (pr < 0) {
-        diag_add(diag, "%s: cannot parse (out of memory)", path);
+        file_problem(dg, path, "cannot parse (out of memory)");
         st.errors++;
     }
     free(data);
-    check_whole(c, diag, path, &st.errors);
+    check_whole(c, dg, path, &st.errors);
     return st.errors ? -EINVAL : 0;
 }
 
@@ -634,7 +624,7 @@ int config_load(const char *path, config *c, config_diag *diag)
 
 /* Reads a token file, refusing group/other access. Returns 0, -ENOENT/-EACCES (try the
  * next source), or another -errno with a message in diag. */
-static int read_token_file(const char *path, char **out, config_diag *diag)
+static int read_token_file(const char *path, char **out, diag *dg)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
@@ -642,15 +632,15 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
     struct stat sb;
     if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        diag_add(diag, "%s: the API token file is not a regular file", path);
+        file_problem(dg, path, "the API token file is not a regular file");
         return -EINVAL;
     }
     if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
         close(fd);
-        diag_add(diag,
-                 "%s: the API token file is accessible by group or others (mode %04o); "
-                 "refusing it: run chmod 600 %s",
-                 path, (unsigned)(sb.st_mode & 07777), path);
+        file_problem(dg, path,
+                     "the API token file is accessible by group or others (mode %04o); "
+                     "refusing it: run chmod 600 %s",
+                     (unsigned)(sb.st_mode & 07777), path);
         return -EPERM;
     }
     char *buf = xmalloc(CONFIG_MAX_TOKEN + 1);
@@ -664,9 +654,9 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
             char eb[128];
             errno_text(-e, eb, sizeof eb);
             close(fd);
-            explicit_bzero(buf, CONFIG_MAX_TOKEN + 1);
+            secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
             free(buf);
-            diag_add(diag, "%s: cannot read the API token file: %s", path, eb);
+            file_problem(dg, path, "cannot read the API token file: %s", eb);
             return e;
         }
         if (n == 0 || (len += (size_t)n) > CONFIG_MAX_TOKEN)
@@ -674,10 +664,10 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
     }
     close(fd);
     if (len > CONFIG_MAX_TOKEN) {
-        explicit_bzero(buf, CONFIG_MAX_TOKEN + 1);
+        secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
         free(buf);
-        diag_add(diag, "%s: the API token file is too large (at most %d bytes)", path,
-                 CONFIG_MAX_TOKEN);
+        file_problem(dg, path, "the API token file is too large (at most %d bytes)",
+                     CONFIG_MAX_TOKEN);
         return -EINVAL;
     }
     buf[len] = '\0';
@@ -687,23 +677,25 @@ static int read_token_file(const char *path, char **out, config_diag *diag)
 
 /* Trims white space in place; refuses control characters inside (they would end up in an
  * HTTP header). Never quotes the token. */
-static int clean_token(char *t, const char *where, config_diag *diag)
+static int clean_token(char *t, const char *where, diag *dg)
 {
     size_t n = strlen(t);
     while (n && isspace((unsigned char)t[n - 1]))
         t[--n] = '\0';
     size_t skip = strspn(t, " \t\r\n\v\f");
     memmove(t, t + skip, n - skip + 1);
+    /* The move leaves the token's last skip bytes behind its new end, where the strlen that
+     * secret_free wipes would not reach. */
+    secret_wipe(t + n - skip + 1, skip);
     if (!*t) {
-        diag_add(diag, "%s: the API token is empty", where);
+        file_problem(dg, where, "the API token is empty");
         return -EINVAL;
     }
     for (const char *p = t; *p; p++) {
         if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-            diag_add(diag,
-                     "%s: the API token contains a control character (a line break?); it "
-                     "must be a single line",
-                     where);
+            file_problem(dg, where,
+                         "the API token contains a control character (a line break?); it "
+                         "must be a single line");
             return -EINVAL;
         }
     }
@@ -711,16 +703,15 @@ static int clean_token(char *t, const char *where, config_diag *diag)
 }
 
 static int token_from_file(const char *path, const char *label, char **token, const char **source,
-                           config_diag *diag)
+                           diag *dg)
 {
     char *t = NULL;
-    int r = read_token_file(path, &t, diag);
+    int r = read_token_file(path, &t, dg);
     if (r < 0 || !t)
         return r < 0 ? r : -EIO;
-    r = clean_token(t, path, diag);
+    r = clean_token(t, path, dg);
     if (r < 0) {
-        explicit_bzero(t, strlen(t));
-        free(t);
+        secret_free(&t);
         return r;
     }
     *token = t;
@@ -728,13 +719,13 @@ static int token_from_file(const char *path, const char *label, char **token, co
     return 0;
 }
 
-int config_load_token(const config *c, char **token, const char **source, config_diag *diag)
+int config_load_token(const config *c, char **token, const char **source, diag *dg)
 {
     *token = NULL;
     *source = NULL;
     strbuf tried = {0};
     if (c->api.token_file) {
-        int r = token_from_file(c->api.token_file, "token_file", token, source, diag);
+        int r = token_from_file(c->api.token_file, "token_file", token, source, dg);
         if (r == 0 || (r != -ENOENT && r != -EACCES)) {
             strbuf_free(&tried);
             return r;
@@ -745,7 +736,7 @@ int config_load_token(const config *c, char **token, const char **source, config
     const char *cred = getenv("CREDENTIALS_DIRECTORY");
     if (cred && *cred) {
         char *p = xasprintf("%s/api-token", cred);
-        int r = token_from_file(p, "credential api-token", token, source, diag);
+        int r = token_from_file(p, "credential api-token", token, source, dg);
         if (r == 0 || (r != -ENOENT && r != -EACCES)) {
             free(p);
             strbuf_free(&tried);
@@ -760,10 +751,9 @@ int config_load_token(const config *c, char **token, const char **source, config
     const char *env = getenv("BATCHD_API_TOKEN");
     if (env) {
         char *t = xstrdup(env);
-        int r = clean_token(t, "$BATCHD_API_TOKEN", diag);
+        int r = clean_token(t, "$BATCHD_API_TOKEN", dg);
         if (r < 0) {
-            explicit_bzero(t, strlen(t));
-            free(t);
+            secret_free(&t);
             strbuf_free(&tried);
             return r;
         }
@@ -772,7 +762,7 @@ int config_load_token(const config *c, char **token, const char **source, config
         strbuf_free(&tried);
         return 0;
     }
-    diag_add(diag,
+    diag_add(dg, DIAG_ERROR, NULL,
              "no API token: tried %s, $BATCHD_API_TOKEN (not set); set [api] token_file "
              "(mode 600), LoadCredential=api-token:... or BATCHD_API_TOKEN",
              tried.data ? tried.data : "");

@@ -184,6 +184,9 @@ static void transfer_free(http_transfer *t)
         return;
     if (t->easy)
         curl_easy_cleanup(t->easy);
+    /* The list holds copies of the caller's headers, the Authorization header among them. */
+    for (struct curl_slist *h = t->headers; h; h = h->next)
+        secret_wipe(h->data, strlen(h->data));
     curl_slist_free_all(t->headers);
     if (t->upload_fd >= 0)
         close(t->upload_fd);

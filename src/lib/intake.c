@@ -518,6 +518,32 @@ static void manifest_failure(intake_result *res, const cJSON *errors)
 }
 
 /* Everything after the manifest: the data file and its records. */
+/* The check found records to upload: the file as read when all are valid (with its
+ * SHA-256), else, in skip mode, the cleaned file and rejected.jsonl (write_skip_files). */
+static int accept_records(int fd, const char *dir, const records_options *ro, size_t chunk,
+                          const atomic_int *cancel, const intake_options *opts, EVP_MD_CTX *md,
+                          const records_stats *s, intake_result *res)
+{
+    int r = 0;
+    res->records = s->valid;
+    res->rejected = s->invalid;
+    if (s->invalid == 0) {
+        /* The bytes read and hashed (the file may have changed size since fstat). */
+        res->bytes = s->bytes;
+        r = digest_hex(md, res->sha256);
+    } else if (!(opts && opts->dry_run)) {
+        if (opts && opts->between_passes)
+            opts->between_passes(opts->between_passes_ud);
+        r = write_skip_files(fd, dir, ro, chunk, cancel, res);
+    }
+    if (r == -ENOMEM)
+        set_failure(res, "invalid_job", "cannot compute the SHA-256 of %s: out of memory",
+                    res->upload_name);
+    if (r == -ECANCELED)
+        set_failure(res, "cancelled", "cancelled while validating %s", res->upload_name);
+    return r;
+}
+
 static int check_data(const char *dir, const config *cfg, const atomic_int *cancel,
                       const intake_options *opts, error_list *el, intake_result *res)
 {
@@ -581,22 +607,7 @@ static int check_data(const char *dir, const config *cfg, const atomic_int *canc
             set_failure(res, "invalid_records", "%llu record%s not match the schema",
                         (unsigned long long)s->invalid, s->invalid == 1 ? " does" : "s do");
     } else {
-        res->records = s->valid;
-        res->rejected = s->invalid;
-        if (s->invalid == 0) {
-            /* The bytes read and hashed (the file may have changed size since fstat). */
-            res->bytes = s->bytes;
-            r = digest_hex(md, res->sha256);
-        } else if (!(opts && opts->dry_run)) {
-            if (opts && opts->between_passes)
-                opts->between_passes(opts->between_passes_ud);
-            r = write_skip_files(fd, dir, &ro, chunk, cancel, res);
-        }
-        if (r == -ENOMEM)
-            set_failure(res, "invalid_job", "cannot compute the SHA-256 of %s: out of memory",
-                        shown);
-        if (r == -ECANCELED)
-            set_failure(res, "cancelled", "cancelled while validating %s", shown);
+        r = accept_records(fd, dir, &ro, chunk, cancel, opts, md, s, res);
     }
     free(po.file_error);
     free(po.file_error_field);
@@ -671,30 +682,6 @@ int intake_check(const char *job_dir, const char *job_name, const config *cfg,
                  const atomic_int *cancel, intake_result *out)
 {
     return intake_check_ex(job_dir, job_name, cfg, cancel, NULL, out);
-}
-
-cJSON *intake_error_json(const char *job_name, const char *job_id, const char *stage,
-                         const intake_result *r, int64_t now_ms)
-{
-    cJSON *j = cJSON_CreateObject();
-    json_add_str_or_null(j, "job", job_name);
-    json_add_str_or_null(j, "id", job_id);
-    cJSON_AddStringToObject(j, "state", "failed");
-    json_add_str_or_null(j, "stage", stage);
-    json_add_str_or_null(j, "code", r ? r->code : NULL);
-    json_add_str_or_null(j, "message", r ? r->message : NULL);
-    if (r && r->errors)
-        cJSON_AddItemToObject(j, "errors", cJSON_Duplicate(r->errors, true));
-    else
-        cJSON_AddArrayToObject(j, "errors");
-    cJSON_AddNullToObject(j, "http_status");
-    cJSON_AddNullToObject(j, "api_error");
-    cJSON_AddNullToObject(j, "dataset_id");
-    cJSON_AddNullToObject(j, "batch_id");
-    char at[40];
-    time_format_rfc3339(now_ms, false, at, sizeof at);
-    cJSON_AddStringToObject(j, "at", at);
-    return j;
 }
 
 /* ---- batchd --check-config ---- */
@@ -774,13 +761,13 @@ static int check_workspace(const char *path, const config *c, FILE *out)
 int intake_check_config(const char *path, FILE *out)
 {
     config c;
-    config_diag d = {0};
+    diag d = {0};
     int problems = 0;
     if (config_load(path, &c, &d) < 0)
         problems += (int)(d.count ? d.count : 1);
     for (size_t i = 0; i < d.count; i++)
         fprintf(out, "%s\n", d.lines[i]);
-    config_diag_free(&d);
+    diag_free(&d);
     if (problems == 0) {
         char *token = NULL;
         const char *source = NULL;
@@ -788,11 +775,8 @@ int intake_check_config(const char *path, FILE *out)
             problems++;
         for (size_t i = 0; i < d.count; i++)
             fprintf(out, "%s\n", d.lines[i]);
-        config_diag_free(&d);
-        if (token) {
-            explicit_bzero(token, strlen(token));
-            free(token);
-        }
+        diag_free(&d);
+        secret_free(&token);
         problems += check_dir("[spool] dir", c.spool.dir, out);
         problems += check_dir("[state] dir", c.state.dir, out);
         problems += check_group(c.control.group, out);

@@ -549,25 +549,23 @@ static void cap_error_json(cJSON *o)
 
 cJSON *job_error_json(const job *j)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "job", j->name);
-    cJSON_AddStringToObject(o, "id", j->id);
-    cJSON_AddStringToObject(o, "state", j->state == JOB_CANCELLED ? "cancelled" : "failed");
-    cJSON_AddStringToObject(o, "stage", job_state_name(j->failed_stage));
-    cJSON_AddStringToObject(o, "code", j->error_code ? j->error_code : "cancelled");
-    json_add_str_or_null(o, "message", j->error_message);
-    cJSON_AddItemToObject(
-        o, "errors", j->error_details ? cJSON_Duplicate(j->error_details, 1) : cJSON_CreateArray());
-    if (j->http_status > 0)
-        cJSON_AddNumberToObject(o, "http_status", (double)j->http_status);
-    else
-        cJSON_AddNullToObject(o, "http_status");
-    cJSON_AddItemToObject(o, "api_error", dup_or_null(j->api_error));
-    /* Exactly the keys of PRODUCT.md §4. The remote resources are the dataset and the batch;
-     * an import's counts are in message and api_error. */
-    json_add_str_or_null(o, "dataset_id", j->dataset_id);
-    json_add_str_or_null(o, "batch_id", j->batch_id);
-    add_time(o, "at", j->finished_at ? j->finished_at : j->updated_at);
+    /* The remote resources are the dataset and the batch; an import's counts are in message
+     * and api_error. */
+    error_doc e = {
+        .job = j->name,
+        .id = j->id,
+        .state = j->state == JOB_CANCELLED ? "cancelled" : "failed",
+        .stage = job_state_name(j->failed_stage),
+        .code = j->error_code ? j->error_code : "cancelled",
+        .message = j->error_message,
+        .errors = j->error_details,
+        .http_status = j->http_status,
+        .api_error = j->api_error,
+        .dataset_id = j->dataset_id,
+        .batch_id = j->batch_id,
+        .at_ms = j->finished_at ? j->finished_at : j->updated_at,
+    };
+    cJSON *o = error_json_new(&e);
     cap_error_json(o);
     return o;
 }

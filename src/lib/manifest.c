@@ -21,22 +21,16 @@
 
 #define JOB_JSON "job.json"
 
-void manifest_error_add(cJSON *errors, const char *file, const char *path, const char *fmt, ...)
+/* A problem at a JSON path (NULL: none) of file (NULL: none). */
+static void merr(diag *dg, const char *file, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void merr(diag *dg, const char *file, const char *path, const char *fmt, ...)
 {
-    if (!errors)
-        return;
+    const diag_where w = {.file = file, .path = path};
     va_list ap;
     va_start(ap, fmt);
-    char *message = xvasprintf(fmt, ap);
+    diag_vadd(dg, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
-    cJSON *e = cJSON_CreateObject();
-    if (file)
-        cJSON_AddStringToObject(e, "file", file);
-    if (path)
-        cJSON_AddStringToObject(e, "path", path);
-    cJSON_AddStringToObject(e, "message", message);
-    cJSON_AddItemToArray(errors, e);
-    free(message);
 }
 
 static void errno_text(int e, char *buf, size_t len)
@@ -145,24 +139,15 @@ static void offset_to_line_col(const char *data, size_t off, int *line, int *col
     *col = c;
 }
 
-static void file_error(cJSON *errors, const char *file, int line, int col, const char *fmt, ...)
+static void file_error(diag *dg, const char *file, int line, int col, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-static void file_error(cJSON *errors, const char *file, int line, int col, const char *fmt, ...)
+static void file_error(diag *dg, const char *file, int line, int col, const char *fmt, ...)
 {
-    strbuf sb = {0};
+    const diag_where w = {.file = file, .line = line > 0 ? (uint64_t)line : 0, .column = col};
     va_list ap;
     va_start(ap, fmt);
-    strbuf_vprintf(&sb, fmt, ap);
+    diag_vadd(dg, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "file", file);
-    if (line > 0)
-        cJSON_AddNumberToObject(e, "line", line);
-    if (col > 0)
-        cJSON_AddNumberToObject(e, "column", col);
-    cJSON_AddStringToObject(e, "message", sb.data);
-    cJSON_AddItemToArray(errors, e);
-    strbuf_free(&sb);
 }
 
 /* The first line (1-based) that is not valid UTF-8, or 0. Lines never split a character. */
@@ -183,9 +168,9 @@ static int first_bad_utf8_line(const char *data, size_t len)
 
 /* Reads and parses a JSON object file. shown is the name used in messages. Returns 0,
  * -ENOENT silently (the caller decides whether absence is a problem), or another -errno /
- * -EINVAL with the problem in errors. */
+ * -EINVAL with the problem in dg. */
 static int load_json_object(const char *path, const char *shown, bool nofollow, cJSON **out,
-                            cJSON *errors)
+                            diag *dg)
 {
     char *data = NULL;
     size_t len = 0;
@@ -197,25 +182,25 @@ static int load_json_object(const char *path, const char *shown, bool nofollow, 
         char eb[128];
         errno_text(-r, eb, sizeof eb);
         if (r == -ELOOP)
-            file_error(errors, shown, 0, 0,
+            file_error(dg, shown, 0, 0,
                        "is a symbolic link; batchd never follows links in a job: copy the file "
                        "in instead");
         else if (r == -EFBIG)
-            file_error(errors, shown, 0, 0, "is larger than %d bytes", MANIFEST_MAX_FILE);
+            file_error(dg, shown, 0, 0, "is larger than %d bytes", MANIFEST_MAX_FILE);
         else if (r == -EINVAL)
-            file_error(errors, shown, 0, 0, "is not a regular file");
+            file_error(dg, shown, 0, 0, "is not a regular file");
         else
-            file_error(errors, shown, 0, 0, "cannot be read: %s", eb);
+            file_error(dg, shown, 0, 0, "cannot be read: %s", eb);
         return r;
     }
     int bad = 0;
     if (strlen(data) != len) {
         int line, col;
         offset_to_line_col(data, strlen(data), &line, &col);
-        file_error(errors, shown, line, col, "contains a NUL byte: not a JSON text file");
+        file_error(dg, shown, line, col, "contains a NUL byte: not a JSON text file");
         r = -EINVAL;
     } else if ((bad = first_bad_utf8_line(data, len)) > 0) {
-        file_error(errors, shown, bad, 0, "is not valid UTF-8 (save it as UTF-8)");
+        file_error(dg, shown, bad, 0, "is not valid UTF-8 (save it as UTF-8)");
         r = -EINVAL;
     } else {
         const char *end = NULL;
@@ -224,11 +209,11 @@ static int load_json_object(const char *path, const char *shown, bool nofollow, 
             int line, col;
             size_t off = end && end >= data && end <= data + len ? (size_t)(end - data) : 0;
             offset_to_line_col(data, off, &line, &col);
-            file_error(errors, shown, line, col,
+            file_error(dg, shown, line, col,
                        "malformed JSON near here (check for a missing comma, quote or brace)");
             r = -EINVAL;
         } else if (!cJSON_IsObject(j)) {
-            file_error(errors, shown, 1, 1, "must be a JSON object ({...})");
+            file_error(dg, shown, 1, 1, "must be a JSON object ({...})");
             cJSON_Delete(j);
             r = -EINVAL;
         } else {
@@ -250,7 +235,7 @@ static bool key_allowed(const char *key, const char *const *allowed)
 }
 
 static void check_members(const cJSON *obj, const char *prefix, const char *const *allowed,
-                          const char *file, cJSON *errors, int *count)
+                          const char *file, diag *dg, int *count)
 {
     for (const cJSON *c = obj->child; c; c = c->next) {
         const char *key = c->string ? c->string : "";
@@ -263,14 +248,13 @@ static void check_members(const cJSON *obj, const char *prefix, const char *cons
             strbuf known = {0};
             for (const char *const *a = allowed; *a; a++)
                 strbuf_printf(&known, "%s%s", a == allowed ? "" : ", ", *a);
-            manifest_error_add(errors, file, p.data, "unknown member (allowed here: %s)",
-                               known.data);
+            merr(dg, file, p.data, "unknown member (allowed here: %s)", known.data);
             strbuf_free(&known);
             (*count)++;
         } else {
             for (const cJSON *d = c->next; d; d = d->next) {
                 if (d->string && !strcmp(d->string, key)) {
-                    manifest_error_add(errors, file, p.data, "given twice");
+                    merr(dg, file, p.data, "given twice");
                     (*count)++;
                     break;
                 }
@@ -281,12 +265,12 @@ static void check_members(const cJSON *obj, const char *prefix, const char *cons
 }
 
 static void want_string(const cJSON *obj, const char *key, const char *path, bool allow_null,
-                        const char *file, cJSON *errors, int *count)
+                        const char *file, diag *dg, int *count)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsString(v) || (allow_null && cJSON_IsNull(v)))
         return;
-    manifest_error_add(errors, file, path, "must be a string%s", allow_null ? " or null" : "");
+    merr(dg, file, path, "must be a string%s", allow_null ? " or null" : "");
     (*count)++;
 }
 
@@ -296,28 +280,28 @@ static const char *const batch_keys[] = {"name", "task_details", "batch_items", 
                                          NULL};
 
 /* Checks member names and the types this module relies on. Returns the number of issues. */
-static int check_shape(const cJSON *j, const char *file, cJSON *errors)
+static int check_shape(const cJSON *j, const char *file, diag *dg)
 {
     int n = 0;
-    check_members(j, NULL, top_keys, file, errors, &n);
-    want_string(j, "template", "template", true, file, errors, &n);
-    want_string(j, "workspace_id", "workspace_id", false, file, errors, &n);
+    check_members(j, NULL, top_keys, file, dg, &n);
+    want_string(j, "template", "template", true, file, dg, &n);
+    want_string(j, "workspace_id", "workspace_id", false, file, dg, &n);
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(j, "dataset");
     if (ds && !cJSON_IsObject(ds)) {
-        manifest_error_add(errors, file, "dataset", "must be an object");
+        merr(dg, file, "dataset", "must be an object");
         n++;
     } else if (ds) {
-        check_members(ds, "dataset", dataset_keys, file, errors, &n);
-        want_string(ds, "name", "dataset.name", false, file, errors, &n);
-        want_string(ds, "file", "dataset.file", false, file, errors, &n);
+        check_members(ds, "dataset", dataset_keys, file, dg, &n);
+        want_string(ds, "name", "dataset.name", false, file, dg, &n);
+        want_string(ds, "file", "dataset.file", false, file, dg, &n);
     }
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "batch");
     if (b && !cJSON_IsObject(b)) {
-        manifest_error_add(errors, file, "batch", "must be an object");
+        merr(dg, file, "batch", "must be an object");
         n++;
     } else if (b) {
-        check_members(b, "batch", batch_keys, file, errors, &n);
-        want_string(b, "name", "batch.name", false, file, errors, &n);
+        check_members(b, "batch", batch_keys, file, dg, &n);
+        want_string(b, "name", "batch.name", false, file, dg, &n);
     }
     return n;
 }
@@ -371,14 +355,14 @@ static void chain_free(chain *ch)
     ch->n = 0;
 }
 
-static void report_cycle(const chain *ch, int back_to, const char *path, cJSON *errors)
+static void report_cycle(const chain *ch, int back_to, const char *path, diag *dg)
 {
     strbuf sb = {0};
     for (int i = back_to; i < ch->n; i++)
         strbuf_printf(&sb, "%s -> ", ch->paths[i]);
     strbuf_puts(&sb, path);
-    manifest_error_add(errors, ch->paths[ch->n - 1], "template",
-                       "template cycle: %s; remove one of the \"template\" references", sb.data);
+    merr(dg, ch->paths[ch->n - 1], "template",
+         "template cycle: %s; remove one of the \"template\" references", sb.data);
     strbuf_free(&sb);
 }
 
@@ -387,8 +371,89 @@ static void report_cycle(const chain *ch, int back_to, const char *path, cJSON *
  * the templates a template names are always names. missing_ok: an absent first template is
  * not an error (the configured default). Returns 0, -ENOENT (absent, when missing_ok) or
  * -EINVAL. */
+/* Where one template of the chain is: *path as named (a name looked up in the templates
+ * directory when named, else the configured path as given) and *real, its resolved path.
+ * Returns 0, -ENOENT for a missing first template when missing_ok, else -EINVAL (reported
+ * at where/member). */
+static int chain_locate(const char *ref, bool named, const char *where, const config *cfg,
+                        bool missing_ok, diag *dg, char **path, char **real)
+{
+    const char *member = named ? "template" : NULL;
+    *real = NULL;
+    *path = named ? manifest_template_path(ref, cfg) : xstrdup(ref);
+    if (!*path) {
+        char *dir = templates_dir(cfg);
+        merr(dg, where, member,
+             "\"%s\" is not a template name: it %s; name a template in %s "
+             "(\"pairwise\" for %s/pairwise.json), or leave \"template\" out "
+             "for the configured one",
+             has_control(ref) ? "(the name)" : ref, manifest_template_name_problem(ref), dir, dir);
+        free(dir);
+        return -EINVAL;
+    }
+    *real = realpath(*path, NULL);
+    if (*real && named && !inside_templates_dir(*real, cfg)) {
+        char *dir = templates_dir(cfg);
+        merr(dg, where, member,
+             "template \"%s\" (%s) leads outside the templates directory %s "
+             "(a symbolic link?); templates named by a job must be files in "
+             "that directory",
+             ref, *path, dir);
+        free(dir);
+        return -EINVAL;
+    }
+    if (*real)
+        return 0;
+    int e = errno;
+    if (e == ENOENT && missing_ok)
+        return -ENOENT;
+    char eb[128];
+    errno_text(e, eb, sizeof eb);
+    if (e == ENOENT && !named)
+        merr(dg, where, member, "template %s does not exist", *path);
+    else if (e == ENOENT)
+        merr(dg, where, member,
+             "unknown template \"%s\": %s does not exist (a name is "
+             "looked up in the directory of the configured template)",
+             ref, *path);
+    else
+        merr(dg, where, member, "template \"%s\" (%s): %s", ref, *path, eb);
+    return -EINVAL;
+}
+
+/* Loads the template at path (resolved: real) as the chain's next layer: refuses a cycle
+ * and a chain deeper than MANIFEST_MAX_TEMPLATE_DEPTH. Returns 0 (the chain owns path and
+ * real) or -EINVAL (the caller still owns them). */
+static int chain_push(chain *ch, char *path, char *real, const char *where, const char *member,
+                      diag *dg)
+{
+    for (int i = 0; i < ch->n; i++) {
+        if (!strcmp(ch->real[i], real)) {
+            report_cycle(ch, i, path, dg);
+            return -EINVAL;
+        }
+    }
+    if (ch->n == MANIFEST_MAX_TEMPLATE_DEPTH) {
+        merr(dg, where, member, "templates nest deeper than %d levels (next: %s)",
+             MANIFEST_MAX_TEMPLATE_DEPTH, path);
+        return -EINVAL;
+    }
+    cJSON *j = NULL;
+    int lr = load_json_object(path, path, false, &j, dg);
+    if (lr < 0) {
+        if (lr == -ENOENT)
+            merr(dg, where, member, "template %s disappeared", path);
+        return -EINVAL;
+    }
+    ch->layers[ch->n] = j;
+    ch->paths[ch->n] = path;
+    ch->real[ch->n] = real;
+    ch->n++;
+    return 0;
+}
+
 static int chain_load(chain *ch, const char *ref, const char *from_file, bool by_name,
-                      const config *cfg, bool missing_ok, cJSON *errors)
+                      const config *cfg, bool missing_ok, diag *dg)
 {
     const char *referrer = from_file;
     char *next_ref = ref ? xstrdup(ref) : NULL;
@@ -399,94 +464,19 @@ static int chain_load(chain *ch, const char *ref, const char *from_file, bool by
          * template a job.json or a template names is a name looked up only in the
          * templates directory, so job.json cannot make batchd read any other file. */
         bool named = ch->n > 0 || by_name;
-        const char *member = named ? "template" : NULL;
-        char *path = named ? manifest_template_path(next_ref, cfg) : xstrdup(next_ref);
-        if (!path) {
-            char *dir = templates_dir(cfg);
-            manifest_error_add(errors, where, member,
-                               "\"%s\" is not a template name: it %s; name a template in %s "
-                               "(\"pairwise\" for %s/pairwise.json), or leave \"template\" out "
-                               "for the configured one",
-                               has_control(next_ref) ? "(the name)" : next_ref,
-                               manifest_template_name_problem(next_ref), dir, dir);
-            free(dir);
-            r = -EINVAL;
-            break;
-        }
-        char *real = realpath(path, NULL);
-        if (real && named && !inside_templates_dir(real, cfg)) {
-            char *dir = templates_dir(cfg);
-            manifest_error_add(errors, where, member,
-                               "template \"%s\" (%s) leads outside the templates directory %s "
-                               "(a symbolic link?); templates named by a job must be files in "
-                               "that directory",
-                               next_ref, path, dir);
-            free(dir);
-            free(real);
-            free(path);
-            r = -EINVAL;
-            break;
-        }
-        if (!real) {
-            int e = errno;
-            if (e == ENOENT && missing_ok && ch->n == 0) {
-                free(path);
-                r = -ENOENT;
-                break;
-            }
-            char eb[128];
-            errno_text(e, eb, sizeof eb);
-            if (e == ENOENT && !named)
-                manifest_error_add(errors, where, member, "template %s does not exist", path);
-            else if (e == ENOENT)
-                manifest_error_add(errors, where, member,
-                                   "unknown template \"%s\": %s does not exist (a name is "
-                                   "looked up in the directory of the configured template)",
-                                   next_ref, path);
-            else
-                manifest_error_add(errors, where, member, "template \"%s\" (%s): %s", next_ref,
-                                   path, eb);
-            free(path);
-            r = -EINVAL;
-            break;
-        }
-        int cyc = -1;
-        for (int i = 0; i < ch->n; i++)
-            if (!strcmp(ch->real[i], real))
-                cyc = i;
-        if (cyc >= 0) {
-            report_cycle(ch, cyc, path, errors);
-            free(path);
-            free(real);
-            r = -EINVAL;
-            break;
-        }
-        if (ch->n == MANIFEST_MAX_TEMPLATE_DEPTH) {
-            manifest_error_add(errors, where, member,
-                               "templates nest deeper than %d levels (next: %s)",
-                               MANIFEST_MAX_TEMPLATE_DEPTH, path);
-            free(path);
-            free(real);
-            r = -EINVAL;
-            break;
-        }
-        cJSON *j = NULL;
-        int lr = load_json_object(path, path, false, &j, errors);
-        if (lr < 0) {
-            if (lr == -ENOENT)
-                manifest_error_add(errors, where, member, "template %s disappeared", path);
-            free(path);
-            free(real);
-            r = -EINVAL;
-            break;
-        }
-        ch->layers[ch->n] = j;
-        ch->paths[ch->n] = path;
-        ch->real[ch->n] = real;
-        ch->n++;
+        char *path, *real;
+        r = chain_locate(next_ref, named, where, cfg, missing_ok && ch->n == 0, dg, &path, &real);
+        if (r == 0)
+            r = chain_push(ch, path, real, where, named ? "template" : NULL, dg);
         free(next_ref);
         next_ref = NULL;
-        if (check_shape(j, path, errors) > 0) {
+        if (r < 0) {
+            free(path);
+            free(real);
+            break;
+        }
+        const cJSON *j = ch->layers[ch->n - 1];
+        if (check_shape(j, path, dg) > 0) {
             r = -EINVAL;
             break;
         }
@@ -545,22 +535,21 @@ static const char *file_kind(mode_t mode)
 }
 
 /* Checks a data file named in dataset.file: a plain name of an existing regular file. */
-static int check_named_file(const char *job_dir, const char *name, cJSON *errors)
+static int check_named_file(const char *job_dir, const char *name, diag *dg)
 {
     if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
         has_control(name)) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "must be a plain file name in the job directory (no '/', no '..')");
+        merr(dg, NULL, "dataset.file",
+             "must be a plain file name in the job directory (no '/', no '..')");
         return -EINVAL;
     }
     if (!data_extension(name)) {
-        manifest_error_add(errors, NULL, "dataset.file", "\"%s\" is not a .jsonl or .csv file name",
-                           name);
+        merr(dg, NULL, "dataset.file", "\"%s\" is not a .jsonl or .csv file name", name);
         return -EINVAL;
     }
     if (manifest_is_own_name(name)) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "\"%s\" is a name batchd writes itself; rename the data file", name);
+        merr(dg, NULL, "dataset.file",
+             "\"%s\" is a name batchd writes itself; rename the data file", name);
         return -EINVAL;
     }
     char *p = fsutil_join(job_dir, name);
@@ -568,34 +557,108 @@ static int check_named_file(const char *job_dir, const char *name, cJSON *errors
     int r = lstat(p, &st) < 0 ? -errno : 0;
     free(p);
     if (r == -ENOENT) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "\"%s\" does not exist in the job directory", name);
+        merr(dg, NULL, "dataset.file", "\"%s\" does not exist in the job directory", name);
         return r;
     }
     if (r < 0) {
         char eb[128];
         errno_text(-r, eb, sizeof eb);
-        manifest_error_add(errors, NULL, "dataset.file", "\"%s\": %s", name, eb);
+        merr(dg, NULL, "dataset.file", "\"%s\": %s", name, eb);
         return r;
     }
     if (S_ISLNK(st.st_mode)) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "\"%s\" is a symbolic link; batchd never follows links: copy the "
-                           "file in instead",
-                           name);
+        merr(dg, NULL, "dataset.file",
+             "\"%s\" is a symbolic link; batchd never follows links: copy the "
+             "file in instead",
+             name);
         return -EINVAL;
     }
     if (!S_ISREG(st.st_mode)) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "\"%s\" is %s, not a regular file; only regular files are read", name,
-                           file_kind(st.st_mode));
+        merr(dg, NULL, "dataset.file",
+             "\"%s\" is %s, not a regular file; only regular files are read", name,
+             file_kind(st.st_mode));
         return -EINVAL;
     }
     return 0;
 }
 
 /* Finds the one data file in job_dir. *found is malloc'd. */
-static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
+/* The data-like names of a job directory, sorted; own is the first name batchd writes
+ * itself that looks like data (NULL when none). */
+typedef struct data_names {
+    char **names;
+    size_t n;
+    char *own;
+} data_names;
+
+/* Takes one directory entry into dn when it is a regular data file; a symbolic link or a
+ * non-regular file named like data is reported (-EINVAL). */
+static int consider_entry(DIR *d, const struct dirent *de, data_names *dn, diag *dg)
+{
+    if (!manifest_is_data_name(de->d_name)) {
+        if (!dn->own && de->d_name[0] != '.' && manifest_is_own_name(de->d_name) &&
+            data_extension(de->d_name))
+            dn->own = xstrdup(de->d_name);
+        return 0;
+    }
+    struct stat st;
+    if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return 0; /* vanished while we looked */
+    if (S_ISLNK(st.st_mode)) {
+        merr(dg, NULL, "dataset.file",
+             "\"%s\" is a symbolic link; batchd never follows links: copy "
+             "the file in instead",
+             de->d_name);
+        return -EINVAL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        /* Named like data but a FIFO, device or directory: say so, rather than "no
+         * data file", and never open it (a FIFO would block the reader). */
+        merr(dg, NULL, "dataset.file",
+             "\"%s\" is %s, not a regular file; only regular files are read", de->d_name,
+             file_kind(st.st_mode));
+        return -EINVAL;
+    }
+    dn->names = xrealloc(dn->names, (dn->n + 1) * sizeof *dn->names);
+    dn->names[dn->n++] = xstrdup(de->d_name);
+    return 0;
+}
+
+/* The one data file among dn (moved to *found), or -EINVAL with the reason reported. */
+static int pick_data_file(data_names *dn, char **found, diag *dg)
+{
+    if (dn->n == 0 && dn->own) {
+        /* Most likely a producer's file dropped as it is (incoming/rejected.jsonl): taking it
+         * as data would let batchd's own rejected.jsonl replace it in skip mode. */
+        merr(dg, NULL, "dataset.file",
+             "\"%s\" is a name batchd writes itself (rejected.jsonl, "
+             "*.cleaned.jsonl, *.cleaned.csv), so it is not taken as data; "
+             "rename the file and submit it again",
+             dn->own);
+        return -EINVAL;
+    }
+    if (dn->n == 0) {
+        merr(dg, NULL, "dataset.file",
+             "no data file: put one *.jsonl or *.csv file in the job directory");
+        return -EINVAL;
+    }
+    if (dn->n > 1) {
+        strbuf sb = {0};
+        for (size_t i = 0; i < dn->n; i++)
+            strbuf_printf(&sb, "%s%s", i ? ", " : "", dn->names[i]);
+        merr(dg, NULL, "dataset.file",
+             "%zu data files (%s) and none is named: set \"dataset\": {\"file\": "
+             "...} in job.json, or keep one data file",
+             dn->n, sb.data);
+        strbuf_free(&sb);
+        return -EINVAL;
+    }
+    *found = dn->names[0];
+    dn->names[0] = NULL;
+    return 0;
+}
+
+static int discover_data_file(const char *job_dir, char **found, diag *dg)
 {
     *found = NULL;
     DIR *d = opendir(job_dir);
@@ -603,118 +666,63 @@ static int discover_data_file(const char *job_dir, char **found, cJSON *errors)
         char eb[128];
         int e = errno;
         errno_text(e, eb, sizeof eb);
-        manifest_error_add(errors, NULL, NULL, "cannot list the job directory %s: %s", job_dir, eb);
+        merr(dg, NULL, NULL, "cannot list the job directory %s: %s", job_dir, eb);
         return -e;
     }
-    char **names = NULL;
-    size_t n = 0;
+    data_names dn = {0};
     int r = 0;
-    char *own = NULL; /* a data-like file with a name batchd writes itself */
     const struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!manifest_is_data_name(de->d_name)) {
-            if (!own && de->d_name[0] != '.' && manifest_is_own_name(de->d_name) &&
-                data_extension(de->d_name))
-                own = xstrdup(de->d_name);
-            continue;
-        }
-        struct stat st;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            continue; /* vanished while we looked */
-        if (S_ISLNK(st.st_mode)) {
-            manifest_error_add(errors, NULL, "dataset.file",
-                               "\"%s\" is a symbolic link; batchd never follows links: copy "
-                               "the file in instead",
-                               de->d_name);
+    while ((de = readdir(d)) != NULL)
+        if (consider_entry(d, de, &dn, dg) < 0)
             r = -EINVAL;
-            continue;
-        }
-        if (!S_ISREG(st.st_mode)) {
-            /* Named like data but a FIFO, device or directory: say so, rather than "no
-             * data file", and never open it (a FIFO would block the reader). */
-            manifest_error_add(errors, NULL, "dataset.file",
-                               "\"%s\" is %s, not a regular file; only regular files are read",
-                               de->d_name, file_kind(st.st_mode));
-            r = -EINVAL;
-            continue;
-        }
-        names = xrealloc(names, (n + 1) * sizeof *names);
-        names[n++] = xstrdup(de->d_name);
-    }
     closedir(d);
-    if (n > 1)
-        qsort(names, n, sizeof *names, cmp_str);
-    if (r == 0 && n == 0 && own) {
-        /* Most likely a producer's file dropped as it is (incoming/rejected.jsonl): taking it
-         * as data would let batchd's own rejected.jsonl replace it in skip mode. */
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "\"%s\" is a name batchd writes itself (rejected.jsonl, "
-                           "*.cleaned.jsonl, *.cleaned.csv), so it is not taken as data; "
-                           "rename the file and submit it again",
-                           own);
-        r = -EINVAL;
-    } else if (r == 0 && n == 0) {
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "no data file: put one *.jsonl or *.csv file in the job directory");
-        r = -EINVAL;
-    } else if (r == 0 && n > 1) {
-        strbuf sb = {0};
-        for (size_t i = 0; i < n; i++)
-            strbuf_printf(&sb, "%s%s", i ? ", " : "", names[i]);
-        manifest_error_add(errors, NULL, "dataset.file",
-                           "%zu data files (%s) and none is named: set \"dataset\": {\"file\": "
-                           "...} in job.json, or keep one data file",
-                           n, sb.data);
-        strbuf_free(&sb);
-        r = -EINVAL;
-    } else if (r == 0) {
-        *found = names[0];
-        names[0] = NULL;
-    }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    free(own);
+    if (dn.n > 1)
+        qsort(dn.names, dn.n, sizeof *dn.names, cmp_str);
+    if (r == 0)
+        r = pick_data_file(&dn, found, dg);
+    for (size_t i = 0; i < dn.n; i++)
+        free(dn.names[i]);
+    free(dn.names);
+    free(dn.own);
     return r;
 }
 
 /* ---- checking the whole ---- */
 
-static void add_rules_issues(const rules_report *rep, cJSON *errors)
+static void add_rules_issues(const rules_report *rep, diag *dg)
 {
     for (size_t i = 0; i < rep->count; i++)
-        manifest_error_add(errors, NULL, rep->issues[i].path, "%s",
-                           rep->issues[i].message ? rep->issues[i].message : "invalid");
+        merr(dg, NULL, rep->issues[i].path, "%s",
+             rep->issues[i].message ? rep->issues[i].message : "invalid");
 }
 
 static int check_required_string(const cJSON *obj, const char *key, const char *path,
-                                 const char *hint, cJSON *errors)
+                                 const char *hint, diag *dg)
 {
     const cJSON *v = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
     if (!v) {
-        manifest_error_add(errors, NULL, path, "required%s", hint);
+        merr(dg, NULL, path, "required%s", hint);
         return 1;
     }
     if (!cJSON_IsString(v)) {
-        manifest_error_add(errors, NULL, path, "must be a string");
+        merr(dg, NULL, path, "must be a string");
         return 1;
     }
     if (!*v->valuestring || has_control(v->valuestring)) {
-        manifest_error_add(errors, NULL, path,
-                           "must be a non-empty string without control characters");
+        merr(dg, NULL, path, "must be a non-empty string without control characters");
         return 1;
     }
     return 0;
 }
 
-static int check_tasks_per_group(const cJSON *batch, cJSON *errors)
+static int check_tasks_per_group(const cJSON *batch, diag *dg)
 {
     const cJSON *t = batch ? cJSON_GetObjectItemCaseSensitive(batch, "tasks_per_group") : NULL;
     if (!t)
         return 0;
     if (!cJSON_IsNumber(t) || t->valuedouble != (double)(int64_t)t->valuedouble ||
         t->valuedouble < 1 || t->valuedouble > 1e6) {
-        manifest_error_add(errors, NULL, "batch.tasks_per_group", "must be a whole number >= 1");
+        merr(dg, NULL, "batch.tasks_per_group", "must be a whole number >= 1");
         return 1;
     }
     return 0;
@@ -722,7 +730,7 @@ static int check_tasks_per_group(const cJSON *batch, cJSON *errors)
 
 /* Checks the resolved job. hint is appended to "required" messages. With want_all false (a
  * template alone), absent parts are not errors. */
-static int check_resolved(const cJSON *job, const char *hint, bool want_all, cJSON *errors)
+static int check_resolved(const cJSON *job, const char *hint, bool want_all, diag *dg)
 {
     int n = 0;
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(job, "dataset");
@@ -735,11 +743,11 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, cJS
         n += check_required_string(job, "workspace_id", "workspace_id",
                                    ": set it in job.json, a template, or [api] workspace_id in "
                                    "the configuration",
-                                   errors);
-        n += check_required_string(ds, "name", "dataset.name", hint, errors);
-        n += check_required_string(b, "name", "batch.name", hint, errors);
+                                   dg);
+        n += check_required_string(ds, "name", "dataset.name", hint, dg);
+        n += check_required_string(b, "name", "batch.name", hint, dg);
     }
-    n += check_tasks_per_group(b, errors);
+    n += check_tasks_per_group(b, dg);
     const cJSON *schema = ds ? cJSON_GetObjectItemCaseSensitive(ds, "schema") : NULL;
     const cJSON *td = b ? cJSON_GetObjectItemCaseSensitive(b, "task_details") : NULL;
     const cJSON *items = b ? cJSON_GetObjectItemCaseSensitive(b, "batch_items") : NULL;
@@ -747,8 +755,7 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, cJS
     const cJSON *vals[3] = {schema, td, items};
     for (int i = 0; i < 3; i++) {
         if (!vals[i] && want_all) {
-            manifest_error_add(errors, NULL, what[i],
-                               "required: give it in job.json or in its template%s", hint);
+            merr(dg, NULL, what[i], "required: give it in job.json or in its template%s", hint);
             n++;
         }
     }
@@ -761,7 +768,7 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, cJS
     if (items)
         rules_check_batch_items(items, cJSON_IsObject(schema) ? schema : NULL, "batch.batch_items",
                                 &rep);
-    add_rules_issues(&rep, errors);
+    add_rules_issues(&rep, dg);
     n += (int)rep.count;
     rules_report_free(&rep);
     return n;
@@ -776,7 +783,7 @@ typedef struct resolve_in {
     const config *cfg;
 } resolve_in;
 
-static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
+static int resolve(const resolve_in *in, cJSON **out, diag *dg)
 {
     *out = NULL;
     cJSON *job = NULL;
@@ -784,11 +791,11 @@ static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
     int r = 0;
     if (!in->bare_file) {
         char *p = fsutil_join(in->job_dir, JOB_JSON);
-        int lr = load_json_object(p, JOB_JSON, true, &job, errors);
+        int lr = load_json_object(p, JOB_JSON, true, &job, dg);
         free(p);
         if (lr < 0 && lr != -ENOENT)
             return -EINVAL;
-        if (job && check_shape(job, JOB_JSON, errors) > 0) {
+        if (job && check_shape(job, JOB_JSON, dg) > 0) {
             cJSON_Delete(job);
             return -EINVAL;
         }
@@ -801,10 +808,9 @@ static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
     const char *hint = "";
     char hintbuf[PATH_MAX + 96];
     if (cJSON_IsString(t)) {
-        r = chain_load(&ch, t->valuestring, JOB_JSON, true, in->cfg, false, errors);
+        r = chain_load(&ch, t->valuestring, JOB_JSON, true, in->cfg, false, dg);
     } else if (!t && in->cfg && in->cfg->job.template_path) {
-        r = chain_load(&ch, in->cfg->job.template_path, "[job] template", false, in->cfg, true,
-                       errors);
+        r = chain_load(&ch, in->cfg->job.template_path, "[job] template", false, in->cfg, true, dg);
         if (r == -ENOENT) {
             snprintf(hintbuf, sizeof hintbuf, " (the configured template %s does not exist)",
                      in->cfg->job.template_path);
@@ -837,18 +843,18 @@ static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
     } else if (ds) {
         const char *named = json_str(ds, "file");
         if (named) {
-            if (check_named_file(in->job_dir, named, errors) < 0)
+            if (check_named_file(in->job_dir, named, dg) < 0)
                 bad++;
         } else {
             char *found = NULL;
-            if (discover_data_file(in->job_dir, &found, errors) < 0)
+            if (discover_data_file(in->job_dir, &found, dg) < 0)
                 bad++;
             else
                 cJSON_AddStringToObject(ds, "file", found);
             free(found);
         }
     }
-    bad += check_resolved(m, hint, true, errors);
+    bad += check_resolved(m, hint, true, dg);
     if (bad) {
         cJSON_Delete(m);
         return -EINVAL;
@@ -857,11 +863,18 @@ static int resolve(const resolve_in *in, cJSON **out, cJSON *errors)
     return 0;
 }
 
+/* The public entry points report into a cJSON array (intake.h and batchctl show it); the
+ * checks themselves report into a diag. */
 int manifest_resolve(const char *job_dir, const char *job_name, const config *cfg, cJSON **out,
                      cJSON *errors)
 {
     resolve_in in = {.job_dir = job_dir, .job_name = job_name, .cfg = cfg};
-    return resolve(&in, out, errors);
+    diag dg = {0};
+    int r = resolve(&in, out, &dg);
+    if (errors)
+        diag_to_json(&dg, errors);
+    diag_free(&dg);
+    return r;
 }
 
 int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
@@ -870,7 +883,11 @@ int manifest_resolve_bare(const char *data_path, const char *job_name, const con
     char *dir = fsutil_dirname(data_path);
     resolve_in in = {
         .job_dir = dir, .bare_file = fsutil_basename(data_path), .job_name = job_name, .cfg = cfg};
-    int r = resolve(&in, out, errors);
+    diag dg = {0};
+    int r = resolve(&in, out, &dg);
+    if (errors)
+        diag_to_json(&dg, errors);
+    diag_free(&dg);
     free(dir);
     return r;
 }
@@ -878,26 +895,30 @@ int manifest_resolve_bare(const char *data_path, const char *job_name, const con
 int manifest_check_template(const char *ref, const config *cfg, cJSON *errors)
 {
     chain ch = {0};
+    diag dg = {0};
     /* A bare name means a template in the templates directory; anything else is the
      * operator's path. */
     bool by_name = ref && !strchr(ref, '/');
-    int r = chain_load(&ch, ref, "[job] template", by_name, cfg, false, errors);
+    int r = chain_load(&ch, ref, "[job] template", by_name, cfg, false, &dg);
     if (r == 0) {
         cJSON *m = chain_merge(&ch);
-        if (check_resolved(m, "", false, errors) > 0)
+        if (check_resolved(m, "", false, &dg) > 0)
             r = -EINVAL;
         cJSON_Delete(m);
     }
     chain_free(&ch);
+    if (errors)
+        diag_to_json(&dg, errors);
+    diag_free(&dg);
     return r;
 }
 
 char *manifest_template_workspace(const char *ref, const config *cfg)
 {
     chain ch = {0};
-    cJSON *errors = cJSON_CreateArray();
     char *ws = NULL;
-    if (chain_load(&ch, ref, "[job] template", false, cfg, false, errors) == 0) {
+    /* Problems are manifest_check_template's to report: none are kept here. */
+    if (chain_load(&ch, ref, "[job] template", false, cfg, false, NULL) == 0) {
         cJSON *m = chain_merge(&ch);
         const char *v = json_str(m, "workspace_id");
         if (v && *v)
@@ -905,6 +926,5 @@ char *manifest_template_workspace(const char *ref, const config *cfg)
         cJSON_Delete(m);
     }
     chain_free(&ch);
-    cJSON_Delete(errors);
     return ws;
 }

@@ -1,6 +1,7 @@
 /* rules_internal: what rules.c and rules_items.c share and nobody else sees: the checking
  * context (report, JSON path being built, batch_items location) and the typed member
- * accessors that report a missing or mistyped member in one place, with one wording. */
+ * accessors that report a missing or mistyped member in one place, with one wording. All of
+ * it is defined in rules_ctx.c, so neither checker calls into the other. */
 #ifndef BATCHD_RULES_INTERNAL_H
 #define BATCHD_RULES_INTERNAL_H
 
@@ -52,6 +53,10 @@ long rutf8_chars(const char *s);
 /* True for 8-4-4-4-12 hexadecimal (the OpenAPI's format: uuid). */
 bool ruuid_valid(const char *s);
 
+/* "path.key is V; it must be WANT" and "path.key is missing; it is required (WANT)". */
+void rwrong_type(rules_ctx *c, const char *key, const cJSON *v, const char *want);
+void rmissing(rules_ctx *c, const char *key, const char *want);
+
 /* Typed member checks. Each reports a REQUEST issue at path.key when the member is present
  * with the wrong type (or missing, for rreq_*) and returns false; absent optional members
  * return true with *out cleared. */
@@ -68,6 +73,11 @@ bool ropt_enum(rules_ctx *c, const cJSON *obj, const char *key, const char *cons
                const char **out);
 /* "a, b or c" for a NULL-terminated list; free(). */
 char *rjoin_or(const char *const *list);
+/* True when s is one of the NULL-terminated list. */
+bool rin_list(const char *s, const char *const *list);
+
+/* The dataset field types, NULL-terminated. */
+extern const char *const rules_field_types[];
 
 /* The schema check and the batch_items walk, with a context the caller owns. */
 void rules_schema_walk(rules_ctx *c, const cJSON *schema);

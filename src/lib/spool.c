@@ -410,27 +410,16 @@ int spool_open(spool *s, bool create, char **err)
 static char *error_json_body(const char *job_name, const char *id, const char *code,
                              const char *message, int64_t now_ms)
 {
-    char at[32];
-    cJSON *j = cJSON_CreateObject();
     /* JSON text must be UTF-8; cJSON escapes control characters itself. */
-    if (utf8_valid(job_name, strlen(job_name))) {
-        cJSON_AddStringToObject(j, "job", job_name);
-    } else {
-        char *esc = spool_name_escape(job_name);
-        cJSON_AddStringToObject(j, "job", esc);
-        free(esc);
-    }
-    cJSON_AddStringToObject(j, "id", id);
-    cJSON_AddStringToObject(j, "state", "failed");
-    cJSON_AddStringToObject(j, "stage", "queued");
-    cJSON_AddStringToObject(j, "code", code);
-    cJSON_AddStringToObject(j, "message", message);
-    cJSON_AddItemToObject(j, "errors", cJSON_CreateArray());
-    cJSON_AddNullToObject(j, "http_status");
-    cJSON_AddNullToObject(j, "api_error");
-    cJSON_AddNullToObject(j, "dataset_id");
-    cJSON_AddNullToObject(j, "batch_id");
-    cJSON_AddStringToObject(j, "at", time_format_rfc3339(now_ms, false, at, sizeof at));
+    char *esc = utf8_valid(job_name, strlen(job_name)) ? NULL : spool_name_escape(job_name);
+    error_doc e = {.job = esc ? esc : job_name,
+                   .id = id,
+                   .stage = "queued",
+                   .code = code,
+                   .message = message,
+                   .at_ms = now_ms};
+    cJSON *j = error_json_new(&e);
+    free(esc);
     char *body = json_print_pretty(j);
     cJSON_Delete(j);
     return body;

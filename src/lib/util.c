@@ -751,3 +751,18 @@ const char *__tsan_default_suppressions(void)
     return "race:libuv.so.1\n";
 }
 #endif
+
+void secret_wipe(void *p, size_t n)
+{
+    if (p && n)
+        explicit_bzero(p, n);
+}
+
+void secret_free(char **s)
+{
+    if (!*s)
+        return;
+    secret_wipe(*s, strlen(*s));
+    free(*s);
+    *s = NULL;
+}

@@ -630,7 +630,14 @@ static void test_error_json_shape(void **state)
     put("j/d.jsonl", "{\"img\": \"https://a.b/c\"}\n");
     intake_result r;
     assert_int_equal(check("j", &r), 0);
-    cJSON *e = intake_error_json("job", "01JABC", "validating", &r, 1795941166000LL);
+    error_doc doc = {.job = "job",
+                     .id = "01JABC",
+                     .stage = "validating",
+                     .code = r.code,
+                     .message = r.message,
+                     .errors = r.errors,
+                     .at_ms = 1795941166000LL};
+    cJSON *e = error_json_new(&doc);
     const char *order[] = {"job",       "id",         "state",    "stage",
                            "code",      "message",    "errors",   "http_status",
                            "api_error", "dataset_id", "batch_id", "at"};

@@ -1,4 +1,4 @@
-/* Unit tests of util: durations, times, ids, UTF-8 and the string buffer. */
+/* Unit tests of util: durations, times, ids, UTF-8, the string buffer and error.json. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -181,6 +181,88 @@ static void test_escape_controls(void **state)
     free(s);
 }
 
+/* error.json byte for byte: the compact print pins key order, nulls and defaults. */
+static void test_error_json(void **state)
+{
+    (void)state;
+    error_doc e = {.job = "a",
+                   .id = "01J",
+                   .stage = "queued",
+                   .code = "unsupported_entry",
+                   .message = "m",
+                   .at_ms = 1795941166000LL};
+    cJSON *o = error_json_new(&e);
+    char *t = json_print(o);
+    assert_string_equal(t,
+                        "{\"job\":\"a\",\"id\":\"01J\",\"state\":\"failed\",\"stage\":"
+                        "\"queued\",\"code\":\"unsupported_entry\",\"message\":\"m\","
+                        "\"errors\":[],\"http_status\":null,\"api_error\":null,"
+                        "\"dataset_id\":null,\"batch_id\":null,\"at\":\"2026-11-29T08:32:46Z\"}");
+    free(t);
+    cJSON_Delete(o);
+
+    cJSON *errors = cJSON_Parse("[{\"line\":1}]"), *api = cJSON_Parse("{\"x\":1}");
+    error_doc f = {.state = "cancelled",
+                   .errors = errors,
+                   .http_status = 422,
+                   .api_error = api,
+                   .dataset_id = "d",
+                   .batch_id = "b"};
+    o = error_json_new(&f);
+    t = json_print(o);
+    assert_string_equal(t, "{\"job\":null,\"id\":null,\"state\":\"cancelled\",\"stage\":null,"
+                           "\"code\":null,\"message\":null,\"errors\":[{\"line\":1}],"
+                           "\"http_status\":422,\"api_error\":{\"x\":1},\"dataset_id\":\"d\","
+                           "\"batch_id\":\"b\",\"at\":null}");
+    free(t);
+    cJSON_Delete(o);
+    cJSON_Delete(errors);
+    cJSON_Delete(api);
+}
+
+static void test_secret(void **state)
+{
+    (void)state;
+    char buf[8] = "abcdefg";
+    secret_wipe(buf, 3);
+    assert_memory_equal(buf, "\0\0\0defg", 8);
+    char *s = xstrdup("token");
+    secret_free(&s);
+    assert_null(s);
+    secret_free(&s); /* NULL is fine */
+    secret_wipe(NULL, 4);
+}
+
+static void test_diag(void **state)
+{
+    (void)state;
+    diag d = {0};
+    diag_add(&d, DIAG_ERROR, &(diag_where){.file = "a.conf", .line = 3}, "bad %s", "key");
+    diag_add(&d, DIAG_WARNING, &(diag_where){.file = "tok"}, "empty");
+    diag_add(&d, DIAG_ERROR, NULL, "plain %d", 7);
+    assert_int_equal(d.count, 3);
+    assert_string_equal(d.lines[0], "a.conf:3: bad key");
+    assert_string_equal(d.lines[1], "tok: empty");
+    assert_string_equal(d.lines[2], "plain 7");
+    assert_string_equal(d.entries[0].message, "bad key");
+    assert_int_equal(d.entries[1].severity, DIAG_WARNING);
+    assert_null(diag_more_text(&d));
+    diag_free(&d);
+    assert_int_equal(d.count, 0);
+
+    diag b = {.max = 2};
+    for (int i = 0; i < 5; i++)
+        diag_add(&b, DIAG_ERROR, &(diag_where){.line = (uint64_t)i + 1, .field = "f"}, "e%d", i);
+    assert_int_equal(b.count, 2);
+    assert_string_equal(b.entries[1].field, "f");
+    char *more = diag_more_text(&b);
+    assert_string_equal(more, "... and 3 more");
+    free(more);
+    diag_free(&b);
+    assert_int_equal(b.max, 2);
+    diag_add(NULL, DIAG_ERROR, NULL, "nowhere");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +276,9 @@ int main(void)
         cmocka_unit_test(test_json_print_utf8),
         cmocka_unit_test(test_json_print_depth),
         cmocka_unit_test(test_escape_controls),
+        cmocka_unit_test(test_error_json),
+        cmocka_unit_test(test_secret),
+        cmocka_unit_test(test_diag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
