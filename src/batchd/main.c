@@ -1,6 +1,6 @@
 /* batchd: the daemon's entry point. Wiring only: parse the command line and the config,
  * recover state, listen on the control socket, tell systemd, run the loop, handle signals
- * and reloads. The work is in jobs.c; the decisions in the job module. */
+ * and reloads. The work is the runner's (runner.h, over backend.c); the decisions the job module's. */
 #include "batchd.h"
 
 #include "batchd/fsutil.h"
@@ -21,27 +21,6 @@
 #include <string.h>
 #include <sysexits.h>
 #include <unistd.h>
-
-cfgref *cfgref_new(void)
-{
-    cfgref *r = xcalloc(1, sizeof *r);
-    r->refs = 1;
-    return r;
-}
-
-cfgref *cfgref_get(cfgref *r)
-{
-    r->refs++;
-    return r;
-}
-
-void cfgref_put(cfgref *r)
-{
-    if (r && --r->refs == 0) {
-        config_free(&r->c);
-        free(r);
-    }
-}
 
 static void usage(FILE *out)
 {
@@ -141,6 +120,8 @@ void batchd_apply_config(batchd *d)
         http_client_configure(d->http, &ho);
     if (d->watch)
         spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
+    if (d->runner)
+        runner_configure(d->runner, &d->params, (size_t)d->cfg->c.job.max_active);
 }
 
 const char *batchd_pause_reason(const batchd *d)
@@ -152,19 +133,11 @@ const char *batchd_pause_reason(const batchd *d)
 
 void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold)
 {
-    bool was = d->paused;
     d->operator_paused = operator_paused;
     d->token_hold = token_hold;
     d->paused = operator_paused || token_hold;
-    jobs_update_status(d);
-    if (!was && d->paused)
-        d->paused_at = time_now_ms();
-    if (was && !d->paused) {
-        jobs_pause_ended(d, time_now_ms() - d->paused_at);
-        /* Every job waiting to send does so now; claims start again. */
-        jobs_drive_all(d);
-        jobs_claim_soon(d);
-    }
+    /* The runner keeps the waits of a pause out of the timeouts and resumes after it. */
+    runner_set_paused(d->runner, d->paused);
 }
 
 void batchd_token_rejected(batchd *d, unsigned gen)
@@ -319,8 +292,8 @@ cJSON *ctl_reload(batchd *d, const char **err, char **err_msg)
                  "right token in %s and reload again (or batchctl resume to try it once more)",
                  d->cfg->c.api.token_file ? d->cfg->c.api.token_file : source);
     }
-    jobs_update_status(d);
-    jobs_claim_soon(d);
+    runner_update_status(d->runner);
+    runner_claim_soon(d->runner);
     return reply;
 }
 
@@ -352,7 +325,7 @@ static void close_handle(uv_handle_t *h)
 static void stop_now(batchd *d)
 {
     d->draining = false;
-    jobs_shutdown(d);
+    runner_shutdown(d->runner);
     if (d->ctl) {
         control_stop(d->ctl);
         d->ctl = NULL;
@@ -361,8 +334,8 @@ static void stop_now(batchd *d)
         http_client_close(d->http, on_http_closed, NULL);
         d->http = NULL;
     }
-    jobs_free_all(d);
-    close_handle((uv_handle_t *)&d->claim_timer);
+    runner_free(d->runner);
+    d->runner = NULL;
     close_handle((uv_handle_t *)&d->drain_timer);
     close_handle((uv_handle_t *)&d->sig_term);
     close_handle((uv_handle_t *)&d->sig_int);
@@ -380,7 +353,7 @@ static void on_drain_timeout(uv_timer_t *t)
 
 void batchd_check_drained(batchd *d)
 {
-    if (d->draining && jobs_in_flight(d) == 0)
+    if (d->draining && runner_in_flight(d->runner) == 0)
         stop_now(d);
 }
 
@@ -401,7 +374,7 @@ static void on_term(uv_signal_t *s, int signum)
     /* A create or setup in flight that is abandoned leaves its outcome unknown (a dataset
      * created again on the next start is an orphan): give those a few seconds to answer.
      * Everything else stops at once. */
-    size_t n = jobs_begin_drain(d);
+    size_t n = runner_begin_drain(d->runner);
     if (n == 0) {
         stop_now(d);
         return;
@@ -415,8 +388,49 @@ static void on_term(uv_signal_t *s, int signum)
 
 static void on_spool_change(void *ud)
 {
-    jobs_claim_soon(ud);
+    batchd *d = ud;
+    runner_claim_soon(d->runner);
 }
+
+/* ---- what the runner reports ---- */
+
+static void on_job_changed(void *ud, const job *j, const char *as_state)
+{
+    batchd *d = ud;
+    if (!d->ctl)
+        return;
+    cJSON *pub = job_to_public(j, false);
+    if (as_state)
+        cJSON_ReplaceItemInObjectCaseSensitive(pub, "state", cJSON_CreateString(as_state));
+    control_job_changed(d->ctl, pub);
+    cJSON_Delete(pub);
+}
+
+static void on_status(void *ud, size_t active, size_t done, size_t failed)
+{
+    const batchd *d = ud;
+    notify_status("%zu active, %zu done, %zu failed%s", active, done, failed,
+                  d->token_hold ? ", on hold: the API rejected the token (fix it, then reload)"
+                  : d->paused   ? ", paused"
+                                : "");
+}
+
+static void on_request_ended(void *ud)
+{
+    batchd_check_drained(ud);
+}
+
+static void on_token_rejected(void *ud, unsigned gen)
+{
+    batchd_token_rejected(ud, gen);
+}
+
+static const runner_hooks runner_hooks_of_main = {
+    .job_changed = on_job_changed,
+    .status = on_status,
+    .request_ended = on_request_ended,
+    .token_rejected = on_token_rejected,
+};
 
 /* One daemon per spool and per state directory: a second one would claim the same entries
  * and write the same records. The lock lives as long as the process (the fd is never
@@ -469,10 +483,12 @@ static int start(batchd *d)
         log_error("cannot start the HTTP client");
         return EX_SOFTWARE;
     }
-    uv_timer_init(d->loop, &d->claim_timer);
     uv_timer_init(d->loop, &d->drain_timer);
+    runner_hooks hooks = runner_hooks_of_main;
+    hooks.ud = d;
+    d->runner = backend_runner_new(d, &hooks);
     /* Recover first, then listen: a client never sees a half-loaded job table. */
-    if (jobs_recover(d) < 0)
+    if (runner_recover(d->runner) < 0)
         return EX_IOERR;
     control_options co = {
         .socket_path = c->control.socket,
@@ -511,8 +527,8 @@ static int start(batchd *d)
         log_error("cannot watch %s", spool_dir(d->sp, "incoming"));
         return EX_OSERR;
     }
-    jobs_drive_all(d);
-    jobs_update_status(d);
+    runner_drive_all(d->runner);
+    runner_update_status(d->runner);
     notify_ready();
     log_notice("batchd %s ready: spool %s, state %s, API %s, control %s", BATCHD_VERSION,
                c->spool.dir, c->state.dir, d->api_url, c->control.socket);
@@ -596,8 +612,6 @@ int main(int argc, char **argv)
     warn_no_workspace(&d.cfg->c);
     d.api_url = strip_slash(d.cfg->c.api.url);
     d.started_at = time_now_ms();
-    random_bytes(&d.rng, sizeof d.rng);
-    d.rng |= 1;
     fill_params(&d);
     d.loop = uv_default_loop();
 

@@ -260,8 +260,9 @@ job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool
     }
 }
 
-void job_mark_sent(job *j, job_op op, int64_t now)
+job_op job_mark_sent(job *j, job_op op, int64_t now)
 {
+    job_op saved = j->pending_op;
     if (job_op_has_side_effect(op))
         j->pending_op = op;
     if (op != JOB_OP_UPLOAD)
@@ -269,6 +270,12 @@ void job_mark_sent(job *j, job_op op, int64_t now)
     else
         j->bytes_sent = 0;
     j->updated_at = now;
+    return saved;
+}
+
+void job_unsent(job *j, job_op saved_pending)
+{
+    j->pending_op = saved_pending;
 }
 
 void job_on_validated(job *j, const job_validation *v, int64_t now)
@@ -795,11 +802,46 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
     cJSON_Delete(body);
 }
 
+/* The upload's file is not what was validated, or cannot be read: no retry can fix that.
+ * Returns true when the reply was one of those (the job has failed). */
+static bool upload_file_failed(job *j, job_op op, const job_reply *r, int64_t now)
+{
+    const char *why = r->error_text ? r->error_text : "";
+    if (op != JOB_OP_UPLOAD)
+        return false;
+    if (r->net == JOB_NET_CHANGED) {
+        /* What was validated is what is uploaded. The PUT was aborted before its last bytes,
+         * so nothing changed remotely but the empty dataset. */
+        job_fail(j, now, "invalid_job",
+                 "%s; it was not uploaded (the upload was aborted before its end); a job's "
+                 "data must not change once it is in incoming/: put the intended data in the "
+                 "job's directory in failed/ and run batchctl retry %s, which validates it "
+                 "again",
+                 why, j->id);
+        return true;
+    }
+    if (r->net == JOB_NET_FILE) {
+        /* The data file vanished or became unreadable under us. */
+        job_fail(j, now, "invalid_job",
+                 "%s; the data must stay as validated until it is uploaded: fix the job in "
+                 "failed/ and run batchctl retry, which validates it again",
+                 why);
+        return true;
+    }
+    return false;
+}
+
 bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
                   uint64_t rnd)
 {
-    if (job_state_terminal(j->state))
+    if (job_state_terminal(j->state) || upload_file_failed(j, op, r, now))
         return false;
+    if (r->net == JOB_NET_FILE || r->net == JOB_NET_CHANGED) {
+        /* Only an upload reads a file: for any other call, certainly not sent. */
+        job_reply other = *r;
+        other.net = r->net == JOB_NET_FILE ? JOB_NET_NOT_SENT : JOB_NET_FAILED;
+        return job_on_reply(j, op, &other, p, now, rnd);
+    }
     j->updated_at = now;
     if (r->net == JOB_NET_TOO_LARGE) {
         if (r->status >= 400 && r->status < 500) {
