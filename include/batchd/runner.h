@@ -36,11 +36,11 @@ typedef struct runner_store_ops {
  * and the headers. */
 typedef struct runner_request {
     job_op op;
-    const job_request *rq;          /* method, path (or the whole upload URL), body */
-    const char *upload_path;        /* JOB_OP_UPLOAD: the file to stream */
+    const job_request *rq;   /* method, path (or the whole upload URL), body */
+    const char *upload_path; /* JOB_OP_UPLOAD: the file to stream */
     const char *upload_content_type;
-    int64_t upload_size;            /* validated size, 0 unknown */
-    const char *upload_sha256;      /* hex, or NULL in records written before digests */
+    int64_t upload_size;       /* validated size, 0 unknown */
+    const char *upload_sha256; /* hex, or NULL in records written before digests */
 } runner_request;
 
 /* A finished exchange: the reply as the machine reads it, and the token generation the
@@ -135,9 +135,9 @@ typedef struct runner_backend {
 } runner_backend;
 
 typedef struct runner_options {
-    const char *state_dir; /* for messages: where the records are */
+    const char *state_dir;    /* for messages: where the records are */
     const char *incoming_dir; /* for messages */
-    uint64_t seed;         /* for the jitter */
+    uint64_t seed;            /* for the jitter */
 } runner_options;
 
 runner *runner_new(const runner_backend *be, const runner_hooks *hooks, const runner_options *o);

@@ -168,9 +168,9 @@ static http_transfer *send_upload(batchd *d, const runner_request *rr, http_requ
 {
     unsigned char digest[32];
     /* The presigned URL carries its own signature: never the API token. */
-    char *ctype = xasprintf("Content-Type: %s", rr->upload_content_type
-                                                    ? rr->upload_content_type
-                                                    : "application/octet-stream");
+    char *ctype =
+        xasprintf("Content-Type: %s",
+                  rr->upload_content_type ? rr->upload_content_type : "application/octet-stream");
     const char *headers[2] = {ctype, NULL};
     req->url = rr->rq->path;
     req->headers = headers;
@@ -186,8 +186,7 @@ static http_transfer *send_upload(batchd *d, const runner_request *rr, http_requ
     return t;
 }
 
-static http_transfer *send_api(batchd *d, const runner_request *rr, http_request *req,
-                               http_req *q)
+static http_transfer *send_api(batchd *d, const runner_request *rr, http_request *req, http_req *q)
 {
     char *url = xasprintf("%s%s", d->api_url, rr->rq->path);
     char *auth = xasprintf("Authorization: Token %s", d->token);
@@ -211,8 +210,8 @@ static void *http_send(void *ud, const runner_request *rr, runner_http_done_fn d
 {
     batchd *d = ud;
     http_req *q = xcalloc(1, sizeof *q);
-    *q = (http_req){.d = d, .token_gen = d->token_gen, .done = done, .progress = progress,
-                    .cookie = cookie};
+    *q = (http_req){
+        .d = d, .token_gen = d->token_gen, .done = done, .progress = progress, .cookie = cookie};
     http_request req = {.method = rr->rq->method,
                         .body = rr->rq->body,
                         .body_len = rr->rq->body ? strlen(rr->rq->body) : 0};

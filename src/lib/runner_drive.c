@@ -227,7 +227,6 @@ void rj_drive(rjob *r)
 #include <stdlib.h>
 #include <string.h>
 
-
 /* Hands a freed validation slot to the oldest job waiting for one. */
 static void start_waiting_validations(runner *rn)
 {
@@ -308,8 +307,7 @@ static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
     job_op op = r->xfer_op;
     r->xfer = NULL;
     job_state before = j->state;
-    bool token_rejected =
-        job_on_reply(j, op, reply, &rn->params, rn_now(rn), rn_random(rn));
+    bool token_rejected = job_on_reply(j, op, reply, &rn->params, rn_now(rn), rn_random(rn));
     log_reply(r, op, reply);
     rj_changed(r, before);
     if (token_rejected && rn->hooks.token_rejected)

@@ -46,7 +46,7 @@ typedef struct rjob {
     job *j;
     runner *rn;
     void *timer;
-    void *xfer;   /* the request in flight, or NULL */
+    void *xfer; /* the request in flight, or NULL */
     job_op xfer_op;
     void *vhandle; /* the validation running, or NULL */
     bool validating;
