@@ -103,6 +103,8 @@ typedef struct runner_validate_ops {
 
 typedef void (*runner_timer_fn)(void *arg);
 
+/* Time and timers. The runner has one timer per job (its next step) and one for claims, which
+ * it arms for 1 ms to claim "soon": after the loop has polled for I/O, never in the same pass. */
 typedef struct runner_clock_ops {
     int64_t (*now_ms)(void *ud);  /* wall clock, epoch ms */
     int64_t (*mono_ms)(void *ud); /* monotonic ms */

@@ -2,7 +2,9 @@
  *
  * Entries that could not be claimed (a directory batchd may not rename, a full disk) are
  * stuck: kept in rn->stuck (no limit), left out of every scan, and retried every
- * RUNNER_CLAIM_RETRY_MS, so any number of them can neither block the others nor spin. */
+ * RUNNER_CLAIM_RETRY_MS, so any number of them can neither block the others nor spin. The
+ * bookkeeping is spool_stuck (spool_stuck.c), pure code with no I/O: the spool itself is only
+ * reached through the backend. */
 #include "runner_internal.h"
 
 #include "batchd/fsutil.h"
