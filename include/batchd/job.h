@@ -182,8 +182,11 @@ typedef struct job_action {
  * caller persists when *changed. rnd: a random 64-bit value (poll jitter). */
 job_action job_next(job *j, const job_params *p, int64_t now_ms, uint64_t rnd, bool *changed);
 
-/* Marks op as sent: for side-effecting calls this is the intent to persist before sending. */
-void job_mark_sent(job *j, job_op op, int64_t now_ms);
+/* Marks op as sent: for side-effecting calls this is the intent to persist before sending.
+ * Returns the pending_op before, to restore with job_unsent when op is not sent after all (its
+ * intent could not be made durable, or the job was paused or cancelled meanwhile). */
+job_op job_mark_sent(job *j, job_op op, int64_t now_ms);
+void job_unsent(job *j, job_op saved_pending);
 
 /* A finished local validation. */
 typedef struct job_validation {
@@ -209,6 +212,8 @@ typedef enum job_net_error {
     JOB_NET_FAILED,    /* connection failed or dropped: outcome unknown */
     JOB_NET_NOT_SENT,  /* certainly not sent (connect refused, local file error) */
     JOB_NET_TOO_LARGE, /* a response came (status set) but too large to read: outcome unknown */
+    JOB_NET_FILE,      /* the file to upload could not be read: not sent */
+    JOB_NET_CHANGED,   /* the file to upload is not what was validated: aborted before its end */
 } job_net_error;
 
 typedef struct job_reply {

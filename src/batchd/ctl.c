@@ -29,12 +29,12 @@ static cJSON *get_info(void *ud)
     cJSON *counts = cJSON_AddObjectToObject(o, "jobs");
     for (int s = 0; s < JOB_STATE_COUNT; s++) {
         size_t n = 0;
-        for (size_t i = 0; i < d->n_jobs; i++)
-            if ((int)d->jobs[i]->j->state == s)
+        for (size_t i = 0; i < runner_count(d->runner); i++)
+            if ((int)runner_job_at(d->runner, i)->state == s)
                 n++;
         cJSON_AddNumberToObject(counts, job_state_name((job_state)s), (double)n);
     }
-    cJSON_AddNumberToObject(o, "stuck", (double)spool_stuck_count(d->stuck));
+    cJSON_AddNumberToObject(o, "stuck", (double)runner_stuck_count(d->runner));
     return o;
 }
 
@@ -56,10 +56,11 @@ static int newest_first(const void *a, const void *b)
 static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states, size_t limit)
 {
     batchd *d = ud;
-    job_ref *match = xcalloc(d->n_jobs + 1, sizeof(*match));
+    size_t n_jobs = runner_count(d->runner);
+    job_ref *match = xcalloc(n_jobs + 1, sizeof(*match));
     size_t n = 0;
-    for (size_t i = 0; i < d->n_jobs; i++) {
-        const job *j = d->jobs[i]->j;
+    for (size_t i = 0; i < n_jobs; i++) {
+        const job *j = runner_job_at(d->runner, i);
         bool keep = n_states == 0;
         for (size_t k = 0; k < n_states && !keep; k++)
             keep = strcmp(states[k], job_state_name(j->state)) == 0;
@@ -74,10 +75,10 @@ static cJSON *list_jobs(void *ud, const char *const *states, size_t n_states, si
     return arr;
 }
 
-static jobrun *lookup(batchd *d, const char *key, const char **err)
+static const job *lookup(batchd *d, const char *key, const char **err)
 {
     bool ambiguous = false;
-    jobrun *r = jobs_find(d, key, &ambiguous);
+    const job *r = runner_find(d->runner, key, &ambiguous);
     if (!r)
         *err = "io.batchd.NoSuchJob";
     else if (ambiguous) {
@@ -89,18 +90,19 @@ static jobrun *lookup(batchd *d, const char *key, const char **err)
 
 static cJSON *get_job(void *ud, const char *key, const char **err)
 {
-    jobrun *r = lookup(ud, key, err);
-    return r ? job_to_public(r->j, true) : NULL;
+    const job *j = lookup(ud, key, err);
+    return j ? job_to_public(j, true) : NULL;
 }
 
 static int retry(void *ud, const char *key, cJSON **job_out, const char **err, const char **err_msg)
 {
-    jobrun *r = lookup(ud, key, err);
-    if (!r) {
+    batchd *d = ud;
+    const job *j = lookup(d, key, err);
+    if (!j) {
         *err_msg = "no single job has that id or name";
         return -ENOENT;
     }
-    int rc = jobs_retry(r);
+    int rc = runner_retry(d->runner, j);
     if (rc == -EINVAL) {
         *err = "io.batchd.InvalidState";
         *err_msg = "only a failed or cancelled job can be retried";
@@ -111,26 +113,27 @@ static int retry(void *ud, const char *key, cJSON **job_out, const char **err, c
         *err_msg = "the job's directory could not be moved back from failed/ to active/";
         return rc;
     }
-    log_notice("job %s retried by an operator", r->j->id);
-    *job_out = job_to_public(r->j, true);
+    log_notice("job %s retried by an operator", j->id);
+    *job_out = job_to_public(j, true);
     return 0;
 }
 
 static int cancel(void *ud, const char *key, cJSON **job_out, const char **err,
                   const char **err_msg)
 {
-    jobrun *r = lookup(ud, key, err);
-    if (!r) {
+    batchd *d = ud;
+    const job *j = lookup(d, key, err);
+    if (!j) {
         *err_msg = "no single job has that id or name";
         return -ENOENT;
     }
-    if (jobs_cancel(r) < 0) {
+    if (runner_cancel(d->runner, j) < 0) {
         *err = "io.batchd.InvalidState";
         *err_msg = "the job has already finished";
         return -EINVAL;
     }
-    log_notice("job %s cancelled by an operator", r->j->id);
-    *job_out = job_to_public(r->j, true);
+    log_notice("job %s cancelled by an operator", j->id);
+    *job_out = job_to_public(j, true);
     return 0;
 }
 

@@ -19,19 +19,11 @@ const char *batchd_pause_reason(const batchd *d)
 
 void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold)
 {
-    bool was = d->paused;
     d->operator_paused = operator_paused;
     d->token_hold = token_hold;
     d->paused = operator_paused || token_hold;
-    jobs_update_status(d);
-    if (!was && d->paused)
-        d->paused_at = time_now_ms();
-    if (was && !d->paused) {
-        jobs_pause_ended(d, time_now_ms() - d->paused_at);
-        /* Every job waiting to send does so now; claims start again. */
-        jobs_drive_all(d);
-        jobs_claim_soon(d);
-    }
+    /* The runner keeps the waits of a pause out of the timeouts and resumes after it. */
+    runner_set_paused(d->runner, d->paused);
 }
 
 void batchd_token_rejected(batchd *d, unsigned gen)

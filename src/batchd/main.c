@@ -1,8 +1,9 @@
 /* batchd: the daemon's entry point. Wiring only: parse the command line, load the config,
- * set the modules up, run the loop, tear down. The work is elsewhere: jobs.c runs the jobs
- * (the decisions are in the job module), ctl.c answers the control socket, reload.c holds
+ * set the modules up, run the loop, tear down. The work is elsewhere: the runner runs the
+ * jobs (batchd/runner.h, over backend.c; the decisions are in the job module), ctl.c answers the control socket, reload.c holds
  * the reload policy, hold.c the pause and the token hold, stop.c the signals and stopping. */
 #include "batchd.h"
+#include "memory.h"
 
 #include "batchd/fsutil.h"
 #include "batchd/log.h"
@@ -112,8 +113,49 @@ static int lock_dir(const char *dir, const char *name)
 
 static void on_spool_change(void *ud)
 {
-    jobs_claim_soon(ud);
+    batchd *d = ud;
+    runner_claim_soon(d->runner);
 }
+
+/* ---- what the runner reports ---- */
+
+static void on_job_changed(void *ud, const job *j, const char *as_state)
+{
+    batchd *d = ud;
+    if (!d->ctl)
+        return;
+    cJSON *pub = job_to_public(j, false);
+    if (as_state)
+        cJSON_ReplaceItemInObjectCaseSensitive(pub, "state", cJSON_CreateString(as_state));
+    control_job_changed(d->ctl, pub);
+    cJSON_Delete(pub);
+}
+
+static void on_status(void *ud, size_t active, size_t done, size_t failed)
+{
+    const batchd *d = ud;
+    notify_status("%zu active, %zu done, %zu failed%s", active, done, failed,
+                  d->token_hold ? ", on hold: the API rejected the token (fix it, then reload)"
+                  : d->paused   ? ", paused"
+                                : "");
+}
+
+static void on_request_ended(void *ud)
+{
+    batchd_check_drained(ud);
+}
+
+static void on_token_rejected(void *ud, unsigned gen)
+{
+    batchd_token_rejected(ud, gen);
+}
+
+static const runner_hooks runner_hooks_of_main = {
+    .job_changed = on_job_changed,
+    .status = on_status,
+    .request_ended = on_request_ended,
+    .token_rejected = on_token_rejected,
+};
 
 /* The locks, the spool and the state directory. Returns 0, or a sysexits code after logging
  * why. */
@@ -183,10 +225,12 @@ static int start(batchd *d)
         log_error("cannot start the HTTP client");
         return EX_SOFTWARE;
     }
-    uv_timer_init(d->loop, &d->claim_timer);
     uv_timer_init(d->loop, &d->drain_timer);
+    runner_hooks hooks = runner_hooks_of_main;
+    hooks.ud = d;
+    d->runner = backend_runner_new(d, &hooks);
     /* Recover first, then listen: a client never sees a half-loaded job table. */
-    if (jobs_recover(d) < 0)
+    if (runner_recover(d->runner) < 0)
         return EX_IOERR;
     code = start_control(d);
     if (code != 0)
@@ -198,8 +242,8 @@ static int start(batchd *d)
         log_error("cannot watch %s", spool_dir(d->sp, "incoming"));
         return EX_OSERR;
     }
-    jobs_drive_all(d);
-    jobs_update_status(d);
+    runner_drive_all(d->runner);
+    runner_update_status(d->runner);
     notify_ready();
     log_notice("batchd %s ready: spool %s, state %s, API %s, control %s", BATCHD_VERSION,
                c->spool.dir, c->state.dir, d->api_url, c->control.socket);
@@ -281,8 +325,6 @@ static int load(batchd *d, const char *path)
     warn_no_workspace(&d->cfg->c);
     d->api_url = strip_slash(d->cfg->c.api.url);
     d->started_at = time_now_ms();
-    random_bytes(&d->rng, sizeof d->rng);
-    d->rng |= 1;
     batchd_apply_config(d);
     return 0;
 }
@@ -291,6 +333,7 @@ static int load(batchd *d, const char *path)
 static int run(batchd *d)
 {
     d->loop = uv_default_loop();
+    memory_idle_trim_start(d->loop);
     int code = start(d);
     if (code != 0)
         batchd_stop_now(d); /* whatever started; the jobs' records are all durable already */

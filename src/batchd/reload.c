@@ -47,6 +47,8 @@ void batchd_apply_config(batchd *d)
         http_client_configure(d->http, &ho);
     if (d->watch)
         spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
+    if (d->runner)
+        runner_configure(d->runner, &d->params, (size_t)d->cfg->c.job.max_active);
 }
 
 static bool str_differs(const char *a, const char *b)
@@ -196,7 +198,7 @@ cJSON *batchd_reload(batchd *d, const char **err, char **err_msg)
     log_reloaded(reply, source);
     notify_ready();
     recheck_hold(d, token_changed, source);
-    jobs_update_status(d);
-    jobs_claim_soon(d);
+    runner_update_status(d->runner);
+    runner_claim_soon(d->runner);
     return reply;
 }

@@ -26,7 +26,7 @@ static void close_handle(uv_handle_t *h)
 static void stop_now(batchd *d)
 {
     d->draining = false;
-    jobs_shutdown(d);
+    runner_shutdown(d->runner);
     if (d->ctl) {
         control_stop(d->ctl);
         d->ctl = NULL;
@@ -35,8 +35,8 @@ static void stop_now(batchd *d)
         http_client_close(d->http, on_http_closed, NULL);
         d->http = NULL;
     }
-    jobs_free_all(d);
-    close_handle((uv_handle_t *)&d->claim_timer);
+    runner_free(d->runner);
+    d->runner = NULL;
     close_handle((uv_handle_t *)&d->drain_timer);
     close_handle((uv_handle_t *)&d->sig_term);
     close_handle((uv_handle_t *)&d->sig_int);
@@ -69,7 +69,7 @@ static void on_drain_timeout(uv_timer_t *t)
 
 void batchd_check_drained(batchd *d)
 {
-    if (d->draining && jobs_in_flight(d) == 0)
+    if (d->draining && runner_in_flight(d->runner) == 0)
         stop_now(d);
 }
 
@@ -87,7 +87,7 @@ static void on_term(uv_signal_t *s, int signum)
     /* A create or setup in flight that is abandoned leaves its outcome unknown (a dataset
      * created again on the next start is an orphan): give those a few seconds to answer.
      * Everything else stops at once. */
-    size_t n = jobs_begin_drain(d);
+    size_t n = runner_begin_drain(d->runner);
     if (n == 0) {
         stop_now(d);
         return;

@@ -153,6 +153,115 @@ static bool wait_step(job *j, int64_t timeout_ms, const char *what, const char *
     return true;
 }
 
+/* Each step_* below: one state's step. Returns true when *a is decided (the caller returns
+ * it), false when the state moved without a call (the caller looks at the new state). */
+
+static bool act_send(job_action *a, job_op op)
+{
+    a->kind = JOB_ACT_SEND;
+    a->op = op;
+    return true;
+}
+
+static bool step_create_dataset(job *j, int64_t now, job_action *a, bool *changed)
+{
+    if (j->dataset_id) {
+        job_set_state(j, JOB_UPLOADING, now, "uploading");
+        *changed = true;
+        return false;
+    }
+    if (j->pending_op == JOB_OP_CREATE_DATASET) {
+        /* No way to look a dataset up (the API has no list): create again and say so, so a
+         * person can find the orphan if the first create did land. */
+        job_note(j, now,
+                 "the outcome of an earlier dataset create is unknown; creating again "
+                 "(a dataset named '%s' may be left orphaned in workspace %s)",
+                 dataset_name(j), j->workspace_id ? j->workspace_id : "?");
+        j->pending_op = JOB_OP_NONE;
+        *changed = true;
+    }
+    return act_send(a, JOB_OP_CREATE_DATASET);
+}
+
+static bool step_uploading(job *j, const job_params *p, int64_t now, uint64_t rnd, job_action *a,
+                           bool *changed)
+{
+    if (j->uploaded) {
+        start_waiting(j, JOB_IMPORTING, p, now, rnd, "uploaded; waiting for the import");
+        *changed = true;
+        return false;
+    }
+    if (j->pending_op == JOB_OP_UPLOAD)
+        return act_send(a, JOB_OP_CHECK_UPLOAD);
+    if (j->pending_op == JOB_OP_UPLOAD_URL) {
+        /* An unused import stays uninitialised and is harmless: just ask again. */
+        job_note(j, now,
+                 "the outcome of an earlier upload-URL request is unknown; requesting a new one");
+        j->pending_op = JOB_OP_NONE;
+        *changed = true;
+    }
+    return act_send(a, url_usable(j, p, now) ? JOB_OP_UPLOAD : JOB_OP_UPLOAD_URL);
+}
+
+static bool step_remote(job *j, const job_params *p, int64_t now, uint64_t rnd, job_action *a,
+                        bool *changed)
+{
+    if (j->state == JOB_CREATING_BATCH) {
+        if (!j->batch_id)
+            return act_send(a, j->pending_op == JOB_OP_CREATE_BATCH ? JOB_OP_FIND_BATCH
+                                                                    : JOB_OP_CREATE_BATCH);
+        job_set_state(j, JOB_SETTING_UP, now, "setting up the batch");
+    } else {
+        if (!j->setup_done)
+            return act_send(a, j->pending_op == JOB_OP_SETUP ? JOB_OP_CHECK_SETUP : JOB_OP_SETUP);
+        start_waiting(j, JOB_PROCESSING, p, now, rnd, "set up; waiting for READY");
+    }
+    *changed = true;
+    return false;
+}
+
+static bool step_processing(job *j, const job_params *p, int64_t now, job_action *a, bool *changed)
+{
+    if (j->batch_status && strcmp(j->batch_status, "READY") == 0) {
+        if (j->total_task_count < 0)
+            return act_send(a, JOB_OP_GET_BATCH);
+        j->finished_at = now;
+        job_set_state(j, JOB_READY, now, "ready");
+        *changed = true;
+        return false;
+    }
+    return wait_step(j, p->batch_timeout_ms, "batch did not become READY within batch_timeout",
+                     j->batch_status, JOB_OP_BATCH_STATUS, now, a, changed);
+}
+
+static bool step_state(job *j, const job_params *p, int64_t now, uint64_t rnd, job_action *a,
+                       bool *changed)
+{
+    switch (j->state) {
+    case JOB_QUEUED:
+        job_set_state(j, JOB_VALIDATING, now, "validating records");
+        *changed = true;
+        return false;
+    case JOB_VALIDATING:
+        a->kind = JOB_ACT_VALIDATE;
+        return true;
+    case JOB_CREATING_DATASET:
+        return step_create_dataset(j, now, a, changed);
+    case JOB_UPLOADING:
+        return step_uploading(j, p, now, rnd, a, changed);
+    case JOB_IMPORTING:
+        return wait_step(j, p->import_timeout_ms, "import did not finish within import_timeout",
+                         j->import_status, JOB_OP_GET_IMPORT, now, a, changed);
+    case JOB_CREATING_BATCH:
+    case JOB_SETTING_UP:
+        return step_remote(j, p, now, rnd, a, changed);
+    case JOB_PROCESSING:
+        return step_processing(j, p, now, a, changed);
+    default:
+        return true;
+    }
+}
+
 job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool *changed)
 {
     job_action a = {JOB_ACT_NONE, JOB_OP_NONE, 0};
@@ -167,101 +276,14 @@ job_action job_next(job *j, const job_params *p, int64_t now, uint64_t rnd, bool
             a.until = j->retry_at;
             return a;
         }
-        switch (j->state) {
-        case JOB_QUEUED:
-            job_set_state(j, JOB_VALIDATING, now, "validating records");
-            *changed = true;
-            continue;
-        case JOB_VALIDATING:
-            a.kind = JOB_ACT_VALIDATE;
+        if (step_state(j, p, now, rnd, &a, changed))
             return a;
-        case JOB_CREATING_DATASET:
-            if (j->dataset_id) {
-                job_set_state(j, JOB_UPLOADING, now, "uploading");
-                *changed = true;
-                continue;
-            }
-            if (j->pending_op == JOB_OP_CREATE_DATASET) {
-                /* No way to look a dataset up (the API has no list): create again and say so,
-                 * so a person can find the orphan if the first create did land. */
-                job_note(j, now,
-                         "the outcome of an earlier dataset create is unknown; creating again "
-                         "(a dataset named '%s' may be left orphaned in workspace %s)",
-                         dataset_name(j), j->workspace_id ? j->workspace_id : "?");
-                j->pending_op = JOB_OP_NONE;
-                *changed = true;
-            }
-            a.kind = JOB_ACT_SEND;
-            a.op = JOB_OP_CREATE_DATASET;
-            return a;
-        case JOB_UPLOADING:
-            if (j->uploaded) {
-                start_waiting(j, JOB_IMPORTING, p, now, rnd, "uploaded; waiting for the import");
-                *changed = true;
-                continue;
-            }
-            a.kind = JOB_ACT_SEND;
-            if (j->pending_op == JOB_OP_UPLOAD) {
-                a.op = JOB_OP_CHECK_UPLOAD;
-                return a;
-            }
-            if (j->pending_op == JOB_OP_UPLOAD_URL) {
-                /* An unused import stays uninitialised and is harmless: just ask again. */
-                job_note(j, now,
-                         "the outcome of an earlier upload-URL request is unknown; "
-                         "requesting a new one");
-                j->pending_op = JOB_OP_NONE;
-                *changed = true;
-            }
-            a.op = url_usable(j, p, now) ? JOB_OP_UPLOAD : JOB_OP_UPLOAD_URL;
-            return a;
-        case JOB_IMPORTING:
-            if (wait_step(j, p->import_timeout_ms, "import did not finish within import_timeout",
-                          j->import_status, JOB_OP_GET_IMPORT, now, &a, changed))
-                return a;
-            continue;
-        case JOB_CREATING_BATCH:
-            if (j->batch_id) {
-                job_set_state(j, JOB_SETTING_UP, now, "setting up the batch");
-                *changed = true;
-                continue;
-            }
-            a.kind = JOB_ACT_SEND;
-            a.op = j->pending_op == JOB_OP_CREATE_BATCH ? JOB_OP_FIND_BATCH : JOB_OP_CREATE_BATCH;
-            return a;
-        case JOB_SETTING_UP:
-            if (j->setup_done) {
-                start_waiting(j, JOB_PROCESSING, p, now, rnd, "set up; waiting for READY");
-                *changed = true;
-                continue;
-            }
-            a.kind = JOB_ACT_SEND;
-            a.op = j->pending_op == JOB_OP_SETUP ? JOB_OP_CHECK_SETUP : JOB_OP_SETUP;
-            return a;
-        case JOB_PROCESSING:
-            if (j->batch_status && strcmp(j->batch_status, "READY") == 0) {
-                if (j->total_task_count >= 0) {
-                    j->finished_at = now;
-                    job_set_state(j, JOB_READY, now, "ready");
-                    *changed = true;
-                    continue;
-                }
-                a.kind = JOB_ACT_SEND;
-                a.op = JOB_OP_GET_BATCH;
-                return a;
-            }
-            if (wait_step(j, p->batch_timeout_ms, "batch did not become READY within batch_timeout",
-                          j->batch_status, JOB_OP_BATCH_STATUS, now, &a, changed))
-                return a;
-            continue;
-        default:
-            return a;
-        }
     }
 }
 
-void job_mark_sent(job *j, job_op op, int64_t now)
+job_op job_mark_sent(job *j, job_op op, int64_t now)
 {
+    job_op saved = j->pending_op;
     if (job_op_has_side_effect(op))
         j->pending_op = op;
     if (op != JOB_OP_UPLOAD)
@@ -269,6 +291,12 @@ void job_mark_sent(job *j, job_op op, int64_t now)
     else
         j->bytes_sent = 0;
     j->updated_at = now;
+    return saved;
+}
+
+void job_unsent(job *j, job_op saved_pending)
+{
+    j->pending_op = saved_pending;
 }
 
 void job_on_validated(job *j, const job_validation *v, int64_t now)
@@ -636,10 +664,12 @@ static const char *reply_id(job *j, job_op op, const job_reply *r, int64_t now, 
     return NULL;
 }
 
-static void on_success(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
-                       uint64_t rnd)
+/* A 2xx to a call about the dataset and the upload URL. */
+static void ok_dataset(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                       uint64_t rnd, const cJSON *body)
 {
-    cJSON *body = parse_body(r);
+    (void)p;
+    (void)rnd;
     switch (op) {
     case JOB_OP_CREATE_DATASET: {
         const char *id = reply_id(j, op, r, now, body, "id", "dataset");
@@ -680,6 +710,16 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         job_note(j, now, "import %s created; uploading", imp);
         break;
     }
+    default:
+        break;
+    }
+}
+
+/* A 2xx to a call about the upload and the import. */
+static void ok_upload(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                      uint64_t rnd, const cJSON *body)
+{
+    switch (op) {
     case JOB_OP_UPLOAD:
         j->uploaded = true;
         j->upload_refusals = 0;
@@ -719,6 +759,18 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         }
         apply_import(j, body, r, p, now, rnd);
         break;
+    default:
+        break;
+    }
+}
+
+/* A 2xx to a call about the batch. */
+static void ok_batch(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                     uint64_t rnd, const cJSON *body)
+{
+    (void)p;
+    (void)rnd;
+    switch (op) {
     case JOB_OP_FIND_BATCH: {
         if (!cJSON_IsObject(body) && !cJSON_IsArray(body)) {
             protocol_error(j, op, r, now, "the batch list is not JSON");
@@ -749,6 +801,16 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
         job_set_state(j, JOB_SETTING_UP, now, "batch created; setting up");
         break;
     }
+    default:
+        break;
+    }
+}
+
+/* A 2xx to a call about the setup and the wait for READY. */
+static void ok_setup(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                     uint64_t rnd, const cJSON *body)
+{
+    switch (op) {
     case JOB_OP_CHECK_SETUP: {
         if (!json_str(body, "status")) {
             protocol_error(j, op, r, now, "no batch status");
@@ -792,14 +854,73 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
     default:
         break;
     }
+}
+
+static void on_success(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                       uint64_t rnd)
+{
+    cJSON *body = parse_body(r);
+    switch (op) {
+    case JOB_OP_CREATE_DATASET:
+    case JOB_OP_UPLOAD_URL:
+        ok_dataset(j, op, r, p, now, rnd, body);
+        break;
+    case JOB_OP_UPLOAD:
+    case JOB_OP_CHECK_UPLOAD:
+    case JOB_OP_GET_IMPORT:
+        ok_upload(j, op, r, p, now, rnd, body);
+        break;
+    case JOB_OP_FIND_BATCH:
+    case JOB_OP_CREATE_BATCH:
+        ok_batch(j, op, r, p, now, rnd, body);
+        break;
+    default:
+        ok_setup(j, op, r, p, now, rnd, body);
+        break;
+    }
     cJSON_Delete(body);
+}
+
+/* The upload's file is not what was validated, or cannot be read: no retry can fix that.
+ * Returns true when the reply was one of those (the job has failed). */
+static bool upload_file_failed(job *j, job_op op, const job_reply *r, int64_t now)
+{
+    const char *why = r->error_text ? r->error_text : "";
+    if (op != JOB_OP_UPLOAD)
+        return false;
+    if (r->net == JOB_NET_CHANGED) {
+        /* What was validated is what is uploaded. The PUT was aborted before its last bytes,
+         * so nothing changed remotely but the empty dataset. */
+        job_fail(j, now, "invalid_job",
+                 "%s; it was not uploaded (the upload was aborted before its end); a job's "
+                 "data must not change once it is in incoming/: put the intended data in the "
+                 "job's directory in failed/ and run batchctl retry %s, which validates it "
+                 "again",
+                 why, j->id);
+        return true;
+    }
+    if (r->net == JOB_NET_FILE) {
+        /* The data file vanished or became unreadable under us. */
+        job_fail(j, now, "invalid_job",
+                 "%s; the data must stay as validated until it is uploaded: fix the job in "
+                 "failed/ and run batchctl retry, which validates it again",
+                 why);
+        return true;
+    }
+    return false;
 }
 
 bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
                   uint64_t rnd)
 {
-    if (job_state_terminal(j->state))
+    if (job_state_terminal(j->state) || upload_file_failed(j, op, r, now))
         return false;
+    if (r->net == JOB_NET_FILE || r->net == JOB_NET_CHANGED) {
+        /* Only an upload reads a file: for any other call, certainly not sent. */
+        job_reply other = *r;
+        other.net = r->net == JOB_NET_FILE ? JOB_NET_NOT_SENT : JOB_NET_FAILED;
+        return job_on_reply(j, op, &other, p, now, rnd);
+    }
     j->updated_at = now;
     if (r->net == JOB_NET_TOO_LARGE) {
         if (r->status >= 400 && r->status < 500) {
@@ -991,14 +1112,9 @@ static char *body_setup(const job *j)
     return s;
 }
 
-int job_build_request(const job *j, job_op op, job_request *out)
+/* The request of a call about the dataset (job_build_request). */
+static int build_dataset_request(const job *j, job_op op, job_request *out)
 {
-    memset(out, 0, sizeof *out);
-    /* Ids are checked when they arrive; a record from before that check is held to it too. */
-    if ((j->dataset_id && !apitext_id_ok(j->dataset_id)) ||
-        (j->import_id && !apitext_id_ok(j->import_id)) ||
-        (j->batch_id && !apitext_id_ok(j->batch_id)))
-        return -EINVAL;
     char *a = NULL, *b = NULL;
     int r = 0;
     switch (op) {
@@ -1032,6 +1148,20 @@ int job_build_request(const job *j, job_op op, job_request *out)
         out->method = "GET";
         out->path = xasprintf(API_ROOT "/datasets/%s/imports/%s", a, b);
         break;
+    default:
+        r = -EINVAL;
+    }
+    free(a);
+    free(b);
+    return r;
+}
+
+/* The request of a call about the batch (job_build_request). */
+static int build_batch_request(const job *j, job_op op, job_request *out)
+{
+    char *a = NULL, *b = NULL;
+    int r = 0;
+    switch (op) {
     case JOB_OP_FIND_BATCH:
         if (!j->workspace_id)
             return -EINVAL;
@@ -1075,6 +1205,19 @@ int job_build_request(const job *j, job_op op, job_request *out)
     free(a);
     free(b);
     return r;
+}
+
+int job_build_request(const job *j, job_op op, job_request *out)
+{
+    memset(out, 0, sizeof *out);
+    /* Ids are checked when they arrive; a record from before that check is held to it too. */
+    if ((j->dataset_id && !apitext_id_ok(j->dataset_id)) ||
+        (j->import_id && !apitext_id_ok(j->import_id)) ||
+        (j->batch_id && !apitext_id_ok(j->batch_id)))
+        return -EINVAL;
+    if (op >= JOB_OP_CREATE_DATASET && op <= JOB_OP_GET_IMPORT)
+        return build_dataset_request(j, op, out);
+    return build_batch_request(j, op, out);
 }
 
 void job_request_clear(job_request *r)

@@ -204,6 +204,60 @@ static void test_happy_path(void **state)
     cJSON_Delete(res);
 }
 
+/* The upload's own file errors fail the job (no retry can fix them); the same errors on
+ * another call (none reads a file) are an unsent request and a failed connection. */
+static void test_upload_file_errors_classified(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    net_error(f, JOB_OP_UPLOAD_URL, JOB_NET_FILE);
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_int_equal(f->j->attempts, 1);
+    wait_out(f);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    net_error(f, JOB_OP_UPLOAD_URL, JOB_NET_CHANGED);
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    wait_out(f);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    expect_send(f, JOB_OP_UPLOAD);
+    net_error(f, JOB_OP_UPLOAD, JOB_NET_CHANGED);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "invalid_job");
+    assert_non_null(strstr(f->j->error_message, "boom; it was not uploaded"));
+    assert_non_null(strstr(f->j->error_message, f->j->id));
+    /* a reply to a finished job changes nothing */
+    net_error(f, JOB_OP_UPLOAD, JOB_NET_FILE);
+    assert_non_null(strstr(f->j->error_message, "not uploaded"));
+}
+
+static void test_upload_file_unreadable(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_UPLOADING);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    expect_send(f, JOB_OP_UPLOAD);
+    net_error(f, JOB_OP_UPLOAD, JOB_NET_FILE);
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_non_null(strstr(f->j->error_message, "must stay as validated"));
+}
+
+/* A side-effecting call whose intent could not be made durable is withdrawn. */
+static void test_mark_sent_and_unsent(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    job_op saved = job_mark_sent(f->j, JOB_OP_CREATE_DATASET, f->now);
+    assert_int_equal(saved, JOB_OP_NONE);
+    assert_int_equal(f->j->pending_op, JOB_OP_CREATE_DATASET);
+    job_unsent(f->j, saved);
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+    expect_send(f, JOB_OP_CREATE_DATASET); /* sent as new, no orphan note */
+    const cJSON *last = cJSON_GetArrayItem(f->j->history, cJSON_GetArraySize(f->j->history) - 1);
+    assert_null(strstr(json_str(last, "note"), "orphan"));
+}
+
 static void test_requests_built(void **state)
 {
     fixture *f = *state;
@@ -1485,6 +1539,9 @@ int main(void)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_happy_path),
+        T(test_upload_file_errors_classified),
+        T(test_upload_file_unreadable),
+        T(test_mark_sent_and_unsent),
         T(test_requests_built),
         T(test_setup_body_with_group_field),
         T(test_upload_name_escaped),

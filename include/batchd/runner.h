@@ -1,0 +1,176 @@
+/* runner: claims entries from the spool and runs each job's state machine. The machine (job.h)
+ * decides; the runner performs its actions — persist, send, wait, validate, finish — and
+ * reports every change through hooks. It does no I/O itself: the record store, the HTTP
+ * client, the spool, the validation pool and the clock are backends chosen at runner_new
+ * (the daemon's are in src/batchd/backend.c, the unit test's in tests/unit/test_runner.c).
+ * Everything runs on one thread (the daemon's loop): a backend calls the runner's completion
+ * callbacks from that thread, later or (for the spool) from inside the call. */
+#ifndef BATCHD_RUNNER_H
+#define BATCHD_RUNNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batchd/job.h"
+
+typedef struct runner runner;
+
+/* A completion: cookie is what the runner passed in, rc 0 or -errno. */
+typedef void (*runner_done_fn)(void *cookie, int rc);
+
+/* The durable job records. write takes what it needs from j before it returns (j changes
+ * afterwards) and calls done(cookie, rc) later; the runner has at most one write out per job,
+ * so a later write can never be overtaken by an earlier one. */
+typedef struct runner_store_ops {
+    void (*write)(void *ud, const job *j, runner_done_fn done, void *cookie);
+    /* Stopping: the newest record, now, on the caller's thread. */
+    int (*write_now)(void *ud, const job *j);
+    /* As store_load_all (store.h): each record to each(), an unreadable one to bad(). */
+    int (*load)(void *ud, void (*each)(void *cud, job *j),
+                void (*bad)(void *cud, const char *file, const char *reason), void *cud);
+    int (*remove)(void *ud, const char *job_id);
+} runner_store_ops;
+
+/* What the machine's request becomes on the wire: the backend adds the API root, the token
+ * and the headers. */
+typedef struct runner_request {
+    job_op op;
+    const job_request *rq;   /* method, path (or the whole upload URL), body */
+    const char *upload_path; /* JOB_OP_UPLOAD: the file to stream */
+    const char *upload_content_type;
+    int64_t upload_size;       /* validated size, 0 unknown */
+    const char *upload_sha256; /* hex, or NULL in records written before digests */
+} runner_request;
+
+/* A finished exchange: the reply as the machine reads it, and the token generation the
+ * request was sent with (a 401 to an older token holds nothing). */
+typedef void (*runner_http_done_fn)(void *cookie, const job_reply *reply, unsigned token_gen);
+typedef void (*runner_progress_fn)(void *cookie, int64_t bytes_sent);
+
+typedef struct runner_http_ops {
+    /* Returns a handle, or NULL when the request cannot be sent at all (permanent). done is
+     * called once, later, unless cancel comes first. */
+    void *(*send)(void *ud, const runner_request *req, runner_http_done_fn done,
+                  runner_progress_fn progress, void *cookie);
+    void (*cancel)(void *ud, void *handle);
+} runner_http_ops;
+
+/* Result of a claim: the same kinds as spool_claim (spool.h). */
+typedef enum runner_claim_kind {
+    RUNNER_CLAIMED,
+    RUNNER_REJECTED,
+    RUNNER_GONE,
+} runner_claim_kind;
+
+typedef struct runner_claim {
+    runner_claim_kind kind;
+    const char *job_dir; /* the job's directory path (its base name is used) */
+    const char *job_name;
+    const char *job_id; /* REJECTED: the id written in error.json, or NULL */
+    const char *code;   /* REJECTED */
+    const char *reason; /* REJECTED */
+} runner_claim;
+
+typedef void (*runner_claim_done_fn)(void *cookie, int rc, const runner_claim *c);
+typedef void (*runner_finish_done_fn)(void *cookie, int rc, const char *final_dir);
+
+typedef struct runner_spool_ops {
+    /* Up to max names from incoming/, without those skip() says to leave out. */
+    int (*scan)(void *ud, size_t max, bool (*skip)(void *sud, const char *name), void *sud,
+                char ***names, size_t *n);
+    void (*claim)(void *ud, const char *entry, const char *job_id, runner_claim_done_fn done,
+                  void *cookie);
+    /* Moves active/<dir> to done/ (ok) or failed/ with file_name holding body. */
+    void (*finish)(void *ud, const char *dir, bool ok, const char *file_name, const char *body,
+                   runner_finish_done_fn done, void *cookie);
+    int (*list_active)(void *ud, char ***names, size_t *n);
+    bool (*active_exists)(void *ud, const char *dir);
+    /* failed/<name> back to active/; *active_name malloc'd. Synchronous: an operator waits. */
+    int (*reactivate)(void *ud, const char *failed_name, char **active_name);
+} runner_spool_ops;
+
+/* A finished validation: v NULL when it was cancelled or could not run. */
+typedef void (*runner_validated_fn)(void *cookie, const job_validation *v);
+
+typedef struct runner_validate_ops {
+    /* Validates active/<dir> off the caller's thread. Returns 0, or -errno when it cannot
+     * start (done is then not called). */
+    int (*start)(void *ud, const job *j, runner_validated_fn done, void *cookie, void **handle);
+    /* Asks a running validation to stop early; done still comes. */
+    void (*cancel)(void *ud, void *handle);
+} runner_validate_ops;
+
+typedef void (*runner_timer_fn)(void *arg);
+
+/* Time and timers. The runner has one timer per job (its next step) and one for claims, which
+ * it arms for 1 ms to claim "soon": after the loop has polled for I/O, never in the same pass. */
+typedef struct runner_clock_ops {
+    int64_t (*now_ms)(void *ud);  /* wall clock, epoch ms */
+    int64_t (*mono_ms)(void *ud); /* monotonic ms */
+    void *(*timer_new)(void *ud, runner_timer_fn fn, void *arg);
+    void (*timer_arm)(void *ud, void *timer, int64_t delay_ms); /* one-shot, re-arms */
+    void (*timer_stop)(void *ud, void *timer);
+    void (*timer_free)(void *ud, void *timer); /* fn is never called after this */
+} runner_clock_ops;
+
+/* What the runner tells its owner. Any may be NULL. */
+typedef struct runner_hooks {
+    void *ud;
+    /* A job changed (as_state NULL) or passed through state as_state. */
+    void (*job_changed)(void *ud, const job *j, const char *as_state);
+    /* Counts for the status line. */
+    void (*status)(void *ud, size_t active, size_t done, size_t failed);
+    /* Stopping: a request in flight ended (the owner checks whether any is left). */
+    void (*request_ended)(void *ud);
+    /* The API answered 401 to a request sent with token generation gen. */
+    void (*token_rejected)(void *ud, unsigned gen);
+} runner_hooks;
+
+typedef struct runner_backend {
+    const runner_store_ops *store;
+    const runner_http_ops *http;
+    const runner_spool_ops *spool;
+    const runner_validate_ops *validate;
+    const runner_clock_ops *clock;
+    void *ud; /* passed to every op */
+} runner_backend;
+
+typedef struct runner_options {
+    const char *state_dir;    /* for messages: where the records are */
+    const char *incoming_dir; /* for messages */
+    uint64_t seed;            /* for the jitter */
+} runner_options;
+
+runner *runner_new(const runner_backend *be, const runner_hooks *hooks, const runner_options *o);
+/* Tunables that a reload may change. */
+void runner_configure(runner *rn, const job_params *p, size_t max_active);
+/* Loads the records and the directories of active/; -errno when the records cannot be read. */
+int runner_recover(runner *rn);
+void runner_claim_soon(runner *rn);
+void runner_drive_all(runner *rn);
+void runner_update_status(runner *rn);
+/* Paused: no claims and no new requests; the waits of a pause do not count (import_timeout,
+ * batch_timeout). */
+void runner_set_paused(runner *rn, bool paused);
+
+/* The job table, in claim order. */
+size_t runner_count(const runner *rn);
+const job *runner_job_at(const runner *rn, size_t i);
+/* By id, else by name or directory name; NULL when none. *ambiguous when several match. */
+const job *runner_find(const runner *rn, const char *key, bool *ambiguous);
+size_t runner_stuck_count(const runner *rn);
+size_t runner_bad_records(const runner *rn);
+/* -EINVAL when the job's state does not allow it; retry: -errno from the spool. */
+int runner_cancel(runner *rn, const job *j);
+int runner_retry(runner *rn, const job *j);
+
+/* Stopping: cancels every request but creates and setups; returns those left in flight. */
+size_t runner_begin_drain(runner *rn);
+size_t runner_in_flight(const runner *rn);
+/* Cancels everything and writes every record that is not durable yet. */
+void runner_shutdown(runner *rn);
+/* Frees the runner; jobs whose write or validation is still out are freed when it ends. */
+void runner_free(runner *rn);
+
+#endif

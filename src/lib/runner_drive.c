@@ -1,0 +1,471 @@
+/* runner_drive: one job's steps. The write state of its record (transitions in
+ * runner_internal.h), the driver that asks the machine what to do next, and the actions that
+ * go through a backend: validation, requests and the move to done/ or failed/. Their
+ * completions drive the job again, so they live together here. */
+#include "runner_internal.h"
+
+#include "batchd/apitext.h"
+#include "batchd/fsutil.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void start_http(rjob *r, job_op op);
+static void start_validation(rjob *r);
+static void send_request(rjob *r, job_op op);
+static void finish(rjob *r);
+
+/* ---- record writes ---- */
+
+static void write_failed(rjob *r, int rc)
+{
+    /* An intent that is not durable must not be acted on: take no step until a write
+     * succeeds. */
+    log_job_fields f = rj_fields(r->j);
+    log_job(LOG_LVL_ERR, &f, "cannot write the job record in %s: %s; retrying in 5s",
+            r->rn->state_dir, strerror(-rc));
+    if (r->send_after_write != JOB_OP_NONE) {
+        job_unsent(r->j, r->saved_pending);
+        r->send_after_write = JOB_OP_NONE;
+    }
+    r->write = RJ_WRITE_FAILED;
+    rj_arm(r, RUNNER_PERSIST_RETRY_MS);
+}
+
+static void write_done(void *cookie, int rc)
+{
+    rjob *r = cookie;
+    runner *rn = r->rn;
+    rj_write was = r->write;
+    r->write = RJ_WRITE_IDLE;
+    if (r->released || rn->stopping) {
+        /* The newest state must be on disk before exit: write it here, now. */
+        if (was == RJ_WRITE_OUT_CHANGED || rc < 0)
+            rn->be.store->write_now(rn->be.ud, r->j);
+        rj_maybe_release(r);
+        return;
+    }
+    if (was == RJ_WRITE_OUT_CHANGED) {
+        rj_persist(r);
+        return;
+    }
+    if (rc < 0) {
+        write_failed(r, rc);
+        return;
+    }
+    job_op op = r->send_after_write;
+    r->send_after_write = JOB_OP_NONE;
+    if (op != JOB_OP_NONE && !job_state_terminal(r->j->state) && !rn->paused) {
+        start_http(r, op);
+        return;
+    }
+    if (op != JOB_OP_NONE)
+        job_unsent(r->j, r->saved_pending); /* not sent after all (paused or cancelled) */
+    rj_drive(r);
+}
+
+static void persist_with_digest(rjob *r, uint64_t digest)
+{
+    if (r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED) {
+        r->write = RJ_WRITE_OUT_CHANGED;
+        return;
+    }
+    r->write = RJ_WRITE_OUT;
+    r->written_digest = digest;
+    r->rn->be.store->write(r->rn->be.ud, r->j, write_done, r);
+}
+
+/* Makes the record durable; the job's next step waits for it (rj_drive). */
+void rj_persist(rjob *r)
+{
+    persist_with_digest(r, job_record_digest(r->j));
+}
+
+/* Watch promises every state change, but one step of the machine can pass several states (a
+ * retry resuming past work already done). Publishes the states passed between `before` and the
+ * current one, read from the history, each as the job in that state, oldest first. */
+static void publish_passed(rjob *r, job_state before)
+{
+    const job *j = r->j;
+    const char *from = job_state_name(before), *to = job_state_name(j->state);
+    const cJSON *start = NULL, *end = NULL, *e;
+    cJSON_ArrayForEach(e, j->history)
+    {
+        const char *s = json_str(e, "state");
+        if (s && strcmp(s, from) == 0)
+            start = e->next; /* after the last entry in the old state */
+        if (s && strcmp(s, to) != 0)
+            end = NULL;
+        else if (!end)
+            end = e; /* the first entry of the final run in the new state */
+    }
+    const char *prev = from;
+    for (e = start; e && e != end; e = e->next) {
+        const char *s = json_str(e, "state");
+        if (!s || strcmp(s, prev) == 0)
+            continue;
+        r->rn->hooks.job_changed(r->rn->hooks.ud, j, s);
+        prev = s;
+    }
+}
+
+/* After the record changed: make it durable, log a state change, tell watchers. Returns
+ * true when a write started (the job's next step then waits for it); a reply that changed
+ * nothing durable (a poll with the same status) is not written. */
+bool rj_changed(rjob *r, job_state before)
+{
+    job *j = r->j;
+    if (j->state != before && r->rn->hooks.job_changed)
+        publish_passed(r, before);
+    if (j->state != before) {
+        log_job_fields f = rj_fields(j);
+        log_job(j->state == JOB_FAILED ? LOG_LVL_WARNING : LOG_LVL_INFO, &f, "%s -> %s: %s",
+                job_state_name(before), job_state_name(j->state), rj_last_note(j));
+    }
+    bool write = true;
+    if (r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED) {
+        r->write = RJ_WRITE_OUT_CHANGED;
+    } else {
+        uint64_t digest = job_record_digest(j);
+        write = r->write == RJ_WRITE_FAILED || digest != r->written_digest;
+        if (write)
+            persist_with_digest(r, digest);
+    }
+    rj_publish(r);
+    return write;
+}
+
+/* ---- the driver ---- */
+
+static void on_timer(void *arg)
+{
+    rj_drive(arg);
+}
+
+rjob *rj_add(runner *rn, job *j, bool finished)
+{
+    rjob *r = xcalloc(1, sizeof *r);
+    r->j = j;
+    r->rn = rn;
+    r->finished = finished;
+    r->timer = rn->be.clock->timer_new(rn->be.ud, on_timer, r);
+    if (rn->n_jobs == rn->cap_jobs) {
+        rn->cap_jobs = rn->cap_jobs ? rn->cap_jobs * 2 : 64;
+        rn->jobs = xrealloc(rn->jobs, rn->cap_jobs * sizeof(rjob *));
+    }
+    rn->jobs[rn->n_jobs++] = r;
+    if (!finished)
+        rn->n_active++;
+    return r;
+}
+
+static void perform(rjob *r, job_action a, int64_t now)
+{
+    switch (a.kind) {
+    case JOB_ACT_VALIDATE:
+        start_validation(r);
+        break;
+    case JOB_ACT_SEND:
+        if (!r->rn->paused)
+            send_request(r, a.op);
+        break;
+    case JOB_ACT_WAIT:
+        rj_arm(r, a.until - now);
+        break;
+    case JOB_ACT_FINISH:
+        finish(r);
+        break;
+    case JOB_ACT_NONE:
+        break;
+    }
+}
+
+void rj_drive(rjob *r)
+{
+    runner *rn = r->rn;
+    bool writing = r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED;
+    if (rj_busy(r) || rn->stopping || r->waiting_validation || writing)
+        return;
+    /* Paused, a waiting job takes no step (it could only send a poll, which waits, or time
+     * out on time that is not the API's); runner_set_paused drives it when the pause ends. */
+    bool failed = r->write == RJ_WRITE_FAILED;
+    if (rn->paused && !failed && !r->finished && rj_waits_with_timeout(r->j->state))
+        return;
+    if (failed) {
+        rj_persist(r); /* a failed write: no step before it succeeds (finished jobs too) */
+        return;
+    }
+    if (r->finished)
+        return;
+    job *j = r->j;
+    job_state before = j->state;
+    int64_t now = rn_now(rn);
+    bool changed = false;
+    job_action a = job_next(j, &rn->params, now, rn_random(rn), &changed);
+    /* Durable before the next step: write_done drives the job again, and job_next gives
+     * the same action from the updated record. */
+    if (changed && rj_changed(r, before))
+        return;
+    perform(r, a, now);
+}
+
+/* ---- validation ---- */
+
+/* runner_io: the actions that go through a backend — validation, requests, the move to done/
+ * or failed/ — and the operator's cancel and retry, and stopping. */
+#include "runner_internal.h"
+
+#include "batchd/apitext.h"
+#include "batchd/fsutil.h"
+#include "batchd/util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Hands a freed validation slot to the oldest job waiting for one. */
+static void start_waiting_validations(runner *rn)
+{
+    for (size_t i = 0; i < rn->n_jobs && rn->validations < RUNNER_VALIDATIONS_MAX && !rn->stopping;
+         i++) {
+        rjob *o = rn->jobs[i];
+        if (o->waiting_validation) {
+            o->waiting_validation = false;
+            start_validation(o);
+        }
+    }
+}
+
+static void validate_done(void *cookie, const job_validation *v)
+{
+    rjob *r = cookie;
+    runner *rn = r->rn;
+    r->validating = false;
+    r->vhandle = NULL;
+    rn->validations--;
+    if (r->released || rn->stopping) {
+        /* Its record is durable; the result is dropped and the validation runs again on
+         * the next start. */
+        rj_maybe_release(r);
+        return;
+    }
+    job *j = r->j;
+    job_state before = j->state;
+    if (v && j->state == JOB_VALIDATING) {
+        job_on_validated(j, v, rn_now(rn));
+        rj_changed(r, before);
+    }
+    start_waiting_validations(rn);
+    if (!rn->stopping)
+        rj_drive(r);
+}
+
+static void start_validation(rjob *r)
+{
+    runner *rn = r->rn;
+    if (rn->validations >= RUNNER_VALIDATIONS_MAX) {
+        r->waiting_validation = true;
+        return;
+    }
+    rn->validations++;
+    r->validating = true;
+    int rc = rn->be.validate->start(rn->be.ud, r->j, validate_done, r, &r->vhandle);
+    if (rc < 0) {
+        rn->validations--;
+        r->validating = false;
+        r->vhandle = NULL;
+        log_error("cannot queue validation: %s", strerror(-rc));
+        rj_arm(r, RUNNER_PERSIST_RETRY_MS);
+    }
+}
+
+/* ---- requests ---- */
+
+static void log_reply(const rjob *r, job_op op, const job_reply *reply)
+{
+    log_job_fields f = rj_fields(r->j);
+    if (reply->net != JOB_NET_OK) {
+        /* The transport's text is the network's: cleaned like an API text. */
+        char *why = apitext_clean_str(reply->error_text ? reply->error_text : "", reply->secret);
+        log_job(LOG_LVL_NOTICE, &f, "%s: %s", job_op_name(op), why);
+        free(why);
+    } else {
+        log_job(reply->status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld (%s)",
+                job_op_name(op), reply->status, rj_last_note(r->j));
+    }
+}
+
+static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
+{
+    rjob *r = cookie;
+    runner *rn = r->rn;
+    job *j = r->j;
+    job_op op = r->xfer_op;
+    r->xfer = NULL;
+    job_state before = j->state;
+    bool token_rejected = job_on_reply(j, op, reply, &rn->params, rn_now(rn), rn_random(rn));
+    log_reply(r, op, reply);
+    rj_changed(r, before);
+    if (token_rejected && rn->hooks.token_rejected)
+        rn->hooks.token_rejected(rn->hooks.ud, token_gen);
+    if (rn->stopping) {
+        if (rn->hooks.request_ended)
+            rn->hooks.request_ended(rn->hooks.ud);
+    } else {
+        rj_drive(r);
+    }
+}
+
+static void http_progress(void *cookie, int64_t sent)
+{
+    rjob *r = cookie;
+    job_on_progress(r->j, sent);
+    if (rn_mono(r->rn) - r->last_publish_ms >= RUNNER_PROGRESS_PUBLISH_MS)
+        rj_publish(r);
+}
+
+/* Fails the job for a local reason; takes msg. */
+static void fail_now(rjob *r, const char *code, char *msg)
+{
+    job_state before = r->j->state;
+    job_fail(r->j, rn_now(r->rn), code, "%s", msg);
+    free(msg);
+    rj_changed(r, before);
+    rj_drive(r);
+}
+
+/* Starts the request for op; for a side-effecting op its intent is already durable. */
+static void start_http(rjob *r, job_op op)
+{
+    runner *rn = r->rn;
+    job *j = r->j;
+    job_request rq;
+    if (job_build_request(j, op, &rq) < 0) {
+        fail_now(r, "invalid_job",
+                 xasprintf("internal error: the record lacks what %s needs", job_op_name(op)));
+        return;
+    }
+    runner_request req = {
+        .op = op,
+        .rq = &rq,
+        .upload_path = j->upload_path,
+        .upload_content_type = j->upload_content_type,
+        .upload_size = j->bytes_total > 0 ? j->bytes_total : 0,
+        .upload_sha256 = j->upload_sha256,
+    };
+    r->xfer_op = op;
+    r->xfer = rn->be.http->send(rn->be.ud, &req, http_done,
+                                op == JOB_OP_UPLOAD ? http_progress : NULL, r);
+    job_request_clear(&rq);
+    if (!r->xfer) {
+        /* A request that cannot be sent at all (a URL or Content-Type with line breaks, from
+         * the API's own reply): permanent. */
+        fail_now(r, "api_rejected",
+                 xasprintf("cannot send %s: the URL or Content-Type the API gave is not usable",
+                           job_op_name(op)));
+        return;
+    }
+    rj_publish(r);
+}
+
+static void send_request(rjob *r, job_op op)
+{
+    job_op saved_pending = job_mark_sent(r->j, op, rn_now(r->rn));
+    if (!job_op_has_side_effect(op)) {
+        start_http(r, op);
+        return;
+    }
+    /* Record the intent first; write_done sends once it is on disk. */
+    r->saved_pending = saved_pending;
+    r->send_after_write = op;
+    rj_persist(r);
+}
+
+/* ---- finishing ---- */
+
+static void log_finished(const rjob *r, bool ok)
+{
+    const job *j = r->j;
+    log_job_fields f = rj_fields(j);
+    if (ok)
+        log_job(LOG_LVL_NOTICE, &f, "ready: %" PRId64 " tasks in %" PRId64 " groups, %s/%s",
+                j->total_task_count, j->total_task_groups, "done", j->dir);
+    else
+        log_job(LOG_LVL_WARNING, &f, "failed (%s): %s; see failed/%s/error.json",
+                j->error_code ? j->error_code : "?", j->error_message ? j->error_message : "",
+                j->dir);
+}
+
+static bool finish_failed(rjob *r, bool ok, int rc)
+{
+    const job *j = r->j;
+    log_job_fields f = rj_fields(j);
+    if (rc == -ENOENT) {
+        /* Its directory is gone (removed by hand): nothing to move, and no retry can help. The
+         * record keeps what exists remotely. */
+        log_job(LOG_LVL_ERR, &f,
+                "active/%s disappeared before the job could be moved to %s/; the job is %s "
+                "(dataset %s, batch %s); its record is %s/jobs/%s.json",
+                j->dir, ok ? "done" : "failed", job_state_name(j->state),
+                j->dataset_id ? j->dataset_id : "none", j->batch_id ? j->batch_id : "none",
+                r->rn->state_dir, j->id);
+        return false;
+    }
+    log_job(LOG_LVL_ERR, &f, "cannot move the job to %s/: %s; retrying in 5s",
+            ok ? "done" : "failed", strerror(-rc));
+    rj_arm(r, RUNNER_PERSIST_RETRY_MS);
+    return true;
+}
+
+static void finish_done(void *cookie, int rc, const char *final_dir)
+{
+    rjob *r = cookie;
+    runner *rn = r->rn;
+    job *j = r->j;
+    r->finishing = false;
+    if (r->released) {
+        rj_maybe_release(r);
+        return;
+    }
+    bool ok = j->state == JOB_READY;
+    if (rc < 0 && finish_failed(r, ok, rc))
+        return;
+    r->finished = true;
+    j->moved = true;
+    rn->n_active--;
+    if (final_dir) {
+        const char *base = fsutil_basename(final_dir);
+        if (strcmp(base, j->dir) != 0) {
+            free(j->dir);
+            j->dir = xstrdup(base);
+        }
+    }
+    job_note(j, rn_now(rn), "moved to %s/%s", ok ? "done" : "failed", j->dir);
+    /* The resolved job is not needed any more (a retry validates again). */
+    cJSON_Delete(j->spec);
+    j->spec = NULL;
+    log_finished(r, ok);
+    rj_persist(r);
+    rj_publish(r);
+    rn_evict_finished(rn);
+    runner_update_status(rn);
+    runner_claim_soon(rn);
+}
+
+static void finish(rjob *r)
+{
+    runner *rn = r->rn;
+    job *j = r->j;
+    bool ok = j->state == JOB_READY;
+    cJSON *body = ok ? job_result_json(j) : job_error_json(j);
+    char *text = json_print_pretty(body);
+    cJSON_Delete(body);
+    r->finishing = true;
+    rn->be.spool->finish(rn->be.ud, j->dir, ok, ok ? "result.json" : "error.json", text,
+                         finish_done, r);
+    free(text);
+}

@@ -1,0 +1,118 @@
+/* runner's private state, shared by its files: runner.c (the public face), runner_job.c
+ * (shared upkeep), runner_drive.c (one job's steps), runner_claim.c
+ * and runner_recover.c. */
+#ifndef BATCHD_RUNNER_INTERNAL_H
+#define BATCHD_RUNNER_INTERNAL_H
+
+#include "batchd/log.h"
+#include "batchd/runner.h"
+#include "batchd/spool.h"
+
+/* Validations running at once: each may read gigabytes; the rest of the pool stays free. */
+#define RUNNER_VALIDATIONS_MAX 2
+/* Entries claimed per turn, so 10,000 dropped at once never stall the loop. */
+#define RUNNER_CLAIMS_PER_TURN 64
+/* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
+#define RUNNER_PERSIST_RETRY_MS 5000
+/* Entries that fail to claim (stuck) are remembered, without limit, and tried again after
+ * CLAIM_RETRY_MS; each is logged when first found and then at most every STUCK_RELOG_MS.
+ * At most STUCK_RETRIES_PER_TURN of them are retried per turn. */
+#define RUNNER_CLAIM_RETRY_MS         60000
+#define RUNNER_STUCK_RELOG_MS         (3600LL * 1000)
+#define RUNNER_STUCK_RETRIES_PER_TURN 64
+/* Records of jobs finished longer ago than this are removed at start. */
+#define RUNNER_RECORD_KEEP_MS (30LL * 86400 * 1000)
+/* Finished jobs kept in memory (and so in ListJobs); older ones live on disk only. */
+#define RUNNER_FINISHED_KEPT 1000
+/* Upload progress is published at most this often per job. */
+#define RUNNER_PROGRESS_PUBLISH_MS 250
+
+/* The job's record write, one at a time per job, so a later write can never be overtaken by
+ * an earlier one. Transitions:
+ *   IDLE or FAILED --persist--> OUT
+ *   OUT --the record changes--> OUT_CHANGED
+ *   OUT --write ok--> IDLE (then the step that waited for it: a send, or the next drive)
+ *   OUT --write failed--> FAILED (retried after RUNNER_PERSIST_RETRY_MS; no step meanwhile)
+ *   OUT_CHANGED --write ends--> OUT (the newest record is written again)
+ *   stopping: any --write ends--> IDLE, after writing the newest record now when needed. */
+typedef enum rj_write {
+    RJ_WRITE_IDLE = 0,
+    RJ_WRITE_OUT,
+    RJ_WRITE_OUT_CHANGED,
+    RJ_WRITE_FAILED,
+} rj_write;
+
+typedef struct rjob {
+    job *j;
+    runner *rn;
+    void *timer;
+    void *xfer; /* the request in flight, or NULL */
+    job_op xfer_op;
+    void *vhandle; /* the validation running, or NULL */
+    bool validating;
+    bool waiting_validation; /* for a free validation slot */
+    bool finishing;          /* its directory is being moved */
+    bool finished;           /* its directory is in done/ or failed/ */
+    bool released;           /* the runner is gone: free once no backend holds it */
+    rj_write write;
+    uint64_t written_digest; /* job_record_digest of the last record handed to a write */
+    /* A side-effecting call waiting for its intent to be durable, and the pending_op to
+     * restore if it is not sent after all. */
+    job_op send_after_write;
+    job_op saved_pending;
+    int64_t last_publish_ms;
+} rjob;
+
+struct runner {
+    runner_backend be;
+    runner_hooks hooks;
+    char *state_dir;
+    char *incoming_dir;
+    job_params params;
+    size_t max_active;
+    uint64_t rng;
+    rjob **jobs; /* every known job, in claim order */
+    size_t n_jobs, cap_jobs;
+    size_t n_active; /* jobs not finished */
+    size_t validations;
+    size_t claims_out; /* claims handed to the spool and not ended */
+    bool paused;
+    int64_t paused_at;
+    bool stopping;
+    bool claim_pending;
+    bool driving_all; /* walking jobs: no eviction meanwhile */
+    bool freed;       /* runner_free came while jobs were still held */
+    size_t held;      /* released jobs a backend still holds */
+    size_t bad_records;
+    size_t pruned_records;
+    void *claim_timer;
+    spool_stuck *stuck; /* entries of incoming/ that could not be claimed; NULL until one */
+};
+
+/* runner_job.c */
+uint64_t rn_random(runner *rn);
+int64_t rn_now(runner *rn);
+int64_t rn_mono(runner *rn);
+log_job_fields rj_fields(const job *j);
+const char *rj_last_note(const job *j);
+void rj_publish(rjob *r);
+void rj_arm(rjob *r, int64_t delay_ms);
+bool rj_busy(const rjob *r);
+/* The states that wait for the API with a timeout (import_timeout, batch_timeout). */
+bool rj_waits_with_timeout(job_state s);
+void rj_free(rjob *r);
+void rn_free_now(runner *rn);
+void rj_maybe_release(rjob *r);
+rjob *rj_of(const runner *rn, const job *j);
+void rn_evict_finished(runner *rn);
+
+/* runner_drive.c */
+rjob *rj_add(runner *rn, job *j, bool finished);
+void rj_persist(rjob *r);
+bool rj_changed(rjob *r, job_state before);
+void rj_drive(rjob *r);
+
+/* runner_claim.c */
+void rn_claim_run(void *arg);
+
+#endif

@@ -1,0 +1,1227 @@
+/* test-deps: job spool log apitext */
+/* Unit tests of the runner, below the daemon: a RAM store whose writes complete (or fail) when
+ * the test says, a scripted HTTP client, a scripted spool, a validation pool the test answers,
+ * and a fake clock whose timers fire only when the test moves time on. Covers write-before-
+ * send, every resume case, drain, cancel and retry in every state, claim failures, the token
+ * hold and pause. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+#include <cmocka.h>
+
+#include "batchd/log.h"
+#include "batchd/runner.h"
+#include "batchd/util.h"
+
+#define T0      1764405165000LL
+#define DATASET "0192a3b5-e8f9-7a0b-1c2d-3e4f5a6b7c8d"
+#define IMPORT  "01935c2d-1a2b-3c4d-5e6f-7a8b9c0d1e2f"
+#define BATCH   "01935c2d-aaaa-4c4d-8e6f-7a8b9c0d1e2f"
+#define WS      "6278acb09062db3b35bcbeb0"
+#define SHA     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+#define MAXN    64
+
+static const char *spec_json =
+    "{\"workspace_id\":\"" WS "\",\"dataset\":{\"name\":\"ds\",\"file\":\"d.jsonl\","
+    "\"schema\":{\"strict\":true,\"fields\":{\"prompt\":{\"type\":\"text\"}}}},"
+    "\"batch\":{\"name\":\"b\",\"tasks_per_group\":3,\"task_details\":{\"task_name\":\"n\","
+    "\"task_introduction\":\"i\",\"task_steps\":\"s\"},\"batch_items\":[{\"rows\":[{"
+    "\"columns\":[{\"items\":[{\"type\":\"dataset_field\",\"field\":\"prompt\"}]}]}]}]}}";
+
+typedef struct fwrite_ {
+    char *text;
+    runner_done_fn done;
+    void *cookie;
+} fwrite_;
+
+typedef struct freq {
+    job_op op;
+    char *path;
+    runner_http_done_fn done;
+    runner_progress_fn progress;
+    void *cookie;
+    bool live;
+} freq;
+
+typedef struct fval {
+    runner_validated_fn done;
+    void *cookie;
+    bool live;
+    bool cancelled;
+} fval;
+
+typedef struct ftimer {
+    runner_timer_fn fn;
+    void *arg;
+    int64_t due;
+    bool armed;
+} ftimer;
+
+typedef struct world {
+    int64_t now, mono;
+    runner *rn;
+    /* store */
+    cJSON *records; /* id -> record */
+    fwrite_ writes[MAXN];
+    size_t n_writes;
+    int writes_started, writes_now;
+    int load_rc, remove_rc;
+    /* http */
+    freq reqs[MAXN];
+    size_t n_reqs;
+    bool refuse_send;
+    unsigned token_gen;
+    int sent[JOB_OP_COUNT];
+    /* spool */
+    char *incoming[MAXN];
+    size_t n_incoming;
+    int scan_rc, claim_rc, finish_rc, reactivate_rc;
+    runner_claim_kind claim_kind;
+    char *active[MAXN];
+    size_t n_active;
+    int finished_ok, finished_failed;
+    /* validation */
+    fval vals[MAXN];
+    size_t n_vals;
+    int validate_rc;
+    bool validation_bad;
+    /* timers */
+    ftimer *timers[4 * MAXN];
+    size_t n_timers;
+    /* hooks */
+    int changed, passed, status_calls, ended, rejected;
+    unsigned rejected_gen;
+    size_t st_active, st_done, st_failed;
+} world;
+
+static world *W;
+
+/* ---- RAM store ---- */
+
+static void st_write(void *ud, const job *j, runner_done_fn done, void *cookie)
+{
+    world *w = ud;
+    assert_true(w->n_writes < MAXN);
+    cJSON *rec = job_to_record(j);
+    w->writes[w->n_writes++] = (fwrite_){json_print(rec), done, cookie};
+    cJSON_Delete(rec);
+    w->writes_started++;
+}
+
+static void put_record(world *w, const char *text)
+{
+    cJSON *rec = cJSON_Parse(text);
+    const char *id = json_str(rec, "id");
+    cJSON_DeleteItemFromObjectCaseSensitive(w->records, id);
+    cJSON_AddItemToObject(w->records, id, rec);
+}
+
+static int st_write_now(void *ud, const job *j)
+{
+    world *w = ud;
+    cJSON *rec = job_to_record(j);
+    char *text = json_print(rec);
+    cJSON_Delete(rec);
+    put_record(w, text);
+    free(text);
+    w->writes_now++;
+    return 0;
+}
+
+static int st_load(void *ud, void (*each)(void *cud, job *j),
+                   void (*bad)(void *cud, const char *file, const char *reason), void *cud)
+{
+    world *w = ud;
+    if (w->load_rc < 0)
+        return w->load_rc;
+    int n = 0;
+    const cJSON *rec;
+    cJSON *all = cJSON_Duplicate(w->records, 1); /* each() may remove records */
+    cJSON_ArrayForEach(rec, all)
+    {
+        const char *err = NULL;
+        job *j = job_from_record(rec, &err);
+        if (!j) {
+            bad(cud, rec->string, err);
+            continue;
+        }
+        each(cud, j);
+        n++;
+    }
+    cJSON_Delete(all);
+    return n;
+}
+
+static int st_remove(void *ud, const char *id)
+{
+    world *w = ud;
+    cJSON_DeleteItemFromObjectCaseSensitive(w->records, id);
+    return w->remove_rc;
+}
+
+static const runner_store_ops store_ops = {st_write, st_write_now, st_load, st_remove};
+
+/* Ends the writes out now (not those they start) with rc. */
+static size_t writes_end(world *w, int rc)
+{
+    size_t n = w->n_writes;
+    fwrite_ batch[MAXN];
+    memcpy(batch, w->writes, n * sizeof *batch);
+    w->n_writes = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0)
+            put_record(w, batch[i].text);
+        free(batch[i].text);
+        batch[i].done(batch[i].cookie, rc);
+    }
+    return n;
+}
+
+static void flush(world *w)
+{
+    while (writes_end(w, 0) > 0) {
+    }
+}
+
+static const cJSON *record_of(world *w, const job *j)
+{
+    return cJSON_GetObjectItemCaseSensitive(w->records, j->id);
+}
+
+/* ---- scripted HTTP ---- */
+
+static void *h_send(void *ud, const runner_request *req, runner_http_done_fn done,
+                    runner_progress_fn progress, void *cookie)
+{
+    world *w = ud;
+    if (w->refuse_send)
+        return NULL;
+    assert_true(w->n_reqs < MAXN);
+    freq *q = &w->reqs[w->n_reqs++];
+    *q = (freq){req->op, xstrdup(req->rq->path), done, progress, cookie, true};
+    w->sent[req->op]++;
+    return q;
+}
+
+static void h_cancel(void *ud, void *handle)
+{
+    (void)ud;
+    freq *q = handle;
+    assert_true(q->live);
+    q->live = false;
+}
+
+static const runner_http_ops http_ops = {h_send, h_cancel};
+
+static freq *live_req(world *w)
+{
+    for (size_t i = 0; i < w->n_reqs; i++)
+        if (w->reqs[i].live)
+            return &w->reqs[i];
+    return NULL;
+}
+
+static size_t n_live_reqs(world *w)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < w->n_reqs; i++)
+        n += w->reqs[i].live;
+    return n;
+}
+
+static void answer_net(world *w, freq *q, job_net_error net, long status, const char *body)
+{
+    assert_non_null(q);
+    assert_true(q->live);
+    q->live = false;
+    job_reply r = {.net = net,
+                   .status = status,
+                   .body = body,
+                   .body_len = body ? strlen(body) : 0,
+                   .error_text = net == JOB_NET_OK ? "" : "boom",
+                   .secret = "tok"};
+    q->done(q->cookie, &r, w->token_gen);
+}
+
+static void answer(world *w, long status, const char *body)
+{
+    answer_net(w, live_req(w), JOB_NET_OK, status, body);
+}
+
+static const char *upload_url_body(int64_t expires_ms)
+{
+    static char buf[512];
+    char exp[40];
+    snprintf(
+        buf, sizeof buf,
+        "{\"dataset_id\":\"" DATASET "\",\"upload_url\":\"http://127.0.0.1:1/_upload/k?sig=1\","
+        "\"http_method\":\"PUT\",\"content_type\":\"application/x-ndjson\",\"expires_at\":\"%s\","
+        "\"import_id\":\"" IMPORT "\"}",
+        time_format_rfc3339(expires_ms, false, exp, sizeof exp));
+    return buf;
+}
+
+/* The API's happy answer to each call. */
+static void answer_happy(world *w, freq *q)
+{
+    switch (q->op) {
+    case JOB_OP_CREATE_DATASET:
+        answer_net(w, q, JOB_NET_OK, 201, "{\"id\":\"" DATASET "\"}");
+        break;
+    case JOB_OP_UPLOAD_URL:
+        answer_net(w, q, JOB_NET_OK, 201, upload_url_body(w->now + 900000));
+        break;
+    case JOB_OP_UPLOAD:
+        q->progress(q->cookie, 60);
+        answer_net(w, q, JOB_NET_OK, 200, "");
+        break;
+    case JOB_OP_CHECK_UPLOAD:
+        answer_net(w, q, JOB_NET_OK, 200, "{\"status\":\"queued\"}");
+        break;
+    case JOB_OP_GET_IMPORT:
+        answer_net(w, q, JOB_NET_OK, 200, "{\"status\":\"complete\",\"accepted_count\":3}");
+        break;
+    case JOB_OP_FIND_BATCH:
+        answer_net(w, q, JOB_NET_OK, 200, "{\"results\":[],\"meta\":{\"count\":0}}");
+        break;
+    case JOB_OP_CREATE_BATCH:
+        answer_net(w, q, JOB_NET_OK, 201, "{\"id\":\"" BATCH "\",\"status\":\"UNINITIALISED\"}");
+        break;
+    case JOB_OP_SETUP:
+        answer_net(w, q, JOB_NET_OK, 202, "{}");
+        break;
+    case JOB_OP_CHECK_SETUP:
+    case JOB_OP_BATCH_STATUS:
+        answer_net(w, q, JOB_NET_OK, 200, "{\"status\":\"READY\"}");
+        break;
+    case JOB_OP_GET_BATCH:
+        answer_net(w, q, JOB_NET_OK, 200,
+                   "{\"id\":\"" BATCH "\",\"status\":\"READY\",\"total_task_count\":3,"
+                   "\"total_task_groups\":1}");
+        break;
+    default:
+        fail_msg("unexpected request %s", job_op_name(q->op));
+    }
+}
+
+/* ---- scripted spool ---- */
+
+static int sp_scan(void *ud, size_t max, bool (*skipfn)(void *sud, const char *name), void *sud,
+                   char ***names, size_t *n)
+{
+    world *w = ud;
+    if (w->scan_rc < 0)
+        return w->scan_rc;
+    *names = xcalloc(w->n_incoming + 1, sizeof(char *));
+    *n = 0;
+    for (size_t i = 0; i < w->n_incoming && *n < max; i++)
+        if (!skipfn(sud, w->incoming[i]))
+            (*names)[(*n)++] = xstrdup(w->incoming[i]);
+    return 0;
+}
+
+static void drop_incoming(world *w, const char *entry)
+{
+    for (size_t i = 0; i < w->n_incoming; i++)
+        if (strcmp(w->incoming[i], entry) == 0) {
+            free(w->incoming[i]);
+            w->incoming[i] = w->incoming[--w->n_incoming];
+            return;
+        }
+}
+
+static void add_active(world *w, const char *name)
+{
+    w->active[w->n_active++] = xstrdup(name);
+}
+
+static void drop_active(world *w, const char *name)
+{
+    for (size_t i = 0; i < w->n_active; i++)
+        if (strcmp(w->active[i], name) == 0) {
+            free(w->active[i]);
+            w->active[i] = w->active[--w->n_active];
+            return;
+        }
+}
+
+static void sp_claim(void *ud, const char *entry, const char *id, runner_claim_done_fn done,
+                     void *cookie)
+{
+    world *w = ud;
+    char dir[256];
+    snprintf(dir, sizeof dir, "/spool/%s/%s",
+             w->claim_kind == RUNNER_REJECTED ? "failed" : "active", entry);
+    runner_claim c = {.kind = w->claim_kind, .job_dir = dir, .job_name = entry};
+    if (w->claim_kind == RUNNER_REJECTED) {
+        c.code = "unsupported_entry";
+        c.reason = "a fifo";
+        c.job_id = id;
+    }
+    if (w->claim_rc == 0) {
+        drop_incoming(w, entry);
+        if (w->claim_kind == RUNNER_CLAIMED)
+            add_active(w, entry);
+    }
+    done(cookie, w->claim_rc, &c);
+}
+
+static void sp_finish(void *ud, const char *dir, bool ok, const char *file, const char *body,
+                      runner_finish_done_fn done, void *cookie)
+{
+    world *w = ud;
+    assert_string_equal(file, ok ? "result.json" : "error.json");
+    assert_non_null(strstr(body, "\"state\""));
+    if (w->finish_rc == 0) {
+        drop_active(w, dir);
+        ok ? w->finished_ok++ : w->finished_failed++;
+    }
+    char final_dir[256];
+    snprintf(final_dir, sizeof final_dir, "/spool/%s/%s.1", ok ? "done" : "failed", dir);
+    done(cookie, w->finish_rc, w->finish_rc == 0 ? final_dir : NULL);
+}
+
+static int sp_list_active(void *ud, char ***names, size_t *n)
+{
+    world *w = ud;
+    *names = xcalloc(w->n_active + 1, sizeof(char *));
+    for (size_t i = 0; i < w->n_active; i++)
+        (*names)[i] = xstrdup(w->active[i]);
+    *n = w->n_active;
+    return 0;
+}
+
+static bool sp_active_exists(void *ud, const char *dir)
+{
+    world *w = ud;
+    for (size_t i = 0; i < w->n_active; i++)
+        if (strcmp(w->active[i], dir) == 0)
+            return true;
+    return false;
+}
+
+static int sp_reactivate(void *ud, const char *failed_name, char **active_name)
+{
+    world *w = ud;
+    if (w->reactivate_rc < 0)
+        return w->reactivate_rc;
+    *active_name = xasprintf("%s.r", failed_name);
+    add_active(w, *active_name);
+    return 0;
+}
+
+static const runner_spool_ops spool_ops = {sp_scan,        sp_claim,         sp_finish,
+                                           sp_list_active, sp_active_exists, sp_reactivate};
+
+/* ---- validation the test answers ---- */
+
+static int v_start(void *ud, const job *j, runner_validated_fn done, void *cookie, void **handle)
+{
+    world *w = ud;
+    (void)j;
+    if (w->validate_rc < 0)
+        return w->validate_rc;
+    fval *v = &w->vals[w->n_vals++];
+    *v = (fval){done, cookie, true, false};
+    *handle = v;
+    return 0;
+}
+
+static void v_cancel(void *ud, void *handle)
+{
+    (void)ud;
+    fval *v = handle;
+    v->cancelled = true;
+}
+
+static const runner_validate_ops validate_ops = {v_start, v_cancel};
+
+static fval *live_val(world *w)
+{
+    for (size_t i = 0; i < w->n_vals; i++)
+        if (w->vals[i].live)
+            return &w->vals[i];
+    return NULL;
+}
+
+static void validation_end(world *w, fval *v)
+{
+    assert_non_null(v);
+    v->live = false;
+    if (v->cancelled) {
+        v->done(v->cookie, NULL);
+        return;
+    }
+    cJSON *spec = cJSON_Parse(spec_json);
+    job_validation jv = {.ok = !w->validation_bad,
+                         .code = w->validation_bad ? "invalid_job" : NULL,
+                         .message = w->validation_bad ? "no job.json" : NULL,
+                         .spec = spec,
+                         .upload_path = "/spool/active/a/d.jsonl",
+                         .upload_name = "d.jsonl",
+                         .sha256 = SHA,
+                         .records = 3,
+                         .bytes = 120};
+    v->done(v->cookie, &jv);
+    cJSON_Delete(spec);
+}
+
+/* ---- fake clock ---- */
+
+static int64_t c_now(void *ud)
+{
+    return ((world *)ud)->now;
+}
+
+static int64_t c_mono(void *ud)
+{
+    return ((world *)ud)->mono;
+}
+
+static void *c_timer_new(void *ud, runner_timer_fn fn, void *arg)
+{
+    world *w = ud;
+    ftimer *t = xcalloc(1, sizeof *t);
+    *t = (ftimer){fn, arg, 0, false};
+    assert_true(w->n_timers < 4 * MAXN);
+    w->timers[w->n_timers++] = t;
+    return t;
+}
+
+static void c_timer_arm(void *ud, void *timer, int64_t delay)
+{
+    world *w = ud;
+    ftimer *t = timer;
+    assert_true(delay >= 1);
+    t->due = w->mono + delay;
+    t->armed = true;
+}
+
+static void c_timer_stop(void *ud, void *timer)
+{
+    (void)ud;
+    ((ftimer *)timer)->armed = false;
+}
+
+static void c_timer_free(void *ud, void *timer)
+{
+    world *w = ud;
+    for (size_t i = 0; i < w->n_timers; i++)
+        if (w->timers[i] == timer) {
+            w->timers[i] = w->timers[--w->n_timers];
+            free(timer);
+            return;
+        }
+    fail_msg("freeing an unknown timer");
+}
+
+static const runner_clock_ops clock_ops = {c_now,       c_mono,       c_timer_new,
+                                           c_timer_arm, c_timer_stop, c_timer_free};
+
+static ftimer *next_timer(world *w)
+{
+    ftimer *best = NULL;
+    for (size_t i = 0; i < w->n_timers; i++)
+        if (w->timers[i]->armed && (!best || w->timers[i]->due < best->due))
+            best = w->timers[i];
+    return best;
+}
+
+/* Moves time on by ms, firing the timers that come due, in order. */
+static void advance(world *w, int64_t ms)
+{
+    int64_t end = w->mono + ms;
+    for (ftimer *t; (t = next_timer(w)) && t->due <= end;) {
+        w->now += t->due - w->mono;
+        w->mono = t->due;
+        t->armed = false;
+        t->fn(t->arg);
+    }
+    w->now += end - w->mono;
+    w->mono = end;
+}
+
+/* ---- hooks ---- */
+
+static void hk_changed(void *ud, const job *j, const char *as_state)
+{
+    world *w = ud;
+    assert_non_null(j);
+    as_state ? w->passed++ : w->changed++;
+}
+
+static void hk_status(void *ud, size_t active, size_t done, size_t failed)
+{
+    world *w = ud;
+    w->status_calls++;
+    w->st_active = active;
+    w->st_done = done;
+    w->st_failed = failed;
+}
+
+static void hk_ended(void *ud)
+{
+    ((world *)ud)->ended++;
+}
+
+static void hk_rejected(void *ud, unsigned gen)
+{
+    world *w = ud;
+    w->rejected++;
+    w->rejected_gen = gen;
+}
+
+static void start_runner(world *w)
+{
+    runner_backend be = {&store_ops, &http_ops, &spool_ops, &validate_ops, &clock_ops, w};
+    runner_hooks hooks = {w, hk_changed, hk_status, hk_ended, hk_rejected};
+    runner_options o = {.state_dir = "/state", .incoming_dir = "/spool/incoming", .seed = 42};
+    w->rn = runner_new(&be, &hooks, &o);
+    job_params p;
+    job_params_default(&p);
+    runner_configure(w->rn, &p, 8);
+}
+
+static int setup(void **state)
+{
+    world *w = xcalloc(1, sizeof *w);
+    w->now = T0;
+    w->mono = 1000;
+    w->records = cJSON_CreateObject();
+    w->claim_kind = RUNNER_CLAIMED;
+    start_runner(w);
+    W = w;
+    *state = w;
+    return 0;
+}
+
+static void free_strs(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+}
+
+static void stop_runner(world *w)
+{
+    runner_shutdown(w->rn);
+    runner_free(w->rn);
+    w->rn = NULL;
+    /* Backends still holding jobs end now; the runner frees them. */
+    writes_end(w, 0);
+    for (size_t i = 0; i < w->n_vals; i++)
+        if (w->vals[i].live) {
+            w->vals[i].cancelled = true;
+            validation_end(w, &w->vals[i]);
+        }
+    for (size_t i = 0; i < w->n_reqs; i++) {
+        assert_false(w->reqs[i].live); /* runner_shutdown cancelled them all */
+        free(w->reqs[i].path);
+    }
+    w->n_reqs = 0;
+    w->n_vals = 0;
+    assert_int_equal(w->n_timers, 0);
+}
+
+static int teardown(void **state)
+{
+    world *w = *state;
+    stop_runner(w);
+    free_strs(w->incoming, w->n_incoming);
+    free_strs(w->active, w->n_active);
+    cJSON_Delete(w->records);
+    free(w);
+    return 0;
+}
+
+/* A restart: everything in flight is abandoned; the records stay. */
+static void restart(world *w)
+{
+    stop_runner(w);
+    start_runner(w);
+    assert_int_equal(runner_recover(w->rn), 0);
+}
+
+static void drop(world *w, const char *entry)
+{
+    w->incoming[w->n_incoming++] = xstrdup(entry);
+    runner_claim_soon(w->rn);
+    advance(w, 1);
+}
+
+static const job *job0(world *w)
+{
+    return runner_job_at(w->rn, 0);
+}
+
+/* One step of the happy path: writes end, then a validation or a request is answered, else
+ * time moves to the next timer. */
+static void act(world *w)
+{
+    fval *v = live_val(w);
+    freq *q = live_req(w);
+    if (v)
+        validation_end(w, v);
+    else if (q)
+        answer_happy(w, q);
+    else {
+        ftimer *t = next_timer(w);
+        if (!t)
+            fail_msg("stuck: %zu jobs, first %s, %zu writes out", runner_count(w->rn),
+                     runner_count(w->rn) ? job_state_name(job0(w)->state) : "-", w->n_writes);
+        advance(w, t->due - w->mono);
+    }
+}
+
+static void step(world *w)
+{
+    flush(w);
+    act(w);
+    flush(w);
+}
+
+static void run_until(world *w, const job *j, job_state s)
+{
+    for (int i = 0; i < 400 && j->state != s; i++) {
+        if (w->n_writes)
+            writes_end(w, 0);
+        else
+            act(w);
+    }
+    assert_string_equal(job_state_name(j->state), job_state_name(s));
+}
+
+/* Until request op is out. */
+static freq *run_until_sent(world *w, job_op op)
+{
+    for (int i = 0; i < 200; i++) {
+        flush(w);
+        freq *q = live_req(w);
+        if (q && q->op == op)
+            return q;
+        act(w);
+    }
+    fail_msg("%s never sent", job_op_name(op));
+    return NULL;
+}
+
+/* ---- tests ---- */
+
+static void test_happy_path(void **state)
+{
+    world *w = *state;
+    assert_int_equal(runner_recover(w->rn), 0);
+    drop(w, "a");
+    const job *j = job0(w);
+    assert_non_null(j);
+    assert_int_equal(runner_count(w->rn), 1);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_int_equal(w->finished_ok, 1);
+    assert_true(j->moved);
+    assert_string_equal(j->dir, "a.1");
+    assert_int_equal(w->st_done, 1);
+    assert_int_equal(w->st_active, 0);
+    assert_true(w->changed > 5);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+    assert_int_equal(w->sent[JOB_OP_GET_BATCH], 1);
+    /* the record on disk is the finished job */
+    const cJSON *rec = record_of(w, j);
+    assert_string_equal(json_str(rec, "state"), "ready");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(rec, "moved")));
+    bool amb;
+    assert_ptr_equal(runner_find(w->rn, j->id, &amb), j);
+    assert_ptr_equal(runner_find(w->rn, "a", &amb), j);
+    assert_false(amb);
+    assert_null(runner_find(w->rn, "zzz", &amb));
+    assert_null(runner_job_at(w->rn, 5));
+}
+
+/* A create is sent only once its intent is on disk; a failed write sends nothing, and the
+ * write after it succeeds sends once. */
+static void test_write_before_send(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_VALIDATING);
+    flush(w);
+    validation_end(w, live_val(w));
+    assert_int_equal(j->state, JOB_CREATING_DATASET);
+    assert_int_equal(w->n_writes, 1);
+    writes_end(w, 0); /* the new state's; then the machine's step: the intent's write */
+    assert_int_equal(j->pending_op, JOB_OP_CREATE_DATASET);
+    assert_int_equal(w->n_writes, 1);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 0);
+    /* the write fails: not sent, the intent is withdrawn, retried in 5 s */
+    writes_end(w, -ENOSPC);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 0);
+    assert_int_equal(j->pending_op, JOB_OP_NONE);
+    assert_int_equal(n_live_reqs(w), 0);
+    advance(w, 4999);
+    assert_int_equal(w->n_writes, 0);
+    advance(w, 1);
+    assert_int_equal(w->n_writes, 1); /* the record again, before any step */
+    writes_end(w, 0);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 0);
+    assert_int_equal(w->n_writes, 1); /* the intent again */
+    writes_end(w, 0);
+    const cJSON *rec = record_of(w, j);
+    assert_string_equal(json_str(rec, "pending_op"), "create_dataset");
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+    run_until(w, j, JOB_READY);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+}
+
+/* A change while a write is out is written after it (out-and-changed), never alongside. */
+static void test_write_out_and_changed(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_VALIDATING);
+    flush(w);
+    assert_non_null(live_val(w));
+    runner_set_paused(w->rn, true);
+    validation_end(w, live_val(w));
+    assert_int_equal(w->n_writes, 1);
+    assert_int_equal(runner_cancel(w->rn, j), 0); /* changes it while the write is out */
+    assert_int_equal(w->n_writes, 1);
+    writes_end(w, -EIO); /* fails, but the newer record goes out anyway */
+    assert_int_equal(w->n_writes, 1);
+    writes_end(w, 0);
+    flush(w);
+    assert_string_equal(json_str(record_of(w, j), "state"), "cancelled");
+    assert_int_equal(w->finished_failed, 1);
+}
+
+static void test_send_refused_and_unbuildable(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_CREATING_DATASET);
+    w->refuse_send = true;
+    for (int i = 0; i < 10 && j->state == JOB_CREATING_DATASET; i++)
+        step(w);
+    assert_int_equal(j->state, JOB_FAILED);
+    assert_string_equal(j->error_code, "api_rejected");
+    flush(w);
+    assert_int_equal(w->finished_failed, 1);
+    assert_int_equal(runner_cancel(w->rn, j), -EINVAL);
+}
+
+/* The job's record as it stands after driving it until `until` (a state, or a request
+ * out), then a restart. */
+static const job *recovered(world *w, job_state s, job_op op_out)
+{
+    drop(w, "a");
+    const job *j = job0(w);
+    if (op_out != JOB_OP_NONE)
+        run_until_sent(w, op_out);
+    else
+        run_until(w, j, s);
+    flush(w);
+    restart(w);
+    assert_int_equal(runner_count(w->rn), 1);
+    return job0(w);
+}
+
+static void resume_and_finish(world *w, job_state s, job_op op_out)
+{
+    const job *j = recovered(w, s, op_out);
+    assert_int_equal(j->state, op_out == JOB_OP_NONE ? s : j->state);
+    runner_drive_all(w->rn);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_int_equal(w->finished_ok, 1);
+}
+
+static void test_resume_every_state(void **state)
+{
+    (void)state;
+    static const job_state states[] = {JOB_VALIDATING, JOB_CREATING_DATASET, JOB_UPLOADING,
+                                       JOB_IMPORTING,  JOB_CREATING_BATCH,   JOB_SETTING_UP,
+                                       JOB_PROCESSING};
+    for (size_t i = 0; i < BD_ARRAY_LEN(states); i++) {
+        world *w;
+        setup((void **)&w);
+        resume_and_finish(w, states[i], JOB_OP_NONE);
+        teardown((void **)&w);
+    }
+}
+
+/* Recovered with a call in flight: a side-effecting one left pending_op behind. */
+static void test_resume_every_request(void **state)
+{
+    (void)state;
+    for (int op = JOB_OP_CREATE_DATASET; op < JOB_OP_COUNT; op++) {
+        if (op == JOB_OP_CHECK_UPLOAD || op == JOB_OP_FIND_BATCH || op == JOB_OP_CHECK_SETUP)
+            continue; /* only after an unknown outcome */
+        world *w;
+        setup((void **)&w);
+        const job *j = recovered(w, JOB_QUEUED, (job_op)op);
+        assert_int_equal(j->pending_op,
+                         job_op_has_side_effect((job_op)op) ? (job_op)op : JOB_OP_NONE);
+        runner_drive_all(w->rn);
+        run_until(w, j, JOB_READY);
+        teardown((void **)&w);
+    }
+}
+
+static void test_resume_edge_cases(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    run_until(w, job0(w), JOB_READY); /* a: finished long ago, pruned */
+    flush(w);
+    /* c: finished, not yet moved when it stopped */
+    w->finish_rc = -EIO;
+    drop(w, "c");
+    run_until(w, runner_job_at(w->rn, 1), JOB_READY);
+    flush(w);
+    assert_false(runner_job_at(w->rn, 1)->moved);
+    drop(w, "b");
+    run_until(w, runner_job_at(w->rn, 2), JOB_IMPORTING); /* b: its directory vanishes */
+    flush(w);
+    drop_active(w, "b");
+    add_active(w, "orphan"); /* claimed just before a crash, no record */
+    w->now += 31LL * 86400 * 1000;
+    restart(w);
+    w->finish_rc = 0;
+    bool amb;
+    assert_null(runner_find(w->rn, "a", &amb));
+    const job *b = runner_find(w->rn, "b", &amb);
+    assert_int_equal(b->state, JOB_FAILED);
+    assert_true(b->moved);
+    const job *o = runner_find(w->rn, "orphan", &amb);
+    assert_non_null(o);
+    assert_int_equal(o->state, JOB_QUEUED);
+    const job *c = runner_find(w->rn, "c", &amb);
+    assert_false(c->moved);
+    runner_drive_all(w->rn);
+    run_until(w, o, JOB_READY);
+    flush(w);
+    assert_true(c->moved);
+
+    /* An unreadable record: a directory without one is not resumed. */
+    cJSON_AddItemToObject(w->records, "bad", cJSON_CreateString("x"));
+    add_active(w, "maybe");
+    restart(w);
+    assert_int_equal(runner_bad_records(w->rn), 1);
+    assert_null(runner_find(w->rn, "maybe", &amb));
+    /* Unreadable records dir: refuse to run. */
+    w->load_rc = -EACCES;
+    stop_runner(w);
+    start_runner(w);
+    assert_int_equal(runner_recover(w->rn), -EACCES);
+}
+
+/* A stop waits for creates and setups; reads are cancelled at once. */
+static void test_drain(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    drop(w, "b");
+    const job *a = job0(w);
+    const job *b = runner_job_at(w->rn, 1);
+    run_until_sent(w, JOB_OP_CREATE_DATASET); /* a's or b's */
+    freq *create = live_req(w);
+    const job *other = create->cookie && a->pending_op == JOB_OP_CREATE_DATASET ? b : a;
+    (void)other;
+    /* get the second one to a read in flight */
+    for (int i = 0; i < 50 && n_live_reqs(w) < 2; i++) {
+        flush(w);
+        fval *v = live_val(w);
+        if (v)
+            validation_end(w, v);
+        flush(w);
+    }
+    size_t creates = 0;
+    for (size_t i = 0; i < w->n_reqs; i++)
+        creates += w->reqs[i].live && job_op_has_side_effect(w->reqs[i].op);
+    assert_true(creates >= 1);
+    size_t n = runner_begin_drain(w->rn);
+    assert_int_equal(n, creates);
+    assert_int_equal(runner_in_flight(w->rn), creates);
+    for (freq *q; (q = live_req(w));)
+        answer_happy(w, q);
+    assert_int_equal(w->ended, (int)creates);
+    assert_int_equal(runner_in_flight(w->rn), 0);
+    flush(w);
+    assert_int_equal(n_live_reqs(w), 0); /* nothing new once stopping */
+    runner_claim_soon(w->rn);
+    assert_null(next_timer(w));
+}
+
+/* Cancel: from every state, with whatever is in flight; then retry runs it to the end. */
+static void cancel_in(job_state s)
+{
+    world *w;
+    setup((void **)&w);
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, s);
+    assert_int_equal(runner_cancel(w->rn, j), 0);
+    assert_int_equal(j->state, JOB_CANCELLED);
+    for (fval *v; (v = live_val(w));)
+        validation_end(w, v); /* a cancelled validation ends; its result is dropped */
+    flush(w);
+    assert_int_equal(n_live_reqs(w), 0);
+    assert_int_equal(w->finished_failed, 1);
+    assert_int_equal(runner_cancel(w->rn, j), -EINVAL);
+    assert_int_equal(runner_retry(w->rn, j), 0);
+    assert_int_equal(w->st_active, 1);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_int_equal(w->finished_ok, 1);
+    teardown((void **)&w);
+}
+
+static void test_cancel_and_retry_every_state(void **state)
+{
+    (void)state;
+    for (int s = JOB_QUEUED; s <= JOB_PROCESSING; s++)
+        cancel_in((job_state)s);
+}
+
+static void test_retry_refused(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    assert_int_equal(runner_retry(w->rn, j), -EINVAL); /* not finished */
+    w->validation_bad = true;
+    run_until(w, j, JOB_FAILED);
+    flush(w);
+    assert_int_equal(w->finished_failed, 1);
+    w->reactivate_rc = -EEXIST;
+    assert_int_equal(runner_retry(w->rn, j), -EEXIST);
+    assert_int_equal(j->state, JOB_FAILED);
+}
+
+static void test_claim_failures(void **state)
+{
+    world *w = *state;
+    /* stuck: cannot be renamed; left out of scans, tried again after a minute */
+    w->claim_rc = -EACCES;
+    drop(w, "stuck");
+    assert_int_equal(runner_count(w->rn), 0);
+    assert_int_equal(runner_stuck_count(w->rn), 1);
+    w->claim_rc = 0;
+    drop(w, "good");
+    assert_int_equal(runner_count(w->rn), 1);
+    assert_int_equal(runner_stuck_count(w->rn), 1);
+    advance(w, 60000);
+    runner_claim_soon(w->rn);
+    advance(w, 1);
+    assert_int_equal(runner_stuck_count(w->rn), 0);
+    assert_int_equal(runner_count(w->rn), 2);
+    /* rejected: a failed job with its error, already in failed/ */
+    w->claim_kind = RUNNER_REJECTED;
+    drop(w, "fifo");
+    flush(w);
+    bool amb;
+    const job *r = runner_find(w->rn, "fifo", &amb);
+    assert_non_null(r);
+    assert_int_equal(r->state, JOB_FAILED);
+    assert_true(r->moved);
+    assert_string_equal(r->error_code, "unsupported_entry");
+    /* gone: someone else took it */
+    w->claim_kind = RUNNER_GONE;
+    drop(w, "gone");
+    assert_int_equal(runner_count(w->rn), 3);
+    /* a scan that fails claims nothing */
+    w->claim_kind = RUNNER_CLAIMED;
+    w->scan_rc = -EIO;
+    drop(w, "later");
+    assert_int_equal(runner_count(w->rn), 3);
+    /* max_active bounds the claims */
+    w->scan_rc = 0;
+    job_params p;
+    job_params_default(&p);
+    runner_configure(w->rn, &p, 2);
+    drop(w, "x");
+    assert_int_equal(runner_count(w->rn), 3);
+}
+
+/* A 401 holds: the job stays where it is and the owner is told the token's generation. */
+static void test_token_hold(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until_sent(w, JOB_OP_CREATE_DATASET);
+    w->token_gen = 7;
+    answer(w, 401, "{\"detail\":\"bad token\"}");
+    assert_int_equal(w->rejected, 1);
+    assert_int_equal(w->rejected_gen, 7);
+    assert_int_equal(j->state, JOB_CREATING_DATASET);
+    runner_set_paused(w->rn, true); /* what the owner does */
+    flush(w);
+    advance(w, 600000);
+    flush(w);
+    assert_int_equal(n_live_reqs(w), 0);
+    runner_set_paused(w->rn, false);
+    flush(w);
+    run_until(w, j, JOB_READY);
+}
+
+/* Paused: no claims, no sends, and the wait of a pause does not count toward a timeout. */
+static void test_pause(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_IMPORTING);
+    flush(w);
+    int64_t started = j->wait_started_at, paused_at = w->now;
+    runner_set_paused(w->rn, true);
+    drop(w, "b");
+    assert_int_equal(runner_count(w->rn), 1); /* no claim */
+    advance(w, 3600000);
+    flush(w);
+    assert_int_equal(n_live_reqs(w), 0); /* no poll */
+    runner_set_paused(w->rn, false);
+    assert_int_equal(j->wait_started_at, started + (w->now - paused_at));
+    advance(w, 1);
+    assert_int_equal(runner_count(w->rn), 2);
+    run_until(w, j, JOB_READY);
+}
+
+/* Upload errors the machine classifies: the data changed (aborted) or the file is gone. */
+static void test_upload_file_errors(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    freq *q = run_until_sent(w, JOB_OP_UPLOAD);
+    answer_net(w, q, JOB_NET_CHANGED, 0, NULL);
+    assert_int_equal(j->state, JOB_FAILED);
+    assert_non_null(strstr(j->error_message, "aborted before its end"));
+    flush(w);
+    drop(w, "b");
+    j = runner_job_at(w->rn, 1);
+    q = run_until_sent(w, JOB_OP_UPLOAD);
+    answer_net(w, q, JOB_NET_FILE, 0, NULL);
+    assert_int_equal(j->state, JOB_FAILED);
+    assert_non_null(strstr(j->error_message, "must stay as validated"));
+}
+
+/* Transport errors retry; a validation that cannot start and a move that fails are retried. */
+static void test_retries_of_io(void **state)
+{
+    world *w = *state;
+    w->validate_rc = -EAGAIN;
+    drop(w, "a");
+    const job *j = job0(w);
+    flush(w);
+    assert_null(live_val(w));
+    w->validate_rc = 0;
+    advance(w, 5000);
+    assert_non_null(live_val(w));
+    freq *q = run_until_sent(w, JOB_OP_CREATE_DATASET);
+    answer_net(w, q, JOB_NET_TIMEOUT, 0, NULL);
+    flush(w);
+    assert_int_equal(j->state, JOB_CREATING_DATASET);
+    w->finish_rc = -EIO;
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_false(j->moved);
+    w->finish_rc = 0;
+    advance(w, 5000);
+    flush(w);
+    assert_true(j->moved);
+}
+
+static void test_finish_dir_gone(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    w->finish_rc = -ENOENT;
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_true(j->moved); /* nothing to move, and no retry can help */
+    assert_int_equal(w->st_done, 1);
+}
+
+/* Validation slots: two at once, the third waits for a free one. */
+static void test_validation_slots(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    drop(w, "b");
+    drop(w, "c");
+    flush(w);
+    for (int i = 0; i < 5; i++)
+        flush(w);
+    size_t live = 0;
+    for (size_t i = 0; i < w->n_vals; i++)
+        live += w->vals[i].live;
+    assert_int_equal(live, 2);
+    validation_end(w, live_val(w));
+    flush(w);
+    live = 0;
+    for (size_t i = 0; i < w->n_vals; i++)
+        live += w->vals[i].live;
+    assert_int_equal(live, 2);
+}
+
+/* Stopping with a write and a validation out: the newest record is written, and the jobs
+ * are freed only once the backends let go of them. */
+static void test_stop_with_work_out(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    drop(w, "b");
+    run_until(w, job0(w), JOB_VALIDATING);
+    flush(w);
+    const job *b = runner_job_at(w->rn, 1);
+    assert_int_equal(b->state, JOB_VALIDATING);
+    fval *v = live_val(w);
+    validation_end(w, v); /* a write is out now */
+    assert_true(w->n_writes > 0);
+    int now_before = w->writes_now;
+    runner_shutdown(w->rn);
+    assert_true(w->writes_now > now_before); /* the jobs without a write out */
+    runner_free(w->rn);
+    w->rn = NULL;
+    writes_end(w, -EIO); /* failed: written again at once */
+    for (size_t i = 0; i < w->n_vals; i++)
+        if (w->vals[i].live)
+            validation_end(w, &w->vals[i]);
+    w->n_vals = 0;
+    start_runner(w);
+}
+
+int main(void)
+{
+    log_init("test_runner", LOG_LVL_ERR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_happy_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_before_send, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_out_and_changed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send_refused_and_unbuildable, setup, teardown),
+        cmocka_unit_test(test_resume_every_state),
+        cmocka_unit_test(test_resume_every_request),
+        cmocka_unit_test_setup_teardown(test_resume_edge_cases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+        cmocka_unit_test(test_cancel_and_retry_every_state),
+        cmocka_unit_test_setup_teardown(test_retry_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_hold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_file_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retries_of_io, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_finish_dir_gone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
