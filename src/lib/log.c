@@ -77,7 +77,10 @@ static char *esc(const char *s)
     return text_escape(s ? s : "");
 }
 
-static void emit(log_level lvl, const log_job_fields *f, const char *fmt, va_list ap)
+/* A printf-style format: without the attribute clang's -Wformat-nonliteral refuses the
+ * strbuf_vprintf below. */
+__attribute__((format(printf, 3, 0))) static void emit(log_level lvl, const log_job_fields *f,
+                                                       const char *fmt, va_list ap)
 {
     if (lvl > log_max)
         return;

@@ -40,8 +40,7 @@ static const char *const odd_ids[] = {
     ".",
     "..",
     "a%2Fb",
-    "id\x01"
-    "ctl",
+    "id\001ctl",
 };
 #define ODD_NUMBER_INDEX 9
 

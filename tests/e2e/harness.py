@@ -39,6 +39,9 @@ def _cache_on(var):
 # do not measure batchd; a race report makes batchd exit with TSAN_EXIT.
 TSAN = _cache_on("BATCHD_SANITIZE_THREAD")
 TSAN_EXIT = 66
+# An ASan+UBSan build (the asan preset, built with clang, which links the runtime into the
+# program: no libasan shows in its maps).
+ASAN = _cache_on("BATCHD_SANITIZE")
 TOKEN = "e2e-secret-token-7f3a9c"
 
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 
-from harness import VALGRIND, Env, Skipped, binary, call, check, rss_kib, run, wait_for
+from harness import ASAN, VALGRIND, Env, Skipped, binary, call, check, rss_kib, run, wait_for
 
 
 
@@ -133,7 +133,10 @@ def getinfo_ms(sock):
 
 
 def sanitized(pid):
-    """Whether the process runs with AddressSanitizer's runtime."""
+    """Whether the process runs with AddressSanitizer's runtime: an ASan build (clang links
+    the runtime in), or GCC's libasan mapped in."""
+    if ASAN:
+        return True
     with open(f"/proc/{pid}/maps") as f:
         return "libasan" in f.read()
 

@@ -518,9 +518,13 @@ def test_own_file_name_dropped():
 
 
 def test_mode_000_file():
-    err = records_case("mode000.jsonl", jsonl(GOOD_ROWS), None, mode=0, code="invalid_job")
-    check("permission" in err["message"], err["message"])
-    need(err, path="dataset.file", file="mode000.jsonl", message="permission")
+    """Root may open a mode 000 file, so batchd looks at the mode itself; any other uid is
+    refused by open(2). Moved in, not copied: a test that is not root cannot read it."""
+    p = bare("mode000.jsonl", jsonl(GOOD_ROWS), mode=0)
+    err = drop_and_fail(p, "mode000.jsonl", "mode000", move=True)
+    want = "has no read permission" if os.geteuid() == 0 else "cannot be read: Permission denied"
+    check(want in err["message"], err["message"])
+    need(err, path="dataset.file", file="mode000.jsonl", message=want)
 
 
 def test_unsupported_extension():

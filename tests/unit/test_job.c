@@ -1109,7 +1109,7 @@ static void make_echoes(void)
     echoes[2] = strbuf_steal(&pc);
     echoes[3] = b64_of("x" SECRET, false);
     echoes[4] = b64_of("Token " SECRET, true);
-    echoes[5] = xasprintf("%.12s\r\n %s", SECRET, SECRET + 12);
+    echoes[5] = xasprintf("%.12s\r\n %s", SECRET, &SECRET[12]);
 }
 
 static void free_echoes(void)
