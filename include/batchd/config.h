@@ -65,7 +65,7 @@ void config_defaults(config *c);
  * allocations yet (do not call config_defaults first). Returns 0 when usable; -EINVAL with
  * diag filled when the file has errors; -errno when it cannot be read (also described in
  * diag; c then holds the defaults). Always config_free(c) afterwards. Besides the keys of
- * PRODUCT.md §3, [job] max_record_size (bytes, k/M suffix) sets max_record_bytes. */
+ * batchd.conf(5): [job] max_record_size (bytes, k/M suffix) sets max_record_bytes. */
 int config_load(const char *path, config *c, diag *diag);
 void config_free(config *c);
 

@@ -151,9 +151,10 @@ job *job_from_record(const cJSON *rec, const char **err);
  * new leaves it unchanged, so its reply needs no write. */
 uint64_t job_record_digest(const job *j);
 
-/* The public Job object of the control socket (PRODUCT.md §6), with history when asked. */
+/* The public Job object of the control socket (batchd(8), CONTROL SOCKET; batchctl(1)), with
+ * history when asked. */
 cJSON *job_to_public(const job *j, bool with_history);
-/* done/NAME/result.json and failed/NAME/error.json (PRODUCT.md §4). */
+/* done/NAME/result.json and failed/NAME/error.json (batchd(8), RESULTS). */
 cJSON *job_result_json(const job *j);
 cJSON *job_error_json(const job *j);
 
@@ -231,7 +232,7 @@ typedef struct job_reply {
 /* Records the outcome of op. rnd: random 64-bit value for the retry jitter. Returns true when
  * the API rejected the token (HTTP 401 to an API call): the job then stays where it is, its
  * call to be made again, and nothing about it failed; the caller holds every job until it
- * has a new token (PRODUCT.md §9). */
+ * has a new token (batchd(8), JOB STATES). */
 bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now_ms,
                   uint64_t rnd);
 

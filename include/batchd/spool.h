@@ -112,7 +112,7 @@ typedef struct spool_claim_result {
  *   name without extension);
  * - anything else (another regular file, a symlink, FIFO, socket or device), and any entry
  *   whose name has control characters or is not UTF-8, is rejected: moved as it is into
- *   failed/NAME/ next to an error.json (PRODUCT.md 4: stage "queued", code
+ *   failed/NAME/ next to an error.json (batchd(8), RESULTS: stage "queued", code
  *   "unsupported_entry" or "invalid_job"; id job_id, or a fresh one when job_id is NULL).
  *   An entry named "error.json" is renamed "error.json.entry" as it is claimed (and that is
  *   its job name), so it can never be mistaken for the error.json batchd writes.

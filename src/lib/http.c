@@ -5,7 +5,7 @@
  * curl while connection slots and (for rate_limited ones) tokens allow; when the bucket is
  * empty the pump timer is armed for exactly the wait, so an idle client has no timer running.
  * curl's socket and timer callbacks are wired to uv_poll and a uv_timer as in curl's
- * docs/examples/multi-uv.c, with the traps of DESIGN.md handled:
+ * docs/examples/multi-uv.c, with its traps handled:
  *   - a 0 ms curl timeout becomes a 1 ms timer, never a call from inside the callback;
  *   - a uv_poll error status reaches curl as CURL_CSELECT_ERR;
  *   - per-socket state comes from curl_multi_assign; a socket is closed (closesocket callback)

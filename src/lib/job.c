@@ -12,8 +12,8 @@
 
 #define JOB_HISTORY_MAX    200
 #define JOB_RECORD_VERSION 1
-/* error.json as a whole (PRODUCT.md §9); record-level errors beyond it are counted, not
- * listed. */
+/* error.json as a whole (batchd(8), HOSTILE AND ACCIDENTAL INPUT); record-level errors beyond it
+ * are counted, not listed. */
 #define ERROR_JSON_MAX (64 * 1024)
 
 static const char *const state_names[JOB_STATE_COUNT] = {

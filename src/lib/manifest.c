@@ -318,7 +318,7 @@ static void replace_member(cJSON *obj, const char *key, const cJSON *value)
 }
 
 /* Lays over onto base: top-level members replace, and inside dataset and batch each member
- * replaces the base's member (one level down, as PRODUCT.md §4 says). */
+ * replaces the base's member (one level down, as batchd(8), JOB FILES AND TEMPLATES, says). */
 static void merge_over(cJSON *base, const cJSON *over)
 {
     for (const cJSON *c = over->child; c; c = c->next) {

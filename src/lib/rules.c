@@ -2,7 +2,7 @@
  * shapes. The batch_items walk is in rules_items.c; the report and the checking helpers both
  * share are in rules_ctx.c.
  *
- * Source of truth is the OpenAPI file (shared/api/prolific-openapi-task-builder.yml). It
+ * Source of truth is Prolific's published OpenAPI description of the Task Builder API. It
  * declares no `additionalProperties: false` on any request object, so members it does not
  * name are accepted everywhere (the CLI refuses unknown keys in a schema client-side, but
  * the API does not document doing so). Rules the OpenAPI can express (types, required

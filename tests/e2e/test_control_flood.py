@@ -1,4 +1,4 @@
-"""End to end: members of the control group flood the control socket (PRODUCT.md section 9,
+"""End to end: members of the control group flood the control socket (batchd(8), CONTROL SOCKET,
 "The control socket"). Four unprivileged uids take every ordinary connection slot, 64 of their
 connections pipeline ListJobs over 500 jobs without reading a reply, a Watch never reads, and
 one more member is turned away; meanwhile root's GetInfo is answered within 100 ms every time

@@ -1,4 +1,4 @@
-"""End to end: batchd against a hostile API (batchd-sim's hostile fault kinds, PRODUCT.md §9
+"""End to end: batchd against a hostile API (batchd-sim's hostile fault kinds, batchd(8), HOSTILE AND ACCIDENTAL INPUT
 "The API and the network"). Each test drives jobs into one kind of hostile reply and then
 checks the properties batchd promises, all of them, reporting every one that does not hold:
 the token appears nowhere in any form; error.json is at most 64 KiB and each text in what

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End to end: names of any bytes (ESC, C1, invalid UTF-8) in the spool never reach a terminal
 raw through batchctl, never make a socket reply, a record, result.json or a log line invalid
-UTF-8, and the jobs are still listed after a restart (PRODUCT.md §9)."""
+UTF-8, and the jobs are still listed after a restart (batchd(8), HOSTILE AND ACCIDENTAL INPUT)."""
 import json
 import os
 import signal

@@ -1,5 +1,5 @@
 """End to end: bad input dropped into a running batchd. Every invalid job lands in failed/
-with an error.json (PRODUCT.md 4) naming the right line, field or JSON path, costs no API
+with an error.json (batchd(8), RESULTS) naming the right line, field or JSON path, costs no API
 request, keeps its files byte for byte, and the daemon stays up and keeps processing valid
 jobs. Also: odd but valid input (CSV with a BOM and quoted newlines, names with spaces or
 unicode) reaches READY, invalid_records = skip, and 10,000 entries dropped at once.
@@ -91,7 +91,7 @@ class Case:
 def error_json_ok(env, name, code, stage):
     d = env.daemon
     err = d.error(name)
-    # PRODUCT.md 4's keys, all of them; the job record may name more remote resources
+    # batchd(8) RESULTS' keys, all of them; the job record may name more remote resources
     # (workspace_id, import_id) and counts, never fewer.
     check(ERROR_KEYS <= set(err), f"{name}: error.json lacks {sorted(ERROR_KEYS - set(err))}")
     DUMP.append(err)

@@ -1,4 +1,4 @@
-"""End to end: the seed document's workflow and concurrent jobs, batchd against batchd-sim."""
+"""End to end: the pairwise example's workflow and concurrent jobs, batchd against batchd-sim."""
 
 import json
 import os
@@ -14,7 +14,7 @@ def write_jsonl(path, n, prefix="p"):
 
 
 def test_seed_workflow():
-    """The pairwise example (task_group_id grouping) goes to READY with the seed's layout."""
+    """The pairwise example (task_group_id grouping) goes to READY with its layout."""
     with Env() as env:
         d = env.daemon
         d.drop(os.path.join(SOURCE, "examples", "pairwise"), "pairwise")
@@ -39,7 +39,7 @@ def test_seed_workflow():
         batch = st["batches"][0]
         check(batch["id"] == res["batch_id"] and batch["status"] == "READY", batch)
         items = batch["batch_items"][0]["rows"][1]["columns"]
-        check(len(items) == 2, "the seed's two-column row")
+        check(len(items) == 2, "the example's two-column row")
         # Every API call carried the token; the upload to the presigned URL never did.
         for r in st["requests"]:
             if r["endpoint"] == "upload":

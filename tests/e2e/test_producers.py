@@ -1,4 +1,4 @@
-"""End to end: producers are semi-trusted (PRODUCT.md §9 "Producers"). What was validated is
+"""End to end: producers are semi-trusted (batchd(8), HOSTILE AND ACCIDENTAL INPUT). What was validated is
 what is uploaded: a data file changed in active/ after validation never completes its upload
 and fails the job; entries batchd cannot claim never block the others; names of any length
 get derived names that fit."""

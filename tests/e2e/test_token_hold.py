@@ -1,5 +1,5 @@
 """End to end: an API token the API rejects (HTTP 401) puts batchd on hold instead of failing
-jobs (PRODUCT.md §9). Every job stays where it was, GetInfo and batchctl status say why, and a
+jobs (batchd(8), JOB STATES). Every job stays where it was, GetInfo and batchctl status say why, and a
 reload with a different token (or a resume) lets every job carry on. Also the process rules:
 batchd is not dumpable and BATCHD_API_TOKEN is gone from its environment once read."""
 

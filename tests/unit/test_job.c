@@ -198,9 +198,9 @@ static void test_happy_path(void **state)
     /* upload is not an API request: 1 create + 1 url + 1 poll + 1 create + 1 setup + 2 polls +
      * 1 get */
     assert_int_equal(json_int64(res, "api_requests", -1), 8);
-    /* the digest of what was validated and uploaded (PRODUCT.md §9) */
+    /* the digest of what was validated and uploaded (batchd(8), RESULTS: sha256) */
     assert_string_equal(json_str(res, "sha256"), SHA256_HEX);
-    assert_int_equal(cJSON_GetArraySize(res), 15); /* exactly the keys of PRODUCT.md §4, §9 */
+    assert_int_equal(cJSON_GetArraySize(res), 15); /* exactly the keys of batchd(8), RESULTS */
     cJSON_Delete(res);
 }
 
@@ -1073,7 +1073,7 @@ static void test_public_job_fields(void **state)
     cJSON_Delete(p);
 }
 
-/* ---- hostile API text (PRODUCT.md §9) ---- */
+/* ---- hostile API text (batchd(8), HOSTILE AND ACCIDENTAL INPUT) ---- */
 
 #define SECRET "tok3nAbCdEfGhIjKlMnOpQrStUvWxYz0123456"
 

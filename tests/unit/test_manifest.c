@@ -232,7 +232,7 @@ static void test_template_cycle_and_depth(void **state)
 }
 
 /* A template named by job.json (or by a template) is a name in the templates directory:
- * never a path, never a way to read another file (PRODUCT.md §9). */
+ * never a path, never a way to read another file (batchd(8), JOB FILES AND TEMPLATES). */
 static void test_template_only_by_name(void **state)
 {
     (void)state;

@@ -1,6 +1,6 @@
 /* Unit tests of rules: for every rule a passing and a failing case (path, kind, message),
- * the locations of batch_items issues, the seed and PRODUCT.md examples, and the API's two
- * error shapes. Test JSON is written with single quotes and converted before parsing. */
+ * the locations of batch_items issues, the pairwise example and batchd(8)'s job.json, and the API's
+ * two error shapes. Test JSON is written with single quotes and converted before parsing. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -891,7 +891,7 @@ static void test_body_rules(void **state)
     rules_report_free(&r);
 }
 
-/* The seed document's batch and PRODUCT.md's job.json example, as their schemas allow. */
+/* The pairwise example's batch and batchd(8)'s job.json example, as their schemas allow. */
 static void test_seed_and_product_examples(void **state)
 {
     (void)state;
@@ -933,7 +933,8 @@ static void test_seed_and_product_examples(void **state)
     assert_int_equal(rules_report_count(&r, RULES_KIND_BATCH_ITEMS), 3);
     rules_report_free(&r);
 
-    /* PRODUCT.md's job.json: its dataset and batch parts, checked with batchd's prefixes */
+    /* batchd(8)'s job.json (JOB FILES AND TEMPLATES): its dataset and batch parts, checked with
+     * batchd's prefixes */
     cJSON *job = parse_q(
         "{'dataset': {'name': 'eval-2026-11-29', 'schema': {'strict': true, 'fields': {'prompt': "
         "{'type': 'text'}, 'response_a': {'type': 'text'}, 'response_b': {'type': 'text'}, "

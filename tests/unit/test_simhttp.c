@@ -1,6 +1,6 @@
 /* test-deps: curl util */
-/* Drives the real batchd-sim binary ($BATCHD_SIM) over HTTP with libcurl: the seed
- * document's workflow, auth and validation failures, every import outcome, each fault
+/* Drives the real batchd-sim binary ($BATCHD_SIM) over HTTP with libcurl: the
+ * pairwise example's workflow, auth and validation failures, every import outcome, each fault
  * kind, shutdown with slow answers pending, many connections and a streamed upload. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -297,7 +297,7 @@ static const char *SEED_JSONL =
     "{\"prompt\": \"Describe photosynthesis\", \"response_a\": \"...\", \"response_b\": "
     "\"...\", \"session_id\": \"session_002\"}\n";
 
-/* The seed document's layout. */
+/* The pairwise example's layout (examples/pairwise). */
 #define SEED_BATCH_FMT                                                                             \
     "{\"name\":\"Response evaluation batch\",\"workspace_id\":\"" WS "\",\"dataset_id\":\"%s\","   \
     "\"task_details\":{\"task_name\":\"Evaluate AI Responses\",\"task_introduction\":"             \
