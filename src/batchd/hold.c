@@ -57,14 +57,10 @@ void batchd_reread_token(batchd *d)
     }
     config_diag_free(&dg);
     if (d->token && strcmp(d->token, token) == 0) {
-        explicit_bzero(token, strlen(token));
-        free(token);
+        secret_free(&token);
         return;
     }
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
+    secret_free(&d->token);
     d->token = token;
     d->token_gen++;
     log_notice("resume: a different API token was read from %s", source);

@@ -1,7 +1,8 @@
 /* batchd: the daemon's entry point. Wiring only: parse the command line, load the config,
  * set the modules up, run the loop, tear down. The work is elsewhere: the runner runs the
- * jobs (batchd/runner.h, over backend.c; the decisions are in the job module), ctl.c answers the control socket, reload.c holds
- * the reload policy, hold.c the pause and the token hold, stop.c the signals and stopping. */
+ * jobs (batchd/runner.h, over backend.c; the decisions are in the job module), ctl.c answers the
+ * control socket, reload.c holds the reload policy, hold.c the pause and the token hold, stop.c the
+ * signals and stopping. */
 #include "batchd.h"
 #include "memory.h"
 
@@ -59,7 +60,7 @@ static void scrub_env_token(void)
         return;
     char *entry = v - (sizeof name - 1);
     unsetenv("BATCHD_API_TOKEN");
-    explicit_bzero(entry, strlen(entry));
+    secret_wipe(entry, strlen(entry));
 }
 
 /* Jobs whose job.json names a workspace still run, so this does not stop the daemon (batchd
@@ -345,10 +346,7 @@ static int run(batchd *d)
 static void teardown(batchd *d)
 {
     spool_free(d->sp);
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
+    secret_free(&d->token);
     cfgref_put(d->cfg);
     free(d->api_url);
     free(d->config_path);

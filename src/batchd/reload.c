@@ -144,10 +144,7 @@ static void keep_restart_values(config *c, const config *o)
 static bool swap_token(batchd *d, char *token)
 {
     bool token_changed = !d->token || strcmp(d->token, token) != 0;
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
+    secret_free(&d->token);
     d->token = token;
     if (token_changed)
         d->token_gen++;
