@@ -44,7 +44,7 @@ static void usage(FILE *out)
             CONFIG_DEFAULT_PATH);
 }
 
-static void print_diag(const config_diag *dg)
+static void print_diag(const diag *dg)
 {
     for (size_t i = 0; i < dg->count; i++)
         fprintf(stderr, "batchd: %s\n", dg->lines[i]);
@@ -305,19 +305,19 @@ static int load(batchd *d, const char *path)
 {
     d->config_path = xstrdup(path);
     d->cfg = cfgref_new();
-    config_diag dg = {0};
+    diag dg = {0};
     const char *source = NULL;
     int rc = config_load(path, &d->cfg->c, &dg);
     if (rc == 0)
         rc = config_load_token(&d->cfg->c, &d->token, &source, &dg);
     if (rc < 0) {
         print_diag(&dg);
-        config_diag_free(&dg);
+        diag_free(&dg);
         cfgref_put(d->cfg);
         free(d->config_path);
         return EX_CONFIG;
     }
-    config_diag_free(&dg);
+    diag_free(&dg);
     /* Read once; the environment is inherited by whatever runs later and shown in /proc. A
      * reload cannot read it again: it keeps this token unless a file source then has one. */
     d->token_from_env = source && strncmp(source, "environment", 11) == 0;
