@@ -53,11 +53,7 @@ typedef struct config {
     } job;
 } config;
 
-/* Problems go into a diag (util.h): each line "file:line: message" (or "file: message").
- * config_diag and config_diag_free are the names src/batchd/main.c still uses for diag and
- * diag_free. */
-typedef diag config_diag;
-void config_diag_free(diag *d);
+/* Problems go into a diag (util.h): each line "file:line: message" (or "file: message"). */
 
 /* Fills c with defaults (strings allocated). */
 void config_defaults(config *c);

@@ -455,9 +455,10 @@ static void print_validate_json(const intake_result *r, bool valid)
     cJSON_Delete(j);
 }
 
-int batchctl_validate(const char *config_path, bool json, int argc, char **argv)
+/* The one PATH of "batchctl validate [--] PATH". Returns 0 or an exit code. */
+static int parse_validate(int argc, char **argv, const char **path)
 {
-    const char *path = NULL;
+    *path = NULL;
     for (int i = 1; i < argc; i++) {
         if (argv[i][0] == '-' && argv[i][1] && strcmp(argv[i], "--") != 0) {
             fprintf(stderr, "batchctl validate: unknown option %s\n", argv[i]);
@@ -465,18 +466,46 @@ int batchctl_validate(const char *config_path, bool json, int argc, char **argv)
         }
         if (!strcmp(argv[i], "--"))
             continue;
-        if (path) {
+        if (*path) {
             fprintf(stderr, "batchctl validate: one PATH only\n");
             return EX_USAGE_;
         }
-        path = argv[i];
+        *path = argv[i];
     }
-    if (!path) {
+    if (!*path) {
         fprintf(stderr, "usage: batchctl validate PATH (a job directory or a data file)\n");
         return EX_USAGE_;
     }
+    return 0;
+}
+
+/* The problems on stdout, one a line, and the verdict on stderr. */
+static void print_validate_text(const intake_result *r, bool valid, const char *path,
+                                const char *data_label, const char *job_label)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, r->errors)
+    {
+        print_problem(e, data_label, job_label);
+    }
+    if (!valid && cJSON_GetArraySize(r->errors) == 0)
+        printf("%s: %s\n", ctl_esc(path), ctl_esc(r->message ? r->message : "invalid"));
+    if (valid)
+        fprintf(stderr, "%s: valid: %llu records%s\n", ctl_esc(path),
+                (unsigned long long)r->records,
+                r->rejected ? " (the records listed above would be skipped)" : "");
+    else
+        fprintf(stderr, "%s: invalid: %s\n", ctl_esc(path), ctl_esc(r->message ? r->message : ""));
+}
+
+int batchctl_validate(const char *config_path, bool json, int argc, char **argv)
+{
+    const char *path;
+    int rc = parse_validate(argc, argv, &path);
+    if (rc)
+        return rc;
     config cfg;
-    int rc = load_config(config_path, &cfg);
+    rc = load_config(config_path, &cfg);
     if (rc) {
         config_free(&cfg);
         return rc;
@@ -491,24 +520,10 @@ int batchctl_validate(const char *config_path, bool json, int argc, char **argv)
         is_dir ? "job.json" : (cfg.job.template_path ? cfg.job.template_path : "template");
     const char *data_label = r.data_path ? r.data_path : path;
     bool valid = r.code == NULL;
-    if (json) {
+    if (json)
         print_validate_json(&r, valid);
-    } else {
-        const cJSON *e;
-        cJSON_ArrayForEach(e, r.errors)
-        {
-            print_problem(e, data_label, job_label);
-        }
-        if (!valid && cJSON_GetArraySize(r.errors) == 0)
-            printf("%s: %s\n", ctl_esc(path), ctl_esc(r.message ? r.message : "invalid"));
-        if (valid)
-            fprintf(stderr, "%s: valid: %llu records%s\n", ctl_esc(path),
-                    (unsigned long long)r.records,
-                    r.rejected ? " (the records listed above would be skipped)" : "");
-        else
-            fprintf(stderr, "%s: invalid: %s\n", ctl_esc(path),
-                    ctl_esc(r.message ? r.message : ""));
-    }
+    else
+        print_validate_text(&r, valid, path, data_label, job_label);
     /* 66 when something could not be read at all; 65 when it was read and is wrong. */
     rc = valid ? EX_OK_ : (ir < 0 && ir != -ECANCELED && ir != -EINVAL) ? EX_NOINPUT_ : EX_DATAERR_;
     intake_result_free(&r);

@@ -316,11 +316,25 @@ int ctl_status(const ctl_ctx *x, int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
-int ctl_list(const ctl_ctx *x, int argc, char **argv)
+/* "--limit N" into params. Returns 0 or an exit code. */
+static int list_limit(cJSON *params, const char *limit)
 {
-    cJSON *params = cJSON_CreateObject();
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(limit, &end, 10);
+    if (!limit[0] || *end || errno || limit[0] == '-' || n > (1ULL << 53)) {
+        fprintf(stderr, "batchctl: list: --limit %s: not a number of jobs (0 or more)\n", limit);
+        return CTL_EXIT_USAGE;
+    }
+    cJSON_DeleteItemFromObject(params, "limit");
+    cJSON_AddNumberToObject(params, "limit", (double)n);
+    return 0;
+}
+
+/* The ListJobs parameters from list's options. Returns 0 or an exit code. */
+static int list_params(int argc, char **argv, cJSON *params, bool *quiet)
+{
     cJSON *states = cJSON_AddArrayToObject(params, "states");
-    bool quiet = false;
     for (int i = 1; i < argc; i++) {
         const char *s = NULL, *limit = NULL;
         if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
@@ -332,55 +346,62 @@ int ctl_list(const ctl_ctx *x, int argc, char **argv)
         else if (strncmp(argv[i], "--limit=", 8) == 0)
             limit = argv[i] + 8;
         else if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0)
-            quiet = true;
-        else {
-            cJSON_Delete(params);
+            *quiet = true;
+        else
             return usage("list", "[--state STATE]... [--limit N] [-q]");
-        }
         if (limit) {
-            char *end = NULL;
-            errno = 0;
-            unsigned long long n = strtoull(limit, &end, 10);
-            if (!limit[0] || *end || errno || limit[0] == '-' || n > (1ULL << 53)) {
-                fprintf(stderr, "batchctl: list: --limit %s: not a number of jobs (0 or more)\n",
-                        limit);
-                cJSON_Delete(params);
-                return CTL_EXIT_USAGE;
-            }
-            cJSON_DeleteItemFromObject(params, "limit");
-            cJSON_AddNumberToObject(params, "limit", (double)n);
+            int rc = list_limit(params, limit);
+            if (rc)
+                return rc;
         }
         if (s)
             cJSON_AddItemToArray(states, cJSON_CreateString(s));
     }
     if (cJSON_GetArraySize(states) == 0)
         cJSON_DeleteItemFromObject(params, "states");
-    vlclient_reply r;
-    int code = call1(x, "io.batchd.ListJobs", params, &r);
-    cJSON_Delete(params);
-    if (code != 0)
-        return code;
-    const cJSON *jobs = cJSON_GetObjectItemCaseSensitive(r.parameters, "jobs");
+    return 0;
+}
+
+static void print_jobs(const ctl_ctx *x, const cJSON *jobs, bool quiet)
+{
     const cJSON *j;
-    if (x->json) {
-        print_json(r.parameters);
-    } else if (quiet) {
+    if (quiet) {
         cJSON_ArrayForEach(j, jobs)
         {
             if (json_str(j, "name"))
                 puts(json_str(j, "name"));
         }
-    } else {
-        static const char *const hdr[] = {"ID", "NAME", "STATE", "RECORDS", "BATCH", "AGE"};
-        ctl_table *t = ctl_table_new(6, hdr);
-        int64_t now = time_now_ms();
-        cJSON_ArrayForEach(j, jobs)
-        {
-            add_job_row(t, j, now, false);
-        }
-        ctl_table_print(t, stdout, x->color);
-        ctl_table_free(t);
+        return;
     }
+    static const char *const hdr[] = {"ID", "NAME", "STATE", "RECORDS", "BATCH", "AGE"};
+    ctl_table *t = ctl_table_new(6, hdr);
+    int64_t now = time_now_ms();
+    cJSON_ArrayForEach(j, jobs)
+    {
+        add_job_row(t, j, now, false);
+    }
+    ctl_table_print(t, stdout, x->color);
+    ctl_table_free(t);
+}
+
+int ctl_list(const ctl_ctx *x, int argc, char **argv)
+{
+    cJSON *params = cJSON_CreateObject();
+    bool quiet = false;
+    int code = list_params(argc, argv, params, &quiet);
+    if (code != 0) {
+        cJSON_Delete(params);
+        return code;
+    }
+    vlclient_reply r;
+    code = call1(x, "io.batchd.ListJobs", params, &r);
+    cJSON_Delete(params);
+    if (code != 0)
+        return code;
+    if (x->json)
+        print_json(r.parameters);
+    else
+        print_jobs(x, cJSON_GetObjectItemCaseSensitive(r.parameters, "jobs"), quiet);
     vlclient_reply_clear(&r);
     return CTL_EXIT_OK;
 }

@@ -44,7 +44,7 @@ void batchd_reread_token(batchd *d)
 {
     char *token = NULL;
     const char *source = NULL;
-    config_diag dg = {0};
+    diag dg = {0};
     int rc = config_load_token(&d->cfg->c, &token, &source, &dg);
     if (rc < 0) {
         /* Not fatal for a resume: the token in use stays. */
@@ -52,19 +52,15 @@ void batchd_reread_token(batchd *d)
             for (size_t i = 0; i < dg.count; i++)
                 log_warn("resume: cannot read the API token, keeping the one in use: %s",
                          dg.lines[i]);
-        config_diag_free(&dg);
+        diag_free(&dg);
         return;
     }
-    config_diag_free(&dg);
+    diag_free(&dg);
     if (d->token && strcmp(d->token, token) == 0) {
-        explicit_bzero(token, strlen(token));
-        free(token);
+        secret_free(&token);
         return;
     }
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
+    secret_free(&d->token);
     d->token = token;
     d->token_gen++;
     log_notice("resume: a different API token was read from %s", source);

@@ -1,7 +1,8 @@
 /* batchd: the daemon's entry point. Wiring only: parse the command line, load the config,
  * set the modules up, run the loop, tear down. The work is elsewhere: the runner runs the
- * jobs (batchd/runner.h, over backend.c; the decisions are in the job module), ctl.c answers the control socket, reload.c holds
- * the reload policy, hold.c the pause and the token hold, stop.c the signals and stopping. */
+ * jobs (batchd/runner.h, over backend.c; the decisions are in the job module), ctl.c answers the
+ * control socket, reload.c holds the reload policy, hold.c the pause and the token hold, stop.c the
+ * signals and stopping. */
 #include "batchd.h"
 #include "memory.h"
 
@@ -43,7 +44,7 @@ static void usage(FILE *out)
             CONFIG_DEFAULT_PATH);
 }
 
-static void print_diag(const config_diag *dg)
+static void print_diag(const diag *dg)
 {
     for (size_t i = 0; i < dg->count; i++)
         fprintf(stderr, "batchd: %s\n", dg->lines[i]);
@@ -59,7 +60,7 @@ static void scrub_env_token(void)
         return;
     char *entry = v - (sizeof name - 1);
     unsetenv("BATCHD_API_TOKEN");
-    explicit_bzero(entry, strlen(entry));
+    secret_wipe(entry, strlen(entry));
 }
 
 /* Jobs whose job.json names a workspace still run, so this does not stop the daemon (batchd
@@ -304,19 +305,19 @@ static int load(batchd *d, const char *path)
 {
     d->config_path = xstrdup(path);
     d->cfg = cfgref_new();
-    config_diag dg = {0};
+    diag dg = {0};
     const char *source = NULL;
     int rc = config_load(path, &d->cfg->c, &dg);
     if (rc == 0)
         rc = config_load_token(&d->cfg->c, &d->token, &source, &dg);
     if (rc < 0) {
         print_diag(&dg);
-        config_diag_free(&dg);
+        diag_free(&dg);
         cfgref_put(d->cfg);
         free(d->config_path);
         return EX_CONFIG;
     }
-    config_diag_free(&dg);
+    diag_free(&dg);
     /* Read once; the environment is inherited by whatever runs later and shown in /proc. A
      * reload cannot read it again: it keeps this token unless a file source then has one. */
     d->token_from_env = source && strncmp(source, "environment", 11) == 0;
@@ -345,10 +346,7 @@ static int run(batchd *d)
 static void teardown(batchd *d)
 {
     spool_free(d->sp);
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
+    secret_free(&d->token);
     cfgref_put(d->cfg);
     free(d->api_url);
     free(d->config_path);

@@ -62,13 +62,13 @@ static bool str_differs(const char *a, const char *b)
  * why, sets *err_msg to every problem found and returns < 0. */
 static int load_new(const batchd *d, cfgref *n, char **token, const char **source, char **err_msg)
 {
-    config_diag dg = {0};
+    diag dg = {0};
     int rc = config_load(d->config_path, &n->c, &dg);
     if (rc == 0)
         rc = config_load_token(&n->c, token, source, &dg);
     if (rc == -ENOENT && d->token_from_env && d->token) {
         /* The environment was cleared at start: the token read from it then still holds. */
-        config_diag_free(&dg);
+        diag_free(&dg);
         *token = xstrdup(d->token);
         *source = "environment BATCHD_API_TOKEN (as read at start)";
         rc = 0;
@@ -80,7 +80,7 @@ static int load_new(const batchd *d, cfgref *n, char **token, const char **sourc
         log_error("reload failed; keeping the running configuration: %s", sb.data ? sb.data : "");
         *err_msg = strbuf_steal(&sb);
     }
-    config_diag_free(&dg);
+    diag_free(&dg);
     return rc;
 }
 
@@ -144,10 +144,7 @@ static void keep_restart_values(config *c, const config *o)
 static bool swap_token(batchd *d, char *token)
 {
     bool token_changed = !d->token || strcmp(d->token, token) != 0;
-    if (d->token) {
-        explicit_bzero(d->token, strlen(d->token));
-        free(d->token);
-    }
+    secret_free(&d->token);
     d->token = token;
     if (token_changed)
         d->token_gen++;

@@ -399,11 +399,37 @@ static bool apitext_control(uint32_t cp)
     return cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f);
 }
 
+/* Room for one output character: 4 bytes of UTF-8, or "\xNN" and its terminator. */
+#define PIECE_CAP 8
+
+/* What the character at u[0..avail) becomes: itself, U+FFFD, or \xNN (escape). The text
+ * goes into piece, its length into *plen; returns how many bytes of u it stands for. */
+static size_t clean_piece(const unsigned char *u, size_t avail, bool escape, char piece[PIECE_CAP],
+                          size_t *plen)
+{
+    static const char fffd[] = "\xef\xbf\xbd";
+    uint32_t cp = 0;
+    size_t k = utf8_next(u, avail, &cp);
+    if (k == 0) {
+        /* snprintf, not memcpy: piece stays a terminated string */
+        *plen = escape ? (size_t)snprintf(piece, PIECE_CAP, "\\x%02x", u[0])
+                       : (size_t)snprintf(piece, PIECE_CAP, "%s", fffd);
+        return 1;
+    }
+    if (apitext_control(cp) && (escape || cp == 0 || cp >= 0x7f)) {
+        *plen = escape ? (size_t)snprintf(piece, PIECE_CAP, "\\x%02x", (unsigned)cp)
+                       : (size_t)snprintf(piece, PIECE_CAP, "%s", fffd);
+        return k;
+    }
+    memcpy(piece, u, k);
+    *plen = k;
+    return k;
+}
+
 /* The common core: redact, make valid UTF-8, and either keep C0 controls (escape_controls
  * false: the text goes into JSON) or show every control as \xNN; cut at max bytes. */
 static char *clean(const char *s, size_t len, const char *secret, size_t max, bool escape)
 {
-    static const char fffd[] = "\xef\xbf\xbd";
     bool cut = false;
     size_t n = len;
     if (n > SCAN_MAX) {
@@ -420,8 +446,7 @@ static char *clean(const char *s, size_t len, const char *secret, size_t max, bo
     strbuf_append(&sb, "", 0);
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        char piece[8];
-        size_t plen, adv;
+        char piece[PIECE_CAP];
         if (mark[i]) {
             size_t e = i;
             while (e < (len > SCAN_MAX ? SCAN_MAX : len) && mark[e])
@@ -434,22 +459,8 @@ static char *clean(const char *s, size_t len, const char *secret, size_t max, bo
             i = e;
             continue;
         }
-        uint32_t cp = 0;
-        size_t k = utf8_next(u + i, n - i, &cp);
-        if (k == 0) {
-            /* snprintf, not memcpy: piece stays a terminated string */
-            plen = escape ? (size_t)snprintf(piece, sizeof piece, "\\x%02x", u[i])
-                          : (size_t)snprintf(piece, sizeof piece, "%s", fffd);
-            adv = 1;
-        } else if (apitext_control(cp) && (escape || cp == 0 || cp >= 0x7f)) {
-            plen = escape ? (size_t)snprintf(piece, sizeof piece, "\\x%02x", (unsigned)cp)
-                          : (size_t)snprintf(piece, sizeof piece, "%s", fffd);
-            adv = k;
-        } else {
-            memcpy(piece, u + i, k);
-            plen = k;
-            adv = k;
-        }
+        size_t plen;
+        size_t adv = clean_piece(u + i, n - i, escape, piece, &plen);
         if (sb.len + plen > limit) {
             cut = true;
             break;

@@ -21,11 +21,6 @@
 #define CONFIG_MAX_FILE  (1024 * 1024)
 #define CONFIG_MAX_TOKEN 4096
 
-void config_diag_free(diag *d)
-{
-    diag_free(d);
-}
-
 /* A problem at file (or a token source), with no line. */
 static void file_problem(diag *d, const char *file, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -212,78 +212,105 @@ static int number_member(const cJSON *j, const char *key, double lo, double hi, 
     return 0;
 }
 
-int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len)
+/* The "faults" array, when given, replaces next's rules. */
+static int rules_member(const cJSON *j, simcore_faults *next, char *err, size_t err_len)
 {
-    if (!cJSON_IsObject(j))
-        return fail(err, err_len, "the body must be a JSON object");
-    simcore_faults next = *f;
     const cJSON *rules = cJSON_GetObjectItemCaseSensitive(j, "faults");
-    if (rules) {
-        if (!cJSON_IsArray(rules))
-            return fail(err, err_len, "faults must be an array");
-        if ((size_t)cJSON_GetArraySize(rules) > SIMCORE_MAX_FAULT_RULES)
-            return fail(err, err_len, "faults: at most %d rules", SIMCORE_MAX_FAULT_RULES);
-        next.n_rules = 0;
-        const cJSON *it;
-        cJSON_ArrayForEach(it, rules)
-        {
-            if (rule_from_json(it, &next.rules[next.n_rules], err, err_len) < 0)
-                return -EINVAL;
-            next.n_rules++;
-        }
+    if (!rules)
+        return 0;
+    if (!cJSON_IsArray(rules))
+        return fail(err, err_len, "faults must be an array");
+    if ((size_t)cJSON_GetArraySize(rules) > SIMCORE_MAX_FAULT_RULES)
+        return fail(err, err_len, "faults: at most %d rules", SIMCORE_MAX_FAULT_RULES);
+    next->n_rules = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, rules)
+    {
+        if (rule_from_json(it, &next->rules[next->n_rules], err, err_len) < 0)
+            return -EINVAL;
+        next->n_rules++;
     }
+    return 0;
+}
+
+static int retry_after_member(const cJSON *j, simcore_faults *next, char *err, size_t err_len)
+{
     const cJSON *ra = cJSON_GetObjectItemCaseSensitive(j, "retry_after");
     if (cJSON_IsString(ra) && strcmp(ra->valuestring, "date") == 0) {
-        next.retry_after_date = true;
+        next->retry_after_date = true;
     } else if (ra) {
         if (!cJSON_IsNumber(ra) || ra->valuedouble < 0 || ra->valuedouble > 86400 ||
             ra->valuedouble != floor(ra->valuedouble))
             return fail(err, err_len, "retry_after must be whole seconds (0..86400) or \"date\"");
-        next.retry_after_s = (int64_t)ra->valuedouble;
-        next.retry_after_date = json_bool(j, "retry_after_date", false);
+        next->retry_after_s = (int64_t)ra->valuedouble;
+        next->retry_after_date = json_bool(j, "retry_after_date", false);
     }
+    return 0;
+}
+
+/* slow_ms, batch_error, hostile_status, huge_bytes and deep_levels. */
+static int number_members(const cJSON *j, simcore_faults *next, char *err, size_t err_len)
+{
     bool present;
     double v = 0;
     if (number_member(j, "slow_ms", 0, 3600000, &present, &v) < 0)
         return fail(err, err_len, "slow_ms must be milliseconds from 0 to 3600000");
     if (present)
-        next.slow_ms = (int64_t)v;
+        next->slow_ms = (int64_t)v;
     if (number_member(j, "batch_error", 0, 1, &present, &v) < 0)
         return fail(err, err_len, "batch_error must be a probability from 0 to 1");
     if (present)
-        next.batch_error = v;
+        next->batch_error = v;
     if (number_member(j, "hostile_status", 400, 599, &present, &v) < 0 ||
         (present && v != floor(v)))
         return fail(err, err_len, "hostile_status must be an HTTP status from 400 to 599");
     if (present)
-        next.hostile_status = (int)v;
+        next->hostile_status = (int)v;
     if (number_member(j, "huge_bytes", 0, (double)SIMCORE_HUGE_MAX, &present, &v) < 0 ||
         (present && v != floor(v)))
         return fail(err, err_len, "huge_bytes must be a whole number of bytes from 0 to %lld",
                     (long long)SIMCORE_HUGE_MAX);
     if (present)
-        next.huge_bytes = (int64_t)v;
+        next->huge_bytes = (int64_t)v;
     if (number_member(j, "deep_levels", 1, SIMCORE_DEEP_MAX, &present, &v) < 0 ||
         (present && v != floor(v)))
         return fail(err, err_len, "deep_levels must be a whole number from 1 to %d",
                     SIMCORE_DEEP_MAX);
     if (present)
-        next.deep_levels = (int64_t)v;
+        next->deep_levels = (int64_t)v;
+    return 0;
+}
+
+static int odd_id_member(const cJSON *j, simcore_faults *next, char *err, size_t err_len)
+{
     const cJSON *odd = cJSON_GetObjectItemCaseSensitive(j, "odd_id");
     if (cJSON_IsNull(odd)) {
-        next.odd_id_mode = SIMCORE_ODD_ID_LIST;
-        next.odd_id[0] = '\0';
+        next->odd_id_mode = SIMCORE_ODD_ID_LIST;
+        next->odd_id[0] = '\0';
     } else if (cJSON_IsString(odd)) {
-        if (strlen(odd->valuestring) >= sizeof next.odd_id)
-            return fail(err, err_len, "odd_id: at most %zu bytes", sizeof next.odd_id - 1);
-        next.odd_id_mode = SIMCORE_ODD_ID_STRING;
-        strlcpy_bd(next.odd_id, odd->valuestring, sizeof next.odd_id);
+        if (strlen(odd->valuestring) >= sizeof next->odd_id)
+            return fail(err, err_len, "odd_id: at most %zu bytes", sizeof next->odd_id - 1);
+        next->odd_id_mode = SIMCORE_ODD_ID_STRING;
+        strlcpy_bd(next->odd_id, odd->valuestring, sizeof next->odd_id);
     } else if (cJSON_IsNumber(odd) && isfinite(odd->valuedouble)) {
-        next.odd_id_mode = SIMCORE_ODD_ID_NUMBER;
-        next.odd_id_number = odd->valuedouble;
+        next->odd_id_mode = SIMCORE_ODD_ID_NUMBER;
+        next->odd_id_number = odd->valuedouble;
     } else if (odd) {
         return fail(err, err_len, "odd_id must be a string, a number or null");
     }
+    return 0;
+}
+
+int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len)
+{
+    if (!cJSON_IsObject(j))
+        return fail(err, err_len, "the body must be a JSON object");
+    /* All or nothing: the members go into a copy that replaces *f only when all are good. */
+    simcore_faults next = *f;
+    if (rules_member(j, &next, err, err_len) < 0 ||
+        retry_after_member(j, &next, err, err_len) < 0 ||
+        number_members(j, &next, err, err_len) < 0 || odd_id_member(j, &next, err, err_len) < 0)
+        return -EINVAL;
     *f = next;
     return 0;
 }

@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     config c;
-    config_diag d = {0};
+    diag d = {0};
     int r = config_load(path, &c, &d);
     if (r == 0) {
         if (d.count != 0 || c.api.max_connections < 1 || c.api.max_connections > 256 ||
@@ -45,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (strncmp(d.lines[i], path, strlen(path)) != 0)
                 abort();
     }
-    config_diag_free(&d);
+    diag_free(&d);
     config_free(&c);
     close(fd);
     return 0;

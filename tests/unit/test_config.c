@@ -51,7 +51,7 @@ static char *write_file(const char *name, const char *text, mode_t mode)
 }
 
 /* Loads text as a config file; returns config_load's result, diag filled. */
-static int load_text(const char *text, config *c, config_diag *d)
+static int load_text(const char *text, config *c, diag *d)
 {
     char *p = write_file("batchd.conf", text, 0644);
     int r = config_load(p, c, d);
@@ -59,7 +59,7 @@ static int load_text(const char *text, config *c, config_diag *d)
     return r;
 }
 
-static bool diag_has(const config_diag *d, const char *needle)
+static bool diag_has(const diag *d, const char *needle)
 {
     for (size_t i = 0; i < d->count; i++)
         if (strstr(d->lines[i], needle))
@@ -119,7 +119,7 @@ static void test_full_example(void **state)
 {
     (void)state;
     config c;
-    config_diag d = {0};
+    diag d = {0};
     assert_int_equal(load_text(full_example, &c, &d), 0);
     assert_int_equal(d.count, 0);
     assert_string_equal(c.api.workspace_id, "6278acb09062db3b35bcbeb0");
@@ -138,21 +138,21 @@ static void test_full_example(void **state)
     assert_string_equal(c.job.template_path, "/srv/templates/default.json");
     assert_non_null(strstr(c.path, "batchd.conf"));
     config_free(&c);
-    config_diag_free(&d);
+    diag_free(&d);
 }
 
 static void test_unknown_section_and_key_with_line(void **state)
 {
     (void)state;
     config c;
-    config_diag d = {0};
+    diag d = {0};
     int r = load_text("[api]\nurl = https://x.example\nbogus = 1\n\n[nonsense]\na = b\n", &c, &d);
     assert_int_equal(r, -EINVAL);
     assert_int_equal(d.count, 2);
     assert_non_null(strstr(d.lines[0], "batchd.conf:3: unknown key 'bogus' in [api]"));
     assert_non_null(strstr(d.lines[1], "batchd.conf:5: unknown section [nonsense]"));
     config_free(&c);
-    config_diag_free(&d);
+    diag_free(&d);
 }
 
 static void test_bad_values(void **state)
@@ -198,7 +198,7 @@ static void test_bad_values(void **state)
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
         config c;
-        config_diag d = {0};
+        diag d = {0};
         int r = load_text(cases[i].text, &c, &d);
         if (r != -EINVAL || !diag_has(&d, cases[i].expect)) {
             print_error("case %zu: r=%d, wanted '%s', got:\n", i, r, cases[i].expect);
@@ -207,7 +207,7 @@ static void test_bad_values(void **state)
             fail();
         }
         config_free(&c);
-        config_diag_free(&d);
+        diag_free(&d);
     }
 }
 
@@ -233,11 +233,11 @@ static void test_loopback_http_allowed(void **state)
     for (size_t i = 0; i < BD_ARRAY_LEN(ok); i++) {
         char *text = xasprintf("[api]\nurl = %s\n", ok[i]);
         config c;
-        config_diag d = {0};
+        diag d = {0};
         assert_int_equal(load_text(text, &c, &d), 0);
         assert_string_equal(c.api.url, ok[i]);
         config_free(&c);
-        config_diag_free(&d);
+        diag_free(&d);
         free(text);
     }
 }
@@ -251,12 +251,12 @@ static void test_long_line_reported(void **state)
         strbuf_putc(&sb, 'a');
     strbuf_puts(&sb, "\n[nope]\n");
     config c;
-    config_diag d = {0};
+    diag d = {0};
     assert_int_equal(load_text(sb.data, &c, &d), -EINVAL);
     assert_true(diag_has(&d, "batchd.conf:2: line too long"));
     assert_true(diag_has(&d, "batchd.conf:3: unknown section [nope]"));
     config_free(&c);
-    config_diag_free(&d);
+    diag_free(&d);
     strbuf_free(&sb);
 }
 
@@ -264,7 +264,7 @@ static void test_missing_file(void **state)
 {
     (void)state;
     config c;
-    config_diag d = {0};
+    diag d = {0};
     char *p = xasprintf("%s/absent.conf", tmpdir);
     assert_int_equal(config_load(p, &c, &d), -ENOENT);
     assert_int_equal(d.count, 1);
@@ -272,7 +272,7 @@ static void test_missing_file(void **state)
     /* still usable defaults */
     assert_string_equal(c.spool.dir, "/var/spool/batchd");
     config_free(&c);
-    config_diag_free(&d);
+    diag_free(&d);
     free(p);
 }
 
@@ -294,13 +294,13 @@ static void test_token_order(void **state)
     config_defaults(&c);
     char *tok = NULL;
     const char *src = NULL;
-    config_diag d = {0};
+    diag d = {0};
 
     /* nothing anywhere */
     assert_int_equal(config_load_token(&c, &tok, &src, &d), -ENOENT);
     assert_null(tok);
     assert_true(diag_has(&d, "no API token"));
-    config_diag_free(&d);
+    diag_free(&d);
 
     /* environment only */
     setenv("BATCHD_API_TOKEN", "  env-token\n", 1);
@@ -349,14 +349,14 @@ static void test_token_mode_refused(void **state)
     c.api.token_file = write_file("token", "secret-value-123\n", 0640);
     char *tok = NULL;
     const char *src = NULL;
-    config_diag d = {0};
+    diag d = {0};
     /* refused, not skipped: a world-readable token must be fixed, not worked around */
     assert_int_equal(config_load_token(&c, &tok, &src, &d), -EPERM);
     assert_null(tok);
     assert_true(diag_has(&d, "accessible by group or others (mode 0640)"));
     assert_true(diag_has(&d, "chmod 600"));
     assert_false(diag_has(&d, "secret-value-123"));
-    config_diag_free(&d);
+    diag_free(&d);
     config_free(&c);
 }
 
@@ -367,18 +367,18 @@ static void test_token_bad_content(void **state)
     config_defaults(&c);
     char *tok = NULL;
     const char *src = NULL;
-    config_diag d = {0};
+    diag d = {0};
     c.api.token_file = write_file("token", " \n\n", 0600);
     assert_int_equal(config_load_token(&c, &tok, &src, &d), -EINVAL);
     assert_true(diag_has(&d, "empty"));
-    config_diag_free(&d);
+    diag_free(&d);
     free(c.api.token_file);
     c.api.token_file = write_file("token2", "abc\ndef-secret\n", 0600);
     assert_int_equal(config_load_token(&c, &tok, &src, &d), -EINVAL);
     assert_true(diag_has(&d, "control character"));
     assert_false(diag_has(&d, "def-secret"));
     assert_null(tok);
-    config_diag_free(&d);
+    diag_free(&d);
     config_free(&c);
 }
 
