@@ -400,9 +400,13 @@ static void spool_after(void *ud, void **items, size_t n, int status)
     }
 }
 
+/* Record writes of different jobs may run in any order, so a turn's writes are split into up
+ * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads: with the spool's
+ * one and the runner's two validations, at least one thread stays free). The spool's batches
+ * go one at a time (spool.h). */
 static const iobatch_lane_ops lane_ops[LANES] = {
-    [LANE_WRITES] = {.run = writes_run, .after = writes_after},
-    [LANE_SPOOL] = {.run = spool_run, .after = spool_after},
+    [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
+    [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},
 };
 
 typedef struct scan_skip {

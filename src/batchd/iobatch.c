@@ -5,15 +5,27 @@
 
 #include <stdlib.h>
 
-typedef struct lane {
-    iobatch *b;
+#define IOBATCH_FLIGHT_MAX 8
+
+typedef struct lane lane;
+
+typedef struct flight {
+    lane *l;
     uv_work_t work;
-    void **pending; /* added, waiting for the end of the turn or for the batch in flight */
-    size_t n_pending, cap_pending;
-    void **flight; /* the batch on the pool */
-    size_t n_flight, cap_flight;
+    void **items;
+    size_t n, cap;
     bool busy;
-} lane;
+} flight;
+
+struct lane {
+    iobatch *b;
+    const iobatch_lane_ops *ops;
+    void **pending; /* added, waiting for the end of the turn or for a free slot */
+    size_t n_pending, cap_pending;
+    flight flights[IOBATCH_FLIGHT_MAX];
+    size_t max_flight;
+    size_t busy; /* flights on the pool */
+};
 
 struct iobatch {
     uv_loop_t *loop;
@@ -22,7 +34,6 @@ struct iobatch {
     bool armed;
     bool stopped;
     int open_handles;
-    const iobatch_lane_ops *ops;
     void *ud;
     void (*gone)(void *ud);
     lane *lanes;
@@ -38,7 +49,7 @@ static void on_idle(uv_idle_t *h)
 
 static bool ready(const lane *l)
 {
-    return !l->busy && l->n_pending > 0;
+    return l->busy < l->max_flight && l->n_pending > 0;
 }
 
 static void arm(iobatch *b)
@@ -59,7 +70,8 @@ static void maybe_free(iobatch *b)
             return;
     for (size_t i = 0; i < b->n_lanes; i++) {
         free(b->lanes[i].pending);
-        free(b->lanes[i].flight);
+        for (size_t k = 0; k < IOBATCH_FLIGHT_MAX; k++)
+            free(b->lanes[i].flights[k].items);
     }
     free(b->lanes);
     void (*gone)(void *ud) = b->gone;
@@ -69,42 +81,64 @@ static void maybe_free(iobatch *b)
         gone(ud);
 }
 
-static void lane_work(uv_work_t *w)
+static void flight_work(uv_work_t *w)
 {
-    lane *l = w->data;
-    l->b->ops[l - l->b->lanes].run(l->b->ud, l->flight, l->n_flight);
+    flight *f = w->data;
+    f->l->ops->run(f->l->b->ud, f->items, f->n);
 }
 
-static void lane_after(uv_work_t *w, int status)
+static void flight_after(uv_work_t *w, int status)
 {
-    lane *l = w->data;
+    flight *f = w->data;
+    lane *l = f->l;
     iobatch *b = l->b;
-    size_t n = l->n_flight;
-    l->n_flight = 0;
-    b->ops[l - b->lanes].after(b->ud, l->flight, n, status);
-    l->busy = false;
+    size_t n = f->n;
+    f->n = 0;
+    l->ops->after(b->ud, f->items, n, status);
+    f->busy = false;
+    l->busy--;
     if (ready(l))
         arm(b);
     maybe_free(b);
+}
+
+static void flight_start(lane *l, flight *f, size_t n)
+{
+    if (f->cap < n) {
+        f->cap = n;
+        f->items = xrealloc(f->items, n * sizeof *f->items);
+    }
+    /* The oldest requests go first; the rest move up. */
+    for (size_t i = 0; i < n; i++)
+        f->items[i] = l->pending[i];
+    l->n_pending -= n;
+    for (size_t i = 0; i < l->n_pending; i++)
+        l->pending[i] = l->pending[n + i];
+    f->n = n;
+    f->busy = true;
+    l->busy++;
+    int rc = uv_queue_work(l->b->loop, &f->work, flight_work, flight_after);
+    if (rc < 0)
+        flight_after(&f->work, rc); /* only with a broken loop: reported as failed requests */
 }
 
 static void lane_flush(lane *l)
 {
     if (!ready(l))
         return;
-    /* Swap the arrays: the pending ones go out, the flight ones (empty) take new requests. */
-    void **items = l->pending;
-    size_t cap = l->cap_pending;
-    l->pending = l->flight;
-    l->cap_pending = l->cap_flight;
-    l->flight = items;
-    l->cap_flight = cap;
-    l->n_flight = l->n_pending;
-    l->n_pending = 0;
-    l->busy = true;
-    int rc = uv_queue_work(l->b->loop, &l->work, lane_work, lane_after);
-    if (rc < 0)
-        lane_after(&l->work, rc); /* only with a broken loop: reported as failed requests */
+    size_t slots = l->max_flight - l->busy;
+    size_t min = l->ops->min_split ? l->ops->min_split : 1;
+    size_t batches = (l->n_pending + min - 1) / min;
+    if (batches > slots)
+        batches = slots;
+    for (size_t k = 0; k < IOBATCH_FLIGHT_MAX && batches > 0; k++) {
+        flight *f = &l->flights[k];
+        if (f->busy)
+            continue;
+        size_t n = (l->n_pending + batches - 1) / batches;
+        flight_start(l, f, n);
+        batches--;
+    }
 }
 
 static void on_check(uv_check_t *h)
@@ -123,14 +157,21 @@ iobatch *iobatch_new(uv_loop_t *loop, size_t n_lanes, const iobatch_lane_ops *op
 {
     iobatch *b = xcalloc(1, sizeof *b);
     b->loop = loop;
-    b->ops = ops;
     b->ud = ud;
     b->gone = gone;
     b->n_lanes = n_lanes;
     b->lanes = xcalloc(n_lanes, sizeof *b->lanes);
     for (size_t i = 0; i < n_lanes; i++) {
-        b->lanes[i].b = b;
-        b->lanes[i].work.data = &b->lanes[i];
+        lane *l = &b->lanes[i];
+        l->b = b;
+        l->ops = &ops[i];
+        l->max_flight = ops[i].max_flight == 0                   ? 1
+                        : ops[i].max_flight > IOBATCH_FLIGHT_MAX ? IOBATCH_FLIGHT_MAX
+                                                                 : ops[i].max_flight;
+        for (size_t k = 0; k < IOBATCH_FLIGHT_MAX; k++) {
+            l->flights[k].l = l;
+            l->flights[k].work.data = &l->flights[k];
+        }
     }
     uv_check_init(loop, &b->check);
     uv_idle_init(loop, &b->idle);
@@ -141,17 +182,17 @@ iobatch *iobatch_new(uv_loop_t *loop, size_t n_lanes, const iobatch_lane_ops *op
 
 void iobatch_add(iobatch *b, size_t lane_no, void *item)
 {
+    lane *l = &b->lanes[lane_no];
     if (b->stopped) {
-        b->ops[lane_no].after(b->ud, &item, 1, UV_ECANCELED);
+        l->ops->after(b->ud, &item, 1, UV_ECANCELED);
         return;
     }
-    lane *l = &b->lanes[lane_no];
     if (l->n_pending == l->cap_pending) {
         l->cap_pending = l->cap_pending ? l->cap_pending * 2 : 16;
         l->pending = xrealloc(l->pending, l->cap_pending * sizeof *l->pending);
     }
     l->pending[l->n_pending++] = item;
-    if (!l->busy)
+    if (l->busy < l->max_flight)
         arm(b);
 }
 
@@ -172,7 +213,7 @@ void iobatch_stop(iobatch *b)
         size_t n = l->n_pending;
         l->n_pending = 0;
         if (n > 0)
-            b->ops[i].after(b->ud, l->pending, n, UV_ECANCELED);
+            l->ops->after(b->ud, l->pending, n, UV_ECANCELED);
     }
     uv_close((uv_handle_t *)&b->check, on_closed);
     uv_close((uv_handle_t *)&b->idle, on_closed);

@@ -16,10 +16,16 @@ typedef struct iobatch iobatch;
 
 /* run does the batch's I/O on a pool thread; after delivers the results on the loop, with
  * status 0, or a libuv error (UV_ECANCELED for requests abandoned by iobatch_stop) when run
- * did not run. items are the pointers given to iobatch_add, in order. */
+ * did not run. items are the pointers given to iobatch_add, in order. A lane may have up to
+ * max_flight batches on the pool at once (0 counts as 1): a turn's requests are then split
+ * among the free slots, at least min_split to a batch, so that their fsyncs overlap (a
+ * journalling file system commits concurrent fsyncs together). Only for requests that may
+ * run in any order against each other. */
 typedef struct iobatch_lane_ops {
     void (*run)(void *ud, void **items, size_t n);
     void (*after)(void *ud, void **items, size_t n, int status);
+    size_t max_flight;
+    size_t min_split;
 } iobatch_lane_ops;
 
 /* gone(ud) is called once b has freed itself after iobatch_stop (ud may be freed then). */
