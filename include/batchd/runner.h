@@ -170,7 +170,8 @@ size_t runner_begin_drain(runner *rn);
 size_t runner_in_flight(const runner *rn);
 /* Cancels everything and writes every record that is not durable yet. */
 void runner_shutdown(runner *rn);
-/* Frees the runner; jobs whose write or validation is still out are freed when it ends. */
+/* Frees the runner; jobs whose write or validation is still out, and claims still out, are
+ * dropped when they end. */
 void runner_free(runner *rn);
 
 #endif

@@ -1,9 +1,13 @@
-/* backend: the daemon's backends of the runner (runner.h). Record writes and validations run
- * on libuv's thread pool; requests go through http.c; claims, finishes and reactivations call
- * spool.c on the loop and complete before they return; timers are libuv's. */
+/* backend: the daemon's backends of the runner (runner.h). No disk wait on the loop: record
+ * writes, claims and finishes are group-committed on libuv's thread pool (iobatch.h: what a
+ * loop turn asks for goes out as one batch, one directory fsync for all of it), validations
+ * run there too; requests go through http.c; timers are libuv's. Left on the loop: the scan
+ * of incoming/ (directory reads), the operator's retry (reactivate) and loading at start. */
 #include "batchd.h"
+#include "iobatch.h"
 
 #include "batchd/fsutil.h"
+#include "batchd/log.h"
 #include "batchd/store.h"
 #include "batchd/util.h"
 
@@ -15,11 +19,29 @@
 /* The slowest upload rate tolerated before a PUT is given up as timed out (bytes/s). */
 #define UPLOAD_MIN_RATE 65536
 
-/* ---- store: one write on the pool per call ---- */
+/* ---- the backend's own state ---- */
+
+enum { LANE_WRITES, LANE_SPOOL, LANES };
+
+typedef struct spool_req spool_req;
+
+struct backend {
+    batchd *d;
+    iobatch *io;
+    /* A copy: the pool threads must not read a config that a reload may free (state.dir
+     * itself needs a restart to change). */
+    char *state_dir;
+    spool_req *claiming; /* claims queued or on the pool: their entries are left out of scans */
+};
+
+static batchd *dof(void *ud)
+{
+    return ((backend *)ud)->d;
+}
+
+/* ---- store: the writes of one turn as one batch on the pool (one directory fsync) ---- */
 
 typedef struct write_req {
-    uv_work_t work;
-    char *dir;
     char id[32];
     char *text;
     int rc;
@@ -27,56 +49,64 @@ typedef struct write_req {
     void *cookie;
 } write_req;
 
-static void write_work(uv_work_t *w)
+static void writes_run(void *ud, void **items, size_t n)
 {
-    write_req *q = w->data;
-    q->rc = store_write(q->dir, q->id, q->text);
+    backend *bk = ud;
+    store_item *si = xcalloc(n, sizeof *si);
+    for (size_t i = 0; i < n; i++) {
+        const write_req *q = items[i];
+        si[i] = (store_item){.job_id = q->id, .text = q->text};
+    }
+    /* The runner has at most one write out per job, so no job is in a batch twice and no
+     * later write of a job can be overtaken by an earlier one. */
+    store_write_batch(bk->state_dir, si, n);
+    for (size_t i = 0; i < n; i++)
+        ((write_req *)items[i])->rc = si[i].rc;
+    free(si);
 }
 
-static void write_after(uv_work_t *w, int status)
+static void writes_after(void *ud, void **items, size_t n, int status)
 {
-    write_req *q = w->data;
-    int rc = status < 0 ? status : q->rc;
-    free(q->text);
-    free(q->dir);
-    runner_done_fn done = q->done;
-    void *cookie = q->cookie;
-    free(q);
-    done(cookie, rc);
+    (void)ud;
+    for (size_t i = 0; i < n; i++) {
+        write_req *q = items[i];
+        int rc = status < 0 ? status : q->rc;
+        runner_done_fn done = q->done;
+        void *cookie = q->cookie;
+        free(q->text);
+        free(q);
+        done(cookie, rc); /* stopping, UV_ECANCELED: the runner writes it now (write_now) */
+    }
 }
 
 static void store_write_async(void *ud, const job *j, runner_done_fn done, void *cookie)
 {
-    batchd *d = ud;
+    backend *bk = ud;
     write_req *q = xcalloc(1, sizeof *q);
-    q->dir = xstrdup(d->cfg->c.state.dir);
     snprintf(q->id, sizeof q->id, "%s", j->id);
     q->text = store_encode(j);
     q->done = done;
     q->cookie = cookie;
-    q->work.data = q;
-    int rc = uv_queue_work(d->loop, &q->work, write_work, write_after);
-    if (rc < 0)
-        write_after(&q->work, rc); /* only with a broken loop: reported like a failed write */
+    iobatch_add(bk->io, LANE_WRITES, q);
 }
 
 static int store_write_now(void *ud, const job *j)
 {
-    batchd *d = ud;
-    return store_save(d->cfg->c.state.dir, j);
+    backend *bk = ud;
+    return store_save(bk->state_dir, j);
 }
 
 static int store_load(void *ud, void (*each)(void *cud, job *j),
                       void (*bad)(void *cud, const char *file, const char *reason), void *cud)
 {
-    batchd *d = ud;
-    return store_load_all(d->cfg->c.state.dir, each, bad, cud);
+    backend *bk = ud;
+    return store_load_all(bk->state_dir, each, bad, cud);
 }
 
 static int store_rm(void *ud, const char *job_id)
 {
-    batchd *d = ud;
-    return store_remove(d->cfg->c.state.dir, job_id);
+    backend *bk = ud;
+    return store_remove(bk->state_dir, job_id);
 }
 
 static const runner_store_ops store_ops = {
@@ -199,8 +229,7 @@ static http_transfer *send_api(batchd *d, const runner_request *rr, http_request
     /* A create or setup must never be re-sent behind our back (see http.h). */
     req->fresh_connect = job_op_has_side_effect(rr->op);
     http_transfer *t = http_start(d->http, req, on_http_done, NULL, q);
-    explicit_bzero(auth, strlen(auth));
-    free(auth);
+    secret_free(&auth);
     free(url);
     return t;
 }
@@ -208,7 +237,7 @@ static http_transfer *send_api(batchd *d, const runner_request *rr, http_request
 static void *http_send(void *ud, const runner_request *rr, runner_http_done_fn done,
                        runner_progress_fn progress, void *cookie)
 {
-    batchd *d = ud;
+    batchd *d = dof(ud);
     http_req *q = xcalloc(1, sizeof *q);
     *q = (http_req){
         .d = d, .token_gen = d->token_gen, .done = done, .progress = progress, .cookie = cookie};
@@ -236,55 +265,215 @@ static const runner_http_ops http_ops = {
     .cancel = http_cancel_req,
 };
 
-/* ---- spool: on the loop, done before returning ---- */
+/* ---- spool: claims and finishes of one turn as one batch on the pool ----
+ * Claims and finishes share one lane: the spool runs one batch at a time (spool.h), and a
+ * claim picking a free name in active/ while a finish picks one in done/ could race. */
+
+struct spool_req {
+    bool claim;
+    void *cookie;
+    int rc;
+    /* a claim */
+    runner_claim_done_fn claim_done;
+    char *entry;
+    char job_id[27];
+    spool_claim_result res;
+    char stage[SPOOL_STAGE_MAX];
+    spool_req *prev, *next; /* in backend.claiming */
+    /* a finish */
+    runner_finish_done_fn finish_done;
+    char *dir;
+    bool ok;
+    char *file_name;
+    char *body;
+    char *final_dir;
+};
+
+static void run_claims(spool *sp, void **items, size_t n, size_t count)
+{
+    spool_claim_item *ci = xcalloc(count, sizeof *ci);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const spool_req *q = items[i];
+        if (q->claim)
+            ci[k++] =
+                (spool_claim_item){.entry = q->entry, .job_id = q->job_id[0] ? q->job_id : NULL};
+    }
+    spool_claim_batch(sp, ci, count);
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *q = items[i];
+        if (!q->claim)
+            continue;
+        q->rc = ci[k].rc;
+        q->res = ci[k].res;
+        memcpy(q->stage, ci[k].stage, sizeof q->stage);
+        k++;
+    }
+    free(ci);
+}
+
+static void run_finishes(spool *sp, void **items, size_t n, size_t count)
+{
+    spool_finish_item *fi = xcalloc(count, sizeof *fi);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const spool_req *q = items[i];
+        if (!q->claim)
+            fi[k++] = (spool_finish_item){
+                .job_name = q->dir, .ok = q->ok, .file_name = q->file_name, .body = q->body};
+    }
+    spool_finish_batch(sp, fi, count);
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *q = items[i];
+        if (q->claim)
+            continue;
+        q->rc = fi[k].rc;
+        q->final_dir = fi[k].final_dir;
+        k++;
+    }
+    free(fi);
+}
+
+static void spool_run(void *ud, void **items, size_t n)
+{
+    backend *bk = ud;
+    size_t claims = 0;
+    for (size_t i = 0; i < n; i++)
+        claims += ((const spool_req *)items[i])->claim;
+    /* Finishes first: they free the job slots that the runner waits on. */
+    if (claims < n)
+        run_finishes(bk->d->sp, items, n, n - claims);
+    if (claims > 0)
+        run_claims(bk->d->sp, items, n, claims);
+}
+
+static void claim_end(backend *bk, spool_req *q, int rc)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        bk->claiming = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    if (rc < 0 && q->stage[0]) {
+        /* What spool_claim logs: the batch itself logs nothing (it runs on the pool). */
+        char *display = spool_name_escape(q->entry);
+        log_error("spool: claiming incoming/%s failed: %s; if it is not in its final place, "
+                  "it is kept in %s/%s and the claim is finished on the next start",
+                  display, strerror(-rc), spool_dir(bk->d->sp, "active"), q->stage);
+        free(display);
+    }
+    const spool_claim_result *c = &q->res;
+    runner_claim out = {
+        .kind = c->kind == SPOOL_REJECTED ? RUNNER_REJECTED
+                : c->kind == SPOOL_GONE   ? RUNNER_GONE
+                                          : RUNNER_CLAIMED,
+        .job_dir = c->job_dir,
+        .job_name = c->job_name,
+        .job_id = c->job_id,
+        .code = c->code,
+        .reason = c->reason,
+    };
+    q->claim_done(q->cookie, rc, &out);
+    spool_claim_clear(&q->res);
+    free(q->entry);
+}
+
+static void spool_after(void *ud, void **items, size_t n, int status)
+{
+    backend *bk = ud;
+    for (size_t i = 0; i < n; i++) {
+        spool_req *q = items[i];
+        int rc = status < 0 ? status : q->rc;
+        if (q->claim) {
+            claim_end(bk, q, rc);
+        } else {
+            q->finish_done(q->cookie, rc, rc < 0 ? NULL : q->final_dir);
+            free(q->final_dir);
+            free(q->dir);
+            free(q->file_name);
+            free(q->body);
+        }
+        free(q);
+    }
+}
+
+/* Record writes of different jobs may run in any order, so a turn's writes are split into up
+ * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads: with the spool's
+ * one and the runner's two validations, at least one thread stays free). The spool's batches
+ * go one at a time (spool.h). */
+static const iobatch_lane_ops lane_ops[LANES] = {
+    [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
+    [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},
+};
+
+typedef struct scan_skip {
+    const backend *bk;
+    bool (*skip)(void *sud, const char *name);
+    void *sud;
+} scan_skip;
+
+/* An entry whose claim is queued or running is still in incoming/: listing it again would
+ * claim it twice. A linear walk: there are at most job.max_active claims out. */
+static bool skip_claiming(void *ud, const char *name)
+{
+    const scan_skip *s = ud;
+    for (const spool_req *q = s->bk->claiming; q; q = q->next)
+        if (strcmp(q->entry, name) == 0)
+            return true;
+    return s->skip && s->skip(s->sud, name);
+}
 
 static int spool_scan(void *ud, size_t max, bool (*skip)(void *sud, const char *name), void *sud,
                       char ***names, size_t *n)
 {
-    batchd *d = ud;
-    return spool_scan_incoming_ex(d->sp, max, skip, sud, names, n);
+    backend *bk = ud;
+    scan_skip s = {.bk = bk, .skip = skip, .sud = sud};
+    return spool_scan_incoming_ex(bk->d->sp, max, skip_claiming, &s, names, n);
 }
 
-static void spool_claim_one(void *ud, const char *entry, const char *job_id,
-                            runner_claim_done_fn done, void *cookie)
+static void spool_claim_async(void *ud, const char *entry, const char *job_id,
+                              runner_claim_done_fn done, void *cookie)
 {
-    batchd *d = ud;
-    spool_claim_result c;
-    memset(&c, 0, sizeof c);
-    int rc = spool_claim(d->sp, entry, job_id, &c);
-    runner_claim rc_out = {
-        .kind = c.kind == SPOOL_REJECTED ? RUNNER_REJECTED
-                : c.kind == SPOOL_GONE   ? RUNNER_GONE
-                                         : RUNNER_CLAIMED,
-        .job_dir = c.job_dir,
-        .job_name = c.job_name,
-        .job_id = c.job_id,
-        .code = c.code,
-        .reason = c.reason,
-    };
-    done(cookie, rc, &rc_out);
-    spool_claim_clear(&c);
+    backend *bk = ud;
+    spool_req *q = xcalloc(1, sizeof *q);
+    q->claim = true;
+    q->entry = xstrdup(entry);
+    snprintf(q->job_id, sizeof q->job_id, "%s", job_id ? job_id : "");
+    q->claim_done = done;
+    q->cookie = cookie;
+    q->next = bk->claiming;
+    if (q->next)
+        q->next->prev = q;
+    bk->claiming = q;
+    iobatch_add(bk->io, LANE_SPOOL, q);
 }
 
-static void spool_finish_one(void *ud, const char *dir, bool ok, const char *file_name,
-                             const char *body, runner_finish_done_fn done, void *cookie)
+static void spool_finish_async(void *ud, const char *dir, bool ok, const char *file_name,
+                               const char *body, runner_finish_done_fn done, void *cookie)
 {
-    batchd *d = ud;
-    char *final_dir = NULL;
-    int rc = spool_finish(d->sp, dir, ok, file_name, body, &final_dir);
-    done(cookie, rc, final_dir);
-    free(final_dir);
+    backend *bk = ud;
+    spool_req *q = xcalloc(1, sizeof *q);
+    q->dir = xstrdup(dir);
+    q->ok = ok;
+    q->file_name = xstrdup(file_name);
+    q->body = xstrdup(body);
+    q->finish_done = done;
+    q->cookie = cookie;
+    iobatch_add(bk->io, LANE_SPOOL, q);
 }
 
 static int spool_active(void *ud, char ***names, size_t *n)
 {
-    batchd *d = ud;
+    batchd *d = dof(ud);
     return spool_list_active(d->sp, names, n);
 }
 
 static bool spool_active_exists(void *ud, const char *dir)
 {
-    batchd *d = ud;
+    batchd *d = dof(ud);
     char *path = fsutil_join(spool_dir(d->sp, "active"), dir);
     bool present = access(path, F_OK) == 0;
     free(path);
@@ -293,14 +482,14 @@ static bool spool_active_exists(void *ud, const char *dir)
 
 static int spool_reactivate_one(void *ud, const char *failed_name, char **active_name)
 {
-    batchd *d = ud;
+    batchd *d = dof(ud);
     return spool_reactivate(d->sp, failed_name, active_name);
 }
 
 static const runner_spool_ops spool_ops = {
     .scan = spool_scan,
-    .claim = spool_claim_one,
-    .finish = spool_finish_one,
+    .claim = spool_claim_async,
+    .finish = spool_finish_async,
     .list_active = spool_active,
     .active_exists = spool_active_exists,
     .reactivate = spool_reactivate_one,
@@ -355,7 +544,7 @@ static void validate_after(uv_work_t *w, int status)
 static int validate_start(void *ud, const job *j, runner_validated_fn done, void *cookie,
                           void **handle)
 {
-    batchd *d = ud;
+    batchd *d = dof(ud);
     validation *v = xcalloc(1, sizeof *v);
     v->dir = fsutil_join(spool_dir(d->sp, "active"), j->dir);
     v->name = xstrdup(j->name);
@@ -416,7 +605,7 @@ static void on_btimer(uv_timer_t *t)
 
 static void *timer_new(void *ud, runner_timer_fn fn, void *arg)
 {
-    batchd *d = ud;
+    batchd *d = dof(ud);
     btimer *b = xcalloc(1, sizeof *b);
     b->fn = fn;
     b->arg = arg;
@@ -460,15 +649,27 @@ static const runner_clock_ops clock_ops = {
     .timer_free = timer_free,
 };
 
+static void backend_gone(void *ud)
+{
+    backend *bk = ud;
+    free(bk->state_dir);
+    free(bk);
+}
+
 runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
 {
+    backend *bk = xcalloc(1, sizeof *bk);
+    bk->d = d;
+    bk->state_dir = xstrdup(d->cfg->c.state.dir);
+    bk->io = iobatch_new(d->loop, LANES, lane_ops, bk, backend_gone);
+    d->backend = bk;
     runner_backend be = {
         .store = &store_ops,
         .http = &http_ops,
         .spool = &spool_ops,
         .validate = &validate_ops,
         .clock = &clock_ops,
-        .ud = d,
+        .ud = bk,
     };
     uint64_t seed = 0;
     random_bytes(&seed, sizeof seed);
@@ -480,4 +681,17 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
     runner *rn = runner_new(&be, hooks, &o);
     runner_configure(rn, &d->params, (size_t)d->cfg->c.job.max_active);
     return rn;
+}
+
+void backend_stop(batchd *d)
+{
+    backend *bk = d->backend;
+    if (!bk)
+        return;
+    d->backend = NULL;
+    /* Requests not yet on the pool come back cancelled: a record write is then written now
+     * by the runner (write_now), a claim leaves its entry in incoming/, a finish is done
+     * again on the next start (the record says the job ended). Batches on the pool end
+     * normally; the loop runs until they have, and bk goes with the iobatch. */
+    iobatch_stop(bk->io);
 }

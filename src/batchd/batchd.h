@@ -33,6 +33,8 @@ cfgref *cfgref_new(void);
 cfgref *cfgref_get(cfgref *r);
 void cfgref_put(cfgref *r);
 
+typedef struct backend backend;
+
 typedef struct batchd {
     uv_loop_t *loop;
     char *config_path;
@@ -45,7 +47,8 @@ typedef struct batchd {
     spool_watch *watch;
     http_client *http;
     control *ctl;
-    runner *runner; /* the jobs: claimed, recovered, run */
+    runner *runner;          /* the jobs: claimed, recovered, run */
+    struct backend *backend; /* backend.c's state for the runner */
     /* No claims and no new requests: an operator's Pause, or a hold after the API rejected
      * the token (HTTP 401). paused is their union; Resume lifts both, a reload that loads a
      * different token lifts the hold. */
@@ -62,6 +65,8 @@ typedef struct batchd {
 
 /* backend.c: a runner over the daemon's store, spool, HTTP client and thread pool. */
 runner *backend_runner_new(batchd *d, const runner_hooks *hooks);
+/* Stopping, after runner_free: abandons the disk work not started, lets the rest end. */
+void backend_stop(batchd *d);
 
 /* hold.c: the pause and the token hold. */
 void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold);

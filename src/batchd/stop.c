@@ -37,6 +37,7 @@ static void stop_now(batchd *d)
     }
     runner_free(d->runner);
     d->runner = NULL;
+    backend_stop(d);
     close_handle((uv_handle_t *)&d->drain_timer);
     close_handle((uv_handle_t *)&d->sig_term);
     close_handle((uv_handle_t *)&d->sig_int);

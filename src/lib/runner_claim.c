@@ -70,6 +70,15 @@ static void claim_done(void *cookie, int rc, const runner_claim *c)
     claim_ctx *cx = cookie;
     runner *rn = cx->rn;
     rn->claims_out--;
+    if (rn->freed) {
+        /* The runner is gone. A claimed entry is in active/ without a record: the next start
+         * adopts it; a rejected one is in failed/ with its error.json. */
+        free(cx->entry);
+        free(cx);
+        if (--rn->held == 0)
+            rn_free_now(rn);
+        return;
+    }
     if (rc < 0)
         claim_failed(rn, cx->entry, rc);
     else

@@ -82,7 +82,7 @@ struct runner {
     bool claim_pending;
     bool driving_all; /* walking jobs: no eviction meanwhile */
     bool freed;       /* runner_free came while jobs were still held */
-    size_t held;      /* released jobs a backend still holds */
+    size_t held;      /* released jobs and claims a backend still holds */
     size_t bad_records;
     size_t pruned_records;
     void *claim_timer;

@@ -83,6 +83,11 @@ typedef struct world {
     size_t n_incoming;
     int scan_rc, claim_rc, finish_rc, reactivate_rc;
     runner_claim_kind claim_kind;
+    bool defer_claims; /* claims end only when claims_end is called, as on the pool */
+    runner_claim_done_fn claim_dones[MAXN];
+    void *claim_cookies[MAXN];
+    char *claim_entries[MAXN];
+    size_t n_claims;
     char *active[MAXN];
     size_t n_active;
     int finished_ok, finished_failed;
@@ -355,6 +360,13 @@ static void sp_claim(void *ud, const char *entry, const char *id, runner_claim_d
                      void *cookie)
 {
     world *w = ud;
+    if (w->defer_claims) {
+        assert_true(w->n_claims < MAXN);
+        w->claim_dones[w->n_claims] = done;
+        w->claim_cookies[w->n_claims] = cookie;
+        w->claim_entries[w->n_claims++] = xstrdup(entry);
+        return;
+    }
     char dir[256];
     snprintf(dir, sizeof dir, "/spool/%s/%s",
              w->claim_kind == RUNNER_REJECTED ? "failed" : "active", entry);
@@ -370,6 +382,22 @@ static void sp_claim(void *ud, const char *entry, const char *id, runner_claim_d
             add_active(w, entry);
     }
     done(cookie, w->claim_rc, &c);
+}
+
+/* Ends the deferred claims, as the pool's batch would: each entry claimed into active/. */
+static void claims_end(world *w)
+{
+    size_t n = w->n_claims;
+    w->n_claims = 0;
+    for (size_t i = 0; i < n; i++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "/spool/active/%s", w->claim_entries[i]);
+        runner_claim c = {.kind = RUNNER_CLAIMED, .job_dir = dir, .job_name = w->claim_entries[i]};
+        drop_incoming(w, w->claim_entries[i]);
+        add_active(w, w->claim_entries[i]);
+        w->claim_dones[i](w->claim_cookies[i], 0, &c);
+        free(w->claim_entries[i]);
+    }
 }
 
 static void sp_finish(void *ud, const char *dir, bool ok, const char *file, const char *body,
@@ -1200,6 +1228,47 @@ static void test_stop_with_work_out(void **state)
     start_runner(w);
 }
 
+/* Claims that end later, as on the pool: counted against max_active while out, and one that
+ * ends after runner_free is dropped (its entry is adopted from active/ on the next start). */
+static void test_claims_out(void **state)
+{
+    world *w = *state;
+    job_params p;
+    job_params_default(&p);
+    runner_configure(w->rn, &p, 2);
+    w->defer_claims = true;
+    drop(w, "a");
+    drop(w, "b");
+    drop(w, "c");
+    assert_int_equal(w->n_claims, 2); /* max_active counts the claims out */
+    assert_int_equal(runner_count(w->rn), 0);
+    claims_end(w);
+    assert_int_equal(runner_count(w->rn), 2);
+    run_until(w, job0(w), JOB_READY);
+    runner_claim_soon(w->rn);
+    advance(w, 1);
+    assert_int_equal(w->n_claims, 1);
+    runner_shutdown(w->rn);
+    runner_free(w->rn); /* the claim of c is still out: it holds the runner */
+    w->rn = NULL;
+    claims_end(w);
+    writes_end(w, 0);
+    for (size_t i = 0; i < w->n_vals; i++)
+        if (w->vals[i].live) {
+            w->vals[i].cancelled = true;
+            validation_end(w, &w->vals[i]);
+        }
+    for (size_t i = 0; i < w->n_reqs; i++)
+        free(w->reqs[i].path);
+    w->n_reqs = 0;
+    w->n_vals = 0;
+    w->defer_claims = false;
+    start_runner(w);
+    assert_int_equal(runner_recover(w->rn), 0);
+    bool amb;
+    assert_non_null(runner_find(w->rn, "c", &amb)); /* adopted from active/ */
+}
+
 int main(void)
 {
     log_init("test_runner", LOG_LVL_ERR);
@@ -1222,6 +1291,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_finish_dir_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claims_out, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
