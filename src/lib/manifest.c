@@ -689,11 +689,12 @@ static int discover_data_file(const char *job_dir, char **found, diag *dg)
 
 /* ---- checking the whole ---- */
 
-static void add_rules_issues(const rules_report *rep, diag *dg)
+/* Only the path and message of the API rules' issues: a manifest problem names no
+ * dataset field or layout position of its own. */
+static void add_rules_issues(const diag *rep, diag *dg)
 {
     for (size_t i = 0; i < rep->count; i++)
-        merr(dg, NULL, rep->issues[i].path, "%s",
-             rep->issues[i].message ? rep->issues[i].message : "invalid");
+        merr(dg, NULL, rep->entries[i].path, "%s", rep->entries[i].message);
 }
 
 static int check_required_string(const cJSON *obj, const char *key, const char *path,
@@ -759,8 +760,7 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, dia
             n++;
         }
     }
-    rules_report rep;
-    rules_report_init(&rep);
+    diag rep = {0};
     if (schema)
         rules_check_schema(schema, "dataset.schema", &rep);
     if (td)
@@ -770,7 +770,7 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, dia
                                 &rep);
     add_rules_issues(&rep, dg);
     n += (int)rep.count;
-    rules_report_free(&rep);
+    diag_free(&rep);
     return n;
 }
 
