@@ -210,19 +210,28 @@ static const char *url_port_problem(const char *p, size_t n)
     return NULL;
 }
 
-/* Why s is not an absolute http(s) URL with a host, or NULL when it is one. */
-static const char *url_problem(const char *s, size_t n)
+/* The length of s's "http://" or "https://" (any case), or 0 for any other start. */
+static size_t url_scheme_len(const char *s, size_t n)
 {
-    size_t off;
     if (n >= 7 && strncasecmp(s, "http://", 7) == 0)
-        off = 7;
-    else if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
-        off = 8;
-    else
-        return "it does not start with http:// or https://";
+        return 7;
+    if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
+        return 8;
+    return 0;
+}
+
+static bool has_space_or_control(const char *s, size_t n)
+{
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f)
-            return "it contains a space or control character (percent-encode it)";
+            return true;
+    return false;
+}
+
+/* The authority after the scheme (up to the path, query or fragment), without any
+ * "user:password@" part: host[:port]. */
+static const char *url_host_port(const char *s, size_t n, size_t off, size_t *len)
+{
     size_t end = off;
     while (end < n && s[end] != '/' && s[end] != '?' && s[end] != '#')
         end++;
@@ -236,22 +245,30 @@ static const char *url_problem(const char *s, size_t n)
         alen -= (size_t)(at + 1 - auth);
         auth = at + 1;
     }
-    if (alen == 0)
-        return "it has no host";
-    if (auth[0] == '[') { /* IPv6 literal */
-        const char *close = memchr(auth, ']', alen);
-        if (!close || close == auth + 1)
+    *len = alen;
+    return auth;
+}
+
+/* "[v6]" or "[v6]:port" (auth starts with '['). */
+static const char *url_ipv6_problem(const char *auth, size_t alen)
+{
+    const char *close = memchr(auth, ']', alen);
+    if (!close || close == auth + 1)
+        return "its IPv6 host is malformed";
+    for (const char *p = auth + 1; p < close; p++)
+        if (!(host_byte_ok((unsigned char)*p) || *p == ':'))
             return "its IPv6 host is malformed";
-        for (const char *p = auth + 1; p < close; p++)
-            if (!(host_byte_ok((unsigned char)*p) || *p == ':'))
-                return "its IPv6 host is malformed";
-        size_t rest = alen - (size_t)(close + 1 - auth);
-        if (rest == 0)
-            return NULL;
-        if (close[1] != ':')
-            return "its host is malformed";
-        return url_port_problem(close + 2, rest - 1);
-    }
+    size_t rest = alen - (size_t)(close + 1 - auth);
+    if (rest == 0)
+        return NULL;
+    if (close[1] != ':')
+        return "its host is malformed";
+    return url_port_problem(close + 2, rest - 1);
+}
+
+/* "host" or "host:port", host a name or an IPv4 address. */
+static const char *url_name_problem(const char *auth, size_t alen)
+{
     const char *colon = memchr(auth, ':', alen);
     size_t hlen = colon ? (size_t)(colon - auth) : alen;
     if (hlen == 0)
@@ -262,6 +279,23 @@ static const char *url_problem(const char *s, size_t n)
     if (colon)
         return url_port_problem(colon + 1, alen - hlen - 1);
     return NULL;
+}
+
+/* Why s is not an absolute http(s) URL with a host, or NULL when it is one. */
+static const char *url_problem(const char *s, size_t n)
+{
+    size_t off = url_scheme_len(s, n);
+    if (off == 0)
+        return "it does not start with http:// or https://";
+    if (has_space_or_control(s, n))
+        return "it contains a space or control character (percent-encode it)";
+    size_t alen;
+    const char *auth = url_host_port(s, n, off, &alen);
+    if (alen == 0)
+        return "it has no host";
+    if (auth[0] == '[') /* IPv6 literal */
+        return url_ipv6_problem(auth, alen);
+    return url_name_problem(auth, alen);
 }
 
 /* ---- validator state ---------------------------------------------------------------- */
