@@ -246,16 +246,15 @@ typedef struct pass_ctx {
     bool header_written;
 } pass_ctx;
 
-static void write_rejected(outfile *o, const char *raw, size_t raw_len, const records_error *errors,
-                           size_t n_errors)
+static void write_rejected(outfile *o, const char *raw, size_t raw_len, const diag *errors)
 {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "line", (double)errors[0].line);
+    cJSON_AddNumberToObject(j, "line", (double)errors->entries[0].line);
     cJSON *arr = cJSON_AddArrayToObject(j, "errors");
-    for (size_t i = 0; i < n_errors; i++) {
+    for (size_t i = 0; i < errors->count; i++) {
         cJSON *e = cJSON_CreateObject();
-        json_add_str_or_null(e, "field", errors[i].field[0] ? errors[i].field : NULL);
-        cJSON_AddStringToObject(e, "message", errors[i].message);
+        json_add_str_or_null(e, "field", errors->entries[i].field);
+        cJSON_AddStringToObject(e, "message", errors->entries[i].message);
         cJSON_AddItemToArray(arr, e);
     }
     if (raw_len) {
@@ -273,13 +272,14 @@ static void write_rejected(outfile *o, const char *raw, size_t raw_len, const re
     cJSON_Delete(j);
 }
 
-static int on_record(void *ud, const char *raw, size_t raw_len, const records_error *errors,
-                     size_t n_errors)
+static int on_record(void *ud, const char *raw, size_t raw_len, uint64_t record, const diag *errors)
 {
+    (void)record;
     pass_ctx *ctx = ud;
     if (ctx->errs) {
-        for (size_t i = 0; i < n_errors; i++)
-            errors_add_record(ctx->errs, errors[i].line, errors[i].field, errors[i].message);
+        for (size_t i = 0; i < errors->count; i++)
+            errors_add_record(ctx->errs, errors->entries[i].line, errors->entries[i].field,
+                              errors->entries[i].message);
         return 0;
     }
     if (!ctx->cleaned || !ctx->rejected)
@@ -293,11 +293,11 @@ static int on_record(void *ud, const char *raw, size_t raw_len, const records_er
         }
         ctx->header_written = true;
     }
-    if (n_errors == 0) {
+    if (errors->count == 0) {
         outfile_write(ctx->cleaned, raw, raw_len);
         outfile_write(ctx->cleaned, "\n", 1);
     } else {
-        write_rejected(ctx->rejected, raw, raw_len, errors, n_errors);
+        write_rejected(ctx->rejected, raw, raw_len, errors);
     }
     return (ctx->cleaned->err || ctx->rejected->err) ? -EIO : 0;
 }

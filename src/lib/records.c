@@ -355,15 +355,13 @@ struct records_validator {
     strbuf key_buf, val_buf;
     uint32_t *seen; /* seen[i] == gen: field i occurs in the current record */
     uint32_t gen;
-    records_error errs[RECORDS_MAX_ERRORS];
-    size_t nerr;
-    uint64_t dropped;
+    diag errs; /* the current record's problems; empty (nothing allocated) while it is valid */
 
     records_stats st;
     char *file_error;
     uint64_t file_error_line;
-    char file_error_field[132]; /* the header column a header error is about, or "" */
-    bool halted;                /* after a file error: bytes are counted, not validated */
+    char file_error_field[RECORDS_FIELD_MAX]; /* the header column a header error is about, or "" */
+    bool halted; /* after a file error: bytes are counted, not validated */
     bool finished;
     int rc;
 };
@@ -382,6 +380,9 @@ records_validator *records_new(const records_options *opts)
     v->col_field = xcalloc(v->schema->n, sizeof(*v->col_field));
     strbuf_init(&v->key_buf);
     strbuf_init(&v->val_buf);
+    /* The last place is kept for the summary of the rest (emit). */
+    v->errs.max = RECORDS_MAX_ERRORS - 1;
+    v->errs.text_max = RECORDS_MESSAGE_MAX;
     return v;
 }
 
@@ -394,6 +395,7 @@ void records_free(records_validator *v)
     free(v->col_field);
     free(v->seen);
     free(v->file_error);
+    diag_free(&v->errs);
     strbuf_free(&v->key_buf);
     strbuf_free(&v->val_buf);
     free(v);
@@ -466,17 +468,12 @@ static void rec_error(records_validator *v, const char *field, size_t field_len,
 static void rec_error(records_validator *v, const char *field, size_t field_len, const char *fmt,
                       ...)
 {
-    if (v->nerr >= RECORDS_MAX_ERRORS - 1) {
-        v->dropped++;
-        return;
-    }
-    records_error *e = &v->errs[v->nerr++];
-    e->line = v->rec_line;
-    e->record = v->st.records;
-    copy_cut(e->field, sizeof(e->field), field ? field : "", field ? field_len : 0);
+    char cut[RECORDS_FIELD_MAX];
+    copy_cut(cut, sizeof cut, field ? field : "", field ? field_len : 0);
+    const diag_where w = {.line = v->rec_line, .field = cut[0] ? cut : NULL};
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->message, sizeof(e->message), fmt, ap);
+    diag_vadd(&v->errs, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
 }
 
@@ -492,25 +489,18 @@ static void set_file_error(records_validator *v, uint64_t line, const char *msg)
 /* Passes the finished record to the callback and resets the per-record problems. */
 static int emit(records_validator *v, const char *raw, size_t raw_len)
 {
-    /* rec_error keeps the last slot free for this summary. */
-    if (v->dropped > 0 && v->nerr == RECORDS_MAX_ERRORS - 1) {
-        records_error *e = &v->errs[v->nerr++];
-        e->line = v->rec_line;
-        e->record = v->st.records;
-        e->field[0] = '\0';
-        snprintf(e->message, sizeof(e->message), "... and %llu more problems in this record",
-                 (unsigned long long)v->dropped);
-    }
-    if (v->nerr == 0)
+    /* The list keeps its last place free for this summary. */
+    diag_add_more(&v->errs, &(diag_where){.line = v->rec_line}, " problems in this record");
+    if (v->errs.count == 0)
         v->st.valid++;
     else
         v->st.invalid++;
     int rc = 0;
     if (v->on_record)
-        rc = v->on_record(v->ud, raw ? raw : "", raw_len, v->errs, v->nerr);
+        rc = v->on_record(v->ud, raw ? raw : "", raw_len, v->st.records, &v->errs);
     v->st.records++;
-    v->nerr = 0;
-    v->dropped = 0;
+    if (v->errs.count)
+        diag_free(&v->errs);
     if (rc != 0)
         v->rc = rc;
     return rc;
@@ -683,8 +673,7 @@ static void jsonl_check(records_validator *v, const char *raw, size_t len)
     rj_error err;
     if (rj_parse_object(raw, len, &v->key_buf, jsonl_member, v, &err) < 0) {
         /* Member problems before a syntax error are noise: the line must be fixed first. */
-        v->nerr = 0;
-        v->dropped = 0;
+        diag_free(&v->errs);
         rec_error(v, NULL, 0, "malformed JSON at byte %zu: %s", err.pos + 1, err.msg);
         return;
     }
