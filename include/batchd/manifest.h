@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "batchd/config.h"
+#include "batchd/util.h"
 
 #define MANIFEST_MAX_TEMPLATE_DEPTH 8
 #define MANIFEST_MAX_FILE           (1024 * 1024) /* job.json and templates */
@@ -20,24 +21,24 @@
  * none), applies defaults (dataset.name and batch.name = job_name, workspace_id =
  * cfg->api.workspace_id, batch.tasks_per_group = 1, dataset.file = the single data file
  * found), validates everything locally. Returns 0 with *out = the resolved job object (owned
- * by the caller, without "template"), or -EINVAL with issues appended to errors: a cJSON
- * array of {"path": "...", "message": "..."} objects, each with "file" when the problem is in
- * a template ("file": "<template path>") or job.json ("file": "job.json"), and "line" /
- * "column" for JSON syntax errors. */
+ * by the caller, without "template"), or -EINVAL with issues added to errors (util.h's
+ * diag; NULL: not wanted), each with its JSON path, with its file when the problem is in a
+ * template ("<template path>") or job.json ("job.json"), and line / column for JSON syntax
+ * errors; diag_to_json writes them as error.json lists them. */
 int manifest_resolve(const char *job_dir, const char *job_name, const config *cfg, cJSON **out,
-                     cJSON *errors);
+                     diag *errors);
 
 /* The same for a bare data file outside a job directory (batchctl validate FILE): no
  * job.json is read; the configured template applies; dataset.file = basename(data_path).
  * The data file itself is not opened here. */
 int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
-                          cJSON **out, cJSON *errors);
+                          cJSON **out, diag *errors);
 
 /* Loads one template (the configured one: any path) with its chain, merged, without
  * defaults or data file, and checks what can be checked without a job (member types,
  * schema, task_details, batch_items against the schema when both are present). For
  * batchd --check-config. Returns 0 or -EINVAL / -ENOENT with issues in errors. */
-int manifest_check_template(const char *ref, const config *cfg, cJSON *errors);
+int manifest_check_template(const char *ref, const config *cfg, diag *errors);
 
 /* The workspace_id the template ref sets (through its chain), malloc'd; NULL when it sets
  * none or cannot be loaded (manifest_check_template reports why). */

@@ -11,6 +11,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "batchd/util.h"
+
 typedef enum records_format {
     RECORDS_JSONL = 0,
     RECORDS_CSV = 1,
@@ -26,25 +28,23 @@ typedef struct records_schema records_schema;
 records_schema *records_schema_new(const cJSON *schema);
 void records_schema_free(records_schema *s);
 
-/* One problem in one record. field is "" when the problem is about the whole record. */
-typedef struct records_error {
-    uint64_t line;   /* 1-based line where the record starts (CSV: the header is line 1) */
-    uint64_t record; /* 0-based index of the record among data records */
-    char field[132];
-    char message[200];
-} records_error;
-
 /* Called once per data record, in order. raw/raw_len is the record's exact bytes without
  * its line terminator (a CSV record may span several lines), so that a caller can write the
  * valid ones to a cleaned file; it is valid only during the call. A record longer than
- * max_record is not kept: it comes with raw "" and raw_len 0 (and an error). errors/n_errors
- * are that record's problems (n_errors == 0: valid), at most RECORDS_MAX_ERRORS, the last
- * one then summarising the rest. A non-zero return stops validation and is returned by
+ * max_record is not kept: it comes with raw "" and raw_len 0 (and an error). record is the
+ * record's 0-based index among data records. errors (util.h) are that record's problems
+ * (errors->count == 0: valid), at most RECORDS_MAX_ERRORS, the last one then summarising the
+ * rest; each has line (1-based, where the record starts; CSV: the header is line 1), field
+ * (NULL when the problem is about the whole record; at most RECORDS_FIELD_MAX - 1 bytes) and
+ * message (at most RECORDS_MESSAGE_MAX - 1 bytes). errors is valid only during the call; a
+ * valid record costs no allocation. A non-zero return stops validation and is returned by
  * feed/finish. */
-#define RECORDS_MAX_ERRORS 16
+#define RECORDS_MAX_ERRORS  16
+#define RECORDS_FIELD_MAX   132
+#define RECORDS_MESSAGE_MAX 200
 
-typedef int (*records_record_cb)(void *ud, const char *raw, size_t raw_len,
-                                 const records_error *errors, size_t n_errors);
+typedef int (*records_record_cb)(void *ud, const char *raw, size_t raw_len, uint64_t record,
+                                 const diag *errors);
 
 typedef struct records_options {
     records_format format;

@@ -16,43 +16,20 @@
 
 #include <cjson/cJSON.h>
 
+#include "batchd/util.h"
+
 typedef enum rules_kind {
     RULES_KIND_REQUEST = 0,     /* the API answers 400 with its Error envelope */
     RULES_KIND_BATCH_ITEMS = 1, /* the API answers 422 INVALID_BATCH_ITEMS */
 } rules_kind;
 
-/* One broken rule. Every string is owned by the report. */
-typedef struct rules_issue {
-    rules_kind kind;
-    /* Full JSON path from the checked root, with the caller's prefix:
-     * "dataset.schema.fields.prompt.type",
-     * "batch.batch_items[0].rows[1].columns[0].items[2].answer_limit". */
-    char *path;
-    /* The top-level request member the issue belongs to ("schema", "task_details",
-     * "name", ...): the key of the 400 envelope's detail map. */
-    char *param;
-    int page, row, column, item; /* zero-based; -1 when not a batch_items issue */
-    char *item_type;             /* the item's "type" when known, else NULL */
-    char *field;                 /* the dataset_field's "field" when relevant, else NULL */
-    char *message;               /* what is wrong, for a person */
-} rules_issue;
-
-typedef struct rules_report {
-    rules_issue *issues;
-    size_t count;
-    size_t cap;
-} rules_report;
-
-void rules_report_init(rules_report *r);
-void rules_report_free(rules_report *r);
-/* How many issues of that kind the report holds. */
-size_t rules_report_count(const rules_report *r, rules_kind kind);
-/* Adds an issue (used by the checks, and by callers with issues of their own). Any of the
- * string arguments may be NULL; page..item may be -1. */
-void rules_report_add(rules_report *r, rules_kind kind, const char *path, const char *param,
-                      int page, int row, int column, int item, const char *item_type,
-                      const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 11, 12)));
+/* Issues are reported into a diag (util.h): kind is the rules_kind; path is the full JSON
+ * path from the checked root, with the caller's prefix ("dataset.schema.fields.prompt.type",
+ * "batch.batch_items[0].rows[1].columns[0].items[2].answer_limit"); param is the top-level
+ * request member the issue belongs to ("schema", "task_details", "name", ...: the key of the
+ * 400 envelope's detail map); layout is the batch_items page/row/column/item (-1 when not a
+ * batch_items issue); item_type the item's "type" when known; field the dataset_field's
+ * "field" when relevant. Callers with issues of their own add them with diag_add. */
 
 /* Field types the API knows (text, image_url, metadata, task_group_id). */
 bool rules_field_type_known(const char *type);
@@ -63,11 +40,11 @@ bool rules_field_type_displayable(const char *type);
  * 1 to 200 fields, keys 1..128 characters (unique), labels at most 255, at most one
  * task_group_id. Unknown members pass (the OpenAPI allows them). All issues are REQUEST
  * issues with param "schema". prefix is the path of `schema` itself. */
-void rules_check_schema(const cJSON *schema, const char *prefix, rules_report *r);
+void rules_check_schema(const cJSON *schema, const char *prefix, diag *r);
 
 /* task_details: task_name, task_introduction, task_steps, all required strings (the
  * OpenAPI sets no minimum length, so "" passes). param "task_details". */
-void rules_check_task_details(const cJSON *task_details, const char *prefix, rules_report *r);
+void rules_check_task_details(const cJSON *task_details, const char *prefix, diag *r);
 
 /* batch_items: pages -> rows (1..2 columns) -> items, each item type's required fields and
  * rules. schema is the attached dataset's schema, or NULL when no dataset (or a dataset
@@ -77,16 +54,16 @@ void rules_check_task_details(const cJSON *task_details, const char *prefix, rul
  * issues; the semantic rules are BATCH_ITEMS issues. Every issue inside the layout carries
  * the page/row/column/item indices it has (-1 for the levels below it) and the item type. */
 void rules_check_batch_items(const cJSON *batch_items, const cJSON *schema, const char *prefix,
-                             rules_report *r);
+                             diag *r);
 
 /* Whole request bodies, as the API checks them (paths have no prefix). */
-void rules_check_dataset_create(const cJSON *body, rules_report *r);
+void rules_check_dataset_create(const cJSON *body, diag *r);
 /* dataset_schema: the schema of the dataset named by body.dataset_id, NULL if none. */
-void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, rules_report *r);
+void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, diag *r);
 /* PATCH /batches/{id}: every member optional; task_details, when sent, needs all three. */
-void rules_check_batch_update(const cJSON *body, const cJSON *dataset_schema, rules_report *r);
+void rules_check_batch_update(const cJSON *body, const cJSON *dataset_schema, diag *r);
 /* body may be NULL (setup needs no body). */
-void rules_check_setup(const cJSON *body, rules_report *r);
+void rules_check_setup(const cJSON *body, diag *r);
 
 /* The API's answer for a failed check: REQUEST issues win and give 400 with
  * {"error": {"status": 400, "error_code": ..., "title": "Bad Request",
@@ -94,8 +71,8 @@ void rules_check_setup(const cJSON *body, rules_report *r);
  * otherwise 422 {"type": "INVALID_BATCH_ITEMS", "message": ..., "issues": [...]}.
  * Issues of the 400 detail carry their path when it is deeper than the param
  * ("schema.fields.x.type: ..."); body-level issues go under "non_field_errors".
- * Returns NULL (and *http_status = 0) for an empty report. Free with cJSON_Delete. */
-cJSON *rules_report_to_api_error(const rules_report *r, int *http_status);
+ * Returns NULL (and *http_status = 0) for an empty diag. Free with cJSON_Delete. */
+cJSON *rules_api_error(const diag *r, int *http_status);
 
 /* The API's Error envelope for any status (used for 401, 404, 405, 409 ...):
  * {"error": {"status", "error_code": 0, "title", "detail": detail (title when NULL)}}. */

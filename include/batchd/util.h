@@ -89,19 +89,38 @@ char *json_print(const cJSON *j);
 /* Prints with indentation and a trailing newline; free() it. */
 char *json_print_pretty(const cJSON *j);
 
-/* diag: the one list of problems found in a configuration, a job's manifest, its records
- * or its intake check. An entry has a severity, where it is (every part optional: NULL or
- * 0) and a message; lines[i] is entry i as one line, "file:line: message", "file: message"
- * or "message", the text every printer and log line shows. A zeroed diag keeps every entry;
- * with max > 0 it keeps the first max and only counts the rest (dropped). */
+/* diag: the one list of problems found in a configuration, a job's manifest, its records,
+ * its intake check or an API request (rules.h). An entry has a severity, where it is (every
+ * part optional: NULL or 0) and a message; lines[i] is entry i as one line,
+ * "file:line: message", "file: message" or "message", the text every printer and log line
+ * shows. A zeroed diag keeps every entry; with max > 0 it keeps the first max and only counts
+ * the rest (dropped); with text_max > 0 a message is cut to text_max - 1 bytes, as snprintf
+ * into a buffer of text_max bytes cuts it. */
 typedef enum diag_severity { DIAG_ERROR = 0, DIAG_WARNING = 1 } diag_severity;
+
+/* How diag_to_json writes an entry, for lists whose readers know another key order
+ * (man/batchd.8.scd, error.json): the default is file, line, column, path, field, message. */
+enum {
+    DIAG_JSON_PATH_FIRST = 1 << 0, /* "path" before "file" */
+    DIAG_JSON_FIELD_NULL = 1 << 1, /* "field": null when the entry has no field */
+};
+
+/* Where in a batch_items layout (rules.h): zero-based indices, -1 for the levels below it. */
+typedef struct diag_layout {
+    int page, row, column, item;
+} diag_layout;
 
 typedef struct diag_where {
     const char *file;  /* a file as shown to people */
     uint64_t line;     /* 1-based */
     int column;        /* 1-based */
     const char *path;  /* a JSON path ("dataset.file") */
-    const char *field; /* a record's field */
+    const char *field; /* a record's field, or a dataset field an API rule is about */
+    int kind;          /* the reporting module's class of problem (rules_kind); 0 by default */
+    const char *param; /* the API request member the problem belongs to (rules.h) */
+    const diag_layout *layout; /* NULL: not in a layout (every index -1) */
+    const char *item_type;     /* the layout item's "type" when known */
+    unsigned json;             /* DIAG_JSON_* flags */
 } diag_where;
 
 typedef struct diag_entry {
@@ -111,6 +130,11 @@ typedef struct diag_entry {
     int column;
     char *path;
     char *field;
+    int kind;
+    char *param;
+    diag_layout layout;
+    char *item_type;
+    unsigned json;
     char *message;
 } diag_entry;
 
@@ -119,6 +143,7 @@ typedef struct diag {
     size_t count;
     diag_entry *entries;
     size_t max;
+    size_t text_max;
     uint64_t dropped;
 } diag;
 
@@ -127,12 +152,18 @@ void diag_add(diag *d, diag_severity sev, const diag_where *w, const char *fmt, 
     __attribute__((format(printf, 4, 5)));
 void diag_vadd(diag *d, diag_severity sev, const diag_where *w, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
+/* When entries were dropped: appends one more entry, past max, at w, saying
+ * "... and N more<tail>", and clears dropped, for lists whose readers take only entries. */
+void diag_add_more(diag *d, const diag_where *w, const char *tail);
+/* How many entries are of that kind. */
+size_t diag_count_kind(const diag *d, int kind);
 /* "... and N more" when entries were dropped, else NULL; free(). */
 char *diag_more_text(const diag *d);
 /* Appends each entry to array as {file, line, column, path, field, message}, with only the
- * parts it has, then {"message": "... and N more"} when entries were dropped. */
+ * parts it has, in the order its DIAG_JSON_* flags ask, then {"message": "... and N more"}
+ * when entries were dropped. */
 void diag_to_json(const diag *d, cJSON *array);
-/* Frees the entries and leaves d empty (max is kept). */
+/* Frees the entries and leaves d empty (max and text_max are kept). */
 void diag_free(diag *d);
 
 /* error.json (man/batchd.8.scd), built in one place for every writer of it. Strings that

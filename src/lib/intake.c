@@ -63,71 +63,24 @@ static void set_failure(intake_result *r, const char *code, const char *fmt, ...
     r->code = code;
 }
 
-/* ---- the error list, capped ---- */
+/* ---- the error list ----
+ * A diag capped at INTAKE_MAX_ERRORS (util.h adds the final "... and N more"). Record
+ * problems are written as {"line", "field", "message"} with field null for a whole record,
+ * problems of the data file as {"path", "file", "message"} (intake.h). */
 
-typedef struct error_list {
-    cJSON *arr;
-    size_t kept;
-    uint64_t dropped;
-} error_list;
-
-static bool errors_room(error_list *el)
+static void error_at_line(diag *el, uint64_t line, const char *field, const char *msg)
 {
-    if (el->kept < INTAKE_MAX_ERRORS)
-        return true;
-    el->dropped++;
-    return false;
-}
-
-static void errors_add_record(error_list *el, uint64_t line, const char *field, const char *msg)
-{
-    if (!errors_room(el))
-        return;
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddNumberToObject(e, "line", (double)line);
-    json_add_str_or_null(e, "field", field && *field ? field : NULL);
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddItemToArray(el->arr, e);
-    el->kept++;
+    const diag_where w = {
+        .line = line, .field = field && *field ? field : NULL, .json = DIAG_JSON_FIELD_NULL};
+    diag_add(el, DIAG_ERROR, &w, "%s", msg);
 }
 
 /* A problem with the data file as a whole (unreadable, empty, not a regular file): the
  * entry names the file and the job.json member that chose it, since there is no line. */
-static void errors_add_file(error_list *el, const char *file, const char *msg)
+static void error_in_file(diag *el, const char *file, const char *msg)
 {
-    if (!errors_room(el))
-        return;
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "path", "dataset.file");
-    cJSON_AddStringToObject(e, "file", file);
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddItemToArray(el->arr, e);
-    el->kept++;
-}
-
-static void errors_finish(error_list *el)
-{
-    if (!el->dropped)
-        return;
-    char msg[96];
-    snprintf(msg, sizeof msg, "... and %llu more", (unsigned long long)el->dropped);
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddItemToArray(el->arr, e);
-}
-
-/* Moves manifest issues into the capped list. */
-static void errors_take(error_list *el, cJSON *from)
-{
-    cJSON *e;
-    while ((e = cJSON_DetachItemFromArray(from, 0)) != NULL) {
-        if (errors_room(el)) {
-            cJSON_AddItemToArray(el->arr, e);
-            el->kept++;
-        } else {
-            cJSON_Delete(e);
-        }
-    }
+    const diag_where w = {.file = file, .path = "dataset.file", .json = DIAG_JSON_PATH_FIRST};
+    diag_add(el, DIAG_ERROR, &w, "%s", msg);
 }
 
 /* ---- buffered durable output ---- */
@@ -239,23 +192,22 @@ static void utf8_sanitize(const char *s, size_t n, strbuf *out)
 /* ---- streaming the records ---- */
 
 typedef struct pass_ctx {
-    error_list *errs;  /* pass 1: collect problems */
+    diag *errs;        /* pass 1: collect problems */
     outfile *cleaned;  /* pass 2: valid records */
     outfile *rejected; /* pass 2: rejected records */
     records_validator *v;
     bool header_written;
 } pass_ctx;
 
-static void write_rejected(outfile *o, const char *raw, size_t raw_len, const records_error *errors,
-                           size_t n_errors)
+static void write_rejected(outfile *o, const char *raw, size_t raw_len, const diag *errors)
 {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "line", (double)errors[0].line);
+    cJSON_AddNumberToObject(j, "line", (double)errors->entries[0].line);
     cJSON *arr = cJSON_AddArrayToObject(j, "errors");
-    for (size_t i = 0; i < n_errors; i++) {
+    for (size_t i = 0; i < errors->count; i++) {
         cJSON *e = cJSON_CreateObject();
-        json_add_str_or_null(e, "field", errors[i].field[0] ? errors[i].field : NULL);
-        cJSON_AddStringToObject(e, "message", errors[i].message);
+        json_add_str_or_null(e, "field", errors->entries[i].field);
+        cJSON_AddStringToObject(e, "message", errors->entries[i].message);
         cJSON_AddItemToArray(arr, e);
     }
     if (raw_len) {
@@ -273,13 +225,14 @@ static void write_rejected(outfile *o, const char *raw, size_t raw_len, const re
     cJSON_Delete(j);
 }
 
-static int on_record(void *ud, const char *raw, size_t raw_len, const records_error *errors,
-                     size_t n_errors)
+static int on_record(void *ud, const char *raw, size_t raw_len, uint64_t record, const diag *errors)
 {
+    (void)record;
     pass_ctx *ctx = ud;
     if (ctx->errs) {
-        for (size_t i = 0; i < n_errors; i++)
-            errors_add_record(ctx->errs, errors[i].line, errors[i].field, errors[i].message);
+        for (size_t i = 0; i < errors->count; i++)
+            error_at_line(ctx->errs, errors->entries[i].line, errors->entries[i].field,
+                          errors->entries[i].message);
         return 0;
     }
     if (!ctx->cleaned || !ctx->rejected)
@@ -293,11 +246,11 @@ static int on_record(void *ud, const char *raw, size_t raw_len, const records_er
         }
         ctx->header_written = true;
     }
-    if (n_errors == 0) {
+    if (errors->count == 0) {
         outfile_write(ctx->cleaned, raw, raw_len);
         outfile_write(ctx->cleaned, "\n", 1);
     } else {
-        write_rejected(ctx->rejected, raw, raw_len, errors, n_errors);
+        write_rejected(ctx->rejected, raw, raw_len, errors);
     }
     return (ctx->cleaned->err || ctx->rejected->err) ? -EIO : 0;
 }
@@ -501,20 +454,21 @@ static int write_skip_files(int fd, const char *dir, const records_options *ro, 
     return r;
 }
 
-static void manifest_failure(intake_result *res, const cJSON *errors)
+/* errors holds the manifest's problems only (it is empty before manifest_resolve). */
+static void manifest_failure(intake_result *res, const diag *errors)
 {
-    int n = cJSON_GetArraySize(errors);
-    const cJSON *first = cJSON_GetArrayItem(errors, 0);
-    const char *where = json_str(first, "path");
-    if (!where)
-        where = json_str(first, "file");
-    const char *msg = json_str(first, "message");
+    uint64_t n = errors->count + errors->dropped;
+    const diag_entry *first = errors->count ? &errors->entries[0] : NULL;
+    const char *where = first ? first->path : NULL;
+    if (!where && first)
+        where = first->file;
+    const char *msg = first ? first->message : NULL;
     if (n <= 1)
         set_failure(res, "invalid_job", "%s%s%s", where ? where : "", where ? ": " : "",
                     msg ? msg : "the job is invalid");
     else
-        set_failure(res, "invalid_job", "%d problems in the job's manifest; the first: %s%s%s", n,
-                    where ? where : "", where ? ": " : "", msg ? msg : "");
+        set_failure(res, "invalid_job", "%llu problems in the job's manifest; the first: %s%s%s",
+                    (unsigned long long)n, where ? where : "", where ? ": " : "", msg ? msg : "");
 }
 
 /* Everything after the manifest: the data file and its records. */
@@ -545,20 +499,20 @@ static int accept_records(int fd, const char *dir, const records_options *ro, si
 }
 
 static int check_data(const char *dir, const config *cfg, const atomic_int *cancel,
-                      const intake_options *opts, error_list *el, intake_result *res)
+                      const intake_options *opts, diag *el, intake_result *res)
 {
     const char *shown = res->upload_name;
     struct stat st;
     memset(&st, 0, sizeof st);
     int fd = open_data(res->data_path, shown, res, &st);
     if (fd < 0) {
-        errors_add_file(el, shown, res->message);
+        error_in_file(el, shown, res->message);
         return fd;
     }
     if (st.st_size == 0) {
         close(fd);
         set_failure(res, "invalid_records", "%s is empty: it must hold at least one record", shown);
-        errors_add_file(el, shown, res->message);
+        error_in_file(el, shown, res->message);
         return 0;
     }
     records_format fmt;
@@ -579,9 +533,9 @@ static int check_data(const char *dir, const config *cfg, const atomic_int *canc
     int r = md ? run_pass(fd, &ro, &ctx, chunk, cancel, md, &po) : -ENOMEM;
     /* A file error at line 0 concerns the whole file (no records at all): no line to name. */
     if (po.file_error && po.file_error_line > 0)
-        errors_add_record(el, po.file_error_line, po.file_error_field, po.file_error);
+        error_at_line(el, po.file_error_line, po.file_error_field, po.file_error);
     else if (po.file_error)
-        errors_add_file(el, shown, po.file_error);
+        error_in_file(el, shown, po.file_error);
     const records_stats *s = &po.stats;
     bool skip = cfg->job.invalid_records == CONFIG_INVALID_SKIP;
     res->bytes = (uint64_t)st.st_size;
@@ -591,7 +545,7 @@ static int check_data(const char *dir, const config *cfg, const atomic_int *canc
         char eb[128];
         errno_text(-r, eb, sizeof eb);
         set_failure(res, "invalid_job", "%s cannot be read: %s", shown, eb);
-        errors_add_file(el, shown, res->message);
+        error_in_file(el, shown, res->message);
     } else if (po.file_error && po.file_error_line > 0) {
         set_failure(res, "invalid_records", "%s:%llu: %s", shown,
                     (unsigned long long)po.file_error_line, po.file_error);
@@ -621,9 +575,7 @@ int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg
                     const atomic_int *cancel, const intake_options *opts, intake_result *out)
 {
     memset(out, 0, sizeof *out);
-    error_list el = {.arr = cJSON_CreateArray()};
-    out->errors = el.arr;
-    cJSON *merrs = cJSON_CreateArray();
+    diag el = {.max = INTAKE_MAX_ERRORS};
     struct stat st;
     int r = 0;
     char *dir = NULL;
@@ -642,13 +594,14 @@ int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg
         goto done;
     }
     bool bare = S_ISREG(st.st_mode);
-    int mr = bare ? manifest_resolve_bare(job_dir, job_name, cfg, &out->job, merrs)
-                  : manifest_resolve(job_dir, job_name, cfg, &out->job, merrs);
+    int mr = bare ? manifest_resolve_bare(job_dir, job_name, cfg, &out->job, &el)
+                  : manifest_resolve(job_dir, job_name, cfg, &out->job, &el);
     if (mr < 0) {
-        manifest_failure(out, merrs);
-        errors_take(&el, merrs);
+        manifest_failure(out, &el);
         goto done;
     }
+    /* A resolved manifest's list is not the job's (the old per-call list was dropped too). */
+    diag_free(&el);
     const char *file = json_str(cJSON_GetObjectItemCaseSensitive(out->job, "dataset"), "file");
     if (bare) {
         const char *slash = strrchr(job_dir, '/');
@@ -666,8 +619,9 @@ int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg
     out->upload_path = xstrdup(out->data_path);
     r = check_data(dir, cfg, cancel, opts, &el, out);
 done:
-    errors_finish(&el);
-    cJSON_Delete(merrs);
+    out->errors = cJSON_CreateArray();
+    diag_to_json(&el, out->errors);
+    diag_free(&el);
     free(dir);
     if (out->code)
         out->sha256[0] = '\0';
@@ -721,20 +675,16 @@ static int check_group(const char *group, FILE *out)
     return 0;
 }
 
-static void print_manifest_errors(const cJSON *errors, FILE *out)
+static void print_manifest_errors(const diag *errors, FILE *out)
 {
-    const cJSON *e;
-    cJSON_ArrayForEach(e, errors)
-    {
-        const char *file = json_str(e, "file");
-        const char *path = json_str(e, "path");
-        int64_t line = json_int64(e, "line", 0);
-        fprintf(out, "%s", file ? file : "template");
-        if (line > 0)
-            fprintf(out, ":%lld", (long long)line);
-        if (path)
-            fprintf(out, ": %s", path);
-        fprintf(out, ": %s\n", json_str(e, "message") ? json_str(e, "message") : "");
+    for (size_t i = 0; i < errors->count; i++) {
+        const diag_entry *e = &errors->entries[i];
+        fprintf(out, "%s", e->file ? e->file : "template");
+        if (e->line > 0)
+            fprintf(out, ":%llu", (unsigned long long)e->line);
+        if (e->path)
+            fprintf(out, ": %s", e->path);
+        fprintf(out, ": %s\n", e->message);
     }
 }
 
@@ -781,14 +731,13 @@ int intake_check_config(const char *path, FILE *out)
         problems += check_dir("[state] dir", c.state.dir, out);
         problems += check_group(c.control.group, out);
         if (c.job.template_path) {
-            cJSON *errs = cJSON_CreateArray();
-            if (manifest_check_template(c.job.template_path, &c, errs) < 0) {
-                if (cJSON_GetArraySize(errs) == 0)
+            if (manifest_check_template(c.job.template_path, &c, &d) < 0) {
+                if (d.count == 0)
                     fprintf(out, "[job] template %s: cannot be used\n", c.job.template_path);
-                problems += cJSON_GetArraySize(errs) ? cJSON_GetArraySize(errs) : 1;
+                problems += d.count ? (int)d.count : 1;
             }
-            print_manifest_errors(errs, out);
-            cJSON_Delete(errs);
+            print_manifest_errors(&d, out);
+            diag_free(&d);
         }
         problems += check_workspace(path, &c, out);
         if (problems == 0)

@@ -689,11 +689,12 @@ static int discover_data_file(const char *job_dir, char **found, diag *dg)
 
 /* ---- checking the whole ---- */
 
-static void add_rules_issues(const rules_report *rep, diag *dg)
+/* Only the path and message of the API rules' issues: a manifest problem names no
+ * dataset field or layout position of its own. */
+static void add_rules_issues(const diag *rep, diag *dg)
 {
     for (size_t i = 0; i < rep->count; i++)
-        merr(dg, NULL, rep->issues[i].path, "%s",
-             rep->issues[i].message ? rep->issues[i].message : "invalid");
+        merr(dg, NULL, rep->entries[i].path, "%s", rep->entries[i].message);
 }
 
 static int check_required_string(const cJSON *obj, const char *key, const char *path,
@@ -759,8 +760,7 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, dia
             n++;
         }
     }
-    rules_report rep;
-    rules_report_init(&rep);
+    diag rep = {0};
     if (schema)
         rules_check_schema(schema, "dataset.schema", &rep);
     if (td)
@@ -770,7 +770,7 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, dia
                                 &rep);
     add_rules_issues(&rep, dg);
     n += (int)rep.count;
-    rules_report_free(&rep);
+    diag_free(&rep);
     return n;
 }
 
@@ -863,53 +863,38 @@ static int resolve(const resolve_in *in, cJSON **out, diag *dg)
     return 0;
 }
 
-/* The public entry points report into a cJSON array (intake.h and batchctl show it); the
- * checks themselves report into a diag. */
 int manifest_resolve(const char *job_dir, const char *job_name, const config *cfg, cJSON **out,
-                     cJSON *errors)
+                     diag *errors)
 {
     resolve_in in = {.job_dir = job_dir, .job_name = job_name, .cfg = cfg};
-    diag dg = {0};
-    int r = resolve(&in, out, &dg);
-    if (errors)
-        diag_to_json(&dg, errors);
-    diag_free(&dg);
-    return r;
+    return resolve(&in, out, errors);
 }
 
 int manifest_resolve_bare(const char *data_path, const char *job_name, const config *cfg,
-                          cJSON **out, cJSON *errors)
+                          cJSON **out, diag *errors)
 {
     char *dir = fsutil_dirname(data_path);
     resolve_in in = {
         .job_dir = dir, .bare_file = fsutil_basename(data_path), .job_name = job_name, .cfg = cfg};
-    diag dg = {0};
-    int r = resolve(&in, out, &dg);
-    if (errors)
-        diag_to_json(&dg, errors);
-    diag_free(&dg);
+    int r = resolve(&in, out, errors);
     free(dir);
     return r;
 }
 
-int manifest_check_template(const char *ref, const config *cfg, cJSON *errors)
+int manifest_check_template(const char *ref, const config *cfg, diag *errors)
 {
     chain ch = {0};
-    diag dg = {0};
     /* A bare name means a template in the templates directory; anything else is the
      * operator's path. */
     bool by_name = ref && !strchr(ref, '/');
-    int r = chain_load(&ch, ref, "[job] template", by_name, cfg, false, &dg);
+    int r = chain_load(&ch, ref, "[job] template", by_name, cfg, false, errors);
     if (r == 0) {
         cJSON *m = chain_merge(&ch);
-        if (check_resolved(m, "", false, &dg) > 0)
+        if (check_resolved(m, "", false, errors) > 0)
             r = -EINVAL;
         cJSON_Delete(m);
     }
     chain_free(&ch);
-    if (errors)
-        diag_to_json(&dg, errors);
-    diag_free(&dg);
     return r;
 }
 

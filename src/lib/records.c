@@ -210,19 +210,28 @@ static const char *url_port_problem(const char *p, size_t n)
     return NULL;
 }
 
-/* Why s is not an absolute http(s) URL with a host, or NULL when it is one. */
-static const char *url_problem(const char *s, size_t n)
+/* The length of s's "http://" or "https://" (any case), or 0 for any other start. */
+static size_t url_scheme_len(const char *s, size_t n)
 {
-    size_t off;
     if (n >= 7 && strncasecmp(s, "http://", 7) == 0)
-        off = 7;
-    else if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
-        off = 8;
-    else
-        return "it does not start with http:// or https://";
+        return 7;
+    if (n >= 8 && strncasecmp(s, "https://", 8) == 0)
+        return 8;
+    return 0;
+}
+
+static bool has_space_or_control(const char *s, size_t n)
+{
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f)
-            return "it contains a space or control character (percent-encode it)";
+            return true;
+    return false;
+}
+
+/* The authority after the scheme (up to the path, query or fragment), without any
+ * "user:password@" part: host[:port]. */
+static const char *url_host_port(const char *s, size_t n, size_t off, size_t *len)
+{
     size_t end = off;
     while (end < n && s[end] != '/' && s[end] != '?' && s[end] != '#')
         end++;
@@ -236,22 +245,30 @@ static const char *url_problem(const char *s, size_t n)
         alen -= (size_t)(at + 1 - auth);
         auth = at + 1;
     }
-    if (alen == 0)
-        return "it has no host";
-    if (auth[0] == '[') { /* IPv6 literal */
-        const char *close = memchr(auth, ']', alen);
-        if (!close || close == auth + 1)
+    *len = alen;
+    return auth;
+}
+
+/* "[v6]" or "[v6]:port" (auth starts with '['). */
+static const char *url_ipv6_problem(const char *auth, size_t alen)
+{
+    const char *close = memchr(auth, ']', alen);
+    if (!close || close == auth + 1)
+        return "its IPv6 host is malformed";
+    for (const char *p = auth + 1; p < close; p++)
+        if (!(host_byte_ok((unsigned char)*p) || *p == ':'))
             return "its IPv6 host is malformed";
-        for (const char *p = auth + 1; p < close; p++)
-            if (!(host_byte_ok((unsigned char)*p) || *p == ':'))
-                return "its IPv6 host is malformed";
-        size_t rest = alen - (size_t)(close + 1 - auth);
-        if (rest == 0)
-            return NULL;
-        if (close[1] != ':')
-            return "its host is malformed";
-        return url_port_problem(close + 2, rest - 1);
-    }
+    size_t rest = alen - (size_t)(close + 1 - auth);
+    if (rest == 0)
+        return NULL;
+    if (close[1] != ':')
+        return "its host is malformed";
+    return url_port_problem(close + 2, rest - 1);
+}
+
+/* "host" or "host:port", host a name or an IPv4 address. */
+static const char *url_name_problem(const char *auth, size_t alen)
+{
     const char *colon = memchr(auth, ':', alen);
     size_t hlen = colon ? (size_t)(colon - auth) : alen;
     if (hlen == 0)
@@ -262,6 +279,23 @@ static const char *url_problem(const char *s, size_t n)
     if (colon)
         return url_port_problem(colon + 1, alen - hlen - 1);
     return NULL;
+}
+
+/* Why s is not an absolute http(s) URL with a host, or NULL when it is one. */
+static const char *url_problem(const char *s, size_t n)
+{
+    size_t off = url_scheme_len(s, n);
+    if (off == 0)
+        return "it does not start with http:// or https://";
+    if (has_space_or_control(s, n))
+        return "it contains a space or control character (percent-encode it)";
+    size_t alen;
+    const char *auth = url_host_port(s, n, off, &alen);
+    if (alen == 0)
+        return "it has no host";
+    if (auth[0] == '[') /* IPv6 literal */
+        return url_ipv6_problem(auth, alen);
+    return url_name_problem(auth, alen);
 }
 
 /* ---- validator state ---------------------------------------------------------------- */
@@ -321,15 +355,13 @@ struct records_validator {
     strbuf key_buf, val_buf;
     uint32_t *seen; /* seen[i] == gen: field i occurs in the current record */
     uint32_t gen;
-    records_error errs[RECORDS_MAX_ERRORS];
-    size_t nerr;
-    uint64_t dropped;
+    diag errs; /* the current record's problems; empty (nothing allocated) while it is valid */
 
     records_stats st;
     char *file_error;
     uint64_t file_error_line;
-    char file_error_field[132]; /* the header column a header error is about, or "" */
-    bool halted;                /* after a file error: bytes are counted, not validated */
+    char file_error_field[RECORDS_FIELD_MAX]; /* the header column a header error is about, or "" */
+    bool halted; /* after a file error: bytes are counted, not validated */
     bool finished;
     int rc;
 };
@@ -348,6 +380,9 @@ records_validator *records_new(const records_options *opts)
     v->col_field = xcalloc(v->schema->n, sizeof(*v->col_field));
     strbuf_init(&v->key_buf);
     strbuf_init(&v->val_buf);
+    /* The last place is kept for the summary of the rest (emit). */
+    v->errs.max = RECORDS_MAX_ERRORS - 1;
+    v->errs.text_max = RECORDS_MESSAGE_MAX;
     return v;
 }
 
@@ -360,6 +395,7 @@ void records_free(records_validator *v)
     free(v->col_field);
     free(v->seen);
     free(v->file_error);
+    diag_free(&v->errs);
     strbuf_free(&v->key_buf);
     strbuf_free(&v->val_buf);
     free(v);
@@ -432,17 +468,12 @@ static void rec_error(records_validator *v, const char *field, size_t field_len,
 static void rec_error(records_validator *v, const char *field, size_t field_len, const char *fmt,
                       ...)
 {
-    if (v->nerr >= RECORDS_MAX_ERRORS - 1) {
-        v->dropped++;
-        return;
-    }
-    records_error *e = &v->errs[v->nerr++];
-    e->line = v->rec_line;
-    e->record = v->st.records;
-    copy_cut(e->field, sizeof(e->field), field ? field : "", field ? field_len : 0);
+    char cut[RECORDS_FIELD_MAX];
+    copy_cut(cut, sizeof cut, field ? field : "", field ? field_len : 0);
+    const diag_where w = {.line = v->rec_line, .field = cut[0] ? cut : NULL};
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->message, sizeof(e->message), fmt, ap);
+    diag_vadd(&v->errs, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
 }
 
@@ -458,25 +489,18 @@ static void set_file_error(records_validator *v, uint64_t line, const char *msg)
 /* Passes the finished record to the callback and resets the per-record problems. */
 static int emit(records_validator *v, const char *raw, size_t raw_len)
 {
-    /* rec_error keeps the last slot free for this summary. */
-    if (v->dropped > 0 && v->nerr == RECORDS_MAX_ERRORS - 1) {
-        records_error *e = &v->errs[v->nerr++];
-        e->line = v->rec_line;
-        e->record = v->st.records;
-        e->field[0] = '\0';
-        snprintf(e->message, sizeof(e->message), "... and %llu more problems in this record",
-                 (unsigned long long)v->dropped);
-    }
-    if (v->nerr == 0)
+    /* The list keeps its last place free for this summary. */
+    diag_add_more(&v->errs, &(diag_where){.line = v->rec_line}, " problems in this record");
+    if (v->errs.count == 0)
         v->st.valid++;
     else
         v->st.invalid++;
     int rc = 0;
     if (v->on_record)
-        rc = v->on_record(v->ud, raw ? raw : "", raw_len, v->errs, v->nerr);
+        rc = v->on_record(v->ud, raw ? raw : "", raw_len, v->st.records, &v->errs);
     v->st.records++;
-    v->nerr = 0;
-    v->dropped = 0;
+    if (v->errs.count)
+        diag_free(&v->errs);
     if (rc != 0)
         v->rc = rc;
     return rc;
@@ -649,8 +673,7 @@ static void jsonl_check(records_validator *v, const char *raw, size_t len)
     rj_error err;
     if (rj_parse_object(raw, len, &v->key_buf, jsonl_member, v, &err) < 0) {
         /* Member problems before a syntax error are noise: the line must be fixed first. */
-        v->nerr = 0;
-        v->dropped = 0;
+        diag_free(&v->errs);
         rec_error(v, NULL, 0, "malformed JSON at byte %zu: %s", err.pos + 1, err.msg);
         return;
     }

@@ -1,5 +1,5 @@
 /* rules: the dataset schema, task_details, whole request bodies and the API's two error
- * shapes. The batch_items walk is in rules_items.c; the report and the checking helpers both
+ * shapes. The batch_items walk is in rules_items.c; the checking context and helpers both
  * share are in rules_ctx.c.
  *
  * Source of truth is Prolific's published OpenAPI description of the Task Builder API. It
@@ -154,7 +154,7 @@ void rules_schema_walk(rules_ctx *c, const cJSON *schema)
         check_schema_fields(c, fields);
 }
 
-void rules_check_schema(const cJSON *schema, const char *prefix, rules_report *r)
+void rules_check_schema(const cJSON *schema, const char *prefix, diag *r)
 {
     rules_ctx c;
     rctx_init(&c, r, prefix, "schema");
@@ -186,7 +186,7 @@ static void task_details_walk(rules_ctx *c, const cJSON *td)
     }
 }
 
-void rules_check_task_details(const cJSON *task_details, const char *prefix, rules_report *r)
+void rules_check_task_details(const cJSON *task_details, const char *prefix, diag *r)
 {
     rules_ctx c;
     rctx_init(&c, r, prefix, "task_details");
@@ -240,7 +240,7 @@ static void check_uuid_member(rules_ctx *c, const cJSON *body, const char *key)
     }
 }
 
-void rules_check_dataset_create(const cJSON *body, rules_report *r)
+void rules_check_dataset_create(const cJSON *body, diag *r)
 {
     rules_ctx c;
     rctx_init(&c, r, "", BODY_PARAM);
@@ -261,8 +261,7 @@ void rules_check_dataset_create(const cJSON *body, rules_report *r)
 
 /* The members create and update share; `creating` makes name, workspace_id and
  * task_details required. */
-static void check_batch_body(const cJSON *body, const cJSON *dataset_schema, bool creating,
-                             rules_report *r)
+static void check_batch_body(const cJSON *body, const cJSON *dataset_schema, bool creating, diag *r)
 {
     rules_ctx c;
     rctx_init(&c, r, "", BODY_PARAM);
@@ -296,17 +295,17 @@ done:
     rctx_fini(&c);
 }
 
-void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, rules_report *r)
+void rules_check_batch_create(const cJSON *body, const cJSON *dataset_schema, diag *r)
 {
     check_batch_body(body, dataset_schema, true, r);
 }
 
-void rules_check_batch_update(const cJSON *body, const cJSON *dataset_schema, rules_report *r)
+void rules_check_batch_update(const cJSON *body, const cJSON *dataset_schema, diag *r)
 {
     check_batch_body(body, dataset_schema, false, r);
 }
 
-void rules_check_setup(const cJSON *body, rules_report *r)
+void rules_check_setup(const cJSON *body, diag *r)
 {
     /* The OpenAPI does not require a request body for setup: none means all defaults. */
     if (!body)
@@ -340,21 +339,21 @@ cJSON *rules_error_envelope(int status, const char *title, const char *detail)
 }
 
 /* One 400 detail message: the path below the param tells which part of it is wrong. */
-static char *detail_message(const rules_issue *is)
+static char *detail_message(const diag_entry *is)
 {
     const char *param = is->param ? is->param : BODY_PARAM;
-    if (!*is->path || strcmp(is->path, param) == 0)
+    if (!is->path || !*is->path || strcmp(is->path, param) == 0)
         return xstrdup(is->message);
     return xasprintf("%s: %s", is->path, is->message);
 }
 
-static cJSON *request_error(const rules_report *r)
+static cJSON *request_error(const diag *r)
 {
     cJSON *root = rules_error_envelope(400, "Bad Request", NULL);
     cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
     cJSON *detail = cJSON_CreateObject();
     for (size_t i = 0; i < r->count; i++) {
-        const rules_issue *is = &r->issues[i];
+        const diag_entry *is = &r->entries[i];
         if (is->kind != RULES_KIND_REQUEST)
             continue;
         const char *param = is->param ? is->param : BODY_PARAM;
@@ -369,7 +368,7 @@ static cJSON *request_error(const rules_report *r)
     return root;
 }
 
-static cJSON *batch_items_error(const rules_report *r, size_t n)
+static cJSON *batch_items_error(const diag *r, size_t n)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "type", "INVALID_BATCH_ITEMS");
@@ -378,15 +377,15 @@ static cJSON *batch_items_error(const rules_report *r, size_t n)
     free(msg);
     cJSON *issues = cJSON_AddArrayToObject(root, "issues");
     for (size_t i = 0; i < r->count; i++) {
-        const rules_issue *is = &r->issues[i];
+        const diag_entry *is = &r->entries[i];
         if (is->kind != RULES_KIND_BATCH_ITEMS)
             continue;
         cJSON *o = cJSON_CreateObject();
         /* page..item are required integers in the API's shape; -1 stands for "none" */
-        cJSON_AddNumberToObject(o, "page", is->page);
-        cJSON_AddNumberToObject(o, "row", is->row);
-        cJSON_AddNumberToObject(o, "column", is->column);
-        cJSON_AddNumberToObject(o, "item", is->item);
+        cJSON_AddNumberToObject(o, "page", is->layout.page);
+        cJSON_AddNumberToObject(o, "row", is->layout.row);
+        cJSON_AddNumberToObject(o, "column", is->layout.column);
+        cJSON_AddNumberToObject(o, "item", is->layout.item);
         cJSON_AddStringToObject(o, "type", is->item_type ? is->item_type : "unknown");
         if (is->field)
             cJSON_AddStringToObject(o, "field", is->field);
@@ -396,14 +395,14 @@ static cJSON *batch_items_error(const rules_report *r, size_t n)
     return root;
 }
 
-cJSON *rules_report_to_api_error(const rules_report *r, int *http_status)
+cJSON *rules_api_error(const diag *r, int *http_status)
 {
     if (!r || r->count == 0) {
         if (http_status)
             *http_status = 0;
         return NULL;
     }
-    if (rules_report_count(r, RULES_KIND_REQUEST) > 0) {
+    if (diag_count_kind(r, RULES_KIND_REQUEST) > 0) {
         if (http_status)
             *http_status = 400;
         return request_error(r);

@@ -1,4 +1,4 @@
-/* rules_ctx: what rules.c and rules_items.c both build on: the report, the checking context
+/* rules_ctx: what rules.c and rules_items.c both build on: the checking context
  * and its JSON path, the JSON helpers and the typed member checks (rules_internal.h). Kept
  * apart so that the two checkers depend on this file and never on each other. */
 #include <math.h>
@@ -16,88 +16,9 @@
 
 const char *const rules_field_types[] = {"text", "image_url", "metadata", "task_group_id", NULL};
 
-/* ---- report ---------------------------------------------------------------------------- */
-
-void rules_report_init(rules_report *r)
-{
-    r->issues = NULL;
-    r->count = 0;
-    r->cap = 0;
-}
-
-void rules_report_free(rules_report *r)
-{
-    if (!r)
-        return;
-    for (size_t i = 0; i < r->count; i++) {
-        rules_issue *is = &r->issues[i];
-        free(is->path);
-        free(is->param);
-        free(is->item_type);
-        free(is->field);
-        free(is->message);
-    }
-    free(r->issues);
-    rules_report_init(r);
-}
-
-static char *dup_or_null(const char *s)
-{
-    return s ? xstrdup(s) : NULL;
-}
-
-static void report_vadd(rules_report *r, rules_kind kind, const char *path, const char *param,
-                        const int loc[4], const char *item_type, const char *field, const char *fmt,
-                        va_list ap) __attribute__((format(printf, 8, 0)));
-
-static void report_vadd(rules_report *r, rules_kind kind, const char *path, const char *param,
-                        const int loc[4], const char *item_type, const char *field, const char *fmt,
-                        va_list ap)
-{
-    if (r->count == r->cap) {
-        r->cap = r->cap ? r->cap * 2 : 8;
-        r->issues = xrealloc(r->issues, r->cap * sizeof *r->issues);
-    }
-    rules_issue *is = &r->issues[r->count++];
-    is->kind = kind;
-    is->path = xstrdup(path ? path : "");
-    is->param = dup_or_null(param);
-    is->page = loc[0];
-    is->row = loc[1];
-    is->column = loc[2];
-    is->item = loc[3];
-    is->item_type = dup_or_null(item_type);
-    is->field = dup_or_null(field);
-    strbuf sb;
-    strbuf_init(&sb);
-    if (fmt)
-        strbuf_vprintf(&sb, fmt, ap);
-    is->message = strbuf_steal(&sb);
-}
-
-void rules_report_add(rules_report *r, rules_kind kind, const char *path, const char *param,
-                      int page, int row, int column, int item, const char *item_type,
-                      const char *field, const char *fmt, ...)
-{
-    const int loc[4] = {page, row, column, item};
-    va_list ap;
-    va_start(ap, fmt);
-    report_vadd(r, kind, path, param, loc, item_type, field, fmt, ap);
-    va_end(ap);
-}
-
-size_t rules_report_count(const rules_report *r, rules_kind kind)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < r->count; i++)
-        if (r->issues[i].kind == kind)
-            n++;
-    return n;
-}
-
 /* ---- context and paths ----------------------------------------------------------------- */
 
-void rctx_init(rules_ctx *c, rules_report *r, const char *prefix, const char *param)
+void rctx_init(rules_ctx *c, diag *r, const char *prefix, const char *param)
 {
     c->r = r;
     strbuf_init(&c->path);
@@ -170,11 +91,16 @@ void rctx_issue(rules_ctx *c, rules_kind kind, const char *member, const char *f
     size_t mark = c->path.len;
     if (member)
         append_key(&c->path, member);
-    const int loc[4] = {c->page, c->row, c->column, c->item};
+    const diag_layout layout = {c->page, c->row, c->column, c->item};
+    const diag_where w = {.path = c->path.data ? c->path.data : "",
+                          .field = c->field,
+                          .kind = (int)kind,
+                          .param = c->param,
+                          .layout = &layout,
+                          .item_type = c->item_type};
     va_list ap;
     va_start(ap, fmt);
-    report_vadd(c->r, kind, c->path.data ? c->path.data : "", c->param, loc, c->item_type, c->field,
-                fmt, ap);
+    diag_vadd(c->r, DIAG_ERROR, &w, fmt, ap);
     va_end(ap);
     rctx_pop(c, mark);
 }

@@ -1,5 +1,5 @@
 /* rules_internal: what rules.c and rules_items.c share and nobody else sees: the checking
- * context (report, JSON path being built, batch_items location) and the typed member
+ * context (the diag issues go to, JSON path being built, batch_items location) and the typed member
  * accessors that report a missing or mistyped member in one place, with one wording. All of
  * it is defined in rules_ctx.c, so neither checker calls into the other. */
 #ifndef BATCHD_RULES_INTERNAL_H
@@ -17,7 +17,7 @@
 /* Where a check is: the path grows and shrinks as the walk descends (rctx_push_* returns a
  * mark; rctx_pop restores it), so no path is allocated until an issue is reported. */
 typedef struct rules_ctx {
-    rules_report *r;
+    diag *r;
     strbuf path;
     const char *param;
     int page, row, column, item;
@@ -25,7 +25,7 @@ typedef struct rules_ctx {
     const char *field;
 } rules_ctx;
 
-void rctx_init(rules_ctx *c, rules_report *r, const char *prefix, const char *param);
+void rctx_init(rules_ctx *c, diag *r, const char *prefix, const char *param);
 void rctx_fini(rules_ctx *c);
 size_t rctx_push_key(rules_ctx *c, const char *key);
 size_t rctx_push_index(rules_ctx *c, size_t index);

@@ -698,7 +698,7 @@ void rules_items_walk(rules_ctx *c, const cJSON *batch_items, const cJSON *schem
 }
 
 void rules_check_batch_items(const cJSON *batch_items, const cJSON *schema, const char *prefix,
-                             rules_report *r)
+                             diag *r)
 {
     rules_ctx c;
     rctx_init(&c, r, prefix, "batch_items");

@@ -333,19 +333,19 @@ cJSON *simcore_state_json(const simcore *sim, int64_t now_ms)
 /* A 400 whose detail maps one request member to one message, as validation errors do. */
 static void respond_field_error(simcore_response *resp, const char *param, const char *msg)
 {
-    rules_report r;
-    rules_report_init(&r);
-    rules_report_add(&r, RULES_KIND_REQUEST, param, param, -1, -1, -1, -1, NULL, NULL, "%s", msg);
+    diag r = {0};
+    diag_add(&r, DIAG_ERROR,
+             &(diag_where){.path = param, .kind = RULES_KIND_REQUEST, .param = param}, "%s", msg);
     int status = 400;
-    cJSON *j = rules_report_to_api_error(&r, &status);
-    rules_report_free(&r);
+    cJSON *j = rules_api_error(&r, &status);
+    diag_free(&r);
     sim_respond_json(resp, status, j);
 }
 
-static void respond_report(simcore_response *resp, const rules_report *r)
+static void respond_report(simcore_response *resp, const diag *r)
 {
     int status = 400;
-    cJSON *j = rules_report_to_api_error(r, &status);
+    cJSON *j = rules_api_error(r, &status);
     sim_respond_json(resp, status, j);
 }
 
@@ -367,15 +367,14 @@ static char *find_group_field(const cJSON *schema)
 static void handle_create_dataset(simcore *sim, const cJSON *body, int64_t now,
                                   simcore_response *resp)
 {
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_dataset_create(body, &r);
     if (r.count) {
         respond_report(resp, &r);
-        rules_report_free(&r);
+        diag_free(&r);
         return;
     }
-    rules_report_free(&r);
+    diag_free(&r);
     const cJSON *schema = cJSON_GetObjectItemCaseSensitive(body, "schema");
     if (schema && !cJSON_IsNull(schema)) {
         records_schema *rs = records_schema_new(schema);
@@ -558,21 +557,22 @@ static void assign_ids(cJSON *arr, int64_t now, int64_t *inputs)
 
 /* A dataset the request names must exist and live in the request's workspace. */
 static sim_dataset *check_dataset_ref(simcore *sim, const cJSON *body, const char *workspace,
-                                      rules_report *r)
+                                      diag *r)
 {
+    static const diag_where dataset_id_at = {
+        .path = "dataset_id", .kind = RULES_KIND_REQUEST, .param = "dataset_id"};
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(body, "dataset_id");
     if (!cJSON_IsString(ds))
         return NULL;
     sim_dataset *d = sim_find_dataset(sim, ds->valuestring);
     if (!d) {
-        rules_report_add(r, RULES_KIND_REQUEST, "dataset_id", "dataset_id", -1, -1, -1, -1, NULL,
-                         NULL, "Dataset '%s' does not exist.", ds->valuestring);
+        diag_add(r, DIAG_ERROR, &dataset_id_at, "Dataset '%s' does not exist.", ds->valuestring);
         return NULL;
     }
     if (workspace && strcmp(d->workspace_id, workspace) != 0) {
-        rules_report_add(r, RULES_KIND_REQUEST, "dataset_id", "dataset_id", -1, -1, -1, -1, NULL,
-                         NULL, "Dataset '%s' belongs to workspace '%s', not to '%s'.", d->id,
-                         d->workspace_id, workspace);
+        diag_add(r, DIAG_ERROR, &dataset_id_at,
+                 "Dataset '%s' belongs to workspace '%s', not to '%s'.", d->id, d->workspace_id,
+                 workspace);
         return NULL;
     }
     return d;
@@ -581,17 +581,16 @@ static sim_dataset *check_dataset_ref(simcore *sim, const cJSON *body, const cha
 static void handle_create_batch(simcore *sim, const cJSON *body, int64_t now,
                                 simcore_response *resp)
 {
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     const char *workspace = json_str(body, "workspace_id");
     sim_dataset *d = check_dataset_ref(sim, body, workspace, &r);
     rules_check_batch_create(body, d ? d->schema : NULL, &r);
     if (r.count) {
         respond_report(resp, &r);
-        rules_report_free(&r);
+        diag_free(&r);
         return;
     }
-    rules_report_free(&r);
+    diag_free(&r);
     sim_batch *b = xcalloc(1, sizeof *b);
     uuid_v7(now, b->id);
     b->name = xstrdup(json_str(body, "name"));
@@ -688,16 +687,15 @@ static void handle_setup(simcore *sim, const simcore_route *rt, const cJSON *bod
         respond_not_found(resp, "batch", rt->id);
         return;
     }
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_setup(body, &r);
     sim_dataset *d = check_dataset_ref(sim, body, b->workspace_id, &r);
     if (r.count) {
         respond_report(resp, &r);
-        rules_report_free(&r);
+        diag_free(&r);
         return;
     }
-    rules_report_free(&r);
+    diag_free(&r);
     if (b->setup_ms >= 0) {
         char *msg = xasprintf("Batch '%s' is %s; setup is only possible while it is "
                               "UNINITIALISED.",

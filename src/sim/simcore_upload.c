@@ -87,29 +87,29 @@ static void add_group(simcore_upload *u, const char *raw, size_t len)
     sim_hashset_add(&u->groups, h);
 }
 
-static int on_record(void *ud, const char *raw, size_t raw_len, const records_error *errors,
-                     size_t n_errors)
+static int on_record(void *ud, const char *raw, size_t raw_len, uint64_t record, const diag *errors)
 {
     simcore_upload *u = ud;
-    if (n_errors == 0) {
+    if (errors->count == 0) {
         if (u->group_field)
             add_group(u, raw, raw_len);
         u->accepted++;
         return 0;
     }
     u->rejected++;
-    for (size_t i = 0; i < n_errors; i++) {
+    for (size_t i = 0; i < errors->count; i++) {
+        const diag_entry *de = &errors->entries[i];
         if (!u->first_problem[0])
             snprintf(u->first_problem, sizeof u->first_problem, "record %llu (line %llu)%s%s: %s",
-                     (unsigned long long)errors[i].record, (unsigned long long)errors[i].line,
-                     errors[i].field[0] ? ", field " : "", errors[i].field, errors[i].message);
+                     (unsigned long long)record, (unsigned long long)de->line,
+                     de->field ? ", field " : "", de->field ? de->field : "", de->message);
         if ((size_t)cJSON_GetArraySize(u->errors) >= u->max_errors)
             continue;
         cJSON *e = cJSON_CreateObject();
-        cJSON_AddNumberToObject(e, "record_index", (double)errors[i].record);
+        cJSON_AddNumberToObject(e, "record_index", (double)record);
         /* The API marks a whole-record problem with the field "_raw". */
-        cJSON_AddStringToObject(e, "field", errors[i].field[0] ? errors[i].field : "_raw");
-        cJSON_AddStringToObject(e, "reason", errors[i].message);
+        cJSON_AddStringToObject(e, "field", de->field ? de->field : "_raw");
+        cJSON_AddStringToObject(e, "reason", de->message);
         cJSON_AddItemToArray(u->errors, e);
     }
     return 0;

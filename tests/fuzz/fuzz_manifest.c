@@ -50,7 +50,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     free(p);
     cJSON *errors = cJSON_CreateArray(), *job = NULL;
-    int r = manifest_resolve(dir, "fuzz", &cfg, &job, errors);
+    diag d = {0};
+    int r = manifest_resolve(dir, "fuzz", &cfg, &job, &d);
+    diag_to_json(&d, errors);
+    diag_free(&d);
     if (r == 0) {
         const cJSON *ds = cJSON_GetObjectItem(job, "dataset"),
                     *b = cJSON_GetObjectItem(job, "batch");

@@ -68,23 +68,24 @@ static void check_valid_json(const char *raw, size_t len)
     cJSON_Delete(j);
 }
 
-static int on_record(void *ud, const char *raw, size_t raw_len, const records_error *errors,
-                     size_t n_errors)
+static int on_record(void *ud, const char *raw, size_t raw_len, uint64_t record, const diag *errors)
 {
     fuzz_run *r = ud;
     assert(raw != NULL);
     assert(raw_len <= r->max_record);
-    assert(n_errors <= RECORDS_MAX_ERRORS);
+    assert(errors->count <= RECORDS_MAX_ERRORS);
+    assert(record == r->n);
     r->digest = mix(r->digest, raw, raw_len);
-    for (size_t i = 0; i < n_errors; i++) {
-        assert(errors[i].record == r->n);
-        assert(memchr(errors[i].field, 0, sizeof(errors[i].field)) != NULL);
-        assert(memchr(errors[i].message, 0, sizeof(errors[i].message)) != NULL);
-        r->digest = mix(r->digest, &errors[i].line, sizeof(errors[i].line));
-        r->digest = mix(r->digest, errors[i].field, strlen(errors[i].field));
-        r->digest = mix(r->digest, errors[i].message, strlen(errors[i].message));
+    for (size_t i = 0; i < errors->count; i++) {
+        const diag_entry *e = &errors->entries[i];
+        const char *field = e->field ? e->field : "";
+        assert(strlen(field) < RECORDS_FIELD_MAX);
+        assert(strlen(e->message) < RECORDS_MESSAGE_MAX);
+        r->digest = mix(r->digest, &e->line, sizeof(e->line));
+        r->digest = mix(r->digest, field, strlen(field));
+        r->digest = mix(r->digest, e->message, strlen(e->message));
     }
-    if (n_errors == 0 && r->fmt == RECORDS_JSONL)
+    if (errors->count == 0 && r->fmt == RECORDS_JSONL)
         check_valid_json(raw, raw_len);
     r->n++;
     return 0;

@@ -18,20 +18,21 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void check_report(const rules_report *r)
+static void check_report(const diag *r)
 {
     for (size_t i = 0; i < r->count; i++) {
-        const rules_issue *is = &r->issues[i];
+        const diag_entry *is = &r->entries[i];
         if (!is->path || !is->message || !*is->message)
             abort();
         if (is->kind == RULES_KIND_BATCH_ITEMS &&
-            (is->page < 0 || is->row < 0 || is->column < 0 || is->item < 0 || !is->item_type))
+            (is->layout.page < 0 || is->layout.row < 0 || is->layout.column < 0 ||
+             is->layout.item < 0 || !is->item_type))
             abort();
         if (is->kind != RULES_KIND_REQUEST && is->kind != RULES_KIND_BATCH_ITEMS)
             abort();
     }
     int status = -1;
-    cJSON *err = rules_report_to_api_error(r, &status);
+    cJSON *err = rules_api_error(r, &status);
     if ((r->count == 0) != (err == NULL))
         abort();
     if (err) {
@@ -45,47 +46,46 @@ static void check_report(const rules_report *r)
     }
 }
 
-static void run(void (*check)(const cJSON *, rules_report *), const cJSON *j)
+static void run(void (*check)(const cJSON *, diag *), const cJSON *j)
 {
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     check(j, &r);
     check_report(&r);
-    rules_report_free(&r);
+    diag_free(&r);
 }
 
-static void dataset_create(const cJSON *j, rules_report *r)
+static void dataset_create(const cJSON *j, diag *r)
 {
     rules_check_dataset_create(j, r);
 }
 
-static void batch_create(const cJSON *j, rules_report *r)
+static void batch_create(const cJSON *j, diag *r)
 {
     rules_check_batch_create(j, cJSON_GetObjectItemCaseSensitive(j, "schema"), r);
 }
 
-static void batch_update(const cJSON *j, rules_report *r)
+static void batch_update(const cJSON *j, diag *r)
 {
     rules_check_batch_update(j, cJSON_GetObjectItemCaseSensitive(j, "schema"), r);
 }
 
-static void setup(const cJSON *j, rules_report *r)
+static void setup(const cJSON *j, diag *r)
 {
     rules_check_setup(j, r);
 }
 
-static void schema(const cJSON *j, rules_report *r)
+static void schema(const cJSON *j, diag *r)
 {
     rules_check_schema(j, "dataset.schema", r);
     rules_check_schema(cJSON_GetObjectItemCaseSensitive(j, "schema"), "", r);
 }
 
-static void task_details(const cJSON *j, rules_report *r)
+static void task_details(const cJSON *j, diag *r)
 {
     rules_check_task_details(j, "batch.task_details", r);
 }
 
-static void batch_items(const cJSON *j, rules_report *r)
+static void batch_items(const cJSON *j, diag *r)
 {
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "schema");
     rules_check_batch_items(j, NULL, "batch.batch_items", r);

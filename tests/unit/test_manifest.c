@@ -81,7 +81,11 @@ static int teardown(void **state)
 static int resolve(const char *job, cJSON **out, cJSON *errors)
 {
     char *dir = path_in(job);
-    int r = manifest_resolve(dir, "myjob", &cfg, out, errors);
+    diag d = {0};
+    int r = manifest_resolve(dir, "myjob", &cfg, out, &d);
+    if (errors)
+        diag_to_json(&d, errors);
+    diag_free(&d);
     free(dir);
     return r;
 }
@@ -502,12 +506,15 @@ static void test_bare_file_and_check_template(void **state)
     put("loose/job.json", "{not even json"); /* ignored for a bare file */
     char *p = path_in("loose/prompts.jsonl");
     cJSON *errors = cJSON_CreateArray(), *job = NULL;
-    assert_int_equal(manifest_resolve_bare(p, "prompts", &cfg, &job, errors), 0);
+    diag d = {0};
+    assert_int_equal(manifest_resolve_bare(p, "prompts", &cfg, &job, &d), 0);
     assert_string_equal(json_str(cJSON_GetObjectItem(job, "dataset"), "file"), "prompts.jsonl");
     cJSON_Delete(job);
-    assert_int_equal(manifest_check_template(cfg.job.template_path, &cfg, errors), 0);
+    assert_int_equal(manifest_check_template(cfg.job.template_path, &cfg, &d), 0);
     put("templates/broken.json", "{\"batch\": {\"task_details\": {\"task_name\": \"\"}}}");
-    assert_int_equal(manifest_check_template("broken", &cfg, errors), -EINVAL);
+    assert_int_equal(manifest_check_template("broken", &cfg, &d), -EINVAL);
+    diag_to_json(&d, errors);
+    diag_free(&d);
     expect_error(errors, "batch.task_details.task_steps", "missing");
     cJSON_Delete(errors);
     free(p);

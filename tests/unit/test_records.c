@@ -28,11 +28,19 @@ static const char *const SCHEMA_TWO =
 static const char *const SCHEMA_TEXT = "{\"strict\": true, \"fields\": {\"a\": {\"type\": "
                                        "\"text\"}, \"b\": {\"type\": \"text\"}}}";
 
+/* One problem as the tests look at it: field "" for a whole-record problem. */
+typedef struct rec_err {
+    uint64_t line;
+    uint64_t record;
+    char field[RECORDS_FIELD_MAX];
+    char message[RECORDS_MESSAGE_MAX];
+} rec_err;
+
 typedef struct rec_out {
     char *raw;
     size_t raw_len;
     size_t nerr;
-    records_error errs[RECORDS_MAX_ERRORS];
+    rec_err errs[RECORDS_MAX_ERRORS];
 } rec_out;
 
 typedef struct run {
@@ -49,10 +57,10 @@ typedef struct run {
     size_t max_cap;
 } run;
 
-static int collect(void *ud, const char *raw, size_t raw_len, const records_error *errors,
-                   size_t n_errors)
+static int collect(void *ud, const char *raw, size_t raw_len, uint64_t record, const diag *errors)
 {
     run *r = ud;
+    size_t n_errors = errors->count;
     assert_non_null(raw);
     assert_true(n_errors <= RECORDS_MAX_ERRORS);
     if (r->n == r->cap) {
@@ -63,7 +71,15 @@ static int collect(void *ud, const char *raw, size_t raw_len, const records_erro
     o->raw = xstrndup(raw, raw_len);
     o->raw_len = raw_len;
     o->nerr = n_errors;
-    memcpy(o->errs, errors, n_errors * sizeof(*errors));
+    for (size_t i = 0; i < n_errors; i++) {
+        const diag_entry *e = &errors->entries[i];
+        o->errs[i].line = e->line;
+        o->errs[i].record = record;
+        assert_true(strlen(e->field ? e->field : "") < sizeof o->errs[i].field);
+        assert_true(strlen(e->message) < sizeof o->errs[i].message);
+        strlcpy_bd(o->errs[i].field, e->field ? e->field : "", sizeof o->errs[i].field);
+        strlcpy_bd(o->errs[i].message, e->message, sizeof o->errs[i].message);
+    }
     return (r->stop_at >= 0 && (size_t)r->stop_at == r->n - 1) ? 7 : 0;
 }
 
@@ -862,12 +878,11 @@ typedef struct cleaner {
     size_t kept;
 } cleaner;
 
-static int clean_cb(void *ud, const char *raw, size_t raw_len, const records_error *errors,
-                    size_t n_errors)
+static int clean_cb(void *ud, const char *raw, size_t raw_len, uint64_t record, const diag *errors)
 {
-    (void)errors;
+    (void)record;
     cleaner *c = ud;
-    if (n_errors == 0) {
+    if (errors->count == 0) {
         strbuf_append(&c->out, raw, raw_len);
         strbuf_putc(&c->out, '\n');
         c->kept++;

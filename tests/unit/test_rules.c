@@ -33,12 +33,12 @@ static cJSON *parse_q(const char *text)
     "{'strict': true, 'fields': {'prompt': {'type': 'text'}, 'image': {'type': 'image_url'}, "     \
     "'src': {'type': 'metadata'}, 'group': {'type': 'task_group_id'}}}"
 
-static void dump(const rules_report *r)
+static void dump(const diag *r)
 {
     for (size_t i = 0; i < r->count; i++)
-        print_message("  issue %zu: kind=%d path=%s param=%s msg=%s\n", i, r->issues[i].kind,
-                      r->issues[i].path, r->issues[i].param ? r->issues[i].param : "(null)",
-                      r->issues[i].message);
+        print_message("  issue %zu: kind=%d path=%s param=%s msg=%s\n", i, r->entries[i].kind,
+                      r->entries[i].path, r->entries[i].param ? r->entries[i].param : "(null)",
+                      r->entries[i].message);
 }
 
 typedef enum target {
@@ -67,7 +67,7 @@ typedef struct rcase {
 
 #define ITEM_PATH "batch.batch_items[0].rows[0].columns[0].items[0]"
 
-static void run_target(target t, const cJSON *in, rules_report *r)
+static void run_target(target t, const cJSON *in, diag *r)
 {
     cJSON *schema = parse_q(SCHEMA);
     switch (t) {
@@ -119,8 +119,7 @@ static void run_cases(const rcase *cases, size_t n)
     for (size_t i = 0; i < n; i++) {
         const rcase *tc = &cases[i];
         cJSON *in = parse_q(tc->json);
-        rules_report r;
-        rules_report_init(&r);
+        diag r = {0};
         run_target(tc->t, in, &r);
         if (r.count != tc->count) {
             print_error("case \"%s\": %zu issues, expected %zu\n", tc->name, r.count, tc->count);
@@ -128,8 +127,8 @@ static void run_cases(const rcase *cases, size_t n)
             fail();
         }
         if (tc->count > 0) {
-            const rules_issue *is = &r.issues[0];
-            if (is->kind != tc->kind || strcmp(is->path, tc->path) != 0 ||
+            const diag_entry *is = &r.entries[0];
+            if (is->kind != (int)tc->kind || strcmp(is->path, tc->path) != 0 ||
                 !strstr(is->message, tc->msg)) {
                 print_error("case \"%s\": expected kind %d path %s message ~ \"%s\"\n", tc->name,
                             tc->kind, tc->path, tc->msg);
@@ -137,7 +136,7 @@ static void run_cases(const rcase *cases, size_t n)
                 fail();
             }
         }
-        rules_report_free(&r);
+        diag_free(&r);
         cJSON_Delete(in);
     }
 }
@@ -248,15 +247,14 @@ static cJSON *schema_with_key(size_t chars, const char *unit)
 static size_t check_schema_count(cJSON *schema, const char **first_msg)
 {
     static char msg[256];
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_schema(schema, "s", &r);
     size_t n = r.count;
     msg[0] = '\0';
     if (n)
-        strlcpy_bd(msg, r.issues[0].message, sizeof msg);
+        strlcpy_bd(msg, r.entries[0].message, sizeof msg);
     *first_msg = msg;
-    rules_report_free(&r);
+    diag_free(&r);
     cJSON_Delete(schema);
     return n;
 }
@@ -286,20 +284,19 @@ static void test_schema_issue_param(void **state)
 {
     (void)state;
     cJSON *s = parse_q("{'strict': true, 'fields': {'session_id': {'type': 'group'}}}");
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_schema(s, "dataset.schema", &r);
     assert_int_equal(r.count, 1);
-    assert_string_equal(r.issues[0].path, "dataset.schema.fields.session_id.type");
-    assert_string_equal(r.issues[0].param, "schema");
-    assert_int_equal(r.issues[0].page, -1);
-    assert_int_equal(r.issues[0].item, -1);
-    assert_null(r.issues[0].item_type);
-    assert_int_equal(rules_report_count(&r, RULES_KIND_REQUEST), 1);
-    assert_int_equal(rules_report_count(&r, RULES_KIND_BATCH_ITEMS), 0);
-    rules_report_free(&r);
-    rules_report_free(&r); /* freeing twice is harmless: free leaves an empty report */
-    rules_report_free(NULL);
+    assert_string_equal(r.entries[0].path, "dataset.schema.fields.session_id.type");
+    assert_string_equal(r.entries[0].param, "schema");
+    assert_int_equal(r.entries[0].layout.page, -1);
+    assert_int_equal(r.entries[0].layout.item, -1);
+    assert_null(r.entries[0].item_type);
+    assert_int_equal(diag_count_kind(&r, RULES_KIND_REQUEST), 1);
+    assert_int_equal(diag_count_kind(&r, RULES_KIND_BATCH_ITEMS), 0);
+    diag_free(&r);
+    diag_free(&r); /* freeing twice is harmless: free leaves an empty report */
+    diag_free(NULL);
     cJSON_Delete(s);
 }
 
@@ -343,14 +340,13 @@ static void test_task_details_rules(void **state)
 {
     (void)state;
     run_cases(task_cases, BD_ARRAY_LEN(task_cases));
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_task_details(NULL, "batch.task_details", &r);
     assert_int_equal(r.count, 1);
-    assert_string_equal(r.issues[0].path, "batch.task_details");
-    assert_string_equal(r.issues[0].param, "task_details");
-    assert_non_null(strstr(r.issues[0].message, "is missing"));
-    rules_report_free(&r);
+    assert_string_equal(r.entries[0].path, "batch.task_details");
+    assert_string_equal(r.entries[0].param, "task_details");
+    assert_non_null(strstr(r.entries[0].message, "is missing"));
+    diag_free(&r);
 }
 
 /* ---- items ----------------------------------------------------------------------------- */
@@ -736,15 +732,14 @@ static void test_dataset_field_needs_populated_schema(void **state)
     cJSON *items = parse_q("[{'rows': [{'columns': [{'items': [{'type': 'dataset_field', "
                            "'field': 'a'}, {'type': 'dataset_field', 'field': 'b'}]}]}]}]");
     cJSON *empty = parse_q("{'strict': true, 'fields': {}}");
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_batch_items(items, empty, "batch_items", &r);
     assert_int_equal(r.count, 2);
-    assert_int_equal(rules_report_count(&r, RULES_KIND_BATCH_ITEMS), 2);
-    assert_string_equal(r.issues[0].field, "a");
-    assert_string_equal(r.issues[1].field, "b");
-    assert_non_null(strstr(r.issues[1].message, "needs an attached V4 dataset"));
-    rules_report_free(&r);
+    assert_int_equal(diag_count_kind(&r, RULES_KIND_BATCH_ITEMS), 2);
+    assert_string_equal(r.entries[0].field, "a");
+    assert_string_equal(r.entries[1].field, "b");
+    assert_non_null(strstr(r.entries[1].message, "needs an attached V4 dataset"));
+    diag_free(&r);
     cJSON_Delete(empty);
     cJSON_Delete(items);
 }
@@ -758,42 +753,40 @@ static void test_issue_location(void **state)
         "[" ONE_ITEM "]}]}, {'columns': [{'items': [" ONE_ITEM "]}, {'items': [" ONE_ITEM
         ", " ONE_ITEM ", {'type': 'dataset_field', 'field': 'src'}, {'type': 'multiple_choice', "
         "'description': 'd', 'answer_limit': 1}]}]}]}]");
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_batch_items(items, schema, "batch.batch_items", &r);
     assert_int_equal(r.count, 2);
-    const rules_issue *a = &r.issues[0];
+    const diag_entry *a = &r.entries[0];
     assert_int_equal(a->kind, RULES_KIND_BATCH_ITEMS);
-    assert_int_equal(a->page, 1);
-    assert_int_equal(a->row, 1);
-    assert_int_equal(a->column, 1);
-    assert_int_equal(a->item, 2);
+    assert_int_equal(a->layout.page, 1);
+    assert_int_equal(a->layout.row, 1);
+    assert_int_equal(a->layout.column, 1);
+    assert_int_equal(a->layout.item, 2);
     assert_string_equal(a->item_type, "dataset_field");
     assert_string_equal(a->field, "src");
     assert_string_equal(a->param, "batch_items");
     assert_string_equal(a->path, "batch.batch_items[1].rows[1].columns[1].items[2].field");
-    const rules_issue *b = &r.issues[1];
+    const diag_entry *b = &r.entries[1];
     assert_int_equal(b->kind, RULES_KIND_REQUEST);
-    assert_int_equal(b->item, 3);
+    assert_int_equal(b->layout.item, 3);
     assert_string_equal(b->item_type, "multiple_choice");
     assert_null(b->field);
     assert_string_equal(b->path, "batch.batch_items[1].rows[1].columns[1].items[3].options");
-    rules_report_free(&r);
+    diag_free(&r);
 
     /* a structural issue has the indices of the levels above it and -1 below */
     cJSON *rows = parse_q("[{'rows': ["
                           "{'columns': [{'items': [" ONE_ITEM "]}]}, "
                           "{'columns': []}]}]");
-    rules_report_init(&r);
     rules_check_batch_items(rows, schema, "", &r);
     assert_int_equal(r.count, 1);
-    assert_string_equal(r.issues[0].path, "[0].rows[1].columns");
-    assert_int_equal(r.issues[0].page, 0);
-    assert_int_equal(r.issues[0].row, 1);
-    assert_int_equal(r.issues[0].column, -1);
-    assert_int_equal(r.issues[0].item, -1);
-    assert_null(r.issues[0].item_type);
-    rules_report_free(&r);
+    assert_string_equal(r.entries[0].path, "[0].rows[1].columns");
+    assert_int_equal(r.entries[0].layout.page, 0);
+    assert_int_equal(r.entries[0].layout.row, 1);
+    assert_int_equal(r.entries[0].layout.column, -1);
+    assert_int_equal(r.entries[0].layout.item, -1);
+    assert_null(r.entries[0].item_type);
+    diag_free(&r);
     cJSON_Delete(rows);
     cJSON_Delete(items);
     cJSON_Delete(schema);
@@ -880,15 +873,14 @@ static void test_body_rules(void **state)
 {
     (void)state;
     run_cases(body_cases, BD_ARRAY_LEN(body_cases));
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_setup(NULL, &r); /* no body: all defaults */
     assert_int_equal(r.count, 0);
     rules_check_dataset_create(NULL, &r);
     assert_int_equal(r.count, 1);
-    assert_string_equal(r.issues[0].param, "non_field_errors");
-    assert_non_null(strstr(r.issues[0].message, "the request body is missing"));
-    rules_report_free(&r);
+    assert_string_equal(r.entries[0].param, "non_field_errors");
+    assert_non_null(strstr(r.entries[0].message, "the request body is missing"));
+    diag_free(&r);
 }
 
 /* The pairwise example's batch and batchd(8)'s job.json example, as their schemas allow. */
@@ -920,8 +912,7 @@ static void test_seed_and_product_examples(void **state)
     cJSON_AddStringToObject(seed_dataset, "workspace_id", "6278acb09062db3b35bcbeb0");
     cJSON_AddItemToObject(seed_dataset, "schema", cJSON_Duplicate(seed_schema, true));
 
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_dataset_create(seed_dataset, &r);
     rules_check_batch_create(seed_batch, seed_schema, &r);
     rules_check_setup(seed_setup, &r);
@@ -930,8 +921,8 @@ static void test_seed_and_product_examples(void **state)
     /* the same batch without its dataset cannot show dataset fields: 3 issues, 422 */
     rules_check_batch_create(seed_batch, NULL, &r);
     assert_int_equal(r.count, 3);
-    assert_int_equal(rules_report_count(&r, RULES_KIND_BATCH_ITEMS), 3);
-    rules_report_free(&r);
+    assert_int_equal(diag_count_kind(&r, RULES_KIND_BATCH_ITEMS), 3);
+    diag_free(&r);
 
     /* batchd(8)'s job.json (JOB FILES AND TEMPLATES): its dataset and batch parts, checked with
      * batchd's prefixes */
@@ -952,7 +943,7 @@ static void test_seed_and_product_examples(void **state)
                             "batch.batch_items", &r);
     dump(&r);
     assert_int_equal(r.count, 0);
-    rules_report_free(&r);
+    diag_free(&r);
 
     cJSON_Delete(job);
     cJSON_Delete(seed_dataset);
@@ -979,11 +970,10 @@ static void test_request_error_envelope(void **state)
     (void)state;
     cJSON *body = parse_q("{'workspace_id': 'w', 'schema': {'strict': true, 'fields': {'a': "
                           "{'type': 'x'}, 'b': {'type': 'text', 'label': 1}}}}");
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_dataset_create(body, &r);
     int status = -1;
-    cJSON *err = rules_report_to_api_error(&r, &status);
+    cJSON *err = rules_api_error(&r, &status);
     assert_int_equal(status, 400);
     assert_json(err, "{'error': {'status': 400, 'error_code': 0, 'title': 'Bad Request', "
                      "'detail': {'name': ['is missing; it is required (a string)'], 'schema': "
@@ -991,7 +981,7 @@ static void test_request_error_envelope(void **state)
                      "metadata or task_group_id', 'schema.fields.b.label: is a number; it must "
                      "be a string']}}}");
     cJSON_Delete(err);
-    rules_report_free(&r);
+    diag_free(&r);
     cJSON_Delete(body);
 }
 
@@ -1002,18 +992,17 @@ static void test_request_issues_win(void **state)
                           "'task_introduction': 'i', 'task_steps': 's'}, 'batch_items': "
                           "[{'rows': [{'columns': [{'items': [{'type': 'dataset_field', 'field': "
                           "'p'}, {'type': 'rich_text'}]}]}]}]}");
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_batch_create(body, NULL, &r);
     assert_int_equal(r.count, 2);
     int status = 0;
-    cJSON *err = rules_report_to_api_error(&r, &status);
+    cJSON *err = rules_api_error(&r, &status);
     assert_int_equal(status, 400);
     assert_json(err, "{'error': {'status': 400, 'error_code': 0, 'title': 'Bad Request', "
                      "'detail': {'batch_items': ['batch_items[0].rows[0].columns[0].items[1]"
                      ".content: is missing; it is required (a string)']}}}");
     cJSON_Delete(err);
-    rules_report_free(&r);
+    diag_free(&r);
     cJSON_Delete(body);
 }
 
@@ -1026,11 +1015,10 @@ static void test_batch_items_error_shape(void **state)
         "[{'items': [{'type': 'dataset_field', 'field': 'p'}]}, {'items': [{'type': "
         "'multiple_choice', 'description': 'd', 'answer_limit': 3, 'options': [{'label': 'A', "
         "'value': 1}, {'label': 'B', 'value': 2}]}]}]}]}]}");
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_batch_create(body, NULL, &r);
     int status = 0;
-    cJSON *err = rules_report_to_api_error(&r, &status);
+    cJSON *err = rules_api_error(&r, &status);
     assert_int_equal(status, 422);
     assert_json(err,
                 "{'type': 'INVALID_BATCH_ITEMS', 'message': 'batch_items failed validation: 2 "
@@ -1041,29 +1029,28 @@ static void test_batch_items_error_shape(void **state)
                 "'multiple_choice', 'message': 'answer_limit 3 exceeds the 2 options; use 1, -1 "
                 "or 2'}]}");
     cJSON_Delete(err);
-    rules_report_free(&r);
+    diag_free(&r);
     cJSON_Delete(body);
 }
 
 static void test_empty_report_and_plain_envelope(void **state)
 {
     (void)state;
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     int status = 7;
-    assert_null(rules_report_to_api_error(&r, &status));
+    assert_null(rules_api_error(&r, &status));
     assert_int_equal(status, 0);
 
     /* callers may add issues of their own, with any of the strings NULL */
-    rules_report_add(&r, RULES_KIND_REQUEST, NULL, NULL, -1, -1, -1, -1, NULL, NULL, "%s %d", "own",
-                     42);
-    rules_report_add(&r, RULES_KIND_REQUEST, "name", "name", -1, -1, -1, -1, NULL, NULL, "taken");
-    cJSON *err = rules_report_to_api_error(&r, &status);
+    diag_add(&r, DIAG_ERROR, &(diag_where){.kind = RULES_KIND_REQUEST}, "%s %d", "own", 42);
+    diag_add(&r, DIAG_ERROR,
+             &(diag_where){.path = "name", .kind = RULES_KIND_REQUEST, .param = "name"}, "taken");
+    cJSON *err = rules_api_error(&r, &status);
     assert_int_equal(status, 400);
     assert_json(err, "{'error': {'status': 400, 'error_code': 0, 'title': 'Bad Request', "
                      "'detail': {'non_field_errors': ['own 42'], 'name': ['taken']}}}");
     cJSON_Delete(err);
-    rules_report_free(&r);
+    diag_free(&r);
 
     cJSON *nf = rules_error_envelope(404, "Not Found", "No dataset 0192a3b5");
     assert_json(nf, "{'error': {'status': 404, 'error_code': 0, 'title': 'Not Found', 'detail': "
@@ -1097,15 +1084,14 @@ static void test_long_values_and_many_issues(void **state)
         cJSON_AddItemToArray(cJSON_AddArrayToObject(page, "rows"), row);
         cJSON_AddItemToArray(items, page);
     }
-    rules_report r;
-    rules_report_init(&r);
+    diag r = {0};
     rules_check_batch_items(items, NULL, "b", &r);
     assert_int_equal(r.count, 20);
-    assert_string_equal(r.issues[19].path, "b[19].rows[0].columns[0].items[0].content_format");
-    assert_true(strlen(r.issues[0].message) < 120);
-    assert_non_null(strstr(r.issues[0].message, "...\" is not allowed; use html or markdown"));
-    assert_true(utf8_valid(r.issues[0].message, strlen(r.issues[0].message)));
-    rules_report_free(&r);
+    assert_string_equal(r.entries[19].path, "b[19].rows[0].columns[0].items[0].content_format");
+    assert_true(strlen(r.entries[0].message) < 120);
+    assert_non_null(strstr(r.entries[0].message, "...\" is not allowed; use html or markdown"));
+    assert_true(utf8_valid(r.entries[0].message, strlen(r.entries[0].message)));
+    diag_free(&r);
     cJSON_Delete(items);
     cJSON_Delete(item);
     strbuf_free(&fmt);
