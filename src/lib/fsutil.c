@@ -123,8 +123,7 @@ static char *temp_path_of(const char *path)
     return tmp;
 }
 
-int fsutil_write_begin(fsutil_write *w, const char *path, const void *data, size_t len,
-                       mode_t mode)
+int fsutil_write_begin(fsutil_write *w, const char *path, const void *data, size_t len, mode_t mode)
 {
     w->fd = -1;
     w->path = NULL;
