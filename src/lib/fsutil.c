@@ -100,6 +100,8 @@ int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t m
 static void write_clear(fsutil_write *w)
 {
     w->fd = -1;
+    w->synced = false;
+    w->err = 0;
     free(w->tmp);
     free(w->path);
     w->tmp = NULL;
@@ -126,6 +128,8 @@ static char *temp_path_of(const char *path)
 int fsutil_write_begin(fsutil_write *w, const char *path, const void *data, size_t len, mode_t mode)
 {
     w->fd = -1;
+    w->synced = false;
+    w->err = 0;
     w->path = NULL;
     w->tmp = temp_path_of(path);
     if (strlen(w->tmp) >= PATH_MAX) {
@@ -152,13 +156,26 @@ int fsutil_write_begin(fsutil_write *w, const char *path, const void *data, size
     return 0;
 }
 
+int fsutil_write_sync(fsutil_write *w)
+{
+    if (w->fd < 0)
+        return -EBADF;
+    if (!w->synced && w->err == 0) {
+        if (fsync(w->fd) < 0)
+            w->err = -errno;
+        else
+            w->synced = true;
+    }
+    return w->err;
+}
+
 int fsutil_write_commit(fsutil_write *w)
 {
     if (w->fd < 0) {
         write_clear(w);
         return -EBADF;
     }
-    int r = fsync(w->fd) < 0 ? -errno : 0;
+    int r = fsutil_write_sync(w);
     /* A failed close can report a deferred write error (NFS); check it. */
     if (close(w->fd) < 0 && r == 0)
         r = -errno;

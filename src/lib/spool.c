@@ -1136,8 +1136,8 @@ static int finish_begin(spool *s, spool_finish_item *it, fsutil_write *w)
 }
 
 /* Writes the items' files into their job directories (content and name durable), or sets
- * rc/final_dir for the jobs that were already moved. In two phases per SPOOL_OPEN_MAX
- * items (every write begun, then every one committed) and with the fsyncs of the job
+ * rc/final_dir for the jobs that were already moved. In phases per SPOOL_OPEN_MAX items
+ * (every write begun, then every one synced, then each committed) and with the fsyncs of the job
  * directories after all the renames, so that their journal commits overlap. */
 static void finish_write_all(spool *s, spool_finish_item *items, size_t n, bool *written)
 {
@@ -1154,6 +1154,10 @@ static void finish_write_all(spool *s, spool_finish_item *items, size_t n, bool 
                 it->rc = r;
             written[base + i] = r == 0;
         }
+        /* Every sync before any rename (fsutil.h); a failed sync fails its commit. */
+        for (size_t i = 0; i < m; i++)
+            if (written[base + i])
+                (void)fsutil_write_sync(&w[i]);
         for (size_t i = 0; i < m; i++)
             if (written[base + i])
                 items[base + i].rc = fsutil_write_commit(&w[i]);

@@ -64,8 +64,8 @@ int store_write(const char *state_dir, const char *job_id, const char *text)
  * journal to take a turn's records in one commit, few enough not to run out of descriptors. */
 #define STORE_OPEN_MAX 64
 
-/* Writes items[0..n) (n <= STORE_OPEN_MAX) in two phases: every record's content begun,
- * then every one fsynced and renamed over the old record, so their journal commits overlap.
+/* Writes items[0..n) (n <= STORE_OPEN_MAX) in phases: every record's content begun, then
+ * every one fsynced, then each renamed over its old record, so their journal commits overlap.
  * A crash leaves each old record or its new one. Returns how many were written. */
 static size_t write_chunk(const char *dir, store_item *items, size_t n)
 {
@@ -77,6 +77,10 @@ static size_t write_chunk(const char *dir, store_item *items, size_t n)
         free(path);
         free(name);
     }
+    /* Every sync before any rename: fsutil.h says why. A failed sync fails its commit. */
+    for (size_t i = 0; i < n; i++)
+        if (items[i].rc == 0)
+            (void)fsutil_write_sync(&w[i]);
     size_t written = 0;
     for (size_t i = 0; i < n; i++) {
         if (items[i].rc == 0)
