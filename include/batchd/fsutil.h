@@ -15,6 +15,35 @@ int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t m
  * not until the caller fsyncs the directory, which it does once after writing many files
  * there (store_write_batch, spool_finish_batch). 0 or -errno. */
 int fsutil_write_replace(const char *path, const void *data, size_t len, mode_t mode);
+/* A write split in phases so that a batch of files shares its journal commits: begin every
+ * file (temp file created and written, its writeback started), then sync every one, then
+ * commit every one (close, rename over path), then fsync their directories once. The first
+ * sync finds the others' data already on its way and its journal commit usually covers
+ * theirs; renames made between the syncs would open new transactions for the later syncs to
+ * wait on (measured on ext4: a batch of 64 costs about half with the renames after all the
+ * syncs). fsutil_write_replace is begin + commit. */
+typedef struct fsutil_write {
+    int fd;      /* the temp file, open between begin and commit/abort; -1 otherwise */
+    bool synced; /* its content is durable */
+    int err;     /* a failed sync's -errno, kept for commit (a second fsync could wrongly pass) */
+    char *tmp;   /* its path (malloc'd) */
+    char *path;  /* where commit renames it (malloc'd) */
+} fsutil_write;
+
+/* Creates path's temp file beside it, writes data and starts its writeback (not waiting for
+ * it). On failure nothing is left behind and w holds nothing. The fd stays open until
+ * commit or abort, so a batch should begin a bounded number at a time. 0 or -errno. */
+int fsutil_write_begin(fsutil_write *w, const char *path, const void *data, size_t len,
+                       mode_t mode);
+/* fsyncs a begun write's temp file. On failure w still holds it: commit (which then fails
+ * with the same error) or abort it. 0 or -errno. */
+int fsutil_write_sync(fsutil_write *w);
+/* Syncs the temp file unless fsutil_write_sync did, closes it and renames it over path: the
+ * content is durable, the name not yet (fsync the directory). On failure the temp file is
+ * removed. Either way w holds nothing afterwards. 0 or -errno. */
+int fsutil_write_commit(fsutil_write *w);
+/* Closes and removes the temp file of a begun write. Harmless on a w that holds nothing. */
+void fsutil_write_abort(fsutil_write *w);
 /* fsync()s a directory. 0 or -errno. */
 int fsutil_fsync_dir(const char *dir);
 /* fsync()s the directory that holds path. */

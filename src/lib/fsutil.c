@@ -97,37 +97,110 @@ int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t m
     return r < 0 ? r : fsutil_fsync_parent(path);
 }
 
-int fsutil_write_replace(const char *path, const void *data, size_t len, mode_t mode)
+static void write_clear(fsutil_write *w)
 {
-    char tmp[PATH_MAX];
+    w->fd = -1;
+    w->synced = false;
+    w->err = 0;
+    free(w->tmp);
+    free(w->path);
+    w->tmp = NULL;
+    w->path = NULL;
+}
+
+/* The temp name ".<name>.<rand>.tmp" beside path, cut to fit when name is long. */
+static char *temp_path_of(const char *path)
+{
     char rnd[16];
     unsigned char b[4];
     random_bytes(b, sizeof b);
     snprintf(rnd, sizeof rnd, ".%02x%02x%02x.tmp", b[0], b[1], b[2]);
     char *dir = fsutil_dirname(path);
-    /* ".<name>.<rand>.tmp", cut to fit when name is long. */
     char *dotted = xasprintf(".%s", fsutil_basename(path));
     char *tname = fsutil_fit_name(dotted, strlen(dotted), rnd);
-    int n = snprintf(tmp, sizeof tmp, "%s/%s", dir, tname);
+    char *tmp = fsutil_join(dir, tname);
     free(tname);
     free(dotted);
     free(dir);
-    if (n < 0 || (size_t)n >= sizeof tmp)
+    return tmp;
+}
+
+int fsutil_write_begin(fsutil_write *w, const char *path, const void *data, size_t len, mode_t mode)
+{
+    w->fd = -1;
+    w->synced = false;
+    w->err = 0;
+    w->path = NULL;
+    w->tmp = temp_path_of(path);
+    if (strlen(w->tmp) >= PATH_MAX) {
+        write_clear(w);
         return -ENAMETOOLONG;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0)
-        return -errno;
+    }
+    int fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0) {
+        int e = -errno;
+        write_clear(w);
+        return e;
+    }
+    w->fd = fd;
+    w->path = xstrdup(path);
     int r = write_all(fd, data, len);
-    if (r == 0 && fsync(fd) < 0)
-        r = -errno;
+    if (r < 0) {
+        fsutil_write_abort(w);
+        return r;
+    }
+    /* Only starts the writeback, so that the data of a whole batch is in flight before the
+     * first fsync waits; a failure here is no promise either way, and the fsync in
+     * fsutil_write_commit reports any write error that matters. */
+    (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    return 0;
+}
+
+int fsutil_write_sync(fsutil_write *w)
+{
+    if (w->fd < 0)
+        return -EBADF;
+    if (!w->synced && w->err == 0) {
+        if (fsync(w->fd) < 0)
+            w->err = -errno;
+        else
+            w->synced = true;
+    }
+    return w->err;
+}
+
+int fsutil_write_commit(fsutil_write *w)
+{
+    if (w->fd < 0) {
+        write_clear(w);
+        return -EBADF;
+    }
+    int r = fsutil_write_sync(w);
     /* A failed close can report a deferred write error (NFS); check it. */
-    if (close(fd) < 0 && r == 0)
+    if (close(w->fd) < 0 && r == 0)
         r = -errno;
-    if (r == 0 && rename(tmp, path) < 0)
+    if (r == 0 && rename(w->tmp, w->path) < 0)
         r = -errno;
     if (r < 0)
-        unlink(tmp);
+        unlink(w->tmp);
+    write_clear(w);
     return r;
+}
+
+void fsutil_write_abort(fsutil_write *w)
+{
+    if (w->fd >= 0) {
+        close(w->fd);
+        unlink(w->tmp);
+    }
+    write_clear(w);
+}
+
+int fsutil_write_replace(const char *path, const void *data, size_t len, mode_t mode)
+{
+    fsutil_write w;
+    int r = fsutil_write_begin(&w, path, data, len, mode);
+    return r < 0 ? r : fsutil_write_commit(&w);
 }
 
 int fsutil_rename_noreplace(const char *from, const char *to)

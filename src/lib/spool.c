@@ -240,6 +240,9 @@ static int pick_free_name(const spool *s, const char *base, unsigned mask, char 
 
 /* ---- small I/O helpers ---- */
 
+/* How many temp files a batch keeps open at once between begin and commit (fsutil.h). */
+#define SPOOL_OPEN_MAX 64
+
 static int fsync_fd(int fd)
 {
     return fsync(fd) < 0 ? -errno : 0;
@@ -527,10 +530,11 @@ static int place_rejected(spool *s, const char *stage, int stagefd, const char *
     char *body = error_json_body(name, job_id, code, reason, time_now_ms());
     char *stage_path = fsutil_join(s->paths[SUB_ACTIVE], stage);
     char *path = fsutil_join(stage_path, ERROR_JSON);
-    r = fsutil_write_atomic(path, body, strlen(body), 0640);
+    r = fsutil_write_replace(path, body, strlen(body), 0640);
     free(path);
     free(stage_path);
     free(body);
+    /* error.json's name: the stage's one fsync (fsutil_write_atomic would add a second). */
     if (r == 0)
         r = fsync_fd(stagefd);
     if (r < 0) {
@@ -1105,9 +1109,9 @@ static int find_finished(spool *s, int dest, const char *job_name, const char *f
     return r;
 }
 
-/* Writes the item's file into active/<job_name>/ (content durable, name not yet). 0 when
- * written, 1 when the job was already moved (rc and final_dir then say where), or -errno. */
-static int finish_write(spool *s, spool_finish_item *it)
+/* Checks the item and begins the write of its file into active/<job_name>/ (w). 0 when
+ * begun, 1 when the job was already moved (rc and final_dir then say where), or -errno. */
+static int finish_begin(spool *s, spool_finish_item *it, fsutil_write *w)
 {
     if (!name_arg_ok(it->job_name) || !name_arg_ok(it->file_name) || !it->body)
         return -EINVAL;
@@ -1125,25 +1129,54 @@ static int finish_write(spool *s, spool_finish_item *it)
         return -ENOTDIR;
     char *job_dir = fsutil_join(s->paths[SUB_ACTIVE], it->job_name);
     char *path = fsutil_join(job_dir, it->file_name);
-    int r = fsutil_write_replace(path, it->body, strlen(it->body), 0640);
+    int r = fsutil_write_begin(w, path, it->body, strlen(it->body), 0640);
     free(path);
-    if (r == 0)
-        r = fsutil_fsync_dir(job_dir);
     free(job_dir);
     return r;
 }
 
+/* Writes the items' files into their job directories (content and name durable), or sets
+ * rc/final_dir for the jobs that were already moved. In phases per SPOOL_OPEN_MAX items
+ * (every write begun, then every one synced, then each committed) and with the fsyncs of the job
+ * directories after all the renames, so that their journal commits overlap. */
+static void finish_write_all(spool *s, spool_finish_item *items, size_t n, bool *written)
+{
+    fsutil_write w[SPOOL_OPEN_MAX];
+    for (size_t base = 0; base < n; base += SPOOL_OPEN_MAX) {
+        size_t m = n - base < SPOOL_OPEN_MAX ? n - base : SPOOL_OPEN_MAX;
+        for (size_t i = 0; i < m; i++) {
+            spool_finish_item *it = &items[base + i];
+            it->final_dir = NULL;
+            it->rc = 0;
+            w[i] = (fsutil_write){.fd = -1};
+            int r = finish_begin(s, it, &w[i]);
+            if (r != 1)
+                it->rc = r;
+            written[base + i] = r == 0;
+        }
+        /* Every sync before any rename (fsutil.h); a failed sync fails its commit. */
+        for (size_t i = 0; i < m; i++)
+            if (written[base + i])
+                (void)fsutil_write_sync(&w[i]);
+        for (size_t i = 0; i < m; i++)
+            if (written[base + i])
+                items[base + i].rc = fsutil_write_commit(&w[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!written[i] || items[i].rc < 0)
+            continue;
+        char *job_dir = fsutil_join(s->paths[SUB_ACTIVE], items[i].job_name);
+        items[i].rc = fsutil_fsync_dir(job_dir);
+        free(job_dir);
+    }
+}
+
 void spool_finish_batch(spool *s, spool_finish_item *items, size_t n)
 {
+    bool *written = xcalloc(n ? n : 1, sizeof *written);
+    finish_write_all(s, items, n, written);
+    free(written);
     bool *moved = xcalloc(n ? n : 1, sizeof *moved);
-    for (size_t i = 0; i < n; i++) {
-        spool_finish_item *it = &items[i];
-        it->final_dir = NULL;
-        it->rc = 0;
-        int r = finish_write(s, it);
-        if (r != 1)
-            it->rc = r;
-    }
     unsigned dirty = 0;
     for (size_t i = 0; i < n; i++) {
         spool_finish_item *it = &items[i];

@@ -60,20 +60,42 @@ int store_write(const char *state_dir, const char *job_id, const char *text)
     return it.rc;
 }
 
+/* How many temp files a batch keeps open at once between begin and commit: enough for the
+ * journal to take a turn's records in one commit, few enough not to run out of descriptors. */
+#define STORE_OPEN_MAX 64
+
+/* Writes items[0..n) (n <= STORE_OPEN_MAX) in phases: every record's content begun, then
+ * every one fsynced, then each renamed over its old record, so their journal commits overlap.
+ * A crash leaves each old record or its new one. Returns how many were written. */
+static size_t write_chunk(const char *dir, store_item *items, size_t n)
+{
+    fsutil_write w[STORE_OPEN_MAX];
+    for (size_t i = 0; i < n; i++) {
+        char *name = xasprintf("%s.json", items[i].job_id);
+        char *path = fsutil_join(dir, name);
+        items[i].rc = fsutil_write_begin(&w[i], path, items[i].text, strlen(items[i].text), 0600);
+        free(path);
+        free(name);
+    }
+    /* Every sync before any rename: fsutil.h says why. A failed sync fails its commit. */
+    for (size_t i = 0; i < n; i++)
+        if (items[i].rc == 0)
+            (void)fsutil_write_sync(&w[i]);
+    size_t written = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].rc == 0)
+            items[i].rc = fsutil_write_commit(&w[i]);
+        written += items[i].rc == 0;
+    }
+    return written;
+}
+
 void store_write_batch(const char *state_dir, store_item *items, size_t n)
 {
     char *dir = jobs_dir(state_dir);
     size_t written = 0;
-    for (size_t i = 0; i < n; i++) {
-        char *name = xasprintf("%s.json", items[i].job_id);
-        char *path = fsutil_join(dir, name);
-        /* Content durable, then renamed over the old record: a crash leaves the old record
-         * or the new one. */
-        items[i].rc = fsutil_write_replace(path, items[i].text, strlen(items[i].text), 0600);
-        written += items[i].rc == 0;
-        free(path);
-        free(name);
-    }
+    for (size_t i = 0; i < n; i += STORE_OPEN_MAX)
+        written += write_chunk(dir, items + i, n - i < STORE_OPEN_MAX ? n - i : STORE_OPEN_MAX);
     /* One fsync makes every rename above durable. Until it returns no record counts as
      * written, so a caller never acts on a record a crash could still take back. */
     int r = written ? fsutil_fsync_dir(dir) : 0;

@@ -5,6 +5,7 @@
 #ifndef BATCHD_TEST_FSYNC_COUNT_H
 #define BATCHD_TEST_FSYNC_COUNT_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/stat.h>
@@ -17,12 +18,22 @@ static bool fsync_counting;
 static struct stat fsync_seen[FSYNC_COUNT_MAX];
 static size_t fsync_seen_n;
 
+/* Called while counting on each fsync, after it is counted and before it is made: a test
+ * checks there what must hold at that moment, or returns an errno to make this fsync fail
+ * with (it is then not made), or 0. */
+static int (*fsync_count_hook)(int fd);
+
 /* The interposed fsync: records what was synced while counting, then syncs it. */
 int fsync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp) */
 {
     struct stat st;
     if (fsync_counting && fsync_seen_n < FSYNC_COUNT_MAX && fstat(fd, &st) == 0)
         fsync_seen[fsync_seen_n++] = st;
+    int e = fsync_counting && fsync_count_hook ? fsync_count_hook(fd) : 0;
+    if (e) {
+        errno = e;
+        return -1;
+    }
     return (int)syscall(SYS_fsync, fd);
 }
 

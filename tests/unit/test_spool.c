@@ -1146,6 +1146,78 @@ static void test_finish_batch(void **state)
     assert_int_equal(count_in(f, "active"), 0);
 }
 
+/* ---- a finish batch's two phases, seen from fsync ---- */
+
+enum { FIN_N = 70 }; /* more than spool.c opens at once, so two rounds of begin/commit */
+
+static size_t fin_file_fsyncs; /* regular files fsynced so far */
+static size_t fin_dir_fsyncs;  /* directories fsynced so far */
+static size_t fin_fail_at;     /* the file fsync (1-based) to fail with EIO; 0: none */
+
+/* Every file is fsynced before any directory (job directories after all the renames,
+ * done/ and active/ after the moves), so the first fsync's commit can carry the others. */
+static int fin_hook(int fd)
+{
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    if (S_ISDIR(st.st_mode)) {
+        fin_dir_fsyncs++;
+        assert_int_equal(fin_file_fsyncs, FIN_N);
+        return 0;
+    }
+    assert_int_equal(fin_dir_fsyncs, 0);
+    return ++fin_file_fsyncs == fin_fail_at ? EIO : 0;
+}
+
+/* Each job's result.json and its directory are fsynced once, done/ and active/ once for the
+ * batch; the job whose file cannot be made durable fails alone and stays in active/, with no
+ * result.json and no temp file, and every other job moves. */
+static void test_finish_batch_phases(void **state)
+{
+    fixture *f = *state;
+    char names[FIN_N][16];
+    spool_finish_item items[FIN_N];
+    for (size_t i = 0; i < FIN_N; i++) {
+        snprintf(names[i], sizeof names[i], "f%03zu", i);
+        mkdir_in(f, "active", names[i]);
+        items[i] = (spool_finish_item){
+            .job_name = names[i], .ok = true, .file_name = "result.json", .body = "{}"};
+    }
+    fin_file_fsyncs = fin_dir_fsyncs = 0;
+    /* The last file: a failed temp file's inode is freed and may come back as a later file's,
+     * which fsync_count_of would count twice. */
+    fin_fail_at = FIN_N;
+    fsync_count_hook = fin_hook;
+    fsync_count_start();
+    spool_finish_batch(f->s, items, FIN_N);
+    fsync_count_stop();
+    fsync_count_hook = NULL;
+    assert_int_equal(fsyncs_of(f, "done"), 1);
+    assert_int_equal(fsyncs_of(f, "active"), 1);
+    /* The failed one's directory is not fsynced: its file never got its name. */
+    assert_int_equal(fsync_count_all(), FIN_N + (FIN_N - 1) + 2);
+    for (size_t i = 0; i < FIN_N; i++) {
+        if (i == FIN_N - 1) {
+            assert_int_equal(items[i].rc, -EIO);
+            assert_null(items[i].final_dir);
+            assert_true(S_ISDIR(lmode_in(f, "active", names[i])));
+            char *sub = xasprintf("active/%s", names[i]);
+            assert_int_equal(count_in(f, sub), 0);
+            free(sub);
+            continue;
+        }
+        assert_int_equal(items[i].rc, 0);
+        char *file = xasprintf("done/%s/result.json", names[i]);
+        char *dir = xasprintf("done/%s", names[i]);
+        assert_int_equal(fsyncs_of(f, file), 1);
+        assert_int_equal(fsyncs_of(f, dir), 1);
+        free(dir);
+        free(file);
+        free(items[i].final_dir);
+    }
+    assert_int_equal(count_in(f, "active"), 1);
+}
+
 static void test_reactivate(void **state)
 {
     fixture *f = *state;
@@ -1333,6 +1405,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claim_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_batch_hundred, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_batch_unopened, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_finish_batch_phases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reactivate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_active, setup, teardown),

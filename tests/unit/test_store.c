@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <dirent.h>
 #include <errno.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -169,12 +171,117 @@ static void test_write_batch(void **state)
     rm_rf(dir);
 }
 
+/* ---- the two phases of a batch, seen from fsync ---- */
+
+enum { TWO_N = 70 }; /* more than store.c opens at once, so two rounds of begin/commit */
+
+static const char *two_jobs;      /* the jobs directory under test */
+static char two_paths[TWO_N][96]; /* the records' final paths */
+static size_t two_file_fsyncs;    /* regular files fsynced so far */
+static size_t two_tmp_at_first;   /* temp files present at the first file fsync */
+static size_t two_fail_at;        /* the file fsync (1-based) to fail with EIO; 0: none */
+
+static size_t count_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        n += len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A file is fsynced before it is renamed into place, and the directory after every file. */
+static int two_phase_hook(int fd)
+{
+    struct stat st, at;
+    assert_int_equal(fstat(fd, &st), 0);
+    if (S_ISDIR(st.st_mode)) {
+        assert_int_equal(two_file_fsyncs, TWO_N);
+        return 0;
+    }
+    if (two_file_fsyncs++ == 0)
+        two_tmp_at_first = count_tmp(two_jobs);
+    for (size_t i = 0; i < TWO_N; i++)
+        if (stat(two_paths[i], &at) == 0)
+            assert_false(at.st_ino == st.st_ino);
+    return two_file_fsyncs == two_fail_at ? EIO : 0;
+}
+
+static int two_dir_fails(int fd)
+{
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    return S_ISDIR(st.st_mode) ? EIO : 0;
+}
+
+/* Every record of a batch is fsynced once, before its rename and before the one directory
+ * fsync; the writes are all begun before the first fsync waits; a record whose fsync fails
+ * fails alone, keeps its old content and leaves no temp file, and a failed directory fsync
+ * fails every record. */
+static void test_write_batch_phases(void **state)
+{
+    (void)state;
+    char tmpl[] = "/tmp/batchd-store-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    char *err = NULL;
+    assert_int_equal(store_init(dir, &err), 0);
+    char *jobs = xasprintf("%s/jobs", dir);
+    two_jobs = jobs;
+    char ids[TWO_N][16];
+    store_item items[TWO_N];
+    for (size_t i = 0; i < TWO_N; i++) {
+        snprintf(ids[i], sizeof ids[i], "J%03zu", i);
+        snprintf(two_paths[i], sizeof two_paths[i], "%s/%s.json", jobs, ids[i]);
+        assert_int_equal(store_write(dir, ids[i], "{\"old\":1}"), 0);
+        items[i] = (store_item){.job_id = ids[i], .text = "{\"new\":1}"};
+    }
+    two_file_fsyncs = 0;
+    /* The last record's commit: a failed temp file's inode is freed and may come back as a
+     * later file's, which fsync_count_of would count twice. */
+    two_fail_at = TWO_N;
+    fsync_count_hook = two_phase_hook;
+    fsync_count_start();
+    store_write_batch(dir, items, TWO_N);
+    fsync_count_stop();
+    assert_int_equal(fsync_count_all(), TWO_N + 1);
+    assert_int_equal(fsync_count_of(jobs), 1);
+    assert_true(two_tmp_at_first > 1);
+    for (size_t i = 0; i < TWO_N; i++) {
+        assert_int_equal(items[i].rc, i == TWO_N - 1 ? -EIO : 0);
+        char *text = NULL;
+        assert_int_equal(fsutil_read_file(two_paths[i], 100, true, &text, NULL), 0);
+        assert_string_equal(text, i == TWO_N - 1 ? "{\"old\":1}" : "{\"new\":1}");
+        free(text);
+        if (i != TWO_N - 1)
+            assert_int_equal(fsync_count_of(two_paths[i]), 1);
+    }
+    assert_int_equal(count_tmp(jobs), 0);
+
+    /* The directory's fsync fails: no record counts as written. */
+    fsync_count_hook = two_dir_fails;
+    fsync_count_start();
+    store_write_batch(dir, items, TWO_N);
+    fsync_count_stop();
+    fsync_count_hook = NULL;
+    for (size_t i = 0; i < TWO_N; i++)
+        assert_int_equal(items[i].rc, -EIO);
+    free(jobs);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_save_and_load),
         cmocka_unit_test(test_init_fails_clearly),
         cmocka_unit_test(test_write_batch),
+        cmocka_unit_test(test_write_batch_phases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
