@@ -87,6 +87,10 @@ static void claim_done(void *cookie, int rc, const runner_claim *c)
         claimed(rn, cx, c);
     free(cx->entry);
     free(cx);
+    /* Claims end after the turn that asked for them (a backend batches them on the pool):
+     * once the last one is in, the status counts them. */
+    if (rn->claims_out == 0)
+        runner_update_status(rn);
 }
 
 static void claim_one(runner *rn, const char *entry)

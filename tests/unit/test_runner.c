@@ -1242,8 +1242,10 @@ static void test_claims_out(void **state)
     drop(w, "c");
     assert_int_equal(w->n_claims, 2); /* max_active counts the claims out */
     assert_int_equal(runner_count(w->rn), 0);
+    w->st_active = 0;
     claims_end(w);
     assert_int_equal(runner_count(w->rn), 2);
+    assert_int_equal(w->st_active, 2); /* the status counts claims that ended after their turn */
     run_until(w, job0(w), JOB_READY);
     runner_claim_soon(w->rn);
     advance(w, 1);
