@@ -20,7 +20,8 @@ typedef struct runner runner;
 typedef void (*runner_done_fn)(void *cookie, int rc);
 
 /* The durable job records. write takes what it needs from j before it returns (j changes
- * afterwards) and calls done(cookie, rc) later; the runner has at most one write out per job,
+ * afterwards) and calls done(cookie, rc) later, or from inside the call once the backend is
+ * stopping; the runner has at most one write out per job,
  * so a later write can never be overtaken by an earlier one. */
 typedef struct runner_store_ops {
     void (*write)(void *ud, const job *j, runner_done_fn done, void *cookie);

@@ -1,8 +1,9 @@
 /* backend: the daemon's backends of the runner (runner.h). No disk wait on the loop: record
  * writes, claims and finishes are group-committed on libuv's thread pool (iobatch.h: what a
- * loop turn asks for goes out as one batch, one directory fsync for all of it), validations
+ * loop turn asks for goes out in a few batches, one directory fsync for each), validations
  * run there too; requests go through http.c; timers are libuv's. Left on the loop: the scan
- * of incoming/ (directory reads), the operator's retry (reactivate) and loading at start. */
+ * of incoming/ (directory reads), the operator's retry (reactivate, with its fsyncs),
+ * loading and pruning records at start, and the last record writes at stop. */
 #include "batchd.h"
 #include "iobatch.h"
 
@@ -401,9 +402,9 @@ static void spool_after(void *ud, void **items, size_t n, int status)
 }
 
 /* Record writes of different jobs may run in any order, so a turn's writes are split into up
- * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads: with the spool's
- * one and the runner's two validations, at least one thread stays free). The spool's batches
- * go one at a time (spool.h). */
+ * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads or more: with the
+ * spool's one and the runner's two validations, at least one thread stays free). The spool's
+ * batches go one at a time (spool.h). */
 static const iobatch_lane_ops lane_ops[LANES] = {
     [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
     [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},

@@ -1,6 +1,7 @@
 /* hold: the pause and the token hold. No claims and no new requests while either is on: an
  * operator's Pause, or a hold after the API rejected the token (HTTP 401). ctl.c (Pause,
- * Resume), reload.c (a different token lifts the hold) and jobs.c (a 401) drive them. */
+ * Resume), reload.c (a different token lifts the hold) and the runner
+ * (its token_rejected hook, on a 401) drive them. */
 #include "batchd.h"
 
 #include "batchd/log.h"

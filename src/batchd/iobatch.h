@@ -1,9 +1,10 @@
 /* iobatch: group commit on libuv's thread pool. Requests added to a lane during one turn of
  * the loop go out together as one pool job when the turn ends (a uv_check handle, so the
- * requests made while the loop polled for I/O are in it), and each lane has at most one job
- * in flight: what arrives meanwhile waits and goes out as the next batch. So N records
- * written in one turn cost one pool job and one directory fsync, and the fsync-heavy lanes
- * hold at most one pool thread each, leaving the rest to validations. */
+ * requests made while the loop polled for I/O are in it), and each lane has at most its
+ * max_flight jobs in flight: what arrives meanwhile waits and goes out as the next batch. So
+ * N records written in one turn cost at most max_flight pool jobs and as many directory
+ * fsyncs, and the fsync-heavy lanes hold a bounded number of pool threads, leaving the rest
+ * to validations. */
 #ifndef BATCHD_IOBATCH_H
 #define BATCHD_IOBATCH_H
 

@@ -366,9 +366,12 @@ int main(int argc, char **argv)
 
     const char *lvl = getenv("BATCHD_LOG_LEVEL");
     log_init("batchd", lvl && strcmp(lvl, "debug") == 0 ? LOG_LVL_DEBUG : LOG_LVL_INFO);
-    /* Validations and durable writes share libuv's pool; a few more threads than the
-     * default keep one slow disk from stalling everything. */
-    setenv("UV_THREADPOOL_SIZE", "8", 0);
+    /* Validations and durable writes share libuv's pool: at least 8 threads, so that the
+     * runner's two validations, the four record-write batches and the spool's batch
+     * (backend.c) always leave one free; an inherited larger size is kept. */
+    const char *pool = getenv("UV_THREADPOOL_SIZE");
+    if (!pool || atoi(pool) < 8)
+        setenv("UV_THREADPOOL_SIZE", "8", 1);
 
     batchd d;
     memset(&d, 0, sizeof d);

@@ -89,8 +89,11 @@ static void claim_done(void *cookie, int rc, const runner_claim *c)
     free(cx);
     /* Claims end after the turn that asked for them (a backend batches them on the pool):
      * once the last one is in, the status counts them. */
-    if (rn->claims_out == 0)
+    if (rn->claims_out == 0) {
         runner_update_status(rn);
+        if (spool_stuck_count(rn->stuck) > 0)
+            runner_claim_soon(rn); /* the stuck entries' retries waited for this */
+    }
 }
 
 static void claim_one(runner *rn, const char *entry)
@@ -143,7 +146,9 @@ void rn_claim_run(void *arg)
     }
     spool_names_free(names, n);
     bool more_due = false;
-    if (tried < want && !rn->stopping && spool_stuck_count(rn->stuck) > 0)
+    /* A due entry stays due until its claim ends, so none is retried while claims are out
+     * (one could be a retry of the same entry): the claim that ends asks again. */
+    if (tried < want && rn->claims_out == 0 && !rn->stopping && spool_stuck_count(rn->stuck) > 0)
         more_due = claim_due(rn, want - tried);
     runner_update_status(rn);
     /* A full scan's worth of entries (or of due retries) means more may wait: come back

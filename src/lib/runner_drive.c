@@ -214,19 +214,6 @@ void rj_drive(rjob *r)
 
 /* ---- validation ---- */
 
-/* runner_io: the actions that go through a backend — validation, requests, the move to done/
- * or failed/ — and the operator's cancel and retry, and stopping. */
-#include "runner_internal.h"
-
-#include "batchd/apitext.h"
-#include "batchd/fsutil.h"
-#include "batchd/util.h"
-
-#include <errno.h>
-#include <inttypes.h>
-#include <stdlib.h>
-#include <string.h>
-
 /* Hands a freed validation slot to the oldest job waiting for one. */
 static void start_waiting_validations(runner *rn)
 {

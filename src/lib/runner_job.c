@@ -8,16 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* runner: the job table, the record writes and the driver. See runner.h; the write state's
- * transitions are documented in runner_internal.h. */
-#include "runner_internal.h"
-
-#include "batchd/util.h"
-
-#include <errno.h>
-#include <stdlib.h>
-#include <string.h>
-
 uint64_t rn_random(runner *rn)
 {
     /* xorshift64*: jitter needs spread, not secrecy. */

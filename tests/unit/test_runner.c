@@ -1271,6 +1271,30 @@ static void test_claims_out(void **state)
     assert_non_null(runner_find(w->rn, "c", &amb)); /* adopted from active/ */
 }
 
+/* A stuck entry whose retry is out (a backend claims on the pool) is not retried again by
+ * the next claim turn: one claim per entry at a time. */
+static void test_stuck_retry_once(void **state)
+{
+    world *w = *state;
+    w->claim_rc = -EACCES;
+    drop(w, "stuck");
+    assert_int_equal(runner_stuck_count(w->rn), 1);
+    w->claim_rc = 0;
+    w->defer_claims = true;
+    advance(w, 60000);
+    runner_claim_soon(w->rn);
+    advance(w, 1);
+    assert_int_equal(w->n_claims, 1); /* the retry of "stuck", out */
+    drop(w, "good"); /* a claim turn while the retry of "stuck" is out, and still due */
+    assert_int_equal(w->n_claims, 2); /* "good" only: "stuck" is not claimed twice */
+    assert_string_equal(w->claim_entries[0], "stuck");
+    assert_string_equal(w->claim_entries[1], "good");
+    claims_end(w);
+    w->defer_claims = false;
+    assert_int_equal(runner_stuck_count(w->rn), 0);
+    assert_int_equal(runner_count(w->rn), 2);
+}
+
 int main(void)
 {
     log_init("test_runner", LOG_LVL_ERR);
@@ -1294,6 +1318,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claims_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stuck_retry_once, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
