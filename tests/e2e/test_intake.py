@@ -193,8 +193,11 @@ def drop_and_fail(src, entry, name, code="invalid_job", stage="validating", move
         check(after == before, f"{name}: files changed:\n{before}\n->\n{after}")
     check(api_requests() == n_req, f"{name}: API requests were spent on an invalid job")
     check(env().daemon.proc.poll() is None, "batchd exited")
-    # The job is known to the control socket as failed, with the same id.
-    jobs = [j for j in d.jobs(["failed"]) if j["name"] == name]
+    # The job is known to the control socket as failed, with the same id. A rejected entry is
+    # in failed/ as soon as its claim batch has run on the pool; the job is listed once the
+    # claim's end reaches the loop, a moment later.
+    jobs = wait_for(lambda: [j for j in d.jobs(["failed"]) if j["name"] == name], 10,
+                    f"{name} listed as failed")
     check(len(jobs) == 1 and jobs[0]["id"] == err["id"], f"{name}: ListJobs {jobs}")
     return err
 
@@ -572,7 +575,9 @@ def test_name_not_utf8():
     check(err["job"] == "caf\\xe9" and err["code"] == "invalid_job", err)
     with open(os.path.join(failed, raw), "rb") as f:
         check(f.read() == jsonl(GOOD_ROWS), "the file changed")
-    jobs = [j for j in d.jobs(["failed"]) if j["name"] == "caf\\xe9"]
+    # Listed once the claim's end reaches the loop, a moment after failed/ has it.
+    jobs = wait_for(lambda: [j for j in d.jobs(["failed"]) if j["name"] == "caf\\xe9"], 10,
+                    "caf\\xe9 listed as failed")
     check(len(jobs) == 1 and jobs[0]["id"] == err["id"], f"ListJobs: {jobs}")
 
 
