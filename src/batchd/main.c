@@ -370,7 +370,7 @@ int main(int argc, char **argv)
      * runner's two validations, the four record-write batches and the spool's batch
      * (backend.c) always leave one free; an inherited larger size is kept. */
     const char *pool = getenv("UV_THREADPOOL_SIZE");
-    if (!pool || atoi(pool) < 8)
+    if (!pool || strtol(pool, NULL, 10) < 8)
         setenv("UV_THREADPOOL_SIZE", "8", 1);
 
     batchd d;
