@@ -76,6 +76,8 @@ void hookq_started(hookq *q, uint64_t run, int64_t now);
  * when term_signal is 0. */
 hookq_result hookq_exited(hookq *q, uint64_t run, int64_t now, int exit_status, int term_signal,
                           bool not_run);
+/* Forgets a run whose process is not running (its hook is no longer configured). */
+void hookq_cancel(hookq *q, uint64_t run);
 /* Stopping: nothing more starts. */
 void hookq_stop(hookq *q);
 /* Runs holding a slot (being recorded, running, being killed), and runs known in all. */

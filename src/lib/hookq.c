@@ -88,6 +88,13 @@ static hq_run *find(const hookq *q, uint64_t id)
     return NULL;
 }
 
+static void remove_run(hookq *q, const hq_run *r)
+{
+    size_t i = (size_t)(r - q->runs);
+    memmove(&q->runs[i], &q->runs[i + 1], (q->n - i - 1) * sizeof *q->runs);
+    q->n--;
+}
+
 size_t hookq_running(const hookq *q)
 {
     size_t k = 0;
@@ -197,10 +204,15 @@ hookq_result hookq_exited(hookq *q, uint64_t run, int64_t now, int exit_status, 
         r->not_before = res.retry_at;
         return res;
     }
-    size_t i = (size_t)(r - q->runs);
-    memmove(&q->runs[i], &q->runs[i + 1], (q->n - i - 1) * sizeof *q->runs);
-    q->n--;
+    remove_run(q, r);
     return res;
+}
+
+void hookq_cancel(hookq *q, uint64_t run)
+{
+    hq_run *r = find(q, run);
+    if (r)
+        remove_run(q, r);
 }
 
 void hookq_stop(hookq *q)
