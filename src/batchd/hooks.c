@@ -650,7 +650,6 @@ static void add_job(hooks *h, const job *j)
 {
     hrun *r = run_new(h, kind_of(j), j->id, j->finished_at);
     fill_from_job(r, j);
-    remember(h, fsutil_basename(r->file));
     journal_write(r, "pending", pending_written);
 }
 
