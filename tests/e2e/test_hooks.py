@@ -213,6 +213,28 @@ def test_rerun_after_kill9():
         check("interrupted by the stop; running it again" in d.logs(), "the rerun is logged")
 
 
+def test_stop_while_running():
+    """SIGTERM while a hook runs: the daemon stops at once, the hook is killed, and it runs
+    again after the restart."""
+    env = Env(start=False)
+    with env:
+        ready, rout = make_hook(env, "ready", sleep=300)
+        start_with(env, f"on_ready = {ready}\n")
+        d = env.daemon
+        src = os.path.join(env.dir, "s.jsonl")
+        write_jsonl(src)
+        d.drop(src)
+        wait_for(lambda: len(calls(rout)) == 1, 30, "the hook started")
+        pid = calls(rout)[0]["pid"]
+        check(d.stop() == 0, "batchd stopped cleanly")
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+                 open(f"/proc/{pid}/stat").read().split()[2] == "Z", 10, "the hook was killed")
+        d.start()
+        wait_for(lambda: len(calls(rout)) == 2, 30, "the hook ran again after the restart")
+        wait_for(lambda: "hook on_ready exited 0 (attempt 1 of 4)" in history_notes(env, "s"),
+                 10, "its outcome noted")
+
+
 def test_finished_before_journal():
     """A job that finished while the daemon was stopping before its run reached the journal
     gets its run at the next start: simulated by removing the journal entry of a run."""
@@ -334,5 +356,5 @@ def test_check_config():
 
 if __name__ == "__main__":
     run([test_ready_and_failed, test_retry_after_exit_1, test_timeout_term_then_retry,
-         test_rerun_after_kill9, test_finished_before_journal, test_example_hooks,
+         test_rerun_after_kill9, test_stop_while_running, test_finished_before_journal, test_example_hooks,
          test_check_config])
