@@ -51,6 +51,16 @@ typedef struct config {
         config_invalid_records invalid_records; /* default fail */
         size_t max_record_bytes;                /* longest accepted record; default 1 MiB */
     } job;
+    /* [hooks]: programs run after a job finishes (batchd.conf(5), HOOKS). */
+    struct {
+        char *on_ready;    /* absolute path or NULL */
+        char *on_failed;   /* absolute path or NULL */
+        int on_ready_line; /* where each was set, for config_check_hooks */
+        int on_failed_line;
+        int64_t timeout_ms; /* hook_timeout; default 5m */
+        int retries;        /* hook_retries; default 3 */
+        int max_parallel;   /* hook_max_parallel; default 4 */
+    } hooks;
 } config;
 
 /* Problems go into a diag (util.h): each line "file:line: message" (or "file: message"). */
@@ -71,6 +81,12 @@ void config_free(config *c);
  * never the token). Returns 0, or -ENOENT (no source), -EPERM (mode), -EINVAL (empty)
  * with a message in diag. */
 int config_load_token(const config *c, char **token, const char **source, diag *diag);
+
+/* Checks that each configured hook is an executable regular file, each problem as
+ * "file:line: ..." in diag. Separate from config_load: batchctl reads the same file as
+ * another user, for whom the daemon's hooks need not be executable. Returns the number of
+ * problems. */
+int config_check_hooks(const config *c, diag *diag);
 
 /* Resolves the path of the config file to use: explicit (-c), else $BATCHD_CONFIG, else
  * CONFIG_DEFAULT_PATH. */

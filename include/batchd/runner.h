@@ -126,6 +126,10 @@ typedef struct runner_hooks {
     void (*request_ended)(void *ud);
     /* The API answered 401 to a request sent with token generation gen. */
     void (*token_rejected)(void *ud, unsigned gen);
+    /* The job finished and its files are in done/ or failed/ (j->dir names them there): once
+     * per finish, before its record says so durably (the owner covers that window itself,
+     * see src/batchd/hooks.c). */
+    void (*job_finished)(void *ud, const job *j);
 } runner_hooks;
 
 typedef struct runner_backend {
@@ -165,6 +169,9 @@ size_t runner_bad_records(const runner *rn);
 /* -EINVAL when the job's state does not allow it; retry: -errno from the spool. */
 int runner_cancel(runner *rn, const job *j);
 int runner_retry(runner *rn, const job *j);
+/* Adds a note to a known job's history and writes its record: -ENOENT when the job is not
+ * in the table (evicted or unknown), -ESHUTDOWN when stopping. */
+int runner_note(runner *rn, const char *job_id, const char *note);
 
 /* Stopping: cancels every request but creates and setups; returns those left in flight. */
 size_t runner_begin_drain(runner *rn);

@@ -49,6 +49,7 @@ typedef struct batchd {
     control *ctl;
     runner *runner;          /* the jobs: claimed, recovered, run */
     struct backend *backend; /* backend.c's state for the runner */
+    struct hooks *hooks;     /* [hooks] runs (hooks.c); NULL before the start and once stopped */
     /* No claims and no new requests: an operator's Pause, or a hold after the API rejected
      * the token (HTTP 401). paused is their union; Resume lifts both, a reload that loads a
      * different token lifts the hold. */

@@ -4,6 +4,7 @@
  * control socket, reload.c holds the reload policy, hold.c the pause and the token hold, stop.c the
  * signals and stopping. */
 #include "batchd.h"
+#include "hooks.h"
 #include "memory.h"
 
 #include "batchd/fsutil.h"
@@ -151,12 +152,58 @@ static void on_token_rejected(void *ud, unsigned gen)
     batchd_token_rejected(ud, gen);
 }
 
+static void on_job_finished(void *ud, const job *j)
+{
+    const batchd *d = ud;
+    hooks_job_finished(d->hooks, j);
+}
+
 static const runner_hooks runner_hooks_of_main = {
     .job_changed = on_job_changed,
     .status = on_status,
     .request_ended = on_request_ended,
     .token_rejected = on_token_rejected,
+    .job_finished = on_job_finished,
 };
+
+/* ---- hooks ---- */
+
+static void on_hook_note(void *ud, const char *job_id, const char *text)
+{
+    const batchd *d = ud;
+    if (d->runner)
+        (void)runner_note(d->runner, job_id, text); /* an evicted job: the log has it */
+}
+
+/* Each attempt that ends: hook "on_ready"/"on_failed" and outcome "ok", "failed", "killed",
+ * "timeout" or "not_run" (hookq_outcome_name). The metrics registry counts it here. */
+static void on_hook_outcome(void *ud, const char *hook, const char *outcome)
+{
+    (void)ud;
+    (void)hook;
+    (void)outcome;
+}
+
+/* After recovery: the journal's runs that had not ended, and the finished jobs whose run the
+ * journal does not have yet (hooks.c explains why that closes the gap). */
+static int start_hooks(batchd *d)
+{
+    hooks_options ho = {
+        .loop = d->loop,
+        .state_dir = d->cfg->c.state.dir,
+        .done_dir = spool_dir(d->sp, "done"),
+        .failed_dir = spool_dir(d->sp, "failed"),
+        .ud = d,
+        .note = on_hook_note,
+        .outcome = on_hook_outcome,
+    };
+    d->hooks = hooks_new(&ho, &d->cfg->c);
+    if (!d->hooks)
+        return EX_CANTCREAT;
+    for (size_t i = 0; i < runner_count(d->runner); i++)
+        hooks_catch_up(d->hooks, runner_job_at(d->runner, i));
+    return 0;
+}
 
 /* The locks, the spool and the state directory. Returns 0, or a sysexits code after logging
  * why. */
@@ -227,12 +274,15 @@ static int start(batchd *d)
         return EX_SOFTWARE;
     }
     uv_timer_init(d->loop, &d->drain_timer);
-    runner_hooks hooks = runner_hooks_of_main;
-    hooks.ud = d;
-    d->runner = backend_runner_new(d, &hooks);
+    runner_hooks rh = runner_hooks_of_main;
+    rh.ud = d;
+    d->runner = backend_runner_new(d, &rh);
     /* Recover first, then listen: a client never sees a half-loaded job table. */
     if (runner_recover(d->runner) < 0)
         return EX_IOERR;
+    code = start_hooks(d);
+    if (code != 0)
+        return code;
     code = start_control(d);
     if (code != 0)
         return code;
@@ -308,6 +358,8 @@ static int load(batchd *d, const char *path)
     diag dg = {0};
     const char *source = NULL;
     int rc = config_load(path, &d->cfg->c, &dg);
+    if (rc == 0 && config_check_hooks(&d->cfg->c, &dg) > 0)
+        rc = -EINVAL;
     if (rc == 0)
         rc = config_load_token(&d->cfg->c, &d->token, &source, &dg);
     if (rc < 0) {

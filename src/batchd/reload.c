@@ -2,6 +2,7 @@
  * keeps until a restart, and applying a config to the running modules. batchd.conf(5) lists
  * which keys need a restart. */
 #include "batchd.h"
+#include "hooks.h"
 
 #include "batchd/log.h"
 #include "batchd/notify.h"
@@ -49,6 +50,8 @@ void batchd_apply_config(batchd *d)
         spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
     if (d->runner)
         runner_configure(d->runner, &d->params, (size_t)d->cfg->c.job.max_active);
+    if (d->hooks)
+        hooks_configure(d->hooks, &d->cfg->c);
 }
 
 static bool str_differs(const char *a, const char *b)
@@ -64,6 +67,8 @@ static int load_new(const batchd *d, cfgref *n, char **token, const char **sourc
 {
     diag dg = {0};
     int rc = config_load(d->config_path, &n->c, &dg);
+    if (rc == 0 && config_check_hooks(&n->c, &dg) > 0)
+        rc = -EINVAL;
     if (rc == 0)
         rc = config_load_token(&n->c, token, source, &dg);
     if (rc == -ENOENT && d->token_from_env && d->token) {
@@ -119,6 +124,11 @@ static cJSON *diff_config(const config *o, const config *c)
         {"job.max_active", o->job.max_active != c->job.max_active, false},
         {"job.invalid_records", o->job.invalid_records != c->job.invalid_records, false},
         {"job.max_record_size", o->job.max_record_bytes != c->job.max_record_bytes, false},
+        {"hooks.on_ready", str_differs(o->hooks.on_ready, c->hooks.on_ready), false},
+        {"hooks.on_failed", str_differs(o->hooks.on_failed, c->hooks.on_failed), false},
+        {"hooks.hook_timeout", o->hooks.timeout_ms != c->hooks.timeout_ms, false},
+        {"hooks.hook_retries", o->hooks.retries != c->hooks.retries, false},
+        {"hooks.hook_max_parallel", o->hooks.max_parallel != c->hooks.max_parallel, false},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++)
         if (keys[i].changed)

@@ -2,6 +2,7 @@
  * giving the creates and setups in flight DRAIN_MS to answer; stopping tears every module
  * down so that the loop ends. */
 #include "batchd.h"
+#include "hooks.h"
 
 #include "batchd/log.h"
 #include "batchd/notify.h"
@@ -26,6 +27,10 @@ static void close_handle(uv_handle_t *h)
 static void stop_now(batchd *d)
 {
     d->draining = false;
+    /* Running hooks are killed; their journal entries say "started", so they run again on
+     * the next start (hooks.c). */
+    hooks_stop(d->hooks);
+    d->hooks = NULL;
     runner_shutdown(d->runner);
     if (d->ctl) {
         control_stop(d->ctl);

@@ -54,6 +54,9 @@ void config_defaults(config *c)
     c->job.max_active = 64;
     c->job.invalid_records = CONFIG_INVALID_FAIL;
     c->job.max_record_bytes = 1024 * 1024;
+    c->hooks.timeout_ms = 5 * 60000;
+    c->hooks.retries = 3;
+    c->hooks.max_parallel = 4;
 }
 
 void config_free(config *c)
@@ -69,6 +72,8 @@ void config_free(config *c)
     free(c->control.socket);
     free(c->control.group);
     free(c->job.template_path);
+    free(c->hooks.on_ready);
+    free(c->hooks.on_failed);
     memset(c, 0, sizeof *c);
 }
 
@@ -246,9 +251,9 @@ out:
 
 /* ---- the inih side ---- */
 
-enum { SEC_API, SEC_SPOOL, SEC_STATE, SEC_CONTROL, SEC_POLL, SEC_JOB, SEC_COUNT };
-static const char *const section_names[SEC_COUNT] = {"api",     "spool", "state",
-                                                     "control", "poll",  "job"};
+enum { SEC_API, SEC_SPOOL, SEC_STATE, SEC_CONTROL, SEC_POLL, SEC_JOB, SEC_HOOKS, SEC_COUNT };
+static const char *const section_names[SEC_COUNT] = {"api",  "spool", "state", "control",
+                                                     "poll", "job",   "hooks"};
 
 typedef struct parse_state {
     config *c;
@@ -302,8 +307,8 @@ static void check_section_header(parse_state *st, const char *line, size_t len)
     while (nlen && (name[nlen - 1] == ' ' || name[nlen - 1] == '\t'))
         nlen--;
     if (!section_known(name, nlen))
-        perr(st, "unknown section [%.*s] (known: api, spool, state, control, poll, job)", (int)nlen,
-             name);
+        perr(st, "unknown section [%.*s] (known: api, spool, state, control, poll, job, hooks)",
+             (int)nlen, name);
 }
 
 /* fgets over the in-memory file, counting lines. Lines that do not fit inih's buffer are
@@ -368,6 +373,7 @@ DUR_KEY(k_poll_initial, c->poll.initial_ms)
 DUR_KEY(k_poll_max, c->poll.max_ms)
 DUR_KEY(k_poll_import, c->poll.import_timeout_ms)
 DUR_KEY(k_poll_batch, c->poll.batch_timeout_ms)
+DUR_KEY(k_hooks_timeout, c->hooks.timeout_ms)
 
 static const char *k_api_url(config *c, const char *v)
 {
@@ -476,6 +482,42 @@ static const char *k_job_max_record(config *c, const char *v)
     return parse_size_value(v, &c->job.max_record_bytes);
 }
 
+/* A hook is run without a shell, so it must be a path, and an absolute one: the daemon's
+ * working directory is not the operator's. */
+static const char *k_hook(char **dst, const char *v)
+{
+    if (!*v)
+        return "must not be empty (leave the key out for no hook)";
+    if (v[0] != '/')
+        return "must be an absolute path (hooks run without a shell, e.g. "
+               "/usr/local/lib/batchd/on-ready)";
+    for (const char *p = v; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return "contains control characters";
+    set_str(dst, v, false);
+    return NULL;
+}
+
+static const char *k_hooks_ready(config *c, const char *v)
+{
+    return k_hook(&c->hooks.on_ready, v);
+}
+
+static const char *k_hooks_failed(config *c, const char *v)
+{
+    return k_hook(&c->hooks.on_failed, v);
+}
+
+static const char *k_hooks_retries(config *c, const char *v)
+{
+    return parse_int_value(v, 0, 100, &c->hooks.retries, "must be between 0 and 100");
+}
+
+static const char *k_hooks_parallel(config *c, const char *v)
+{
+    return parse_int_value(v, 1, 256, &c->hooks.max_parallel, "must be between 1 and 256");
+}
+
 static const struct key_def {
     int section;
     const char *name;
@@ -501,6 +543,11 @@ static const struct key_def {
     {SEC_JOB, "max_active", k_job_max_active},
     {SEC_JOB, "invalid_records", k_job_invalid},
     {SEC_JOB, "max_record_size", k_job_max_record},
+    {SEC_HOOKS, "on_ready", k_hooks_ready},
+    {SEC_HOOKS, "on_failed", k_hooks_failed},
+    {SEC_HOOKS, "hook_timeout", k_hooks_timeout},
+    {SEC_HOOKS, "hook_retries", k_hooks_retries},
+    {SEC_HOOKS, "hook_max_parallel", k_hooks_parallel},
 };
 
 _Static_assert(BD_ARRAY_LEN(keys) <= 32, "parse_state.seen is too small");
@@ -528,7 +575,7 @@ static int handler(void *user, const char *section, const char *name, const char
         if (!*section)
             perr(st,
                  "'%s' is outside any section: put it under [api], [spool], [state], "
-                 "[control], [poll] or [job]",
+                 "[control], [poll], [job] or [hooks]",
                  name);
         return 1;
     }
@@ -553,6 +600,11 @@ static int handler(void *user, const char *section, const char *name, const char
     st->seen[k] = 1;
     char *v = strip_value(value);
     const char *err = keys[k].fn(st->c, v);
+    /* Where each hook was set: config_check_hooks reports its problems there. */
+    if (!err && keys[k].fn == k_hooks_ready)
+        st->c->hooks.on_ready_line = st->lineno;
+    else if (!err && keys[k].fn == k_hooks_failed)
+        st->c->hooks.on_failed_line = st->lineno;
     if (err && keys[k].fn == k_api_url && strchr(v, '@'))
         perr(st, "[%s] %s (not shown: it may hold a password): %s", section, name, err);
     else if (err)
@@ -613,6 +665,35 @@ int config_load(const char *path, config *c, diag *dg)
     free(data);
     check_whole(c, dg, path, &st.errors);
     return st.errors ? -EINVAL : 0;
+}
+
+static int check_hook(const config *c, const char *key, const char *path, int line, diag *dg)
+{
+    if (!path)
+        return 0;
+    const diag_where w = {.file = c->path, .line = (uint64_t)(line > 0 ? line : 0)};
+    struct stat sb;
+    if (stat(path, &sb) < 0) {
+        diag_add(dg, DIAG_ERROR, &w, "[hooks] %s = %s: %s", key, path, strerror(errno));
+        return 1;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        diag_add(dg, DIAG_ERROR, &w, "[hooks] %s = %s: not a regular file", key, path);
+        return 1;
+    }
+    if (access(path, X_OK) < 0) {
+        diag_add(dg, DIAG_ERROR, &w,
+                 "[hooks] %s = %s: not executable by batchd's user (%s); run chmod +x on it", key,
+                 path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+int config_check_hooks(const config *c, diag *dg)
+{
+    return check_hook(c, "on_ready", c->hooks.on_ready, c->hooks.on_ready_line, dg) +
+           check_hook(c, "on_failed", c->hooks.on_failed, c->hooks.on_failed_line, dg);
 }
 
 /* ---- the token ---- */

@@ -730,6 +730,10 @@ int intake_check_config(const char *path, FILE *out)
         problems += check_dir("[spool] dir", c.spool.dir, out);
         problems += check_dir("[state] dir", c.state.dir, out);
         problems += check_group(c.control.group, out);
+        problems += config_check_hooks(&c, &d);
+        for (size_t i = 0; i < d.count; i++)
+            fprintf(out, "%s\n", d.lines[i]);
+        diag_free(&d);
         if (c.job.template_path) {
             if (manifest_check_template(c.job.template_path, &c, &d) < 0) {
                 if (d.count == 0)

@@ -80,6 +80,22 @@ size_t runner_bad_records(const runner *rn)
     return rn->bad_records;
 }
 
+int runner_note(runner *rn, const char *job_id, const char *note)
+{
+    if (rn->stopping)
+        return -ESHUTDOWN;
+    for (size_t i = 0; i < rn->n_jobs; i++) {
+        rjob *r = rn->jobs[i];
+        if (strcmp(r->j->id, job_id) != 0)
+            continue;
+        job_note(r->j, rn_now(rn), "%s", note);
+        rj_persist(r);
+        rj_publish(r);
+        return 0;
+    }
+    return -ENOENT;
+}
+
 const job *runner_find(const runner *rn, const char *key, bool *ambiguous)
 {
     *ambiguous = false;

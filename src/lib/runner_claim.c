@@ -61,6 +61,8 @@ static void claimed(runner *rn, const claim_ctx *cx, const runner_claim *c)
         log_job(LOG_LVL_INFO, &f, "claimed into active/%s", base);
     rj_persist(r);
     rj_publish(r);
+    if (rejected && rn->hooks.job_finished)
+        rn->hooks.job_finished(rn->hooks.ud, j);
     if (!rejected)
         rj_drive(r);
 }

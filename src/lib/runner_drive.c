@@ -438,6 +438,8 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
     log_finished(r, ok);
     rj_persist(r);
     rj_publish(r);
+    if (rn->hooks.job_finished)
+        rn->hooks.job_finished(rn->hooks.ud, j);
     rn_evict_finished(rn);
     runner_update_status(rn);
     runner_claim_soon(rn);

@@ -195,6 +195,13 @@ static void test_bad_values(void **state)
         {"[api]\nurl = https://a.example\nurl = https://b.example\n",
          "batchd.conf:3: [api] url given twice"},
         {"[api]\nthis line is not ini\n", "batchd.conf:2: syntax error"},
+        {"[hooks]\non_ready = bin/hook\n", "batchd.conf:2: [hooks] on_ready = bin/hook: must be an "
+                                           "absolute path"},
+        {"[hooks]\non_failed =\n", "on_failed = : must not be empty"},
+        {"[hooks]\nhook_timeout = 0\n", "hook_timeout = 0: must be longer than 0"},
+        {"[hooks]\nhook_retries = -1\n", "hook_retries = -1: must be between 0 and 100"},
+        {"[hooks]\nhook_max_parallel = 0\n", "must be between 1 and 256"},
+        {"[hooks]\non_export = /bin/true\n", "unknown key 'on_export' in [hooks] (known: on_ready"},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
         config c;
@@ -209,6 +216,54 @@ static void test_bad_values(void **state)
         config_free(&c);
         diag_free(&d);
     }
+}
+
+static void test_hooks(void **state)
+{
+    (void)state;
+    config c;
+    diag d = {0};
+    assert_int_equal(load_text("", &c, &d), 0);
+    assert_null(c.hooks.on_ready);
+    assert_null(c.hooks.on_failed);
+    assert_int_equal(c.hooks.timeout_ms, 300000);
+    assert_int_equal(c.hooks.retries, 3);
+    assert_int_equal(c.hooks.max_parallel, 4);
+    assert_int_equal(config_check_hooks(&c, &d), 0);
+    config_free(&c);
+
+    char *exe = write_file("hook", "#!/bin/sh\n", 0755);
+    char *plain = write_file("plain", "#!/bin/sh\n", 0644);
+    char *text = xasprintf("[hooks]\non_ready = %s  # after READY\n\non_failed = %s\n"
+                           "hook_timeout = 90s\nhook_retries = 0\nhook_max_parallel = 2\n",
+                           exe, plain);
+    assert_int_equal(load_text(text, &c, &d), 0);
+    assert_string_equal(c.hooks.on_ready, exe);
+    assert_string_equal(c.hooks.on_failed, plain);
+    assert_int_equal(c.hooks.timeout_ms, 90000);
+    assert_int_equal(c.hooks.retries, 0);
+    assert_int_equal(c.hooks.max_parallel, 2);
+    /* on_ready is fine; on_failed, set on line 4, is not executable. */
+    assert_int_equal(config_check_hooks(&c, &d), 1);
+    assert_int_equal(d.count, 1);
+    assert_true(diag_has(&d, "batchd.conf:4: [hooks] on_failed = "));
+    assert_true(diag_has(&d, "not executable"));
+    config_free(&c);
+    diag_free(&d);
+    free(text);
+
+    text = xasprintf("[hooks]\non_ready = %s/missing\non_failed = %s\n", tmpdir, tmpdir);
+    assert_int_equal(load_text(text, &c, &d), 0);
+    assert_int_equal(config_check_hooks(&c, &d), 2);
+    assert_true(diag_has(&d, "batchd.conf:2: [hooks] on_ready = "));
+    assert_true(diag_has(&d, "No such file or directory"));
+    assert_true(diag_has(&d, "batchd.conf:3: [hooks] on_failed = "));
+    assert_true(diag_has(&d, "not a regular file"));
+    config_free(&c);
+    diag_free(&d);
+    free(text);
+    free(exe);
+    free(plain);
 }
 
 static void test_loopback_http_allowed(void **state)
@@ -390,6 +445,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_section_and_key_with_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loopback_http_allowed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_line_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_path, setup, teardown),

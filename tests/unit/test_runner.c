@@ -608,7 +608,7 @@ static void hk_rejected(void *ud, unsigned gen)
 static void start_runner(world *w)
 {
     runner_backend be = {&store_ops, &http_ops, &spool_ops, &validate_ops, &clock_ops, w};
-    runner_hooks hooks = {w, hk_changed, hk_status, hk_ended, hk_rejected};
+    runner_hooks hooks = {w, hk_changed, hk_status, hk_ended, hk_rejected, NULL};
     runner_options o = {.state_dir = "/state", .incoming_dir = "/spool/incoming", .seed = 42};
     w->rn = runner_new(&be, &hooks, &o);
     job_params p;
