@@ -248,6 +248,9 @@ void job_fail(job *j, int64_t now_ms, const char *code, const char *fmt, ...)
  * Both return 0 or -EINVAL when the state does not allow it. */
 int job_cancel(job *j, int64_t now_ms);
 int job_retry(job *j, int64_t now_ms);
+/* A job waiting for its retry time after an error (retry_at in the future) makes the attempt
+ * now; 0, or -EINVAL when it is not waiting for one. */
+int job_retry_now(job *j, int64_t now_ms);
 
 /* Recovery after a restart: a job read back from its record. Notes what is being resumed
  * (an unknown outcome is resolved by job_next). */
