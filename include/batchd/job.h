@@ -157,6 +157,8 @@ cJSON *job_to_public(const job *j, bool with_history);
 /* done/NAME/result.json and failed/NAME/error.json (batchd(8), RESULTS). */
 cJSON *job_result_json(const job *j);
 cJSON *job_error_json(const job *j);
+/* Records left out of the upload by invalid_records = skip; 0 otherwise. */
+int64_t job_skipped_records(const job *j);
 
 /* Appends to the history (bounded: the oldest entries beyond 200 are dropped). */
 void job_note(job *j, int64_t now_ms, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
