@@ -28,7 +28,7 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: batchd [-c FILE] [--check-config] [--version] [--help]\n"
+            "Usage: batchd [-c FILE] [--check-config] [-V|--version] [-h|--help]\n"
             "\n"
             "Turns datasets dropped into a spool directory into READY Prolific AI Task Builder\n"
             "batches. Runs in the foreground; systemd supervises it.\n"
@@ -36,7 +36,7 @@ static void usage(FILE *out)
             "  -c, --config FILE   configuration file (default: $BATCHD_CONFIG, else %s)\n"
             "      --check-config  check the configuration, token source, directories and\n"
             "                      templates, print each problem with file:line, exit 0 or 78\n"
-            "      --version       print the version and exit\n"
+            "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n"
             "\n"
             "Signals: SIGTERM/SIGINT stop (jobs resume on the next start), SIGHUP reloads the\n"
