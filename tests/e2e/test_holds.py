@@ -125,7 +125,7 @@ def test_retry_running_refused():
         check(r.get("error") == "io.batchd.InvalidState", r)
         check("running" in r["parameters"].get("message", ""), r)
         p = ctl(env, "retry", "busy")
-        check(p.returncode != 0 and "running" in p.stderr, (p.returncode, p.stdout, p.stderr))
+        check(p.returncode == 65 and "running" in p.stderr, (p.returncode, p.stdout, p.stderr))
         check(d.jobs()[0]["state"] == "processing", d.jobs())
 
 
