@@ -31,8 +31,9 @@ typedef struct intake_result {
     char *data_path;   /* the data file found: job_dir joined with dataset.file */
     char *upload_path; /* file to upload: data_path, or the cleaned file in skip mode */
     char *upload_name; /* file name to request the upload URL with (the data file's name) */
-    uint64_t records;  /* records that will be uploaded */
-    uint64_t rejected; /* records rejected (skip mode) */
+    uint64_t records;  /* valid records: those uploaded when the job is valid */
+    uint64_t rejected; /* records that do not match the schema: skipped in skip mode; also
+                          counted when they fail the job (code "invalid_records") */
     uint64_t bytes;    /* size of upload_path */
     /* SHA-256 (lower-case hex) of exactly the bytes validated for upload: the data file as
      * read, or the cleaned file as written in skip mode. The upload is checked against it

@@ -157,6 +157,8 @@ cJSON *job_to_public(const job *j, bool with_history);
 /* done/NAME/result.json and failed/NAME/error.json (batchd(8), RESULTS). */
 cJSON *job_result_json(const job *j);
 cJSON *job_error_json(const job *j);
+/* Records left out of the upload by invalid_records = skip; 0 otherwise. */
+int64_t job_skipped_records(const job *j);
 
 /* Appends to the history (bounded: the oldest entries beyond 200 are dropped). */
 void job_note(job *j, int64_t now_ms, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -248,6 +250,9 @@ void job_fail(job *j, int64_t now_ms, const char *code, const char *fmt, ...)
  * Both return 0 or -EINVAL when the state does not allow it. */
 int job_cancel(job *j, int64_t now_ms);
 int job_retry(job *j, int64_t now_ms);
+/* A job waiting for its retry time after an error (retry_at in the future) makes the attempt
+ * now; 0, or -EINVAL when it is not waiting for one. */
+int job_retry_now(job *j, int64_t now_ms);
 
 /* Recovery after a restart: a job read back from its record. Notes what is being resumed
  * (an unknown outcome is resolved by job_next). */

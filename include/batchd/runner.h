@@ -89,6 +89,9 @@ typedef struct runner_spool_ops {
     bool (*active_exists)(void *ud, const char *dir);
     /* failed/<name> back to active/; *active_name malloc'd. Synchronous: an operator waits. */
     int (*reactivate)(void *ud, const char *failed_name, char **active_name);
+    /* How many entries a scan could list now, without those skip() leaves out (and those
+     * being claimed). May be NULL: the backlog is then reported as 0. */
+    int (*count)(void *ud, bool (*skip)(void *sud, const char *name), void *sud, size_t *n);
 } runner_spool_ops;
 
 /* A finished validation: v NULL when it was cancelled or could not run. */
@@ -153,6 +156,9 @@ void runner_configure(runner *rn, const job_params *p, size_t max_active);
 /* Loads the records and the directories of active/; -errno when the records cannot be read. */
 int runner_recover(runner *rn);
 void runner_claim_soon(runner *rn);
+/* incoming/ may have changed (an event, the rescan): the next claim turn counts it again,
+ * at most every RUNNER_COUNT_MIN_MS, and claims. */
+void runner_incoming_changed(runner *rn);
 void runner_drive_all(runner *rn);
 void runner_update_status(runner *rn);
 /* Paused: no claims and no new requests; the waits of a pause do not count (import_timeout,
@@ -165,8 +171,15 @@ const job *runner_job_at(const runner *rn, size_t i);
 /* By id, else by name or directory name; NULL when none. *ambiguous when several match. */
 const job *runner_find(const runner *rn, const char *key, bool *ambiguous);
 size_t runner_stuck_count(const runner *rn);
+/* The backlog as of the last count (kept by the claim turns, not read from the disk here):
+ * entries in incoming/ not yet claimed (dotfiles, stuck entries and claims in progress not
+ * counted), and how many of those would be claimed now but for max_active or a pause. */
+size_t runner_incoming(const runner *rn);
+size_t runner_waiting_for_slot(const runner *rn);
 size_t runner_bad_records(const runner *rn);
-/* -EINVAL when the job's state does not allow it; retry: -errno from the spool. */
+/* -EINVAL when the job's state does not allow it; retry: -errno from the spool. Retry on a
+ * running job waiting for its retry time after an error makes the attempt now; on any other
+ * running job it is -EBUSY. */
 int runner_cancel(runner *rn, const job *j);
 int runner_retry(runner *rn, const job *j);
 /* Adds a note to a known job's history and writes its record: -ENOENT when the job is not

@@ -64,6 +64,10 @@ int spool_scan_incoming(spool *s, size_t max, char ***names, size_t *count);
 int spool_scan_incoming_ex(spool *s, size_t max, bool (*skip)(void *ud, const char *name), void *ud,
                            char ***names, size_t *count);
 void spool_names_free(char **names, size_t count);
+/* How many entries of incoming/ a scan could list now (dotfiles and those skip() leaves out
+ * not counted): one read of the directory, no system call per entry. 0 or -errno. */
+int spool_count_incoming(spool *s, bool (*skip)(void *ud, const char *name), void *ud,
+                         size_t *count);
 
 /* Entries of incoming/ that could not be claimed (a directory batchd may not rename, an I/O
  * error): remembered by name, without limit, so they are skipped by the scan (see

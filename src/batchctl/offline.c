@@ -40,7 +40,8 @@ const char *batchctl_name_problem(const char *name)
     if (name[0] == '.')
         return "starts with '.' (such entries are ignored by batchd)";
     if (strchr(name, '/'))
-        return "contains '/'";
+        return "contains '/': a job name becomes one entry in the spool's directories "
+               "(incoming/NAME, done/NAME), so it cannot name a path; use '-' or '_' instead";
     for (const char *p = name; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             return "contains a control character (newline, tab ...)";
@@ -393,8 +394,9 @@ int batchctl_submit(const char *config_path, bool json, int argc, char **argv)
         name = a.name ? xstrdup(a.name) : derive_name(a.path, job.is_dir);
         const char *why = batchctl_name_problem(name);
         if (why) {
-            fprintf(stderr, "batchctl submit: the job name %s%s; choose one with --name NAME\n",
-                    a.name ? "given " : "taken from the path ", why);
+            fprintf(stderr,
+                    "batchctl submit: the job name %s'%s' %s; choose another with --name NAME\n",
+                    a.name ? "given, " : "taken from the path, ", ctl_esc(name), why);
             rc = EX_DATAERR_;
         }
     }

@@ -227,7 +227,8 @@ static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
         printf("%son hold: the API rejected the token (fix it, then batchctl reload)%s",
                x->color ? CTL_YELLOW : "", x->color ? CTL_RESET : "");
     else if (paused)
-        printf("%spaused%s", x->color ? CTL_YELLOW : "", x->color ? CTL_RESET : "");
+        printf("%spaused by an operator (until batchctl resume)%s", x->color ? CTL_YELLOW : "",
+               x->color ? CTL_RESET : "");
     else
         printf("running");
     const cJSON *counts = cJSON_GetObjectItemCaseSensitive(info, "jobs");
@@ -246,6 +247,11 @@ static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
             sep = ", ";
         }
     }
+    int64_t incoming = json_int64(info, "incoming", 0);
+    int64_t waiting = json_int64(info, "waiting_for_slot", 0);
+    if (incoming > 0)
+        printf("; %" PRId64 " waiting in incoming/ (%" PRId64 " for %s)", incoming, waiting,
+               paused ? "the pause to end" : "a free slot: [job] max_active");
     int64_t stuck = json_int64(info, "stuck", 0);
     if (stuck > 0)
         printf("; %s%" PRId64 " stuck in incoming/%s (cannot be claimed: see the log)",
@@ -583,7 +589,8 @@ int ctl_pause(const ctl_ctx *x, int argc, char **argv)
 {
     return simple(x, argc, argv, "io.batchd.Pause",
                   "batchd paused: no new jobs are claimed and no new requests are sent; requests "
-                  "in flight finish. Undo with: batchctl resume");
+                  "in flight finish. The pause lasts across restarts; undo it with: batchctl "
+                  "resume");
 }
 
 int ctl_resume(const ctl_ctx *x, int argc, char **argv)

@@ -2,7 +2,7 @@
  * writes, claims and finishes are group-committed on libuv's thread pool (iobatch.h: what a
  * loop turn asks for goes out in a few batches, one directory fsync for each), validations
  * run there too; requests go through http.c; timers are libuv's. Left on the loop: the scan
- * of incoming/ (directory reads), the operator's retry (reactivate, with its fsyncs),
+ * of incoming/ and its count (directory reads), the operator's retry (reactivate, with its fsyncs),
  * loading and pruning records at start, and the last record writes at stop. */
 #include "batchd.h"
 #include "iobatch.h"
@@ -22,7 +22,7 @@
 
 /* ---- the backend's own state ---- */
 
-enum { LANE_WRITES, LANE_SPOOL, LANES };
+enum { LANE_WRITES, LANE_SPOOL, LANE_MARKER, LANES };
 
 typedef struct spool_req spool_req;
 
@@ -401,6 +401,79 @@ static void spool_after(void *ud, void **items, size_t n, int status)
     }
 }
 
+/* ---- the operator's pause marker: <state>/paused (batchd(8), PAUSE) ----
+ * One lane with one batch in flight, so a Pause and a Resume in quick succession reach the
+ * disk in the order they were made; within a batch only the last one counts. */
+
+typedef struct marker_req {
+    bool present;
+    int rc;
+} marker_req;
+
+static int marker_apply(const char *state_dir, bool present)
+{
+    char *path = fsutil_join(state_dir, BATCHD_PAUSE_MARKER);
+    int rc = 0;
+    if (present) {
+        static const char text[] = "paused by an operator (batchctl pause); batchctl resume "
+                                   "lifts it\n";
+        rc = fsutil_write_atomic(path, text, sizeof text - 1, 0600);
+    } else if (unlink(path) == 0) {
+        rc = fsutil_fsync_parent(path);
+    } else if (errno != ENOENT) {
+        rc = -errno;
+    }
+    free(path);
+    return rc;
+}
+
+static void marker_run(void *ud, void **items, size_t n)
+{
+    const backend *bk = ud;
+    const marker_req *last = items[n - 1];
+    int rc = marker_apply(bk->state_dir, last->present);
+    for (size_t i = 0; i < n; i++)
+        ((marker_req *)items[i])->rc = rc;
+}
+
+static void marker_log(const marker_req *q, int rc)
+{
+    if (rc < 0)
+        log_error("cannot %s the pause marker %s in the state directory: %s; the pause %s",
+                  q->present ? "write" : "remove", BATCHD_PAUSE_MARKER, strerror(-rc),
+                  q->present ? "holds until this batchd stops, but not across a restart"
+                             : "is lifted now, but a restart pauses again until it is removed");
+}
+
+static void marker_after(void *ud, void **items, size_t n, int status)
+{
+    const backend *bk = ud;
+    marker_req *last = items[n - 1];
+    /* Stopping before it reached the pool: a Pause must still survive the restart. */
+    int rc = status < 0 ? marker_apply(bk->state_dir, last->present) : last->rc;
+    marker_log(last, rc);
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+}
+
+void backend_pause_marker(batchd *d, bool present)
+{
+    backend *bk = d->backend;
+    if (!bk)
+        return;
+    marker_req *q = xcalloc(1, sizeof *q);
+    q->present = present;
+    iobatch_add(bk->io, LANE_MARKER, q);
+}
+
+bool backend_pause_marker_present(const batchd *d)
+{
+    char *path = fsutil_join(d->cfg->c.state.dir, BATCHD_PAUSE_MARKER);
+    bool present = access(path, F_OK) == 0;
+    free(path);
+    return present;
+}
+
 /* Record writes of different jobs may run in any order, so a turn's writes are split into up
  * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads or more: with the
  * spool's one and the runner's two validations, at least one thread stays free). The spool's
@@ -408,6 +481,7 @@ static void spool_after(void *ud, void **items, size_t n, int status)
 static const iobatch_lane_ops lane_ops[LANES] = {
     [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
     [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},
+    [LANE_MARKER] = {.run = marker_run, .after = marker_after, .max_flight = 1},
 };
 
 typedef struct scan_skip {
@@ -433,6 +507,13 @@ static int spool_scan(void *ud, size_t max, bool (*skip)(void *sud, const char *
     backend *bk = ud;
     scan_skip s = {.bk = bk, .skip = skip, .sud = sud};
     return spool_scan_incoming_ex(bk->d->sp, max, skip_claiming, &s, names, n);
+}
+
+static int spool_count(void *ud, bool (*skip)(void *sud, const char *name), void *sud, size_t *n)
+{
+    backend *bk = ud;
+    scan_skip s = {.bk = bk, .skip = skip, .sud = sud};
+    return spool_count_incoming(bk->d->sp, skip_claiming, &s, n);
 }
 
 static void spool_claim_async(void *ud, const char *entry, const char *job_id,
@@ -494,6 +575,7 @@ static const runner_spool_ops spool_ops = {
     .list_active = spool_active,
     .active_exists = spool_active_exists,
     .reactivate = spool_reactivate_one,
+    .count = spool_count,
 };
 
 /* ---- validation on the pool ---- */

@@ -68,6 +68,12 @@ typedef struct batchd {
 runner *backend_runner_new(batchd *d, const runner_hooks *hooks);
 /* Stopping, after runner_free: abandons the disk work not started, lets the rest end. */
 void backend_stop(batchd *d);
+/* The operator's pause survives a restart as a marker file in the state directory:
+ * backend_pause_marker writes (present) or removes it durably on the pool, in call order;
+ * backend_pause_marker_present reads it at start. */
+#define BATCHD_PAUSE_MARKER "paused"
+void backend_pause_marker(batchd *d, bool present);
+bool backend_pause_marker_present(const batchd *d);
 
 /* hold.c: the pause and the token hold. */
 void batchd_set_paused(batchd *d, bool operator_paused, bool token_hold);

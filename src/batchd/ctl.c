@@ -34,6 +34,9 @@ static cJSON *get_info(void *ud)
                 n++;
         cJSON_AddNumberToObject(counts, job_state_name((job_state)s), (double)n);
     }
+    /* Kept by the claim turns (runner.h): no directory is read here. */
+    cJSON_AddNumberToObject(o, "incoming", (double)runner_incoming(d->runner));
+    cJSON_AddNumberToObject(o, "waiting_for_slot", (double)runner_waiting_for_slot(d->runner));
     cJSON_AddNumberToObject(o, "stuck", (double)runner_stuck_count(d->runner));
     return o;
 }
@@ -88,6 +91,13 @@ static const job *lookup(batchd *d, const char *key, const char **err)
     return r;
 }
 
+/* As the runner's own job lines: "job ID (NAME): ...", with the journal fields. */
+static log_job_fields fields_of(const job *j)
+{
+    log_job_fields f = {j->id, j->name, j->dataset_id, j->batch_id, job_state_name(j->state)};
+    return f;
+}
+
 static cJSON *get_job(void *ud, const char *key, const char **err)
 {
     const job *j = lookup(ud, key, err);
@@ -102,10 +112,18 @@ static int retry(void *ud, const char *key, cJSON **job_out, const char **err, c
         *err_msg = "no single job has that id or name";
         return -ENOENT;
     }
+    bool waiting = j->retry_at > 0 && !job_state_terminal(j->state);
     int rc = runner_retry(d->runner, j);
+    if (rc == -EBUSY) {
+        *err = "io.batchd.InvalidState";
+        *err_msg = "the job is running and not waiting to retry after an error: only a failed "
+                   "or cancelled job, or one waiting for its retry time, can be retried";
+        return rc;
+    }
     if (rc == -EINVAL) {
         *err = "io.batchd.InvalidState";
-        *err_msg = "only a failed or cancelled job can be retried";
+        *err_msg = "the job is ready: only a failed or cancelled job, or one waiting for its "
+                   "retry time, can be retried";
         return rc;
     }
     if (rc < 0) {
@@ -113,7 +131,9 @@ static int retry(void *ud, const char *key, cJSON **job_out, const char **err, c
         *err_msg = "the job's directory could not be moved back from failed/ to active/";
         return rc;
     }
-    log_notice("job %s retried by an operator", j->id);
+    log_job_fields f = fields_of(j);
+    log_job(LOG_LVL_NOTICE, &f, "%s by an operator",
+            waiting ? "retried now, without waiting for its retry time," : "retried");
     *job_out = job_to_public(j, true);
     return 0;
 }
@@ -132,7 +152,8 @@ static int cancel(void *ud, const char *key, cJSON **job_out, const char **err,
         *err_msg = "the job has already finished";
         return -EINVAL;
     }
-    log_notice("job %s cancelled by an operator", j->id);
+    log_job_fields f = fields_of(j);
+    log_job(LOG_LVL_NOTICE, &f, "cancelled by an operator");
     *job_out = job_to_public(j, true);
     return 0;
 }
@@ -142,8 +163,10 @@ static void pause_(void *ud)
     batchd *d = ud;
     if (d->operator_paused)
         return;
-    log_notice("paused: no new claims and no new requests; requests in flight finish");
+    log_notice("paused by an operator: no new claims and no new requests; requests in flight "
+               "finish; the pause holds across restarts until batchctl resume");
     batchd_set_paused(d, true, d->token_hold);
+    backend_pause_marker(d, true);
 }
 
 static void resume_(void *ud)
@@ -157,6 +180,8 @@ static void resume_(void *ud)
         batchd_reread_token(d);
     } else
         log_notice("resumed");
+    if (d->operator_paused)
+        backend_pause_marker(d, false);
     batchd_set_paused(d, false, false);
 }
 

@@ -29,7 +29,7 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: batchd [-c FILE] [--check-config] [--version] [--help]\n"
+            "Usage: batchd [-c FILE] [--check-config] [-V|--version] [-h|--help]\n"
             "\n"
             "Turns datasets dropped into a spool directory into READY Prolific AI Task Builder\n"
             "batches. Runs in the foreground; systemd supervises it.\n"
@@ -37,7 +37,7 @@ static void usage(FILE *out)
             "  -c, --config FILE   configuration file (default: $BATCHD_CONFIG, else %s)\n"
             "      --check-config  check the configuration, token source, directories and\n"
             "                      templates, print each problem with file:line, exit 0 or 78\n"
-            "      --version       print the version and exit\n"
+            "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n"
             "\n"
             "Signals: SIGTERM/SIGINT stop (jobs resume on the next start), SIGHUP reloads the\n"
@@ -116,7 +116,7 @@ static int lock_dir(const char *dir, const char *name)
 static void on_spool_change(void *ud)
 {
     batchd *d = ud;
-    runner_claim_soon(d->runner);
+    runner_incoming_changed(d->runner);
 }
 
 /* ---- what the runner reports ---- */
@@ -138,7 +138,7 @@ static void on_status(void *ud, size_t active, size_t done, size_t failed)
     const batchd *d = ud;
     notify_status("%zu active, %zu done, %zu failed%s", active, done, failed,
                   d->token_hold ? ", on hold: the API rejected the token (fix it, then reload)"
-                  : d->paused   ? ", paused"
+                  : d->paused   ? ", paused by an operator (batchctl resume lifts it)"
                                 : "");
 }
 
@@ -277,6 +277,13 @@ static int start(batchd *d)
     runner_hooks rh = runner_hooks_of_main;
     rh.ud = d;
     d->runner = backend_runner_new(d, &rh);
+    /* Before any claim or request: an operator's pause outlives the process (ctl.c). */
+    if (backend_pause_marker_present(d)) {
+        log_notice("starting paused: an operator paused batchd (%s/%s exists); nothing is "
+                   "claimed or sent until batchctl resume",
+                   c->state.dir, BATCHD_PAUSE_MARKER);
+        batchd_set_paused(d, true, false);
+    }
     /* Recover first, then listen: a client never sees a half-loaded job table. */
     if (runner_recover(d->runner) < 0)
         return EX_IOERR;
@@ -312,7 +319,7 @@ static int parse_args(int argc, char **argv, const char **explicit_path, bool *c
         {NULL, 0, NULL, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:hV", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             *explicit_path = optarg;

@@ -538,6 +538,12 @@ static int check_data(const char *dir, const config *cfg, const atomic_int *canc
         error_in_file(el, shown, po.file_error);
     const records_stats *s = &po.stats;
     bool skip = cfg->job.invalid_records == CONFIG_INVALID_SKIP;
+    /* The counts of a pass that read the whole file, whatever the verdict: batchctl validate
+     * reports them for an invalid file too (intake_check keeps them for invalid_records). */
+    if (r == 0 && !po.file_error) {
+        res->records = s->valid;
+        res->rejected = s->invalid;
+    }
     res->bytes = (uint64_t)st.st_size;
     if (r == -ECANCELED) {
         set_failure(res, "cancelled", "cancelled while validating %s", shown);

@@ -426,6 +426,13 @@ job *job_from_record(const cJSON *rec, const char **err)
     return j;
 }
 
+int64_t job_skipped_records(const job *j)
+{
+    /* Validation keeps rejected_records only for a job it let through: more than 0 only
+     * with invalid_records = skip; -1 before validation. */
+    return j->rejected_records > 0 ? j->rejected_records : 0;
+}
+
 static void add_count(cJSON *o, const char *key, int64_t v)
 {
     json_add_int_or_null(o, key, v);
@@ -441,6 +448,7 @@ cJSON *job_to_public(const job *j, bool with_history)
     json_add_str_or_null(o, "import_id", j->import_id);
     json_add_str_or_null(o, "batch_id", j->batch_id);
     add_count(o, "records", j->records);
+    cJSON_AddNumberToObject(o, "skipped_records", (double)job_skipped_records(j));
     add_count(o, "bytes_total", j->bytes_total);
     add_count(o, "bytes_sent", j->bytes_total >= 0 ? j->bytes_sent : -1);
     json_add_str_or_null(o, "import_status", j->import_status);
@@ -474,6 +482,7 @@ cJSON *job_result_json(const job *j)
     json_add_str_or_null(o, "batch_id", j->batch_id);
     json_add_str_or_null(o, "batch_status", j->batch_status);
     add_count(o, "records", j->records);
+    cJSON_AddNumberToObject(o, "skipped_records", (double)job_skipped_records(j));
     add_count(o, "total_task_count", j->total_task_count);
     add_count(o, "total_task_groups", j->total_task_groups);
     json_add_str_or_null(o, "sha256", j->upload_sha256);

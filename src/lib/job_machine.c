@@ -1003,6 +1003,17 @@ int job_cancel(job *j, int64_t now)
     return 0;
 }
 
+int job_retry_now(job *j, int64_t now)
+{
+    if (job_state_terminal(j->state) || j->retry_at <= now)
+        return -EINVAL;
+    /* The attempts already made still count: an operator's nudge does not lift the bound. */
+    j->retry_at = 0;
+    j->updated_at = now;
+    job_note(j, now, "retry requested by an operator: the next attempt is made now");
+    return 0;
+}
+
 int job_retry(job *j, int64_t now)
 {
     if (j->state != JOB_FAILED && j->state != JOB_CANCELLED)

@@ -75,6 +75,20 @@ size_t runner_stuck_count(const runner *rn)
     return spool_stuck_count(rn->stuck);
 }
 
+size_t runner_incoming(const runner *rn)
+{
+    return rn->incoming;
+}
+
+size_t runner_waiting_for_slot(const runner *rn)
+{
+    if (rn->paused)
+        return rn->incoming;
+    size_t busy = rn->n_active + rn->claims_out;
+    size_t room = busy < rn->max_active ? rn->max_active - busy : 0;
+    return rn->incoming > room ? rn->incoming - room : 0;
+}
+
 size_t runner_bad_records(const runner *rn)
 {
     return rn->bad_records;
@@ -178,9 +192,23 @@ int runner_cancel(runner *rn, const job *cj)
     return 0;
 }
 
+/* A running job waiting for its retry time: the timer goes, the attempt is made now. */
+static int retry_now(runner *rn, rjob *r)
+{
+    if (rj_busy(r) || job_retry_now(r->j, rn_now(rn)) < 0)
+        return -EBUSY;
+    rn->be.clock->timer_stop(rn->be.ud, r->timer);
+    /* The cleared retry time is durable before the step (write_done drives the job then). */
+    rj_changed(r, r->j->state);
+    rj_drive(r);
+    return 0;
+}
+
 int runner_retry(runner *rn, const job *cj)
 {
     rjob *r = rj_of(rn, cj);
+    if (r && !r->finished && !job_state_terminal(r->j->state))
+        return retry_now(rn, r);
     if (!r || !r->finished || (r->j->state != JOB_FAILED && r->j->state != JOB_CANCELLED))
         return -EINVAL;
     job *j = r->j;

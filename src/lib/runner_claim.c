@@ -100,6 +100,8 @@ static void claim_done(void *cookie, int rc, const runner_claim *c)
 
 static void claim_one(runner *rn, const char *entry)
 {
+    if (!spool_stuck_has(rn->stuck, entry) && rn->incoming > 0)
+        rn->incoming--; /* counted, now being claimed (a stuck entry's retry never was) */
     claim_ctx *cx = xcalloc(1, sizeof *cx);
     cx->rn = rn;
     cx->entry = xstrdup(entry);
@@ -123,11 +125,45 @@ static bool claim_due(runner *rn, size_t room)
     return nd == room;
 }
 
+void runner_incoming_changed(runner *rn)
+{
+    rn->incoming_dirty = true;
+    runner_claim_soon(rn);
+}
+
+/* Counts incoming/ when it changed, paused or not, so that the backlog shows. Not more often
+ * than RUNNER_COUNT_MIN_MS: a burst of events comes back for one count at the end of it
+ * (the claim timer, armed without claim_pending so a claim_soon still claims at once). */
+static void count_incoming(runner *rn)
+{
+    if (!rn->incoming_dirty || !rn->be.spool->count)
+        return;
+    int64_t now = rn_mono(rn);
+    if (rn->incoming_counted_at > 0 && now - rn->incoming_counted_at < RUNNER_COUNT_MIN_MS) {
+        if (!rn->claim_pending)
+            rn->be.clock->timer_arm(rn->be.ud, rn->claim_timer,
+                                    RUNNER_COUNT_MIN_MS - (now - rn->incoming_counted_at));
+        return;
+    }
+    size_t n = 0;
+    int rc = rn->be.spool->count(rn->be.ud, spool_stuck_skip, rn->stuck, &n);
+    if (rc < 0) {
+        log_error("cannot count the entries in %s: %s", rn->incoming_dir, strerror(-rc));
+        return; /* the rescan tries again */
+    }
+    rn->incoming = n;
+    rn->incoming_dirty = false;
+    rn->incoming_counted_at = now > 0 ? now : 1;
+}
+
 void rn_claim_run(void *arg)
 {
     runner *rn = arg;
     rn->claim_pending = false;
-    if (rn->stopping || rn->paused || rn->n_active + rn->claims_out >= rn->max_active)
+    if (rn->stopping)
+        return;
+    count_incoming(rn);
+    if (rn->paused || rn->n_active + rn->claims_out >= rn->max_active)
         return;
     size_t want = rn->max_active - rn->n_active - rn->claims_out;
     if (want > RUNNER_CLAIMS_PER_TURN)

@@ -20,6 +20,9 @@
 #define RUNNER_CLAIM_RETRY_MS         60000
 #define RUNNER_STUCK_RELOG_MS         (3600LL * 1000)
 #define RUNNER_STUCK_RETRIES_PER_TURN 64
+/* incoming/ is counted again (one directory read) at most this often, however many events
+ * come: the backlog count lags by at most this much plus the rescan. */
+#define RUNNER_COUNT_MIN_MS 100
 /* Records of jobs finished longer ago than this are removed at start. */
 #define RUNNER_RECORD_KEEP_MS (30LL * 86400 * 1000)
 /* Finished jobs kept in memory (and so in ListJobs); older ones live on disk only. */
@@ -86,7 +89,10 @@ struct runner {
     size_t bad_records;
     size_t pruned_records;
     void *claim_timer;
-    spool_stuck *stuck; /* entries of incoming/ that could not be claimed; NULL until one */
+    spool_stuck *stuck;  /* entries of incoming/ that could not be claimed; NULL until one */
+    size_t incoming;     /* unclaimed entries in incoming/ as of the last count, less claims */
+    bool incoming_dirty; /* incoming/ changed since the last count */
+    int64_t incoming_counted_at; /* monotonic ms of the last count */
 };
 
 /* runner_job.c */

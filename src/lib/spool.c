@@ -1017,6 +1017,34 @@ int spool_scan_incoming_ex(spool *s, size_t max, bool (*skip)(void *ud, const ch
     return 0;
 }
 
+typedef struct count_ctx {
+    scan_skip k;
+    size_t n;
+} count_ctx;
+
+static bool count_visible(int fd, const char *name, void *ctx)
+{
+    count_ctx *c = ctx;
+    if (keep_visible(fd, name, &c->k))
+        c->n++;
+    return false; /* counted, never listed */
+}
+
+int spool_count_incoming(spool *s, bool (*skip)(void *ud, const char *name), void *ud,
+                         size_t *count)
+{
+    *count = 0;
+    if (s->rootfd < 0)
+        return -EBADF;
+    count_ctx c = {.k = {.fn = skip, .ud = ud}};
+    name_list l = {0};
+    int r = list_dir(s->fds[SUB_INCOMING], count_visible, &c, &l);
+    if (r < 0)
+        return r;
+    *count = c.n;
+    return 0;
+}
+
 static bool keep_job_dir(int fd, const char *name, void *ctx)
 {
     (void)ctx;

@@ -104,7 +104,8 @@ static void usage(FILE *f)
           "                            built-in hostile ids per hit, seeded)\n"
           "  --max-body BYTES          largest JSON request body (default 1048576)\n"
           "  --quiet                   no per-request log lines on stderr\n"
-          "  --help, --version\n"
+          "  -h, --help                print this help and exit\n"
+          "  -V, --version             print the version and exit\n"
           "\n"
           "Durations: 500ms, 2s, 5m, 1h. Test hooks (no auth): GET /_sim/state,\n"
           "GET /_sim/requests?since=SEQ, GET|POST /_sim/faults.\n",
@@ -286,12 +287,12 @@ static int parse_options(int argc, char **argv, sim_options *o)
         {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (c == OPT_HELP) {
+    while ((c = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
+        if (c == OPT_HELP || c == 'h') {
             usage(stdout);
             return 1;
         }
-        if (c == OPT_VERSION) {
+        if (c == OPT_VERSION || c == 'V') {
             printf("batchd-sim %s\n", BATCHD_VERSION);
             return 1;
         }

@@ -228,7 +228,8 @@ def test_status_updates():
                   f"STATUS= while the job ran: {statuses(notify.seen[mark:])}")
             check(d.dir_entries("done") == ["one"], d.dir_entries("done"))
             call(d.socket, "io.batchd.Pause")
-            notify.wait_key("STATUS", "0 active, 1 done, 0 failed, paused", 10)
+            notify.wait_key("STATUS", "0 active, 1 done, 0 failed, paused by an operator "
+                                     "(batchctl resume lifts it)", 10)
             call(d.socket, "io.batchd.Resume")
             notify.wait_key("STATUS", "0 active, 1 done, 0 failed", 10)
             # A job that fails counts as failed.

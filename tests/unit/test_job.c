@@ -200,7 +200,8 @@ static void test_happy_path(void **state)
     assert_int_equal(json_int64(res, "api_requests", -1), 8);
     /* the digest of what was validated and uploaded (batchd(8), RESULTS: sha256) */
     assert_string_equal(json_str(res, "sha256"), SHA256_HEX);
-    assert_int_equal(cJSON_GetArraySize(res), 15); /* exactly the keys of batchd(8), RESULTS */
+    assert_int_equal(json_int64(res, "skipped_records", -1), 0); /* not in skip mode */
+    assert_int_equal(cJSON_GetArraySize(res), 16); /* exactly the keys of batchd(8), RESULTS */
     cJSON_Delete(res);
 }
 

@@ -444,8 +444,17 @@ static int sp_reactivate(void *ud, const char *failed_name, char **active_name)
     return 0;
 }
 
-static const runner_spool_ops spool_ops = {sp_scan,        sp_claim,         sp_finish,
-                                           sp_list_active, sp_active_exists, sp_reactivate};
+static int sp_count(void *ud, bool (*skipfn)(void *sud, const char *name), void *sud, size_t *n)
+{
+    const world *w = ud;
+    *n = 0;
+    for (size_t i = 0; i < w->n_incoming; i++)
+        *n += !skipfn(sud, w->incoming[i]);
+    return 0;
+}
+
+static const runner_spool_ops spool_ops = {
+    sp_scan, sp_claim, sp_finish, sp_list_active, sp_active_exists, sp_reactivate, sp_count};
 
 /* ---- validation the test answers ---- */
 
@@ -680,6 +689,13 @@ static void drop(world *w, const char *entry)
     w->incoming[w->n_incoming++] = xstrdup(entry);
     runner_claim_soon(w->rn);
     advance(w, 1);
+}
+
+static const char *last_note(const job *j)
+{
+    const cJSON *h = cJSON_GetArrayItem(j->history, cJSON_GetArraySize(j->history) - 1);
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(h, "note");
+    return cJSON_IsString(n) ? n->valuestring : "";
 }
 
 static const job *job0(world *w)
@@ -1023,7 +1039,8 @@ static void test_retry_refused(void **state)
     world *w = *state;
     drop(w, "a");
     const job *j = job0(w);
-    assert_int_equal(runner_retry(w->rn, j), -EINVAL); /* not finished */
+    /* running, not waiting for a retry time */
+    assert_int_equal(runner_retry(w->rn, j), -EBUSY);
     w->validation_bad = true;
     run_until(w, j, JOB_FAILED);
     flush(w);
@@ -1031,6 +1048,87 @@ static void test_retry_refused(void **state)
     w->reactivate_rc = -EEXIST;
     assert_int_equal(runner_retry(w->rn, j), -EEXIST);
     assert_int_equal(j->state, JOB_FAILED);
+}
+
+/* Retry on a job waiting for its retry time (a 429 with Retry-After: 30) sends at once, and
+ * the attempts made still count. */
+static void test_retry_now(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    freq *q = run_until_sent(w, JOB_OP_CREATE_DATASET);
+    assert_int_equal(runner_retry(w->rn, j), -EBUSY); /* a request in flight */
+    job_reply r = {.net = JOB_NET_OK,
+                   .status = 429,
+                   .body = "{}",
+                   .body_len = 2,
+                   .retry_after = "30",
+                   .error_text = "",
+                   .secret = "tok"};
+    q->live = false;
+    q->done(q->cookie, &r, w->token_gen);
+    flush(w);
+    assert_true(j->retry_at >= w->now + 30000);
+    assert_int_equal(j->attempts, 1);
+    advance(w, 1000);
+    flush(w);
+    assert_int_equal(n_live_reqs(w), 0); /* still waiting */
+    int sent = w->sent[JOB_OP_CREATE_DATASET];
+    assert_int_equal(runner_retry(w->rn, j), 0);
+    assert_int_equal(j->retry_at, 0);
+    assert_int_equal(j->state, JOB_CREATING_DATASET);
+    flush(w); /* the cleared retry time is durable first */
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], sent + 1);
+    assert_non_null(live_req(w));
+    assert_int_equal(j->attempts, 1);
+    assert_string_equal(last_note(j),
+                        "retry requested by an operator: the next attempt is made now");
+    /* once sent it is running again: no second retry-now */
+    assert_int_equal(runner_retry(w->rn, j), -EBUSY);
+    run_until(w, j, JOB_READY);
+    assert_int_equal(runner_retry(w->rn, j), -EINVAL); /* ready */
+}
+
+/* The backlog: entries in incoming/ not claimed, and those that wait for a slot or a pause. */
+static void test_backlog_counts(void **state)
+{
+    world *w = *state;
+    job_params p;
+    job_params_default(&p);
+    runner_configure(w->rn, &p, 1);
+    runner_set_paused(w->rn, true);
+    w->incoming[w->n_incoming++] = xstrdup("a");
+    runner_incoming_changed(w->rn);
+    advance(w, 1);
+    assert_int_equal(runner_count(w->rn), 0);
+    assert_int_equal(runner_incoming(w->rn), 1);
+    assert_int_equal(runner_waiting_for_slot(w->rn), 1);
+    /* a burst within RUNNER_COUNT_MIN_MS: counted once at the end of it */
+    w->incoming[w->n_incoming++] = xstrdup("b");
+    runner_incoming_changed(w->rn);
+    advance(w, 1);
+    w->incoming[w->n_incoming++] = xstrdup("c");
+    runner_incoming_changed(w->rn);
+    advance(w, 1);
+    advance(w, 100);
+    assert_int_equal(runner_incoming(w->rn), 3);
+    assert_int_equal(runner_waiting_for_slot(w->rn), 3);
+    /* resumed, one slot: one claimed, two wait for it */
+    runner_set_paused(w->rn, false);
+    advance(w, 1);
+    assert_int_equal(runner_count(w->rn), 1);
+    assert_int_equal(runner_incoming(w->rn), 2);
+    assert_int_equal(runner_waiting_for_slot(w->rn), 2);
+    run_until(w, job0(w), JOB_READY);
+    flush(w);
+    advance(w, 1);
+    assert_int_equal(runner_count(w->rn), 2);
+    assert_int_equal(runner_incoming(w->rn), 1);
+    assert_int_equal(runner_waiting_for_slot(w->rn), 1);
+    /* room for all: nothing waits for a slot */
+    runner_configure(w->rn, &p, 8);
+    assert_int_equal(runner_waiting_for_slot(w->rn), 0);
 }
 
 static void test_claim_failures(void **state)
@@ -1309,6 +1407,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test(test_cancel_and_retry_every_state),
         cmocka_unit_test_setup_teardown(test_retry_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_now, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backlog_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_hold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause, setup, teardown),
