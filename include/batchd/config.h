@@ -51,6 +51,9 @@ typedef struct config {
         config_invalid_records invalid_records; /* default fail */
         size_t max_record_bytes;                /* longest accepted record; default 1 MiB */
     } job;
+    struct {
+        char *listen; /* ADDR:PORT of the GET /metrics endpoint; NULL: off (the default) */
+    } metrics;
 } config;
 
 /* Problems go into a diag (util.h): each line "file:line: message" (or "file: message"). */
@@ -75,5 +78,11 @@ int config_load_token(const config *c, char **token, const char **source, diag *
 /* Resolves the path of the config file to use: explicit (-c), else $BATCHD_CONFIG, else
  * CONFIG_DEFAULT_PATH. */
 const char *config_default_path(const char *explicit_path);
+
+/* [metrics] listen: a numeric IPv4 address or a bracketed IPv6 one, a colon and a port
+ * (127.0.0.1:9465, [::1]:9465). Fills *addr (a struct sockaddr_in or sockaddr_in6, *len
+ * bytes); returns NULL, or what is wrong (static text). Pure. */
+struct sockaddr_storage;
+const char *config_parse_listen(const char *v, struct sockaddr_storage *addr, unsigned *len);
 
 #endif

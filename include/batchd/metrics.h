@@ -79,16 +79,14 @@ void metrics_request_done(metrics *m, const metrics_request *rq);
 /* A hook run ended: hook e.g. "on_ready", outcome e.g. "ok", "failed", "timeout". */
 void metrics_hook_run(metrics *m, const char *hook, const char *outcome);
 
-/* Seconds a request waited for the API token bucket ([api] max_rate). */
-void metrics_token_wait(metrics *m, double seconds);
-
 /* The values read at render time. -1 in a process_* field: unknown (not rendered). */
 typedef struct metrics_snapshot {
     size_t jobs_by_state[JOB_STATE_COUNT];
     int64_t incoming; /* entries waiting in incoming/, -1 unknown */
     size_t stuck;
     bool paused;
-    const char *pause_reason; /* "operator", "api_token_rejected", NULL */
+    const char *pause_reason;       /* "operator", "api_token_rejected", NULL */
+    double rate_limit_wait_seconds; /* requests' waits for the API token bucket, summed */
     double process_cpu_seconds;
     double process_resident_bytes;
     double process_virtual_bytes;

@@ -11,10 +11,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -69,6 +71,7 @@ void config_free(config *c)
     free(c->control.socket);
     free(c->control.group);
     free(c->job.template_path);
+    free(c->metrics.listen);
     memset(c, 0, sizeof *c);
 }
 
@@ -246,9 +249,9 @@ out:
 
 /* ---- the inih side ---- */
 
-enum { SEC_API, SEC_SPOOL, SEC_STATE, SEC_CONTROL, SEC_POLL, SEC_JOB, SEC_COUNT };
-static const char *const section_names[SEC_COUNT] = {"api",     "spool", "state",
-                                                     "control", "poll",  "job"};
+enum { SEC_API, SEC_SPOOL, SEC_STATE, SEC_CONTROL, SEC_POLL, SEC_JOB, SEC_METRICS, SEC_COUNT };
+static const char *const section_names[SEC_COUNT] = {"api",  "spool", "state",  "control",
+                                                     "poll", "job",   "metrics"};
 
 typedef struct parse_state {
     config *c;
@@ -302,8 +305,8 @@ static void check_section_header(parse_state *st, const char *line, size_t len)
     while (nlen && (name[nlen - 1] == ' ' || name[nlen - 1] == '\t'))
         nlen--;
     if (!section_known(name, nlen))
-        perr(st, "unknown section [%.*s] (known: api, spool, state, control, poll, job)", (int)nlen,
-             name);
+        perr(st, "unknown section [%.*s] (known: api, spool, state, control, poll, job, metrics)",
+             (int)nlen, name);
 }
 
 /* fgets over the in-memory file, counting lines. Lines that do not fit inih's buffer are
@@ -476,6 +479,62 @@ static const char *k_job_max_record(config *c, const char *v)
     return parse_size_value(v, &c->job.max_record_bytes);
 }
 
+const char *config_parse_listen(const char *v, struct sockaddr_storage *addr, unsigned *len)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v || !colon[1])
+        return "must be ADDRESS:PORT, e.g. 127.0.0.1:9465 or [::1]:9465";
+    char host[64];
+    size_t hlen = (size_t)(colon - v);
+    bool v6 = v[0] == '[';
+    if (v6 && (hlen < 3 || v[hlen - 1] != ']'))
+        return "an IPv6 address goes in brackets, e.g. [::1]:9465";
+    if (v6) {
+        v++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof host)
+        return "the address is too long: give a numeric IPv4 or IPv6 address";
+    memcpy(host, v, hlen);
+    host[hlen] = '\0';
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || errno || port < 1 || port > 65535 || !isdigit((unsigned char)colon[1]))
+        return "the port must be a number from 1 to 65535";
+    memset(addr, 0, sizeof *addr);
+    if (!v6) {
+        struct sockaddr_in *in = (struct sockaddr_in *)addr;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return "not a numeric IPv4 address (write an IPv6 address as [::1]:9465)";
+        *len = sizeof *in;
+        return NULL;
+    }
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)addr;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+        return "not a numeric IPv6 address";
+    *len = sizeof *in6;
+    return NULL;
+}
+
+static const char *k_metrics_listen(config *c, const char *v)
+{
+    free(c->metrics.listen);
+    c->metrics.listen = NULL;
+    if (!*v)
+        return NULL; /* empty: off */
+    struct sockaddr_storage ss;
+    unsigned len;
+    const char *e = config_parse_listen(v, &ss, &len);
+    if (!e)
+        c->metrics.listen = xstrdup(v);
+    return e;
+}
+
 static const struct key_def {
     int section;
     const char *name;
@@ -501,6 +560,7 @@ static const struct key_def {
     {SEC_JOB, "max_active", k_job_max_active},
     {SEC_JOB, "invalid_records", k_job_invalid},
     {SEC_JOB, "max_record_size", k_job_max_record},
+    {SEC_METRICS, "listen", k_metrics_listen},
 };
 
 _Static_assert(BD_ARRAY_LEN(keys) <= 32, "parse_state.seen is too small");
@@ -528,7 +588,7 @@ static int handler(void *user, const char *section, const char *name, const char
         if (!*section)
             perr(st,
                  "'%s' is outside any section: put it under [api], [spool], [state], "
-                 "[control], [poll] or [job]",
+                 "[control], [poll], [job] or [metrics]",
                  name);
         return 1;
     }

@@ -109,7 +109,6 @@ metrics *metrics_new(const char *version)
     /* The unlabelled totals exist from the start: a rate over them needs the zero. */
     metrics_touch(m->ready_seconds, NULL);
     metrics_inc(m->upload_bytes, NULL, 0);
-    metrics_inc(m->token_wait, NULL, 0);
     return m;
 }
 
@@ -201,17 +200,18 @@ void metrics_hook_run(metrics *m, const char *hook, const char *outcome)
     metrics_inc(m->hook_runs, LABELS(hook, outcome), 1);
 }
 
-void metrics_token_wait(metrics *m, double seconds)
-{
-    if (seconds > 0)
-        metrics_inc(m->token_wait, NULL, seconds);
-}
-
 static void set_if_known(metrics_family *f, double v)
 {
     metrics_family_clear(f);
     if (v >= 0)
         metrics_set(f, NULL, v);
+}
+
+static void set_total(metrics_family *f, double v)
+{
+    metrics_family_clear(f);
+    if (v >= 0)
+        metrics_inc(f, NULL, v);
 }
 
 char *metrics_render(metrics *m, const metrics_snapshot *s)
@@ -231,10 +231,9 @@ char *metrics_render(metrics *m, const metrics_snapshot *s)
     }
     if (s->paused && !named)
         metrics_set(m->paused, LABELS(s->pause_reason ? s->pause_reason : "unknown"), 1);
-    /* The CPU time is a total the kernel keeps: set afresh on each render. */
-    metrics_family_clear(m->cpu);
-    if (s->process_cpu_seconds >= 0)
-        metrics_inc(m->cpu, NULL, s->process_cpu_seconds);
+    /* Totals kept elsewhere (the HTTP client, the kernel): set afresh on each render. */
+    set_total(m->token_wait, s->rate_limit_wait_seconds);
+    set_total(m->cpu, s->process_cpu_seconds);
     set_if_known(m->rss, s->process_resident_bytes);
     set_if_known(m->vsz, s->process_virtual_bytes);
     set_if_known(m->fds, s->process_open_fds);

@@ -6,6 +6,10 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -81,6 +85,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.job.invalid_records, CONFIG_INVALID_FAIL);
     assert_int_equal(c.job.max_record_bytes, 1024 * 1024);
     assert_null(c.api.workspace_id);
+    assert_null(c.metrics.listen); /* off by default */
     config_free(&c);
     config_free(&c); /* second free of a freed (zeroed) config is harmless */
     config_free(NULL);
@@ -195,6 +200,16 @@ static void test_bad_values(void **state)
         {"[api]\nurl = https://a.example\nurl = https://b.example\n",
          "batchd.conf:3: [api] url given twice"},
         {"[api]\nthis line is not ini\n", "batchd.conf:2: syntax error"},
+        {"[metrics]\n\nlisten = 9465\n",
+         "batchd.conf:3: [metrics] listen = 9465: must be ADDRESS:PORT"},
+        {"[metrics]\nlisten = localhost:9465\n", "not a numeric IPv4 address"},
+        {"[metrics]\nlisten = 127.0.0.1:0\n", "from 1 to 65535"},
+        {"[metrics]\nlisten = 127.0.0.1:65536\n", "from 1 to 65535"},
+        {"[metrics]\nlisten = 127.0.0.1:+80\n", "from 1 to 65535"},
+        {"[metrics]\nlisten = ::1:9465\n", "write an IPv6 address as [::1]:9465"},
+        {"[metrics]\nlisten = [::1:9465\n", "in brackets"},
+        {"[metrics]\nlisten = [zz]:9465\n", "not a numeric IPv6 address"},
+        {"[metrics]\nport = 1\n", "unknown key 'port' in [metrics]"},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
         config c;
@@ -209,6 +224,29 @@ static void test_bad_values(void **state)
         config_free(&c);
         diag_free(&d);
     }
+}
+
+static void test_metrics_listen(void **state)
+{
+    (void)state;
+    config c;
+    diag d = {0};
+    assert_int_equal(load_text("[metrics]\nlisten = 127.0.0.1:9465\n", &c, &d), 0);
+    assert_string_equal(c.metrics.listen, "127.0.0.1:9465");
+    config_free(&c);
+    assert_int_equal(load_text("[metrics]\nlisten = [::1]:80\n", &c, &d), 0);
+    assert_string_equal(c.metrics.listen, "[::1]:80");
+    struct sockaddr_storage ss;
+    unsigned len = 0;
+    assert_null(config_parse_listen(c.metrics.listen, &ss, &len));
+    assert_int_equal(ss.ss_family, AF_INET6);
+    assert_int_equal(len, sizeof(struct sockaddr_in6));
+    assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 80);
+    config_free(&c);
+    assert_int_equal(load_text("[metrics]\nlisten =\n", &c, &d), 0);
+    assert_null(c.metrics.listen);
+    config_free(&c);
+    diag_free(&d);
 }
 
 static void test_loopback_http_allowed(void **state)
@@ -391,6 +429,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loopback_http_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_line_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_metrics_listen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_order, setup, teardown),

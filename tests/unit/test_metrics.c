@@ -159,11 +159,11 @@ static void test_batchd_families(void **state)
                                                .retry_reason = "network",
                                                .upload_bytes = 4096});
     metrics_hook_run(m, "on_ready", "ok");
-    metrics_token_wait(m, 0.25);
     metrics_snapshot s = {.incoming = 3,
                           .stuck = 1,
                           .paused = true,
                           .pause_reason = "api_token_rejected",
+                          .rate_limit_wait_seconds = 0.25,
                           .process_cpu_seconds = 1.5,
                           .process_resident_bytes = 4096,
                           .process_virtual_bytes = -1,
