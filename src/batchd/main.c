@@ -4,6 +4,7 @@
  * control socket, reload.c holds the reload policy, hold.c the pause and the token hold, stop.c the
  * signals and stopping. */
 #include "batchd.h"
+#include "metrics_http.h"
 #include "memory.h"
 
 #include "batchd/fsutil.h"
@@ -123,6 +124,7 @@ static void on_spool_change(void *ud)
 static void on_job_changed(void *ud, const job *j, const char *as_state)
 {
     batchd *d = ud;
+    metrics_job_changed(d->metrics, j, as_state, time_now_ms());
     if (!d->ctl)
         return;
     cJSON *pub = job_to_public(j, false);
@@ -151,12 +153,50 @@ static void on_token_rejected(void *ud, unsigned gen)
     batchd_token_rejected(ud, gen);
 }
 
+static void on_request_done(void *ud, const job *j, const runner_request_info *info)
+{
+    (void)j;
+    const batchd *d = ud;
+    metrics_request rq = {
+        .endpoint = job_op_name(info->op),
+        .status = info->status,
+        .latency_ms = info->latency_ms,
+        .retry_reason = info->retry_reason,
+        .upload_bytes = info->upload_bytes,
+    };
+    metrics_request_done(d->metrics, &rq);
+}
+
 static const runner_hooks runner_hooks_of_main = {
     .job_changed = on_job_changed,
     .status = on_status,
     .request_ended = on_request_ended,
     .token_rejected = on_token_rejected,
+    .request_done = on_request_done,
 };
+
+static char *render_metrics(void *ud)
+{
+    return batchd_metrics_text(ud);
+}
+
+/* [metrics] listen: off unless configured. */
+static int start_metrics_http(batchd *d)
+{
+    const char *listen = d->cfg->c.metrics.listen;
+    if (!listen)
+        return 0;
+    char *err = NULL;
+    if (metrics_http_start(d->loop, listen, render_metrics, d, &d->metrics_http, &err) < 0) {
+        log_error("[metrics] listen = %s: cannot serve the metrics there: %s (is another "
+                  "program on that port? is the address one of this host's?)",
+                  listen, err);
+        free(err);
+        return EX_UNAVAILABLE;
+    }
+    log_info("serving GET /metrics on %s", listen);
+    return 0;
+}
 
 /* The locks, the spool and the state directory. Returns 0, or a sysexits code after logging
  * why. */
@@ -234,6 +274,8 @@ static int start(batchd *d)
     if (runner_recover(d->runner) < 0)
         return EX_IOERR;
     code = start_control(d);
+    if (code == 0)
+        code = start_metrics_http(d);
     if (code != 0)
         return code;
     batchd_signals_start(d);
@@ -326,6 +368,7 @@ static int load(batchd *d, const char *path)
     warn_no_workspace(&d->cfg->c);
     d->api_url = strip_slash(d->cfg->c.api.url);
     d->started_at = time_now_ms();
+    d->metrics = metrics_new(BATCHD_VERSION);
     batchd_apply_config(d);
     return 0;
 }
@@ -350,6 +393,7 @@ static void teardown(batchd *d)
     cfgref_put(d->cfg);
     free(d->api_url);
     free(d->config_path);
+    metrics_free(d->metrics);
 }
 
 int main(int argc, char **argv)

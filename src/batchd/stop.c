@@ -2,6 +2,7 @@
  * giving the creates and setups in flight DRAIN_MS to answer; stopping tears every module
  * down so that the loop ends. */
 #include "batchd.h"
+#include "metrics_http.h"
 
 #include "batchd/log.h"
 #include "batchd/notify.h"
@@ -27,6 +28,8 @@ static void stop_now(batchd *d)
 {
     d->draining = false;
     runner_shutdown(d->runner);
+    metrics_http_stop(d->metrics_http);
+    d->metrics_http = NULL;
     if (d->ctl) {
         control_stop(d->ctl);
         d->ctl = NULL;
