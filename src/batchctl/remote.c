@@ -664,7 +664,7 @@ int ctl_metrics(const ctl_ctx *x, int argc, char **argv)
     if (!positional(argc, argv, 0))
         return usage("metrics", "");
     vlclient *c = NULL;
-    vlclient_reply r;
+    vlclient_reply r = {0};
     int code = open_client(x, &c);
     if (code != 0)
         return code;

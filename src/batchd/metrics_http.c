@@ -58,8 +58,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     (void)version;
     (void)upload_data;
-    (void)upload_data_size;
     (void)con_cls;
+    *upload_data_size = 0; /* a body is never wanted: the reply goes out on the first call */
     metrics_http *h = cls;
     static const char *const text = "text/plain; charset=utf-8";
     if (strcmp(url, "/metrics") != 0)

@@ -23,18 +23,19 @@ static void read_stat(metrics_snapshot *s)
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
+    char *p = strrchr(buf, ')');
     if (!p)
         return;
-    unsigned long utime = 0, stime = 0, vsize = 0;
-    long rss = 0;
-    /* state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
-     * cutime cstime priority nice num_threads itrealvalue starttime vsize rss */
-    if (sscanf(p + 1,
-               " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d "
-               "%*u %lu %ld",
-               &utime, &stime, &vsize, &rss) != 4)
+    /* proc(5) numbers the fields from 1; the state, after the name, is field 3. */
+    unsigned long long v[25] = {0};
+    char *save = NULL;
+    int field = 3;
+    for (char *t = strtok_r(p + 1, " ", &save); t && field < 25;
+         t = strtok_r(NULL, " ", &save), field++)
+        v[field] = strtoull(t, NULL, 10);
+    if (field < 25)
         return;
+    unsigned long long utime = v[14], stime = v[15], vsize = v[23], rss = v[24];
     long ticks = sysconf(_SC_CLK_TCK);
     long page = sysconf(_SC_PAGESIZE);
     if (ticks > 0)
