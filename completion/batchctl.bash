@@ -26,7 +26,7 @@ _batchctl()
         prev=${COMP_WORDS[COMP_CWORD - 1]}
     fi
 
-    local commands="status list show watch submit validate retry cancel pause resume reload help"
+    local commands="status list show watch submit validate retry cancel pause resume reload metrics help"
     local states="queued validating creating_dataset uploading importing creating_batch setting_up processing ready failed cancelled"
     local -a global_opts=()
     local cmd="" i

@@ -61,6 +61,9 @@ typedef struct config {
         int retries;        /* hook_retries; default 3 */
         int max_parallel;   /* hook_max_parallel; default 4 */
     } hooks;
+    struct {
+        char *listen; /* ADDR:PORT of the GET /metrics endpoint; NULL: off (the default) */
+    } metrics;
 } config;
 
 /* Problems go into a diag (util.h): each line "file:line: message" (or "file: message"). */
@@ -91,5 +94,11 @@ int config_check_hooks(const config *c, diag *diag);
 /* Resolves the path of the config file to use: explicit (-c), else $BATCHD_CONFIG, else
  * CONFIG_DEFAULT_PATH. */
 const char *config_default_path(const char *explicit_path);
+
+/* [metrics] listen: a numeric IPv4 address or a bracketed IPv6 one, a colon and a port
+ * (127.0.0.1:9465, [::1]:9465). Fills *addr (a struct sockaddr_in or sockaddr_in6, *len
+ * bytes); returns NULL, or what is wrong (static text). Pure. */
+struct sockaddr_storage;
+const char *config_parse_listen(const char *v, struct sockaddr_storage *addr, unsigned *len);
 
 #endif

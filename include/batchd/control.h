@@ -38,6 +38,8 @@ typedef struct control_ops {
      * (NULL means "io.batchd.ReloadFailed") and *err_msg: a malloc'd description (e.g. the
      * config file's problems, one per line) that control frees, or NULL. */
     cJSON *(*reload)(void *ud, const char **err, char **err_msg);
+    /* The metrics in the Prometheus text exposition format, malloc'd (io.batchd.GetMetrics). */
+    char *(*get_metrics)(void *ud);
 } control_ops;
 
 typedef struct control_options {

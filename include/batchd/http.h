@@ -78,6 +78,8 @@ typedef void (*http_progress_fn)(void *ud, uint64_t sent, uint64_t total);
 http_client *http_client_new(uv_loop_t *loop, const http_client_options *opts);
 /* Applies new options at run time (reload): rate, burst, timeouts, max_connections. */
 void http_client_configure(http_client *c, const http_client_options *opts);
+/* Seconds that rate_limited transfers waited for a token of the bucket, summed since start. */
+double http_client_rate_wait_seconds(const http_client *c);
 /* Starts (or queues) a request. done is called exactly once, later, from the loop — never from
  * inside http_start — unless the transfer is cancelled first. progress may be NULL. Returns NULL
  * only on invalid arguments. The transfer handle is invalid once done has returned. */

@@ -118,6 +118,16 @@ typedef struct runner_clock_ops {
     void (*timer_free)(void *ud, void *timer); /* fn is never called after this */
 } runner_clock_ops;
 
+/* One exchange with the API or an upload URL that ended with a reply or a transport error
+ * (a cancelled one is not reported). */
+typedef struct runner_request_info {
+    job_op op;                /* the endpoint: job_op_name(op), never an id or a URL */
+    long status;              /* HTTP status; 0 when no response came */
+    int64_t latency_ms;       /* monotonic, from the send to the end */
+    const char *retry_reason; /* the step is retried later, and why (static); NULL: not */
+    int64_t upload_bytes;     /* JOB_OP_UPLOAD: bytes that left for the upload URL */
+} runner_request_info;
+
 /* What the runner tells its owner. Any may be NULL. */
 typedef struct runner_hooks {
     void *ud;
@@ -133,6 +143,8 @@ typedef struct runner_hooks {
      * per finish, before its record says so durably (the owner covers that window itself,
      * see src/batchd/hooks.c). */
     void (*job_finished)(void *ud, const job *j);
+    /* A request ended (for the metrics), after the job took in its reply. */
+    void (*request_done)(void *ud, const job *j, const runner_request_info *info);
 } runner_hooks;
 
 typedef struct runner_backend {

@@ -47,6 +47,7 @@ int ctl_cancel(const ctl_ctx *x, int argc, char **argv);
 int ctl_pause(const ctl_ctx *x, int argc, char **argv);
 int ctl_resume(const ctl_ctx *x, int argc, char **argv);
 int ctl_reload(const ctl_ctx *x, int argc, char **argv);
+int ctl_metrics(const ctl_ctx *x, int argc, char **argv);
 
 /* For watch: connects and starts io.batchd.Watch; 0 with *c and the snapshot reply in *first,
  * or an exit code (message printed). */

@@ -31,6 +31,7 @@ static const char usage_text[] =
     "  pause                  stop claiming jobs and sending new requests\n"
     "  resume                 undo pause, or lift the hold after a rejected token\n"
     "  reload                 re-read the configuration\n"
+    "  metrics                the daemon's metrics, Prometheus text format\n"
     "JOB is a job id or a unique job name.\n"
     "\n"
     "Options:\n"
@@ -52,9 +53,9 @@ typedef struct command {
 } command;
 
 static const command remote_commands[] = {
-    {"status", ctl_status}, {"list", ctl_list},     {"show", ctl_show},
-    {"watch", ctl_watch},   {"retry", ctl_retry},   {"cancel", ctl_cancel},
-    {"pause", ctl_pause},   {"resume", ctl_resume}, {"reload", ctl_reload},
+    {"status", ctl_status}, {"list", ctl_list},       {"show", ctl_show},   {"watch", ctl_watch},
+    {"retry", ctl_retry},   {"cancel", ctl_cancel},   {"pause", ctl_pause}, {"resume", ctl_resume},
+    {"reload", ctl_reload}, {"metrics", ctl_metrics},
 };
 
 typedef struct globals {

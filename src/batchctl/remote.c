@@ -662,3 +662,50 @@ int ctl_watch_lost(const ctl_ctx *x, int r)
 {
     return recv_failed(x, r);
 }
+
+/* The text goes out as the daemon made it when piped (promtool, a scraper script); on a
+ * terminal each line is escaped like every other daemon text. Not defanged as a whole: its
+ * line breaks are the format's. */
+int ctl_metrics(const ctl_ctx *x, int argc, char **argv)
+{
+    if (!positional(argc, argv, 0))
+        return usage("metrics", "");
+    vlclient *c = NULL;
+    vlclient_reply r = {0};
+    int code = open_client(x, &c);
+    if (code != 0)
+        return code;
+    int rc = vlclient_send(c, "io.batchd.GetMetrics", NULL, 0);
+    if (rc == 0)
+        rc = vlclient_recv(c, x->timeout_ms, &r);
+    vlclient_free(c);
+    if (rc < 0)
+        return recv_failed(x, rc);
+    if (r.error) {
+        ctl_defang_reply(x, &r);
+        code = error_reply(x, "io.batchd.GetMetrics", &r);
+        vlclient_reply_clear(&r);
+        return code;
+    }
+    const char *text = json_str(r.parameters, "text");
+    if (!text) {
+        fprintf(stderr, "batchctl: the daemon's GetMetrics reply has no text\n");
+        vlclient_reply_clear(&r);
+        return CTL_EXIT_PROTOCOL;
+    }
+    if (x->json) {
+        print_json(r.parameters);
+    } else if (!x->tty) {
+        fputs(text, stdout);
+    } else {
+        for (const char *p = text; *p;) {
+            size_t n = strcspn(p, "\n");
+            char *line = xstrndup(p, n);
+            printf("%s\n", ctl_esc(line));
+            free(line);
+            p += n + (p[n] == '\n');
+        }
+    }
+    vlclient_reply_clear(&r);
+    return CTL_EXIT_OK;
+}

@@ -18,6 +18,7 @@
 #include "batchd/http.h"
 #include "batchd/intake.h"
 #include "batchd/job.h"
+#include "batchd/metrics.h"
 #include "batchd/runner.h"
 #include "batchd/spool.h"
 
@@ -34,6 +35,7 @@ cfgref *cfgref_get(cfgref *r);
 void cfgref_put(cfgref *r);
 
 typedef struct backend backend;
+struct metrics_http;
 
 typedef struct batchd {
     uv_loop_t *loop;
@@ -62,6 +64,8 @@ typedef struct batchd {
     uv_timer_t drain_timer;
     uv_signal_t sig_term, sig_int, sig_hup;
     int64_t started_at;
+    metrics *metrics;                  /* fed by the runner's hooks (main.c) */
+    struct metrics_http *metrics_http; /* [metrics] listen, or NULL */
 } batchd;
 
 /* backend.c: a runner over the daemon's store, spool, HTTP client and thread pool. */
@@ -94,6 +98,9 @@ void batchd_apply_config(batchd *d);
  * the reply ({"applied": [...], "restart_required": [...]}), or NULL with *err and *err_msg
  * (allocated) set, the running config untouched. */
 cJSON *batchd_reload(batchd *d, const char **err, char **err_msg);
+
+/* metrics_text.c: the Prometheus text of GetMetrics and GET /metrics, malloc'd. */
+char *batchd_metrics_text(batchd *d);
 
 /* stop.c: signals and stopping. */
 /* How long a stop waits for creates and setups in flight. */

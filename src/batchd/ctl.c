@@ -190,6 +190,11 @@ static cJSON *reload(void *ud, const char **err, char **err_msg)
     return batchd_reload(ud, err, err_msg);
 }
 
+static char *get_metrics(void *ud)
+{
+    return batchd_metrics_text(ud);
+}
+
 const control_ops ctl_ops = {
     .get_info = get_info,
     .list_jobs = list_jobs,
@@ -199,4 +204,5 @@ const control_ops ctl_ops = {
     .pause = pause_,
     .resume = resume_,
     .reload = reload,
+    .get_metrics = get_metrics,
 };

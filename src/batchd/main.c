@@ -5,6 +5,7 @@
  * signals and stopping. */
 #include "batchd.h"
 #include "hooks.h"
+#include "metrics_http.h"
 #include "memory.h"
 
 #include "batchd/fsutil.h"
@@ -124,6 +125,7 @@ static void on_spool_change(void *ud)
 static void on_job_changed(void *ud, const job *j, const char *as_state)
 {
     batchd *d = ud;
+    metrics_job_changed(d->metrics, j, as_state, time_now_ms());
     if (!d->ctl)
         return;
     cJSON *pub = job_to_public(j, false);
@@ -158,12 +160,27 @@ static void on_job_finished(void *ud, const job *j)
     hooks_job_finished(d->hooks, j);
 }
 
+static void on_request_done(void *ud, const job *j, const runner_request_info *info)
+{
+    (void)j;
+    const batchd *d = ud;
+    metrics_request rq = {
+        .endpoint = job_op_name(info->op),
+        .status = info->status,
+        .latency_ms = info->latency_ms,
+        .retry_reason = info->retry_reason,
+        .upload_bytes = info->upload_bytes,
+    };
+    metrics_request_done(d->metrics, &rq);
+}
+
 static const runner_hooks runner_hooks_of_main = {
     .job_changed = on_job_changed,
     .status = on_status,
     .request_ended = on_request_ended,
     .token_rejected = on_token_rejected,
     .job_finished = on_job_finished,
+    .request_done = on_request_done,
 };
 
 /* ---- hooks ---- */
@@ -179,9 +196,8 @@ static void on_hook_note(void *ud, const char *job_id, const char *text)
  * "timeout" or "not_run" (hookq_outcome_name). The metrics registry counts it here. */
 static void on_hook_outcome(void *ud, const char *hook, const char *outcome)
 {
-    (void)ud;
-    (void)hook;
-    (void)outcome;
+    const batchd *d = ud;
+    metrics_hook_run(d->metrics, hook, outcome);
 }
 
 /* After recovery: the journal's runs that had not ended, and the finished jobs whose run the
@@ -202,6 +218,29 @@ static int start_hooks(batchd *d)
         return EX_CANTCREAT;
     for (size_t i = 0; i < runner_count(d->runner); i++)
         hooks_catch_up(d->hooks, runner_job_at(d->runner, i));
+    return 0;
+}
+
+static char *render_metrics(void *ud)
+{
+    return batchd_metrics_text(ud);
+}
+
+/* [metrics] listen: off unless configured. */
+static int start_metrics_http(batchd *d)
+{
+    const char *listen = d->cfg->c.metrics.listen;
+    if (!listen)
+        return 0;
+    char *err = NULL;
+    if (metrics_http_start(d->loop, listen, render_metrics, d, &d->metrics_http, &err) < 0) {
+        log_error("[metrics] listen = %s: cannot serve the metrics there: %s (is another "
+                  "program on that port? is the address one of this host's?)",
+                  listen, err);
+        free(err);
+        return EX_UNAVAILABLE;
+    }
+    log_info("serving GET /metrics on %s", listen);
     return 0;
 }
 
@@ -291,6 +330,8 @@ static int start(batchd *d)
     if (code != 0)
         return code;
     code = start_control(d);
+    if (code == 0)
+        code = start_metrics_http(d);
     if (code != 0)
         return code;
     batchd_signals_start(d);
@@ -385,6 +426,7 @@ static int load(batchd *d, const char *path)
     warn_no_workspace(&d->cfg->c);
     d->api_url = strip_slash(d->cfg->c.api.url);
     d->started_at = time_now_ms();
+    d->metrics = metrics_new(BATCHD_VERSION);
     batchd_apply_config(d);
     return 0;
 }
@@ -409,6 +451,7 @@ static void teardown(batchd *d)
     cfgref_put(d->cfg);
     free(d->api_url);
     free(d->config_path);
+    metrics_free(d->metrics);
 }
 
 int main(int argc, char **argv)

@@ -108,6 +108,7 @@ static cJSON *diff_config(const config *o, const config *c)
         {"state.dir", str_differs(o->state.dir, c->state.dir), true},
         {"control.socket", str_differs(o->control.socket, c->control.socket), true},
         {"control.group", str_differs(o->control.group, c->control.group), true},
+        {"metrics.listen", str_differs(o->metrics.listen, c->metrics.listen), true},
         {"api.workspace_id", str_differs(o->api.workspace_id, c->api.workspace_id), false},
         {"api.token_file", str_differs(o->api.token_file, c->api.token_file), false},
         {"api.timeout", o->api.timeout_ms != c->api.timeout_ms, false},
@@ -140,10 +141,10 @@ static cJSON *diff_config(const config *o, const config *c)
 /* Keeps the running values of what needs a restart, so nothing half-changes. */
 static void keep_restart_values(config *c, const config *o)
 {
-    char **keep[] = {&c->api.url, &c->spool.dir, &c->state.dir, &c->control.socket,
-                     &c->control.group};
-    const char *cur[] = {o->api.url, o->spool.dir, o->state.dir, o->control.socket,
-                         o->control.group};
+    char **keep[] = {&c->api.url,        &c->spool.dir,     &c->state.dir,
+                     &c->control.socket, &c->control.group, &c->metrics.listen};
+    const char *cur[] = {o->api.url,        o->spool.dir,     o->state.dir,
+                         o->control.socket, o->control.group, o->metrics.listen};
     for (size_t i = 0; i < BD_ARRAY_LEN(keep); i++) {
         free(*keep[i]);
         *keep[i] = cur[i] ? xstrdup(cur[i]) : NULL;

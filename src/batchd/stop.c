@@ -3,6 +3,7 @@
  * down so that the loop ends. */
 #include "batchd.h"
 #include "hooks.h"
+#include "metrics_http.h"
 
 #include "batchd/log.h"
 #include "batchd/notify.h"
@@ -32,6 +33,8 @@ static void stop_now(batchd *d)
     hooks_stop(d->hooks);
     d->hooks = NULL;
     runner_shutdown(d->runner);
+    metrics_http_stop(d->metrics_http);
+    d->metrics_http = NULL;
     if (d->ctl) {
         control_stop(d->ctl);
         d->ctl = NULL;

@@ -73,6 +73,10 @@ const char control_interface_description[] =
     "  stuck: int\n"
     ")\n"
     "\n"
+    "# The daemon's metrics in the Prometheus text exposition format 0.0.4 (batchd(8),\n"
+    "# METRICS): the same text that [metrics] listen serves as GET /metrics.\n"
+    "method GetMetrics() -> (text: string)\n"
+    "\n"
     "# Known jobs, or those in the given states, newest first: at most limit of them (default\n"
     "# 1000; a non-negative integer).\n"
     "method ListJobs(states: ?[]string, limit: ?int) -> (jobs: []Job)\n"
@@ -230,6 +234,16 @@ static void m_get_info(control *c, varlink_call *call, const cJSON *params)
     (void)params;
     cJSON *info = c->ops.get_info(c->ops.ud);
     varlink_call_reply(call, info);
+}
+
+static void m_get_metrics(control *c, varlink_call *call, const cJSON *params)
+{
+    (void)params;
+    char *text = c->ops.get_metrics(c->ops.ud);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "text", text);
+    free(text);
+    varlink_call_reply(call, o);
 }
 
 static bool state_known(const char *s)
@@ -411,6 +425,7 @@ static void m_watch(control *c, varlink_call *call, const cJSON *params)
 
 static const method_def methods[] = {
     {IFACE ".GetInfo", CONTROL_READ, 0, m_get_info},
+    {IFACE ".GetMetrics", CONTROL_READ, 0, m_get_metrics},
     {IFACE ".ListJobs", CONTROL_READ, 0, m_list_jobs},
     {IFACE ".GetJob", CONTROL_READ, 0, m_get_job},
     {IFACE ".Watch", CONTROL_READ, VARLINK_METHOD_MORE, m_watch},
@@ -441,6 +456,8 @@ static bool op_present(const control *c, const method_def *m)
     const control_ops *o = &c->ops;
     if (m->fn == m_get_info)
         return o->get_info;
+    if (m->fn == m_get_metrics)
+        return o->get_metrics;
     if (m->fn == m_list_jobs || m->fn == m_watch)
         return o->list_jobs;
     if (m->fn == m_get_job)

@@ -77,6 +77,8 @@ struct http_transfer {
     bool has_body;
     bool file_failed;
     bool rate_limited;
+    bool bucket_waiting;      /* held back for a token of the bucket since bucket_wait_from */
+    int64_t bucket_wait_from; /* uv_now */
     bool fresh_connect;
     uint64_t upload_expect_size;
     EVP_MD_CTX *md; /* set when the upload is verified against want_sha256 */
@@ -111,6 +113,7 @@ struct http_client {
     char *user_agent;
     bool max_connections_dirty; /* CURLMOPT not yet applied (configure ran inside curl) */
     ratelimit bucket;
+    int64_t bucket_wait_ms; /* the waits of transfers for a token, summed (for the metrics) */
 
     transfer_list queue;
     transfer_list active;
@@ -791,11 +794,18 @@ static void pump(http_client *c)
         if (c->active.len >= (size_t)c->max_connections)
             break;
         if (t->rate_limited) {
-            if (wait_ms > 0)
+            int64_t now = (int64_t)uv_now(c->loop);
+            if (wait_ms <= 0)
+                wait_ms = ratelimit_take(&c->bucket, now);
+            if (wait_ms > 0) {
+                if (!t->bucket_waiting)
+                    t->bucket_wait_from = now;
+                t->bucket_waiting = true;
                 continue;
-            wait_ms = ratelimit_take(&c->bucket, (int64_t)uv_now(c->loop));
-            if (wait_ms > 0)
-                continue;
+            }
+            if (t->bucket_waiting)
+                c->bucket_wait_ms += now - t->bucket_wait_from;
+            t->bucket_waiting = false;
         }
         list_remove(t);
         transfer_launch(c, t);
@@ -978,6 +988,11 @@ http_client *http_client_new(uv_loop_t *loop, const http_client_options *opts)
     c->pump_timer.data = c;
     c->open_handles = 2;
     return c;
+}
+
+double http_client_rate_wait_seconds(const http_client *c)
+{
+    return (double)c->bucket_wait_ms / 1000.0;
 }
 
 void http_client_configure(http_client *c, const http_client_options *opts)

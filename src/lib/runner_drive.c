@@ -286,6 +286,40 @@ static void log_reply(const rjob *r, job_op op, const job_reply *reply)
     }
 }
 
+/* Why a failed attempt is retried, as a metrics label (batchd(8), METRICS). */
+static const char *retry_reason(job_op op, const job_reply *reply)
+{
+    if (reply->net == JOB_NET_TIMEOUT || (reply->net == JOB_NET_OK && reply->status == 408))
+        return "timeout";
+    if (reply->net != JOB_NET_OK)
+        return "network";
+    if (reply->status == 429)
+        return "rate_limited";
+    if (reply->status >= 500)
+        return "server_error";
+    if (op == JOB_OP_UPLOAD && reply->status == 403)
+        return "upload_url_refused";
+    return "other";
+}
+
+static void report_request(rjob *r, job_op op, const job_reply *reply, int attempts_before)
+{
+    runner *rn = r->rn;
+    const job *j = r->j;
+    if (!rn->hooks.request_done)
+        return;
+    bool retried =
+        j->attempts > attempts_before && j->retry_at > 0 && !job_state_terminal(j->state);
+    runner_request_info info = {
+        .op = op,
+        .status = reply->net == JOB_NET_OK || reply->net == JOB_NET_TOO_LARGE ? reply->status : 0,
+        .latency_ms = rn_mono(rn) - r->xfer_started_ms,
+        .retry_reason = retried ? retry_reason(op, reply) : NULL,
+        .upload_bytes = op == JOB_OP_UPLOAD ? r->xfer_bytes : 0,
+    };
+    rn->hooks.request_done(rn->hooks.ud, j, &info);
+}
+
 static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
 {
     rjob *r = cookie;
@@ -294,7 +328,9 @@ static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
     job_op op = r->xfer_op;
     r->xfer = NULL;
     job_state before = j->state;
+    int attempts_before = j->attempts;
     bool token_rejected = job_on_reply(j, op, reply, &rn->params, rn_now(rn), rn_random(rn));
+    report_request(r, op, reply, attempts_before);
     log_reply(r, op, reply);
     rj_changed(r, before);
     if (token_rejected && rn->hooks.token_rejected)
@@ -310,6 +346,8 @@ static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
 static void http_progress(void *cookie, int64_t sent)
 {
     rjob *r = cookie;
+    if (sent > r->xfer_bytes)
+        r->xfer_bytes = sent;
     job_on_progress(r->j, sent);
     if (rn_mono(r->rn) - r->last_publish_ms >= RUNNER_PROGRESS_PUBLISH_MS)
         rj_publish(r);
@@ -345,6 +383,8 @@ static void start_http(rjob *r, job_op op)
         .upload_sha256 = j->upload_sha256,
     };
     r->xfer_op = op;
+    r->xfer_started_ms = rn_mono(rn);
+    r->xfer_bytes = 0;
     r->xfer = rn->be.http->send(rn->be.ud, &req, http_done,
                                 op == JOB_OP_UPLOAD ? http_progress : NULL, r);
     job_request_clear(&rq);

@@ -51,7 +51,9 @@ typedef struct rjob {
     void *timer;
     void *xfer; /* the request in flight, or NULL */
     job_op xfer_op;
-    void *vhandle; /* the validation running, or NULL */
+    int64_t xfer_started_ms; /* monotonic */
+    int64_t xfer_bytes;      /* an upload's progress */
+    void *vhandle;           /* the validation running, or NULL */
     bool validating;
     bool waiting_validation; /* for a free validation slot */
     bool finishing;          /* its directory is being moved */

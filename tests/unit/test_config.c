@@ -202,6 +202,16 @@ static void test_bad_values(void **state)
         {"[hooks]\nhook_retries = -1\n", "hook_retries = -1: must be between 0 and 100"},
         {"[hooks]\nhook_max_parallel = 0\n", "must be between 1 and 256"},
         {"[hooks]\non_export = /bin/true\n", "unknown key 'on_export' in [hooks] (known: on_ready"},
+        {"[metrics]\n\nlisten = 9465\n",
+         "batchd.conf:3: [metrics] listen = 9465: must be ADDRESS:PORT"},
+        {"[metrics]\nlisten = localhost:9465\n", "not a numeric IPv4 address"},
+        {"[metrics]\nlisten = 127.0.0.1:0\n", "from 1 to 65535"},
+        {"[metrics]\nlisten = 127.0.0.1:65536\n", "from 1 to 65535"},
+        {"[metrics]\nlisten = 127.0.0.1:+80\n", "from 1 to 65535"},
+        {"[metrics]\nlisten = ::1:9465\n", "write an IPv6 address as [::1]:9465"},
+        {"[metrics]\nlisten = [::1:9465\n", "in brackets"},
+        {"[metrics]\nlisten = [zz]:9465\n", "not a numeric IPv6 address"},
+        {"[metrics]\nport = 1\n", "unknown key 'port' in [metrics]"},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(cases); i++) {
         config c;
@@ -216,6 +226,29 @@ static void test_bad_values(void **state)
         config_free(&c);
         diag_free(&d);
     }
+}
+
+static void test_metrics_listen(void **state)
+{
+    (void)state;
+    config c;
+    diag d = {0};
+    assert_int_equal(load_text("[metrics]\nlisten = 127.0.0.1:9465\n", &c, &d), 0);
+    assert_string_equal(c.metrics.listen, "127.0.0.1:9465");
+    config_free(&c);
+    assert_int_equal(load_text("[metrics]\nlisten = [::1]:80\n", &c, &d), 0);
+    assert_string_equal(c.metrics.listen, "[::1]:80");
+    struct sockaddr_storage ss;
+    unsigned len = 0;
+    assert_null(config_parse_listen(c.metrics.listen, &ss, &len));
+    assert_int_equal(ss.ss_family, AF_INET6);
+    assert_int_equal(len, sizeof(struct sockaddr_in6));
+    assert_int_equal(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 80);
+    config_free(&c);
+    assert_int_equal(load_text("[metrics]\nlisten =\n", &c, &d), 0);
+    assert_null(c.metrics.listen);
+    config_free(&c);
+    diag_free(&d);
 }
 
 static void test_hooks(void **state)
@@ -446,6 +479,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loopback_http_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_metrics_listen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_line_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_path, setup, teardown),

@@ -103,6 +103,8 @@ typedef struct world {
     int changed, passed, status_calls, ended, rejected;
     unsigned rejected_gen;
     size_t st_active, st_done, st_failed;
+    runner_request_info done_reqs[MAXN]; /* request_done, for the metrics */
+    size_t n_done_reqs;
 } world;
 
 static world *W;
@@ -614,10 +616,23 @@ static void hk_rejected(void *ud, unsigned gen)
     w->rejected_gen = gen;
 }
 
+static void hk_request_done(void *ud, const job *j, const runner_request_info *info)
+{
+    world *w = ud;
+    assert_non_null(j);
+    if (w->n_done_reqs < MAXN)
+        w->done_reqs[w->n_done_reqs++] = *info;
+}
+
 static void start_runner(world *w)
 {
     runner_backend be = {&store_ops, &http_ops, &spool_ops, &validate_ops, &clock_ops, w};
-    runner_hooks hooks = {w, hk_changed, hk_status, hk_ended, hk_rejected, NULL};
+    runner_hooks hooks = {.ud = w,
+                          .job_changed = hk_changed,
+                          .status = hk_status,
+                          .request_ended = hk_ended,
+                          .token_rejected = hk_rejected,
+                          .request_done = hk_request_done};
     runner_options o = {.state_dir = "/state", .incoming_dir = "/spool/incoming", .seed = 42};
     w->rn = runner_new(&be, &hooks, &o);
     job_params p;
@@ -1239,6 +1254,38 @@ static void test_upload_file_errors(void **state)
     assert_non_null(strstr(j->error_message, "must stay as validated"));
 }
 
+/* Every ended request reaches request_done with its endpoint, status, latency, whether it is
+ * retried and why, and an upload's bytes. */
+static void test_request_done(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    freq *q = run_until_sent(w, JOB_OP_CREATE_DATASET);
+    advance(w, 0);
+    w->mono += 40;
+    answer_net(w, q, JOB_NET_OK, 503, "{}");
+    assert_int_equal(w->n_done_reqs, 1);
+    runner_request_info *i = &w->done_reqs[0];
+    assert_int_equal(i->op, JOB_OP_CREATE_DATASET);
+    assert_int_equal(i->status, 503);
+    assert_int_equal(i->latency_ms, 40);
+    assert_string_equal(i->retry_reason, "server_error");
+    q = run_until_sent(w, JOB_OP_CREATE_DATASET);
+    answer_net(w, q, JOB_NET_TIMEOUT, 0, NULL);
+    assert_int_equal(w->done_reqs[1].status, 0);
+    assert_string_equal(w->done_reqs[1].retry_reason, "timeout");
+    q = run_until_sent(w, JOB_OP_CREATE_DATASET);
+    answer_happy(w, q);
+    assert_null(w->done_reqs[w->n_done_reqs - 1].retry_reason);
+    q = run_until_sent(w, JOB_OP_UPLOAD);
+    answer_happy(w, q);
+    i = &w->done_reqs[w->n_done_reqs - 1];
+    assert_int_equal(i->op, JOB_OP_UPLOAD);
+    assert_int_equal(i->status, 200);
+    assert_int_equal(i->upload_bytes, 60);
+    assert_null(i->retry_reason);
+}
+
 /* Transport errors retry; a validation that cannot start and a move that fails are retried. */
 static void test_retries_of_io(void **state)
 {
@@ -1413,6 +1460,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_token_hold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upload_file_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retries_of_io, setup, teardown),
         cmocka_unit_test_setup_teardown(test_finish_dir_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
