@@ -88,6 +88,18 @@ static const job *lookup(batchd *d, const char *key, const char **err)
     return r;
 }
 
+static cJSON *candidates(void *ud, const char *key)
+{
+    batchd *d = ud;
+    /* The reply stays small whatever the number of jobs that share a short prefix. */
+    const char *ids[CONTROL_CANDIDATES_MAX];
+    size_t n = runner_candidates(d->runner, key, ids, BD_ARRAY_LEN(ids));
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < n && i < BD_ARRAY_LEN(ids); i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(ids[i]));
+    return arr;
+}
+
 static cJSON *get_job(void *ud, const char *key, const char **err)
 {
     const job *j = lookup(ud, key, err);
@@ -113,7 +125,8 @@ static int retry(void *ud, const char *key, cJSON **job_out, const char **err, c
         *err_msg = "the job's directory could not be moved back from failed/ to active/";
         return rc;
     }
-    log_notice("job %s retried by an operator", j->id);
+    log_job_fields f = {j->id, j->name, j->dataset_id, j->batch_id, job_state_name(j->state)};
+    log_job(LOG_LVL_NOTICE, &f, "retried by an operator");
     *job_out = job_to_public(j, true);
     return 0;
 }
@@ -132,7 +145,8 @@ static int cancel(void *ud, const char *key, cJSON **job_out, const char **err,
         *err_msg = "the job has already finished";
         return -EINVAL;
     }
-    log_notice("job %s cancelled by an operator", j->id);
+    log_job_fields f = {j->id, j->name, j->dataset_id, j->batch_id, job_state_name(j->state)};
+    log_job(LOG_LVL_NOTICE, &f, "cancelled by an operator");
     *job_out = job_to_public(j, true);
     return 0;
 }
@@ -171,6 +185,7 @@ const control_ops ctl_ops = {
     .get_job = get_job,
     .retry = retry,
     .cancel = cancel,
+    .candidates = candidates,
     .pause = pause_,
     .resume = resume_,
     .reload = reload,
