@@ -92,6 +92,9 @@ const char *ctl_state_color(const char *state);
 #define CTL_RESET  "\033[0m"
 
 bool ctl_state_finished(const char *state);
+/* In a finished state with its files moved out of active/ (Job dir): result.json or
+ * error.json is in place. */
+bool ctl_job_finished(const cJSON *job);
 /* "12.3 MiB" */
 char *ctl_format_bytes(int64_t n, char *buf, size_t len);
 /* Milliseconds from an RFC 3339 job time to now (or -1 when absent or unreadable). */

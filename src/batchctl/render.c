@@ -111,6 +111,12 @@ const char *ctl_state_color(const char *state)
     return CTL_BLUE;
 }
 
+bool ctl_job_finished(const cJSON *job)
+{
+    const char *dir = json_str(job, "dir");
+    return ctl_state_finished(json_str(job, "state")) && !(dir && strncmp(dir, "active/", 7) == 0);
+}
+
 bool ctl_state_finished(const char *state)
 {
     return state && (strcmp(state, "ready") == 0 || strcmp(state, "failed") == 0 ||

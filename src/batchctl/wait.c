@@ -16,7 +16,7 @@ static bool all_finished(const cJSON *jobs)
     const cJSON *j;
     cJSON_ArrayForEach(j, jobs)
     {
-        if (!ctl_state_finished(json_str(j, "state")))
+        if (!ctl_job_finished(j))
             return false;
     }
     return true;
@@ -52,7 +52,7 @@ static int report(const ctl_ctx *x, const cJSON *jobs, bool timed_out)
     cJSON_ArrayForEach(j, jobs)
     {
         const char *s = json_str(j, "state");
-        if (!ctl_state_finished(s))
+        if (!ctl_job_finished(j))
             code = CTL_EXIT_TEMPFAIL;
         else if (strcmp(s, "ready") != 0 && code == CTL_EXIT_OK)
             code = CTL_EXIT_JOB_FAILED;
@@ -69,7 +69,7 @@ static int report(const ctl_ctx *x, const cJSON *jobs, bool timed_out)
         const char *s = json_str(j, "state") ? json_str(j, "state") : "?";
         const char *msg = json_str(j, "error_message");
         FILE *out = x->json ? stderr : stdout;
-        if (!ctl_state_finished(s))
+        if (!ctl_job_finished(j))
             fprintf(stderr, "batchctl: wait: %s (%s) is still %s\n", name_of(j),
                     json_str(j, "id") ? json_str(j, "id") : "?", s);
         else if (strcmp(s, "ready") == 0) {

@@ -248,7 +248,7 @@ static void json_event(view *v, const vlclient_reply *r, bool first)
         cJSON_Delete(o);
         return;
     } else {
-        bool done = ctl_state_finished(json_str(job, "state"));
+        bool done = ctl_job_finished(job);
         cJSON_AddStringToObject(o, "event", done ? "finished" : "changed");
     }
     cJSON_AddStringToObject(o, "at", time_format_rfc3339(time_now_ms(), true, at, sizeof(at)));

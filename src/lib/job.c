@@ -490,6 +490,12 @@ cJSON *job_to_public(const job *j, bool with_history)
         json_add_str_or_null(o, "error_message", j->error_message);
     }
     json_add_str_or_null(o, "source", j->source);
+    /* Where its files are: a client waiting for a finished job also waits for this to leave
+     * active/, so that result.json or error.json is there when it looks. */
+    const char *where = !j->moved ? "active" : j->state == JOB_READY ? "done" : "failed";
+    char *dir = xasprintf("%s/%s", where, j->dir);
+    cJSON_AddStringToObject(o, "dir", dir);
+    free(dir);
     if (with_history) {
         cJSON_AddItemToObject(o, "history", cJSON_Duplicate(j->history, 1));
         add_record_errors(o, j);
