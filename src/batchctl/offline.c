@@ -83,15 +83,14 @@ static int parse_submit(int argc, char **argv, submit_args *a)
     memset(a, 0, sizeof *a);
     a->timeout_ms = -1;
     for (int i = 1; i < argc; i++) {
-        const char *t = NULL;
-        if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
-            t = argv[++i];
-        else if (!strncmp(argv[i], "--timeout=", 10))
-            t = argv[i] + 10;
-        if (t) {
+        bool spaced = !strcmp(argv[i], "--timeout") && i + 1 < argc;
+        if (spaced || !strncmp(argv[i], "--timeout=", 10)) {
+            const char *t = spaced ? argv[++i] : argv[i] + 10;
             if (ctl_parse_timeout("submit", t, &a->timeout_ms) != 0)
                 return EX_USAGE_;
-        } else if (!strcmp(argv[i], "--wait")) {
+            continue;
+        }
+        if (!strcmp(argv[i], "--wait")) {
             a->wait = true;
         } else if (!strcmp(argv[i], "--name") && i + 1 < argc) {
             a->name = argv[++i];

@@ -67,6 +67,36 @@ static void print_valid(const cJSON *valid)
     fputc('\n', stderr);
 }
 
+/* AmbiguousJob (with its candidates) and InvalidParameter (with the valid values). */
+static int refused_reply(const char *method, const vlclient_reply *r)
+{
+    const char *e = r->error;
+    const char *job = json_str(r->parameters, "job");
+    const char *msg = json_str(r->parameters, "message");
+    if (strcmp(e, "io.batchd.AmbiguousJob") == 0) {
+        fprintf(stderr,
+                "batchctl: \"%s\" names more than one job (by name or id prefix); use one of "
+                "these ids:\n",
+                job ? job : "?");
+        const cJSON *id;
+        cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(r->parameters, "candidates"))
+        {
+            if (cJSON_IsString(id))
+                fprintf(stderr, "  %s\n", id->valuestring);
+        }
+        return CTL_EXIT_REFUSED;
+    }
+    if (strcmp(e, "io.batchd.InvalidParameter") == 0) {
+        const char *value = json_str(r->parameters, "value");
+        fprintf(stderr, "batchctl: batchd rejected %s%s%s of %s: %s\n",
+                msg_or(json_str(r->parameters, "parameter"), "a parameter"), value ? " " : "",
+                value ? value : "", method, msg_or(msg, "not a valid value"));
+        print_valid(cJSON_GetObjectItemCaseSensitive(r->parameters, "valid"));
+        return CTL_EXIT_REFUSED;
+    }
+    return CTL_EXIT_REFUSED;
+}
+
 /* Prints an error reply for people and returns its exit code. */
 static int error_reply(const ctl_ctx *x, const char *method, const vlclient_reply *r)
 {
@@ -94,27 +124,8 @@ static int error_reply(const ctl_ctx *x, const char *method, const vlclient_repl
                 job ? job : "?");
         return CTL_EXIT_REFUSED;
     }
-    if (strcmp(e, "io.batchd.AmbiguousJob") == 0) {
-        fprintf(stderr,
-                "batchctl: \"%s\" names more than one job (by name or id prefix); use one of "
-                "these ids:\n",
-                job ? job : "?");
-        const cJSON *id;
-        cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(r->parameters, "candidates"))
-        {
-            if (cJSON_IsString(id))
-                fprintf(stderr, "  %s\n", id->valuestring);
-        }
-        return CTL_EXIT_REFUSED;
-    }
-    if (strcmp(e, "io.batchd.InvalidParameter") == 0) {
-        const char *value = json_str(r->parameters, "value");
-        fprintf(stderr, "batchctl: batchd rejected %s%s%s of %s: %s\n",
-                msg_or(json_str(r->parameters, "parameter"), "a parameter"), value ? " " : "",
-                value ? value : "", method, msg_or(msg, "not a valid value"));
-        print_valid(cJSON_GetObjectItemCaseSensitive(r->parameters, "valid"));
-        return CTL_EXIT_REFUSED;
-    }
+    if (strcmp(e, "io.batchd.AmbiguousJob") == 0 || strcmp(e, "io.batchd.InvalidParameter") == 0)
+        return refused_reply(method, r);
     if (strcmp(e, "io.batchd.InvalidState") == 0) {
         fprintf(stderr, "batchctl: %s refused for job \"%s\": %s\n", method, job ? job : "?",
                 msg ? msg : "not possible in its current state");
@@ -516,6 +527,34 @@ static void show_record_errors(const cJSON *job)
     }
 }
 
+static void show_history(const ctl_ctx *x, const cJSON *job)
+{
+    const cJSON *history = cJSON_GetObjectItemCaseSensitive(job, "history");
+    printf("history:\n");
+    if (cJSON_GetArraySize(history) == 0)
+        printf("  (none)\n");
+    size_t w = 0;
+    const cJSON *h;
+    cJSON_ArrayForEach(h, history)
+    {
+        const char *s = json_str(h, "state");
+        if (s && strlen(s) > w)
+            w = strlen(s);
+    }
+    cJSON_ArrayForEach(h, history)
+    {
+        const char *s = json_str(h, "state");
+        const char *note = json_str(h, "note");
+        printf("  %-20s  ", json_str(h, "at") ? json_str(h, "at") : "-");
+        const char *col = ctl_state_color(s);
+        if (x->color && col)
+            printf("%s%-*s%s", col, (int)w, s ? s : "-", CTL_RESET);
+        else
+            printf("%-*s", (int)w, s ? s : "-");
+        printf("%s%s\n", note ? "  " : "", note ? note : "");
+    }
+}
+
 static void show_job(const ctl_ctx *x, const cJSON *job)
 {
     static const char *const fields[] = {"id",
@@ -552,30 +591,7 @@ static void show_job(const ctl_ctx *x, const cJSON *job)
             show_value(x, v->string, v, now);
     }
     show_record_errors(job);
-    const cJSON *history = cJSON_GetObjectItemCaseSensitive(job, "history");
-    printf("history:\n");
-    if (cJSON_GetArraySize(history) == 0)
-        printf("  (none)\n");
-    size_t w = 0;
-    const cJSON *h;
-    cJSON_ArrayForEach(h, history)
-    {
-        const char *s = json_str(h, "state");
-        if (s && strlen(s) > w)
-            w = strlen(s);
-    }
-    cJSON_ArrayForEach(h, history)
-    {
-        const char *s = json_str(h, "state");
-        const char *note = json_str(h, "note");
-        printf("  %-20s  ", json_str(h, "at") ? json_str(h, "at") : "-");
-        const char *col = ctl_state_color(s);
-        if (x->color && col)
-            printf("%s%-*s%s", col, (int)w, s ? s : "-", CTL_RESET);
-        else
-            printf("%-*s", (int)w, s ? s : "-");
-        printf("%s%s\n", note ? "  " : "", note ? note : "");
-    }
+    show_history(x, job);
 }
 
 static bool job_failed(const cJSON *job)

@@ -44,6 +44,28 @@ static const char *name_of(const cJSON *j)
     return json_str(j, "name") ? json_str(j, "name") : "?";
 }
 
+static const char *id_of(const cJSON *j)
+{
+    return json_str(j, "id") ? json_str(j, "id") : "?";
+}
+
+/* One job's line: nothing for a ready one with --json (the array says it all). */
+static void report_job(const ctl_ctx *x, const cJSON *j)
+{
+    const char *s = json_str(j, "state") ? json_str(j, "state") : "?";
+    const char *msg = json_str(j, "error_message");
+    const char *batch = json_str(j, "batch_id");
+    if (!ctl_job_finished(j))
+        fprintf(stderr, "batchctl: wait: %s (%s) is still %s\n", name_of(j), id_of(j), s);
+    else if (strcmp(s, "ready") == 0 && !x->json)
+        printf("%s (%s): ready%s%s\n", name_of(j), id_of(j), batch ? ", batch " : "",
+               batch ? batch : "");
+    else if (strcmp(s, "ready") != 0)
+        fprintf(x->json ? stderr : stdout, "%s (%s): %s: %s%s%s\n", name_of(j), id_of(j), s,
+                json_str(j, "error_code") ? json_str(j, "error_code") : "error", msg ? ": " : "",
+                msg ? msg : "");
+}
+
 /* The outcome: each job with its state (failed ones with their error); 0, 1 or 75. */
 static int report(const ctl_ctx *x, const cJSON *jobs, bool timed_out)
 {
@@ -66,21 +88,7 @@ static int report(const ctl_ctx *x, const cJSON *jobs, bool timed_out)
     }
     cJSON_ArrayForEach(j, jobs)
     {
-        const char *s = json_str(j, "state") ? json_str(j, "state") : "?";
-        const char *msg = json_str(j, "error_message");
-        FILE *out = x->json ? stderr : stdout;
-        if (!ctl_job_finished(j))
-            fprintf(stderr, "batchctl: wait: %s (%s) is still %s\n", name_of(j),
-                    json_str(j, "id") ? json_str(j, "id") : "?", s);
-        else if (strcmp(s, "ready") == 0) {
-            if (!x->json)
-                fprintf(out, "%s (%s): ready%s%s\n", name_of(j), json_str(j, "id"),
-                        json_str(j, "batch_id") ? ", batch " : "",
-                        json_str(j, "batch_id") ? json_str(j, "batch_id") : "");
-        } else
-            fprintf(out, "%s (%s): %s: %s%s%s\n", name_of(j), json_str(j, "id"), s,
-                    json_str(j, "error_code") ? json_str(j, "error_code") : "error",
-                    msg ? ": " : "", msg ? msg : "");
+        report_job(x, j);
     }
     if (timed_out)
         fprintf(stderr, "batchctl: wait: timed out\n");
