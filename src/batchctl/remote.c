@@ -385,11 +385,11 @@ static int list_state_ok(const char *s)
     for (size_t i = 0; i < BD_ARRAY_LEN(list_states); i++)
         if (strcmp(list_states[i], s) == 0)
             return 0;
-    fprintf(stderr, "batchctl: list: --state %s: not a job state; valid:", ctl_esc(s));
+    fprintf(stderr, "batchctl: list: --state %s: not a job state; valid states:", ctl_esc(s));
     for (size_t i = 0; i < BD_ARRAY_LEN(list_states); i++)
         fprintf(stderr, " %s", list_states[i]);
     fputs("\n(finished = ready, failed, cancelled; unfinished = every other state)\n", stderr);
-    return CTL_EXIT_USAGE;
+    return CTL_EXIT_REFUSED; /* as when batchd refuses it */
 }
 
 /* The ListJobs parameters from list's options. Returns 0 or an exit code. */
@@ -416,7 +416,7 @@ static int list_params(int argc, char **argv, cJSON *params, bool *quiet)
                 return rc;
         }
         if (s && list_state_ok(s) != 0)
-            return CTL_EXIT_USAGE;
+            return CTL_EXIT_REFUSED;
         if (s)
             cJSON_AddItemToArray(states, cJSON_CreateString(s));
     }

@@ -119,7 +119,7 @@ def test_submit_wait_prefix_show_retry():
         unf = ctl(env, "list", "-q", "--state", "unfinished")
         check(unf.returncode == 0 and unf.stdout.split() == [], unf.stdout)
         bogus = ctl(env, "list", "--state", "bogus")
-        check(bogus.returncode == 64 and "unfinished" in bogus.stderr and
+        check(bogus.returncode == 65 and "unfinished" in bogus.stderr and
               "processing" in bogus.stderr, (bogus.returncode, bogus.stderr))
         r = call(env.daemon.socket, "io.batchd.ListJobs", {"states": ["bogus"]})
         check(r.get("error") == "io.batchd.InvalidParameter" and
