@@ -26,8 +26,8 @@ _batchctl()
         prev=${COMP_WORDS[COMP_CWORD - 1]}
     fi
 
-    local commands="status list show watch submit validate retry cancel pause resume reload metrics help"
-    local states="queued validating creating_dataset uploading importing creating_batch setting_up processing ready failed cancelled"
+    local commands="status list show watch submit wait validate retry cancel pause resume reload metrics help"
+    local states="queued validating creating_dataset uploading importing creating_batch setting_up processing ready failed cancelled finished unfinished"
     local -a global_opts=()
     local cmd="" i
     for ((i = 1; i < cword; i++)); do
@@ -58,7 +58,7 @@ _batchctl()
         COMPREPLY=($(compgen -W "$states" -- "$cur"))
         return
         ;;
-    --name | --limit)
+    --name | --limit | --timeout)
         return
         ;;
     esac
@@ -74,18 +74,32 @@ _batchctl()
 
     case $cmd in
     list)
-        COMPREPLY=($(compgen -W "--state --limit -q --quiet --json" -- "$cur"))
+        COMPREPLY=($(compgen -W "--state --limit -q --quiet --json --help" -- "$cur"))
         ;;
-    show | retry | cancel)
+    retry)
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--json" -- "$cur"))
+            COMPREPLY=($(compgen -W "--failed --json --help" -- "$cur"))
+        else
+            COMPREPLY=($(compgen -W "$(_batchctl_jobs)" -- "$cur"))
+        fi
+        ;;
+    wait)
+        if [[ $cur == -* ]]; then
+            COMPREPLY=($(compgen -W "--timeout --json --help" -- "$cur"))
+        else
+            COMPREPLY=($(compgen -W "$(_batchctl_jobs)" -- "$cur"))
+        fi
+        ;;
+    show | cancel)
+        if [[ $cur == -* ]]; then
+            COMPREPLY=($(compgen -W "--json --help" -- "$cur"))
         else
             COMPREPLY=($(compgen -W "$(_batchctl_jobs)" -- "$cur"))
         fi
         ;;
     submit)
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--name --json" -- "$cur"))
+            COMPREPLY=($(compgen -W "--name --wait --timeout --json --help" -- "$cur"))
         else
             _batchctl_files
         fi
@@ -98,7 +112,7 @@ _batchctl()
         fi
         ;;
     *)
-        COMPREPLY=($(compgen -W "--json" -- "$cur"))
+        COMPREPLY=($(compgen -W "--json --help" -- "$cur"))
         ;;
     esac
 } && complete -F _batchctl batchctl

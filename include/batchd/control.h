@@ -32,6 +32,9 @@ typedef struct control_ops {
                  const char **err_msg);
     int (*cancel)(void *ud, const char *job, cJSON **job_out, const char **err,
                   const char **err_msg);
+    /* The ids an ambiguous job reference matches (io.batchd.AmbiguousJob's candidates): a
+     * JSON array of strings; may be NULL (then the error has none). */
+    cJSON *(*candidates)(void *ud, const char *job);
     void (*pause)(void *ud);
     void (*resume)(void *ud);
     /* Reply parameters, e.g. {"applied": [...], "restart_required": [...]}, or NULL with *err
@@ -82,6 +85,8 @@ unsigned control_method_access(const char *method);
 
 /* ListJobs without a limit, and the snapshot that opens a Watch: the newest this many jobs. */
 #define CONTROL_LIST_DEFAULT 1000
+/* At most this many ids in io.batchd.AmbiguousJob's candidates. */
+#define CONTROL_CANDIDATES_MAX 50
 
 /* The varlink interface description of io.batchd. */
 extern const char control_interface_description[];

@@ -81,7 +81,8 @@ void job_params_default(job_params *p);
 typedef struct job {
     char id[32];
     char *name;
-    char *dir; /* the job's directory name under active/ */
+    char *dir;    /* the job's directory name under active/ */
+    char *source; /* the entry name in incoming/ it was claimed from; NULL in older records */
     job_state state;
     job_state failed_stage; /* the state it failed in (for error.json "stage") */
     int64_t created_at;     /* claim time, epoch ms */
@@ -152,7 +153,8 @@ job *job_from_record(const cJSON *rec, const char **err);
 uint64_t job_record_digest(const job *j);
 
 /* The public Job object of the control socket (batchd(8), CONTROL SOCKET; batchctl(1)), with
- * history when asked. */
+ * history and the first JOB_PUBLIC_RECORD_ERRORS record errors (record_errors) when asked. */
+#define JOB_PUBLIC_RECORD_ERRORS 20
 cJSON *job_to_public(const job *j, bool with_history);
 /* done/NAME/result.json and failed/NAME/error.json (batchd(8), RESULTS). */
 cJSON *job_result_json(const job *j);

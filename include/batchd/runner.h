@@ -180,8 +180,15 @@ void runner_set_paused(runner *rn, bool paused);
 /* The job table, in claim order. */
 size_t runner_count(const runner *rn);
 const job *runner_job_at(const runner *rn, size_t i);
-/* By id, else by name or directory name; NULL when none. *ambiguous when several match. */
+/* A job reference (batchctl(1), JOB): an exact id, else an exact name or directory name (one
+ * unfinished job wins over finished namesakes), else a unique id prefix of at least
+ * RUNNER_ID_PREFIX_MIN characters. NULL when none matches; *ambiguous (and a non-NULL match)
+ * when several do, never to be used as the answer. */
+#define RUNNER_ID_PREFIX_MIN 4
 const job *runner_find(const runner *rn, const char *key, bool *ambiguous);
+/* The ids of the jobs an ambiguous key matches (those of the name when it names a job, else
+ * those of the prefix), at most max of them into ids (borrowed); returns how many match. */
+size_t runner_candidates(const runner *rn, const char *key, const char **ids, size_t max);
 size_t runner_stuck_count(const runner *rn);
 /* The backlog as of the last count (kept by the claim turns, not read from the disk here):
  * entries in incoming/ not yet claimed (dotfiles, stuck entries and claims in progress not

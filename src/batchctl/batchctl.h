@@ -48,6 +48,22 @@ int ctl_pause(const ctl_ctx *x, int argc, char **argv);
 int ctl_resume(const ctl_ctx *x, int argc, char **argv);
 int ctl_reload(const ctl_ctx *x, int argc, char **argv);
 int ctl_metrics(const ctl_ctx *x, int argc, char **argv);
+int ctl_wait(const ctl_ctx *x, int argc, char **argv);
+
+/* Prints "usage: batchctl ... cmd args" to stderr; returns CTL_EXIT_USAGE. */
+int ctl_usage(const char *cmd, const char *args);
+/* io.batchd.GetJob of a job reference: 0 with *job (the Job, without history; the caller
+ * frees it), or an exit code (message printed). */
+int ctl_get_job(const ctl_ctx *x, const char *ref, cJSON **job);
+
+/* ---- wait.c ---- */
+
+/* Follows the Watch stream on c until every job of jobs (an array of Job objects, updated in
+ * place) is finished or timeout_ms passes (<0: no limit); prints the outcome and returns 0 (all
+ * ready), 1 (any failed or cancelled), 75 (timed out) or 69 (the daemon went away). */
+int ctl_wait_follow(const ctl_ctx *x, vlclient *c, cJSON *jobs, int64_t timeout_ms);
+/* --timeout's value; 0 or CTL_EXIT_USAGE (message printed). */
+int ctl_parse_timeout(const char *cmd, const char *s, int64_t *ms);
 
 /* For watch: connects and starts io.batchd.Watch; 0 with *c and the snapshot reply in *first,
  * or an exit code (message printed). */
@@ -77,12 +93,19 @@ const char *ctl_state_color(const char *state);
 #define CTL_RESET  "\033[0m"
 
 bool ctl_state_finished(const char *state);
+/* In a finished state with its files moved out of active/ (Job dir): result.json or
+ * error.json is in place. */
+bool ctl_job_finished(const cJSON *job);
 /* "12.3 MiB" */
 char *ctl_format_bytes(int64_t n, char *buf, size_t len);
 /* Milliseconds from an RFC 3339 job time to now (or -1 when absent or unreadable). */
 int64_t ctl_since(const cJSON *job, const char *key, int64_t now_ms);
-/* Short id for tables: the last 8 characters (the random part of the ULID). */
-const char *ctl_short_id(const char *id);
+/* Short ids for tables: a prefix of the id, which every JOB argument accepts. Ids (ULIDs)
+ * begin with their time, so jobs claimed in the same millisecond share ten characters: the
+ * length is the shortest, at least CTL_SHORT_ID_MIN, that tells apart every id of jobs. */
+#define CTL_SHORT_ID_MIN 12
+size_t ctl_short_id_len(const cJSON *jobs);
+const char *ctl_short_id(const char *id, size_t len, char *buf, size_t buflen);
 /* Progress text for a job ("upload 45% 12.3 MiB/27.0 MiB", "import PROCESSING", ...). */
 char *ctl_progress_text(const cJSON *job, char *buf, size_t len);
 /* Overall progress 0..1: upload bytes, then import, then batch state. */

@@ -72,13 +72,28 @@ static int load_config(const char *config_path, config *c)
 typedef struct submit_args {
     const char *path;
     const char *name;
+    bool wait;
+    int64_t timeout_ms; /* --wait's bound; -1 none */
 } submit_args;
+
+/* How long submit waits for the daemon to claim the entry (batchctl(1), submit). */
+#define CLAIM_WAIT_MS 10000
 
 static int parse_submit(int argc, char **argv, submit_args *a)
 {
     memset(a, 0, sizeof *a);
+    a->timeout_ms = -1;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--name") && i + 1 < argc) {
+        bool spaced = !strcmp(argv[i], "--timeout") && i + 1 < argc;
+        if (spaced || !strncmp(argv[i], "--timeout=", 10)) {
+            const char *t = spaced ? argv[++i] : argv[i] + 10;
+            if (ctl_parse_timeout("submit", t, &a->timeout_ms) != 0)
+                return EX_USAGE_;
+            continue;
+        }
+        if (!strcmp(argv[i], "--wait")) {
+            a->wait = true;
+        } else if (!strcmp(argv[i], "--name") && i + 1 < argc) {
             a->name = argv[++i];
         } else if (!strncmp(argv[i], "--name=", 7)) {
             a->name = argv[i] + 7;
@@ -95,7 +110,8 @@ static int parse_submit(int argc, char **argv, submit_args *a)
         }
     }
     if (!a->path) {
-        fprintf(stderr, "usage: batchctl submit PATH [--name NAME]\n");
+        fprintf(stderr,
+                "usage: batchctl submit PATH [--name NAME] [--wait] [--timeout DURATION]\n");
         return EX_USAGE_;
     }
     return 0;
@@ -252,19 +268,86 @@ static void stage_remove(const char *stage)
     rmdir(stage);
 }
 
-static void print_submitted(bool json, const char *name, const char *path)
+/* The daemon's side of a submit: a Watch started before the rename, so the claim of the
+ * entry cannot slip by unseen, and the ids already known then (an earlier job may have come
+ * from an entry of the same name). */
+typedef struct claim_watch {
+    vlclient *c;  /* NULL: no daemon answered */
+    cJSON *known; /* id -> true */
+    cJSON *job;   /* the claimed job, once seen */
+} claim_watch;
+
+static void claim_watch_start(const ctl_ctx *x, claim_watch *w)
 {
+    memset(w, 0, sizeof *w);
+    w->known = cJSON_CreateObject();
+    if (!x || vlclient_connect(x->socket_path, 2000, &w->c) < 0)
+        return;
+    vlclient_reply r = {0};
+    if (vlclient_send(w->c, "io.batchd.Watch", NULL, VLCLIENT_MORE) < 0 ||
+        vlclient_recv(w->c, 5000, &r) < 0 || r.error) {
+        vlclient_reply_clear(&r);
+        vlclient_free(w->c);
+        w->c = NULL;
+        return;
+    }
+    const cJSON *j;
+    cJSON_ArrayForEach(j, cJSON_GetObjectItemCaseSensitive(r.parameters, "jobs"))
+    {
+        if (json_str(j, "id"))
+            cJSON_AddTrueToObject(w->known, json_str(j, "id"));
+    }
+    vlclient_reply_clear(&r);
+}
+
+/* Waits (timeout_ms; <0 no limit) for the job claimed from incoming/<entry>. */
+static void claim_watch_wait(const ctl_ctx *x, claim_watch *w, const char *entry,
+                             int64_t timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : time_mono_ms() + timeout_ms;
+    while (w->c && !w->job) {
+        int64_t left = deadline < 0 ? -1 : deadline - time_mono_ms();
+        if (deadline >= 0 && left <= 0)
+            return;
+        vlclient_reply r;
+        if (vlclient_recv(w->c, left, &r) < 0)
+            return;
+        ctl_defang_reply(x, &r);
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(r.parameters, "job");
+        const char *src = json_str(j, "source"), *id = json_str(j, "id");
+        if (src && id && strcmp(src, entry) == 0 && !cJSON_GetObjectItemCaseSensitive(w->known, id))
+            w->job = cJSON_Duplicate(j, 1);
+        vlclient_reply_clear(&r);
+    }
+}
+
+static void claim_watch_free(claim_watch *w)
+{
+    vlclient_free(w->c);
+    cJSON_Delete(w->known);
+    cJSON_Delete(w->job);
+}
+
+static void print_submitted(bool json, const char *name, const char *path, const cJSON *job)
+{
+    const char *id = json_str(job, "id");
+    const char *final_name = job && json_str(job, "name") ? json_str(job, "name") : name;
     if (json) {
         cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "job", name);
+        cJSON_AddStringToObject(j, "job", final_name);
+        json_add_str_or_null(j, "id", id);
         cJSON_AddStringToObject(j, "path", path);
         char *s = json_print(j);
         printf("%s\n", s);
         free(s);
         cJSON_Delete(j);
     } else {
-        printf("%s\n", ctl_esc(name));
+        printf("%s\n", ctl_esc(final_name));
     }
+    fflush(stdout);
+    /* The id goes to stderr in text mode: n=$(batchctl submit f.jsonl) is the job's name. */
+    if (id && !json)
+        fprintf(stderr, "batchctl submit: claimed as job %s (id %s)\n", ctl_esc(final_name), id);
 }
 
 typedef struct submit_job {
@@ -314,7 +397,38 @@ static int examine_source(const char *path, submit_job *job)
     return 0;
 }
 
-static int do_submit(const config *cfg, const submit_job *job, const char *name, bool json)
+/* After the rename: reports the entry (and its job, once the daemon claims it), and with
+ * --wait follows the job to its end. Returns the exit code. */
+static int report_submit(const ctl_ctx *x, const submit_args *a, claim_watch *w, bool json,
+                         const char *final_name, const char *final_path)
+{
+    int64_t claim_ms = a->wait ? a->timeout_ms : CLAIM_WAIT_MS;
+    int64_t t0 = time_mono_ms();
+    claim_watch_wait(x, w, fsutil_basename(final_path), claim_ms);
+    print_submitted(json, final_name, final_path, w->job);
+    if (!w->job)
+        fprintf(stderr, "batchctl submit: %s; the job's id is not known yet (batchctl list)\n",
+                w->c ? "batchd did not claim it in time"
+                     : "batchd is not running (or not "
+                       "reachable): the entry waits in incoming/");
+    if (!a->wait)
+        return 0;
+    if (!w->job) {
+        if (w->c)
+            return CTL_EXIT_TEMPFAIL;
+        fprintf(stderr, "batchctl submit: --wait needs batchd running\n");
+        return CTL_EXIT_UNAVAILABLE;
+    }
+    cJSON *jobs = cJSON_CreateArray();
+    cJSON_AddItemToArray(jobs, cJSON_Duplicate(w->job, 1));
+    int64_t left = a->timeout_ms < 0 ? -1 : a->timeout_ms - (time_mono_ms() - t0);
+    int rc = ctl_wait_follow(x, w->c, jobs, left < 0 && a->timeout_ms >= 0 ? 0 : left);
+    cJSON_Delete(jobs);
+    return rc;
+}
+
+static int do_submit(const config *cfg, const submit_job *job, const char *name,
+                     const submit_args *a, const ctl_ctx *x, bool json)
 {
     spool *sp = spool_new(cfg->spool.dir);
     char *err = NULL;
@@ -351,6 +465,8 @@ static int do_submit(const config *cfg, const submit_job *job, const char *name,
         goto out;
     }
     staged_file = job->is_dir ? NULL : fsutil_join(stage, job->files[0]);
+    claim_watch w;
+    claim_watch_start(x, &w);
     r = publish(job->is_dir ? stage : staged_file, incoming, spool_dir(sp, "active"), name,
                 job->is_dir ? NULL : job->ext, &final_name, &final_path);
     if (r == 0)
@@ -361,9 +477,11 @@ static int do_submit(const config *cfg, const submit_job *job, const char *name,
         fprintf(stderr, "batchctl submit: cannot move the job into %s: %s\n", incoming,
                 strerror(-r));
         rc = errno_exit(r);
+        claim_watch_free(&w);
         goto out;
     }
-    print_submitted(json, final_name, final_path);
+    rc = report_submit(x, a, &w, json, final_name, final_path);
+    claim_watch_free(&w);
 out:
     if (!final_path || !job->is_dir)
         stage_remove(stage); /* a published directory is no longer at stage */
@@ -375,7 +493,7 @@ out:
     return rc;
 }
 
-int batchctl_submit(const char *config_path, bool json, int argc, char **argv)
+int batchctl_submit(const char *config_path, const ctl_ctx *x, bool json, int argc, char **argv)
 {
     submit_args a;
     int rc = parse_submit(argc, argv, &a);
@@ -401,7 +519,7 @@ int batchctl_submit(const char *config_path, bool json, int argc, char **argv)
         }
     }
     if (rc == 0)
-        rc = do_submit(&cfg, &job, name, json);
+        rc = do_submit(&cfg, &job, name, &a, x, json);
     free(name);
     free(job.src_dir);
     names_free(job.files, job.n_files);

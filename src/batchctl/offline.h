@@ -6,6 +6,8 @@
 
 #include <stdbool.h>
 
+#include "batchctl.h"
+
 #define BATCHCTL_NAME_MAX 200
 
 /* argv[0] is the command name ("submit"/"validate"); returns the process exit code
@@ -14,7 +16,9 @@
  * /etc/batchd/batchd.conf); when that default file does not exist the built-in defaults are
  * used. An explicitly named file that does not exist is an error (78). Messages go to
  * stderr; results (job name, problems) to stdout. */
-int batchctl_submit(const char *config_path, bool json, int argc, char **argv);
+/* submit: x (NULL when no socket could be named) reaches the daemon, if it runs, to report
+ * the claimed job (batchctl(1), submit). */
+int batchctl_submit(const char *config_path, const ctl_ctx *x, bool json, int argc, char **argv);
 int batchctl_validate(const char *config_path, bool json, int argc, char **argv);
 
 /* Checks a job name: not empty, no '/', not starting with '.', no control characters, at

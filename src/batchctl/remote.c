@@ -53,6 +53,50 @@ static const char *msg_or(const char *s, const char *dflt)
     return s ? s : dflt;
 }
 
+static void print_valid(const cJSON *valid)
+{
+    if (cJSON_GetArraySize(valid) == 0)
+        return;
+    fputs("valid:", stderr);
+    const cJSON *v;
+    cJSON_ArrayForEach(v, valid)
+    {
+        if (cJSON_IsString(v))
+            fprintf(stderr, " %s", v->valuestring);
+    }
+    fputc('\n', stderr);
+}
+
+/* AmbiguousJob (with its candidates) and InvalidParameter (with the valid values). */
+static int refused_reply(const char *method, const vlclient_reply *r)
+{
+    const char *e = r->error;
+    const char *job = json_str(r->parameters, "job");
+    const char *msg = json_str(r->parameters, "message");
+    if (strcmp(e, "io.batchd.AmbiguousJob") == 0) {
+        fprintf(stderr,
+                "batchctl: \"%s\" names more than one job (by name or id prefix); use one of "
+                "these ids:\n",
+                job ? job : "?");
+        const cJSON *id;
+        cJSON_ArrayForEach(id, cJSON_GetObjectItemCaseSensitive(r->parameters, "candidates"))
+        {
+            if (cJSON_IsString(id))
+                fprintf(stderr, "  %s\n", id->valuestring);
+        }
+        return CTL_EXIT_REFUSED;
+    }
+    if (strcmp(e, "io.batchd.InvalidParameter") == 0) {
+        const char *value = json_str(r->parameters, "value");
+        fprintf(stderr, "batchctl: batchd rejected %s%s%s of %s: %s\n",
+                msg_or(json_str(r->parameters, "parameter"), "a parameter"), value ? " " : "",
+                value ? value : "", method, msg_or(msg, "not a valid value"));
+        print_valid(cJSON_GetObjectItemCaseSensitive(r->parameters, "valid"));
+        return CTL_EXIT_REFUSED;
+    }
+    return CTL_EXIT_REFUSED;
+}
+
 /* Prints an error reply for people and returns its exit code. */
 static int error_reply(const ctl_ctx *x, const char *method, const vlclient_reply *r)
 {
@@ -80,11 +124,8 @@ static int error_reply(const ctl_ctx *x, const char *method, const vlclient_repl
                 job ? job : "?");
         return CTL_EXIT_REFUSED;
     }
-    if (strcmp(e, "io.batchd.AmbiguousJob") == 0) {
-        fprintf(stderr, "batchctl: more than one job is named \"%s\"; use its id (batchctl list)\n",
-                job ? job : "?");
-        return CTL_EXIT_REFUSED;
-    }
+    if (strcmp(e, "io.batchd.AmbiguousJob") == 0 || strcmp(e, "io.batchd.InvalidParameter") == 0)
+        return refused_reply(method, r);
     if (strcmp(e, "io.batchd.InvalidState") == 0) {
         fprintf(stderr, "batchctl: %s refused for job \"%s\": %s\n", method, job ? job : "?",
                 msg ? msg : "not possible in its current state");
@@ -163,7 +204,7 @@ static void print_json(const cJSON *j)
     free(s);
 }
 
-static int usage(const char *cmd, const char *args)
+int ctl_usage(const char *cmd, const char *args)
 {
     fprintf(stderr, "usage: batchctl [-c FILE] [-s SOCKET] [--json] %s%s%s\n", cmd,
             args[0] ? " " : "", args);
@@ -190,12 +231,12 @@ static const char *last_positional(int argc, char **argv)
 
 /* ---------------------------------------------------------------- status / list */
 
-static void add_job_row(ctl_table *t, const cJSON *j, int64_t now, bool status_view)
+static void add_job_row(ctl_table *t, const cJSON *j, int64_t now, bool status_view, size_t idlen)
 {
-    char buf[512], d[32];
+    char buf[512], d[32], idb[64];
     const char *state = json_str(j, "state");
     ctl_table_row(t);
-    ctl_table_cell(t, ctl_short_id(json_str(j, "id")), NULL);
+    ctl_table_cell(t, ctl_short_id(json_str(j, "id"), idlen, idb, sizeof(idb)), NULL);
     ctl_table_cell(t, json_str(j, "name") ? json_str(j, "name") : "-", NULL);
     ctl_table_cell(t, state ? state : "-", ctl_state_color(state));
     if (status_view) {
@@ -262,7 +303,7 @@ static void print_summary(const ctl_ctx *x, const cJSON *info, int64_t now)
 int ctl_status(const ctl_ctx *x, int argc, char **argv)
 {
     if (!positional(argc, argv, 0))
-        return usage("status", "");
+        return ctl_usage("status", "");
     vlclient *c = NULL;
     vlclient_reply info = {0}, jobs = {0};
     int code = open_client(x, &c);
@@ -308,9 +349,11 @@ int ctl_status(const ctl_ctx *x, int argc, char **argv)
             static const char *const hdr[] = {"ID",       "NAME",        "STATE",
                                               "PROGRESS", "RETRY/ERROR", "AGE"};
             ctl_table *t = ctl_table_new(6, hdr);
+            size_t idlen =
+                ctl_short_id_len(cJSON_GetObjectItemCaseSensitive(jobs.parameters, "jobs"));
             cJSON_ArrayForEach(j, unfinished)
             {
-                add_job_row(t, j, now, true);
+                add_job_row(t, j, now, true, idlen);
             }
             ctl_table_print(t, stdout, x->color);
             ctl_table_free(t);
@@ -337,6 +380,24 @@ static int list_limit(cJSON *params, const char *limit)
     return 0;
 }
 
+/* What list --state takes: every job state, and the groups batchd expands. */
+static const char *const list_states[] = {
+    "queued",         "validating", "creating_dataset", "uploading", "importing",
+    "creating_batch", "setting_up", "processing",       "ready",     "failed",
+    "cancelled",      "finished",   "unfinished"};
+
+static int list_state_ok(const char *s)
+{
+    for (size_t i = 0; i < BD_ARRAY_LEN(list_states); i++)
+        if (strcmp(list_states[i], s) == 0)
+            return 0;
+    fprintf(stderr, "batchctl: list: --state %s: not a job state; valid states:", ctl_esc(s));
+    for (size_t i = 0; i < BD_ARRAY_LEN(list_states); i++)
+        fprintf(stderr, " %s", list_states[i]);
+    fputs("\n(finished = ready, failed, cancelled; unfinished = every other state)\n", stderr);
+    return CTL_EXIT_REFUSED; /* as when batchd refuses it */
+}
+
 /* The ListJobs parameters from list's options. Returns 0 or an exit code. */
 static int list_params(int argc, char **argv, cJSON *params, bool *quiet)
 {
@@ -354,12 +415,14 @@ static int list_params(int argc, char **argv, cJSON *params, bool *quiet)
         else if (strcmp(argv[i], "-q") == 0 || strcmp(argv[i], "--quiet") == 0)
             *quiet = true;
         else
-            return usage("list", "[--state STATE]... [--limit N] [-q]");
+            return ctl_usage("list", "[--state STATE]... [--limit N] [-q]");
         if (limit) {
             int rc = list_limit(params, limit);
             if (rc)
                 return rc;
         }
+        if (s && list_state_ok(s) != 0)
+            return CTL_EXIT_REFUSED;
         if (s)
             cJSON_AddItemToArray(states, cJSON_CreateString(s));
     }
@@ -382,9 +445,10 @@ static void print_jobs(const ctl_ctx *x, const cJSON *jobs, bool quiet)
     static const char *const hdr[] = {"ID", "NAME", "STATE", "RECORDS", "BATCH", "AGE"};
     ctl_table *t = ctl_table_new(6, hdr);
     int64_t now = time_now_ms();
+    size_t idlen = ctl_short_id_len(jobs);
     cJSON_ArrayForEach(j, jobs)
     {
-        add_job_row(t, j, now, false);
+        add_job_row(t, j, now, false, idlen);
     }
     ctl_table_print(t, stdout, x->color);
     ctl_table_free(t);
@@ -448,40 +512,29 @@ static void show_value(const ctl_ctx *x, const char *key, const cJSON *v, int64_
     free(s);
 }
 
-static void show_job(const ctl_ctx *x, const cJSON *job)
+/* The first record-level errors of a failed job (GetJob sends at most 20). */
+static void show_record_errors(const cJSON *job)
 {
-    static const char *const fields[] = {"id",
-                                         "name",
-                                         "state",
-                                         "dataset_id",
-                                         "import_id",
-                                         "batch_id",
-                                         "records",
-                                         "bytes_total",
-                                         "bytes_sent",
-                                         "import_status",
-                                         "accepted_count",
-                                         "rejected_count",
-                                         "batch_status",
-                                         "total_task_count",
-                                         "attempts",
-                                         "retry_at",
-                                         "last_error",
-                                         "created_at",
-                                         "updated_at"};
-    int64_t now = time_now_ms();
-    for (size_t i = 0; i < BD_ARRAY_LEN(fields); i++)
-        show_value(x, fields[i], cJSON_GetObjectItemCaseSensitive(job, fields[i]), now);
-    /* Fields newer than this batchctl still show. */
-    const cJSON *v;
-    cJSON_ArrayForEach(v, job)
+    const cJSON *errs = cJSON_GetObjectItemCaseSensitive(job, "record_errors");
+    if (cJSON_GetArraySize(errs) == 0)
+        return;
+    printf("record errors (first %d):\n", cJSON_GetArraySize(errs));
+    const cJSON *e;
+    cJSON_ArrayForEach(e, errs)
     {
-        bool known = strcmp(v->string, "history") == 0;
-        for (size_t i = 0; i < BD_ARRAY_LEN(fields) && !known; i++)
-            known = strcmp(fields[i], v->string) == 0;
-        if (!known)
-            show_value(x, v->string, v, now);
+        int64_t line = json_int64(e, "line", -1), idx = json_int64(e, "record_index", -1);
+        if (line >= 0)
+            printf("  line %" PRId64, line);
+        else if (idx >= 0)
+            printf("  record %" PRId64, idx);
+        else
+            printf("  -");
+        printf("  %s  %s\n", msg_or(json_str(e, "field"), "-"), msg_or(json_str(e, "message"), ""));
     }
+}
+
+static void show_history(const ctl_ctx *x, const cJSON *job)
+{
     const cJSON *history = cJSON_GetObjectItemCaseSensitive(job, "history");
     printf("history:\n");
     if (cJSON_GetArraySize(history) == 0)
@@ -508,6 +561,45 @@ static void show_job(const ctl_ctx *x, const cJSON *job)
     }
 }
 
+static void show_job(const ctl_ctx *x, const cJSON *job)
+{
+    static const char *const fields[] = {"id",
+                                         "name",
+                                         "state",
+                                         "dataset_id",
+                                         "import_id",
+                                         "batch_id",
+                                         "records",
+                                         "bytes_total",
+                                         "bytes_sent",
+                                         "import_status",
+                                         "accepted_count",
+                                         "rejected_count",
+                                         "batch_status",
+                                         "total_task_count",
+                                         "attempts",
+                                         "retry_at",
+                                         "last_error",
+                                         "created_at",
+                                         "updated_at",
+                                         "source"};
+    int64_t now = time_now_ms();
+    for (size_t i = 0; i < BD_ARRAY_LEN(fields); i++)
+        show_value(x, fields[i], cJSON_GetObjectItemCaseSensitive(job, fields[i]), now);
+    /* Fields newer than this batchctl still show. */
+    const cJSON *v;
+    cJSON_ArrayForEach(v, job)
+    {
+        bool known = strcmp(v->string, "history") == 0 || strcmp(v->string, "record_errors") == 0;
+        for (size_t i = 0; i < BD_ARRAY_LEN(fields) && !known; i++)
+            known = strcmp(fields[i], v->string) == 0;
+        if (!known)
+            show_value(x, v->string, v, now);
+    }
+    show_record_errors(job);
+    show_history(x, job);
+}
+
 static bool job_failed(const cJSON *job)
 {
     const char *s = json_str(job, "state");
@@ -517,7 +609,7 @@ static bool job_failed(const cJSON *job)
 int ctl_show(const ctl_ctx *x, int argc, char **argv)
 {
     if (!positional(argc, argv, 1))
-        return usage("show", "JOB");
+        return ctl_usage("show", "JOB");
     cJSON *params = cJSON_CreateObject();
     cJSON_AddStringToObject(params, "job", last_positional(argc, argv));
     vlclient_reply r;
@@ -535,12 +627,35 @@ int ctl_show(const ctl_ctx *x, int argc, char **argv)
     return code;
 }
 
+int ctl_get_job(const ctl_ctx *x, const char *ref, cJSON **job)
+{
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "job", ref);
+    vlclient_reply r;
+    int code = call1(x, "io.batchd.GetJob", params, &r);
+    cJSON_Delete(params);
+    if (code != 0)
+        return code;
+    *job = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(r.parameters, "job"), 1);
+    vlclient_reply_clear(&r);
+    if (!cJSON_IsObject(*job)) {
+        cJSON_Delete(*job);
+        *job = NULL;
+        fprintf(stderr, "batchctl: batchd's GetJob reply has no job\n");
+        return CTL_EXIT_PROTOCOL;
+    }
+    /* The same fields as Watch's events: the caller follows it with those. */
+    cJSON_DeleteItemFromObjectCaseSensitive(*job, "history");
+    cJSON_DeleteItemFromObjectCaseSensitive(*job, "record_errors");
+    return 0;
+}
+
 /* ---------------------------------------------------------------- changes */
 
 static int job_change(const ctl_ctx *x, int argc, char **argv, const char *method, const char *verb)
 {
     if (!positional(argc, argv, 1))
-        return usage(argv[0], "JOB");
+        return ctl_usage(argv[0], "JOB");
     cJSON *params = cJSON_CreateObject();
     cJSON_AddStringToObject(params, "job", last_positional(argc, argv));
     vlclient_reply r;
@@ -559,8 +674,67 @@ static int job_change(const ctl_ctx *x, int argc, char **argv, const char *metho
     return CTL_EXIT_OK;
 }
 
+/* retry --failed: every failed job (not the cancelled ones), each on its own call so that
+ * one refusal does not stop the others. */
+static int retry_failed(const ctl_ctx *x)
+{
+    vlclient *c = NULL;
+    vlclient_reply list = {0};
+    int code = open_client(x, &c);
+    if (code == 0) {
+        cJSON *params = cJSON_CreateObject();
+        cJSON_AddItemToArray(cJSON_AddArrayToObject(params, "states"),
+                             cJSON_CreateString("failed"));
+        cJSON_AddNumberToObject(params, "limit", 9007199254740992.0);
+        code = call_on(x, c, "io.batchd.ListJobs", params, &list);
+        cJSON_Delete(params);
+    }
+    cJSON *out = cJSON_CreateArray();
+    int refused = 0, n = 0;
+    const cJSON *failed =
+        code == 0 ? cJSON_GetObjectItemCaseSensitive(list.parameters, "jobs") : NULL;
+    const cJSON *j;
+    cJSON_ArrayForEach(j, failed)
+    {
+        const char *id = json_str(j, "id");
+        if (!id)
+            continue;
+        n++;
+        cJSON *params = cJSON_CreateObject();
+        cJSON_AddStringToObject(params, "job", id);
+        vlclient_reply r;
+        int rc = call_on(x, c, "io.batchd.Retry", params, &r);
+        cJSON_Delete(params);
+        if (rc != 0) {
+            if (rc == CTL_EXIT_UNAVAILABLE || rc == CTL_EXIT_PROTOCOL || rc == CTL_EXIT_NOPERM) {
+                code = rc;
+                break;
+            }
+            refused = rc;
+            continue;
+        }
+        const cJSON *job = cJSON_GetObjectItemCaseSensitive(r.parameters, "job");
+        if (x->json)
+            cJSON_AddItemToArray(out, cJSON_Duplicate(job, 1));
+        else
+            printf("retrying %s (%s): now %s\n", msg_or(json_str(job, "name"), "?"),
+                   msg_or(json_str(job, "id"), "?"), msg_or(json_str(job, "state"), "?"));
+        vlclient_reply_clear(&r);
+    }
+    if (code == 0 && x->json)
+        print_json(out);
+    else if (code == 0 && n == 0)
+        printf("no failed jobs\n");
+    cJSON_Delete(out);
+    vlclient_reply_clear(&list);
+    vlclient_free(c);
+    return code != 0 ? code : refused;
+}
+
 int ctl_retry(const ctl_ctx *x, int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--failed") == 0)
+        return retry_failed(x);
     return job_change(x, argc, argv, "io.batchd.Retry", "retrying");
 }
 
@@ -572,7 +746,7 @@ int ctl_cancel(const ctl_ctx *x, int argc, char **argv)
 static int simple(const ctl_ctx *x, int argc, char **argv, const char *method, const char *said)
 {
     if (!positional(argc, argv, 0))
-        return usage(argv[0], "");
+        return ctl_usage(argv[0], "");
     vlclient_reply r;
     int code = call1(x, method, NULL, &r);
     if (code != 0)
@@ -618,7 +792,7 @@ static void print_list(const char *title, const cJSON *arr)
 int ctl_reload(const ctl_ctx *x, int argc, char **argv)
 {
     if (!positional(argc, argv, 0))
-        return usage("reload", "");
+        return ctl_usage("reload", "");
     vlclient_reply r;
     int code = call1(x, "io.batchd.Reload", NULL, &r);
     if (code != 0)

@@ -111,6 +111,12 @@ const char *ctl_state_color(const char *state)
     return CTL_BLUE;
 }
 
+bool ctl_job_finished(const cJSON *job)
+{
+    const char *dir = json_str(job, "dir");
+    return ctl_state_finished(json_str(job, "state")) && !(dir && strncmp(dir, "active/", 7) == 0);
+}
+
 bool ctl_state_finished(const char *state)
 {
     return state && (strcmp(state, "ready") == 0 || strcmp(state, "failed") == 0 ||
@@ -142,12 +148,46 @@ int64_t ctl_since(const cJSON *job, const char *key, int64_t now_ms)
     return now_ms - t;
 }
 
-const char *ctl_short_id(const char *id)
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static size_t common_prefix(const char *a, const char *b)
+{
+    size_t n = 0;
+    while (a[n] && a[n] == b[n])
+        n++;
+    return n;
+}
+
+size_t ctl_short_id_len(const cJSON *jobs)
+{
+    /* Sorted, the longest prefix any id shares is the longest shared with a neighbour. */
+    size_t n = (size_t)cJSON_GetArraySize(jobs), k = 0, len = CTL_SHORT_ID_MIN;
+    const char **ids = xcalloc(n + 1, sizeof(*ids));
+    const cJSON *j;
+    cJSON_ArrayForEach(j, jobs)
+    {
+        if (json_str(j, "id"))
+            ids[k++] = json_str(j, "id");
+    }
+    qsort(ids, k, sizeof(*ids), cmp_str);
+    for (size_t i = 1; i < k; i++) {
+        size_t c = common_prefix(ids[i - 1], ids[i]);
+        if (c + 1 > len)
+            len = c + 1;
+    }
+    free(ids);
+    return len;
+}
+
+const char *ctl_short_id(const char *id, size_t len, char *buf, size_t buflen)
 {
     if (!id)
         return "-";
-    size_t n = strlen(id);
-    return n > 8 ? id + n - 8 : id;
+    snprintf(buf, buflen, "%.*s", (int)len, id);
+    return buf;
 }
 
 char *ctl_progress_text(const cJSON *job, char *buf, size_t len)

@@ -204,14 +204,70 @@ static void view_update(view *v, const cJSON *job, bool permanent_line)
 
 /* ---------------------------------------------------------------- the loop */
 
+/* Remembers what was printed of a job for --json (without updated_at, which a change that
+ * shows nothing new still moves); true when it differs from the last time. */
+static bool json_remember(view *v, const cJSON *job)
+{
+    const char *id = json_str(job, "id");
+    if (!id)
+        return true;
+    cJSON *copy = cJSON_Duplicate(job, 1);
+    cJSON_DeleteItemFromObjectCaseSensitive(copy, "updated_at");
+    char *text = json_print(copy);
+    cJSON_Delete(copy);
+    const cJSON *last = cJSON_GetObjectItemCaseSensitive(v->printed, id);
+    if (last && cJSON_IsString(last) && strcmp(last->valuestring, text) == 0) {
+        free(text);
+        return false;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(v->printed, id);
+    cJSON_AddItemToObject(v->printed, id, cJSON_CreateString(text));
+    free(text);
+    if (cJSON_GetArraySize(v->printed) > PRINTED_MAX)
+        cJSON_Delete(cJSON_DetachItemViaPointer(v->printed, v->printed->child));
+    return true;
+}
+
+/* --json: one object per line, {"event", "at", "jobs" | "job"}: "snapshot" with the jobs
+ * known when the watch began, then "changed" or "finished" (a job that reached ready, failed
+ * or cancelled) with one job; a change that leaves the job as it was printed is left out. */
+static void json_event(view *v, const vlclient_reply *r, bool first)
+{
+    char at[40];
+    cJSON *o = cJSON_CreateObject();
+    const cJSON *jobs = cJSON_GetObjectItemCaseSensitive(r->parameters, "jobs");
+    const cJSON *job = cJSON_GetObjectItemCaseSensitive(r->parameters, "job");
+    if (first) {
+        const cJSON *j;
+        cJSON_ArrayForEach(j, jobs)
+        {
+            json_remember(v, j);
+        }
+        cJSON_AddStringToObject(o, "event", "snapshot");
+    } else if (!job || !json_remember(v, job)) {
+        cJSON_Delete(o);
+        return;
+    } else {
+        bool done = ctl_job_finished(job);
+        cJSON_AddStringToObject(o, "event", done ? "finished" : "changed");
+    }
+    cJSON_AddStringToObject(o, "at", time_format_rfc3339(time_now_ms(), true, at, sizeof(at)));
+    if (first)
+        cJSON_AddItemToObject(o, "jobs", jobs ? cJSON_Duplicate(jobs, 1) : cJSON_CreateArray());
+    else
+        cJSON_AddItemToObject(o, "job", cJSON_Duplicate(job, 1));
+    char *s = json_print(o);
+    puts(s);
+    free(s);
+    cJSON_Delete(o);
+    fflush(stdout);
+}
+
 static void handle_reply(view *v, const vlclient_reply *r, bool first)
 {
     const ctl_ctx *x = v->x;
     if (x->json) {
-        char *s = json_print(r->parameters);
-        puts(s);
-        free(s);
-        fflush(stdout);
+        json_event(v, r, first);
         return;
     }
     int64_t now = time_now_ms();

@@ -98,6 +98,18 @@ static log_job_fields fields_of(const job *j)
     return f;
 }
 
+static cJSON *candidates(void *ud, const char *key)
+{
+    batchd *d = ud;
+    /* The reply stays small whatever the number of jobs that share a short prefix. */
+    const char *ids[CONTROL_CANDIDATES_MAX];
+    size_t n = runner_candidates(d->runner, key, ids, BD_ARRAY_LEN(ids));
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < n && i < BD_ARRAY_LEN(ids); i++)
+        cJSON_AddItemToArray(arr, cJSON_CreateString(ids[i]));
+    return arr;
+}
+
 static cJSON *get_job(void *ud, const char *key, const char **err)
 {
     const job *j = lookup(ud, key, err);
@@ -201,6 +213,7 @@ const control_ops ctl_ops = {
     .get_job = get_job,
     .retry = retry,
     .cancel = cancel,
+    .candidates = candidates,
     .pause = pause_,
     .resume = resume_,
     .reload = reload,

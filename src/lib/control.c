@@ -23,8 +23,17 @@ const char control_interface_description[] =
     "# One line of a job's history.\n"
     "type HistoryEntry (at: string, state: string, note: ?string)\n"
     "\n"
+    "# A record-level error of a failed job: the line of the data file (null when only the\n"
+    "# API's record_index is known), the field (null for the whole record) and what is wrong.\n"
+    "type RecordError (line: ?int, record_index: ?int, field: ?string, message: ?string)\n"
+    "\n"
     "# A job. State is one of queued, validating, creating_dataset, uploading, importing,\n"
     "# creating_batch, setting_up, processing, ready, failed, cancelled. Times are RFC 3339.\n"
+    "# source: the entry name in incoming/ the job was claimed from (null if not known).\n"
+    "# dir: its directory in the spool, active/NAME, then done/NAME or failed/NAME: a job is\n"
+    "# finished, its result.json or error.json in place, once it is in a finished state and\n"
+    "# dir is no longer in active/.\n"
+    "# record_errors (GetJob only): the first 20 record-level errors of a failed job.\n"
     "type Job (\n"
     "  id: string,\n"
     "  name: string,\n"
@@ -49,7 +58,10 @@ const char control_interface_description[] =
     "  updated_at: ?string,\n"
     "  error_code: ?string,\n"
     "  error_message: ?string,\n"
-    "  history: ?[]HistoryEntry\n"
+    "  source: ?string,\n"
+    "  dir: ?string,\n"
+    "  history: ?[]HistoryEntry,\n"
+    "  record_errors: ?[]RecordError\n"
     ")\n"
     "\n"
     "# The daemon: its version, start time, whether claiming is paused and why (\"operator\":\n"
@@ -78,10 +90,12 @@ const char control_interface_description[] =
     "method GetMetrics() -> (text: string)\n"
     "\n"
     "# Known jobs, or those in the given states, newest first: at most limit of them (default\n"
-    "# 1000; a non-negative integer).\n"
+    "# 1000; a non-negative integer). A state may also be finished (ready, failed, cancelled)\n"
+    "# or unfinished (every other state); an unknown one gets InvalidParameter.\n"
     "method ListJobs(states: ?[]string, limit: ?int) -> (jobs: []Job)\n"
     "\n"
-    "# One job by id or unique name, with its history.\n"
+    "# One job by reference, with its history: an exact id, else a unique name, else a unique\n"
+    "# id prefix of at least 4 characters (Retry and Cancel take the same).\n"
     "method GetJob(job: string) -> (job: Job)\n"
     "\n"
     "# Needs \"more\". The first reply has the current jobs in jobs (the newest 1000); each later\n"
@@ -111,8 +125,14 @@ const char control_interface_description[] =
     "# No job has this id or name.\n"
     "error NoSuchJob (job: string, message: ?string)\n"
     "\n"
-    "# More than one job has this name; use the id.\n"
-    "error AmbiguousJob (job: string, message: ?string)\n"
+    "# More than one job has this name or id prefix; candidates: the ids of (at most 50 of)\n"
+    "# them. Use one of those.\n"
+    "error AmbiguousJob (job: string, candidates: ?[]string, message: ?string)\n"
+    "\n"
+    "# A parameter has a value batchd does not accept: which one, the value, and the values\n"
+    "# it does accept where there is a list of them.\n"
+    "error InvalidParameter (parameter: string, value: ?string, valid: ?[]string,\n"
+    "  message: ?string)\n"
     "\n"
     "# The job is not in a state that allows this (e.g. Retry of a running job).\n"
     "error InvalidState (job: string, message: ?string)\n"
@@ -201,12 +221,20 @@ static void invalid_parameter(varlink_call *call, const char *name)
     varlink_call_error(call, "org.varlink.service.InvalidParameter", obj_str("parameter", name));
 }
 
-static void job_error(varlink_call *call, const char *err, const char *job, const char *msg)
+static void job_error(const control *c, varlink_call *call, const char *err, const char *job,
+                      const char *msg)
 {
     cJSON *p = obj_str("job", job);
     if (msg)
         cJSON_AddStringToObject(p, "message", msg);
-    varlink_call_error(call, err ? err : IFACE ".InvalidState", p);
+    err = err ? err : IFACE ".InvalidState";
+    /* An ambiguous reference is never resolved to one of its matches: the caller picks. */
+    if (strcmp(err, IFACE ".AmbiguousJob") == 0 && c->ops.candidates) {
+        cJSON *ids = c->ops.candidates(c->ops.ud, job);
+        if (ids)
+            cJSON_AddItemToObject(p, "candidates", ids);
+    }
+    varlink_call_error(call, err, p);
 }
 
 /* The "job" parameter: a non-empty string, or InvalidParameter has been sent. */
@@ -246,12 +274,40 @@ static void m_get_metrics(control *c, varlink_call *call, const cJSON *params)
     varlink_call_reply(call, o);
 }
 
-static bool state_known(const char *s)
+static bool state_terminal(const char *s)
 {
+    return strcmp(s, "ready") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0;
+}
+
+/* Adds the states s stands for to names (room for every known state plus one per entry):
+ * a state, "finished" or "unfinished". False for a name that is none of these. */
+static bool state_expand(const char *s, const char **names, size_t *n)
+{
+    bool finished = strcmp(s, "finished") == 0, unfinished = strcmp(s, "unfinished") == 0;
+    bool found = false;
+    for (size_t i = 0; i < BD_ARRAY_LEN(known_states); i++) {
+        const char *k = known_states[i];
+        if (strcmp(k, s) == 0 || (finished && state_terminal(k)) ||
+            (unfinished && !state_terminal(k))) {
+            names[(*n)++] = k;
+            found = true;
+        }
+    }
+    return found;
+}
+
+static void invalid_state(varlink_call *call, const cJSON *value)
+{
+    cJSON *p = obj_str("parameter", "states");
+    if (cJSON_IsString(value))
+        cJSON_AddStringToObject(p, "value", value->valuestring);
+    cJSON *valid = cJSON_AddArrayToObject(p, "valid");
     for (size_t i = 0; i < BD_ARRAY_LEN(known_states); i++)
-        if (strcmp(known_states[i], s) == 0)
-            return true;
-    return false;
+        cJSON_AddItemToArray(valid, cJSON_CreateString(known_states[i]));
+    cJSON_AddItemToArray(valid, cJSON_CreateString("finished"));
+    cJSON_AddItemToArray(valid, cJSON_CreateString("unfinished"));
+    cJSON_AddStringToObject(p, "message", "not a job state");
+    varlink_call_error(call, IFACE ".InvalidParameter", p);
 }
 
 /* ListJobs' "limit": absent or null = the default; else a non-negative integer. */
@@ -291,16 +347,16 @@ static void m_list_jobs(control *c, varlink_call *call, const cJSON *params)
             invalid_parameter(call, "states");
             return;
         }
-        names = xcalloc((size_t)cJSON_GetArraySize(states) + 1, sizeof(*names));
+        size_t room = ((size_t)cJSON_GetArraySize(states) + 1) * BD_ARRAY_LEN(known_states);
+        names = xcalloc(room, sizeof(*names));
         const cJSON *s;
         cJSON_ArrayForEach(s, states)
         {
-            if (!cJSON_IsString(s) || !state_known(s->valuestring)) {
+            if (!cJSON_IsString(s) || !state_expand(s->valuestring, names, &n)) {
                 free(names);
-                invalid_parameter(call, "states");
+                invalid_state(call, s);
                 return;
             }
-            names[n++] = s->valuestring;
         }
     }
     cJSON *jobs = c->ops.list_jobs(c->ops.ud, names, n, limit);
@@ -316,7 +372,7 @@ static void m_get_job(control *c, varlink_call *call, const cJSON *params)
     const char *err = NULL;
     cJSON *j = c->ops.get_job(c->ops.ud, job, &err);
     if (!j)
-        job_error(call, err ? err : IFACE ".NoSuchJob", job, NULL);
+        job_error(c, call, err ? err : IFACE ".NoSuchJob", job, NULL);
     else
         varlink_call_reply(call, wrap("job", j));
 }
@@ -334,7 +390,7 @@ static void run_job_op(control *c, varlink_call *call, const cJSON *params, job_
     int r = op(c->ops.ud, job, &out, &err, &msg);
     if (r < 0) {
         cJSON_Delete(out);
-        job_error(call, err, job, msg);
+        job_error(c, call, err, job, msg);
     } else {
         varlink_call_reply(call, wrap("job", out));
     }

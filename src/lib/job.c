@@ -131,6 +131,7 @@ void job_free(job *j)
         return;
     free(j->name);
     free(j->dir);
+    free(j->source);
     cJSON_Delete(j->spec);
     free(j->upload_path);
     free(j->upload_name);
@@ -288,6 +289,7 @@ cJSON *job_to_record(const job *j)
     cJSON_AddStringToObject(o, "id", j->id);
     add_name(o, "name", j->name);
     add_name(o, "dir", j->dir);
+    add_name(o, "source", j->source);
     cJSON_AddStringToObject(o, "state", job_state_name(j->state));
     cJSON_AddStringToObject(o, "failed_stage", job_state_name(j->failed_stage));
     add_ms(o, "created_at", j->created_at);
@@ -375,6 +377,7 @@ job *job_from_record(const cJSON *rec, const char **err)
     strlcpy_bd(j->id, id, sizeof j->id);
     j->name = name_owned ? name_owned : xstrdup(name);
     j->dir = dir_owned ? dir_owned : xstrdup(dir);
+    take_name(&j->source, rec, "source");
     j->state = (job_state)state;
     int fs = job_state_from_name(json_str(rec, "failed_stage"));
     j->failed_stage = fs < 0 ? JOB_QUEUED : (job_state)fs;
@@ -438,6 +441,35 @@ static void add_count(cJSON *o, const char *key, int64_t v)
     json_add_int_or_null(o, key, v);
 }
 
+/* The first JOB_PUBLIC_RECORD_ERRORS record-level errors (those that name a line or a record
+ * index: validation's and an import's; a 422's issues are not about records), so that
+ * batchctl show can print them without reading error.json. */
+static void add_record_errors(cJSON *o, const job *j)
+{
+    cJSON *arr = cJSON_AddArrayToObject(o, "record_errors");
+    const cJSON *e;
+    int n = 0;
+    cJSON_ArrayForEach(e, j->error_details)
+    {
+        const cJSON *line = cJSON_GetObjectItemCaseSensitive(e, "line");
+        const cJSON *idx = cJSON_GetObjectItemCaseSensitive(e, "record_index");
+        if (!cJSON_IsNumber(line) && !cJSON_IsNumber(idx))
+            continue;
+        if (n++ == JOB_PUBLIC_RECORD_ERRORS)
+            break;
+        cJSON *r = cJSON_CreateObject();
+        if (cJSON_IsNumber(line))
+            cJSON_AddNumberToObject(r, "line", line->valuedouble);
+        else
+            cJSON_AddNullToObject(r, "line");
+        if (cJSON_IsNumber(idx))
+            cJSON_AddNumberToObject(r, "record_index", idx->valuedouble);
+        json_add_str_or_null(r, "field", json_str(e, "field"));
+        json_add_str_or_null(r, "message", json_str(e, "message"));
+        cJSON_AddItemToArray(arr, r);
+    }
+}
+
 cJSON *job_to_public(const job *j, bool with_history)
 {
     cJSON *o = cJSON_CreateObject();
@@ -465,8 +497,17 @@ cJSON *job_to_public(const job *j, bool with_history)
         json_add_str_or_null(o, "error_code", j->error_code);
         json_add_str_or_null(o, "error_message", j->error_message);
     }
-    if (with_history)
+    json_add_str_or_null(o, "source", j->source);
+    /* Where its files are: a client waiting for a finished job also waits for this to leave
+     * active/, so that result.json or error.json is there when it looks. */
+    const char *where = !j->moved ? "active" : j->state == JOB_READY ? "done" : "failed";
+    char *dir = xasprintf("%s/%s", where, j->dir);
+    cJSON_AddStringToObject(o, "dir", dir);
+    free(dir);
+    if (with_history) {
         cJSON_AddItemToObject(o, "history", cJSON_Duplicate(j->history, 1));
+        add_record_errors(o, j);
+    }
     return o;
 }
 

@@ -110,6 +110,34 @@ int runner_note(runner *rn, const char *job_id, const char *note)
     return -ENOENT;
 }
 
+static bool names(const rjob *r, const char *key)
+{
+    return strcmp(r->j->name, key) == 0 || strcmp(r->j->dir, key) == 0;
+}
+
+static bool id_prefix(const rjob *r, const char *key)
+{
+    size_t n = strlen(key);
+    return n >= RUNNER_ID_PREFIX_MIN && strncmp(r->j->id, key, n) == 0;
+}
+
+/* The jobs that match key by name, or else by id prefix, in claim order. */
+static size_t matches(const runner *rn, const char *key, bool by_name, const char **ids, size_t max,
+                      const rjob **any)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rn->n_jobs; i++) {
+        const rjob *r = rn->jobs[i];
+        if (by_name ? !names(r, key) : !id_prefix(r, key))
+            continue;
+        if (ids && n < max)
+            ids[n] = r->j->id;
+        *any = r;
+        n++;
+    }
+    return n;
+}
+
 const job *runner_find(const runner *rn, const char *key, bool *ambiguous)
 {
     *ambiguous = false;
@@ -122,7 +150,7 @@ const job *runner_find(const runner *rn, const char *key, bool *ambiguous)
     size_t n_any = 0, n_live = 0;
     for (size_t i = 0; i < rn->n_jobs; i++) {
         const rjob *r = rn->jobs[i];
-        if (strcmp(r->j->name, key) != 0 && strcmp(r->j->dir, key) != 0)
+        if (!names(r, key))
             continue;
         any = r;
         n_any++;
@@ -135,7 +163,19 @@ const job *runner_find(const runner *rn, const char *key, bool *ambiguous)
         return live->j;
     if (n_live > 1 || n_any > 1)
         *ambiguous = true;
+    if (any)
+        return any->j;
+    /* A name always wins over a prefix: only a key that names no job is a prefix. */
+    size_t n = matches(rn, key, false, NULL, 0, &any);
+    *ambiguous = n > 1;
     return any ? any->j : NULL;
+}
+
+size_t runner_candidates(const runner *rn, const char *key, const char **ids, size_t max)
+{
+    const rjob *any = NULL;
+    size_t n = matches(rn, key, true, ids, max, &any);
+    return n > 0 ? n : matches(rn, key, false, ids, max, &any);
 }
 
 void runner_drive_all(runner *rn)

@@ -48,6 +48,7 @@ static void claimed(runner *rn, const claim_ctx *cx, const runner_claim *c)
     const char *base = fsutil_basename(c->job_dir);
     bool rejected = c->kind == RUNNER_REJECTED;
     job *j = job_new(rejected && c->job_id ? c->job_id : cx->id, c->job_name, base, cx->now);
+    j->source = xstrdup(cx->entry); /* lets batchctl submit find the job its entry became */
     if (rejected) {
         job_fail(j, cx->now, c->code ? c->code : "unsupported_entry", "%s",
                  c->reason ? c->reason : "unsupported entry");

@@ -108,8 +108,9 @@ def test_methods_raw():
         none = call(sock, "io.batchd.ListJobs", {"states": ["failed", "queued"]})
         check(none["parameters"]["jobs"] == [], none)
         bad = call(sock, "io.batchd.ListJobs", {"states": ["nonsense"]})
-        check(bad.get("error") == "org.varlink.service.InvalidParameter" and
-              bad["parameters"].get("parameter") == "states", bad)
+        check(bad.get("error") == "io.batchd.InvalidParameter" and
+              bad["parameters"].get("parameter") == "states" and
+              "unfinished" in bad["parameters"].get("valid", []), bad)
         bad = call(sock, "io.batchd.ListJobs", {"states": "ready"})
         check(bad.get("error") == "org.varlink.service.InvalidParameter", bad)
         # Newest first; limit keeps the first ones; a negative or fractional limit is refused.

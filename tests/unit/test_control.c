@@ -78,6 +78,18 @@ static cJSON *find(fixture *f, const char *key, const char **err)
     return NULL;
 }
 
+static cJSON *fake_candidates(void *ud, const char *key)
+{
+    fixture *f = ud;
+    cJSON *ids = cJSON_CreateArray(), *j;
+    cJSON_ArrayForEach(j, f->jobs)
+    {
+        if (strcmp(json_str(j, "name"), key) == 0)
+            cJSON_AddItemToArray(ids, cJSON_CreateString(json_str(j, "id")));
+    }
+    return ids;
+}
+
 static cJSON *fake_get_job(void *ud, const char *job, const char **err)
 {
     cJSON *j = find(ud, job, err);
@@ -157,6 +169,7 @@ static void start_control(const char *group)
                        .get_info = fake_get_info,
                        .list_jobs = fake_list,
                        .get_job = fake_get_job,
+                       .candidates = fake_candidates,
                        .retry = fake_retry,
                        .cancel = fake_cancel,
                        .pause = fake_pause,
@@ -303,8 +316,21 @@ static void test_read_methods(void **state)
     assert_string_equal(json_str(cJSON_GetArrayItem(jobs, 0), "name"), "alpha");
     cJSON_Delete(m);
     m = call(c, "io.batchd.ListJobs", "{\"states\":[\"bogus\"]}");
-    assert_error(m, "org.varlink.service.InvalidParameter");
+    assert_error(m, "io.batchd.InvalidParameter");
     assert_string_equal(json_str(params_of(m), "parameter"), "states");
+    assert_string_equal(json_str(params_of(m), "value"), "bogus");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "valid")), 13);
+    cJSON_Delete(m);
+    /* finished = ready, failed, cancelled; unfinished = every other state. */
+    m = call(c, "io.batchd.ListJobs", "{\"states\":[\"finished\"]}");
+    int n_finished = cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs"));
+    cJSON_Delete(m);
+    m = call(c, "io.batchd.ListJobs", "{\"states\":[\"unfinished\"]}");
+    int n_unfinished = cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs"));
+    cJSON_Delete(m);
+    assert_int_equal(n_finished + n_unfinished, 4);
+    m = call(c, "io.batchd.ListJobs", "{\"states\":[\"ready\",\"finished\"]}");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "jobs")), n_finished);
     cJSON_Delete(m);
     m = call(c, "io.batchd.ListJobs", "{\"states\":\"failed\"}");
     assert_error(m, "org.varlink.service.InvalidParameter");
@@ -344,6 +370,7 @@ static void test_read_methods(void **state)
     m = call(c, "io.batchd.GetJob", "{\"job\":\"twin\"}");
     assert_error(m, "io.batchd.AmbiguousJob");
     assert_string_equal(json_str(params_of(m), "job"), "twin");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "candidates")), 2);
     cJSON_Delete(m);
     m = call(c, "io.batchd.GetJob", "{\"job\":\"nope\"}");
     assert_error(m, "io.batchd.NoSuchJob");

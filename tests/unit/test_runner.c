@@ -784,6 +784,8 @@ static void test_happy_path(void **state)
     assert_int_equal(w->finished_ok, 1);
     assert_true(j->moved);
     assert_string_equal(j->dir, "a.1");
+    assert_string_equal(j->source, "a"); /* the entry in incoming/ it was claimed from */
+    assert_string_equal(json_str(record_of(w, j), "source"), "a");
     assert_int_equal(w->st_done, 1);
     assert_int_equal(w->st_active, 0);
     assert_true(w->changed > 5);
@@ -1440,6 +1442,70 @@ static void test_stuck_retry_once(void **state)
     assert_int_equal(runner_count(w->rn), 2);
 }
 
+/* A finished job's record, as a restart finds it; without "source", as older records are. */
+static void put_finished(world *w, const char *id, const char *name)
+{
+    char *text = xasprintf("{\"version\":%d,\"id\":\"%s\",\"name\":\"%s\",\"dir\":\"%s\","
+                           "\"state\":\"ready\",\"moved\":true,\"created_at\":%lld,"
+                           "\"finished_at\":%lld}",
+                           1, id, name, name, (long long)w->now, (long long)w->now);
+    put_record(w, text);
+    free(text);
+}
+
+/* JOB references: exact id, then exact name, then a unique id prefix of 4 or more characters;
+ * an ambiguous prefix names its candidates and resolves to none of them. */
+static void test_find_prefix(void **state)
+{
+    world *w = *state;
+    put_finished(w, "01HZZZAAAA00000000000000A1", "alpha");
+    put_finished(w, "01HZZZAAAA00000000000000B2", "beta");
+    put_finished(w, "01HZZZBBBB00000000000000C3", "01HZZZAAAA"); /* a name like a prefix */
+    restart(w);
+    assert_int_equal(runner_count(w->rn), 3);
+    bool amb;
+    const job *a = runner_find(w->rn, "01HZZZAAAA00000000000000A1", &amb);
+    assert_non_null(a);
+    assert_false(amb);
+    assert_string_equal(a->name, "alpha");
+    assert_null(a->source); /* an old record without source reads fine */
+    const job *b = runner_find(w->rn, "beta", &amb);
+    assert_false(amb);
+    assert_string_equal(b->id, "01HZZZAAAA00000000000000B2");
+    /* A unique prefix, down to 4 characters. */
+    const job *c = runner_find(w->rn, "01HZZZB", &amb);
+    assert_false(amb);
+    assert_string_equal(c->id, "01HZZZBBBB00000000000000C3");
+    assert_ptr_equal(runner_find(w->rn, "01HZZZAAAA00000000000000B", &amb), b);
+    assert_false(amb);
+    /* Fewer than 4 characters is never a prefix. */
+    assert_null(runner_find(w->rn, "01H", &amb));
+    assert_false(amb);
+    assert_null(runner_find(w->rn, "01HZZZX", &amb));
+    assert_false(amb);
+    /* A name wins over a prefix it also is. */
+    assert_ptr_equal(runner_find(w->rn, "01HZZZAAAA", &amb), c);
+    assert_false(amb);
+    /* Ambiguous: the candidates, never one of them as the answer. */
+    assert_non_null(runner_find(w->rn, "01HZ", &amb));
+    assert_true(amb);
+    const char *ids[4] = {0};
+    assert_int_equal(runner_candidates(w->rn, "01HZ", ids, 4), 3);
+    runner_find(w->rn, "01HZZZAAAA0", &amb);
+    assert_true(amb);
+    assert_int_equal(runner_candidates(w->rn, "01HZZZAAAA0", ids, 4), 2);
+    assert_true((strcmp(ids[0], a->id) == 0 && strcmp(ids[1], b->id) == 0) ||
+                (strcmp(ids[1], a->id) == 0 && strcmp(ids[0], b->id) == 0));
+    /* The candidates of an ambiguous name are its jobs; max bounds what is filled in. */
+    put_finished(w, "01HZZZCCCC00000000000000D4", "beta");
+    restart(w);
+    runner_find(w->rn, "beta", &amb);
+    assert_true(amb);
+    ids[1] = NULL;
+    assert_int_equal(runner_candidates(w->rn, "beta", ids, 1), 2);
+    assert_null(ids[1]);
+}
+
 int main(void)
 {
     log_init("test_runner", LOG_LVL_ERR);
@@ -1467,6 +1533,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claims_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stuck_retry_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find_prefix, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
