@@ -531,387 +531,389 @@ static const char *k_hooks_retries(config *c, const char *v)
 static const char *k_hooks_parallel(config *c, const char *v)
 {
     return parse_int_value(v, 1, 256, &c->hooks.max_parallel, "must be between 1 and 256");
-    const char *config_parse_listen(const char *v, struct sockaddr_storage *addr, unsigned *len)
-    {
-        const char *colon = strrchr(v, ':');
-        if (!colon || colon == v || !colon[1])
-            return "must be ADDRESS:PORT, e.g. 127.0.0.1:9465 or [::1]:9465";
-        char host[64];
-        size_t hlen = (size_t)(colon - v);
-        bool v6 = v[0] == '[';
-        if (v6 && (hlen < 3 || v[hlen - 1] != ']'))
-            return "an IPv6 address goes in brackets, e.g. [::1]:9465";
-        if (v6) {
-            v++;
-            hlen -= 2;
-        }
-        if (hlen >= sizeof host)
-            return "the address is too long: give a numeric IPv4 or IPv6 address";
-        memcpy(host, v, hlen);
-        host[hlen] = '\0';
-        char *end;
-        errno = 0;
-        long port = strtol(colon + 1, &end, 10);
-        if (*end || errno || port < 1 || port > 65535 || !isdigit((unsigned char)colon[1]))
-            return "the port must be a number from 1 to 65535";
-        memset(addr, 0, sizeof *addr);
-        if (!v6) {
-            struct sockaddr_in *in = (struct sockaddr_in *)addr;
-            in->sin_family = AF_INET;
-            in->sin_port = htons((uint16_t)port);
-            if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
-                return "not a numeric IPv4 address (write an IPv6 address as [::1]:9465)";
-            *len = sizeof *in;
-            return NULL;
-        }
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)addr;
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
-            return "not a numeric IPv6 address";
-        *len = sizeof *in6;
+}
+
+const char *config_parse_listen(const char *v, struct sockaddr_storage *addr, unsigned *len)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v || !colon[1])
+        return "must be ADDRESS:PORT, e.g. 127.0.0.1:9465 or [::1]:9465";
+    char host[64];
+    size_t hlen = (size_t)(colon - v);
+    bool v6 = v[0] == '[';
+    if (v6 && (hlen < 3 || v[hlen - 1] != ']'))
+        return "an IPv6 address goes in brackets, e.g. [::1]:9465";
+    if (v6) {
+        v++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof host)
+        return "the address is too long: give a numeric IPv4 or IPv6 address";
+    memcpy(host, v, hlen);
+    host[hlen] = '\0';
+    char *end;
+    errno = 0;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || errno || port < 1 || port > 65535 || !isdigit((unsigned char)colon[1]))
+        return "the port must be a number from 1 to 65535";
+    memset(addr, 0, sizeof *addr);
+    if (!v6) {
+        struct sockaddr_in *in = (struct sockaddr_in *)addr;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return "not a numeric IPv4 address (write an IPv6 address as [::1]:9465)";
+        *len = sizeof *in;
         return NULL;
     }
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)addr;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+        return "not a numeric IPv6 address";
+    *len = sizeof *in6;
+    return NULL;
+}
 
-    static const char *k_metrics_listen(config * c, const char *v)
-    {
-        free(c->metrics.listen);
-        c->metrics.listen = NULL;
-        if (!*v)
-            return NULL; /* empty: off */
-        struct sockaddr_storage ss;
-        unsigned len;
-        const char *e = config_parse_listen(v, &ss, &len);
-        if (!e)
-            c->metrics.listen = xstrdup(v);
-        return e;
+static const char *k_metrics_listen(config *c, const char *v)
+{
+    free(c->metrics.listen);
+    c->metrics.listen = NULL;
+    if (!*v)
+        return NULL; /* empty: off */
+    struct sockaddr_storage ss;
+    unsigned len;
+    const char *e = config_parse_listen(v, &ss, &len);
+    if (!e)
+        c->metrics.listen = xstrdup(v);
+    return e;
+}
+
+static const struct key_def {
+    int section;
+    const char *name;
+    key_fn fn;
+} keys[] = {
+    {SEC_API, "url", k_api_url},
+    {SEC_API, "workspace_id", k_api_workspace},
+    {SEC_API, "token_file", k_api_token_file},
+    {SEC_API, "timeout", k_api_timeout},
+    {SEC_API, "max_rate", k_api_max_rate},
+    {SEC_API, "max_connections", k_api_max_conn},
+    {SEC_SPOOL, "dir", k_spool_dir},
+    {SEC_SPOOL, "rescan_interval", k_spool_rescan},
+    {SEC_STATE, "dir", k_state_dir},
+    {SEC_CONTROL, "socket", k_control_socket},
+    {SEC_CONTROL, "group", k_control_group},
+    {SEC_POLL, "initial", k_poll_initial},
+    {SEC_POLL, "max", k_poll_max},
+    {SEC_POLL, "multiplier", k_poll_mult},
+    {SEC_POLL, "import_timeout", k_poll_import},
+    {SEC_POLL, "batch_timeout", k_poll_batch},
+    {SEC_JOB, "template", k_job_template},
+    {SEC_JOB, "max_active", k_job_max_active},
+    {SEC_JOB, "invalid_records", k_job_invalid},
+    {SEC_JOB, "max_record_size", k_job_max_record},
+    {SEC_HOOKS, "on_ready", k_hooks_ready},
+    {SEC_HOOKS, "on_failed", k_hooks_failed},
+    {SEC_HOOKS, "hook_timeout", k_hooks_timeout},
+    {SEC_HOOKS, "hook_retries", k_hooks_retries},
+    {SEC_HOOKS, "hook_max_parallel", k_hooks_parallel},
+    {SEC_METRICS, "listen", k_metrics_listen},
+};
+
+_Static_assert(BD_ARRAY_LEN(keys) <= 32, "parse_state.seen is too small");
+
+static void known_keys(int sec, strbuf *sb)
+{
+    const char *sep = "";
+    for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++) {
+        if (keys[i].section != sec)
+            continue;
+        strbuf_printf(sb, "%s%s", sep, keys[i].name);
+        sep = ", ";
     }
+}
 
-    static const struct key_def {
-        int section;
-        const char *name;
-        key_fn fn;
-    } keys[] = {
-        {SEC_API, "url", k_api_url},
-        {SEC_API, "workspace_id", k_api_workspace},
-        {SEC_API, "token_file", k_api_token_file},
-        {SEC_API, "timeout", k_api_timeout},
-        {SEC_API, "max_rate", k_api_max_rate},
-        {SEC_API, "max_connections", k_api_max_conn},
-        {SEC_SPOOL, "dir", k_spool_dir},
-        {SEC_SPOOL, "rescan_interval", k_spool_rescan},
-        {SEC_STATE, "dir", k_state_dir},
-        {SEC_CONTROL, "socket", k_control_socket},
-        {SEC_CONTROL, "group", k_control_group},
-        {SEC_POLL, "initial", k_poll_initial},
-        {SEC_POLL, "max", k_poll_max},
-        {SEC_POLL, "multiplier", k_poll_mult},
-        {SEC_POLL, "import_timeout", k_poll_import},
-        {SEC_POLL, "batch_timeout", k_poll_batch},
-        {SEC_JOB, "template", k_job_template},
-        {SEC_JOB, "max_active", k_job_max_active},
-        {SEC_JOB, "invalid_records", k_job_invalid},
-        {SEC_JOB, "max_record_size", k_job_max_record},
-        {SEC_HOOKS, "on_ready", k_hooks_ready},
-        {SEC_HOOKS, "on_failed", k_hooks_failed},
-        {SEC_HOOKS, "hook_timeout", k_hooks_timeout},
-        {SEC_HOOKS, "hook_retries", k_hooks_retries},
-        {SEC_HOOKS, "hook_max_parallel", k_hooks_parallel},
-        {SEC_METRICS, "listen", k_metrics_listen},
-    };
-
-    _Static_assert(BD_ARRAY_LEN(keys) <= 32, "parse_state.seen is too small");
-
-    static void known_keys(int sec, strbuf *sb)
-    {
-        const char *sep = "";
-        for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++) {
-            if (keys[i].section != sec)
-                continue;
-            strbuf_printf(sb, "%s%s", sep, keys[i].name);
-            sep = ", ";
-        }
-    }
-
-    static int handler(void *user, const char *section, const char *name, const char *value)
-    {
-        parse_state *st = user;
-        int sec = -1;
-        for (int i = 0; i < SEC_COUNT; i++)
-            if (!strcmp(section, section_names[i]))
-                sec = i;
-        if (sec < 0) {
-            /* Unknown sections are reported once, at their header line, by the reader. */
-            if (!*section)
-                perr(st,
-                     "'%s' is outside any section: put it under [api], [spool], [state], "
-                     "[control], [poll], [job], [hooks] or [metrics]",
-                     name);
-            return 1;
-        }
-        size_t k;
-        for (k = 0; k < BD_ARRAY_LEN(keys); k++)
-            if (keys[k].section == sec && !strcmp(keys[k].name, name))
-                break;
-        if (k == BD_ARRAY_LEN(keys)) {
-            strbuf known = {0};
-            known_keys(sec, &known);
-            perr(st, "unknown key '%s' in [%s] (known: %s)", name, section, known.data);
-            strbuf_free(&known);
-            return 1;
-        }
-        if (st->seen[k]) {
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    parse_state *st = user;
+    int sec = -1;
+    for (int i = 0; i < SEC_COUNT; i++)
+        if (!strcmp(section, section_names[i]))
+            sec = i;
+    if (sec < 0) {
+        /* Unknown sections are reported once, at their header line, by the reader. */
+        if (!*section)
             perr(st,
-                 "[%s] %s given twice (an indented line continues the previous value; "
-                 "remove the indentation or the second one)",
-                 section, name);
-            return 1;
-        }
-        st->seen[k] = 1;
-        char *v = strip_value(value);
-        const char *err = keys[k].fn(st->c, v);
-        /* Where each hook was set: config_check_hooks reports its problems there. */
-        if (!err && keys[k].fn == k_hooks_ready)
-            st->c->hooks.on_ready_line = st->lineno;
-        else if (!err && keys[k].fn == k_hooks_failed)
-            st->c->hooks.on_failed_line = st->lineno;
-        if (err && keys[k].fn == k_api_url && strchr(v, '@'))
-            perr(st, "[%s] %s (not shown: it may hold a password): %s", section, name, err);
-        else if (err)
-            perr(st, "[%s] %s = %s: %s", section, name, v, err);
-        free(v);
+                 "'%s' is outside any section: put it under [api], [spool], [state], "
+                 "[control], [poll], [job], [hooks] or [metrics]",
+                 name);
         return 1;
     }
-
-    /* Checks that span several keys. */
-    static void check_whole(const config *c, diag *dg, const char *path, int *errors)
-    {
-        if (c->poll.initial_ms > c->poll.max_ms) {
-            file_problem(dg, path, "[poll] initial must not be longer than [poll] max");
-            (*errors)++;
-        }
+    size_t k;
+    for (k = 0; k < BD_ARRAY_LEN(keys); k++)
+        if (keys[k].section == sec && !strcmp(keys[k].name, name))
+            break;
+    if (k == BD_ARRAY_LEN(keys)) {
+        strbuf known = {0};
+        known_keys(sec, &known);
+        perr(st, "unknown key '%s' in [%s] (known: %s)", name, section, known.data);
+        strbuf_free(&known);
+        return 1;
     }
-
-    static void errno_text(int e, char *buf, size_t len)
-    {
-        /* GNU strerror_r returns a pointer that may or may not be buf. */
-        const char *s = strerror_r(e, buf, len);
-        if (s != buf)
-            strlcpy_bd(buf, s, len);
+    if (st->seen[k]) {
+        perr(st,
+             "[%s] %s given twice (an indented line continues the previous value; "
+             "remove the indentation or the second one)",
+             section, name);
+        return 1;
     }
+    st->seen[k] = 1;
+    char *v = strip_value(value);
+    const char *err = keys[k].fn(st->c, v);
+    /* Where each hook was set: config_check_hooks reports its problems there. */
+    if (!err && keys[k].fn == k_hooks_ready)
+        st->c->hooks.on_ready_line = st->lineno;
+    else if (!err && keys[k].fn == k_hooks_failed)
+        st->c->hooks.on_failed_line = st->lineno;
+    if (err && keys[k].fn == k_api_url && strchr(v, '@'))
+        perr(st, "[%s] %s (not shown: it may hold a password): %s", section, name, err);
+    else if (err)
+        perr(st, "[%s] %s = %s: %s", section, name, v, err);
+    free(v);
+    return 1;
+}
 
-    int config_load(const char *path, config *c, diag *dg)
-    {
-        config_defaults(c);
-        c->path = xstrdup(path);
-        char *data = NULL;
-        size_t len = 0;
-        int r = fsutil_read_file(path, CONFIG_MAX_FILE, false, &data, &len);
-        if (r < 0) {
-            char eb[128];
-            errno_text(-r, eb, sizeof eb);
-            if (r == -EFBIG)
-                file_problem(dg, path, "too large for a configuration file (at most 1 MiB)");
-            else if (r == -EISDIR || r == -EINVAL)
-                file_problem(dg, path, "not a regular file");
-            else
-                file_problem(dg, path, "cannot read: %s", eb);
-            return r;
-        }
-        if (!utf8_valid(data, len)) {
-            file_problem(dg, path, "not valid UTF-8 text");
-            free(data);
-            return -EINVAL;
-        }
-        parse_state st = {.c = c, .dg = dg, .path = path, .data = data, .len = len};
-        int pr = ini_parse_stream(reader, &st, handler, &st);
-        if (pr > 0 && st.errors == 0) {
-            st.lineno = pr;
-            perr(&st, "syntax error: expected [section], key = value, or a # comment");
-        } else if (pr < 0) {
-            file_problem(dg, path, "cannot parse (out of memory)");
-            st.errors++;
-        }
+/* Checks that span several keys. */
+static void check_whole(const config *c, diag *dg, const char *path, int *errors)
+{
+    if (c->poll.initial_ms > c->poll.max_ms) {
+        file_problem(dg, path, "[poll] initial must not be longer than [poll] max");
+        (*errors)++;
+    }
+}
+
+static void errno_text(int e, char *buf, size_t len)
+{
+    /* GNU strerror_r returns a pointer that may or may not be buf. */
+    const char *s = strerror_r(e, buf, len);
+    if (s != buf)
+        strlcpy_bd(buf, s, len);
+}
+
+int config_load(const char *path, config *c, diag *dg)
+{
+    config_defaults(c);
+    c->path = xstrdup(path);
+    char *data = NULL;
+    size_t len = 0;
+    int r = fsutil_read_file(path, CONFIG_MAX_FILE, false, &data, &len);
+    if (r < 0) {
+        char eb[128];
+        errno_text(-r, eb, sizeof eb);
+        if (r == -EFBIG)
+            file_problem(dg, path, "too large for a configuration file (at most 1 MiB)");
+        else if (r == -EISDIR || r == -EINVAL)
+            file_problem(dg, path, "not a regular file");
+        else
+            file_problem(dg, path, "cannot read: %s", eb);
+        return r;
+    }
+    if (!utf8_valid(data, len)) {
+        file_problem(dg, path, "not valid UTF-8 text");
         free(data);
-        check_whole(c, dg, path, &st.errors);
-        return st.errors ? -EINVAL : 0;
+        return -EINVAL;
     }
+    parse_state st = {.c = c, .dg = dg, .path = path, .data = data, .len = len};
+    int pr = ini_parse_stream(reader, &st, handler, &st);
+    if (pr > 0 && st.errors == 0) {
+        st.lineno = pr;
+        perr(&st, "syntax error: expected [section], key = value, or a # comment");
+    } else if (pr < 0) {
+        file_problem(dg, path, "cannot parse (out of memory)");
+        st.errors++;
+    }
+    free(data);
+    check_whole(c, dg, path, &st.errors);
+    return st.errors ? -EINVAL : 0;
+}
 
-    static int check_hook(const config *c, const char *key, const char *path, int line, diag *dg)
-    {
-        if (!path)
-            return 0;
-        const diag_where w = {.file = c->path, .line = (uint64_t)(line > 0 ? line : 0)};
-        struct stat sb;
-        if (stat(path, &sb) < 0) {
-            diag_add(dg, DIAG_ERROR, &w, "[hooks] %s = %s: %s", key, path, strerror(errno));
-            return 1;
-        }
-        if (!S_ISREG(sb.st_mode)) {
-            diag_add(dg, DIAG_ERROR, &w, "[hooks] %s = %s: not a regular file", key, path);
-            return 1;
-        }
-        if (access(path, X_OK) < 0) {
-            diag_add(dg, DIAG_ERROR, &w,
-                     "[hooks] %s = %s: not executable by batchd's user (%s); run chmod +x on it",
-                     key, path, strerror(errno));
-            return 1;
-        }
+static int check_hook(const config *c, const char *key, const char *path, int line, diag *dg)
+{
+    if (!path)
         return 0;
+    const diag_where w = {.file = c->path, .line = (uint64_t)(line > 0 ? line : 0)};
+    struct stat sb;
+    if (stat(path, &sb) < 0) {
+        diag_add(dg, DIAG_ERROR, &w, "[hooks] %s = %s: %s", key, path, strerror(errno));
+        return 1;
     }
-
-    int config_check_hooks(const config *c, diag *dg)
-    {
-        return check_hook(c, "on_ready", c->hooks.on_ready, c->hooks.on_ready_line, dg) +
-               check_hook(c, "on_failed", c->hooks.on_failed, c->hooks.on_failed_line, dg);
+    if (!S_ISREG(sb.st_mode)) {
+        diag_add(dg, DIAG_ERROR, &w, "[hooks] %s = %s: not a regular file", key, path);
+        return 1;
     }
+    if (access(path, X_OK) < 0) {
+        diag_add(dg, DIAG_ERROR, &w,
+                 "[hooks] %s = %s: not executable by batchd's user (%s); run chmod +x on it", key,
+                 path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
 
-    /* ---- the token ---- */
+int config_check_hooks(const config *c, diag *dg)
+{
+    return check_hook(c, "on_ready", c->hooks.on_ready, c->hooks.on_ready_line, dg) +
+           check_hook(c, "on_failed", c->hooks.on_failed, c->hooks.on_failed_line, dg);
+}
 
-    /* Reads a token file, refusing group/other access. Returns 0, -ENOENT/-EACCES (try the
-     * next source), or another -errno with a message in diag. */
-    static int read_token_file(const char *path, char **out, diag *dg)
-    {
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0)
-            return -errno;
-        struct stat sb;
-        if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-            close(fd);
-            file_problem(dg, path, "the API token file is not a regular file");
-            return -EINVAL;
-        }
-        if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
-            close(fd);
-            file_problem(dg, path,
-                         "the API token file is accessible by group or others (mode %04o); "
-                         "refusing it: run chmod 600 %s",
-                         (unsigned)(sb.st_mode & 07777), path);
-            return -EPERM;
-        }
-        char *buf = xmalloc(CONFIG_MAX_TOKEN + 1);
-        size_t len = 0;
-        for (;;) {
-            ssize_t n = read(fd, buf + len, CONFIG_MAX_TOKEN + 1 - len);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                int e = -errno;
-                char eb[128];
-                errno_text(-e, eb, sizeof eb);
-                close(fd);
-                secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
-                free(buf);
-                file_problem(dg, path, "cannot read the API token file: %s", eb);
-                return e;
-            }
-            if (n == 0 || (len += (size_t)n) > CONFIG_MAX_TOKEN)
-                break;
-        }
+/* ---- the token ---- */
+
+/* Reads a token file, refusing group/other access. Returns 0, -ENOENT/-EACCES (try the
+ * next source), or another -errno with a message in diag. */
+static int read_token_file(const char *path, char **out, diag *dg)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    struct stat sb;
+    if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        if (len > CONFIG_MAX_TOKEN) {
+        file_problem(dg, path, "the API token file is not a regular file");
+        return -EINVAL;
+    }
+    if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
+        close(fd);
+        file_problem(dg, path,
+                     "the API token file is accessible by group or others (mode %04o); "
+                     "refusing it: run chmod 600 %s",
+                     (unsigned)(sb.st_mode & 07777), path);
+        return -EPERM;
+    }
+    char *buf = xmalloc(CONFIG_MAX_TOKEN + 1);
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + len, CONFIG_MAX_TOKEN + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = -errno;
+            char eb[128];
+            errno_text(-e, eb, sizeof eb);
+            close(fd);
             secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
             free(buf);
-            file_problem(dg, path, "the API token file is too large (at most %d bytes)",
-                         CONFIG_MAX_TOKEN);
+            file_problem(dg, path, "cannot read the API token file: %s", eb);
+            return e;
+        }
+        if (n == 0 || (len += (size_t)n) > CONFIG_MAX_TOKEN)
+            break;
+    }
+    close(fd);
+    if (len > CONFIG_MAX_TOKEN) {
+        secret_wipe(buf, CONFIG_MAX_TOKEN + 1);
+        free(buf);
+        file_problem(dg, path, "the API token file is too large (at most %d bytes)",
+                     CONFIG_MAX_TOKEN);
+        return -EINVAL;
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
+/* Trims white space in place; refuses control characters inside (they would end up in an
+ * HTTP header). Never quotes the token. */
+static int clean_token(char *t, const char *where, diag *dg)
+{
+    size_t n = strlen(t);
+    while (n && isspace((unsigned char)t[n - 1]))
+        t[--n] = '\0';
+    size_t skip = strspn(t, " \t\r\n\v\f");
+    memmove(t, t + skip, n - skip + 1);
+    /* The move leaves the token's last skip bytes behind its new end, where the strlen that
+     * secret_free wipes would not reach. */
+    secret_wipe(t + n - skip + 1, skip);
+    if (!*t) {
+        file_problem(dg, where, "the API token is empty");
+        return -EINVAL;
+    }
+    for (const char *p = t; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            file_problem(dg, where,
+                         "the API token contains a control character (a line break?); it "
+                         "must be a single line");
             return -EINVAL;
         }
-        buf[len] = '\0';
-        *out = buf;
-        return 0;
     }
+    return 0;
+}
 
-    /* Trims white space in place; refuses control characters inside (they would end up in an
-     * HTTP header). Never quotes the token. */
-    static int clean_token(char *t, const char *where, diag *dg)
-    {
-        size_t n = strlen(t);
-        while (n && isspace((unsigned char)t[n - 1]))
-            t[--n] = '\0';
-        size_t skip = strspn(t, " \t\r\n\v\f");
-        memmove(t, t + skip, n - skip + 1);
-        /* The move leaves the token's last skip bytes behind its new end, where the strlen that
-         * secret_free wipes would not reach. */
-        secret_wipe(t + n - skip + 1, skip);
-        if (!*t) {
-            file_problem(dg, where, "the API token is empty");
-            return -EINVAL;
-        }
-        for (const char *p = t; *p; p++) {
-            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-                file_problem(dg, where,
-                             "the API token contains a control character (a line break?); it "
-                             "must be a single line");
-                return -EINVAL;
-            }
-        }
-        return 0;
+static int token_from_file(const char *path, const char *label, char **token, const char **source,
+                           diag *dg)
+{
+    char *t = NULL;
+    int r = read_token_file(path, &t, dg);
+    if (r < 0 || !t)
+        return r < 0 ? r : -EIO;
+    r = clean_token(t, path, dg);
+    if (r < 0) {
+        secret_free(&t);
+        return r;
     }
+    *token = t;
+    *source = label;
+    return 0;
+}
 
-    static int token_from_file(const char *path, const char *label, char **token,
-                               const char **source, diag *dg)
-    {
-        char *t = NULL;
-        int r = read_token_file(path, &t, dg);
-        if (r < 0 || !t)
-            return r < 0 ? r : -EIO;
-        r = clean_token(t, path, dg);
+int config_load_token(const config *c, char **token, const char **source, diag *dg)
+{
+    *token = NULL;
+    *source = NULL;
+    strbuf tried = {0};
+    if (c->api.token_file) {
+        int r = token_from_file(c->api.token_file, "token_file", token, source, dg);
+        if (r == 0 || (r != -ENOENT && r != -EACCES)) {
+            strbuf_free(&tried);
+            return r;
+        }
+        strbuf_printf(&tried, "%s (%s)", c->api.token_file,
+                      r == -ENOENT ? "does not exist" : "permission denied");
+    }
+    const char *cred = getenv("CREDENTIALS_DIRECTORY");
+    if (cred && *cred) {
+        char *p = xasprintf("%s/api-token", cred);
+        int r = token_from_file(p, "credential api-token", token, source, dg);
+        if (r == 0 || (r != -ENOENT && r != -EACCES)) {
+            free(p);
+            strbuf_free(&tried);
+            return r;
+        }
+        strbuf_printf(&tried, "%s%s (%s)", tried.len ? ", " : "", p,
+                      r == -ENOENT ? "does not exist" : "permission denied");
+        free(p);
+    } else {
+        strbuf_printf(&tried, "%s$CREDENTIALS_DIRECTORY (not set)", tried.len ? ", " : "");
+    }
+    const char *env = getenv("BATCHD_API_TOKEN");
+    if (env) {
+        char *t = xstrdup(env);
+        int r = clean_token(t, "$BATCHD_API_TOKEN", dg);
         if (r < 0) {
             secret_free(&t);
+            strbuf_free(&tried);
             return r;
         }
         *token = t;
-        *source = label;
+        *source = "environment BATCHD_API_TOKEN";
+        strbuf_free(&tried);
         return 0;
     }
-
-    int config_load_token(const config *c, char **token, const char **source, diag *dg)
-    {
-        *token = NULL;
-        *source = NULL;
-        strbuf tried = {0};
-        if (c->api.token_file) {
-            int r = token_from_file(c->api.token_file, "token_file", token, source, dg);
-            if (r == 0 || (r != -ENOENT && r != -EACCES)) {
-                strbuf_free(&tried);
-                return r;
-            }
-            strbuf_printf(&tried, "%s (%s)", c->api.token_file,
-                          r == -ENOENT ? "does not exist" : "permission denied");
-        }
-        const char *cred = getenv("CREDENTIALS_DIRECTORY");
-        if (cred && *cred) {
-            char *p = xasprintf("%s/api-token", cred);
-            int r = token_from_file(p, "credential api-token", token, source, dg);
-            if (r == 0 || (r != -ENOENT && r != -EACCES)) {
-                free(p);
-                strbuf_free(&tried);
-                return r;
-            }
-            strbuf_printf(&tried, "%s%s (%s)", tried.len ? ", " : "", p,
-                          r == -ENOENT ? "does not exist" : "permission denied");
-            free(p);
-        } else {
-            strbuf_printf(&tried, "%s$CREDENTIALS_DIRECTORY (not set)", tried.len ? ", " : "");
-        }
-        const char *env = getenv("BATCHD_API_TOKEN");
-        if (env) {
-            char *t = xstrdup(env);
-            int r = clean_token(t, "$BATCHD_API_TOKEN", dg);
-            if (r < 0) {
-                secret_free(&t);
-                strbuf_free(&tried);
-                return r;
-            }
-            *token = t;
-            *source = "environment BATCHD_API_TOKEN";
-            strbuf_free(&tried);
-            return 0;
-        }
-        diag_add(dg, DIAG_ERROR, NULL,
-                 "no API token: tried %s, $BATCHD_API_TOKEN (not set); set [api] token_file "
-                 "(mode 600), LoadCredential=api-token:... or BATCHD_API_TOKEN",
-                 tried.data ? tried.data : "");
-        strbuf_free(&tried);
-        return -ENOENT;
-    }
+    diag_add(dg, DIAG_ERROR, NULL,
+             "no API token: tried %s, $BATCHD_API_TOKEN (not set); set [api] token_file "
+             "(mode 600), LoadCredential=api-token:... or BATCHD_API_TOKEN",
+             tried.data ? tried.data : "");
+    strbuf_free(&tried);
+    return -ENOENT;
+}

@@ -6,6 +6,10 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -81,6 +85,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.job.invalid_records, CONFIG_INVALID_FAIL);
     assert_int_equal(c.job.max_record_bytes, 1024 * 1024);
     assert_null(c.api.workspace_id);
+    assert_null(c.metrics.listen); /* off by default */
     config_free(&c);
     config_free(&c); /* second free of a freed (zeroed) config is harmless */
     config_free(NULL);
