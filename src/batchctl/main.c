@@ -96,11 +96,14 @@ static const command_help command_helps[] = {
               "was refused.\n"},
     {"cancel", "usage: batchctl [--json] cancel JOB\nCancels an unfinished job.\n"},
     {"pause", "usage: batchctl pause\n"
-              "Stops claiming jobs and sending new requests; requests in flight finish.\n"},
+              "Stops claiming jobs and sending new requests (requests in flight finish) until\n"
+              "batchctl resume; the pause lasts across restarts.\n"},
     {"resume", "usage: batchctl resume\n"
                "Undoes pause, and lifts the hold after the API rejected the token.\n"},
     {"reload", "usage: batchctl [--json] reload\n"
                "Re-reads the configuration; says what was applied and what needs a restart.\n"},
+    {"metrics", "usage: batchctl [--json] metrics\n"
+                "The daemon's metrics in the Prometheus text format (--json: {\"text\": ...}).\n"},
     {"help", "usage: batchctl help\nThe list of commands.\n"},
 };
 

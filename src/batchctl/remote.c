@@ -843,7 +843,7 @@ int ctl_watch_lost(const ctl_ctx *x, int r)
 int ctl_metrics(const ctl_ctx *x, int argc, char **argv)
 {
     if (!positional(argc, argv, 0))
-        return usage("metrics", "");
+        return ctl_usage("metrics", "");
     vlclient *c = NULL;
     vlclient_reply r = {0};
     int code = open_client(x, &c);
