@@ -82,7 +82,8 @@ void metrics_hook_run(metrics *m, const char *hook, const char *outcome);
 /* The values read at render time. -1 in a process_* field: unknown (not rendered). */
 typedef struct metrics_snapshot {
     size_t jobs_by_state[JOB_STATE_COUNT];
-    int64_t incoming; /* entries waiting in incoming/, -1 unknown */
+    int64_t incoming;         /* entries waiting in incoming/, -1 unknown */
+    int64_t waiting_for_slot; /* of those, claimable now but for max_active or a pause */
     size_t stuck;
     bool paused;
     const char *pause_reason;       /* "operator", "api_token_rejected", NULL */

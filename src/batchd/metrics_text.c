@@ -45,8 +45,7 @@ static void read_stat(metrics_snapshot *s)
         s->process_resident_bytes = (double)rss * (double)page;
 }
 
-/* Entries in a directory but dotfiles (a producer's temporary names); -1 when unreadable. A
- * readdir of names only: even a backlog of thousands costs well under a millisecond. */
+/* Entries in a directory but dotfiles; -1 when unreadable (here: the open descriptors). */
 static int64_t count_entries(const char *path)
 {
     DIR *d = opendir(path);
@@ -75,17 +74,14 @@ static void read_process(const batchd *d, metrics_snapshot *s)
 
 char *batchd_metrics_text(batchd *d)
 {
-    metrics_snapshot s = {.incoming = -1};
+    metrics_snapshot s = {.incoming = -1, .waiting_for_slot = -1};
     if (d->runner) {
         for (size_t i = 0; i < runner_count(d->runner); i++)
             s.jobs_by_state[runner_job_at(d->runner, i)->state]++;
         s.stuck = runner_stuck_count(d->runner);
-    }
-    if (d->sp) {
-        /* Waiting to be claimed: what is in incoming/ but the stuck entries. */
-        s.incoming = count_entries(spool_dir(d->sp, "incoming"));
-        if (s.incoming >= (int64_t)s.stuck)
-            s.incoming -= (int64_t)s.stuck;
+        /* The claim path's own counts, as GetInfo reports them. */
+        s.incoming = (int64_t)runner_incoming(d->runner);
+        s.waiting_for_slot = (int64_t)runner_waiting_for_slot(d->runner);
     }
     s.paused = d->paused;
     s.pause_reason = batchd_pause_reason(d);

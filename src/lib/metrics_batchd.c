@@ -24,8 +24,8 @@ typedef struct seen {
 struct metrics {
     metrics_registry *r;
     metrics_family *build_info, *jobs, *finished, *requests, *request_seconds, *retries,
-        *upload_bytes, *ready_seconds, *stage_seconds, *incoming, *stuck, *paused, *hook_runs,
-        *token_wait, *cpu, *rss, *vsz, *fds, *max_fds, *start_time;
+        *upload_bytes, *ready_seconds, *stage_seconds, *incoming, *waiting, *stuck, *paused,
+        *hook_runs, *token_wait, *cpu, *rss, *vsz, *fds, *max_fds, *start_time;
     seen *seen;
     size_t n_seen, cap_seen;
 };
@@ -52,6 +52,10 @@ static void add_job_families(metrics *m)
                                  LABELS("stage"), stage_buckets);
     m->incoming = FAMILY("batchd_incoming_entries", METRICS_GAUGE,
                          "Entries waiting in incoming/ to be claimed.", NULL);
+    m->waiting = FAMILY("batchd_waiting_for_slot_entries", METRICS_GAUGE,
+                        "Entries in incoming/ that would be claimed now but for [job] max_active "
+                        "or a pause.",
+                        NULL);
     m->stuck = FAMILY("batchd_stuck_entries", METRICS_GAUGE,
                       "Entries in incoming/ that cannot be claimed (retried every minute).", NULL);
     m->paused = FAMILY("batchd_paused", METRICS_GAUGE,
@@ -220,6 +224,7 @@ char *metrics_render(metrics *m, const metrics_snapshot *s)
     for (int i = 0; i < JOB_STATE_COUNT; i++)
         metrics_set(m->jobs, LABELS(job_state_name((job_state)i)), (double)s->jobs_by_state[i]);
     set_if_known(m->incoming, (double)s->incoming);
+    set_if_known(m->waiting, (double)s->waiting_for_slot);
     set_if_known(m->stuck, (double)s->stuck);
     metrics_family_clear(m->paused);
     static const char *const reasons[] = {"operator", "api_token_rejected"};

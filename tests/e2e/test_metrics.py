@@ -103,6 +103,7 @@ def test_text_promtool_and_http():
                      "process_start_time_seconds", "batchd_hook_runs_total",
                      "batchd_rate_limit_wait_seconds_total", "batchd_api_retries_total",
                      "batchd_incoming_entries", "batchd_stuck_entries",
+                     "batchd_waiting_for_slot_entries",
                      "batchd_api_request_duration_seconds"):
             check(f"# TYPE {name} " in text, f"{name} missing")
         j = ctl(env, "--json", "metrics")

@@ -160,6 +160,7 @@ static void test_batchd_families(void **state)
                                                .upload_bytes = 4096});
     metrics_hook_run(m, "on_ready", "ok");
     metrics_snapshot s = {.incoming = 3,
+                          .waiting_for_slot = 2,
                           .stuck = 1,
                           .paused = true,
                           .pause_reason = "api_token_rejected",
@@ -187,6 +188,7 @@ static void test_batchd_families(void **state)
         "batchd_job_stage_duration_seconds_sum{stage=\"uploading\"} 92\n",
         "batchd_job_stage_duration_seconds_count{stage=\"processing\"} 1\n",
         "batchd_incoming_entries 3\n",
+        "batchd_waiting_for_slot_entries 2\n",
         "batchd_stuck_entries 1\n",
         "batchd_paused{reason=\"operator\"} 0\n",
         "batchd_paused{reason=\"api_token_rejected\"} 1\n",
