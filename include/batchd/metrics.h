@@ -63,8 +63,11 @@ metrics *metrics_new(const char *version);
 void metrics_free(metrics *m);
 
 /* A job changed (as_state NULL) or passed through state as_state (runner.h, job_changed).
- * now_ms: wall clock. Feeds the stage and claim-to-READY histograms and the finished count. */
+ * now_ms: wall clock. Feeds the stage histogram. */
 void metrics_job_changed(metrics *m, const job *j, const char *as_state, int64_t now_ms);
+/* A job finished (runner.h, job_finished: once per finish, rejected claims included): the
+ * finished count and, for READY, the claim-to-READY histogram. */
+void metrics_job_finished(metrics *m, const job *j, int64_t now_ms);
 
 /* One API or upload exchange that ended (runner.h, runner_request_done). */
 typedef struct metrics_request {

@@ -157,6 +157,7 @@ static void on_token_rejected(void *ud, unsigned gen)
 static void on_job_finished(void *ud, const job *j)
 {
     const batchd *d = ud;
+    metrics_job_finished(d->metrics, j, time_now_ms());
     hooks_job_finished(d->hooks, j);
 }
 

@@ -151,8 +151,8 @@ static bool terminal(const char *state)
            strcmp(state, "cancelled") == 0;
 }
 
-/* A job is timed from the first change this process sees: a job finished before a restart
- * is not counted again when it is recovered. */
+/* A stage is timed from the first change this process sees in it; a finished job (one
+ * recovered finished, or a history note added after its end) has no stage left. */
 void metrics_job_changed(metrics *m, const job *j, const char *as_state, int64_t now_ms)
 {
     const char *state = as_state ? as_state : job_state_name(j->state);
@@ -171,13 +171,21 @@ void metrics_job_changed(metrics *m, const job *j, const char *as_state, int64_t
         e->since_ms = now_ms;
         return;
     }
-    const char *code = strcmp(state, "failed") == 0 && j->error_code ? j->error_code : "none";
+    *e = m->seen[--m->n_seen];
+}
+
+/* Counted where the runner says a job finished, not from its changes: a rejected claim is
+ * finished from its first change, and a finished job changes again when a hook's outcome is
+ * noted in its history. */
+void metrics_job_finished(metrics *m, const job *j, int64_t now_ms)
+{
+    const char *state = job_state_name(j->state);
+    const char *code = j->state == JOB_FAILED && j->error_code ? j->error_code : "none";
     metrics_inc(m->finished, LABELS(state, code), 1);
-    if (strcmp(state, "ready") == 0) {
+    if (j->state == JOB_READY) {
         double total = (double)(now_ms - j->created_at) / 1000.0;
         metrics_observe(m->ready_seconds, NULL, total > 0 ? total : 0);
     }
-    *e = m->seen[--m->n_seen];
 }
 
 static const char *status_class(long status)

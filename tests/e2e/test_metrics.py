@@ -219,6 +219,11 @@ def test_examples():
     p = subprocess.run([promtool, "check", "rules", rules], capture_output=True, text=True,
                        timeout=60)
     check(p.returncode == 0, f"promtool check rules: {p.stdout}{p.stderr}")
+    # And they fire when they should, and not otherwise (alerts_test.yml's cases).
+    tests = os.path.join(SOURCE, "examples", "prometheus", "alerts_test.yml")
+    p = subprocess.run([promtool, "test", "rules", tests], capture_output=True, text=True,
+                       timeout=60)
+    check(p.returncode == 0, f"promtool test rules: {p.stdout}{p.stderr}")
     # Every metric the dashboard and the rules use is one batchd exports.
     with Env() as env:
         text = ctl(env, "metrics").stdout

@@ -145,12 +145,19 @@ static void test_batchd_families(void **state)
     changed(m, a, JOB_UPLOADING, t + 3000);
     changed(m, a, JOB_UPLOADING, t + 3500); /* progress: no transition */
     changed(m, a, JOB_READY, t + 95000);
+    metrics_job_finished(m, a, t + 95000);
+    changed(m, a, JOB_READY, t + 96000); /* a hook's note: no stage, not finished again */
     job *b = new_job("01B", t);
     changed(m, b, JOB_PROCESSING, t);
     b->error_code = xstrdup("api_rejected");
     changed(m, b, JOB_FAILED, t + 1000);
+    metrics_job_finished(m, b, t + 1000);
     job *old = new_job("01C", t); /* finished before this process saw it: not counted */
     changed(m, old, JOB_READY, t);
+    job *rejected = new_job("01D", t); /* a rejected claim: failed from its first change */
+    rejected->error_code = xstrdup("invalid_job");
+    changed(m, rejected, JOB_FAILED, t);
+    metrics_job_finished(m, rejected, t);
     metrics_request_done(
         m, &(metrics_request){.endpoint = "create_dataset", .status = 201, .latency_ms = 40});
     metrics_request_done(m, &(metrics_request){.endpoint = "upload",
@@ -179,6 +186,7 @@ static void test_batchd_families(void **state)
         "batchd_jobs{state=\"queued\"} 0\n",
         "batchd_jobs_finished_total{outcome=\"ready\",code=\"none\"} 1\n",
         "batchd_jobs_finished_total{outcome=\"failed\",code=\"api_rejected\"} 1\n",
+        "batchd_jobs_finished_total{outcome=\"failed\",code=\"invalid_job\"} 1\n",
         "batchd_job_ready_duration_seconds_bucket{le=\"60\"} 0\n",
         "batchd_job_ready_duration_seconds_bucket{le=\"120\"} 1\n",
         "batchd_job_ready_duration_seconds_count 1\n",
@@ -213,6 +221,7 @@ static void test_batchd_families(void **state)
     job_free(a);
     job_free(b);
     job_free(old);
+    job_free(rejected);
     metrics_free(m);
 }
 
