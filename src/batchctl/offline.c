@@ -275,7 +275,19 @@ typedef struct claim_watch {
     vlclient *c;  /* NULL: no daemon answered */
     cJSON *known; /* id -> true */
     cJSON *job;   /* the claimed job, once seen */
+    bool paused;  /* nothing is claimed until batchctl resume: no point waiting for it */
 } claim_watch;
+
+/* GetInfo's paused, asked on the connection before it starts watching. */
+static bool daemon_paused(vlclient *c)
+{
+    vlclient_reply r = {0};
+    bool paused = vlclient_send(c, "io.batchd.GetInfo", NULL, 0) == 0 &&
+                  vlclient_recv(c, 5000, &r) == 0 && !r.error &&
+                  cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r.parameters, "paused"));
+    vlclient_reply_clear(&r);
+    return paused;
+}
 
 static void claim_watch_start(const ctl_ctx *x, claim_watch *w)
 {
@@ -283,6 +295,7 @@ static void claim_watch_start(const ctl_ctx *x, claim_watch *w)
     w->known = cJSON_CreateObject();
     if (!x || vlclient_connect(x->socket_path, 2000, &w->c) < 0)
         return;
+    w->paused = daemon_paused(w->c);
     vlclient_reply r = {0};
     if (vlclient_send(w->c, "io.batchd.Watch", NULL, VLCLIENT_MORE) < 0 ||
         vlclient_recv(w->c, 5000, &r) < 0 || r.error) {
@@ -402,15 +415,17 @@ static int examine_source(const char *path, submit_job *job)
 static int report_submit(const ctl_ctx *x, const submit_args *a, claim_watch *w, bool json,
                          const char *final_name, const char *final_path)
 {
-    int64_t claim_ms = a->wait ? a->timeout_ms : CLAIM_WAIT_MS;
+    int64_t claim_ms = a->wait ? a->timeout_ms : w->paused ? 0 : CLAIM_WAIT_MS;
     int64_t t0 = time_mono_ms();
     claim_watch_wait(x, w, fsutil_basename(final_path), claim_ms);
     print_submitted(json, final_name, final_path, w->job);
     if (!w->job)
         fprintf(stderr, "batchctl submit: %s; the job's id is not known yet (batchctl list)\n",
-                w->c ? "batchd did not claim it in time"
-                     : "batchd is not running (or not "
-                       "reachable): the entry waits in incoming/");
+                !w->c       ? "batchd is not running (or not reachable): the entry waits in "
+                              "incoming/"
+                : w->paused ? "batchd is paused: the entry waits in incoming/ until batchctl "
+                              "resume"
+                            : "batchd did not claim it in time");
     if (!a->wait)
         return 0;
     if (!w->job) {
