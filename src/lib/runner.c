@@ -44,9 +44,9 @@ void runner_free(runner *rn)
     rjob **jobs = rn->jobs;
     rn->jobs = NULL;
     rn->n_jobs = 0;
-    /* Claims still out hold the runner too (claim_done drops them). + 1 until the loop below
-     * is done. */
-    rn->held = n + rn->claims_out + 1;
+    /* Claims and a count still out hold the runner too (claim_done and count_done drop
+     * them). + 1 until the loop below is done. */
+    rn->held = n + rn->claims_out + (rn->counting ? 1 : 0) + 1;
     for (size_t i = 0; i < n; i++) {
         /* A job a backend still holds is freed by its write_done / validate_done. */
         jobs[i]->released = true;
