@@ -249,6 +249,10 @@ int runner_retry(runner *rn, const job *cj)
     rjob *r = rj_of(rn, cj);
     if (r && !r->finished && !job_state_terminal(r->j->state))
         return retry_now(rn, r);
+    /* Failed or cancelled, but its directory is not in failed/ yet (the move is on the pool,
+     * or waits to be tried again): reactivating now would race with it. */
+    if (r && !r->finished && (r->j->state == JOB_FAILED || r->j->state == JOB_CANCELLED))
+        return -EAGAIN;
     if (!r || !r->finished || (r->j->state != JOB_FAILED && r->j->state != JOB_CANCELLED))
         return -EINVAL;
     job *j = r->j;

@@ -1099,6 +1099,29 @@ static void test_retry_refused(void **state)
     assert_int_equal(j->state, JOB_FAILED);
 }
 
+/* Failed, but its move to failed/ has not happened yet: refused as such, then accepted. */
+static void test_retry_while_moving(void **state)
+{
+    world *w = *state;
+    w->finish_rc = -EIO; /* the move fails and waits to be tried again */
+    w->validation_bad = true;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_FAILED);
+    flush(w);
+    assert_false(j->moved);
+    assert_int_equal(runner_retry(w->rn, j), -EAGAIN);
+    assert_int_equal(j->state, JOB_FAILED);
+    w->finish_rc = 0;
+    advance(w, 5000);
+    flush(w);
+    assert_true(j->moved);
+    assert_int_equal(w->finished_failed, 1);
+    w->validation_bad = false;
+    assert_int_equal(runner_retry(w->rn, j), 0);
+    assert_int_not_equal(j->state, JOB_FAILED);
+}
+
 /* Retry on a job waiting for its retry time (a 429 with Retry-After: 30) sends at once, and
  * the attempts made still count. */
 static void test_retry_now(void **state)
@@ -1598,6 +1621,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test(test_cancel_and_retry_every_state),
         cmocka_unit_test_setup_teardown(test_retry_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_while_moving, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_now, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backlog_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backlog_count_deferred, setup, teardown),
