@@ -146,7 +146,8 @@ static void count_done(void *cookie, int rc, size_t n)
         return;
     }
     if (rc < 0) {
-        log_error("cannot count the entries in %s: %s", rn->incoming_dir, strerror(-rc));
+        if (rc != -ECANCELED && !rn->stopping) /* ECANCELED: the backend is stopping */
+            log_error("cannot count the entries in %s: %s", rn->incoming_dir, strerror(-rc));
         rn->incoming_dirty = true; /* the rescan tries again */
         return;
     }
