@@ -50,8 +50,8 @@ def in_failed_dir(env, ref):
 def blocked_following(pid):
     """True once the process sleeps in a poll() without a deadline: batchctl wait does that only
     while it follows its Watch (the connection and the lookups before it use deadlines). Where
-    /proc/PID/syscall cannot be read, it cannot be told: True (the caller still checks which
-    exit path was taken)."""
+    /proc/PID/syscall cannot be read or the architecture's numbers are not known, it cannot be
+    told: True (the caller still checks which exit path was taken)."""
     try:
         with open(f"/proc/{pid}/syscall") as f:
             fields = f.read().split()
@@ -63,6 +63,8 @@ def blocked_following(pid):
         return False  # running
     nr, arg3 = int(fields[0]), int(fields[3], 16)
     arch = os.uname().machine
+    if arch not in ("x86_64", "aarch64"):
+        return True  # syscall numbers not known here: cannot be told
     if arch == "x86_64" and nr == 7:  # poll(fds, n, -1)
         return arg3 in (0xffffffff, 0xffffffffffffffff)
     if (arch == "x86_64" and nr == 271) or (arch == "aarch64" and nr == 73):  # ppoll(.., NULL)
