@@ -106,7 +106,7 @@ _batchctl()
         ;;
     validate)
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--json" -- "$cur"))
+            COMPREPLY=($(compgen -W "--json --help" -- "$cur"))
         else
             _batchctl_files
         fi

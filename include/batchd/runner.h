@@ -75,6 +75,8 @@ typedef struct runner_claim {
 
 typedef void (*runner_claim_done_fn)(void *cookie, int rc, const runner_claim *c);
 typedef void (*runner_finish_done_fn)(void *cookie, int rc, const char *final_dir);
+typedef void (*runner_count_done_fn)(void *cookie, int rc, size_t n);
+typedef struct spool_stuck spool_stuck; /* spool.h (C11 allows the repeated typedef) */
 
 typedef struct runner_spool_ops {
     /* Up to max names from incoming/, without those skip() says to leave out. */
@@ -89,9 +91,11 @@ typedef struct runner_spool_ops {
     bool (*active_exists)(void *ud, const char *dir);
     /* failed/<name> back to active/; *active_name malloc'd. Synchronous: an operator waits. */
     int (*reactivate)(void *ud, const char *failed_name, char **active_name);
-    /* How many entries a scan could list now, without those skip() leaves out (and those
-     * being claimed). May be NULL: the backlog is then reported as 0. */
-    int (*count)(void *ud, bool (*skip)(void *sud, const char *name), void *sud, size_t *n);
+    /* Counts, off the loop (a directory read of a large backlog must not hold it up), the
+     * entries a scan could list now: not the dotfiles, nor the names in skip (which the op
+     * takes over: spool_stuck_free), nor those being claimed. done comes on the loop, later
+     * or from inside the call. May be NULL: the backlog is then reported as 0. */
+    void (*count)(void *ud, spool_stuck *skip, runner_count_done_fn done, void *cookie);
 } runner_spool_ops;
 
 /* A finished validation: v NULL when it was cancelled or could not run. */

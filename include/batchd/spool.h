@@ -65,7 +65,8 @@ int spool_scan_incoming_ex(spool *s, size_t max, bool (*skip)(void *ud, const ch
                            char ***names, size_t *count);
 void spool_names_free(char **names, size_t count);
 /* How many entries of incoming/ a scan could list now (dotfiles and those skip() leaves out
- * not counted): one read of the directory, no system call per entry. 0 or -errno. */
+ * not counted): one read of the directory, no system call per entry, so it is meant for the
+ * thread pool (it reads only the spool's directory fds). 0 or -errno. */
 int spool_count_incoming(spool *s, bool (*skip)(void *ud, const char *name), void *ud,
                          size_t *count);
 
@@ -90,6 +91,9 @@ void spool_stuck_forget(spool_stuck *st, const char *name);
 /* Copies into out (malloc'd strings) up to max names whose retry time has come, earliest
  * first; returns how many. Costs O(what it returns). */
 size_t spool_stuck_due(const spool_stuck *st, int64_t now_ms, size_t max, char **out);
+/* A copy of st's names (NULL: an empty set), for a pool thread to look names up in while
+ * st itself changes on the loop; more names are added with spool_stuck_failed. */
+spool_stuck *spool_stuck_dup(const spool_stuck *st);
 
 typedef enum spool_claim_kind {
     SPOOL_CLAIMED,  /* now active/<job_name>/ (a directory) */

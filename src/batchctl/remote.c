@@ -674,59 +674,119 @@ static int job_change(const ctl_ctx *x, int argc, char **argv, const char *metho
     return CTL_EXIT_OK;
 }
 
+/* retry --failed pages through the failed jobs this many at a time: each carries texts of up
+ * to 4 KiB, and one reply with all of them could pass the reply cap. */
+#define RETRY_PAGE 50
+
+/* The ids retry --failed has tried: a refused job stays failed and shows up again. */
+typedef struct id_set {
+    char **ids;
+    size_t n, cap;
+} id_set;
+
+static bool id_set_add(id_set *s, const char *id)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->ids[i], id) == 0)
+            return false;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 64;
+        s->ids = xrealloc(s->ids, s->cap * sizeof *s->ids);
+    }
+    s->ids[s->n++] = xstrdup(id);
+    return true;
+}
+
+static int list_failed(const ctl_ctx *x, vlclient *c, size_t limit, vlclient_reply *list)
+{
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(params, "states"), cJSON_CreateString("failed"));
+    cJSON_AddNumberToObject(params, "limit", (double)limit);
+    int code = call_on(x, c, "io.batchd.ListJobs", params, list);
+    cJSON_Delete(params);
+    return code;
+}
+
+/* Retries one failed job: 0, the exit code of a refusal (*refused), or of a failure that
+ * ends retry --failed. */
+static int retry_one(const ctl_ctx *x, vlclient *c, const char *id, cJSON *out, int *refused)
+{
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "job", id);
+    vlclient_reply r;
+    int rc = call_on(x, c, "io.batchd.Retry", params, &r);
+    cJSON_Delete(params);
+    if (rc != 0) {
+        if (rc == CTL_EXIT_UNAVAILABLE || rc == CTL_EXIT_PROTOCOL || rc == CTL_EXIT_NOPERM)
+            return rc;
+        *refused = rc;
+        return 0;
+    }
+    const cJSON *job = cJSON_GetObjectItemCaseSensitive(r.parameters, "job");
+    if (x->json)
+        cJSON_AddItemToArray(out, cJSON_Duplicate(job, 1));
+    else
+        printf("retrying %s (%s): now %s\n", msg_or(json_str(job, "name"), "?"),
+               msg_or(json_str(job, "id"), "?"), msg_or(json_str(job, "state"), "?"));
+    vlclient_reply_clear(&r);
+    return 0;
+}
+
+/* One page of failed jobs: retries those not tried yet. *fresh says how many there were,
+ * *full whether the page was full (more may be behind it). */
+static int retry_page(const ctl_ctx *x, vlclient *c, size_t limit, id_set *tried, cJSON *out,
+                      int *refused, size_t *fresh, bool *full)
+{
+    vlclient_reply list = {0};
+    int code = list_failed(x, c, limit, &list);
+    *fresh = 0;
+    const cJSON *jobs =
+        code == 0 ? cJSON_GetObjectItemCaseSensitive(list.parameters, "jobs") : NULL;
+    *full = (size_t)cJSON_GetArraySize(jobs) >= limit;
+    const cJSON *j;
+    cJSON_ArrayForEach(j, jobs)
+    {
+        const char *id = json_str(j, "id");
+        if (!id || !id_set_add(tried, id))
+            continue;
+        (*fresh)++;
+        code = retry_one(x, c, id, out, refused);
+        if (code != 0)
+            break;
+    }
+    vlclient_reply_clear(&list);
+    return code;
+}
+
 /* retry --failed: every failed job (not the cancelled ones), each on its own call so that
- * one refusal does not stop the others. */
+ * one refusal does not stop the others. Retried jobs leave the failed state, so the newest
+ * page is asked for again until it holds none not tried yet; refused ones stay at its head,
+ * so the page grows past them only when they fill it (each job is tried once). */
 static int retry_failed(const ctl_ctx *x)
 {
     vlclient *c = NULL;
-    vlclient_reply list = {0};
     int code = open_client(x, &c);
-    if (code == 0) {
-        cJSON *params = cJSON_CreateObject();
-        cJSON_AddItemToArray(cJSON_AddArrayToObject(params, "states"),
-                             cJSON_CreateString("failed"));
-        cJSON_AddNumberToObject(params, "limit", 9007199254740992.0);
-        code = call_on(x, c, "io.batchd.ListJobs", params, &list);
-        cJSON_Delete(params);
-    }
     cJSON *out = cJSON_CreateArray();
-    int refused = 0, n = 0;
-    const cJSON *failed =
-        code == 0 ? cJSON_GetObjectItemCaseSensitive(list.parameters, "jobs") : NULL;
-    const cJSON *j;
-    cJSON_ArrayForEach(j, failed)
-    {
-        const char *id = json_str(j, "id");
-        if (!id)
-            continue;
-        n++;
-        cJSON *params = cJSON_CreateObject();
-        cJSON_AddStringToObject(params, "job", id);
-        vlclient_reply r;
-        int rc = call_on(x, c, "io.batchd.Retry", params, &r);
-        cJSON_Delete(params);
-        if (rc != 0) {
-            if (rc == CTL_EXIT_UNAVAILABLE || rc == CTL_EXIT_PROTOCOL || rc == CTL_EXIT_NOPERM) {
-                code = rc;
-                break;
-            }
-            refused = rc;
-            continue;
-        }
-        const cJSON *job = cJSON_GetObjectItemCaseSensitive(r.parameters, "job");
-        if (x->json)
-            cJSON_AddItemToArray(out, cJSON_Duplicate(job, 1));
-        else
-            printf("retrying %s (%s): now %s\n", msg_or(json_str(job, "name"), "?"),
-                   msg_or(json_str(job, "id"), "?"), msg_or(json_str(job, "state"), "?"));
-        vlclient_reply_clear(&r);
+    id_set tried = {0};
+    int refused = 0;
+    size_t limit = RETRY_PAGE;
+    while (code == 0) {
+        size_t fresh = 0;
+        bool full = false;
+        code = retry_page(x, c, limit, &tried, out, &refused, &fresh, &full);
+        if (code != 0 || (fresh == 0 && !full))
+            break;
+        if (fresh == 0)
+            limit += RETRY_PAGE;
     }
     if (code == 0 && x->json)
         print_json(out);
-    else if (code == 0 && n == 0)
+    else if (code == 0 && tried.n == 0)
         printf("no failed jobs\n");
     cJSON_Delete(out);
-    vlclient_reply_clear(&list);
+    for (size_t i = 0; i < tried.n; i++)
+        free(tried.ids[i]);
+    free(tried.ids);
     vlclient_free(c);
     return code != 0 ? code : refused;
 }

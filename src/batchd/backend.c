@@ -22,7 +22,7 @@
 
 /* ---- the backend's own state ---- */
 
-enum { LANE_WRITES, LANE_SPOOL, LANE_MARKER, LANES };
+enum { LANE_WRITES, LANE_SPOOL, LANE_MARKER, LANE_COUNT, LANES };
 
 typedef struct spool_req spool_req;
 
@@ -474,6 +474,37 @@ bool backend_pause_marker_present(const batchd *d)
     return present;
 }
 
+/* ---- counting incoming/ for GetInfo's backlog: one directory read on the pool ----
+ * Its own lane, so that a count of a large backlog never holds up the claims. */
+
+typedef struct count_req {
+    spool_stuck *skip; /* the runner's stuck entries and the claims out when it was asked */
+    size_t n;
+    int rc;
+    runner_count_done_fn done;
+    void *cookie;
+} count_req;
+
+static void count_run(void *ud, void **items, size_t n)
+{
+    const backend *bk = ud;
+    for (size_t i = 0; i < n; i++) {
+        count_req *q = items[i];
+        q->rc = spool_count_incoming(bk->d->sp, spool_stuck_skip, q->skip, &q->n);
+    }
+}
+
+static void count_after(void *ud, void **items, size_t n, int status)
+{
+    (void)ud;
+    for (size_t i = 0; i < n; i++) {
+        count_req *q = items[i];
+        q->done(q->cookie, status < 0 ? status : q->rc, q->n);
+        spool_stuck_free(q->skip);
+        free(q);
+    }
+}
+
 /* Record writes of different jobs may run in any order, so a turn's writes are split into up
  * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads or more: with the
  * spool's one and the runner's two validations, at least one thread stays free). The spool's
@@ -482,6 +513,7 @@ static const iobatch_lane_ops lane_ops[LANES] = {
     [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
     [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},
     [LANE_MARKER] = {.run = marker_run, .after = marker_after, .max_flight = 1},
+    [LANE_COUNT] = {.run = count_run, .after = count_after, .max_flight = 1},
 };
 
 typedef struct scan_skip {
@@ -509,11 +541,17 @@ static int spool_scan(void *ud, size_t max, bool (*skip)(void *sud, const char *
     return spool_scan_incoming_ex(bk->d->sp, max, skip_claiming, &s, names, n);
 }
 
-static int spool_count(void *ud, bool (*skip)(void *sud, const char *name), void *sud, size_t *n)
+static void spool_count(void *ud, spool_stuck *skip, runner_count_done_fn done, void *cookie)
 {
     backend *bk = ud;
-    scan_skip s = {.bk = bk, .skip = skip, .sud = sud};
-    return spool_count_incoming(bk->d->sp, skip_claiming, &s, n);
+    /* An entry whose claim is queued or running is still in incoming/, but no longer waits. */
+    for (const spool_req *q = bk->claiming; q; q = q->next)
+        spool_stuck_failed(skip, q->entry, 0, 0, 0);
+    count_req *q = xcalloc(1, sizeof *q);
+    q->skip = skip;
+    q->done = done;
+    q->cookie = cookie;
+    iobatch_add(bk->io, LANE_COUNT, q);
 }
 
 static void spool_claim_async(void *ud, const char *entry, const char *job_id,

@@ -132,6 +132,11 @@ static int retry(void *ud, const char *key, cJSON **job_out, const char **err, c
                    "or cancelled job, or one waiting for its retry time, can be retried";
         return rc;
     }
+    if (rc == -EAGAIN) {
+        *err = "io.batchd.InvalidState";
+        *err_msg = "the job is still being moved to failed/; try again in a moment";
+        return rc;
+    }
     if (rc == -EINVAL) {
         *err = "io.batchd.InvalidState";
         *err_msg = "the job is ready: only a failed or cancelled job, or one waiting for its "

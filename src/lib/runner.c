@@ -44,9 +44,9 @@ void runner_free(runner *rn)
     rjob **jobs = rn->jobs;
     rn->jobs = NULL;
     rn->n_jobs = 0;
-    /* Claims still out hold the runner too (claim_done drops them). + 1 until the loop below
-     * is done. */
-    rn->held = n + rn->claims_out + 1;
+    /* Claims and a count still out hold the runner too (claim_done and count_done drop
+     * them). + 1 until the loop below is done. */
+    rn->held = n + rn->claims_out + (rn->counting ? 1 : 0) + 1;
     for (size_t i = 0; i < n; i++) {
         /* A job a backend still holds is freed by its write_done / validate_done. */
         jobs[i]->released = true;
@@ -249,6 +249,10 @@ int runner_retry(runner *rn, const job *cj)
     rjob *r = rj_of(rn, cj);
     if (r && !r->finished && !job_state_terminal(r->j->state))
         return retry_now(rn, r);
+    /* Failed or cancelled, but its directory is not in failed/ yet (the move is on the pool,
+     * or waits to be tried again): reactivating now would race with it. */
+    if (r && !r->finished && (r->j->state == JOB_FAILED || r->j->state == JOB_CANCELLED))
+        return -EAGAIN;
     if (!r || !r->finished || (r->j->state != JOB_FAILED && r->j->state != JOB_CANCELLED))
         return -EINVAL;
     job *j = r->j;

@@ -103,6 +103,8 @@ static void claim_one(runner *rn, const char *entry)
 {
     if (!spool_stuck_has(rn->stuck, entry) && rn->incoming > 0)
         rn->incoming--; /* counted, now being claimed (a stuck entry's retry never was) */
+    if (rn->counting)
+        rn->incoming_dirty = true; /* the count on the pool may not have seen it go */
     claim_ctx *cx = xcalloc(1, sizeof *cx);
     cx->rn = rn;
     cx->entry = xstrdup(entry);
@@ -132,12 +134,38 @@ void runner_incoming_changed(runner *rn)
     runner_claim_soon(rn);
 }
 
-/* Counts incoming/ when it changed, paused or not, so that the backlog shows. Not more often
- * than RUNNER_COUNT_MIN_MS: a burst of events comes back for one count at the end of it
- * (the claim timer, armed without claim_pending so a claim_soon still claims at once). */
+static void count_incoming(runner *rn);
+
+static void count_done(void *cookie, int rc, size_t n)
+{
+    runner *rn = cookie;
+    rn->counting = false;
+    if (rn->freed) {
+        if (--rn->held == 0)
+            rn_free_now(rn);
+        return;
+    }
+    if (rc < 0) {
+        if (rc != -ECANCELED && !rn->stopping) /* ECANCELED: the backend is stopping */
+            log_error("cannot count the entries in %s: %s", rn->incoming_dir, strerror(-rc));
+        rn->incoming_dirty = true; /* the rescan tries again */
+        return;
+    }
+    rn->incoming = n;
+    /* Changed while it was counted (or a claim started, which the count may have seen or
+     * not): once more, so that the figure settles. */
+    if (rn->incoming_dirty && !rn->stopping)
+        count_incoming(rn);
+}
+
+/* Counts incoming/ when it changed, paused or not, so that the backlog shows. The directory
+ * read runs on the pool (the backend's count): a backlog of any size costs the loop nothing
+ * but the copy of the stuck names. One count at a time, and not more often than
+ * RUNNER_COUNT_MIN_MS: a burst of events comes back for one count at the end of it (the
+ * claim timer, armed without claim_pending so a claim_soon still claims at once). */
 static void count_incoming(runner *rn)
 {
-    if (!rn->incoming_dirty || !rn->be.spool->count)
+    if (!rn->incoming_dirty || rn->counting || !rn->be.spool->count)
         return;
     int64_t now = rn_mono(rn);
     if (rn->incoming_counted_at > 0 && now - rn->incoming_counted_at < RUNNER_COUNT_MIN_MS) {
@@ -146,15 +174,10 @@ static void count_incoming(runner *rn)
                                     RUNNER_COUNT_MIN_MS - (now - rn->incoming_counted_at));
         return;
     }
-    size_t n = 0;
-    int rc = rn->be.spool->count(rn->be.ud, spool_stuck_skip, rn->stuck, &n);
-    if (rc < 0) {
-        log_error("cannot count the entries in %s: %s", rn->incoming_dir, strerror(-rc));
-        return; /* the rescan tries again */
-    }
-    rn->incoming = n;
     rn->incoming_dirty = false;
     rn->incoming_counted_at = now > 0 ? now : 1;
+    rn->counting = true;
+    rn->be.spool->count(rn->be.ud, spool_stuck_dup(rn->stuck), count_done, rn);
 }
 
 void rn_claim_run(void *arg)

@@ -87,7 +87,7 @@ struct runner {
     bool claim_pending;
     bool driving_all; /* walking jobs: no eviction meanwhile */
     bool freed;       /* runner_free came while jobs were still held */
-    size_t held;      /* released jobs and claims a backend still holds */
+    size_t held;      /* released jobs, claims and a count a backend still holds */
     size_t bad_records;
     size_t pruned_records;
     void *claim_timer;
@@ -95,6 +95,7 @@ struct runner {
     size_t incoming;     /* unclaimed entries in incoming/ as of the last count, less claims */
     bool incoming_dirty; /* incoming/ changed since the last count */
     int64_t incoming_counted_at; /* monotonic ms of the last count */
+    bool counting;               /* a count is on the pool */
 };
 
 /* runner_job.c */

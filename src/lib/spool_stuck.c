@@ -178,3 +178,12 @@ size_t spool_stuck_due(const spool_stuck *st, int64_t now_ms, size_t max, char *
         out[n++] = xstrdup(e->name);
     return n;
 }
+
+spool_stuck *spool_stuck_dup(const spool_stuck *st)
+{
+    spool_stuck *copy = spool_stuck_new();
+    /* In retry order, each with its own retry time: the copy's order list stays sorted. */
+    for (const stuck_entry *e = st ? st->head : NULL; e; e = e->next)
+        spool_stuck_failed(copy, e->name, e->retry_at, 0, 0);
+    return copy;
+}

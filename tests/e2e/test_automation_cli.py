@@ -6,12 +6,14 @@ watch events."""
 
 import json
 import os
+import select
 import subprocess
+import time
 
 from harness import Env, binary, call, check, run, wait_for
 
 COMMANDS = ("status", "list", "show", "watch", "submit", "wait", "validate", "retry", "cancel",
-            "pause", "resume", "reload", "help")
+            "pause", "resume", "reload", "metrics", "help")
 
 
 def ctl(env, *args, timeout=60):
@@ -37,6 +39,58 @@ def get_job(env, ref):
     r = call(env.daemon.socket, "io.batchd.GetJob", {"job": ref})
     check("error" not in r, f"GetJob {ref}: {r}")
     return r["parameters"]["job"]
+
+
+def in_failed_dir(env, ref):
+    """The job is failed and its move to failed/ is done (a retry needs both)."""
+    j = get_job(env, ref)
+    return j["state"] == "failed" and (j.get("dir") or "").startswith("failed/")
+
+
+def blocked_following(pid):
+    """True once the process sleeps in a poll() without a deadline: batchctl wait does that only
+    while it follows its Watch (the connection and the lookups before it use deadlines). Where
+    /proc/PID/syscall cannot be read or the architecture's numbers are not known, it cannot be
+    told: True (the caller still checks which exit path was taken)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    if len(fields) < 4 or not fields[0].isdigit():
+        return False  # running
+    nr, arg3 = int(fields[0]), int(fields[3], 16)
+    arch = os.uname().machine
+    if arch not in ("x86_64", "aarch64"):
+        return True  # syscall numbers not known here: cannot be told
+    if arch == "x86_64" and nr == 7:  # poll(fds, n, -1)
+        return arg3 in (0xffffffff, 0xffffffffffffffff)
+    if (arch == "x86_64" and nr == 271) or (arch == "aarch64" and nr == 73):  # ppoll(.., NULL)
+        return arg3 == 0
+    return False
+
+
+class Lines:
+    """Lines from a pipe, each waited for with a deadline (a lost event fails, never hangs)."""
+
+    def __init__(self, pipe):
+        self.fd = pipe.fileno()
+        self.buf = b""
+
+    def read(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            check(left > 0, f"no line within {timeout}s (so far: {self.buf!r})")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                check(chunk, f"the output ended (so far: {self.buf!r})")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
 
 
 def common_prefix(a, b):
@@ -107,11 +161,11 @@ def test_submit_wait_prefix_show_retry():
         # retry --failed retries the failed job and prints it; --json gives an array.
         r = ctl(env, "retry", "--failed")
         check(r.returncode == 0 and "bad" in r.stdout, (r.returncode, r.stdout, r.stderr))
-        wait_for(lambda: get_job(env, "bad")["state"] == "failed", 30, "bad failed again")
+        wait_for(lambda: in_failed_dir(env, "bad"), 30, "bad failed again, in failed/")
         r = ctl(env, "--json", "retry", "--failed")
         check(r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)] == [sj["id"]],
               r.stdout)
-        wait_for(lambda: get_job(env, "bad")["state"] == "failed", 30, "bad failed again")
+        wait_for(lambda: in_failed_dir(env, "bad"), 30, "bad failed again, in failed/")
 
         # list --state groups, and an unknown state names the valid ones.
         fin = ctl(env, "list", "-q", "--state", "finished")
@@ -137,9 +191,12 @@ def test_submit_wait_prefix_show_retry():
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: any(s.startswith("held") for s in env.daemon.dir_entries("active")),
                  10, "held active")
+        # Stopped only once the wait follows its Watch: a stop before it connected would
+        # give 69 too, from the connection that failed, and test nothing.
+        wait_for(lambda: blocked_following(proc.pid), 10, "batchctl wait following its Watch")
         env.daemon.stop()
         out, err = proc.communicate(timeout=30)
-        check(proc.returncode == 69, (proc.returncode, out, err))
+        check(proc.returncode == 69 and "went away" in err, (proc.returncode, out, err))
 
 
 def test_help_and_no_daemon():
@@ -162,15 +219,16 @@ def test_help_and_no_daemon():
 def test_json_watch():
     with Env() as env:
         proc = subprocess.Popen([binary("batchctl"), "-c", env.daemon.conf, "--json", "watch"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        lines = Lines(proc.stdout)
         try:
-            first = json.loads(proc.stdout.readline())
+            first = json.loads(lines.read())
             check(first["event"] == "snapshot" and first["at"] and first["jobs"] == [], first)
             p = ctl(env, "--json", "submit", good(env, "watched"))
             jid = json.loads(p.stdout)["id"]
             events = []
             while True:
-                e = json.loads(proc.stdout.readline())
+                e = json.loads(lines.read())
                 check(e["event"] in ("changed", "finished") and e["at"].endswith("Z"), e)
                 events.append(e)
                 if e["event"] == "finished" and e["job"]["id"] == jid:
@@ -184,8 +242,33 @@ def test_json_watch():
             proc.terminate()
             proc.wait(10)
             proc.stdout.close()
-            proc.stderr.close()
+
+
+def test_retry_failed_pages():
+    """retry --failed asks for the failed jobs a page (50) at a time: more than a page are all
+    tried, each once, whether its retry is accepted or refused."""
+    with Env() as env:
+        n = 60
+        for k in range(n):
+            path = os.path.join(env.dir, f"junk{k:02d}.txt")
+            with open(path, "w") as f:
+                f.write("not a data file\n")
+            env.daemon.drop(path)
+
+        def all_failed():
+            r = call(env.daemon.socket, "io.batchd.ListJobs", {"states": ["failed"]})
+            jobs = r["parameters"]["jobs"]
+            return len(jobs) == n and all(j["dir"].startswith("failed/") for j in jobs)
+        wait_for(all_failed, 30, f"{n} rejected jobs in failed/")
+        r = ctl(env, "retry", "--failed")
+        tried = [ln for ln in r.stdout.splitlines() if ln.startswith("retrying ")]
+        refused = [ln for ln in r.stderr.splitlines() if "junk" in ln]
+        names = sorted(ln.split()[1] for ln in tried) + sorted(
+            next(w for w in ln.replace(":", " ").split() if "junk" in w) for ln in refused)
+        check(len(tried) + len(refused) == n, (r.returncode, r.stdout, r.stderr))
+        check(len({x for x in names}) == n, names)
 
 
 if __name__ == "__main__":
-    run([test_submit_wait_prefix_show_retry, test_help_and_no_daemon, test_json_watch])
+    run([test_submit_wait_prefix_show_retry, test_help_and_no_daemon, test_json_watch,
+         test_retry_failed_pages])

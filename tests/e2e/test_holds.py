@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 
-from harness import Env, binary, call, check, hold, run, wait_for
+from harness import Env, TestFailure, binary, call, check, hold, run, wait_for
 
 
 def info(env):
@@ -79,13 +79,22 @@ def test_backlog_max_active_1():
         d = env.daemon
         names = [d.drop(data_file(env, f"b{k}.jsonl")) for k in range(4)]
 
+        # The first job may finish at any time, so status is read in the same condition (it
+        # shows the state of one moment; the jobs listed before and after it agree with it).
+        last = {}
+
         def one_running_three_waiting():
             i = info(env)
-            return (i["incoming"] == 3 and i["waiting_for_slot"] == 3 and
-                    len([j for j in d.jobs() if j["state"] != "ready"]) == 1)
-        wait_for(one_running_three_waiting, 20, "1 job running, 3 waiting for a slot")
-        st = ctl(env, "status")
-        check("3 waiting in incoming/ (3 for a free slot" in st.stdout, st.stdout)
+            if not (i["incoming"] == 3 and i["waiting_for_slot"] == 3 and
+                    len([j for j in d.jobs() if j["state"] != "ready"]) == 1):
+                return False
+            last["status"] = ctl(env, "status").stdout
+            return "3 waiting in incoming/ (3 for a free slot" in last["status"]
+        try:
+            wait_for(one_running_three_waiting, 20,
+                     "1 job running, 3 waiting for a slot, and status saying so")
+        except TestFailure as e:
+            raise TestFailure(f"{e}; the last status read: {last.get('status')!r}") from None
         wait_for(lambda: len(d.dir_entries("done")) == 4, 60, "all four ready")
         check(sorted(d.dir_entries("done")) == sorted(n[:-len(".jsonl")] for n in names),
               d.dir_entries("done"))

@@ -17,6 +17,7 @@
 
 #include "batchd/log.h"
 #include "batchd/runner.h"
+#include "batchd/spool.h"
 #include "batchd/util.h"
 
 #define T0      1764405165000LL
@@ -88,6 +89,11 @@ typedef struct world {
     void *claim_cookies[MAXN];
     char *claim_entries[MAXN];
     size_t n_claims;
+    bool defer_count; /* a count ends only when count_end is called */
+    size_t counts;
+    spool_stuck *count_skip;
+    runner_count_done_fn count_done;
+    void *count_cookie;
     char *active[MAXN];
     size_t n_active;
     int finished_ok, finished_failed;
@@ -446,13 +452,37 @@ static int sp_reactivate(void *ud, const char *failed_name, char **active_name)
     return 0;
 }
 
-static int sp_count(void *ud, bool (*skipfn)(void *sud, const char *name), void *sud, size_t *n)
+/* Counts at once, or (defer_count) when count_end says, as the pool would. */
+static void sp_count(void *ud, spool_stuck *skip, runner_count_done_fn done, void *cookie)
 {
-    const world *w = ud;
-    *n = 0;
+    world *w = ud;
+    w->counts++;
+    if (w->defer_count) {
+        assert_null(w->count_done); /* one count at a time */
+        w->count_skip = skip;
+        w->count_done = done;
+        w->count_cookie = cookie;
+        return;
+    }
+    size_t n = 0;
     for (size_t i = 0; i < w->n_incoming; i++)
-        *n += !skipfn(sud, w->incoming[i]);
-    return 0;
+        n += !spool_stuck_skip(skip, w->incoming[i]);
+    spool_stuck_free(skip);
+    done(cookie, 0, n);
+}
+
+/* Ends a deferred count with what incoming/ holds now. */
+static void count_end(world *w)
+{
+    runner_count_done_fn done = w->count_done;
+    assert_non_null(done);
+    w->count_done = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < w->n_incoming; i++)
+        n += !spool_stuck_skip(w->count_skip, w->incoming[i]);
+    spool_stuck_free(w->count_skip);
+    w->count_skip = NULL;
+    done(w->count_cookie, 0, n);
 }
 
 static const runner_spool_ops spool_ops = {
@@ -665,6 +695,8 @@ static void stop_runner(world *w)
     runner_free(w->rn);
     w->rn = NULL;
     /* Backends still holding jobs end now; the runner frees them. */
+    if (w->count_done)
+        count_end(w);
     writes_end(w, 0);
     for (size_t i = 0; i < w->n_vals; i++)
         if (w->vals[i].live) {
@@ -1067,6 +1099,29 @@ static void test_retry_refused(void **state)
     assert_int_equal(j->state, JOB_FAILED);
 }
 
+/* Failed, but its move to failed/ has not happened yet: refused as such, then accepted. */
+static void test_retry_while_moving(void **state)
+{
+    world *w = *state;
+    w->finish_rc = -EIO; /* the move fails and waits to be tried again */
+    w->validation_bad = true;
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_FAILED);
+    flush(w);
+    assert_false(j->moved);
+    assert_int_equal(runner_retry(w->rn, j), -EAGAIN);
+    assert_int_equal(j->state, JOB_FAILED);
+    w->finish_rc = 0;
+    advance(w, 5000);
+    flush(w);
+    assert_true(j->moved);
+    assert_int_equal(w->finished_failed, 1);
+    w->validation_bad = false;
+    assert_int_equal(runner_retry(w->rn, j), 0);
+    assert_int_not_equal(j->state, JOB_FAILED);
+}
+
 /* Retry on a job waiting for its retry time (a 429 with Retry-After: 30) sends at once, and
  * the attempts made still count. */
 static void test_retry_now(void **state)
@@ -1146,6 +1201,52 @@ static void test_backlog_counts(void **state)
     /* room for all: nothing waits for a slot */
     runner_configure(w->rn, &p, 8);
     assert_int_equal(runner_waiting_for_slot(w->rn), 0);
+}
+
+/* The count of incoming/ runs on the pool: the loop waits for nothing, one count is out at a
+ * time, and what changed while it ran is counted again; a count that ends after runner_free
+ * is dropped. */
+static void test_backlog_count_deferred(void **state)
+{
+    world *w = *state;
+    w->defer_count = true;
+    runner_set_paused(w->rn, true);
+    w->incoming[w->n_incoming++] = xstrdup("a");
+    runner_incoming_changed(w->rn);
+    advance(w, 1);
+    assert_int_equal(w->counts, 1);
+    assert_int_equal(runner_incoming(w->rn), 0); /* not counted yet */
+    w->incoming[w->n_incoming++] = xstrdup("b");
+    runner_incoming_changed(w->rn);
+    advance(w, 200);
+    assert_int_equal(w->counts, 1); /* one at a time */
+    count_end(w);
+    assert_int_equal(runner_incoming(w->rn), 2);
+    advance(w, 100); /* b's change came during the count: counted again */
+    assert_int_equal(w->counts, 2);
+    w->incoming[w->n_incoming++] = xstrdup("c");
+    count_end(w);
+    assert_int_equal(runner_incoming(w->rn), 3);
+    advance(w, 1000);
+    assert_int_equal(w->counts, 2); /* nothing changed since */
+    /* resumed: the claim takes one off at once, and the count out may have seen it or not */
+    runner_incoming_changed(w->rn);
+    advance(w, 1);
+    assert_int_equal(w->counts, 3);
+    runner_set_paused(w->rn, false);
+    advance(w, 1);
+    assert_int_equal(runner_count(w->rn), 3);
+    assert_int_equal(runner_incoming(w->rn), 0);
+    count_end(w); /* the claims started during the count: it is counted again */
+    advance(w, 100);
+    assert_int_equal(w->counts, 4);
+    count_end(w);
+    assert_int_equal(runner_incoming(w->rn), 0);
+    /* a count still out when the runner goes: teardown ends it after runner_free */
+    runner_incoming_changed(w->rn);
+    advance(w, 100);
+    assert_int_equal(w->counts, 5);
+    assert_non_null(w->count_done);
 }
 
 static void test_claim_failures(void **state)
@@ -1520,8 +1621,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test(test_cancel_and_retry_every_state),
         cmocka_unit_test_setup_teardown(test_retry_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_while_moving, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_now, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backlog_counts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backlog_count_deferred, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_hold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause, setup, teardown),
