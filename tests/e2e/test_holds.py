@@ -61,9 +61,19 @@ def test_durable_pause():
         st = ctl(env, "status")
         check(st.returncode == 0 and "paused by an operator" in st.stdout and
               "1 waiting in incoming/" in st.stdout, st.stdout + st.stderr)
+        # submit does not wait for a claim that the paused daemon will not make (it would
+        # wait up to 10 s otherwise), and says why the id is not known.
+        t0 = time.monotonic()
+        sub = ctl(env, "submit", data_file(env, "also-held.jsonl"))
+        took = time.monotonic() - t0
+        check(sub.returncode == 0 and sub.stdout.strip() == "also-held", sub.stdout + sub.stderr)
+        check("batchd is paused" in sub.stderr and "until batchctl resume" in sub.stderr,
+              sub.stderr)
+        check(took < 9, f"submit waited {took:.1f}s for a claim while paused")
         call(d.socket, "io.batchd.Resume")
-        wait_for(lambda: os.path.exists(os.path.join(d.spool, "done", "held", "result.json")), 30,
-                 "the job is ready after resume")
+        for n in ("held", "also-held"):
+            wait_for(lambda: os.path.exists(os.path.join(d.spool, "done", n, "result.json")), 30,
+                     f"{n} is ready after resume")
         wait_for(lambda: not os.path.exists(marker(env)), 10, "the marker is gone after resume")
         i = info(env)
         check(i["incoming"] == 0 and i["waiting_for_slot"] == 0, i)
