@@ -717,7 +717,7 @@ void hooks_caught_up(hooks *h)
     int rc = hj_load(h->loop, h->dir, &h->known, on_loaded, h);
     if (rc < 0) {
         log_error("cannot read the hook journal %s: %s", h->dir, uv_strerror(rc));
-        unref(h);
+        h->refs--; /* taken just above: never the last */
     }
 }
 
@@ -759,7 +759,7 @@ static void since_write(hooks *h, hooks_kind k)
         log_warn("cannot queue the write of %s's %s.since", h->dir, hooks_kind_name(k));
         h->since_busy[k] = false;
         free(c);
-        unref(h);
+        h->refs--; /* taken just above: never the last */
     }
 }
 
