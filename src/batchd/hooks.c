@@ -1,50 +1,37 @@
-/* hooks: see hooks.h.
+/* hooks: see hooks.h. The journal (what is recorded, and why that gives "at least once")
+ * is hooks_journal.c; this file decides what to record when, and runs the processes.
  *
- * At least once, across crashes. Each run (one hook for one finish of one job) has a journal
- * file <state>/hooks/<job id>.<hook>.<finished_at>.json, written atomically and durably
- * (fsutil_write_atomic: fsync of the file and of the directory) on libuv's thread pool:
- *   pending  -> queued, never started
- *   started  -> attempt N was about to be spawned: written BEFORE the spawn
- *   retry    -> attempt N-1 ended badly, N is next: written AFTER the exit
- *   done / gave_up / dropped -> over: written after the last exit
- * At start every pending, started or retry entry is queued again (a started one runs its
- * attempt again), so a run interrupted by a crash, a kill -9 or a stop runs again.
- *
- * The window between "the job finished durably" and "its run is in the journal" is closed
- * at start instead of by making the runner wait: <state>/hooks/<hook>.since holds the time
- * (epoch ms) since which the hook has been configured without a break (written when it
- * becomes configured, removed when it is not). hooks_catch_up queues a run for every
- * finished job whose finished_at is not older than that and that has no journal file yet.
- * A job whose finish is durable has a record with finished_at, and the runner loads it, so
- * no finish is missed; a job that finished before its hook was configured is not run for.
- * Journal files that ended are kept as long as the runner keeps finished records (30 days),
- * which is what tells catch-up that a run already happened. */
+ * An attempt lasts while its process runs and its stdout and stderr are open. A hook that
+ * leaves a background process holding them (`curl ... &`) would keep its slot forever, so
+ * once the hook itself has exited its pipes get HOOKS_PIPE_GRACE_MS more, then are closed,
+ * and the attempt ends with the hook's exit status. Signals (the timeout's, the stop's) go
+ * to the hook's process group while the attempt lasts, whether or not the hook has
+ * exited. */
 #include "hooks.h"
+#include "hooks_journal.h"
 
 #include "batchd/fsutil.h"
 #include "batchd/log.h"
 #include "batchd/util.h"
 
-#include <cjson/cJSON.h>
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/* Journal entries of runs that ended, older than this, are removed at start (as the runner
- * removes old records: runner_internal.h RUNNER_RECORD_KEEP_MS). */
-#define HOOKS_KEEP_MS (31LL * 86400 * 1000)
 /* A longer output line is logged in pieces of this size. */
 #define HOOKS_LINE_MAX 1024
 /* Lines logged per attempt; the rest is read and dropped (one notice says so). */
-#define HOOKS_LINES_MAX   1000
-#define HOOKS_JOURNAL_MAX (64 * 1024)
-
-static const char *const kind_names[HOOKS_KINDS] = {"on_ready", "on_failed"};
+#define HOOKS_LINES_MAX 1000
+/* How long the pipes stay open after the hook exited (see above). */
+#define HOOKS_PIPE_GRACE_MS 2000
+/* On a stop: SIGTERM to every hook's group, SIGKILL this much later to what is left. */
+#define HOOKS_STOP_GRACE_MS 2000
+#define HOOKS_STOP_POLL_MS  100
 
 typedef struct hrun hrun;
 
@@ -60,11 +47,8 @@ struct hrun {
     hooks *h;
     hrun *prev, *next; /* every run alive, for the stop */
     uint64_t qid;      /* hookq's id; 0 while not queued */
-    hooks_kind kind;
-    char *file; /* journal file path */
-    char *job_id, *job_name, *job_state, *dir, *arg, *dataset_id, *batch_id;
-    int64_t finished_at;
-    int attempt; /* the attempt started last, or next */
+    hjentry e;         /* what the journal records; e.attempt: started last, or next */
+    char *file;        /* journal file path */
     /* The journal: one write on the pool at a time, the next waits (one slot is enough: a
      * run writes at most its start while its previous outcome is out). */
     bool writing;
@@ -74,7 +58,9 @@ struct hrun {
     void (*next_done)(hrun *r, int rc);
     /* The process. */
     uv_process_t proc;
-    bool proc_open, exited, spawn_failed;
+    uv_timer_t grace; /* the pipes' grace after the exit */
+    bool proc_open, grace_open, exited, spawn_failed;
+    int pgid; /* the hook's process group while the attempt lasts, else 0 */
     int64_t exit_status;
     int term_signal;
     hstream out, err;
@@ -87,14 +73,20 @@ struct hooks {
     char *done_dir, *failed_dir;
     hooks_options o;
     char *path[HOOKS_KINDS];
-    int64_t since[HOOKS_KINDS]; /* 0: not configured */
+    int64_t since[HOOKS_KINDS];    /* 0: not configured */
+    bool since_busy[HOOKS_KINDS];  /* a write of <hook>.since is out */
+    bool since_dirty[HOOKS_KINDS]; /* since changed while it was */
     hookq *q;
     uv_timer_t timer;
-    char **known; /* journal file names (sorted after start) */
-    size_t n_known, cap_known;
-    hrun *runs;  /* every run alive */
-    size_t refs; /* runs alive + the timer + 1 until hooks_stop */
+    hj_names known; /* the journal's file names at start, until hooks_caught_up */
+    hrun *runs;     /* every run alive */
+    size_t refs;    /* runs alive + works out + timers + 1 until hooks_stop */
     bool stopping;
+    /* The stop: process groups signalled, and when. */
+    uv_timer_t stop_timer;
+    int *stop_groups;
+    size_t n_stop_groups;
+    uint64_t stop_at;
     uint64_t counts[HOOKS_KINDS][HOOKQ_OUTCOMES];
 };
 
@@ -107,11 +99,11 @@ static hrun *run_new(hooks *h, hooks_kind kind, const char *job_id, int64_t fini
 {
     hrun *r = xcalloc(1, sizeof *r);
     r->h = h;
-    r->kind = kind;
-    r->finished_at = finished_at;
-    r->job_id = xstrdup(job_id);
-    r->attempt = 1;
-    char *base = xasprintf("%s.%s.%" PRId64 ".json", job_id, kind_names[kind], finished_at);
+    r->e.kind = kind;
+    r->e.finished_at = finished_at;
+    r->e.job_id = xstrdup(job_id);
+    r->e.attempt = 1;
+    char *base = hj_base(job_id, kind, finished_at);
     r->file = fsutil_join(h->dir, base);
     free(base);
     r->next = h->runs;
@@ -125,7 +117,7 @@ static hrun *run_new(hooks *h, hooks_kind kind, const char *job_id, int64_t fini
 static void run_free(hrun *r)
 {
     if (r->writing || r->in_done) {
-        r->dead = true; /* jwrite_after frees it */
+        r->dead = true; /* jwrite_done frees it */
         return;
     }
     hooks *h = r->h;
@@ -135,14 +127,8 @@ static void run_free(hrun *r)
         h->runs = r->next;
     if (r->next)
         r->next->prev = r->prev;
+    hjentry_free(&r->e);
     free(r->file);
-    free(r->job_id);
-    free(r->job_name);
-    free(r->job_state);
-    free(r->dir);
-    free(r->arg);
-    free(r->dataset_id);
-    free(r->batch_id);
     free(r->next_state);
     free(r);
     unref(h);
@@ -150,60 +136,34 @@ static void run_free(hrun *r)
 
 static log_job_fields run_fields(const hrun *r)
 {
-    return (log_job_fields){.job_id = r->job_id,
-                            .job_name = r->job_name,
-                            .dataset_id = r->dataset_id && *r->dataset_id ? r->dataset_id : NULL,
-                            .batch_id = r->batch_id && *r->batch_id ? r->batch_id : NULL,
-                            .state = r->job_state};
+    return (log_job_fields){.job_id = r->e.job_id,
+                            .job_name = r->e.job_name,
+                            .dataset_id =
+                                r->e.dataset_id && *r->e.dataset_id ? r->e.dataset_id : NULL,
+                            .batch_id = r->e.batch_id && *r->e.batch_id ? r->e.batch_id : NULL,
+                            .state = r->e.job_state};
+}
+
+static const char *run_hook(const hrun *r)
+{
+    return hooks_kind_name(r->e.kind);
 }
 
 /* ---- the journal ---- */
 
-typedef struct jwrite {
-    uv_work_t w;
-    hrun *run;
-    char *path, *text;
-    int rc;
-    void (*done)(hrun *r, int rc);
-} jwrite;
-
-static char *journal_text(const hrun *r, const char *state)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", r->job_id);
-    cJSON_AddStringToObject(o, "job", r->job_name);
-    cJSON_AddStringToObject(o, "hook", kind_names[r->kind]);
-    cJSON_AddStringToObject(o, "state", state);
-    cJSON_AddNumberToObject(o, "attempt", r->attempt);
-    cJSON_AddStringToObject(o, "job_state", r->job_state);
-    cJSON_AddStringToObject(o, "dir", r->dir);
-    cJSON_AddStringToObject(o, "arg", r->arg);
-    cJSON_AddStringToObject(o, "dataset_id", r->dataset_id);
-    cJSON_AddStringToObject(o, "batch_id", r->batch_id);
-    cJSON_AddNumberToObject(o, "finished_at", (double)r->finished_at);
-    cJSON_AddNumberToObject(o, "at", (double)time_now_ms());
-    char *text = json_print_pretty(o);
-    cJSON_Delete(o);
-    return text;
-}
-
-static void jwrite_work(uv_work_t *w)
-{
-    jwrite *jw = w->data;
-    jw->rc = fsutil_write_atomic(jw->path, jw->text, strlen(jw->text), 0640);
-}
-
 static void journal_write(hrun *r, const char *state, void (*done)(hrun *r, int rc));
 
-static void jwrite_after(uv_work_t *w, int status)
+typedef struct jctx {
+    hrun *run;
+    void (*done)(hrun *r, int rc);
+} jctx;
+
+static void jwrite_done(void *ud, int rc)
 {
-    jwrite *jw = w->data;
-    hrun *r = jw->run;
-    int rc = status < 0 ? status : jw->rc;
-    void (*done)(hrun *, int) = jw->done;
-    free(jw->path);
-    free(jw->text);
-    free(jw);
+    jctx *c = ud;
+    hrun *r = c->run;
+    void (*done)(hrun *, int) = c->done;
+    free(c);
     r->writing = false;
     if (rc < 0)
         log_error("hook journal %s: cannot write: %s", r->file, strerror(-rc));
@@ -234,19 +194,14 @@ static void journal_write(hrun *r, const char *state, void (*done)(hrun *r, int 
         r->next_done = done;
         return;
     }
-    jwrite *jw = xcalloc(1, sizeof *jw);
-    jw->w.data = jw;
-    jw->run = r;
-    jw->path = xstrdup(r->file);
-    jw->text = journal_text(r, state);
-    jw->done = done;
+    jctx *c = xcalloc(1, sizeof *c);
+    c->run = r;
+    c->done = done;
     r->writing = true;
-    int rc = uv_queue_work(r->h->loop, &jw->w, jwrite_work, jwrite_after);
+    int rc = hj_write(r->h->loop, r->file, &r->e, state, jwrite_done, c);
     if (rc < 0) {
         r->writing = false;
-        free(jw->path);
-        free(jw->text);
-        free(jw);
+        free(c);
         done(r, rc);
     }
 }
@@ -262,7 +217,7 @@ static void note(hrun *r, const char *fmt, ...)
     strbuf_vprintf(&sb, fmt, ap);
     va_end(ap);
     if (r->h->o.note && !r->h->stopping)
-        r->h->o.note(r->h->o.ud, r->job_id, sb.data);
+        r->h->o.note(r->h->o.ud, r->e.job_id, sb.data);
     strbuf_free(&sb);
 }
 
@@ -274,13 +229,13 @@ static void log_line(hrun *r, const hstream *s, const char *line, size_t len)
             log_job(LOG_LVL_NOTICE, &f,
                     "hook %s: more than %d lines of output; the rest is "
                     "not logged",
-                    kind_names[r->kind], HOOKS_LINES_MAX);
+                    run_hook(r), HOOKS_LINES_MAX);
         }
         return;
     }
     log_job_fields f = run_fields(r);
-    log_job(LOG_LVL_INFO, &f, "hook %s %s: %.*s", kind_names[r->kind],
-            s == &r->out ? "stdout" : "stderr", (int)len, line);
+    log_job(LOG_LVL_INFO, &f, "hook %s %s: %.*s", run_hook(r), s == &r->out ? "stdout" : "stderr",
+            (int)len, line);
 }
 
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
@@ -293,11 +248,38 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 
 static void finish_attempt(hrun *r);
 
+static void on_grace_closed(uv_handle_t *handle)
+{
+    hrun *r = handle->data;
+    r->grace_open = false;
+    finish_attempt(r);
+}
+
+static void close_grace(hrun *r)
+{
+    if (r->grace_open && !uv_is_closing((uv_handle_t *)&r->grace))
+        uv_close((uv_handle_t *)&r->grace, on_grace_closed);
+}
+
 static void on_stream_closed(uv_handle_t *handle)
 {
     hstream *s = handle->data;
+    hrun *r = s->run;
     s->open = false;
-    finish_attempt(s->run);
+    if (!r->out.open && !r->err.open)
+        close_grace(r);
+    finish_attempt(r);
+}
+
+/* Logs what is left of a partial line and closes the pipe (once). */
+static void close_stream(hstream *s)
+{
+    if (!s->open || uv_is_closing((uv_handle_t *)&s->pipe))
+        return;
+    if (s->len)
+        log_line(s->run, s, s->buf, s->len);
+    s->len = 0;
+    uv_close((uv_handle_t *)&s->pipe, on_stream_closed);
 }
 
 /* Splits what came into lines; a full buffer without a newline is logged as a piece. */
@@ -307,10 +289,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
     hstream *s = stream->data;
     hrun *r = s->run;
     if (n < 0) {
-        if (s->len)
-            log_line(r, s, s->buf, s->len);
-        s->len = 0;
-        uv_close((uv_handle_t *)stream, on_stream_closed);
+        close_stream(s);
         return;
     }
     s->len += (size_t)n;
@@ -336,6 +315,20 @@ static void on_proc_closed(uv_handle_t *handle)
     finish_attempt(r);
 }
 
+/* The hook exited; something it started may still hold its pipes. */
+static void on_grace(uv_timer_t *t)
+{
+    hrun *r = t->data;
+    log_job_fields f = run_fields(r);
+    log_job(LOG_LVL_NOTICE, &f,
+            "hook %s exited, but a process it left still holds its output; no longer "
+            "reading it",
+            run_hook(r));
+    close_stream(&r->out);
+    close_stream(&r->err);
+    close_grace(r);
+}
+
 static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
 {
     hrun *r = p->data;
@@ -343,6 +336,22 @@ static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
     r->exit_status = exit_status;
     r->term_signal = term_signal;
     uv_close((uv_handle_t *)p, on_proc_closed);
+    if (r->out.open || r->err.open) {
+        uv_timer_init(r->h->loop, &r->grace);
+        r->grace.data = r;
+        r->grace_open = true;
+        uv_timer_start(&r->grace, on_grace, HOOKS_PIPE_GRACE_MS, 0);
+    }
+}
+
+/* To the hook's whole process group (it is its leader), so that what it started gets it
+ * too, also after the hook itself exited; to the hook alone before its setsid. */
+static void group_signal(hrun *r, int sig)
+{
+    if (r->pgid <= 0)
+        return;
+    if (kill(-r->pgid, sig) < 0 && !r->exited)
+        (void)uv_process_kill(&r->proc, sig);
 }
 
 /* The environment of batchd.conf(5), HOOKS, and nothing else: never the token, nor where
@@ -350,12 +359,12 @@ static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
 static char **make_env(const hrun *r)
 {
     char **env = xcalloc(8, sizeof *env);
-    env[0] = xasprintf("BATCHD_JOB=%s", r->job_name);
-    env[1] = xasprintf("BATCHD_JOB_ID=%s", r->job_id);
-    env[2] = xasprintf("BATCHD_STATE=%s", r->job_state);
-    env[3] = xasprintf("BATCHD_DIR=%s", r->dir);
-    env[4] = xasprintf("BATCHD_DATASET_ID=%s", r->dataset_id);
-    env[5] = xasprintf("BATCHD_BATCH_ID=%s", r->batch_id);
+    env[0] = xasprintf("BATCHD_JOB=%s", r->e.job_name);
+    env[1] = xasprintf("BATCHD_JOB_ID=%s", r->e.job_id);
+    env[2] = xasprintf("BATCHD_STATE=%s", r->e.job_state);
+    env[3] = xasprintf("BATCHD_DIR=%s", r->e.dir);
+    env[4] = xasprintf("BATCHD_DATASET_ID=%s", r->e.dataset_id);
+    env[5] = xasprintf("BATCHD_BATCH_ID=%s", r->e.batch_id);
     env[6] = xstrdup("PATH=/usr/local/bin:/usr/bin:/bin");
     return env;
 }
@@ -383,14 +392,14 @@ static int spawn(hrun *r, const char *path)
     stream_init(r, &r->out);
     stream_init(r, &r->err);
     char *argv0 = xstrdup(path);
-    char *args[] = {argv0, r->arg, NULL};
+    char *args[] = {argv0, r->e.arg, NULL};
     char **env = make_env(r);
     uv_stdio_container_t stdio[3] = {
         {.flags = UV_IGNORE}, /* libuv gives the child /dev/null */
         {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&r->out.pipe},
         {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&r->err.pipe},
     };
-    /* Its own process group, so that a timeout's signals reach what the hook started too. */
+    /* Its own session and process group, so that signals reach what the hook started too. */
     uv_process_options_t po = {
         .exit_cb = on_exit_cb,
         .file = path,
@@ -419,6 +428,7 @@ static int spawn(hrun *r, const char *path)
         uv_close((uv_handle_t *)&r->err.pipe, on_stream_closed);
         return rc;
     }
+    r->pgid = r->proc.pid;
     uv_read_start((uv_stream_t *)&r->out.pipe, on_alloc, on_read);
     uv_read_start((uv_stream_t *)&r->err.pipe, on_alloc, on_read);
     return 0;
@@ -463,7 +473,7 @@ static void attempt_ended(hrun *r, hookq_result res)
     hooks *h = r->h;
     char what[96];
     describe(&res, r, what, sizeof what);
-    const char *hook = kind_names[r->kind];
+    const char *hook = run_hook(r);
     log_job_fields f = run_fields(r);
     const char *st;
     if (res.retry) {
@@ -471,7 +481,7 @@ static void attempt_ended(hrun *r, hookq_result res)
                 hook, what, res.attempt, res.attempts_max,
                 (res.retry_at - (int64_t)uv_now(h->loop)) / 1000);
         st = "retry";
-        r->attempt = res.attempt + 1;
+        r->e.attempt = res.attempt + 1;
     } else if (res.outcome == HOOKQ_OK) {
         log_job(LOG_LVL_INFO, &f, "hook %s %s (attempt %d of %d)", hook, what, res.attempt,
                 res.attempts_max);
@@ -487,7 +497,7 @@ static void attempt_ended(hrun *r, hookq_result res)
          res.retry                 ? ""
          : res.outcome == HOOKQ_OK ? ""
                                    : "; given up");
-    h->counts[r->kind][res.outcome]++;
+    h->counts[r->e.kind][res.outcome]++;
     if (h->o.outcome)
         h->o.outcome(h->o.ud, hook, hookq_outcome_name(res.outcome));
     journal_write(r, st, outcome_written);
@@ -495,8 +505,9 @@ static void attempt_ended(hrun *r, hookq_result res)
 
 static void finish_attempt(hrun *r)
 {
-    if (!r->exited || r->proc_open || r->out.open || r->err.open)
+    if (!r->exited || r->proc_open || r->out.open || r->err.open || r->grace_open)
         return;
+    r->pgid = 0; /* no more signals: the group may be gone and its id reused */
     hooks *h = r->h;
     if (h->stopping) {
         run_free(r); /* killed by the stop: its entry stays "started", it runs again */
@@ -514,7 +525,7 @@ static void start_written(hrun *r, int rc)
         run_free(r);
         return;
     }
-    const char *path = h->path[r->kind];
+    const char *path = h->path[r->e.kind];
     if (rc < 0) {
         /* Not recorded, so not started: the promise is "recorded before the start". */
         attempt_ended(r, hookq_exited(h->q, r->qid, (int64_t)uv_now(h->loop), 0, 0, true));
@@ -523,8 +534,7 @@ static void start_written(hrun *r, int rc)
     int sr = spawn(r, path);
     if (sr < 0) {
         log_job_fields f = run_fields(r);
-        log_job(LOG_LVL_ERR, &f, "hook %s: cannot run %s: %s", kind_names[r->kind], path,
-                uv_strerror(sr));
+        log_job(LOG_LVL_ERR, &f, "hook %s: cannot run %s: %s", run_hook(r), path, uv_strerror(sr));
         return; /* finish_attempt reports it once the handles are closed */
     }
     hookq_started(h->q, r->qid, (int64_t)uv_now(h->loop));
@@ -535,34 +545,32 @@ static void start_written(hrun *r, int rc)
 
 static void start_run(hooks *h, hrun *r, int attempt)
 {
-    if (!h->path[r->kind]) {
+    if (!h->path[r->e.kind]) {
         /* Unconfigured by a reload since it was queued: it runs no more. */
         log_job_fields f = run_fields(r);
         log_job(LOG_LVL_NOTICE, &f, "hook %s not run: [hooks] %s is no longer configured",
-                kind_names[r->kind], kind_names[r->kind]);
+                run_hook(r), run_hook(r));
         hookq_cancel(h->q, r->qid);
         r->qid = 0;
         journal_write(r, "dropped", outcome_written);
         return;
     }
-    r->attempt = attempt;
+    r->e.attempt = attempt;
     log_job_fields f = run_fields(r);
-    log_job(LOG_LVL_INFO, &f, "hook %s: running %s %s (attempt %d)", kind_names[r->kind],
-            h->path[r->kind], r->arg, attempt);
+    log_job(LOG_LVL_INFO, &f, "hook %s: running %s %s (attempt %d)", run_hook(r),
+            h->path[r->e.kind], r->e.arg, attempt);
     journal_write(r, "started", start_written);
 }
 
 static void signal_run(hrun *r, int sig)
 {
-    if (!r->proc_open || r->exited)
+    if (r->pgid <= 0)
         return;
     log_job_fields f = run_fields(r);
-    log_job(LOG_LVL_WARNING, &f, "hook %s: %s after [hooks] hook_timeout; sending %s",
-            kind_names[r->kind], sig == SIGTERM ? "still running" : "still running 10s",
+    log_job(LOG_LVL_WARNING, &f, "hook %s: %s after [hooks] hook_timeout; sending %s", run_hook(r),
+            sig == SIGTERM ? "still running" : "still running 10s",
             sig == SIGTERM ? "SIGTERM" : "SIGKILL");
-    /* The whole process group (the hook is its leader), else the hook's own children. */
-    if (kill(-r->proc.pid, sig) < 0)
-        (void)uv_process_kill(&r->proc, sig);
+    group_signal(r, sig);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -610,33 +618,16 @@ static void pending_written(hrun *r, int rc)
 
 /* ---- finished jobs ---- */
 
-static bool known(const hooks *h, const char *base)
-{
-    for (size_t i = 0; i < h->n_known; i++)
-        if (strcmp(h->known[i], base) == 0)
-            return true;
-    return false;
-}
-
-static void remember(hooks *h, const char *base)
-{
-    if (h->n_known == h->cap_known) {
-        h->cap_known = h->cap_known ? h->cap_known * 2 : 64;
-        h->known = xrealloc(h->known, h->cap_known * sizeof *h->known);
-    }
-    h->known[h->n_known++] = xstrdup(base);
-}
-
 static void fill_from_job(hrun *r, const job *j)
 {
     hooks *h = r->h;
     bool ready = j->state == JOB_READY;
-    r->job_name = xstrdup(j->name);
-    r->job_state = xstrdup(job_state_name(j->state));
-    r->dir = fsutil_join(ready ? h->done_dir : h->failed_dir, j->dir);
-    r->arg = fsutil_join(r->dir, ready ? "result.json" : "error.json");
-    r->dataset_id = xstrdup(j->dataset_id ? j->dataset_id : "");
-    r->batch_id = xstrdup(j->batch_id ? j->batch_id : "");
+    r->e.job_name = xstrdup(j->name);
+    r->e.job_state = xstrdup(job_state_name(j->state));
+    r->e.dir = fsutil_join(ready ? h->done_dir : h->failed_dir, j->dir);
+    r->e.arg = fsutil_join(r->e.dir, ready ? "result.json" : "error.json");
+    r->e.dataset_id = xstrdup(j->dataset_id ? j->dataset_id : "");
+    r->e.batch_id = xstrdup(j->batch_id ? j->batch_id : "");
 }
 
 /* Cancelled jobs are in failed/ with error.json "code": "cancelled": on_failed runs for
@@ -667,8 +658,8 @@ void hooks_catch_up(hooks *h, const job *j)
     hooks_kind k = kind_of(j);
     if (!h->path[k] || h->since[k] == 0 || j->finished_at < h->since[k])
         return;
-    char *base = xasprintf("%s.%s.%" PRId64 ".json", j->id, kind_names[k], j->finished_at);
-    bool have = known(h, base);
+    char *base = hj_base(j->id, k, j->finished_at);
+    bool have = hj_names_has(&h->known, base);
     free(base);
     if (have)
         return;
@@ -678,12 +669,12 @@ void hooks_catch_up(hooks *h, const job *j)
     bool there = access(dir, F_OK) == 0;
     log_job_fields f = {.job_id = j->id, .job_name = j->name};
     if (!there)
-        log_job(LOG_LVL_WARNING, &f, "hook %s not run: %s is not there", kind_names[k], dir);
+        log_job(LOG_LVL_WARNING, &f, "hook %s not run: %s is not there", hooks_kind_name(k), dir);
     else
         log_job(LOG_LVL_NOTICE, &f,
                 "hook %s: queued at start (the job finished just before "
                 "the stop)",
-                kind_names[k]);
+                hooks_kind_name(k));
     free(dir);
     if (there)
         add_job(h, j);
@@ -691,110 +682,85 @@ void hooks_catch_up(hooks *h, const job *j)
 
 /* ---- the journal at start ---- */
 
-static double jnum(const cJSON *o, const char *key, double dflt)
+static void queue_loaded(hooks *h, hjentry *e)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
-}
-
-static char *jstr(const cJSON *o, const char *key)
-{
-    const char *v = json_str(o, key);
-    return xstrdup(v ? v : "");
-}
-
-/* Queues the entry of a run that has not ended; 0, or -1 when it is not a journal entry. */
-static int load_entry(hooks *h, const char *base, int64_t now)
-{
-    char *path = fsutil_join(h->dir, base);
-    char *text = NULL;
-    int rc = fsutil_read_file(path, HOOKS_JOURNAL_MAX, true, &text, NULL);
-    cJSON *o = rc == 0 ? cJSON_Parse(text) : NULL;
-    free(text);
-    const char *id = json_str(o, "id"), *hook = json_str(o, "hook"), *st = json_str(o, "state");
-    int kind = hook && strcmp(hook, "on_ready") == 0    ? HOOKS_ON_READY
-               : hook && strcmp(hook, "on_failed") == 0 ? HOOKS_ON_FAILED
-                                                        : -1;
-    if (!o || !id || !st || kind < 0) {
-        log_error("hook journal %s: not readable; left in place", path);
-        free(path);
-        cJSON_Delete(o);
-        return -1;
+    hrun *r = run_new(h, e->kind, e->job_id, e->finished_at);
+    free(r->e.job_id);
+    r->e = *e; /* takes its strings */
+    memset(e, 0, sizeof *e);
+    if (r->e.interrupted) {
+        log_job_fields f = run_fields(r);
+        log_job(LOG_LVL_NOTICE, &f,
+                "hook %s: attempt %d was interrupted by the stop; "
+                "running it again",
+                run_hook(r), r->e.attempt);
     }
-    int64_t finished_at = (int64_t)jnum(o, "finished_at", 0);
-    bool over =
-        strcmp(st, "pending") != 0 && strcmp(st, "started") != 0 && strcmp(st, "retry") != 0;
-    if (over && now - finished_at > HOOKS_KEEP_MS) {
-        (void)unlink(path);
-    } else if (!over) {
-        hrun *r = run_new(h, (hooks_kind)kind, id, finished_at);
-        r->job_name = jstr(o, "job");
-        r->job_state = jstr(o, "job_state");
-        r->dir = jstr(o, "dir");
-        r->arg = jstr(o, "arg");
-        r->dataset_id = jstr(o, "dataset_id");
-        r->batch_id = jstr(o, "batch_id");
-        int attempt = (int)jnum(o, "attempt", 1);
-        if (strcmp(st, "started") == 0) {
-            log_job_fields f = run_fields(r);
-            log_job(LOG_LVL_NOTICE, &f,
-                    "hook %s: attempt %d was interrupted by the stop; "
-                    "running it again",
-                    hook, attempt);
-        }
-        queue_run(r, attempt, 0);
-    }
-    remember(h, base);
-    free(path);
-    cJSON_Delete(o);
-    return 0;
+    queue_run(r, r->e.attempt, 0);
 }
 
-static int load_journal(hooks *h)
+static void on_loaded(void *ud, hj_loaded *res)
 {
-    DIR *d = opendir(h->dir);
-    if (!d)
-        return -errno;
-    int64_t now = time_now_ms();
-    const struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (e->d_name[0] == '.' || n < 6 || strcmp(e->d_name + n - 5, ".json") != 0)
-            continue;
-        (void)load_entry(h, e->d_name, now);
-    }
-    closedir(d);
-    return 0;
+    hooks *h = ud;
+    for (size_t i = 0; i < res->n_bad; i++)
+        log_error("hook journal %s: not readable; left in place", res->bad[i]);
+    for (size_t i = 0; i < res->n && !h->stopping; i++)
+        queue_loaded(h, &res->v[i]);
+    hj_loaded_free(res);
+    unref(h);
 }
 
-/* <hook>.since: written when the hook becomes configured, removed when it is not. */
-static void set_since(hooks *h, hooks_kind k, bool configured)
+void hooks_caught_up(hooks *h)
 {
-    char *base = xasprintf("%s.since", kind_names[k]);
-    char *path = fsutil_join(h->dir, base);
-    free(base);
-    if (!configured) {
-        h->since[k] = 0;
-        if (unlink(path) < 0 && errno != ENOENT)
-            log_warn("cannot remove %s: %s", path, strerror(errno));
-        free(path);
+    if (!h)
+        return;
+    h->refs++;
+    int rc = hj_load(h->loop, h->dir, &h->known, on_loaded, h);
+    if (rc < 0) {
+        log_error("cannot read the hook journal %s: %s", h->dir, uv_strerror(rc));
+        h->refs--; /* taken just above: never the last */
+    }
+}
+
+/* ---- configuration ---- */
+
+static void since_write(hooks *h, hooks_kind k);
+
+typedef struct sctx {
+    hooks *h;
+    hooks_kind k;
+} sctx;
+
+static void since_done(void *ud)
+{
+    sctx *c = ud;
+    hooks *h = c->h;
+    hooks_kind k = c->k;
+    free(c);
+    h->since_busy[k] = false;
+    if (h->since_dirty[k])
+        since_write(h, k);
+    unref(h);
+}
+
+/* One write of <hook>.since at a time per hook, so that the last one wins. */
+static void since_write(hooks *h, hooks_kind k)
+{
+    if (h->since_busy[k]) {
+        h->since_dirty[k] = true;
         return;
     }
-    char *text = NULL;
-    if (fsutil_read_file(path, 64, true, &text, NULL) == 0) {
-        h->since[k] = strtoll(text, NULL, 10);
-        free(text);
+    h->since_dirty[k] = false;
+    sctx *c = xcalloc(1, sizeof *c);
+    c->h = h;
+    c->k = k;
+    h->since_busy[k] = true;
+    h->refs++;
+    if (hj_since_write(h->loop, h->dir, k, h->since[k], since_done, c) < 0) {
+        log_warn("cannot queue the write of %s's %s.since", h->dir, hooks_kind_name(k));
+        h->since_busy[k] = false;
+        free(c);
+        h->refs--; /* taken just above: never the last */
     }
-    if (h->since[k] <= 0) {
-        h->since[k] = time_now_ms();
-        char buf[32];
-        int len = snprintf(buf, sizeof buf, "%" PRId64 "\n", h->since[k]);
-        /* Small and rare (a start or a reload that adds a hook). */
-        int rc = fsutil_write_atomic(path, buf, (size_t)len, 0640);
-        if (rc < 0)
-            log_warn("cannot write %s: %s", path, strerror(-rc));
-    }
-    free(path);
 }
 
 static hookq_limits limits_of(const config *c)
@@ -804,17 +770,44 @@ static hookq_limits limits_of(const config *c)
                           .max_parallel = c->hooks.max_parallel};
 }
 
-void hooks_configure(hooks *h, const config *c)
+/* <hook>.since: written (on the pool) when the hook becomes configured, removed when it
+ * is not; start says whether the file may already exist. */
+static void set_paths(hooks *h, const config *c, bool start)
 {
     const char *paths[HOOKS_KINDS] = {c->hooks.on_ready, c->hooks.on_failed};
-    for (int k = 0; k < HOOKS_KINDS; k++) {
+    for (int i = 0; i < HOOKS_KINDS; i++) {
+        hooks_kind k = (hooks_kind)i;
         free(h->path[k]);
         h->path[k] = paths[k] ? xstrdup(paths[k]) : NULL;
-        set_since(h, (hooks_kind)k, paths[k] != NULL);
+        if (paths[k] && h->since[k] == 0) {
+            h->since[k] = start ? hj_since_read(h->dir, k) : 0;
+            if (h->since[k] == 0) {
+                h->since[k] = time_now_ms();
+                since_write(h, k);
+            }
+        } else if (!paths[k] && (h->since[k] != 0 || start)) {
+            h->since[k] = 0;
+            since_write(h, k);
+        }
     }
+}
+
+void hooks_configure(hooks *h, const config *c)
+{
+    set_paths(h, c, false);
     hookq_limits l = limits_of(c);
     hookq_set_limits(h->q, &l);
     pump(h);
+}
+
+/* Hooks run with the working directory /: their paths must not be relative. */
+static char *abs_dir(const char *p)
+{
+    char *r = realpath(p, NULL);
+    if (r || p[0] == '/')
+        return r ? r : xstrdup(p);
+    char cwd[PATH_MAX];
+    return getcwd(cwd, sizeof cwd) ? fsutil_join(cwd, p) : xstrdup(p);
 }
 
 hooks *hooks_new(const hooks_options *o, const config *c)
@@ -823,26 +816,22 @@ hooks *hooks_new(const hooks_options *o, const config *c)
     h->o = *o;
     h->loop = o->loop;
     h->dir = fsutil_join(o->state_dir, "hooks");
-    h->done_dir = xstrdup(o->done_dir);
-    h->failed_dir = xstrdup(o->failed_dir);
+    h->done_dir = abs_dir(o->done_dir);
+    h->failed_dir = abs_dir(o->failed_dir);
     hookq_limits l = limits_of(c);
     h->q = hookq_new(&l);
     uv_timer_init(h->loop, &h->timer);
     h->timer.data = h;
     h->refs = 2; /* the timer, and until hooks_stop */
     int rc = fsutil_mkdir_p(h->dir, 0750);
+    if (rc == 0)
+        rc = hj_list(h->dir, &h->known);
     if (rc < 0) {
-        log_error("cannot create the hook journal %s: %s", h->dir, strerror(-rc));
+        log_error("cannot use the hook journal %s: %s", h->dir, strerror(-rc));
         hooks_stop(h);
         return NULL;
     }
-    hooks_configure(h, c);
-    rc = load_journal(h);
-    if (rc < 0) {
-        log_error("cannot read the hook journal %s: %s", h->dir, strerror(-rc));
-        hooks_stop(h);
-        return NULL;
-    }
+    set_paths(h, c, true);
     return h;
 }
 
@@ -858,11 +847,10 @@ uint64_t hooks_runs(const hooks *h, hooks_kind k, hookq_outcome o)
 static void destroy(hooks *h)
 {
     hookq_free(h->q);
-    for (size_t i = 0; i < h->n_known; i++)
-        free(h->known[i]);
-    free(h->known);
+    hj_names_free(&h->known);
     for (int k = 0; k < HOOKS_KINDS; k++)
         free(h->path[k]);
+    free(h->stop_groups);
     free(h->dir);
     free(h->done_dir);
     free(h->failed_dir);
@@ -880,24 +868,65 @@ static void on_timer_closed(uv_handle_t *t)
     unref(t->data);
 }
 
-/* Each run: a running one is killed (its exit and pipes free it), one whose journal write
- * is out is freed when the write returns, the others now. Journal entries stay as they are:
- * a killed run is "started" and runs again on the next start. */
+/* The groups signalled at the stop: done when none is left, SIGKILL to the rest after
+ * HOOKS_STOP_GRACE_MS. */
+static void on_stop_timer(uv_timer_t *t)
+{
+    hooks *h = t->data;
+    bool late = uv_now(h->loop) - h->stop_at >= HOOKS_STOP_GRACE_MS;
+    size_t alive = 0;
+    for (size_t i = 0; i < h->n_stop_groups; i++) {
+        if (kill(-h->stop_groups[i], 0) < 0)
+            continue;
+        alive++;
+        if (late)
+            (void)kill(-h->stop_groups[i], SIGKILL);
+    }
+    if (late && alive)
+        log_notice("stop: %zu hook process group(s) still there %ds after SIGTERM: SIGKILL", alive,
+                   HOOKS_STOP_GRACE_MS / 1000);
+    if (late || !alive)
+        uv_close((uv_handle_t *)t, on_timer_closed);
+}
+
+/* A running attempt: SIGTERM to its group, and its pipes are closed (nothing more is read
+ * from it, and a process it left cannot hold the stop). */
+static void stop_attempt(hooks *h, hrun *r)
+{
+    h->stop_groups[h->n_stop_groups++] = r->pgid;
+    group_signal(r, SIGTERM);
+    close_stream(&r->out);
+    close_stream(&r->err);
+    close_grace(r);
+}
+
+/* Each run: a running one gets SIGTERM then SIGKILL (its exit and pipes free it), one
+ * whose journal write is out is freed when the write returns, the others now. Journal
+ * entries stay as they are: a stopped run is "started" and runs again on the next start. */
 void hooks_stop(hooks *h)
 {
     if (!h || h->stopping)
         return;
     h->stopping = true;
     hookq_stop(h->q);
+    size_t n = 0;
+    for (const hrun *r = h->runs; r; r = r->next)
+        n++;
+    h->stop_groups = xcalloc(n + 1, sizeof *h->stop_groups);
     hrun *next;
     for (hrun *r = h->runs; r; r = next) {
         next = r->next;
-        if (r->proc_open && !r->exited) {
-            if (kill(-r->proc.pid, SIGKILL) < 0)
-                (void)uv_process_kill(&r->proc, SIGKILL);
-        } else if (!r->proc_open && !r->out.open && !r->err.open) {
+        if (r->pgid > 0)
+            stop_attempt(h, r);
+        else if (!r->proc_open && !r->out.open && !r->err.open && !r->grace_open)
             run_free(r);
-        }
+    }
+    if (h->n_stop_groups) {
+        uv_timer_init(h->loop, &h->stop_timer);
+        h->stop_timer.data = h;
+        h->stop_at = uv_now(h->loop);
+        h->refs++;
+        uv_timer_start(&h->stop_timer, on_stop_timer, HOOKS_STOP_POLL_MS, HOOKS_STOP_POLL_MS);
     }
     uv_close((uv_handle_t *)&h->timer, on_timer_closed);
     unref(h);

@@ -34,9 +34,9 @@ typedef struct hooks_options {
     void (*outcome)(void *ud, const char *hook, const char *outcome);
 } hooks_options;
 
-/* Creates the journal directory and queues the runs it holds that have not ended (pending,
- * or started and interrupted by a crash or a stop). NULL after logging why when the journal
- * cannot be used. Blocking: call before the loop runs. */
+/* Creates the journal directory and lists its file names (for hooks_catch_up); the done and
+ * failed directories are made absolute (hooks run in /). NULL after logging why when the
+ * journal cannot be used. Blocking: call before the loop runs. */
 hooks *hooks_new(const hooks_options *o, const config *c);
 /* A reload: new paths and limits apply to attempts started from now on. */
 void hooks_configure(hooks *h, const config *c);
@@ -46,11 +46,15 @@ void hooks_job_finished(hooks *h, const job *j);
  * configured and the journal has no run for it (the daemon stopped between the finish and
  * the journal's first write). */
 void hooks_catch_up(hooks *h, const job *j);
+/* After the last hooks_catch_up: the journal's runs that have not ended (pending, or
+ * started and interrupted by a crash or a stop) are read on the thread pool and queued. */
+void hooks_caught_up(hooks *h);
 /* Attempts that ended, by hook and outcome, since the start. */
 uint64_t hooks_runs(const hooks *h, hooks_kind k, hookq_outcome o);
-/* Stopping: nothing more starts; running hooks are killed (their journal entries stay
+/* Stopping: nothing more starts; running hooks' process groups get SIGTERM, and SIGKILL
+ * 2 s later if still there, and their output is no longer read (their journal entries stay
  * "started", so they run again on the next start). Frees h once the journal writes on the
- * pool and the handles are done. */
+ * pool, the processes and the handles are done. */
 void hooks_stop(hooks *h);
 
 #endif

@@ -219,6 +219,7 @@ static int start_hooks(batchd *d)
         return EX_CANTCREAT;
     for (size_t i = 0; i < runner_count(d->runner); i++)
         hooks_catch_up(d->hooks, runner_job_at(d->runner, i));
+    hooks_caught_up(d->hooks);
     return 0;
 }
 

@@ -28,8 +28,8 @@ static void close_handle(uv_handle_t *h)
 static void stop_now(batchd *d)
 {
     d->draining = false;
-    /* Running hooks are killed; their journal entries say "started", so they run again on
-     * the next start (hooks.c). */
+    /* Running hooks get SIGTERM, and SIGKILL 2 s later (the loop ends once they are gone);
+     * their journal entries say "started", so they run again on the next start (hooks.c). */
     hooks_stop(d->hooks);
     d->hooks = NULL;
     runner_shutdown(d->runner);

@@ -461,6 +461,7 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
     bool ok = j->state == JOB_READY;
     if (rc < 0 && finish_failed(r, ok, rc))
         return;
+    bool gone = rc == -ENOENT;
     r->finished = true;
     j->moved = true;
     rn->n_active--;
@@ -478,8 +479,15 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
     log_finished(r, ok);
     rj_persist(r);
     rj_publish(r);
-    if (rn->hooks.job_finished)
+    if (gone) {
+        /* A hook's argv[1] would name a file that does not exist (as hooks_catch_up in
+         * src/batchd/hooks.c, which skips a job whose directory is not there). */
+        log_job_fields f = rj_fields(j);
+        log_job(LOG_LVL_WARNING, &f, "no hook run: its files are not in %s/",
+                ok ? "done" : "failed");
+    } else if (rn->hooks.job_finished) {
         rn->hooks.job_finished(rn->hooks.ud, j);
+    }
     rn_evict_finished(rn);
     runner_update_status(rn);
     runner_claim_soon(rn);

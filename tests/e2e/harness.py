@@ -190,7 +190,7 @@ class Daemon:
                     f.write(f"{k} = {v}\n")
         self.log_path = os.path.join(d, "batchd.log")
 
-    def start(self, wait=True, env=None):
+    def start(self, wait=True, env=None, cwd=None):
         self.starts += 1
         log = open(self.log_path, "ab")
         e = dict(os.environ)
@@ -204,7 +204,7 @@ class Daemon:
                    "--errors-for-leak-kinds=definite,indirect",
                    "--show-leak-kinds=definite,indirect",
                    f"--log-file={self.env.dir}/valgrind-%p.log"] + cmd
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=e)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=e, cwd=cwd)
         log.close()
         if wait:
             wait_for(self.answers, 20 * SLOW, "batchd's control socket")

@@ -5,6 +5,7 @@ after kill -9, and the two hooks of examples/hooks/."""
 import http.server
 import json
 import os
+import shlex
 import signal
 import threading
 
@@ -73,19 +74,21 @@ def env_with_hooks(ready="", failed="", extra=""):
     return env, conf
 
 
-def start_with(env, hooks_conf, start_env=None):
+def start_with(env, hooks_conf, start_env=None, cwd=None):
     with open(env.daemon.conf, "a") as f:
         f.write("[hooks]\n" + hooks_conf)
     # The token in the daemon's own environment too: a hook must never see it.
     e = {"BATCHD_API_TOKEN": TOKEN, "CREDENTIALS_DIRECTORY": os.path.join(env.dir, "creds")}
     e.update(start_env or {})
-    env.daemon.start(env=e)
+    env.daemon.start(env=e, cwd=cwd)
 
 
 def history_notes(env, name):
     from harness import call
-    job = call(env.daemon.socket, "io.batchd.GetJob", {"job": name})["parameters"]["job"]
-    return [h.get("note") or "" for h in job["history"]]
+    reply = call(env.daemon.socket, "io.batchd.GetJob", {"job": name})
+    if reply.get("error"):
+        return []  # not claimed yet (io.batchd.NoSuchJob)
+    return [h.get("note") or "" for h in reply["parameters"]["job"]["history"]]
 
 
 def test_ready_and_failed():
@@ -139,7 +142,15 @@ def test_ready_and_failed():
         d.start()
         check("hook on_ready exited 0 (attempt 1 of 4)" in history_notes(env, "good"),
               "history after restart")
-        check(len(calls(rout)) == 1 and len(calls(fout)) == 1, "no second run after a restart")
+        # No second run after the restart: the journal is read on the thread pool after the
+        # start, so wait until a later job's run is over before counting.
+        src2 = os.path.join(env.dir, "later.jsonl")
+        write_jsonl(src2)
+        d.drop(src2)
+        wait_for(lambda: "hook on_ready exited 0 (attempt 1 of 4)" in
+                 history_notes(env, "later"), 30, "the later job's hook ran")
+        check(len(calls(rout, res["id"])) == 1 and len(calls(fout)) == 1,
+              "no second run after a restart")
 
 
 def test_retry_after_exit_1():
@@ -162,23 +173,130 @@ def test_retry_after_exit_1():
         check("retrying in 1s" in logs and "retrying in 2s" in logs, "backoff 1 s then 2 s")
 
 
+# A shell hook whose first attempt traps SIGTERM (recording it) and waits; later ones exit 0.
+# The trap is set before anything else, well inside hook_timeout.
+TRAP_HOOK = r"""#!/bin/sh
+trap 'touch "$OUT/term.$BATCHD_JOB_ID.$n"; exit 143' TERM
+OUT=%s
+n=$(($(ls "$OUT" | grep -c "^call\.$BATCHD_JOB_ID\.") + 1))
+touch "$OUT/call.$BATCHD_JOB_ID.$n"
+if [ "$n" -eq 1 ]; then
+    sleep 60 &
+    wait
+fi
+exit 0
+"""
+
+
 def test_timeout_term_then_retry():
     """Past hook_timeout the hook gets SIGTERM; the next attempt runs and succeeds."""
     env = Env(start=False)
     with env:
-        ready, rout = make_hook(env, "ready", sleep=60)
-        start_with(env, f"on_ready = {ready}\nhook_timeout = 1s\n")
+        out = os.path.join(env.dir, "out-trap")
+        os.makedirs(out)
+        ready = os.path.join(env.dir, "trap")
+        with open(ready, "w") as f:
+            f.write(TRAP_HOOK % shlex.quote(out))
+        os.chmod(ready, 0o755)
+        start_with(env, f"on_ready = {ready}\nhook_timeout = 3s\n")
         d = env.daemon
         src = os.path.join(env.dir, "t.jsonl")
         write_jsonl(src)
         d.drop(src)
-        wait_for(lambda: len(calls(rout)) == 2, 30, "a second run after the timeout")
-        job = calls(rout)[0]["env"]["BATCHD_JOB_ID"]
-        check(os.path.exists(os.path.join(rout, f"term.{job}.1")), "the first run got SIGTERM")
         wait_for(lambda: "hook on_ready exited 0 (attempt 2 of 4)" in history_notes(env, "t"),
-                 10, "the retry succeeded")
-        check("hook on_ready killed after its timeout (attempt 1 of 4)" in history_notes(env, "t"),
-              history_notes(env, "t"))
+                 60, "the retry after the timeout succeeded")
+        notes = history_notes(env, "t")
+        check("hook on_ready killed after its timeout (attempt 1 of 4)" in notes, notes)
+        job = d.result("t")["id"]
+        check(os.path.exists(os.path.join(out, f"term.{job}.1")),
+              "the first attempt got SIGTERM (not only SIGKILL)")
+
+
+# Leaves a background process holding its stdout and stderr, records its pid, exits 0.
+BG_HOOK = r"""#!/bin/sh
+sleep 300 &
+echo $! > %s/bg.$BATCHD_JOB_ID
+exit 0
+"""
+
+
+def test_background_child():
+    """A hook that exits 0 but leaves a process holding its output: the run is over promptly
+    (the pipes get a short grace), and a stop is not held up by that process."""
+    env = Env(start=False)
+    bg = []
+    with env:
+        out = os.path.join(env.dir, "out-bg")
+        os.makedirs(out)
+        ready = os.path.join(env.dir, "bg")
+        with open(ready, "w") as f:
+            f.write(BG_HOOK % shlex.quote(out))
+        os.chmod(ready, 0o755)
+        start_with(env, f"on_ready = {ready}\n")
+        d = env.daemon
+        try:
+            src = os.path.join(env.dir, "a.jsonl")
+            write_jsonl(src)
+            d.drop(src)
+            first = wait_for(lambda: [f for f in os.listdir(out) if f.startswith("bg.")
+                                      and os.path.getsize(os.path.join(out, f))], 30,
+                             "the hook left its background process")
+            bg.append(int(open(os.path.join(out, first[0])).read()))
+            wait_for(lambda: "hook on_ready exited 0 (attempt 1 of 4)" in
+                     history_notes(env, "a"), 20, "the run recorded as done")
+            # A second one, stopped while its background process still holds the pipes.
+            src = os.path.join(env.dir, "b.jsonl")
+            write_jsonl(src)
+            d.drop(src)
+            wait_for(lambda: [f for f in os.listdir(out) if f.startswith("bg.")
+                              and os.path.getsize(os.path.join(out, f))
+                              and int(open(os.path.join(out, f)).read()) not in bg],
+                     30, "the second hook left its background process")
+            pid_b = [int(open(os.path.join(out, f)).read()) for f in os.listdir(out)
+                     if f.startswith("bg.") and int(open(os.path.join(out, f)).read()) not in bg][0]
+            bg.append(pid_b)
+            check(d.stop(timeout=6) == 0, "batchd stopped cleanly")
+
+            def gone(pid):
+                try:
+                    return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+                except OSError:
+                    return True
+            job_b = d.result("b")["id"]
+            ended = f"job {job_b}" in d.logs() and any(
+                f"job {job_b}" in line and "hook on_ready exited 0" in line
+                for line in d.logs().splitlines())
+            # Stopped within the grace: its group got SIGTERM. Over before the stop: the
+            # process was left alone, as the man page says.
+            check(ended or wait_for(lambda: gone(pid_b), 5, "the background process killed"),
+                  "the second hook's background process")
+        finally:
+            for pid in bg:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def test_relative_spool():
+    """A spool dir relative to batchd's working directory: hooks (run in /) still get
+    absolute paths that exist."""
+    env = Env(start=False, extra_conf="spool.dir = spool")
+    with env:
+        ready, rout = make_hook(env, "ready")
+        start_with(env, f"on_ready = {ready}\n", cwd=env.dir)
+        d = env.daemon
+        src = os.path.join(env.dir, "rel.jsonl")
+        write_jsonl(src)
+        d.drop(src)
+        wait_for(lambda: len(calls(rout)) == 1, 30, "the hook ran")
+        c = calls(rout)[0]
+        arg = c["argv"][1]
+        check(os.path.isabs(arg) and os.path.isfile(arg), c["argv"])
+        check(os.path.samefile(arg, os.path.join(d.spool, "done", "rel", "result.json")),
+              c["argv"])
+        check(os.path.isabs(c["env"]["BATCHD_DIR"]) and os.path.isdir(c["env"]["BATCHD_DIR"]),
+              c["env"])
 
 
 def test_rerun_after_kill9():
@@ -356,5 +474,5 @@ def test_check_config():
 
 if __name__ == "__main__":
     run([test_ready_and_failed, test_retry_after_exit_1, test_timeout_term_then_retry,
-         test_rerun_after_kill9, test_stop_while_running, test_finished_before_journal, test_example_hooks,
+         test_background_child, test_relative_spool, test_rerun_after_kill9, test_stop_while_running, test_finished_before_journal, test_example_hooks,
          test_check_config])

@@ -109,6 +109,7 @@ typedef struct world {
     int changed, passed, status_calls, ended, rejected;
     unsigned rejected_gen;
     size_t st_active, st_done, st_failed;
+    size_t finished_hooks;               /* job_finished calls */
     runner_request_info done_reqs[MAXN]; /* request_done, for the metrics */
     size_t n_done_reqs;
 } world;
@@ -654,6 +655,13 @@ static void hk_request_done(void *ud, const job *j, const runner_request_info *i
         w->done_reqs[w->n_done_reqs++] = *info;
 }
 
+static void hk_finished(void *ud, const job *j)
+{
+    world *w = ud;
+    assert_non_null(j);
+    w->finished_hooks++;
+}
+
 static void start_runner(world *w)
 {
     runner_backend be = {&store_ops, &http_ops, &spool_ops, &validate_ops, &clock_ops, w};
@@ -662,7 +670,8 @@ static void start_runner(world *w)
                           .status = hk_status,
                           .request_ended = hk_ended,
                           .token_rejected = hk_rejected,
-                          .request_done = hk_request_done};
+                          .request_done = hk_request_done,
+                          .job_finished = hk_finished};
     runner_options o = {.state_dir = "/state", .incoming_dir = "/spool/incoming", .seed = 42};
     w->rn = runner_new(&be, &hooks, &o);
     job_params p;
@@ -1413,6 +1422,7 @@ static void test_retries_of_io(void **state)
     advance(w, 5000);
     flush(w);
     assert_true(j->moved);
+    assert_int_equal(w->finished_hooks, 1);
 }
 
 static void test_finish_dir_gone(void **state)
@@ -1425,6 +1435,8 @@ static void test_finish_dir_gone(void **state)
     flush(w);
     assert_true(j->moved); /* nothing to move, and no retry can help */
     assert_int_equal(w->st_done, 1);
+    /* Its files are not in done/: a hook would get a result.json that does not exist. */
+    assert_int_equal(w->finished_hooks, 0);
 }
 
 /* Validation slots: two at once, the third waits for a free one. */
