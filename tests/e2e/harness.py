@@ -49,6 +49,15 @@ def binary(name):
     return os.path.join(BUILD, name)
 
 
+def batchctl(env, *args, text=True, timeout=30):
+    """Runs batchctl against the env's daemon (its config and socket; $BATCHD_CONFIG of the
+    caller left out); returns the CompletedProcess, output as text unless text=False."""
+    e = dict(os.environ)
+    e.pop("BATCHD_CONFIG", None)
+    return subprocess.run([binary("batchctl"), "-c", env.daemon.conf, "-s", env.daemon.socket,
+                           *args], capture_output=True, text=text, timeout=timeout, env=e)
+
+
 _OTHER_UID_BIN = []
 
 

@@ -10,17 +10,14 @@ import select
 import subprocess
 import time
 
-from harness import Env, binary, call, check, run, wait_for
+from harness import Env, batchctl, binary, call, check, run, wait_for
 
 COMMANDS = ("status", "list", "show", "watch", "submit", "wait", "validate", "retry", "cancel",
             "pause", "resume", "reload", "metrics", "help")
 
 
 def ctl(env, *args, timeout=60):
-    cmd = [binary("batchctl"), "-c", env.daemon.conf, *args]
-    e = dict(os.environ)
-    e.pop("BATCHD_CONFIG", None)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
+    return batchctl(env, *args, timeout=timeout)
 
 
 def write_jsonl(path, rows):

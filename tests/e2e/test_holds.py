@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 
-from harness import Env, TestFailure, binary, call, check, hold, run, wait_for
+from harness import Env, TestFailure, batchctl, binary, call, check, hold, run, wait_for
 
 
 def info(env):
@@ -20,11 +20,7 @@ def get_job(env, key):
     return call(env.daemon.socket, "io.batchd.GetJob", {"job": key})["parameters"]["job"]
 
 
-def ctl(env, *args):
-    e = dict(os.environ)
-    e.pop("BATCHD_CONFIG", None)
-    return subprocess.run([binary("batchctl"), "-c", env.daemon.conf, "-s", env.daemon.socket,
-                           *args], capture_output=True, text=True, timeout=30, env=e)
+ctl = batchctl
 
 
 def data_file(env, name, good=3, bad=0):

@@ -11,7 +11,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Env, binary, check, run, wait_for, TOKEN  # noqa: E402
+from harness import Env, batchctl, binary, check, run, wait_for, TOKEN  # noqa: E402
 
 NAMES = [b"evil\x1b[31m\xff\xfe", b"c1\xc2\x9b2J-nl\x7fdel", b"ok-name"]
 
@@ -63,11 +63,7 @@ def assert_text_safe(data, what, allow=b"\n"):
 
 
 def ctl(env, *args):
-    e = dict(os.environ)
-    e.pop("BATCHD_CONFIG", None)
-    p = subprocess.run([binary("batchctl"), "-s", env.daemon.socket, *args],
-                       capture_output=True, timeout=30, env=e)
-    return p
+    return batchctl(env, *args, text=False)
 
 
 def check_everything(env, ids):

@@ -17,7 +17,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from harness import SLOW, SOURCE, Env, Skipped, TestFailure, binary, check, run, wait_for
+from harness import (SLOW, SOURCE, Env, Skipped, TestFailure, batchctl, binary, check, run,
+                     wait_for)
 
 
 def free_port():
@@ -33,11 +34,7 @@ def need(tool):
     return path
 
 
-def ctl(env, *args):
-    e = dict(os.environ)
-    e.pop("BATCHD_CONFIG", None)
-    return subprocess.run([binary("batchctl"), "-s", env.daemon.socket, *args],
-                          capture_output=True, text=True, timeout=30, env=e)
+ctl = batchctl
 
 
 def run_job(env):

@@ -7,8 +7,8 @@ import json
 import os
 import subprocess
 
-from harness import (TOKEN, Env, Skipped, binary, call, check, hold, other_uid_bin_dir, run,
-                     wait_for)
+from harness import (TOKEN, Env, Skipped, batchctl, binary, call, check, hold,
+                     other_uid_bin_dir, run, wait_for)
 
 WRONG = "e2e-wrong-token-typo"
 NOBODY = 65534
@@ -38,11 +38,7 @@ def info(env):
     return call(env.daemon.socket, "io.batchd.GetInfo")["parameters"]
 
 
-def ctl(env, *args):
-    e = dict(os.environ)
-    e.pop("BATCHD_CONFIG", None)
-    return subprocess.run([binary("batchctl"), "-s", env.daemon.socket, *args],
-                          capture_output=True, text=True, timeout=30, env=e)
+ctl = batchctl
 
 
 def count_401(env):
