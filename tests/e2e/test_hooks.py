@@ -299,19 +299,25 @@ def test_relative_spool():
               c["env"])
 
 
+def start_sleeping_hook(env, name):
+    """Starts batchd with an on_ready hook that sleeps, drops job NAME and waits until its
+    hook runs; returns the daemon, the hook's call log and the hook's pid."""
+    ready, rout = make_hook(env, "ready", sleep=300)
+    start_with(env, f"on_ready = {ready}\n")
+    d = env.daemon
+    src = os.path.join(env.dir, f"{name}.jsonl")
+    write_jsonl(src)
+    d.drop(src)
+    wait_for(lambda: len(calls(rout)) == 1, 30, "the hook started")
+    return d, rout, calls(rout)[0]["pid"]
+
+
 def test_rerun_after_kill9():
     """A hook running when the daemon is killed with SIGKILL runs again after the restart;
     the running hook's /proc/PID/environ holds no token."""
     env = Env(start=False)
     with env:
-        ready, rout = make_hook(env, "ready", sleep=300)
-        start_with(env, f"on_ready = {ready}\n")
-        d = env.daemon
-        src = os.path.join(env.dir, "k.jsonl")
-        write_jsonl(src)
-        d.drop(src)
-        wait_for(lambda: len(calls(rout)) == 1, 30, "the hook started")
-        pid = calls(rout)[0]["pid"]
+        d, rout, pid = start_sleeping_hook(env, "k")
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read()
@@ -336,14 +342,7 @@ def test_stop_while_running():
     again after the restart."""
     env = Env(start=False)
     with env:
-        ready, rout = make_hook(env, "ready", sleep=300)
-        start_with(env, f"on_ready = {ready}\n")
-        d = env.daemon
-        src = os.path.join(env.dir, "s.jsonl")
-        write_jsonl(src)
-        d.drop(src)
-        wait_for(lambda: len(calls(rout)) == 1, 30, "the hook started")
-        pid = calls(rout)[0]["pid"]
+        d, rout, pid = start_sleeping_hook(env, "s")
         check(d.stop() == 0, "batchd stopped cleanly")
         wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
                  open(f"/proc/{pid}/stat").read().split()[2] == "Z", 10, "the hook was killed")
