@@ -30,6 +30,9 @@ struct metrics_http {
     char last_error[256];
 };
 
+/* libmicrohttpd's error callback: the format is its own. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     metrics_http *h = cls;
