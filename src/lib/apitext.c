@@ -474,9 +474,27 @@ static char *clean(const char *s, size_t len, const char *secret, size_t max, bo
     return strbuf_steal(&sb);
 }
 
+/* The text goes into JSON, and printing it there escapes a control character as letters and
+ * digits (a tab as \t, U+0001 as \u0001). Those can join the text around them into the secret
+ * although the text holds no copy of it. Then the printed form is cleaned instead: it has no
+ * control characters left, and its backslashes print as \\, which joins nothing. */
 char *apitext_clean(const char *s, size_t len, const char *secret)
 {
-    return clean(s ? s : "", s ? len : 0, secret, APITEXT_MAX, false);
+    char *out = clean(s ? s : "", s ? len : 0, secret, APITEXT_MAX, false);
+    if (!secret || !*secret)
+        return out;
+    cJSON *probe = cJSON_CreateString(out);
+    if (!probe)
+        abort(); /* cJSON failed to allocate */
+    char *text = json_print(probe);
+    cJSON_Delete(probe);
+    size_t tl = strlen(text);
+    if (apitext_has_secret(text, tl, secret)) {
+        free(out);
+        out = clean(text + 1, tl - 2, secret, APITEXT_MAX, false); /* without the quotes */
+    }
+    free(text);
+    return out;
 }
 
 char *apitext_clean_str(const char *s, const char *secret)

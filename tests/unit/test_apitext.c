@@ -253,6 +253,34 @@ static void test_body_json(void **state)
     assert_null(apitext_body("", 0, NULL));
 }
 
+/* A secret that starts with a letter an escape prints (t, n, u0001...) must not be spelled by
+ * the printed JSON of a string that holds a control character just before the rest of it. */
+static void test_escape_spells_secret(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *secret, *body;
+    } cases[] = {
+        /* a JSON body: the string decodes to a tab and the secret's tail */
+        {"tAltzljyl0t0vrlut4mTh5", "{\"detail\":\"x\\tAltzljyl0t0vrlut4mTh5\"}"},
+        /* the same as a key */
+        {"tAltzljyl0t0vrlut4mTh5", "{\"\\tAltzljyl0t0vrlut4mTh5\":1}"},
+        /* U+0001 prints as \u0001 */
+        {"u0001abcdefghijk", "[\"\\u0001abcdefghijk\"]"},
+        /* not JSON: a raw newline byte before the tail, kept as text */
+        {"nSecretTailToken42", "oops \nSecretTailToken42 <"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *v = apitext_body(cases[i].body, strlen(cases[i].body), cases[i].secret);
+        assert_non_null(v);
+        char *text = json_print(v);
+        assert_false(apitext_has_secret(text, strlen(text), cases[i].secret));
+        assert_non_null(strstr(text, APITEXT_REDACTED));
+        free(text);
+        cJSON_Delete(v);
+    }
+}
+
 /* A note appended to a message keeps the whole within the cap, the note whole. */
 static void test_with_suffix(void **state)
 {
@@ -305,10 +333,15 @@ static void test_display(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_cap),
-        cmocka_unit_test(test_token_forms),  cmocka_unit_test(test_hex_token_case),
-        cmocka_unit_test(test_body_json),    cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_display),      cmocka_unit_test(test_with_suffix),
+        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_cap),
+        cmocka_unit_test(test_token_forms),
+        cmocka_unit_test(test_hex_token_case),
+        cmocka_unit_test(test_body_json),
+        cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_display),
+        cmocka_unit_test(test_with_suffix),
+        cmocka_unit_test(test_escape_spells_secret),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
