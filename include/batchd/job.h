@@ -21,6 +21,7 @@ typedef enum job_state {
     JOB_CREATING_BATCH,
     JOB_SETTING_UP,
     JOB_PROCESSING,
+    JOB_SYNCING, /* an append job: the batch takes the new datapoints in */
     JOB_READY,
     JOB_FAILED,
     JOB_CANCELLED,
@@ -46,6 +47,8 @@ typedef enum job_op {
     JOB_OP_SETUP,          /* POST /batches/{id}/setup */
     JOB_OP_BATCH_STATUS,   /* GET /batches/{id}/status: poll */
     JOB_OP_GET_BATCH,      /* GET /batches/{id}: task counts once READY */
+    JOB_OP_SYNC,           /* POST /batches/{id}/sync (an append job; safe to repeat) */
+    JOB_OP_GET_SYNC,       /* GET /batches/{id}/syncs/{sync_id}: poll */
     JOB_OP_COUNT
 } job_op;
 
@@ -77,6 +80,22 @@ typedef struct job_params {
 #define JOB_RETRY_ATTEMPTS_MAX 20
 
 void job_params_default(job_params *p);
+
+/* What an append job adds to: a batch that exists (a ready job's, or one given by its ids).
+ * Its records go into the batch's dataset as one more import, then a sync turns them into
+ * tasks. The dataset and batch ids are the job's own dataset_id and batch_id. */
+typedef struct job_append {
+    bool on;               /* the job appends (append_to in its job.json) */
+    char *target_job_id;   /* the batchd job appended to; NULL when ids were given */
+    char *target_job_name; /* its name, for result.json and show */
+    char *sync_id;
+    char *sync_status; /* queued, processing, complete, failed; NULL before the request */
+    /* The sync's counts once complete; -1 unknown. */
+    int64_t tasks_created;
+    int64_t datapoints_processed;
+    int64_t groups_created;
+    int64_t groups_expanded;
+} job_append;
 
 typedef struct job {
     char id[32];
@@ -116,6 +135,7 @@ typedef struct job {
     int64_t total_task_count;
     int64_t total_task_groups;
     bool setup_done;
+    job_append append;
 
     /* Progress of the current step. */
     job_op pending_op;       /* durable intent: sent, outcome not yet recorded */
@@ -137,6 +157,9 @@ typedef struct job {
 
     cJSON *history; /* [{at, state, note}] */
 } job;
+
+/* Forgets a sync (its id, status and counts), so that the next one is requested anew. */
+void job_append_reset_sync(job_append *a);
 
 /* A new job in state queued. */
 job *job_new(const char *id, const char *name, const char *dir, int64_t now_ms);
@@ -206,6 +229,14 @@ typedef struct job_validation {
     int64_t records;
     int64_t rejected;
     int64_t bytes;
+    /* An append job: the target, resolved by the caller (never by the machine: it knows no
+     * other job). dataset_id and batch_id are required; the job's fields are NULL when ids
+     * were given instead of a job. */
+    bool append;
+    const char *append_job_id;
+    const char *append_job_name;
+    const char *dataset_id;
+    const char *batch_id;
 } job_validation;
 
 void job_on_validated(job *j, const job_validation *v, int64_t now_ms);

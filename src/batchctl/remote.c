@@ -313,8 +313,8 @@ int ctl_status(const ctl_ctx *x, int argc, char **argv)
         /* Asked by state: ListJobs returns the newest 1000 by default, and an unfinished job
          * older than a thousand finished ones must still show. */
         static const char *const unfinished_states[] = {
-            "queued",    "validating",     "creating_dataset", "uploading",
-            "importing", "creating_batch", "setting_up",       "processing"};
+            "queued",         "validating", "creating_dataset", "uploading", "importing",
+            "creating_batch", "setting_up", "processing",       "syncing"};
         cJSON *params = cJSON_CreateObject();
         cJSON *states = cJSON_AddArrayToObject(params, "states");
         for (size_t i = 0; i < sizeof unfinished_states / sizeof *unfinished_states; i++)
@@ -383,8 +383,8 @@ static int list_limit(cJSON *params, const char *limit)
 /* What list --state takes: every job state, and the groups batchd expands. */
 static const char *const list_states[] = {
     "queued",         "validating", "creating_dataset", "uploading", "importing",
-    "creating_batch", "setting_up", "processing",       "ready",     "failed",
-    "cancelled",      "finished",   "unfinished"};
+    "creating_batch", "setting_up", "processing",       "syncing",   "ready",
+    "failed",         "cancelled",  "finished",         "unfinished"};
 
 static int list_state_ok(const char *s)
 {

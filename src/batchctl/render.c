@@ -190,6 +190,13 @@ const char *ctl_short_id(const char *id, size_t len, char *buf, size_t buflen)
     return buf;
 }
 
+/* An append job's sync, as the Job object says: its status, or "requested" before one. */
+static const char *sync_status(const cJSON *job)
+{
+    const char *st = json_str(cJSON_GetObjectItemCaseSensitive(job, "append_to"), "sync_status");
+    return st ? st : "requested";
+}
+
 char *ctl_progress_text(const cJSON *job, char *buf, size_t len)
 {
     const char *state = json_str(job, "state");
@@ -212,6 +219,8 @@ char *ctl_progress_text(const cJSON *job, char *buf, size_t len)
         snprintf(buf, len, "import %s", imp ? imp : "started");
     else if ((strcmp(state, "setting_up") == 0 || strcmp(state, "processing") == 0) && bst)
         snprintf(buf, len, "batch %s", bst);
+    else if (strcmp(state, "syncing") == 0)
+        snprintf(buf, len, "sync %s", sync_status(job));
     else if (strcmp(state, "ready") == 0 && tasks >= 0)
         snprintf(buf, len, "%" PRId64 " tasks", tasks);
     else if (records >= 0)
@@ -226,8 +235,8 @@ double ctl_progress_fraction(const cJSON *job)
         double at;
     } steps[] = {{"queued", 0.0},      {"validating", 0.02}, {"creating_dataset", 0.05},
                  {"uploading", 0.05},  {"importing", 0.5},   {"creating_batch", 0.7},
-                 {"setting_up", 0.75}, {"processing", 0.85}, {"ready", 1.0},
-                 {"failed", 0.0},      {"cancelled", 0.0}};
+                 {"setting_up", 0.75}, {"processing", 0.85}, {"syncing", 0.85},
+                 {"ready", 1.0},       {"failed", 0.0},      {"cancelled", 0.0}};
     const char *state = json_str(job, "state");
     double f = 0;
     for (size_t i = 0; state && i < BD_ARRAY_LEN(steps); i++)

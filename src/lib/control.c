@@ -187,9 +187,8 @@ typedef struct method_def {
 } method_def;
 
 static const char *const known_states[] = {
-    "queued",    "validating",     "creating_dataset", "uploading",
-    "importing", "creating_batch", "setting_up",       "processing",
-    "ready",     "failed",         "cancelled",
+    "queued",     "validating", "creating_dataset", "uploading", "importing", "creating_batch",
+    "setting_up", "processing", "syncing",          "ready",     "failed",    "cancelled",
 };
 
 /* ---------------------------------------------------------------- access */

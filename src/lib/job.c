@@ -25,6 +25,7 @@ static const char *const state_names[JOB_STATE_COUNT] = {
     [JOB_CREATING_BATCH] = "creating_batch",
     [JOB_SETTING_UP] = "setting_up",
     [JOB_PROCESSING] = "processing",
+    [JOB_SYNCING] = "syncing",
     [JOB_READY] = "ready",
     [JOB_FAILED] = "failed",
     [JOB_CANCELLED] = "cancelled",
@@ -43,6 +44,8 @@ static const char *const op_names[JOB_OP_COUNT] = {
     [JOB_OP_SETUP] = "setup",
     [JOB_OP_BATCH_STATUS] = "batch_status",
     [JOB_OP_GET_BATCH] = "get_batch",
+    [JOB_OP_SYNC] = "sync",
+    [JOB_OP_GET_SYNC] = "get_sync",
 };
 
 const char *job_state_name(job_state s)
@@ -84,6 +87,7 @@ bool job_op_has_side_effect(job_op op)
     case JOB_OP_UPLOAD:
     case JOB_OP_CREATE_BATCH:
     case JOB_OP_SETUP:
+    case JOB_OP_SYNC:
         return true;
     default:
         return false;
@@ -120,6 +124,7 @@ job *job_new(const char *id, const char *name, const char *dir, int64_t now_ms)
     j->rejected_count = -1;
     j->total_task_count = -1;
     j->total_task_groups = -1;
+    job_append_reset_sync(&j->append);
     j->history = cJSON_CreateArray();
     job_note(j, now_ms, "claimed");
     return j;
@@ -144,6 +149,10 @@ void job_free(job *j)
     free(j->import_status);
     free(j->batch_id);
     free(j->batch_status);
+    free(j->append.target_job_id);
+    free(j->append.target_job_name);
+    free(j->append.sync_id);
+    free(j->append.sync_status);
     free(j->last_error);
     free(j->error_code);
     free(j->error_message);
@@ -282,6 +291,46 @@ static void take_name(char **dst, const cJSON *rec, const char *key)
     *dst = owned ? owned : s ? xstrdup(s) : NULL;
 }
 
+void job_append_reset_sync(job_append *a)
+{
+    free(a->sync_id);
+    a->sync_id = NULL;
+    free(a->sync_status);
+    a->sync_status = NULL;
+    a->tasks_created = -1;
+    a->datapoints_processed = -1;
+    a->groups_created = -1;
+    a->groups_expanded = -1;
+}
+
+static cJSON *append_to_record(const job_append *a)
+{
+    cJSON *o = cJSON_CreateObject();
+    json_add_str_or_null(o, "target_job_id", a->target_job_id);
+    add_name(o, "target_job_name", a->target_job_name);
+    json_add_str_or_null(o, "sync_id", a->sync_id);
+    json_add_str_or_null(o, "sync_status", a->sync_status);
+    add_ms(o, "tasks_created", a->tasks_created);
+    add_ms(o, "datapoints_processed", a->datapoints_processed);
+    add_ms(o, "groups_created", a->groups_created);
+    add_ms(o, "groups_expanded", a->groups_expanded);
+    return o;
+}
+
+/* A record without "append" (every record before append jobs) is a job that does not. */
+static void append_from_record(job_append *a, const cJSON *o)
+{
+    a->on = cJSON_IsObject(o);
+    take_str(&a->target_job_id, o, "target_job_id");
+    take_name(&a->target_job_name, o, "target_job_name");
+    take_str(&a->sync_id, o, "sync_id");
+    take_str(&a->sync_status, o, "sync_status");
+    a->tasks_created = json_int64(o, "tasks_created", -1);
+    a->datapoints_processed = json_int64(o, "datapoints_processed", -1);
+    a->groups_created = json_int64(o, "groups_created", -1);
+    a->groups_expanded = json_int64(o, "groups_expanded", -1);
+}
+
 cJSON *job_to_record(const job *j)
 {
     cJSON *o = cJSON_CreateObject();
@@ -319,6 +368,8 @@ cJSON *job_to_record(const job *j)
     add_ms(o, "total_task_count", j->total_task_count);
     add_ms(o, "total_task_groups", j->total_task_groups);
     cJSON_AddBoolToObject(o, "setup_done", j->setup_done);
+    if (j->append.on)
+        cJSON_AddItemToObject(o, "append", append_to_record(&j->append));
     cJSON_AddStringToObject(o, "pending_op", job_op_name(j->pending_op));
     add_ms(o, "attempts", j->attempts);
     add_ms(o, "upload_refusals", j->upload_refusals);
@@ -408,8 +459,12 @@ job *job_from_record(const cJSON *rec, const char **err)
     j->total_task_count = json_int64(rec, "total_task_count", -1);
     j->total_task_groups = json_int64(rec, "total_task_groups", -1);
     j->setup_done = json_bool(rec, "setup_done", false);
+    append_from_record(&j->append, cJSON_GetObjectItemCaseSensitive(rec, "append"));
     int op = job_op_from_name(json_str(rec, "pending_op"));
     j->pending_op = op < 0 ? JOB_OP_NONE : (job_op)op;
+    /* Only an append job syncs: nothing else would ever resolve such an intent. */
+    if (j->pending_op == JOB_OP_SYNC && !j->append.on)
+        j->pending_op = JOB_OP_NONE;
     j->attempts = (int)json_int64(rec, "attempts", 0);
     j->upload_refusals = (int)json_int64(rec, "upload_refusals", 0);
     j->wait_started_at = json_int64(rec, "wait_started_at", 0);
@@ -470,6 +525,37 @@ static void add_record_errors(cJSON *o, const job *j)
     }
 }
 
+/* What an append job adds to, as show and list print it and result.json keeps it: the job
+ * appended to ({job, id}), or the ids it was given ({batch_id, dataset_id}). */
+static cJSON *append_target(const job *j)
+{
+    cJSON *t = cJSON_CreateObject();
+    if (j->append.target_job_id) {
+        json_add_str_or_null(t, "job", j->append.target_job_name);
+        cJSON_AddStringToObject(t, "id", j->append.target_job_id);
+    } else {
+        json_add_str_or_null(t, "batch_id", j->batch_id);
+        json_add_str_or_null(t, "dataset_id", j->dataset_id);
+    }
+    return t;
+}
+
+static cJSON *append_public(const job *j)
+{
+    cJSON *t = append_target(j);
+    json_add_str_or_null(t, "sync_id", j->append.sync_id);
+    json_add_str_or_null(t, "sync_status", j->append.sync_status);
+    return t;
+}
+
+static void add_sync_counts(cJSON *o, const job_append *a)
+{
+    add_count(o, "tasks_created", a->tasks_created);
+    add_count(o, "datapoints_processed", a->datapoints_processed);
+    add_count(o, "groups_created", a->groups_created);
+    add_count(o, "groups_expanded", a->groups_expanded);
+}
+
 cJSON *job_to_public(const job *j, bool with_history)
 {
     cJSON *o = cJSON_CreateObject();
@@ -488,6 +574,10 @@ cJSON *job_to_public(const job *j, bool with_history)
     add_count(o, "rejected_count", j->rejected_count);
     json_add_str_or_null(o, "batch_status", j->batch_status);
     add_count(o, "total_task_count", j->total_task_count);
+    if (j->append.on)
+        cJSON_AddItemToObject(o, "append_to", append_public(j));
+    else
+        cJSON_AddNullToObject(o, "append_to");
     cJSON_AddNumberToObject(o, "attempts", j->attempts);
     add_time(o, "retry_at", j->retry_at);
     json_add_str_or_null(o, "last_error", j->last_error);
@@ -526,6 +616,11 @@ cJSON *job_result_json(const job *j)
     cJSON_AddNumberToObject(o, "skipped_records", (double)job_skipped_records(j));
     add_count(o, "total_task_count", j->total_task_count);
     add_count(o, "total_task_groups", j->total_task_groups);
+    if (j->append.on) {
+        cJSON_AddItemToObject(o, "append_to", append_target(j));
+        json_add_str_or_null(o, "sync_id", j->append.sync_id);
+        add_sync_counts(o, &j->append);
+    }
     json_add_str_or_null(o, "sha256", j->upload_sha256);
     add_time(o, "claimed_at", j->created_at);
     add_time(o, "finished_at", j->finished_at ? j->finished_at : j->updated_at);

@@ -234,6 +234,34 @@ static bool step_processing(job *j, const job_params *p, int64_t now, job_action
                      j->batch_status, JOB_OP_BATCH_STATUS, now, a, changed);
 }
 
+/* An append job's last step: request a sync of the batch, wait for it, then read the batch's
+ * new totals. A request whose outcome is unknown is simply made again: a sync takes only the
+ * datapoints no earlier sync took, so a second one finds nothing left and creates nothing. */
+static bool step_syncing(job *j, const job_params *p, int64_t now, job_action *a, bool *changed)
+{
+    job_append *ap = &j->append;
+    if (ap->sync_status && strcmp(ap->sync_status, "complete") == 0) {
+        if (j->total_task_count < 0)
+            return act_send(a, JOB_OP_GET_BATCH);
+        j->finished_at = now;
+        job_set_state(j, JOB_READY, now, "ready");
+        *changed = true;
+        return false;
+    }
+    if (!ap->sync_id) {
+        if (j->pending_op == JOB_OP_SYNC) {
+            job_note(j, now,
+                     "the outcome of an earlier sync request is unknown; requesting a sync again "
+                     "(it takes only what no earlier sync took)");
+            j->pending_op = JOB_OP_NONE;
+            *changed = true;
+        }
+        return act_send(a, JOB_OP_SYNC);
+    }
+    return wait_step(j, p->batch_timeout_ms, "sync did not finish within batch_timeout",
+                     ap->sync_status, JOB_OP_GET_SYNC, now, a, changed);
+}
+
 static bool step_state(job *j, const job_params *p, int64_t now, uint64_t rnd, job_action *a,
                        bool *changed)
 {
@@ -257,6 +285,8 @@ static bool step_state(job *j, const job_params *p, int64_t now, uint64_t rnd, j
         return step_remote(j, p, now, rnd, a, changed);
     case JOB_PROCESSING:
         return step_processing(j, p, now, a, changed);
+    case JOB_SYNCING:
+        return step_syncing(j, p, now, a, changed);
     default:
         return true;
     }
@@ -299,6 +329,33 @@ void job_unsent(job *j, job_op saved_pending)
     j->pending_op = saved_pending;
 }
 
+/* An append job goes straight to the upload into the target's dataset. A retry whose target
+ * has changed starts its upload over: an import into the old dataset is not this job's now. */
+static void start_append(job *j, const job_validation *v, int64_t now)
+{
+    if (j->dataset_id && v->dataset_id && strcmp(j->dataset_id, v->dataset_id) != 0) {
+        job_note(j, now, "the target changed; import %s into dataset %s is left as it is",
+                 j->import_id ? j->import_id : "(none)", j->dataset_id);
+        set_str(&j->import_id, NULL);
+        set_str(&j->upload_url, NULL);
+        set_str(&j->import_status, NULL);
+        j->uploaded = false;
+        job_append_reset_sync(&j->append);
+    }
+    j->append.on = true;
+    set_str(&j->append.target_job_id, v->append_job_id);
+    set_str(&j->append.target_job_name, v->append_job_name);
+    set_str(&j->dataset_id, v->dataset_id);
+    set_str(&j->batch_id, v->batch_id);
+    char *msg =
+        v->append_job_id
+            ? xasprintf("valid; appending to job %s (batch %s)",
+                        v->append_job_name ? v->append_job_name : v->append_job_id, v->batch_id)
+            : xasprintf("valid; appending to batch %s (dataset %s)", v->batch_id, v->dataset_id);
+    job_set_state(j, JOB_UPLOADING, now, msg);
+    free(msg);
+}
+
 void job_on_validated(job *j, const job_validation *v, int64_t now)
 {
     if (j->state != JOB_VALIDATING)
@@ -320,7 +377,10 @@ void job_on_validated(job *j, const job_validation *v, int64_t now)
     j->bytes_total = v->bytes;
     if (v->rejected > 0)
         job_note(j, now, "%" PRId64 " invalid records skipped (see rejected.jsonl)", v->rejected);
-    job_set_state(j, JOB_CREATING_DATASET, now, "valid; creating the dataset");
+    if (v->append)
+        start_append(j, v, now);
+    else
+        job_set_state(j, JOB_CREATING_DATASET, now, "valid; creating the dataset");
     char msg[96];
     snprintf(msg, sizeof msg, "%" PRId64 " records, %" PRId64 " bytes", v->records, v->bytes);
     job_note(j, now, "%s", msg);
@@ -451,6 +511,9 @@ static bool step_progressed(const job *j, job_op op)
     case JOB_OP_CHECK_SETUP:
         return j->setup_done;
     case JOB_OP_UPLOAD_URL:
+    case JOB_OP_SYNC:
+        /* Only a sync seen by a poll is progress: one that keeps vanishing must not reset
+         * the bound of its step. */
         return false;
     default:
         return true;
@@ -463,6 +526,7 @@ static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
     cJSON *body = apitext_body(r->body, r->body_len, r->secret);
     cJSON *details = NULL;
     const char *detail_text = NULL;
+    char *flat = NULL;
     if (body && r->status == 422) {
         const cJSON *issues = cJSON_GetObjectItemCaseSensitive(body, "issues");
         if (cJSON_IsArray(issues)) {
@@ -490,15 +554,23 @@ static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
             details = cJSON_CreateArray();
             cJSON_AddItemToArray(details, cJSON_Duplicate(detail, 1));
         }
+        /* The flat form {message, detail} of a refused sync: the why, then more about it. */
+        const char *why = err ? NULL : json_str(body, "message");
+        if (why) {
+            flat = detail_text ? xasprintf("%s (%s)", why, detail_text) : xstrdup(why);
+            detail_text = flat;
+        }
     }
     const char *hint = r->status == 401   ? " (the API token was refused: check the token)"
                        : r->status == 403 ? " (no access to the workspace or resource)"
                                           : "";
     /* A 4xx is a definitive answer: the call did not act, nothing is left to check. */
     j->pending_op = JOB_OP_NONE;
-    fail(j, now, "api_rejected", r->status, body, details ? details : cJSON_CreateArray(),
-         "the API rejected %s with HTTP %ld%s%s%s", job_op_name(op), r->status,
-         detail_text ? ": " : "", detail_text ? detail_text : "", hint);
+    /* A sync refused outright (the batch is not READY, say) is a failed sync. */
+    fail(j, now, op == JOB_OP_SYNC && r->status == 400 ? "sync_failed" : "api_rejected", r->status,
+         body, details ? details : cJSON_CreateArray(), "the API rejected %s with HTTP %ld%s%s%s",
+         job_op_name(op), r->status, detail_text ? ": " : "", detail_text ? detail_text : "", hint);
+    free(flat);
 }
 
 static void protocol_error(job *j, job_op op, const job_reply *r, int64_t now, const char *what)
@@ -558,7 +630,12 @@ static void apply_import(job *j, const cJSON *body, const job_reply *r, const jo
     if (!st)
         st = "";
     if (strcmp(st, "complete") == 0) {
-        job_set_state(j, JOB_CREATING_BATCH, now, "import complete; creating the batch");
+        if (j->append.on) {
+            j->wait_started_at = 0;
+            job_set_state(j, JOB_SYNCING, now, "import complete; syncing the batch");
+        } else {
+            job_set_state(j, JOB_CREATING_BATCH, now, "import complete; creating the batch");
+        }
         job_note(j, now, "%" PRId64 " records accepted", j->accepted_count);
     } else if (strcmp(st, "partial") == 0) {
         fail(j, now, "import_partial", 0, apitext_json(body, r->secret), NULL,
@@ -856,6 +933,59 @@ static void ok_setup(job *j, job_op op, const job_reply *r, const job_params *p,
     }
 }
 
+/* Applies a sync's status, from the request's answer or a poll. */
+static void apply_sync(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                       uint64_t rnd, const cJSON *body)
+{
+    job_append *ap = &j->append;
+    const char *st = json_str(body, "status");
+    if (!st || (strcmp(st, "queued") != 0 && strcmp(st, "processing") != 0 &&
+                strcmp(st, "complete") != 0 && strcmp(st, "failed") != 0)) {
+        protocol_error(j, op, r, now, st ? "an unknown sync status" : "no sync status");
+        return;
+    }
+    set_str(&ap->sync_status, st);
+    if (strcmp(st, "complete") == 0) {
+        ap->tasks_created = json_int64(body, "tasks_created", -1);
+        ap->datapoints_processed = json_int64(body, "datapoints_processed", -1);
+        ap->groups_created = json_int64(body, "groups_created", -1);
+        ap->groups_expanded = json_int64(body, "groups_expanded", -1);
+        /* The batch's totals are read after the sync, not kept from before it. */
+        j->total_task_count = -1;
+        j->total_task_groups = -1;
+        job_note(j, now,
+                 "sync %s complete: %" PRId64 " tasks created from %" PRId64 " datapoints, %" PRId64
+                 " groups created, %" PRId64 " expanded",
+                 ap->sync_id, ap->tasks_created, ap->datapoints_processed, ap->groups_created,
+                 ap->groups_expanded);
+    } else if (strcmp(st, "failed") == 0) {
+        char *reason = apitext_clean_str(json_str(body, "reason"), r->secret);
+        fail(j, now, "sync_failed", 0, apitext_json(body, r->secret), cJSON_CreateArray(),
+             "sync %s of batch %s failed: %s", ap->sync_id, j->batch_id,
+             reason ? reason : "no reason given");
+        free(reason);
+    } else {
+        j->polls++;
+        j->poll_at = now + poll_delay(j, p, rnd);
+    }
+}
+
+/* A 2xx to a call about an append job's sync. */
+static void ok_sync(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                    uint64_t rnd, const cJSON *body)
+{
+    if (op == JOB_OP_SYNC) {
+        const char *id = reply_id(j, op, r, now, body, "sync_id", "sync");
+        if (!id)
+            return;
+        set_str(&j->append.sync_id, id);
+        j->pending_op = JOB_OP_NONE;
+        j->wait_started_at = now;
+        job_note(j, now, "sync %s requested", id);
+    }
+    apply_sync(j, op, r, p, now, rnd, body);
+}
+
 static void on_success(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
                        uint64_t rnd)
 {
@@ -873,6 +1003,10 @@ static void on_success(job *j, job_op op, const job_reply *r, const job_params *
     case JOB_OP_FIND_BATCH:
     case JOB_OP_CREATE_BATCH:
         ok_batch(j, op, r, p, now, rnd, body);
+        break;
+    case JOB_OP_SYNC:
+    case JOB_OP_GET_SYNC:
+        ok_sync(j, op, r, p, now, rnd, body);
         break;
     default:
         ok_setup(j, op, r, p, now, rnd, body);
@@ -905,6 +1039,33 @@ static bool upload_file_failed(job *j, job_op op, const job_reply *r, int64_t no
                  "%s; the data must stay as validated until it is uploaded: fix the job in "
                  "failed/ and run batchctl retry, which validates it again",
                  why);
+        return true;
+    }
+    return false;
+}
+
+/* The 4xx answers that a fresh request can get past, within the step's retry bound: a sync
+ * the API no longer knows, and a refused upload URL. Returns true when handled so. */
+static bool retried_4xx(job *j, job_op op, const job_reply *r, const job_params *p, int64_t now,
+                        uint64_t rnd)
+{
+    long s = r->status;
+    if (op == JOB_OP_GET_SYNC && s == 404) {
+        /* The sync is gone (its record expired, or the id was never the server's): a new one
+         * takes whatever this one had not, within the step's retry bound. */
+        job_append_reset_sync(&j->append);
+        retry_later(j, op, r, p, now, rnd, false, "the sync is unknown; requesting a new one");
+        return true;
+    }
+    if (op == JOB_OP_UPLOAD && (s == 403 || s == 401) && j->upload_refusals < UPLOAD_REFUSALS_MAX) {
+        /* The presigned URL expired or was refused: ask for a fresh one, backing off like any
+         * other retry so a refusing store is not hammered. */
+        j->upload_refusals++;
+        free(j->upload_url);
+        j->upload_url = NULL;
+        j->pending_op = JOB_OP_NONE;
+        retry_later(j, op, r, p, now, rnd, false,
+                    "the upload URL was refused, expired?; requesting a new one");
         return true;
     }
     return false;
@@ -976,18 +1137,8 @@ bool job_on_reply(job *j, job_op op, const job_reply *r, const job_params *p, in
         retry_later(j, op, r, p, now, rnd, true, NULL);
         return false;
     }
-    if (op == JOB_OP_UPLOAD && (s == 403 || s == 401) && j->upload_refusals < UPLOAD_REFUSALS_MAX) {
-        /* The presigned URL expired or was refused: ask for a fresh one, backing off like any
-         * other retry so a refusing store is not hammered. */
-        j->upload_refusals++;
-        free(j->upload_url);
-        j->upload_url = NULL;
-        j->pending_op = JOB_OP_NONE;
-        retry_later(j, op, r, p, now, rnd, false,
-                    "the upload URL was refused, expired?; requesting a new one");
-        return false;
-    }
-    api_rejected(j, op, r, now);
+    if (!retried_4xx(j, op, r, p, now, rnd))
+        api_rejected(j, op, r, now);
     return false;
 }
 
@@ -1030,7 +1181,11 @@ int job_retry(job *j, int64_t now)
         j->import_status = NULL;
         j->uploaded = false;
     }
-    if (j->batch_status && strcmp(j->batch_status, "ERROR") == 0) {
+    if (j->append.sync_status && strcmp(j->append.sync_status, "failed") == 0) {
+        job_note(j, now, "sync %s failed; a new sync will be requested", j->append.sync_id);
+        job_append_reset_sync(&j->append);
+    }
+    if (j->batch_status && strcmp(j->batch_status, "ERROR") == 0 && !j->append.on) {
         job_note(j, now, "batch %s is in ERROR; a new batch will be created", j->batch_id);
         free(j->batch_id);
         j->batch_id = NULL;
@@ -1210,6 +1365,21 @@ static int build_batch_request(const job *j, job_op op, job_request *out)
         out->method = "GET";
         out->path = xasprintf(API_ROOT "/batches/%s", a);
         break;
+    case JOB_OP_SYNC:
+        if (!j->batch_id)
+            return -EINVAL;
+        a = url_escape(j->batch_id);
+        out->method = "POST"; /* no body: none is documented, and the CLI sends none */
+        out->path = xasprintf(API_ROOT "/batches/%s/sync", a);
+        break;
+    case JOB_OP_GET_SYNC:
+        if (!j->batch_id || !j->append.sync_id)
+            return -EINVAL;
+        a = url_escape(j->batch_id);
+        b = url_escape(j->append.sync_id);
+        out->method = "GET";
+        out->path = xasprintf(API_ROOT "/batches/%s/syncs/%s", a, b);
+        break;
     default:
         r = -EINVAL;
     }
@@ -1224,7 +1394,8 @@ int job_build_request(const job *j, job_op op, job_request *out)
     /* Ids are checked when they arrive; a record from before that check is held to it too. */
     if ((j->dataset_id && !apitext_id_ok(j->dataset_id)) ||
         (j->import_id && !apitext_id_ok(j->import_id)) ||
-        (j->batch_id && !apitext_id_ok(j->batch_id)))
+        (j->batch_id && !apitext_id_ok(j->batch_id)) ||
+        (j->append.sync_id && !apitext_id_ok(j->append.sync_id)))
         return -EINVAL;
     if (op >= JOB_OP_CREATE_DATASET && op <= JOB_OP_GET_IMPORT)
         return build_dataset_request(j, op, out);

@@ -319,7 +319,7 @@ static void test_read_methods(void **state)
     assert_error(m, "io.batchd.InvalidParameter");
     assert_string_equal(json_str(params_of(m), "parameter"), "states");
     assert_string_equal(json_str(params_of(m), "value"), "bogus");
-    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "valid")), 13);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(params_of(m), "valid")), 14);
     cJSON_Delete(m);
     /* finished = ready, failed, cancelled; unfinished = every other state. */
     m = call(c, "io.batchd.ListJobs", "{\"states\":[\"finished\"]}");

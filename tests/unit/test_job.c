@@ -1535,6 +1535,312 @@ static void test_error_json_capped(void **state)
     cJSON_Delete(ej);
 }
 
+/* ---- append jobs ---- */
+
+#define TARGET_ID "01JDTARGET"
+#define SYNC      "01936a00-1111-7222-8333-944455556666"
+
+/* Validation of an append job: the caller has resolved the target (a job, or ids). */
+static void append_validated(fixture *f, bool by_job, const char *dataset)
+{
+    cJSON *spec = cJSON_Parse(spec_json);
+    job_validation v = {.ok = true,
+                        .spec = spec,
+                        .upload_path = "/spool/active/job-a/d.jsonl",
+                        .upload_name = "d.jsonl",
+                        .records = 3,
+                        .sha256 = SHA256_HEX,
+                        .bytes = 120,
+                        .append = true,
+                        .append_job_id = by_job ? TARGET_ID : NULL,
+                        .append_job_name = by_job ? "standing" : NULL,
+                        .dataset_id = dataset,
+                        .batch_id = BATCH};
+    job_on_validated(f->j, &v, f->now);
+    cJSON_Delete(spec);
+}
+
+static const char *sync_body(const char *status)
+{
+    static char buf[512];
+    snprintf(buf, sizeof buf,
+             "{\"batch_id\":\"" BATCH "\",\"dataset_id\":\"" DATASET "\",\"sync_id\":\"" SYNC
+             "\",\"created_at\":\"2026-09-01T12:00:00Z\",\"updated_at\":\"2026-09-01T12:00:00Z\","
+             "\"status\":\"%s\"%s}",
+             status,
+             strcmp(status, "complete") == 0
+                 ? ",\"tasks_created\":5,\"datapoints_processed\":5,\"groups_created\":1,"
+                   "\"groups_expanded\":1"
+             : strcmp(status, "failed") == 0 ? ",\"reason\":\"batch must be in READY status\""
+                                             : "");
+    return buf;
+}
+
+/* From queued to syncing along the happy path: no dataset or batch is created. */
+static void append_to_syncing(fixture *f, bool by_job)
+{
+    assert_int_equal(next(f).kind, JOB_ACT_VALIDATE);
+    append_validated(f, by_job, DATASET);
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_true(f->j->append.on);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    job_request rq;
+    assert_int_equal(job_build_request(f->j, JOB_OP_UPLOAD_URL, &rq), 0);
+    assert_string_equal(rq.path, "/api/v1/data-collection/datasets/" DATASET "/upload-url/d.jsonl");
+    job_request_clear(&rq);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    expect_send(f, JOB_OP_UPLOAD);
+    reply(f, JOB_OP_UPLOAD, 200, "");
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT);
+    reply(f, JOB_OP_GET_IMPORT, 200, "{\"status\":\"complete\",\"accepted_count\":3}");
+    assert_int_equal(f->j->state, JOB_SYNCING);
+}
+
+static void test_append_happy_path(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    assert_true(job_op_has_side_effect(JOB_OP_SYNC));
+    job_request rq;
+    assert_int_equal(job_build_request(f->j, JOB_OP_SYNC, &rq), 0);
+    assert_string_equal(rq.method, "POST");
+    assert_string_equal(rq.path, "/api/v1/data-collection/batches/" BATCH "/sync");
+    assert_null(rq.body);
+    job_request_clear(&rq);
+    reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+    assert_string_equal(f->j->append.sync_id, SYNC);
+    /* polled on the [poll] schedule */
+    job_action a = next(f);
+    assert_int_equal(a.kind, JOB_ACT_WAIT);
+    assert_true(a.until > f->now);
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_SYNC);
+    assert_int_equal(job_build_request(f->j, JOB_OP_GET_SYNC, &rq), 0);
+    assert_string_equal(rq.method, "GET");
+    assert_string_equal(rq.path, "/api/v1/data-collection/batches/" BATCH "/syncs/" SYNC);
+    job_request_clear(&rq);
+    reply(f, JOB_OP_GET_SYNC, 200, sync_body("processing"));
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_SYNC);
+    reply(f, JOB_OP_GET_SYNC, 200, sync_body("complete"));
+    /* the batch's totals after the sync */
+    expect_send(f, JOB_OP_GET_BATCH);
+    reply(f, JOB_OP_GET_BATCH, 200,
+          "{\"id\":\"" BATCH "\",\"status\":\"READY\",\"total_task_count\":8,"
+          "\"total_task_groups\":3}");
+    assert_int_equal(next(f).kind, JOB_ACT_FINISH);
+    assert_int_equal(f->j->state, JOB_READY);
+
+    cJSON *res = job_result_json(f->j);
+    const cJSON *to = cJSON_GetObjectItemCaseSensitive(res, "append_to");
+    assert_string_equal(json_str(to, "job"), "standing");
+    assert_string_equal(json_str(to, "id"), TARGET_ID);
+    assert_string_equal(json_str(res, "dataset_id"), DATASET);
+    assert_string_equal(json_str(res, "batch_id"), BATCH);
+    assert_string_equal(json_str(res, "import_id"), IMPORT);
+    assert_string_equal(json_str(res, "sync_id"), SYNC);
+    assert_int_equal(json_int64(res, "records", -1), 3);
+    assert_int_equal(json_int64(res, "tasks_created", -1), 5);
+    assert_int_equal(json_int64(res, "datapoints_processed", -1), 5);
+    assert_int_equal(json_int64(res, "groups_created", -1), 1);
+    assert_int_equal(json_int64(res, "groups_expanded", -1), 1);
+    assert_int_equal(json_int64(res, "total_task_count", -1), 8);
+    assert_int_equal(json_int64(res, "total_task_groups", -1), 3);
+    cJSON_Delete(res);
+
+    cJSON *pub = job_to_public(f->j, false);
+    to = cJSON_GetObjectItemCaseSensitive(pub, "append_to");
+    assert_string_equal(json_str(to, "job"), "standing");
+    assert_string_equal(json_str(to, "sync_status"), "complete");
+    cJSON_Delete(pub);
+}
+
+static void test_append_by_ids(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, false);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 200, sync_body("complete")); /* a POST answered already complete */
+    expect_send(f, JOB_OP_GET_BATCH);
+    reply(f, JOB_OP_GET_BATCH, 200, "{\"status\":\"READY\",\"total_task_count\":8}");
+    assert_int_equal(next(f).kind, JOB_ACT_FINISH);
+    cJSON *res = job_result_json(f->j);
+    const cJSON *to = cJSON_GetObjectItemCaseSensitive(res, "append_to");
+    assert_null(json_str(to, "job"));
+    assert_string_equal(json_str(to, "batch_id"), BATCH);
+    assert_string_equal(json_str(to, "dataset_id"), DATASET);
+    cJSON_Delete(res);
+    /* a job that makes its own batch names no target */
+    cJSON *pub = job_to_public(f->j, false);
+    assert_true(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(pub, "append_to")));
+    cJSON_Delete(pub);
+}
+
+/* A failed sync fails the job with sync_failed and the API's reason; a retry keeps the
+ * import (it completed) and requests a new sync. */
+static void test_append_sync_failed_then_retried(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_SYNC);
+    reply(f, JOB_OP_GET_SYNC, 200, sync_body("failed"));
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "sync_failed");
+    assert_non_null(strstr(f->j->error_message, "batch must be in READY status"));
+    cJSON *e = job_error_json(f->j);
+    assert_string_equal(json_str(e, "stage"), "syncing");
+    cJSON_Delete(e);
+
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    assert_null(f->j->append.sync_id);
+    append_validated(f, true, DATASET);
+    assert_int_equal(f->j->state, JOB_UPLOADING);
+    assert_string_equal(f->j->import_id, IMPORT); /* kept: it completed */
+    /* uploaded already: straight to the import's status, then a new sync */
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT);
+    reply(f, JOB_OP_GET_IMPORT, 200, "{\"status\":\"complete\",\"accepted_count\":3}");
+    assert_int_equal(f->j->state, JOB_SYNCING);
+    expect_send(f, JOB_OP_SYNC);
+}
+
+/* A sync refused outright, in the flat form {message, detail}. */
+static void test_append_sync_refused(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 400, "{\"message\":\"batch is not READY\",\"detail\":\"status SETUP\"}");
+    assert_int_equal(f->j->state, JOB_FAILED);
+    assert_string_equal(f->j->error_code, "sync_failed");
+    assert_non_null(strstr(f->j->error_message, "batch is not READY"));
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+}
+
+/* A lost reply, then a crash: the sync is requested again (it takes only what is left). */
+static void test_append_sync_unknown_requested_again(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    net_error(f, JOB_OP_SYNC, JOB_NET_TIMEOUT);
+    assert_int_equal(f->j->pending_op, JOB_OP_SYNC);
+    assert_int_equal(f->j->state, JOB_SYNCING);
+    restart(f);
+    assert_int_equal(f->j->pending_op, JOB_OP_SYNC);
+    wait_out(f);
+    expect_send(f, JOB_OP_SYNC);
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
+    reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    /* a crash while polling: the known sync is polled again */
+    restart(f);
+    assert_int_equal(f->j->state, JOB_SYNCING);
+    assert_string_equal(f->j->append.sync_id, SYNC);
+    expect_send(f, JOB_OP_GET_SYNC);
+}
+
+/* A sync the API no longer knows (404) is requested anew, within the retry bound. */
+static void test_append_sync_vanished(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    f->p.retry_attempts_max = 3;
+    for (int i = 0; i < 2; i++) {
+        wait_out(f);
+        expect_send(f, JOB_OP_GET_SYNC);
+        reply(f, JOB_OP_GET_SYNC, 404, "{\"error\":{\"detail\":\"sync job not found\"}}");
+        assert_null(f->j->append.sync_id);
+        assert_int_equal(f->j->state, JOB_SYNCING);
+        wait_out(f);
+        expect_send(f, JOB_OP_SYNC);
+        reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    }
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_SYNC);
+    reply(f, JOB_OP_GET_SYNC, 404, "{}");
+    assert_int_equal(f->j->state, JOB_FAILED); /* the third failed attempt of the step */
+}
+
+static void test_append_sync_timeout_and_bad_replies(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    f->now += f->p.batch_timeout_ms;
+    assert_int_equal(next(f).kind, JOB_ACT_FINISH);
+    assert_string_equal(f->j->error_code, "timeout");
+    assert_non_null(strstr(f->j->error_message, "sync"));
+
+    /* an unknown status, and a sync id that cannot go into a URL */
+    static const char *const bad[] = {
+        "{\"sync_id\":\"" SYNC "\",\"status\":\"exploded\"}",
+        "{\"sync_id\":\"../../datasets\",\"status\":\"queued\"}",
+        "{\"status\":\"queued\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        job_free(f->j);
+        f->j = job_new("01JDXYZ", "job-a", "job-a", f->now);
+        append_to_syncing(f, true);
+        expect_send(f, JOB_OP_SYNC);
+        reply(f, JOB_OP_SYNC, 202, bad[i]);
+        assert_int_equal(f->j->state, JOB_FAILED);
+        assert_string_equal(f->j->error_code, "api_rejected");
+    }
+}
+
+/* The append part of the record survives a restart; a record that is not an append job's
+ * drops an intent to sync that nothing would resolve. */
+static void test_append_record(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 202, sync_body("processing"));
+    cJSON *r1 = job_to_record(f->j);
+    restart(f);
+    cJSON *r2 = job_to_record(f->j);
+    cJSON_DeleteItemFromObject(r1, "history");
+    cJSON_DeleteItemFromObject(r2, "history");
+    cJSON_DeleteItemFromObject(r1, "updated_at");
+    cJSON_DeleteItemFromObject(r2, "updated_at");
+    assert_true(cJSON_Compare(r1, r2, 1));
+    assert_string_equal(f->j->append.target_job_name, "standing");
+    assert_string_equal(f->j->append.sync_status, "processing");
+    cJSON_Delete(r2);
+
+    cJSON_DeleteItemFromObject(r1, "append");
+    cJSON_ReplaceItemInObject(r1, "pending_op", cJSON_CreateString("sync"));
+    const char *err = NULL;
+    job *j = job_from_record(r1, &err);
+    assert_non_null(j);
+    assert_false(j->append.on);
+    assert_int_equal(j->pending_op, JOB_OP_NONE);
+    job_free(j);
+    cJSON_Delete(r1);
+}
+
+/* A retry whose target has changed starts the upload over in the new dataset. */
+static void test_append_target_changed(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    job_cancel(f->j, f->now);
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    append_validated(f, true, "0192a3b5-0000-7a0b-1c2d-000000000000");
+    assert_null(f->j->import_id);
+    assert_false(f->j->uploaded);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1595,6 +1901,15 @@ int main(void)
         T(test_record_keeps_byte_names),
         T(test_bad_ids_fail_the_job),
         T(test_error_json_capped),
+        T(test_append_happy_path),
+        T(test_append_by_ids),
+        T(test_append_sync_failed_then_retried),
+        T(test_append_sync_refused),
+        T(test_append_sync_unknown_requested_again),
+        T(test_append_sync_vanished),
+        T(test_append_sync_timeout_and_bad_replies),
+        T(test_append_record),
+        T(test_append_target_changed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
