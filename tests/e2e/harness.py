@@ -402,18 +402,8 @@ class Env:
         if encoded:
             assert_no_token_anywhere(self, replies)
             return
-        for root, _dirs, files in os.walk(self.dir):
-            for fn in files:
-                p = os.path.join(root, fn)
-                # Only regular files: opening a FIFO a test dropped would block forever.
-                if p == self.daemon.token_file or not stat.S_ISREG(os.lstat(p).st_mode):
-                    continue
-                try:
-                    with open(p, "rb") as f:
-                        data = f.read()
-                except OSError:
-                    continue
-                check(TOKEN.encode() not in data, f"the API token leaked into {p}")
+        for p, data in regular_files(self.dir, skip=(self.daemon.token_file,)):
+            check(TOKEN.encode() not in data, f"the API token leaked into {p}")
 
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -597,23 +587,34 @@ def token_leaks(data, token=TOKEN):
     return sorted(set(found))
 
 
+def regular_files(top, skip=()):
+    """(path, bytes) of every regular file under top but those in skip. A running batchd
+    renames its temporary files into place, so a file listed by the walk may be gone by the
+    time it is looked at: it is passed over (its content is under its final name). Only
+    regular files are opened: opening a FIFO a test dropped would block forever."""
+    for root, _dirs, files in os.walk(top):
+        for fn in files:
+            p = os.path.join(root, fn)
+            if p in skip:
+                continue
+            try:
+                if not stat.S_ISREG(os.lstat(p).st_mode):
+                    continue
+                with open(p, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            yield p, data
+
+
 def assert_no_token_anywhere(env, replies=()):
     """The token, in no form (token_leaks), in any regular file under env.dir (the spool,
     the state dir, batchd's log, ...) except the token file, nor in any of replies (bytes)."""
     problems = []
-    for root, _dirs, files in os.walk(env.dir):
-        for fn in files:
-            p = os.path.join(root, fn)
-            if p == env.daemon.token_file or not stat.S_ISREG(os.lstat(p).st_mode):
-                continue
-            try:
-                with open(p, "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            how = token_leaks(data)
-            if how:
-                problems.append(f"{os.path.relpath(p, env.dir)} ({', '.join(how)})")
+    for p, data in regular_files(env.dir, skip=(env.daemon.token_file,)):
+        how = token_leaks(data)
+        if how:
+            problems.append(f"{os.path.relpath(p, env.dir)} ({', '.join(how)})")
     for i, r in enumerate(replies):
         how = token_leaks(r)
         if how:

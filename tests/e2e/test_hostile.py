@@ -15,7 +15,7 @@ import unicodedata
 import urllib.parse
 
 from harness import (SLOW, WORKSPACE, Env, TestFailure, assert_no_token_anywhere, binary, call,
-                     call_raw, check, run, wait_for)
+                     call_raw, check, regular_files, run, wait_for)
 
 MIB = 1024 * 1024
 TEXT_CAP = 4096
@@ -196,27 +196,25 @@ def socket_replies(env, ck):
 
 
 def files_written(env):
-    """Every JSON file batchd wrote: result.json and error.json in done/ and failed/, and every
-    file under the state dir."""
-    out = []
+    """(path, bytes) of every JSON file batchd wrote: result.json and error.json in done/ and
+    failed/, and every file under the state dir (regular_files: one renamed away meanwhile
+    is passed over)."""
     for sub in ("done", "failed"):
         for name in env.daemon.dir_entries(sub):
             for fn in ("result.json", "error.json"):
                 p = os.path.join(env.daemon.spool, sub, name, fn)
-                if os.path.isfile(p):
-                    out.append(p)
-    for root, _dirs, files in os.walk(env.daemon.state_dir):
-        for fn in files:
-            p = os.path.join(root, fn)
-            if os.path.isfile(p) and not os.path.islink(p) and fn.endswith(".json"):
-                out.append(p)
-    return out
+                try:
+                    with open(p, "rb") as f:
+                        yield p, f.read()
+                except (FileNotFoundError, IsADirectoryError):
+                    pass
+    for p, data in regular_files(env.daemon.state_dir):
+        if p.endswith(".json"):
+            yield p, data
 
 
 def check_files(env, ck):
-    for p in files_written(env):
-        with open(p, "rb") as f:
-            data = f.read()
+    for p, data in files_written(env):
         where = os.path.relpath(p, env.dir)
         doc = strict_json(data, where, ck)
         if doc is not None:

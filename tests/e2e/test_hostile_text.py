@@ -11,7 +11,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Env, batchctl, binary, check, run, wait_for, TOKEN  # noqa: E402
+from harness import Env, batchctl, binary, check, regular_files, run, wait_for, TOKEN  # noqa: E402
 
 NAMES = [b"evil\x1b[31m\xff\xfe", b"c1\xc2\x9b2J-nl\x7fdel", b"ok-name"]
 
@@ -89,9 +89,8 @@ def check_everything(env, ids):
     check(b"evil\\x1b[31m" in out, f"the ESC of a name is not shown as \\x1b: {out!r}")
     # every record and result.json
     jobs_dir = os.path.join(env.daemon.state_dir, "jobs")
-    for fn in os.listdir(jobs_dir):
-        with open(os.path.join(jobs_dir, fn), "rb") as f:
-            assert_text_safe(f.read(), f"the record {fn}", allow=b"")
+    for p, data in regular_files(jobs_dir):
+        assert_text_safe(data, f"the record {os.path.basename(p)}", allow=b"")
     for sub, doc in ((b"done", b"result.json"), (b"failed", b"error.json")):
         top = os.path.join(os.fsencode(env.daemon.spool), sub)
         for d in os.listdir(top):
