@@ -67,10 +67,10 @@ typedef struct sim_options {
     int64_t huge_bytes;
     int64_t deep_levels;
     const char *odd_id;
-    bool export_old;
     int64_t export_pad;
     size_t max_body;
     bool quiet;
+    bool export_old;
 } sim_options;
 
 static void usage(FILE *f)

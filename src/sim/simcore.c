@@ -715,6 +715,56 @@ static cJSON *parse_body(const simcore_route *rt, const simcore_request *req,
     return j;
 }
 
+/* The endpoint's own handler, after the checks every request goes through. */
+static void dispatch(simcore *sim, const simcore_route *rt, const simcore_request *req,
+                     const cJSON *body, simcore_response *resp)
+{
+    switch (rt->endpoint) {
+    case SIMCORE_EP_CREATE_DATASET:
+        handle_create_dataset(sim, body, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_GET_DATASET:
+        handle_get_dataset(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_UPLOAD_URL:
+        handle_upload_url(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_GET_IMPORT:
+        handle_get_import(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_CREATE_BATCH:
+        handle_create_batch(sim, body, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_LIST_BATCHES:
+        handle_list_batches(sim, req, resp);
+        break;
+    case SIMCORE_EP_GET_BATCH:
+        handle_get_batch(sim, rt, req->now_ms, false, resp);
+        break;
+    case SIMCORE_EP_BATCH_STATUS:
+        handle_get_batch(sim, rt, req->now_ms, true, resp);
+        break;
+    case SIMCORE_EP_SETUP:
+        handle_setup(sim, rt, body, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_SYNC:
+        sim_handle_sync(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_GET_SYNC:
+        sim_handle_get_sync(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_EXPORT:
+    case SIMCORE_EP_LIST_EXPORTS:
+    case SIMCORE_EP_GET_EXPORT:
+    case SIMCORE_EP_DELETE_EXPORT:
+        sim_handle_export(sim, rt, req, resp);
+        break;
+    default:
+        handle_sim(sim, rt, req, body, resp);
+        break;
+    }
+}
+
 void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
                     simcore_response *resp)
 {
@@ -733,6 +783,12 @@ void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
     }
     if (rt.endpoint == SIMCORE_EP_DOWNLOAD) {
         /* A presigned URL: no API token (one is refused), the S3 answers. */
+        if (rt.status == 405) {
+            sim_s3_error(resp, 405, "MethodNotAllowed",
+                         "The specified method is not allowed against this resource.");
+            resp->allow = "GET";
+            return;
+        }
         sim_handle_download(sim, &rt, req, resp);
         return;
     }
@@ -758,50 +814,6 @@ void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
         if (!body)
             return;
     }
-    int64_t now = req->now_ms;
-    switch (rt.endpoint) {
-    case SIMCORE_EP_CREATE_DATASET:
-        handle_create_dataset(sim, body, now, resp);
-        break;
-    case SIMCORE_EP_GET_DATASET:
-        handle_get_dataset(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_UPLOAD_URL:
-        handle_upload_url(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_GET_IMPORT:
-        handle_get_import(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_CREATE_BATCH:
-        handle_create_batch(sim, body, now, resp);
-        break;
-    case SIMCORE_EP_LIST_BATCHES:
-        handle_list_batches(sim, req, resp);
-        break;
-    case SIMCORE_EP_GET_BATCH:
-        handle_get_batch(sim, &rt, now, false, resp);
-        break;
-    case SIMCORE_EP_BATCH_STATUS:
-        handle_get_batch(sim, &rt, now, true, resp);
-        break;
-    case SIMCORE_EP_SETUP:
-        handle_setup(sim, &rt, body, now, resp);
-        break;
-    case SIMCORE_EP_SYNC:
-        sim_handle_sync(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_GET_SYNC:
-        sim_handle_get_sync(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_EXPORT:
-    case SIMCORE_EP_LIST_EXPORTS:
-    case SIMCORE_EP_GET_EXPORT:
-    case SIMCORE_EP_DELETE_EXPORT:
-        sim_handle_export(sim, &rt, req, resp);
-        break;
-    default:
-        handle_sim(sim, &rt, req, body, resp);
-        break;
-    }
+    dispatch(sim, &rt, req, body, resp);
     cJSON_Delete(body);
 }

@@ -32,7 +32,7 @@ typedef enum simcore_endpoint {
     SIMCORE_EP_GET_EXPORT,    /* GET …/batches/{id}/export/{export_id} */
     SIMCORE_EP_DELETE_EXPORT, /* DELETE …/batches/{id}/export/{export_id} */
     SIMCORE_EP_DOWNLOAD,      /* the presigned GET of an export's ZIP */
-    SIMCORE_EP_SIM_STATE, /* /_sim/state: never faulted, no auth */
+    SIMCORE_EP_SIM_STATE,     /* /_sim/state: never faulted, no auth */
     SIMCORE_EP_SIM_REQUESTS,
     SIMCORE_EP_SIM_FAULTS,
     SIMCORE_EP_COUNT_,
@@ -148,8 +148,9 @@ int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, si
  * "probability" | "count", "endpoint"}, ...],
  * "retry_after": n | "date", "slow_ms": n, "batch_error": p, "hostile_status": 400..599,
  * "huge_bytes": n, "deep_levels": n, "odd_id": "text" | number | null (null: the built-in
- * list), "export_mode": "new" | "old", "export_pad": n}; members left out keep their value, "faults" replaces the whole table). Returns 0 or
- * -EINVAL with err filled; on error nothing changes. */
+ * list), "export_mode": "new" | "old", "export_pad": n}; members left out keep their value,
+ * "faults" replaces the whole table). Returns 0 or -EINVAL with err filled; on error nothing
+ * changes. */
 int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len);
 /* The form simcore_faults_from_json takes; a counted rule shows the hits it has left. */
 cJSON *simcore_faults_to_json(const simcore_faults *f);
@@ -168,10 +169,10 @@ typedef struct simcore_config {
     int64_t import_processing_ms;
     int64_t batch_processing_ms;
     int64_t upload_ttl_ms;
-    int64_t sync_queued_ms;      /* a sync waits this long before processing */
-    int64_t sync_processing_ms;  /* and processes this long */
+    int64_t sync_queued_ms;       /* a sync waits this long before processing */
+    int64_t sync_processing_ms;   /* and processes this long */
     int64_t export_generating_ms; /* an export generates this long */
-    int64_t export_url_ttl_ms;   /* lifetime of an export's presigned URL (0: 1 h) */
+    int64_t export_url_ttl_ms;    /* lifetime of an export's presigned URL (0: 1 h) */
     uint64_t seed;
     size_t max_errors;    /* import errors[] cap (0: 100) */
     size_t max_record;    /* longest record in an upload (0: 1 MiB) */
@@ -249,7 +250,8 @@ void simcore_hostile_response(const simcore *sim, const simcore_fault_decision *
                               const simcore_request *req, simcore_response *resp);
 /* After an oddid request acted: replaces the id the client goes on with in a 2xx reply
  * of ep (create_dataset and create_batch "id", upload_url "import_id", list_batches
- * "results[].id", sync "sync_id", export "export_id") with the hostile id of d. The sim's own state keeps its real ids. */
+ * "results[].id", sync "sync_id", export "export_id") with the hostile id of d. The sim's own state
+ * keeps its real ids. */
 void simcore_hostile_rewrite(const simcore *sim, const simcore_fault_decision *d,
                              simcore_endpoint ep, simcore_response *resp);
 /* The built-in hostile ids; *is_number is set for the one given as a JSON number. */

@@ -60,8 +60,8 @@ static void amz_date(int64_t sec, char out[17])
 static void sign(const simcore *sim, const char *key, const char *date, const char *expires,
                  char out[17])
 {
-    char *text = xasprintf("%016llx\n%s\n%s\n%s", (unsigned long long)sim->url_secret, key, date,
-                           expires);
+    char *text =
+        xasprintf("%016llx\n%s\n%s\n%s", (unsigned long long)sim->url_secret, key, date, expires);
     uint64_t h = sim_hash(text, strlen(text));
     free(text);
     snprintf(out, 17, "%016llx", (unsigned long long)h);
@@ -92,21 +92,33 @@ static char *presign(const simcore *sim, const sim_batch *b, const sim_export *e
     return url;
 }
 
-/* X-Amz-Date + X-Amz-Expires in epoch ms, or -1 when they do not parse. */
+/* The decimal number of the n digits at p, or -1. */
+static int digits(const char *p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+/* X-Amz-Date ("20260901T120000Z") + X-Amz-Expires (seconds) in epoch ms, or -1 when they
+ * do not parse. */
 static int64_t url_expiry(const char *date, const char *expires)
 {
-    int y, mo, d, h, mi, s;
-    char z;
-    if (strlen(date) != 16 ||
-        sscanf(date, "%4d%2d%2dT%2d%2d%2d%c", &y, &mo, &d, &h, &mi, &s, &z) != 7 || z != 'Z')
+    size_t elen = strlen(expires);
+    if (strlen(date) != 16 || date[8] != 'T' || date[15] != 'Z' || elen == 0 || elen > 6 ||
+        digits(expires, (int)elen) < 0)
         return -1;
     char iso[32];
-    snprintf(iso, sizeof iso, "%04d-%02d-%02dT%02d:%02d:%02dZ", y, mo, d, h, mi, s);
+    snprintf(iso, sizeof iso, "%.4s-%.2s-%.2sT%.2s:%.2s:%.2sZ", date, date + 4, date + 6, date + 9,
+             date + 11, date + 13);
     int64_t ms;
-    if (time_parse_rfc3339(iso, &ms) < 0 || strspn(expires, "0123456789") != strlen(expires) ||
-        !*expires || strlen(expires) > 6)
+    if (digits(date, 8) < 0 || digits(date + 9, 6) < 0 || time_parse_rfc3339(iso, &ms) < 0)
         return -1;
-    return ms + strtoll(expires, NULL, 10) * 1000;
+    return ms + (int64_t)digits(expires, (int)elen) * 1000;
 }
 
 /* ---- the job's JSON --------------------------------------------------------------- */

@@ -81,7 +81,7 @@ static int fail(char *err, size_t err_len, const char *fmt, ...)
     "echo-b64, echo-header, echo-429, huge, deep, badutf8, badutf8-text or oddid"
 #define ENDPOINTS_HELP                                                                             \
     "create_dataset, get_dataset, upload_url, upload, get_import, create_batch, "                  \
-    "list_batches, get_batch, batch_status, setup, sync, get_sync, export, list_exports, "        \
+    "list_batches, get_batch, batch_status, setup, sync, get_sync, export, list_exports, "         \
     "get_export, delete_export or download"
 
 static int parse_probability(const char *s, double *out)

@@ -136,4 +136,3 @@ bool sim_is_input_item(const char *type)
             return true;
     return false;
 }
-

@@ -68,8 +68,6 @@ static char *refusal(const sim_batch *b, const sim_dataset *d, int64_t t)
     const char *status = sim_batch_status_at(b, t);
     if (strcmp(status, "READY") != 0)
         return xasprintf("batch must be in READY status to sync (it is %s)", status);
-    if (!d)
-        return xstrdup("batch has no dataset");
     for (size_t i = 0; i < d->n_imports; i++)
         if (sim_import_running_at(d->imports[i], t))
             return xasprintf("dataset has an import in progress (import %s)", d->imports[i]->id);
@@ -82,6 +80,10 @@ static void resolve(simcore *sim, sim_batch *b, size_t k)
     int64_t t = s->start_ms;
     const sim_dataset *d = b->dataset_id[0] ? sim_find_dataset(sim, b->dataset_id) : NULL;
     s->resolved = true;
+    if (!d) {
+        s->reason = xstrdup("batch has no dataset"); /* POST refuses such a batch */
+        return;
+    }
     s->reason = refusal(b, d, t);
     if (s->reason)
         return;
@@ -158,7 +160,14 @@ void sim_handle_sync(simcore *sim, const simcore_route *rt, int64_t now, simcore
         return;
     }
     const sim_dataset *d = b->dataset_id[0] ? sim_find_dataset(sim, b->dataset_id) : NULL;
-    if (d && !d->schema) {
+    if (!d) {
+        /* Documented precondition (api-2 §3.2): the batch must have a dataset. */
+        simcore_response_error(resp, 400,
+                               "The batch has no dataset; attach one and set the batch up "
+                               "before syncing.");
+        return;
+    }
+    if (!d->schema) {
         /* Documented precondition (api-2 §3.2); the code is unconfirmed, 400 is the only
          * documented error. */
         simcore_response_error(resp, 400,
@@ -188,8 +197,7 @@ static sim_sync *find_sync(const sim_batch *b, const char *id)
     return NULL;
 }
 
-void sim_handle_get_sync(simcore *sim, const simcore_route *rt, int64_t now,
-                         simcore_response *resp)
+void sim_handle_get_sync(simcore *sim, const simcore_route *rt, int64_t now, simcore_response *resp)
 {
     sim_batch *b = sim_find_batch(sim, rt->id);
     if (!b) {

@@ -121,9 +121,9 @@ int simcore_upload_begin(simcore *sim, const char *file_key, const simcore_reque
     *out = NULL;
     if (req->authorization) {
         sim_s3_error(resp, 400, "InvalidArgument",
-                 "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
-                 "Signature query string parameter or the Authorization header should be "
-                 "specified");
+                     "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+                     "Signature query string parameter or the Authorization header should be "
+                     "specified");
         return -EINVAL;
     }
     sim_dataset *d = NULL;
@@ -135,8 +135,8 @@ int simcore_upload_begin(simcore *sim, const char *file_key, const simcore_reque
     }
     if (!sig || strcmp(sig, imp->signature) != 0) {
         sim_s3_error(resp, 403, "SignatureDoesNotMatch",
-                 "The request signature we calculated does not match the signature you "
-                 "provided. Check your key and signing method.");
+                     "The request signature we calculated does not match the signature you "
+                     "provided. Check your key and signing method.");
         return -EACCES;
     }
     if (req->now_ms >= imp->expires_ms) {
@@ -145,8 +145,8 @@ int simcore_upload_begin(simcore *sim, const char *file_key, const simcore_reque
     }
     if (!req->content_type || strcmp(req->content_type, imp->content_type) != 0) {
         sim_s3_error(resp, 403, "SignatureDoesNotMatch",
-                 "The request signature we calculated does not match the signature you "
-                 "provided. Check your key and signing method.");
+                     "The request signature we calculated does not match the signature you "
+                     "provided. Check your key and signing method.");
         return -EACCES;
     }
     simcore_upload *u = xcalloc(1, sizeof *u);

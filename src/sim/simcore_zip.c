@@ -112,10 +112,9 @@ static void make_id(const simcore_stream *s, uint64_t kind, uint64_t a, uint64_t
                  (unsigned long long)(y & 0xffffffffULL));
         return;
     }
-    snprintf(out, 37, "%08llx-%04llx-4%03llx-8%03llx-%012llx",
-             (unsigned long long)(x >> 32), (unsigned long long)((x >> 16) & 0xffff),
-             (unsigned long long)(x & 0xfff), (unsigned long long)(y >> 52),
-             (unsigned long long)(y & 0xffffffffffffULL));
+    snprintf(out, 37, "%08llx-%04llx-4%03llx-8%03llx-%012llx", (unsigned long long)(x >> 32),
+             (unsigned long long)((x >> 16) & 0xffff), (unsigned long long)(x & 0xfff),
+             (unsigned long long)(y >> 52), (unsigned long long)(y & 0xffffffffffffULL));
 }
 
 enum { ID_TASK = 1, ID_GROUP, ID_PARTICIPANT, ID_SUBMISSION, ID_RESPONSE, ID_CHOICE };
@@ -353,10 +352,10 @@ static void central_directory(const simcore_stream *s, strbuf *b)
         put32(b, 0x02014b50);
         put16(b, 3 << 8 | 20); /* made by: Unix, 2.0 */
         common_fields(s, &s->ent[k], b);
-        put16(b, 0);                     /* extra */
-        put16(b, 0);                     /* comment */
-        put16(b, 0);                     /* disk */
-        put16(b, 0);                     /* internal attributes */
+        put16(b, 0);                       /* extra */
+        put16(b, 0);                       /* comment */
+        put16(b, 0);                       /* disk */
+        put16(b, 0);                       /* internal attributes */
         put32(b, (uint64_t)0100644 << 16); /* a regular file, rw-r--r-- */
         put32(b, s->ent[k].lfh_off);
         strbuf_puts(b, s->ent[k].name);

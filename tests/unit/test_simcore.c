@@ -1802,6 +1802,16 @@ static void test_export_download(void **state)
     sig[0] = sig[0] == '0' ? '1' : '0';
     assert_int_equal(download(sim, bad, NULL, t + 2000, NULL), 403);
     free(bad);
+    /* Only GET: S3's 405 (an XML error, not the API's envelope). */
+    split_url su;
+    url_split(url, &su);
+    int st;
+    simcore_response resp;
+    cJSON_Delete(call_full(sim, "PUT", su.path, NULL, NULL, NULL, su.q, t + 2000, &st, &resp));
+    assert_int_equal(st, 405);
+    assert_string_equal(resp.content_type, "application/xml");
+    assert_string_equal(resp.allow, "GET");
+    simcore_response_free(&resp);
     /* Expired at expires_at; a new GET hands out a fresh URL. */
     int64_t exp1 = t + 1000 + 3600 * 1000;
     assert_int_equal(download(sim, url, NULL, exp1, NULL), 403);
@@ -1859,11 +1869,11 @@ static void test_export_cap_delete_modes(void **state)
     query_kv study[] = {{"study_id", "60ffe5c8371090c7041d43f8"}, {NULL, NULL}};
     query_kv bad_from[] = {{"from", "yesterday"}, {NULL, NULL}};
     int st;
-    cJSON_Delete(call_full(sim, "POST", path, "Token " TOKEN, NULL, NULL, study, now + 20, &st,
-                           NULL));
+    cJSON_Delete(
+        call_full(sim, "POST", path, "Token " TOKEN, NULL, NULL, study, now + 20, &st, NULL));
     assert_int_equal(st, 409);
-    cJSON_Delete(call_full(sim, "POST", path, "Token " TOKEN, NULL, NULL, bad_from, now + 20,
-                           &st, NULL));
+    cJSON_Delete(
+        call_full(sim, "POST", path, "Token " TOKEN, NULL, NULL, bad_from, now + 20, &st, NULL));
     assert_int_equal(st, 400);
     free(path);
     /* Old behaviour: once a job is complete, POST answers 200 with its url. */

@@ -1369,10 +1369,21 @@ static void test_streamed_upload(void **state)
 
 /* ---- append, sync, export over HTTP --------------------------------------------------- */
 
-static const char *const SYNC_FAST[] = {
-    "--import-queued",     "20ms", "--import-processing", "30ms",  "--batch-processing", "50ms",
-    "--sync-queued",       "20ms", "--sync-processing",   "30ms",  "--export-generating", "50ms",
-    "--export-url-ttl",    "1s",   NULL};
+static const char *const SYNC_FAST[] = {"--import-queued",
+                                        "20ms",
+                                        "--import-processing",
+                                        "30ms",
+                                        "--batch-processing",
+                                        "50ms",
+                                        "--sync-queued",
+                                        "20ms",
+                                        "--sync-processing",
+                                        "30ms",
+                                        "--export-generating",
+                                        "50ms",
+                                        "--export-url-ttl",
+                                        "1s",
+                                        NULL};
 
 /* Uploads data as a new import of ds and waits for it to complete. */
 static void http_append(const sim_proc *s, const char *ds, const char *data)
