@@ -46,6 +46,9 @@ static simcore *new_sim(void)
                           .import_processing_ms = 500,
                           .batch_processing_ms = 1000,
                           .upload_ttl_ms = 60000,
+                          .sync_queued_ms = 100,
+                          .sync_processing_ms = 300,
+                          .export_generating_ms = 1000,
                           .seed = 42,
                           .base_url = "http://127.0.0.1:9"};
     return simcore_new(&cfg);
@@ -1322,20 +1325,6 @@ static void test_request_log_uri(void **state)
 
 /* ---- append, sync, export ------------------------------------------------------------ */
 
-static simcore *new_sim_sync(void)
-{
-    simcore_config cfg = {.import_queued_ms = 200,
-                          .import_processing_ms = 500,
-                          .batch_processing_ms = 1000,
-                          .upload_ttl_ms = 60000,
-                          .sync_queued_ms = 100,
-                          .sync_processing_ms = 300,
-                          .export_generating_ms = 1000,
-                          .seed = 42,
-                          .base_url = "http://127.0.0.1:9"};
-    return simcore_new(&cfg);
-}
-
 /* n records for SCHEMA_PLAIN, or for SCHEMA_TG with the group keys in groups (one per
  * record, e.g. "aabc"). */
 static char *records(int n, const char *groups)
@@ -1443,7 +1432,7 @@ static char *ready_batch(simcore *sim, const char *ds, const char *data, const c
 static void test_sync_fixed_groups(void **state)
 {
     (void)state;
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     char *ds = create_dataset(sim, SCHEMA_PLAIN);
     char *data = records(5, NULL);
     char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 2}"); /* 5 tasks, 3 groups */
@@ -1477,7 +1466,7 @@ static void test_sync_fixed_groups(void **state)
 static void test_sync_keyed_groups(void **state)
 {
     (void)state;
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     char *ds = create_dataset(sim, SCHEMA_TG);
     char *data = records(3, "aab");
     char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 1}"); /* 3 tasks, 2 groups */
@@ -1522,7 +1511,7 @@ static void expect_failed(simcore *sim, const char *batch, int64_t now, const ch
 static void test_sync_failed_and_serialised(void **state)
 {
     (void)state;
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     char *ds = create_dataset(sim, SCHEMA_PLAIN);
     char *unset = create_batch(sim, ds, "prompt", 201);
     expect_failed(sim, unset, T0, "READY status");
@@ -1770,7 +1759,7 @@ static void check_zip(const strbuf *zip, size_t tasks, size_t submissions)
 static void test_export_download(void **state)
 {
     (void)state;
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     char *ds = create_dataset(sim, SCHEMA_PLAIN);
     char *data = records(5, NULL);
     char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 2}");
@@ -1840,7 +1829,7 @@ static void test_export_download(void **state)
 static void test_export_cap_delete_modes(void **state)
 {
     (void)state;
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     char *ds = create_dataset(sim, SCHEMA_PLAIN);
     char *data = records(3, NULL);
     char *batch = ready_batch(sim, ds, data, "");
@@ -1902,7 +1891,7 @@ static void test_export_cap_delete_modes(void **state)
 static void test_export_keyed_pad_state(void **state)
 {
     (void)state;
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     char *ds = create_dataset(sim, SCHEMA_TG);
     char *data = records(5, "aabbc");
     char *batch = ready_batch(sim, ds, data, "");
@@ -1965,7 +1954,7 @@ static void test_sync_export_routes_and_faults(void **state)
         assert_string_equal(simcore_endpoint_name(rule.endpoint), names[i]);
         free(spec);
     }
-    simcore *sim = new_sim_sync();
+    simcore *sim = new_sim();
     set_rule(sim, "500=1x@download");
     simcore_fault_decision d;
     simcore_fault_decide(sim, SIMCORE_EP_EXPORT, T0, &d);

@@ -1545,15 +1545,23 @@ static cJSON *http_export(const sim_proc *s, const char *batch, char **path_out)
     return j;
 }
 
+/* Starts the sim, makes a READY batch, sets faults (NULL: none) and exports it; returns
+ * the complete job's JSON. */
+static cJSON *start_exported(sim_proc *s, const char *faults, char **ds, char **batch, char **job)
+{
+    sim_start(s, SYNC_FAST);
+    *batch = http_ready_batch(s, ds);
+    if (faults)
+        assert_int_equal(post_faults(s, faults), 200);
+    return http_export(s, *batch, job);
+}
+
 static void test_export_download_http(void **state)
 {
     (void)state;
     sim_proc s;
-    sim_start(&s, SYNC_FAST);
-    char *ds;
-    char *batch = http_ready_batch(&s, &ds);
-    char *job;
-    cJSON *j = http_export(&s, batch, &job);
+    char *ds, *batch, *job;
+    cJSON *j = start_exported(&s, NULL, &ds, &batch, &job);
     char *url = xstrdup(json_str(j, "url"));
     cJSON_Delete(j);
     reply r;
@@ -1619,12 +1627,9 @@ static void test_export_streams(void **state)
 {
     (void)state;
     sim_proc s;
-    sim_start(&s, SYNC_FAST);
-    char *ds;
-    char *batch = http_ready_batch(&s, &ds);
-    assert_int_equal(post_faults(&s, "{\"export_pad\": 4194304}"), 200); /* 4 MiB a record */
-    char *job;
-    cJSON *j = http_export(&s, batch, &job);
+    char *ds, *batch, *job;
+    /* 4 MiB a record */
+    cJSON *j = start_exported(&s, "{\"export_pad\": 4194304}", &ds, &batch, &job);
     long before = rss_kib(s.pid);
     counted c = {0};
     reply r;
