@@ -67,8 +67,10 @@ typedef struct sim_options {
     int64_t huge_bytes;
     int64_t deep_levels;
     const char *odd_id;
+    int64_t export_pad;
     size_t max_body;
     bool quiet;
+    bool export_old;
 } sim_options;
 
 static void usage(FILE *f)
@@ -84,6 +86,14 @@ static void usage(FILE *f)
           "  --import-processing DUR   time an import processes (default 500ms)\n"
           "  --batch-processing DUR    time from setup to READY (default 1s)\n"
           "  --upload-ttl DUR          lifetime of a presigned upload URL (default 15m)\n"
+          "  --sync-queued DUR         time a batch sync stays queued (default 200ms)\n"
+          "  --sync-processing DUR     time a batch sync processes (default 500ms)\n"
+          "  --export-generating DUR   time an export job generates (default 1s)\n"
+          "  --export-url-ttl DUR      lifetime of an export's download URL (default 1h)\n"
+          "  --export-mode new|old     POST export: always 202 (new, default) or 200 with\n"
+          "                            the url once the batch has a finished export (old)\n"
+          "  --export-pad BYTES        padding in every exported record, to make big\n"
+          "                            ZIPs (default 0)\n"
           "  --fault KIND=PROB[@EP]    inject a fault with probability PROB (0 to 1), or\n"
           "  --fault KIND=COUNTx[@EP]  into the next COUNT matching requests (503=2x);\n"
           "                            KIND: 500 502 503 5xx 429 drop drop-after slow,\n"
@@ -92,7 +102,9 @@ static void usage(FILE *f)
           "                            badutf8 badutf8-text oddid;\n"
           "                            EP: create_dataset get_dataset upload_url upload\n"
           "                            get_import create_batch list_batches get_batch\n"
-          "                            batch_status setup (repeatable; first hit wins)\n"
+          "                            batch_status setup sync get_sync export\n"
+          "                            list_exports get_export delete_export download\n"
+          "                            (repeatable; first hit wins)\n"
           "  --retry-after SECS|date   Retry-After of a 429: seconds (default 1) or an HTTP-date\n"
           "  --slow DUR                delay of a slow fault (default 5s)\n"
           "  --batch-error PROB        probability that a setup ends in ERROR (default 0)\n"
@@ -142,6 +154,12 @@ enum {
     OPT_IMPORT_PROCESSING,
     OPT_BATCH_PROCESSING,
     OPT_UPLOAD_TTL,
+    OPT_SYNC_QUEUED,
+    OPT_SYNC_PROCESSING,
+    OPT_EXPORT_GENERATING,
+    OPT_EXPORT_URL_TTL,
+    OPT_EXPORT_MODE,
+    OPT_EXPORT_PAD,
     OPT_FAULT,
     OPT_RETRY_AFTER,
     OPT_SLOW,
@@ -207,6 +225,16 @@ static int apply_fault_option(sim_options *o, int c, const char *arg)
         return parse_whole_opt("huge-size", arg, 0, (double)SIMCORE_HUGE_MAX, &o->huge_bytes);
     case OPT_DEEP_LEVELS:
         return parse_whole_opt("deep-levels", arg, 1, SIMCORE_DEEP_MAX, &o->deep_levels);
+    case OPT_EXPORT_MODE:
+        if (strcmp(arg, "new") != 0 && strcmp(arg, "old") != 0) {
+            fputs("batchd-sim: --export-mode: 'new' or 'old'\n", stderr);
+            return -EINVAL;
+        }
+        o->export_old = strcmp(arg, "old") == 0;
+        return 0;
+    case OPT_EXPORT_PAD:
+        return parse_whole_opt("export-pad", arg, 0, (double)SIMCORE_EXPORT_PAD_MAX,
+                               &o->export_pad);
     case OPT_ODD_ID:
         if (strlen(arg) >= sizeof((simcore_faults *)0)->odd_id) {
             fputs("batchd-sim: --odd-id: at most 255 bytes\n", stderr);
@@ -248,6 +276,21 @@ static int apply_option(sim_options *o, int c, const char *arg)
         return parse_duration_opt("batch-processing", arg, &o->cfg.batch_processing_ms);
     case OPT_UPLOAD_TTL:
         return parse_duration_opt("upload-ttl", arg, &o->cfg.upload_ttl_ms);
+    case OPT_SYNC_QUEUED:
+        return parse_duration_opt("sync-queued", arg, &o->cfg.sync_queued_ms);
+    case OPT_SYNC_PROCESSING:
+        return parse_duration_opt("sync-processing", arg, &o->cfg.sync_processing_ms);
+    case OPT_EXPORT_GENERATING:
+        return parse_duration_opt("export-generating", arg, &o->cfg.export_generating_ms);
+    case OPT_EXPORT_URL_TTL:
+        if (parse_duration_opt("export-url-ttl", arg, &o->cfg.export_url_ttl_ms) < 0)
+            return -EINVAL;
+        if (o->cfg.export_url_ttl_ms < 1000 || o->cfg.export_url_ttl_ms > 604800000) {
+            /* S3's bounds of X-Amz-Expires: 1 s to 7 days. */
+            fputs("batchd-sim: --export-url-ttl: from 1s to 7 days\n", stderr);
+            return -EINVAL;
+        }
+        return 0;
     case OPT_MAX_BODY:
         if (parse_number_opt("max-body", arg, 1, 1073741824.0, &d) < 0)
             return -EINVAL;
@@ -272,6 +315,12 @@ static int parse_options(int argc, char **argv, sim_options *o)
         {"import-processing", required_argument, NULL, OPT_IMPORT_PROCESSING},
         {"batch-processing", required_argument, NULL, OPT_BATCH_PROCESSING},
         {"upload-ttl", required_argument, NULL, OPT_UPLOAD_TTL},
+        {"sync-queued", required_argument, NULL, OPT_SYNC_QUEUED},
+        {"sync-processing", required_argument, NULL, OPT_SYNC_PROCESSING},
+        {"export-generating", required_argument, NULL, OPT_EXPORT_GENERATING},
+        {"export-url-ttl", required_argument, NULL, OPT_EXPORT_URL_TTL},
+        {"export-mode", required_argument, NULL, OPT_EXPORT_MODE},
+        {"export-pad", required_argument, NULL, OPT_EXPORT_PAD},
         {"fault", required_argument, NULL, OPT_FAULT},
         {"retry-after", required_argument, NULL, OPT_RETRY_AFTER},
         {"slow", required_argument, NULL, OPT_SLOW},
@@ -369,13 +418,43 @@ static void log_request(sim_server *s, conn_ctx *c, int status)
              fault ? " fault=" : "", fault ? fault : "", (long long)(time_now_ms() - c->t_ms));
 }
 
-static enum MHD_Result send_response(struct MHD_Connection *conn, const simcore_response *r,
-                                     const char *retry_after)
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
+    int64_t n = simcore_stream_read(cls, pos, buf, max);
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    simcore_stream_free(cls);
+}
+
+/* A buffered body, or a streamed one (r->stream, prepared; handed to the response). */
+static struct MHD_Response *make_response(simcore_response *r)
+{
+    if (r->stream) {
+        simcore_stream *st = r->stream;
+        r->stream = NULL;
+        struct MHD_Response *resp = MHD_create_response_from_callback(
+            simcore_stream_size(st), 64 * 1024, stream_reader, st, stream_free);
+        if (!resp)
+            simcore_stream_free(st);
+        return resp;
+    }
     static char empty[1];
     char *body = r->body ? r->body : empty;
     size_t len = r->body && r->body_len ? r->body_len : strlen(body);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_COPY);
+    return MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_COPY);
+}
+
+static enum MHD_Result send_response(struct MHD_Connection *conn, simcore_response *r,
+                                     const char *retry_after)
+{
+    struct MHD_Response *resp = make_response(r);
     if (!resp)
         return MHD_NO;
     if (r->content_type)
@@ -443,7 +522,7 @@ static void fault_response(sim_server *s, struct MHD_Connection *conn, conn_ctx 
     }
     const char *detail = c->fault.status == 429 ? "Request was throttled (simulated)."
                                                 : "Simulated server error; retry later.";
-    if (c->route.endpoint == SIMCORE_EP_UPLOAD) {
+    if (c->route.endpoint == SIMCORE_EP_UPLOAD || c->route.endpoint == SIMCORE_EP_DOWNLOAD) {
         r->status = c->fault.status;
         r->content_type = "application/xml";
         r->body = xasprintf("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
@@ -502,8 +581,10 @@ static void act(sim_server *s, struct MHD_Connection *conn, conn_ctx *c, simcore
     };
     const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
     pthread_mutex_lock(&s->lock);
-    if (c->route.endpoint == SIMCORE_EP_UPLOAD_URL && host && *host &&
-        !strpbrk(host, "/?#\"<> \t")) {
+    bool gives_url = c->route.endpoint == SIMCORE_EP_UPLOAD_URL ||
+                     c->route.endpoint == SIMCORE_EP_EXPORT ||
+                     c->route.endpoint == SIMCORE_EP_GET_EXPORT;
+    if (gives_url && host && *host && !strpbrk(host, "/?#\"<> \t")) {
         /* Hand out URLs the client can reach the way it reached us. */
         char *base = xasprintf("http://%s", host);
         simcore_set_base_url(s->core, base);
@@ -540,6 +621,21 @@ static void slow_wait(sim_server *s)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Reads a download's ZIP once for its CRCs and sizes: outside the lock (it is pure and
+ * may take seconds for a big one). */
+static void prepare_stream(simcore_response *r)
+{
+    if (!r->stream || simcore_stream_prepare(r->stream) == 0)
+        return;
+    simcore_response_free(r);
+    memset(r, 0, sizeof *r);
+    r->status = 500;
+    r->content_type = "application/xml";
+    r->body = xstrdup("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError"
+                      "</Code><Message>The export is too large for a ZIP without ZIP64."
+                      "</Message></Error>");
+}
+
 static enum MHD_Result finish_request(sim_server *s, struct MHD_Connection *conn, conn_ctx *c)
 {
     simcore_fault_kind k = c->fault.kind;
@@ -556,6 +652,7 @@ static enum MHD_Result finish_request(sim_server *s, struct MHD_Connection *conn
         c->refusal = (simcore_response){0};
     } else {
         act(s, conn, c, &r);
+        prepare_stream(&r);
     }
     if (k == SIMCORE_FAULT_DROP_AFTER) {
         simcore_response_free(&r);
@@ -754,6 +851,8 @@ static void apply_fault_options(simcore_faults *f, const sim_options *o)
         f->huge_bytes = o->huge_bytes;
     if (o->deep_levels)
         f->deep_levels = o->deep_levels;
+    f->export_mode = o->export_old ? SIMCORE_EXPORT_OLD : SIMCORE_EXPORT_NEW;
+    f->export_pad = o->export_pad;
     if (o->odd_id) {
         f->odd_id_mode = SIMCORE_ODD_ID_STRING;
         strlcpy_bd(f->odd_id, o->odd_id, sizeof f->odd_id);
@@ -866,7 +965,11 @@ int main(int argc, char **argv)
         .cfg = {.import_queued_ms = 200,
                 .import_processing_ms = 500,
                 .batch_processing_ms = 1000,
-                .upload_ttl_ms = 15 * 60 * 1000},
+                .upload_ttl_ms = 15 * 60 * 1000,
+                .sync_queued_ms = 200,
+                .sync_processing_ms = 500,
+                .export_generating_ms = 1000,
+                .export_url_ttl_ms = 3600 * 1000},
         .retry_after_s = 1,
         .slow_ms = 5000,
         .huge_bytes = -1,

@@ -16,15 +16,6 @@
 
 #define CREATED_BY "sim-researcher"
 
-/* Makes room for one more element; the state keeps arrays of pointers. */
-static void *grow(void *p, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return p;
-    *cap = *cap ? *cap * 2 : 8;
-    return xrealloc(p, *cap * elem);
-}
-
 simcore *simcore_new(const simcore_config *cfg)
 {
     simcore *sim = xcalloc(1, sizeof *sim);
@@ -38,6 +29,11 @@ simcore *simcore_new(const simcore_config *cfg)
     sim->cfg.base_url = NULL;
     sim->base_url = xstrdup(cfg->base_url ? cfg->base_url : "http://127.0.0.1:8080");
     sim->rng = cfg->seed;
+    if (!sim->cfg.export_url_ttl_ms)
+        sim->cfg.export_url_ttl_ms = 3600 * 1000; /* the API's documented 1 h */
+    /* From the seed but not drawn from the fault RNG, so faults replay the same. */
+    uint64_t salt = cfg->seed ^ 0x5e3c7e7d0a1b2c3dULL;
+    sim->url_secret = sim_hash(&salt, sizeof salt);
     sim->faults.retry_after_s = 1;
     sim->faults.slow_ms = 5000;
     sim->faults.hostile_status = 400;
@@ -77,6 +73,10 @@ static void batch_free(sim_batch *b)
     free(b->workspace_id);
     cJSON_Delete(b->task_details);
     cJSON_Delete(b->batch_items);
+    sim_hashset_free(&b->taken);
+    sim_hashset_free(&b->groups);
+    sim_syncs_free(b);
+    sim_exports_free(b);
     free(b);
 }
 
@@ -111,113 +111,16 @@ simcore_faults *simcore_get_faults(simcore *sim)
     return &sim->faults;
 }
 
-/* ---- lookup --------------------------------------------------------------------- */
-
-sim_dataset *sim_find_dataset(const simcore *sim, const char *id)
-{
-    for (size_t i = 0; i < sim->n_datasets; i++)
-        if (strcmp(sim->datasets[i]->id, id) == 0)
-            return sim->datasets[i];
-    return NULL;
-}
-
-sim_import *sim_find_import(const sim_dataset *d, const char *id)
-{
-    for (size_t i = 0; i < d->n_imports; i++)
-        if (strcmp(d->imports[i]->id, id) == 0)
-            return d->imports[i];
-    return NULL;
-}
-
-sim_batch *sim_find_batch(const simcore *sim, const char *id)
-{
-    for (size_t i = 0; i < sim->n_batches; i++)
-        if (strcmp(sim->batches[i]->id, id) == 0)
-            return sim->batches[i];
-    return NULL;
-}
-
-sim_import *sim_find_import_by_key(const simcore *sim, const char *file_key, sim_dataset **ds_out)
-{
-    for (size_t i = 0; i < sim->n_datasets; i++) {
-        sim_dataset *d = sim->datasets[i];
-        for (size_t k = 0; k < d->n_imports; k++) {
-            if (strcmp(d->imports[k]->file_key, file_key) == 0) {
-                if (ds_out)
-                    *ds_out = d;
-                return d->imports[k];
-            }
-        }
-    }
-    return NULL;
-}
-
-/* ---- lifecycle ------------------------------------------------------------------ */
-
-const char *sim_import_status_at(const sim_import *imp, int64_t now_ms)
-{
-    if (imp->uploaded_ms < 0)
-        return "uninitialised";
-    if (now_ms < imp->start_ms)
-        return "queued";
-    if (now_ms < imp->finish_ms)
-        return "processing";
-    switch (imp->outcome) {
-    case SIM_OUTCOME_COMPLETE:
-        return "complete";
-    case SIM_OUTCOME_PARTIAL:
-        return "partial";
-    default:
-        return "failed";
-    }
-}
-
-static bool import_usable_at(const sim_import *imp, int64_t now_ms)
-{
-    return imp->uploaded_ms >= 0 && now_ms >= imp->finish_ms && imp->outcome != SIM_OUTCOME_FAILED;
-}
-
-const char *sim_batch_status_at(const sim_batch *b, int64_t now_ms)
-{
-    if (b->setup_ms < 0)
-        return "UNINITIALISED";
-    if (now_ms < b->ready_ms)
-        return "PROCESSING";
-    return b->error ? "ERROR" : "READY";
-}
-
-const char *simcore_import_status(const simcore *sim, const char *import_id, int64_t now_ms)
-{
-    for (size_t i = 0; i < sim->n_datasets; i++) {
-        const sim_import *imp = sim_find_import(sim->datasets[i], import_id);
-        if (imp)
-            return sim_import_status_at(imp, now_ms);
-    }
-    return NULL;
-}
-
-const char *simcore_batch_status(const simcore *sim, const char *batch_id, int64_t now_ms)
-{
-    const sim_batch *b = sim_find_batch(sim, batch_id);
-    return b ? sim_batch_status_at(b, now_ms) : NULL;
-}
-
 static uint64_t dataset_datapoints_at(const sim_dataset *d, int64_t now_ms)
 {
     uint64_t n = 0;
     for (size_t i = 0; i < d->n_imports; i++)
-        if (import_usable_at(d->imports[i], now_ms))
+        if (sim_import_usable_at(d->imports[i], now_ms))
             n += d->imports[i]->accepted;
     return n;
 }
 
 /* ---- JSON ----------------------------------------------------------------------- */
-
-static void add_time(cJSON *o, const char *key, int64_t ms)
-{
-    char buf[40];
-    cJSON_AddStringToObject(o, key, time_format_rfc3339(ms, true, buf, sizeof buf));
-}
 
 cJSON *sim_import_json(const sim_dataset *d, const sim_import *imp, int64_t now_ms)
 {
@@ -227,16 +130,16 @@ cJSON *sim_import_json(const sim_dataset *d, const sim_import *imp, int64_t now_
     cJSON_AddStringToObject(j, "import_id", imp->id);
     cJSON_AddStringToObject(j, "type", "file_upload");
     cJSON_AddStringToObject(j, "filename", imp->filename);
-    add_time(j, "created_at", imp->created_ms);
+    sim_add_time(j, "created_at", imp->created_ms);
     int64_t updated = imp->created_ms;
     if (imp->uploaded_ms >= 0)
         updated = now_ms >= imp->finish_ms  ? imp->finish_ms
                   : now_ms >= imp->start_ms ? imp->start_ms
                                             : imp->uploaded_ms;
-    add_time(j, "updated_at", updated);
+    sim_add_time(j, "updated_at", updated);
     cJSON_AddStringToObject(j, "status", status);
     if (imp->uploaded_ms >= 0 && now_ms >= imp->start_ms)
-        add_time(j, "processing_started_at", imp->start_ms);
+        sim_add_time(j, "processing_started_at", imp->start_ms);
     if (strcmp(status, "complete") == 0 || strcmp(status, "partial") == 0)
         cJSON_AddNumberToObject(j, "accepted_count", (double)imp->accepted);
     if (strcmp(status, "partial") == 0) {
@@ -253,7 +156,7 @@ cJSON *sim_dataset_json(const sim_dataset *d, int64_t now_ms)
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "id", d->id);
     cJSON_AddStringToObject(j, "name", d->name);
-    add_time(j, "created_at", d->created_ms);
+    sim_add_time(j, "created_at", d->created_ms);
     cJSON_AddStringToObject(j, "created_by", CREATED_BY);
     cJSON_AddStringToObject(j, "workspace_id", d->workspace_id);
     cJSON_AddNumberToObject(j, "total_datapoint_count", (double)dataset_datapoints_at(d, now_ms));
@@ -274,12 +177,14 @@ cJSON *sim_dataset_json(const sim_dataset *d, int64_t now_ms)
     return j;
 }
 
-cJSON *sim_batch_json(const simcore *sim, const sim_batch *b, int64_t now_ms)
+cJSON *sim_batch_json(simcore *sim, sim_batch *b, int64_t now_ms)
 {
+    uint64_t tasks, groups;
+    sim_batch_counts_at(sim, b, now_ms, &tasks, &groups);
     cJSON *j = cJSON_CreateObject();
     const char *status = sim_batch_status_at(b, now_ms);
     cJSON_AddStringToObject(j, "id", b->id);
-    add_time(j, "created_at", b->created_ms);
+    sim_add_time(j, "created_at", b->created_ms);
     cJSON_AddStringToObject(j, "created_by", CREATED_BY);
     cJSON *datasets = cJSON_AddArrayToObject(j, "datasets");
     const sim_dataset *d = b->dataset_id[0] ? sim_find_dataset(sim, b->dataset_id) : NULL;
@@ -298,12 +203,12 @@ cJSON *sim_batch_json(const simcore *sim, const sim_batch *b, int64_t now_ms)
     cJSON_AddStringToObject(j, "name", b->name);
     cJSON_AddStringToObject(j, "status", status);
     bool ready = strcmp(status, "READY") == 0;
-    cJSON_AddNumberToObject(j, "total_task_count", ready ? (double)b->task_count : 0);
+    cJSON_AddNumberToObject(j, "total_task_count", ready ? (double)tasks : 0);
     cJSON_AddNumberToObject(j, "total_instruction_count", (double)b->instruction_count);
     cJSON_AddStringToObject(j, "workspace_id", b->workspace_id);
     cJSON_AddNumberToObject(j, "schema_version", d && !d->schema ? 3 : 4);
     cJSON_AddItemToObject(j, "task_details", cJSON_Duplicate(b->task_details, 1));
-    cJSON_AddNumberToObject(j, "total_task_groups", ready ? (double)b->task_groups : 0);
+    cJSON_AddNumberToObject(j, "total_task_groups", ready ? (double)groups : 0);
     if (b->batch_items)
         cJSON_AddItemToObject(j, "batch_items", cJSON_Duplicate(b->batch_items, 1));
     else
@@ -314,15 +219,19 @@ cJSON *sim_batch_json(const simcore *sim, const sim_batch *b, int64_t now_ms)
     return j;
 }
 
-cJSON *simcore_state_json(const simcore *sim, int64_t now_ms)
+cJSON *simcore_state_json(simcore *sim, int64_t now_ms)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON *ds = cJSON_AddArrayToObject(j, "datasets");
     for (size_t i = 0; i < sim->n_datasets; i++)
         cJSON_AddItemToArray(ds, sim_dataset_json(sim->datasets[i], now_ms));
     cJSON *bs = cJSON_AddArrayToObject(j, "batches");
-    for (size_t i = 0; i < sim->n_batches; i++)
-        cJSON_AddItemToArray(bs, sim_batch_json(sim, sim->batches[i], now_ms));
+    for (size_t i = 0; i < sim->n_batches; i++) {
+        cJSON *b = sim_batch_json(sim, sim->batches[i], now_ms);
+        cJSON_AddItemToObject(b, "syncs", sim_syncs_json(sim, sim->batches[i], now_ms));
+        cJSON_AddItemToObject(b, "exports", sim_exports_json(sim->batches[i], now_ms));
+        cJSON_AddItemToArray(bs, b);
+    }
     cJSON_AddItemToObject(j, "requests", simcore_requests_json(sim, 0));
     cJSON_AddItemToObject(j, "faults", simcore_faults_to_json(&sim->faults));
     return j;
@@ -393,17 +302,9 @@ static void handle_create_dataset(simcore *sim, const cJSON *body, int64_t now,
         d->schema = cJSON_Duplicate(schema, 1);
         d->group_field = find_group_field(schema);
     }
-    sim->datasets = grow(sim->datasets, &sim->cap_datasets, sim->n_datasets, sizeof(void *));
+    sim->datasets = sim_grow(sim->datasets, &sim->cap_datasets, sim->n_datasets, sizeof(void *));
     sim->datasets[sim->n_datasets++] = d;
     sim_respond_json(resp, 201, sim_dataset_json(d, now));
-}
-
-static void respond_not_found(simcore_response *resp, const char *what, const char *id)
-{
-    char *msg =
-        xasprintf("No %s with id '%s' exists (or it is not visible to this token).", what, id);
-    simcore_response_error(resp, 404, msg);
-    free(msg);
 }
 
 static void handle_get_dataset(simcore *sim, const simcore_route *rt, int64_t now,
@@ -411,7 +312,7 @@ static void handle_get_dataset(simcore *sim, const simcore_route *rt, int64_t no
 {
     const sim_dataset *d = sim_find_dataset(sim, rt->id);
     if (!d) {
-        respond_not_found(resp, "dataset", rt->id);
+        sim_respond_not_found(resp, "dataset", rt->id);
         return;
     }
     sim_respond_json(resp, 200, sim_dataset_json(d, now));
@@ -450,7 +351,7 @@ static void handle_upload_url(simcore *sim, const simcore_route *rt, int64_t now
 {
     sim_dataset *d = sim_find_dataset(sim, rt->id);
     if (!d) {
-        respond_not_found(resp, "dataset", rt->id);
+        sim_respond_not_found(resp, "dataset", rt->id);
         return;
     }
     records_format fmt;
@@ -479,7 +380,7 @@ static void handle_upload_url(simcore *sim, const simcore_route *rt, int64_t now
     imp->expires_ms = now + sim->cfg.upload_ttl_ms;
     imp->uploaded_ms = -1;
     imp->errors = cJSON_CreateArray();
-    d->imports = grow(d->imports, &d->cap_imports, d->n_imports, sizeof(void *));
+    d->imports = sim_grow(d->imports, &d->cap_imports, d->n_imports, sizeof(void *));
     d->imports[d->n_imports++] = imp;
 
     strbuf url;
@@ -509,25 +410,15 @@ static void handle_get_import(simcore *sim, const simcore_route *rt, int64_t now
 {
     const sim_dataset *d = sim_find_dataset(sim, rt->id);
     if (!d) {
-        respond_not_found(resp, "dataset", rt->id);
+        sim_respond_not_found(resp, "dataset", rt->id);
         return;
     }
     const sim_import *imp = sim_find_import(d, rt->sub);
     if (!imp) {
-        respond_not_found(resp, "import job", rt->sub);
+        sim_respond_not_found(resp, "import job", rt->sub);
         return;
     }
     sim_respond_json(resp, 200, sim_import_json(d, imp, now));
-}
-
-static bool is_input_item(const char *type)
-{
-    static const char *const inputs[] = {"free_text", "free_text_with_unit", "multiple_choice",
-                                         "multiple_choice_with_free_text", "file_upload"};
-    for (size_t i = 0; type && i < BD_ARRAY_LEN(inputs); i++)
-        if (strcmp(type, inputs[i]) == 0)
-            return true;
-    return false;
 }
 
 /* Gives every object in an array an "id" unless it has one, and walks into "rows",
@@ -544,7 +435,7 @@ static void assign_ids(cJSON *arr, int64_t now, int64_t *inputs)
             uuid_v7(now, id);
             cJSON_AddStringToObject(o, "id", id);
         }
-        if (is_input_item(json_str(o, "type")))
+        if (sim_is_input_item(json_str(o, "type")))
             (*inputs)++;
         static const char *const kids[] = {"rows", "columns", "items"};
         for (size_t i = 0; i < BD_ARRAY_LEN(kids); i++) {
@@ -607,7 +498,7 @@ static void handle_create_batch(simcore *sim, const cJSON *body, int64_t now,
     b->auto_sync_enabled = json_bool(body, "auto_sync_enabled", false);
     b->setup_ms = -1;
     b->tasks_per_group = 1;
-    sim->batches = grow(sim->batches, &sim->cap_batches, sim->n_batches, sizeof(void *));
+    sim->batches = sim_grow(sim->batches, &sim->cap_batches, sim->n_batches, sizeof(void *));
     sim->batches[sim->n_batches++] = b;
     sim_respond_json(resp, 201, sim_batch_json(sim, b, now));
 }
@@ -636,9 +527,9 @@ static void handle_list_batches(simcore *sim, const simcore_request *req, simcor
 static void handle_get_batch(simcore *sim, const simcore_route *rt, int64_t now, bool status_only,
                              simcore_response *resp)
 {
-    const sim_batch *b = sim_find_batch(sim, rt->id);
+    sim_batch *b = sim_find_batch(sim, rt->id);
     if (!b) {
-        respond_not_found(resp, "batch", rt->id);
+        sim_respond_not_found(resp, "batch", rt->id);
         return;
     }
     if (!status_only) {
@@ -666,17 +557,22 @@ static void compute_tasks(const sim_dataset *d, sim_batch *b, int64_t now)
     sim_hashset groups = {0};
     for (size_t i = 0; i < d->n_imports; i++) {
         const sim_import *imp = d->imports[i];
-        if (!import_usable_at(imp, now))
+        if (!sim_import_usable_at(imp, now))
             continue;
         count += imp->accepted;
         sim_hashset_merge(&groups, &imp->groups);
+        /* Setup took these datapoints: a sync only takes the imports after them. */
+        sim_hashset_add(&b->taken, sim_hash(imp->id, strlen(imp->id)));
     }
     b->task_count = count;
-    if (d->group_field)
+    if (d->group_field) {
         b->task_groups = groups.n;
-    else
+        sim_hashset_free(&b->groups);
+        b->groups = groups;
+    } else {
         b->task_groups = (count + (uint64_t)b->tasks_per_group - 1) / (uint64_t)b->tasks_per_group;
-    sim_hashset_free(&groups);
+        sim_hashset_free(&groups);
+    }
 }
 
 static void handle_setup(simcore *sim, const simcore_route *rt, const cJSON *body, int64_t now,
@@ -684,7 +580,7 @@ static void handle_setup(simcore *sim, const simcore_route *rt, const cJSON *bod
 {
     sim_batch *b = sim_find_batch(sim, rt->id);
     if (!b) {
-        respond_not_found(resp, "batch", rt->id);
+        sim_respond_not_found(resp, "batch", rt->id);
         return;
     }
     diag r = {0};
@@ -780,8 +676,11 @@ static bool is_json_type(const char *ct)
 static cJSON *parse_body(const simcore_route *rt, const simcore_request *req,
                          simcore_response *resp)
 {
-    /* An empty setup body means "all defaults", as the API's own framework takes it. */
-    if (rt->endpoint == SIMCORE_EP_SETUP && req->body_len == 0)
+    /* An empty setup body means "all defaults", as the API's own framework takes it; sync
+     * and export take no body at all (the CLI sends none, with or without Content-Type). */
+    if ((rt->endpoint == SIMCORE_EP_SETUP || rt->endpoint == SIMCORE_EP_SYNC ||
+         rt->endpoint == SIMCORE_EP_EXPORT) &&
+        req->body_len == 0)
         return cJSON_CreateObject();
     if (!is_json_type(req->content_type)) {
         simcore_response_error(resp, 415,
@@ -816,6 +715,56 @@ static cJSON *parse_body(const simcore_route *rt, const simcore_request *req,
     return j;
 }
 
+/* The endpoint's own handler, after the checks every request goes through. */
+static void dispatch(simcore *sim, const simcore_route *rt, const simcore_request *req,
+                     const cJSON *body, simcore_response *resp)
+{
+    switch (rt->endpoint) {
+    case SIMCORE_EP_CREATE_DATASET:
+        handle_create_dataset(sim, body, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_GET_DATASET:
+        handle_get_dataset(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_UPLOAD_URL:
+        handle_upload_url(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_GET_IMPORT:
+        handle_get_import(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_CREATE_BATCH:
+        handle_create_batch(sim, body, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_LIST_BATCHES:
+        handle_list_batches(sim, req, resp);
+        break;
+    case SIMCORE_EP_GET_BATCH:
+        handle_get_batch(sim, rt, req->now_ms, false, resp);
+        break;
+    case SIMCORE_EP_BATCH_STATUS:
+        handle_get_batch(sim, rt, req->now_ms, true, resp);
+        break;
+    case SIMCORE_EP_SETUP:
+        handle_setup(sim, rt, body, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_SYNC:
+        sim_handle_sync(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_GET_SYNC:
+        sim_handle_get_sync(sim, rt, req->now_ms, resp);
+        break;
+    case SIMCORE_EP_EXPORT:
+    case SIMCORE_EP_LIST_EXPORTS:
+    case SIMCORE_EP_GET_EXPORT:
+    case SIMCORE_EP_DELETE_EXPORT:
+        sim_handle_export(sim, rt, req, resp);
+        break;
+    default:
+        handle_sim(sim, rt, req, body, resp);
+        break;
+    }
+}
+
 void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
                     simcore_response *resp)
 {
@@ -830,6 +779,17 @@ void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
         /* Only a PUT goes through simcore_upload_*; anything else is the wrong method. */
         simcore_response_error(resp, 405, "Upload URLs take PUT only.");
         resp->allow = "PUT";
+        return;
+    }
+    if (rt.endpoint == SIMCORE_EP_DOWNLOAD) {
+        /* A presigned URL: no API token (one is refused), the S3 answers. */
+        if (rt.status == 405) {
+            sim_s3_error(resp, 405, "MethodNotAllowed",
+                         "The specified method is not allowed against this resource.");
+            resp->allow = "GET";
+            return;
+        }
+        sim_handle_download(sim, &rt, req, resp);
         return;
     }
     bool control = simcore_endpoint_is_control(rt.endpoint);
@@ -854,38 +814,6 @@ void simcore_handle(simcore *sim, const char *token, const simcore_request *req,
         if (!body)
             return;
     }
-    int64_t now = req->now_ms;
-    switch (rt.endpoint) {
-    case SIMCORE_EP_CREATE_DATASET:
-        handle_create_dataset(sim, body, now, resp);
-        break;
-    case SIMCORE_EP_GET_DATASET:
-        handle_get_dataset(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_UPLOAD_URL:
-        handle_upload_url(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_GET_IMPORT:
-        handle_get_import(sim, &rt, now, resp);
-        break;
-    case SIMCORE_EP_CREATE_BATCH:
-        handle_create_batch(sim, body, now, resp);
-        break;
-    case SIMCORE_EP_LIST_BATCHES:
-        handle_list_batches(sim, req, resp);
-        break;
-    case SIMCORE_EP_GET_BATCH:
-        handle_get_batch(sim, &rt, now, false, resp);
-        break;
-    case SIMCORE_EP_BATCH_STATUS:
-        handle_get_batch(sim, &rt, now, true, resp);
-        break;
-    case SIMCORE_EP_SETUP:
-        handle_setup(sim, &rt, body, now, resp);
-        break;
-    default:
-        handle_sim(sim, &rt, req, body, resp);
-        break;
-    }
+    dispatch(sim, &rt, req, body, resp);
     cJSON_Delete(body);
 }

@@ -25,7 +25,14 @@ typedef enum simcore_endpoint {
     SIMCORE_EP_GET_BATCH,
     SIMCORE_EP_BATCH_STATUS,
     SIMCORE_EP_SETUP,
-    SIMCORE_EP_SIM_STATE, /* /_sim/state: never faulted, no auth */
+    SIMCORE_EP_SYNC,          /* POST …/batches/{id}/sync */
+    SIMCORE_EP_GET_SYNC,      /* GET …/batches/{id}/syncs/{sync_id} */
+    SIMCORE_EP_EXPORT,        /* POST …/batches/{id}/export */
+    SIMCORE_EP_LIST_EXPORTS,  /* GET …/batches/{id}/export */
+    SIMCORE_EP_GET_EXPORT,    /* GET …/batches/{id}/export/{export_id} */
+    SIMCORE_EP_DELETE_EXPORT, /* DELETE …/batches/{id}/export/{export_id} */
+    SIMCORE_EP_DOWNLOAD,      /* the presigned GET of an export's ZIP */
+    SIMCORE_EP_SIM_STATE,     /* /_sim/state: never faulted, no auth */
     SIMCORE_EP_SIM_REQUESTS,
     SIMCORE_EP_SIM_FAULTS,
     SIMCORE_EP_COUNT_,
@@ -33,7 +40,8 @@ typedef enum simcore_endpoint {
 
 /* "create_dataset", ...; NULL for SIMCORE_EP_NONE. */
 const char *simcore_endpoint_name(simcore_endpoint ep);
-/* Returns 0, or -EINVAL for a name that is not one of the ten API endpoint names. */
+/* Returns 0, or -EINVAL for a name that is not one of the API endpoint names (create_dataset
+ * through download). */
 int simcore_endpoint_from_name(const char *name, simcore_endpoint *out);
 /* True for the /_sim/ endpoints (no auth, no faults, not logged). */
 bool simcore_endpoint_is_control(simcore_endpoint ep);
@@ -45,7 +53,7 @@ typedef struct simcore_route {
     int status;
     const char *allow;
     char id[64];   /* dataset_id or batch_id from the path */
-    char sub[512]; /* import_id, upload filename, or the upload's file_key */
+    char sub[512]; /* import_id, upload filename, sync_id, export_id, or the file key */
 } simcore_route;
 
 /* path is the URL path without the query string (already percent-decoded). */
@@ -117,7 +125,15 @@ typedef struct simcore_faults {
     enum { SIMCORE_ODD_ID_LIST = 0, SIMCORE_ODD_ID_STRING, SIMCORE_ODD_ID_NUMBER } odd_id_mode;
     char odd_id[256];
     double odd_id_number;
+    /* POST …/export: SIMCORE_EXPORT_NEW (the newer docs: always 202 with an export_id, a
+     * fresh job per POST unless one with the same filters is generating) or
+     * SIMCORE_EXPORT_OLD (the 2026-08-01 spec: 202 generating, or 200 complete with the
+     * url when the batch already has a finished export). */
+    enum { SIMCORE_EXPORT_NEW = 0, SIMCORE_EXPORT_OLD } export_mode;
+    int64_t export_pad; /* bytes of padding in every exported record (0: none) */
 } simcore_faults;
+
+#define SIMCORE_EXPORT_PAD_MAX (1LL << 30)
 
 #define SIMCORE_HUGE_DEFAULT (9 * 1024 * 1024)
 #define SIMCORE_HUGE_MAX     (256LL * 1024 * 1024)
@@ -132,8 +148,9 @@ int simcore_fault_parse(const char *spec, simcore_fault_rule *out, char *err, si
  * "probability" | "count", "endpoint"}, ...],
  * "retry_after": n | "date", "slow_ms": n, "batch_error": p, "hostile_status": 400..599,
  * "huge_bytes": n, "deep_levels": n, "odd_id": "text" | number | null (null: the built-in
- * list)}; members left out keep their value, "faults" replaces the whole table). Returns 0 or
- * -EINVAL with err filled; on error nothing changes. */
+ * list), "export_mode": "new" | "old", "export_pad": n}; members left out keep their value,
+ * "faults" replaces the whole table). Returns 0 or -EINVAL with err filled; on error nothing
+ * changes. */
 int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_t err_len);
 /* The form simcore_faults_from_json takes; a counted rule shows the hits it has left. */
 cJSON *simcore_faults_to_json(const simcore_faults *f);
@@ -152,6 +169,10 @@ typedef struct simcore_config {
     int64_t import_processing_ms;
     int64_t batch_processing_ms;
     int64_t upload_ttl_ms;
+    int64_t sync_queued_ms;       /* a sync waits this long before processing */
+    int64_t sync_processing_ms;   /* and processes this long */
+    int64_t export_generating_ms; /* an export generates this long */
+    int64_t export_url_ttl_ms;    /* lifetime of an export's presigned URL (0: 1 h) */
     uint64_t seed;
     size_t max_errors;    /* import errors[] cap (0: 100) */
     size_t max_record;    /* longest record in an upload (0: 1 MiB) */
@@ -206,6 +227,8 @@ typedef struct simcore_response {
     const char *content_type; /* static string or NULL */
     const char *allow;        /* for 405 */
     char etag[48];            /* for a successful upload */
+    /* A streamed body (an export's ZIP) instead of body: owned; see simcore_stream_*. */
+    struct simcore_stream *stream;
 } simcore_response;
 
 void simcore_response_free(simcore_response *resp);
@@ -227,7 +250,8 @@ void simcore_hostile_response(const simcore *sim, const simcore_fault_decision *
                               const simcore_request *req, simcore_response *resp);
 /* After an oddid request acted: replaces the id the client goes on with in a 2xx reply
  * of ep (create_dataset and create_batch "id", upload_url "import_id", list_batches
- * "results[].id") with the hostile id of d. The sim's own state keeps its real ids. */
+ * "results[].id", sync "sync_id", export "export_id") with the hostile id of d. The sim's own state
+ * keeps its real ids. */
 void simcore_hostile_rewrite(const simcore *sim, const simcore_fault_decision *d,
                              simcore_endpoint ep, simcore_response *resp);
 /* The built-in hostile ids; *is_number is set for the one given as a JSON number. */
@@ -252,6 +276,27 @@ void simcore_upload_finish(simcore *sim, simcore_upload *u, int64_t now_ms, simc
 /* Abandons an upload (connection lost): the import stays uninitialised. NULL is a no-op. */
 void simcore_upload_free(simcore_upload *u);
 
+/* ---- downloads ----------------------------------------------------------------- */
+
+/* An export's ZIP as a byte stream made on the fly from a snapshot of the batch: the
+ * server never holds the archive. simcore_handle answers a download with resp->stream set;
+ * the server calls simcore_stream_prepare outside its lock (it reads the whole stream
+ * once for the CRCs and sizes), then simcore_stream_read with increasing offsets. */
+typedef struct simcore_stream simcore_stream;
+
+/* Computes the entries' CRC-32 and sizes. Returns 0, or -EFBIG when the ZIP would need
+ * ZIP64 (4 GiB or more). */
+int simcore_stream_prepare(simcore_stream *s);
+/* Total bytes of the ZIP (after prepare). */
+uint64_t simcore_stream_size(const simcore_stream *s);
+/* Copies up to max bytes from offset pos, which must be where the last read ended.
+ * Returns the count, 0 at the end, or -EINVAL for an offset out of sequence. */
+int64_t simcore_stream_read(simcore_stream *s, uint64_t pos, char *buf, size_t max);
+void simcore_stream_free(simcore_stream *s);
+
+/* CRC-32 (ISO-HDLC, as ZIP uses): crc is 0 to start, or the value so far to continue. */
+uint32_t simcore_crc32(uint32_t crc, const void *data, size_t len);
+
 /* ---- observation --------------------------------------------------------------- */
 
 typedef struct simcore_log_entry {
@@ -272,14 +317,17 @@ uint64_t simcore_log_request(simcore *sim, const simcore_log_entry *e);
 /* [{"seq", "t_ms", "method", "path", "uri", "endpoint", "status", "auth", "fault",
  *   "retry_after_ms"}] with seq > since ("uri": the target as sent, or null). */
 cJSON *simcore_requests_json(const simcore *sim, uint64_t since);
-/* {"datasets": [Dataset with imports], "batches": [Batch], "requests": [...],
- *  "faults": {...}} as of now_ms. */
-cJSON *simcore_state_json(const simcore *sim, int64_t now_ms);
+/* {"datasets": [Dataset with imports], "batches": [Batch with "syncs": [SyncJob] and
+ *  "exports": [export job]], "requests": [...], "faults": {...}} as of now_ms. */
+cJSON *simcore_state_json(simcore *sim, int64_t now_ms);
 
 /* For tests and the import JSON: an import's status at now_ms ("uninitialised", ...),
  * NULL for an unknown id. */
 const char *simcore_import_status(const simcore *sim, const char *import_id, int64_t now_ms);
 /* A batch's status at now_ms ("UNINITIALISED", ...), NULL for an unknown id. */
 const char *simcore_batch_status(const simcore *sim, const char *batch_id, int64_t now_ms);
+/* A sync's status at now_ms ("queued", ...), NULL for an unknown batch or sync. */
+const char *simcore_sync_status(simcore *sim, const char *batch_id, const char *sync_id,
+                                int64_t now_ms);
 
 #endif

@@ -81,7 +81,8 @@ static int fail(char *err, size_t err_len, const char *fmt, ...)
     "echo-b64, echo-header, echo-429, huge, deep, badutf8, badutf8-text or oddid"
 #define ENDPOINTS_HELP                                                                             \
     "create_dataset, get_dataset, upload_url, upload, get_import, create_batch, "                  \
-    "list_batches, get_batch, batch_status or setup"
+    "list_batches, get_batch, batch_status, setup, sync, get_sync, export, list_exports, "         \
+    "get_export, delete_export or download"
 
 static int parse_probability(const char *s, double *out)
 {
@@ -281,6 +282,28 @@ static int number_members(const cJSON *j, simcore_faults *next, char *err, size_
     return 0;
 }
 
+/* export_mode ("new" | "old") and export_pad (bytes). */
+static int export_members(const cJSON *j, simcore_faults *next, char *err, size_t err_len)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "export_mode");
+    if (m) {
+        if (!cJSON_IsString(m) ||
+            (strcmp(m->valuestring, "new") != 0 && strcmp(m->valuestring, "old") != 0))
+            return fail(err, err_len, "export_mode must be \"new\" or \"old\"");
+        next->export_mode =
+            strcmp(m->valuestring, "old") == 0 ? SIMCORE_EXPORT_OLD : SIMCORE_EXPORT_NEW;
+    }
+    bool present;
+    double v = 0;
+    if (number_member(j, "export_pad", 0, (double)SIMCORE_EXPORT_PAD_MAX, &present, &v) < 0 ||
+        (present && v != floor(v)))
+        return fail(err, err_len, "export_pad must be a whole number of bytes from 0 to %lld",
+                    (long long)SIMCORE_EXPORT_PAD_MAX);
+    if (present)
+        next->export_pad = (int64_t)v;
+    return 0;
+}
+
 static int odd_id_member(const cJSON *j, simcore_faults *next, char *err, size_t err_len)
 {
     const cJSON *odd = cJSON_GetObjectItemCaseSensitive(j, "odd_id");
@@ -309,7 +332,8 @@ int simcore_faults_from_json(simcore_faults *f, const cJSON *j, char *err, size_
     simcore_faults next = *f;
     if (rules_member(j, &next, err, err_len) < 0 ||
         retry_after_member(j, &next, err, err_len) < 0 ||
-        number_members(j, &next, err, err_len) < 0 || odd_id_member(j, &next, err, err_len) < 0)
+        number_members(j, &next, err, err_len) < 0 || odd_id_member(j, &next, err, err_len) < 0 ||
+        export_members(j, &next, err, err_len) < 0)
         return -EINVAL;
     *f = next;
     return 0;
@@ -336,6 +360,8 @@ cJSON *simcore_faults_to_json(const simcore_faults *f)
     cJSON_AddNumberToObject(j, "hostile_status", f->hostile_status);
     cJSON_AddNumberToObject(j, "huge_bytes", (double)f->huge_bytes);
     cJSON_AddNumberToObject(j, "deep_levels", (double)f->deep_levels);
+    cJSON_AddStringToObject(j, "export_mode", f->export_mode == SIMCORE_EXPORT_OLD ? "old" : "new");
+    cJSON_AddNumberToObject(j, "export_pad", (double)f->export_pad);
     if (f->odd_id_mode == SIMCORE_ODD_ID_STRING)
         cJSON_AddStringToObject(j, "odd_id", f->odd_id);
     else if (f->odd_id_mode == SIMCORE_ODD_ID_NUMBER)
@@ -362,7 +388,8 @@ double sim_rand01(simcore *sim)
 static bool gives_id(simcore_endpoint ep)
 {
     return ep == SIMCORE_EP_CREATE_DATASET || ep == SIMCORE_EP_UPLOAD_URL ||
-           ep == SIMCORE_EP_CREATE_BATCH || ep == SIMCORE_EP_LIST_BATCHES;
+           ep == SIMCORE_EP_CREATE_BATCH || ep == SIMCORE_EP_LIST_BATCHES ||
+           ep == SIMCORE_EP_SYNC || ep == SIMCORE_EP_EXPORT;
 }
 
 void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,

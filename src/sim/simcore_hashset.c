@@ -44,6 +44,12 @@ void sim_hashset_add(sim_hashset *s, uint64_t h)
     s->n++;
 }
 
+bool sim_hashset_has(const sim_hashset *s, uint64_t h)
+{
+    size_t at = hashset_lower(s, h);
+    return at < s->n && s->v[at] == h;
+}
+
 void sim_hashset_merge(sim_hashset *dst, const sim_hashset *src)
 {
     for (size_t i = 0; i < src->n; i++)

@@ -94,6 +94,13 @@ void simcore_hostile_rewrite(const simcore *sim, const simcore_fault_decision *d
     case SIMCORE_EP_UPLOAD_URL:
         replace_member(j, "import_id", odd_value(sim, d));
         break;
+    case SIMCORE_EP_SYNC:
+        replace_member(j, "sync_id", odd_value(sim, d));
+        break;
+    case SIMCORE_EP_EXPORT:
+        /* A 200 (old behaviour) carries no export_id: replace_member leaves it alone. */
+        replace_member(j, "export_id", odd_value(sim, d));
+        break;
     case SIMCORE_EP_LIST_BATCHES: {
         cJSON *results = cJSON_GetObjectItemCaseSensitive(j, "results");
         cJSON *b;

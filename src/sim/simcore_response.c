@@ -1,6 +1,7 @@
 /* simcore_response: what every answer shares: freeing one, a JSON body, and the API's
  * error envelope with the status titles it carries. simcore.c and simcore_hostile.c both
  * answer with these. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,8 @@ void simcore_response_free(simcore_response *resp)
     resp->retry_after = NULL;
     free(resp->echo_header);
     resp->echo_header = NULL;
+    simcore_stream_free(resp->stream);
+    resp->stream = NULL;
 }
 
 void sim_respond_json(simcore_response *resp, int status, cJSON *j)
@@ -65,4 +68,19 @@ void simcore_response_error(simcore_response *resp, int status, const char *deta
     /* A whole new answer: nothing of an earlier one (its owned headers) may remain. */
     memset(resp, 0, sizeof *resp);
     sim_respond_json(resp, status, rules_error_envelope(status, sim_status_title(status), detail));
+}
+
+/* An S3 error document, as presigned URLs answer. */
+void sim_s3_error(simcore_response *resp, int status, const char *code, const char *message)
+{
+    char rid[17];
+    unsigned char b[8];
+    random_bytes(b, sizeof b);
+    for (size_t i = 0; i < sizeof b; i++)
+        snprintf(rid + 2 * i, 3, "%02X", b[i]);
+    resp->status = status;
+    resp->content_type = "application/xml";
+    resp->body = xasprintf("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
+                           "<Message>%s</Message><RequestId>%s</RequestId></Error>",
+                           code, message, rid);
 }

@@ -21,6 +21,13 @@ static const char *const endpoint_names[SIMCORE_EP_COUNT_] = {
     [SIMCORE_EP_GET_BATCH] = "get_batch",
     [SIMCORE_EP_BATCH_STATUS] = "batch_status",
     [SIMCORE_EP_SETUP] = "setup",
+    [SIMCORE_EP_SYNC] = "sync",
+    [SIMCORE_EP_GET_SYNC] = "get_sync",
+    [SIMCORE_EP_EXPORT] = "export",
+    [SIMCORE_EP_LIST_EXPORTS] = "list_exports",
+    [SIMCORE_EP_GET_EXPORT] = "get_export",
+    [SIMCORE_EP_DELETE_EXPORT] = "delete_export",
+    [SIMCORE_EP_DOWNLOAD] = "download",
     [SIMCORE_EP_SIM_STATE] = "_sim_state",
     [SIMCORE_EP_SIM_REQUESTS] = "_sim_requests",
     [SIMCORE_EP_SIM_FAULTS] = "_sim_faults",
@@ -37,7 +44,7 @@ int simcore_endpoint_from_name(const char *name, simcore_endpoint *out)
 {
     if (!name)
         return -EINVAL;
-    for (int i = SIMCORE_EP_CREATE_DATASET; i <= SIMCORE_EP_SETUP; i++) {
+    for (int i = SIMCORE_EP_CREATE_DATASET; i <= SIMCORE_EP_DOWNLOAD; i++) {
         if (strcmp(endpoint_names[i], name) == 0) {
             *out = (simcore_endpoint)i;
             return 0;
@@ -108,15 +115,37 @@ static void route_datasets(const char *method, const char *p, simcore_route *r)
     set(r, ep, method, "GET");
 }
 
+/* A path that takes two methods: GET and POST, or GET and DELETE. */
+static void set2(simcore_route *r, const char *method, simcore_endpoint get,
+                 const char *other_method, simcore_endpoint other, const char *allow)
+{
+    bool is_other = strcmp(method, other_method) == 0;
+    r->endpoint = is_other ? other : get;
+    bool ok = is_other || strcmp(method, "GET") == 0;
+    r->status = ok ? 0 : 405;
+    r->allow = ok ? NULL : allow;
+}
+
+/* The paths below one batch after its id: /syncs/{id} and /export/{id}. */
+static void route_batch_sub(const char *method, const char *p, simcore_route *r)
+{
+    if (strncmp(p, "/syncs/", 7) == 0) {
+        p = take_segment(p + 7, r->sub, sizeof r->sub);
+        if (p && *p == '\0')
+            set(r, SIMCORE_EP_GET_SYNC, method, "GET");
+    } else if (strncmp(p, "/export/", 8) == 0) {
+        p = take_segment(p + 8, r->sub, sizeof r->sub);
+        if (p && *p == '\0')
+            set2(r, method, SIMCORE_EP_GET_EXPORT, "DELETE", SIMCORE_EP_DELETE_EXPORT,
+                 "GET, DELETE");
+    }
+}
+
 static void route_batches(const char *method, const char *p, simcore_route *r)
 {
     /* The CLI uses "/batches/?workspace_id=" and the contract test says both forms work. */
     if (*p == '\0' || strcmp(p, "/") == 0) {
-        r->endpoint =
-            strcmp(method, "POST") == 0 ? SIMCORE_EP_CREATE_BATCH : SIMCORE_EP_LIST_BATCHES;
-        bool ok = strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0;
-        r->status = ok ? 0 : 405;
-        r->allow = ok ? NULL : "GET, POST";
+        set2(r, method, SIMCORE_EP_LIST_BATCHES, "POST", SIMCORE_EP_CREATE_BATCH, "GET, POST");
         return;
     }
     if (*p != '/')
@@ -130,6 +159,13 @@ static void route_batches(const char *method, const char *p, simcore_route *r)
         set(r, SIMCORE_EP_BATCH_STATUS, method, "GET");
     else if (strcmp(p, "/setup") == 0)
         set(r, SIMCORE_EP_SETUP, method, "POST");
+    /* The API's own spelling: singular "sync" to start one, plural "syncs" to read one. */
+    else if (strcmp(p, "/sync") == 0)
+        set(r, SIMCORE_EP_SYNC, method, "POST");
+    else if (strcmp(p, "/export") == 0)
+        set2(r, method, SIMCORE_EP_LIST_EXPORTS, "POST", SIMCORE_EP_EXPORT, "GET, POST");
+    else
+        route_batch_sub(method, p, r);
 }
 
 static void route_sim(const char *method, const char *p, simcore_route *r)
@@ -164,6 +200,12 @@ void simcore_route_request(const char *method, const char *path, simcore_route *
         if (n > 0 && n < sizeof r->sub) {
             memcpy(r->sub, path + 9, n + 1);
             set(r, SIMCORE_EP_UPLOAD, method, "PUT");
+        }
+    } else if (strncmp(path, "/_download/", 11) == 0) {
+        size_t n = strlen(path + 11);
+        if (n > 0 && n < sizeof r->sub) {
+            memcpy(r->sub, path + 11, n + 1);
+            set(r, SIMCORE_EP_DOWNLOAD, method, "GET");
         }
     } else if (strncmp(path, "/_sim/", 6) == 0) {
         route_sim(method, path + 6, r);

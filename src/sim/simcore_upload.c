@@ -28,22 +28,6 @@ struct simcore_upload {
     char first_problem[512];
 };
 
-/* ---- S3-style refusals ----------------------------------------------------------- */
-
-static void s3_error(simcore_response *resp, int status, const char *code, const char *message)
-{
-    char rid[17];
-    unsigned char b[8];
-    random_bytes(b, sizeof b);
-    for (size_t i = 0; i < sizeof b; i++)
-        snprintf(rid + 2 * i, 3, "%02X", b[i]);
-    resp->status = status;
-    resp->content_type = "application/xml";
-    resp->body = xasprintf("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
-                           "<Message>%s</Message><RequestId>%s</RequestId></Error>",
-                           code, message, rid);
-}
-
 /* ---- records glue -------------------------------------------------------------- */
 
 /* Only records the validator accepted (and its accepted header) get here, so the CSV
@@ -81,7 +65,10 @@ static void add_group(simcore_upload *u, const char *raw, size_t len)
     } else {
         /* A record without a group value forms a group of its own. */
         uint64_t idx = u->accepted + u->rejected;
-        h = sim_hash(&idx, sizeof idx) ^ 0x5bd1e995ULL;
+        /* Salted with the import, so that record 0 of two imports are two groups when
+         * a sync counts them against the batch's groups. */
+        h = sim_hash(&idx, sizeof idx) ^ sim_hash(u->import_id, strlen(u->import_id)) ^
+            0x5bd1e995ULL;
     }
     free(value);
     sim_hashset_add(&u->groups, h);
@@ -133,33 +120,33 @@ int simcore_upload_begin(simcore *sim, const char *file_key, const simcore_reque
     memset(resp, 0, sizeof *resp);
     *out = NULL;
     if (req->authorization) {
-        s3_error(resp, 400, "InvalidArgument",
-                 "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
-                 "Signature query string parameter or the Authorization header should be "
-                 "specified");
+        sim_s3_error(resp, 400, "InvalidArgument",
+                     "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+                     "Signature query string parameter or the Authorization header should be "
+                     "specified");
         return -EINVAL;
     }
     sim_dataset *d = NULL;
     sim_import *imp = sim_find_import_by_key(sim, file_key, &d);
     const char *sig = req->query ? req->query(req->query_ud, "X-Amz-Signature") : NULL;
     if (!imp) {
-        s3_error(resp, 403, "AccessDenied", "Access Denied");
+        sim_s3_error(resp, 403, "AccessDenied", "Access Denied");
         return -EACCES;
     }
     if (!sig || strcmp(sig, imp->signature) != 0) {
-        s3_error(resp, 403, "SignatureDoesNotMatch",
-                 "The request signature we calculated does not match the signature you "
-                 "provided. Check your key and signing method.");
+        sim_s3_error(resp, 403, "SignatureDoesNotMatch",
+                     "The request signature we calculated does not match the signature you "
+                     "provided. Check your key and signing method.");
         return -EACCES;
     }
     if (req->now_ms >= imp->expires_ms) {
-        s3_error(resp, 403, "AccessDenied", "Request has expired");
+        sim_s3_error(resp, 403, "AccessDenied", "Request has expired");
         return -EACCES;
     }
     if (!req->content_type || strcmp(req->content_type, imp->content_type) != 0) {
-        s3_error(resp, 403, "SignatureDoesNotMatch",
-                 "The request signature we calculated does not match the signature you "
-                 "provided. Check your key and signing method.");
+        sim_s3_error(resp, 403, "SignatureDoesNotMatch",
+                     "The request signature we calculated does not match the signature you "
+                     "provided. Check your key and signing method.");
         return -EACCES;
     }
     simcore_upload *u = xcalloc(1, sizeof *u);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +46,9 @@ static simcore *new_sim(void)
                           .import_processing_ms = 500,
                           .batch_processing_ms = 1000,
                           .upload_ttl_ms = 60000,
+                          .sync_queued_ms = 100,
+                          .sync_processing_ms = 300,
+                          .export_generating_ms = 1000,
                           .seed = 42,
                           .base_url = "http://127.0.0.1:9"};
     return simcore_new(&cfg);
@@ -1319,6 +1323,656 @@ static void test_request_log_uri(void **state)
     simcore_free(sim);
 }
 
+/* ---- append, sync, export ------------------------------------------------------------ */
+
+/* n records for SCHEMA_PLAIN, or for SCHEMA_TG with the group keys in groups (one per
+ * record, e.g. "aabc"). */
+static char *records(int n, const char *groups)
+{
+    strbuf sb;
+    strbuf_init(&sb);
+    for (int i = 0; i < n; i++) {
+        if (groups)
+            strbuf_printf(&sb,
+                          "{\"prompt\":\"p%d\",\"response_a\":\"a\",\"response_b\":\"b\","
+                          "\"session_id\":\"s-%c\"}\n",
+                          i, groups[i]);
+        else
+            strbuf_printf(&sb, "{\"prompt\":\"p%d\",\"answer\":\"a\"}\n", i);
+    }
+    return strbuf_steal(&sb);
+}
+
+/* Requests an upload URL on ds (one that may already hold data) and uploads data at now. */
+static void append(simcore *sim, const char *ds, const char *data, int64_t now, upload_info *u)
+{
+    get_upload_url(sim, ds, "more.jsonl", now, u);
+    assert_int_equal(put(sim, u, NULL, u->content_type, u->signature, data, now, NULL), 200);
+}
+
+static cJSON *post_sync(simcore *sim, const char *batch, int64_t now, int expect)
+{
+    char *path = xasprintf(API "/batches/%s/sync", batch);
+    int st;
+    /* No body, as the CLI sends it (with a JSON Content-Type). */
+    cJSON *j = call_full(sim, "POST", path, "Token " TOKEN, "application/json", NULL, NULL, now,
+                         &st, NULL);
+    free(path);
+    assert_int_equal(st, expect);
+    return j;
+}
+
+static cJSON *get_sync(simcore *sim, const char *batch, const char *sync, int64_t now)
+{
+    char *path = xasprintf(API "/batches/%s/syncs/%s", batch, sync);
+    int st;
+    cJSON *j = call(sim, "GET", path, NULL, now, &st);
+    free(path);
+    assert_int_equal(st, 200);
+    return j;
+}
+
+typedef struct sync_counts {
+    int64_t tasks, datapoints, created, expanded, total_tasks, total_groups;
+} sync_counts;
+
+/* POSTs a sync at now, checks queued → processing → complete at the configured times
+ * (100 ms queued, 300 ms processing) and the counts, and the batch's totals after it. */
+static void sync_expect(simcore *sim, const char *batch, int64_t now, const sync_counts *want)
+{
+    cJSON *j = post_sync(sim, batch, now, 202);
+    assert_string_equal(json_str(j, "status"), "queued");
+    assert_string_equal(json_str(j, "batch_id"), batch);
+    assert_non_null(json_str(j, "dataset_id"));
+    assert_non_null(json_str(j, "created_at"));
+    assert_non_null(json_str(j, "updated_at"));
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "tasks_created"));
+    char *id = xstrdup(json_str(j, "sync_id"));
+    cJSON_Delete(j);
+    assert_string_equal(simcore_sync_status(sim, batch, id, now + 99), "queued");
+    j = get_sync(sim, batch, id, now + 100);
+    assert_string_equal(json_str(j, "status"), "processing");
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "groups_created"));
+    cJSON_Delete(j);
+    j = get_sync(sim, batch, id, now + 400);
+    assert_string_equal(json_str(j, "status"), "complete");
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "reason"));
+    assert_int_equal(json_int64(j, "tasks_created", -1), want->tasks);
+    assert_int_equal(json_int64(j, "datapoints_processed", -1), want->datapoints);
+    assert_int_equal(json_int64(j, "groups_created", -1), want->created);
+    assert_int_equal(json_int64(j, "groups_expanded", -1), want->expanded);
+    cJSON_Delete(j);
+    char *path = xasprintf(API "/batches/%s", batch);
+    int st;
+    j = call(sim, "GET", path, NULL, now + 399, &st); /* not yet: the old totals */
+    assert_int_equal(json_int64(j, "total_task_count", -1), want->total_tasks - want->tasks);
+    cJSON_Delete(j);
+    j = call(sim, "GET", path, NULL, now + 400, &st);
+    assert_int_equal(json_int64(j, "total_task_count", -1), want->total_tasks);
+    assert_int_equal(json_int64(j, "total_task_groups", -1), want->total_groups);
+    cJSON_Delete(j);
+    free(path);
+    free(id);
+}
+
+/* A READY batch over ds made from data; returns its id. */
+static char *ready_batch(simcore *sim, const char *ds, const char *data, const char *setup)
+{
+    upload_info u;
+    get_upload_url(sim, ds, "seed.jsonl", T0, &u);
+    assert_int_equal(put(sim, &u, NULL, u.content_type, u.signature, data, T0, NULL), 200);
+    char *batch = create_batch(sim, ds, "prompt", 201);
+    run_setup(sim, batch, setup, T0 + 1000, 202);
+    assert_string_equal(simcore_batch_status(sim, batch, T0 + 2000), "READY");
+    return batch;
+}
+
+/* tasks_per_group: the open group is topped up first, then new groups; groups_expanded
+ * stays 0 as the spec says. */
+static void test_sync_fixed_groups(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_PLAIN);
+    char *data = records(5, NULL);
+    char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 2}"); /* 5 tasks, 3 groups */
+    free(data);
+    static const struct {
+        int n;
+        sync_counts want;
+    } appends[] = {
+        {2, {2, 2, 1, 0, 7, 4}},  /* 1 tops up group 3, 1 starts group 4 */
+        {3, {3, 3, 1, 0, 10, 5}}, /* 1 fills group 4, 2 make group 5 */
+        {4, {4, 4, 2, 0, 14, 7}}, /* no open group: 2 new ones */
+    };
+    int64_t t = T0 + 10000;
+    for (size_t i = 0; i < BD_ARRAY_LEN(appends); i++, t += 10000) {
+        upload_info u;
+        data = records(appends[i].n, NULL);
+        append(sim, ds, data, t, &u);
+        free(data);
+        assert_string_equal(simcore_import_status(sim, u.import_id, t + 700), "complete");
+        sync_expect(sim, batch, t + 700, &appends[i].want);
+    }
+    /* Nothing new: a legal sync with zero counts. */
+    sync_expect(sim, batch, t, &(sync_counts){0, 0, 0, 0, 14, 7});
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
+/* task_group_id: a datapoint joins its key's group or starts one; a group counts once per
+ * sync. */
+static void test_sync_keyed_groups(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_TG);
+    char *data = records(3, "aab");
+    char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 1}"); /* 3 tasks, 2 groups */
+    free(data);
+    static const struct {
+        const char *groups;
+        sync_counts want;
+    } appends[] = {
+        {"bc", {2, 2, 1, 1, 5, 3}},   /* b grows, c is new */
+        {"ccde", {4, 4, 2, 1, 9, 5}}, /* c grows (once), d and e are new */
+        {"a", {1, 1, 0, 1, 10, 5}},   /* a grows */
+    };
+    int64_t t = T0 + 10000;
+    for (size_t i = 0; i < BD_ARRAY_LEN(appends); i++, t += 10000) {
+        upload_info u;
+        data = records((int)strlen(appends[i].groups), appends[i].groups);
+        append(sim, ds, data, t, &u);
+        free(data);
+        sync_expect(sim, batch, t + 700, &appends[i].want);
+    }
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
+static void expect_failed(simcore *sim, const char *batch, int64_t now, const char *reason_part)
+{
+    cJSON *j = post_sync(sim, batch, now, 202);
+    char *id = xstrdup(json_str(j, "sync_id"));
+    cJSON_Delete(j);
+    j = get_sync(sim, batch, id, now + 100);
+    assert_string_equal(json_str(j, "status"), "failed");
+    if (!strstr(json_str(j, "reason"), reason_part))
+        fail_msg("reason \"%s\" lacks \"%s\"", json_str(j, "reason"), reason_part);
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "tasks_created"));
+    cJSON_Delete(j);
+    free(id);
+}
+
+/* failed with a reason: a batch that is not READY, or an import of the dataset running
+ * when the sync starts; imports into an existing dataset run one after another. */
+static void test_sync_failed_and_serialised(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_PLAIN);
+    char *unset = create_batch(sim, ds, "prompt", 201);
+    expect_failed(sim, unset, T0, "READY status");
+    char *data = records(4, NULL);
+    char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 4}");
+    expect_failed(sim, batch, T0 + 1500, "(it is PROCESSING)");
+    /* Two appends back to back: the second waits for the first (200..700, then 700..1200
+     * after t). A sync starting while either runs fails. */
+    int64_t t = T0 + 10000;
+    upload_info a, b;
+    append(sim, ds, data, t, &a);
+    append(sim, ds, data, t + 10, &b);
+    assert_string_equal(simcore_import_status(sim, b.import_id, t + 699), "queued");
+    assert_string_equal(simcore_import_status(sim, a.import_id, t + 700), "complete");
+    assert_string_equal(simcore_import_status(sim, b.import_id, t + 700), "processing");
+    expect_failed(sim, batch, t + 50, "import in progress");
+    expect_failed(sim, batch, t + 1000, b.import_id);
+    /* Serialised: the second sync starts when the first finishes. */
+    cJSON *j1 = post_sync(sim, batch, t + 2000, 202);
+    cJSON *j2 = post_sync(sim, batch, t + 2000, 202);
+    assert_string_not_equal(json_str(j1, "sync_id"), json_str(j2, "sync_id"));
+    const char *s2 = json_str(j2, "sync_id");
+    assert_string_equal(simcore_sync_status(sim, batch, s2, t + 2399), "queued");
+    assert_string_equal(simcore_sync_status(sim, batch, s2, t + 2400), "processing");
+    cJSON *g1 = get_sync(sim, batch, json_str(j1, "sync_id"), t + 2700);
+    cJSON *g2 = get_sync(sim, batch, s2, t + 2700);
+    assert_int_equal(json_int64(g1, "tasks_created", -1), 8); /* both appends */
+    assert_int_equal(json_int64(g1, "groups_created", -1), 2);
+    assert_int_equal(json_int64(g2, "tasks_created", -1), 0); /* the first took them all */
+    cJSON_Delete(g1);
+    cJSON_Delete(g2);
+    cJSON_Delete(j1);
+    cJSON_Delete(j2);
+    /* Unknown ids, wrong method. */
+    char *path = xasprintf(API "/batches/%s/syncs/nope", batch);
+    int st;
+    cJSON_Delete(call(sim, "GET", path, NULL, t, &st));
+    assert_int_equal(st, 404);
+    free(path);
+    cJSON_Delete(post_sync(sim, "nope", t, 404));
+    path = xasprintf(API "/batches/%s/sync", batch);
+    cJSON_Delete(call(sim, "GET", path, NULL, t, &st));
+    assert_int_equal(st, 405);
+    free(path);
+    free(data);
+    free(unset);
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
+/* ---- export ---------------------------------------------------------------------- */
+
+/* ZIP's CRC-32, bit by bit: an independent check of the sim's table version. */
+static uint32_t crc_bitwise(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffU;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320U & (0U - (c & 1)));
+    }
+    return ~c;
+}
+
+static uint32_t rd16(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static uint32_t rd32(const unsigned char *p)
+{
+    return rd16(p) | rd16(p + 2) << 16;
+}
+
+typedef struct zip_member {
+    char name[64];
+    const unsigned char *data;
+    uint32_t size;
+} zip_member;
+
+/* A tiny ZIP reader: the end record, each central entry, its local header (same CRC and
+ * sizes), stored data whose CRC matches. Returns the number of members. */
+static size_t zip_parse(const unsigned char *z, size_t n, zip_member *out, size_t max)
+{
+    assert_true(n >= 22);
+    const unsigned char *eocd = z + n - 22;
+    assert_int_equal(rd32(eocd), 0x06054b50);
+    size_t count = rd16(eocd + 10);
+    uint32_t cd_size = rd32(eocd + 12), cd_off = rd32(eocd + 16);
+    assert_int_equal((size_t)cd_off + cd_size, n - 22);
+    assert_true(count <= max);
+    const unsigned char *c = z + cd_off;
+    for (size_t i = 0; i < count; i++) {
+        assert_int_equal(rd32(c), 0x02014b50);
+        assert_int_equal(rd16(c + 10), 0); /* stored */
+        uint32_t crc = rd32(c + 16), size = rd32(c + 24), nlen = rd16(c + 28);
+        assert_int_equal(rd32(c + 20), size);
+        const unsigned char *l = z + rd32(c + 42);
+        assert_int_equal(rd32(l), 0x04034b50);
+        assert_int_equal(rd32(l + 14), crc);
+        assert_int_equal(rd32(l + 22), size);
+        assert_int_equal(rd16(l + 26), nlen);
+        assert_memory_equal(l + 30, c + 46, nlen);
+        out[i].data = l + 30 + nlen + rd16(l + 28);
+        out[i].size = size;
+        assert_true(out[i].data + size <= z + cd_off);
+        assert_int_equal(crc_bitwise(out[i].data, size), crc);
+        assert_true(nlen < sizeof out[i].name);
+        memcpy(out[i].name, c + 46, nlen);
+        out[i].name[nlen] = '\0';
+        c += 46 + nlen + rd16(c + 30) + rd16(c + 32);
+    }
+    return count;
+}
+
+/* Lines of a JSONL member, each checked to be a JSON object. */
+static size_t jsonl_lines(const zip_member *m, const char *key)
+{
+    size_t lines = 0;
+    const unsigned char *p = m->data, *end = m->data + m->size;
+    while (p < end) {
+        const unsigned char *nl = memchr(p, '\n', (size_t)(end - p));
+        assert_non_null(nl);
+        cJSON *j = cJSON_ParseWithLength((const char *)p, (size_t)(nl - p));
+        assert_true(cJSON_IsObject(j));
+        assert_non_null(json_str(j, key));
+        assert_true(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "responses")));
+        cJSON_Delete(j);
+        lines++;
+        p = nl + 1;
+    }
+    return lines;
+}
+
+/* Splits a download URL into its path and (up to 7) query arguments. */
+typedef struct split_url {
+    char path[512];
+    char buf[1024];
+    query_kv q[8];
+} split_url;
+
+static void url_split(const char *url, split_url *u)
+{
+    const char *p = strstr(url, "/_download/");
+    assert_non_null(p);
+    const char *qm = strchr(p, '?');
+    assert_non_null(qm);
+    snprintf(u->path, sizeof u->path, "%.*s", (int)(qm - p), p);
+    strlcpy_bd(u->buf, qm + 1, sizeof u->buf);
+    size_t n = 0;
+    for (char *save = NULL, *kv = strtok_r(u->buf, "&", &save); kv && n < 7;
+         kv = strtok_r(NULL, "&", &save)) {
+        char *eq = strchr(kv, '=');
+        assert_non_null(eq);
+        *eq = '\0';
+        u->q[n++] = (query_kv){kv, eq + 1};
+    }
+    u->q[n] = (query_kv){NULL, NULL};
+}
+
+/* GETs a download URL at now; on 200 returns the whole ZIP (caller frees) in *out. */
+static int download(simcore *sim, const char *url, const char *auth, int64_t now, strbuf *out)
+{
+    split_url u;
+    url_split(url, &u);
+    simcore_request req = {.method = "GET",
+                           .path = u.path,
+                           .authorization = auth,
+                           .query = lookup,
+                           .query_ud = u.q,
+                           .now_ms = now};
+    simcore_response resp;
+    simcore_handle(sim, TOKEN, &req, &resp);
+    int st = resp.status;
+    if (st == 200) {
+        assert_non_null(resp.stream);
+        assert_int_equal(simcore_stream_prepare(resp.stream), 0);
+        char buf[1000]; /* small reads: the stream crosses every boundary mid-read */
+        int64_t n;
+        uint64_t pos = 0;
+        while ((n = simcore_stream_read(resp.stream, pos, buf, sizeof buf)) > 0) {
+            strbuf_append(out, buf, (size_t)n);
+            pos += (uint64_t)n;
+        }
+        assert_int_equal(n, 0);
+        assert_int_equal(pos, simcore_stream_size(resp.stream));
+        assert_int_equal(simcore_stream_read(resp.stream, 5, buf, sizeof buf), -EINVAL);
+    } else {
+        assert_null(resp.stream);
+        assert_string_equal(resp.content_type, "application/xml");
+    }
+    simcore_response_free(&resp);
+    return st;
+}
+
+static cJSON *export_call(simcore *sim, const char *method, const char *batch, const char *id,
+                          int64_t now, int expect)
+{
+    char *path = id ? xasprintf(API "/batches/%s/export/%s", batch, id)
+                    : xasprintf(API "/batches/%s/export", batch);
+    int st;
+    cJSON *j = call_full(sim, method, path, "Token " TOKEN, NULL, NULL, NULL, now, &st, NULL);
+    if (st != expect)
+        fail_msg("%s %s at +%lld: %d, not %d", method, path, (long long)(now - T0), st, expect);
+    free(path);
+    return j;
+}
+
+/* POST export at now; the job's id (caller frees). */
+static char *start_export(simcore *sim, const char *batch, int64_t now)
+{
+    cJSON *j = export_call(sim, "POST", batch, NULL, now, 202);
+    assert_string_equal(json_str(j, "status"), "generating");
+    char *id = xstrdup(json_str(j, "export_id"));
+    cJSON_Delete(j);
+    return id;
+}
+
+/* The url of a complete export, fetched at now (caller frees); *expires from expires_at. */
+static char *export_url(simcore *sim, const char *batch, const char *id, int64_t now,
+                        int64_t *expires)
+{
+    cJSON *j = export_call(sim, "GET", batch, id, now, 200);
+    assert_string_equal(json_str(j, "status"), "complete");
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "export_id"));
+    assert_int_equal(time_parse_rfc3339(json_str(j, "expires_at"), expires), 0);
+    char *url = xstrdup(json_str(j, "url"));
+    cJSON_Delete(j);
+    return url;
+}
+
+static void check_zip(const strbuf *zip, size_t tasks, size_t submissions)
+{
+    zip_member m[4];
+    assert_int_equal(zip_parse((const unsigned char *)zip->data, zip->len, m, 4), 2);
+    assert_string_equal(m[0].name, "responses-by-task.jsonl");
+    assert_string_equal(m[1].name, "responses-by-submission.jsonl");
+    assert_int_equal(jsonl_lines(&m[0], "task_id"), tasks);
+    assert_int_equal(jsonl_lines(&m[1], "submission_id"), submissions);
+}
+
+/* generating → complete with a URL that expires; the ZIP is real and the same bytes for
+ * the same batch; the download refuses a token, a wrong signature and an expired URL. */
+static void test_export_download(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_PLAIN);
+    char *data = records(5, NULL);
+    char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 2}");
+    free(data);
+    int64_t t = T0 + 10000;
+    char *id = start_export(sim, batch, t);
+    cJSON *j = export_call(sim, "GET", batch, id, t + 999, 200);
+    assert_string_equal(json_str(j, "status"), "generating");
+    assert_string_equal(json_str(j, "export_id"), id);
+    cJSON_Delete(j);
+    int64_t expires;
+    char *url = export_url(sim, batch, id, t + 1000, &expires);
+    assert_int_equal(expires, t + 1000 + 3600 * 1000); /* 1 h (t is whole seconds) */
+    strbuf a, b;
+    strbuf_init(&a);
+    strbuf_init(&b);
+    assert_int_equal(download(sim, url, NULL, t + 2000, &a), 200);
+    check_zip(&a, 5, 3);
+    /* Deterministic: another export of the same batch is the same bytes. */
+    char *id2 = start_export(sim, batch, t + 5000);
+    char *url2 = export_url(sim, batch, id2, t + 6000, &expires);
+    assert_int_equal(download(sim, url2, NULL, t + 6000, &b), 200);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.data, b.data, a.len);
+    /* The presigned URL never takes the token; a changed signature fails. */
+    assert_int_equal(download(sim, url, "Token " TOKEN, t + 2000, NULL), 400);
+    char *bad = xstrdup(url);
+    char *sig = strstr(bad, "X-Amz-Signature=") + 16;
+    sig[0] = sig[0] == '0' ? '1' : '0';
+    assert_int_equal(download(sim, bad, NULL, t + 2000, NULL), 403);
+    free(bad);
+    /* Only GET: S3's 405 (an XML error, not the API's envelope). */
+    split_url su;
+    url_split(url, &su);
+    int st;
+    simcore_response resp;
+    cJSON_Delete(call_full(sim, "PUT", su.path, NULL, NULL, NULL, su.q, t + 2000, &st, &resp));
+    assert_int_equal(st, 405);
+    assert_string_equal(resp.content_type, "application/xml");
+    assert_string_equal(resp.allow, "GET");
+    simcore_response_free(&resp);
+    /* Expired at expires_at; a new GET hands out a fresh URL. */
+    int64_t exp1 = t + 1000 + 3600 * 1000;
+    assert_int_equal(download(sim, url, NULL, exp1, NULL), 403);
+    free(url);
+    url = export_url(sim, batch, id, exp1, &expires);
+    assert_true(expires > exp1);
+    strbuf_reset(&b);
+    assert_int_equal(download(sim, url, NULL, exp1 + 1, &b), 200);
+    /* Deleted: the job and its ZIP are gone. */
+    cJSON_Delete(export_call(sim, "DELETE", batch, id, exp1 + 2, 204));
+    cJSON_Delete(export_call(sim, "GET", batch, id, exp1 + 2, 404));
+    assert_int_equal(download(sim, url, NULL, exp1 + 2, NULL), 404);
+    strbuf_free(&a);
+    strbuf_free(&b);
+    free(url);
+    free(url2);
+    free(id);
+    free(id2);
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
+/* The 10-job cap, delete (not while generating), the list, the filters, and both
+ * documented POST behaviours. */
+static void test_export_cap_delete_modes(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_PLAIN);
+    char *data = records(3, NULL);
+    char *batch = ready_batch(sim, ds, data, "");
+    free(data);
+    int64_t t = T0 + 10000;
+    char *ids[10];
+    for (int i = 0; i < 10; i++)
+        ids[i] = start_export(sim, batch, t + i * 2000); /* each complete before the next */
+    int64_t now = t + 30000;
+    cJSON *j = export_call(sim, "POST", batch, NULL, now, 409); /* the cap */
+    cJSON_Delete(j);
+    j = export_call(sim, "GET", batch, NULL, now, 200);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "results")), 10);
+    const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "results"), 0);
+    assert_string_equal(json_str(first, "export_id"), ids[9]); /* most recent first */
+    cJSON_Delete(j);
+    cJSON_Delete(export_call(sim, "DELETE", batch, ids[0], now, 204));
+    cJSON_Delete(export_call(sim, "DELETE", batch, ids[0], now, 404));
+    /* A slot is free: a new job, and the same filters while it generates give it back. */
+    char *fresh = start_export(sim, batch, now);
+    char *again = start_export(sim, batch, now + 10);
+    assert_string_equal(fresh, again);
+    cJSON_Delete(export_call(sim, "DELETE", batch, fresh, now + 10, 409)); /* generating */
+    /* Other filters are another job: over the cap. A bad from is refused first. */
+    char *path = xasprintf(API "/batches/%s/export", batch);
+    query_kv study[] = {{"study_id", "60ffe5c8371090c7041d43f8"}, {NULL, NULL}};
+    query_kv bad_from[] = {{"from", "yesterday"}, {NULL, NULL}};
+    int st;
+    cJSON_Delete(
+        call_full(sim, "POST", path, "Token " TOKEN, NULL, NULL, study, now + 20, &st, NULL));
+    assert_int_equal(st, 409);
+    cJSON_Delete(
+        call_full(sim, "POST", path, "Token " TOKEN, NULL, NULL, bad_from, now + 20, &st, NULL));
+    assert_int_equal(st, 400);
+    free(path);
+    /* Old behaviour: once a job is complete, POST answers 200 with its url. */
+    simcore_get_faults(sim)->export_mode = SIMCORE_EXPORT_OLD;
+    j = export_call(sim, "POST", batch, NULL, now + 500, 202); /* fresh is generating */
+    assert_string_equal(json_str(j, "export_id"), fresh);
+    cJSON_Delete(j);
+    j = export_call(sim, "POST", batch, NULL, now + 2000, 200);
+    assert_string_equal(json_str(j, "status"), "complete");
+    assert_non_null(strstr(json_str(j, "url"), "/_download/exports/"));
+    assert_non_null(json_str(j, "expires_at"));
+    cJSON_Delete(j);
+    cJSON_Delete(export_call(sim, "GET", "nope", NULL, now, 404));
+    cJSON_Delete(export_call(sim, "PUT", batch, NULL, now, 405));
+    cJSON_Delete(export_call(sim, "POST", batch, fresh, now, 405));
+    for (int i = 0; i < 10; i++)
+        free(ids[i]);
+    free(fresh);
+    free(again);
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
+/* Predetermined grouping in the ZIP, the padding knob, and /_sim/state. */
+static void test_export_keyed_pad_state(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_TG);
+    char *data = records(5, "aabbc");
+    char *batch = ready_batch(sim, ds, data, "");
+    free(data);
+    simcore_get_faults(sim)->export_pad = 3000;
+    int64_t t = T0 + 10000, expires;
+    char *id = start_export(sim, batch, t);
+    char *url = export_url(sim, batch, id, t + 1000, &expires);
+    strbuf z;
+    strbuf_init(&z);
+    assert_int_equal(download(sim, url, NULL, t + 1000, &z), 200);
+    check_zip(&z, 5, 3); /* 3 groups: 3 submissions */
+    assert_true(z.len > 8 * 3000);
+    cJSON_Delete(post_sync(sim, batch, t, 202));
+    int st;
+    cJSON *j = call(sim, "GET", "/_sim/state", NULL, t + 1000, &st);
+    assert_int_equal(st, 200);
+    const cJSON *b = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "batches"), 0);
+    const cJSON *syncs = cJSON_GetObjectItemCaseSensitive(b, "syncs");
+    const cJSON *exports = cJSON_GetObjectItemCaseSensitive(b, "exports");
+    assert_int_equal(cJSON_GetArraySize(syncs), 1);
+    assert_string_equal(json_str(cJSON_GetArrayItem(syncs, 0), "status"), "complete");
+    assert_int_equal(cJSON_GetArraySize(exports), 1);
+    assert_string_equal(json_str(cJSON_GetArrayItem(exports, 0), "export_id"), id);
+    cJSON_Delete(j);
+    strbuf_free(&z);
+    free(url);
+    free(id);
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
+static void test_sync_export_routes_and_faults(void **state)
+{
+    (void)state;
+    simcore_route r;
+    simcore_route_request("POST", API "/batches/b1/sync", &r);
+    assert_int_equal(r.endpoint, SIMCORE_EP_SYNC);
+    simcore_route_request("GET", API "/batches/b1/syncs/s1", &r);
+    assert_int_equal(r.endpoint, SIMCORE_EP_GET_SYNC);
+    assert_string_equal(r.sub, "s1");
+    simcore_route_request("GET", API "/batches/b1/export", &r);
+    assert_int_equal(r.endpoint, SIMCORE_EP_LIST_EXPORTS);
+    simcore_route_request("DELETE", API "/batches/b1/export/e1", &r);
+    assert_int_equal(r.endpoint, SIMCORE_EP_DELETE_EXPORT);
+    simcore_route_request("POST", API "/batches/b1/export/e1", &r);
+    assert_int_equal(r.status, 405);
+    assert_string_equal(r.allow, "GET, DELETE");
+    simcore_route_request("GET", "/_download/exports/x.zip", &r);
+    assert_int_equal(r.endpoint, SIMCORE_EP_DOWNLOAD);
+    assert_false(simcore_endpoint_is_control(r.endpoint));
+    /* Faults are keyed by the new endpoints too. */
+    static const char *const names[] = {"sync",       "get_sync",      "export",  "list_exports",
+                                        "get_export", "delete_export", "download"};
+    for (size_t i = 0; i < BD_ARRAY_LEN(names); i++) {
+        simcore_fault_rule rule;
+        char *spec = xasprintf("503=1x@%s", names[i]);
+        assert_int_equal(simcore_fault_parse(spec, &rule, NULL, 0), 0);
+        assert_string_equal(simcore_endpoint_name(rule.endpoint), names[i]);
+        free(spec);
+    }
+    simcore *sim = new_sim();
+    set_rule(sim, "500=1x@download");
+    simcore_fault_decision d;
+    simcore_fault_decide(sim, SIMCORE_EP_EXPORT, T0, &d);
+    assert_int_equal(d.kind, SIMCORE_FAULT_NONE);
+    simcore_fault_decide(sim, SIMCORE_EP_DOWNLOAD, T0, &d);
+    assert_int_equal(d.status, 500);
+    /* The export knobs through /_sim/faults. */
+    cJSON *f = cJSON_Parse("{\"export_mode\":\"old\",\"export_pad\":10}");
+    assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), f, NULL, 0), 0);
+    cJSON_Delete(f);
+    assert_int_equal(simcore_get_faults(sim)->export_mode, SIMCORE_EXPORT_OLD);
+    assert_int_equal(simcore_get_faults(sim)->export_pad, 10);
+    f = cJSON_Parse("{\"export_mode\":\"older\"}");
+    assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), f, NULL, 0), -EINVAL);
+    cJSON_Delete(f);
+    simcore_free(sim);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1347,6 +2001,13 @@ int main(void)
         cmocka_unit_test(test_hostile_bodies),
         cmocka_unit_test(test_hostile_oddid),
         cmocka_unit_test(test_request_log_uri),
+        cmocka_unit_test(test_sync_fixed_groups),
+        cmocka_unit_test(test_sync_keyed_groups),
+        cmocka_unit_test(test_sync_failed_and_serialised),
+        cmocka_unit_test(test_export_download),
+        cmocka_unit_test(test_export_cap_delete_modes),
+        cmocka_unit_test(test_export_keyed_pad_state),
+        cmocka_unit_test(test_sync_export_routes_and_faults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
