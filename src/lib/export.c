@@ -293,19 +293,10 @@ static void retry_later(export_job *e, export_op op, const export_reply *r, cons
         free(what);
         return;
     }
-    int64_t delay = backoff_full_jitter((unsigned)(e->attempts - 1), p->retry_base_ms,
-                                        p->retry_cap_ms, 2.0, rnd);
-    int64_t ra;
-    bool honoured = false;
-    if (r->retry_after && backoff_parse_retry_after(r->retry_after, now, &ra) == 0) {
-        if (ra > EXPORT_RETRY_AFTER_MAX_MS)
-            ra = EXPORT_RETRY_AFTER_MAX_MS;
-        delay = ra + backoff_full_jitter(0, p->retry_base_ms, p->retry_base_ms, 2.0, rnd);
-        honoured = true;
-    }
-    if (delay < 1)
-        delay = 1;
-    e->retry_at = now + delay;
+    bool honoured;
+    e->retry_at =
+        now + backoff_retry_delay((unsigned)e->attempts, p->retry_base_ms, p->retry_cap_ms,
+                                  r->retry_after, EXPORT_RETRY_AFTER_MAX_MS, now, rnd, &honoured);
     char *ra_text = honoured ? apitext_clean_str(r->retry_after, r->secret) : NULL;
     free(e->last_error);
     e->last_error = xasprintf("%s%s%s%s%s%s", what, why ? " (" : "", why ? why : "", why ? ")" : "",

@@ -82,6 +82,31 @@ static export_reply downloaded(const char *path)
     return r;
 }
 
+/* A new export at T0 whose POST was answered 202 with id, at the time of its first poll. */
+static export_job *generating(const export_params *p, const char *id)
+{
+    now = T0;
+    export_job *e = export_new(now);
+    char *body = xasprintf("{\"status\":\"generating\",\"export_id\":\"%s\"}", id);
+    send_reply(e, p, EXPORT_OP_REQUEST, api(202, body));
+    free(body);
+    assert_int_equal(e->state, EXPORT_GENERATING);
+    now = e->poll_at;
+    return e;
+}
+
+/* A new export (at the current time) whose POST was answered 200 with a URL valid one hour;
+ * id may be NULL (the older form without export_id). */
+static export_job *downloading(const export_params *p, const char *id)
+{
+    export_job *e = export_new(now);
+    char *body = complete_body(id, now + 3600 * 1000);
+    send_reply(e, p, EXPORT_OP_REQUEST, api(200, body));
+    free(body);
+    assert_int_equal(e->state, EXPORT_DOWNLOADING);
+    return e;
+}
+
 /* requested -> 202 generating -> polls -> complete -> download -> complete -> DELETE */
 static void test_202_poll_download_delete(void **state)
 {
@@ -136,10 +161,7 @@ static void test_200_complete_at_once(void **state)
     (void)state;
     now = T0;
     export_params p = params();
-    export_job *e = export_new(now);
-    char *body = complete_body(NULL, now + 3600 * 1000);
-    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-    free(body);
+    export_job *e = downloading(&p, NULL);
     assert_int_equal(e->state, EXPORT_DOWNLOADING);
     assert_null(e->export_id);
     send_reply(e, &p, EXPORT_OP_DOWNLOAD, downloaded("exports/20261202T104500Z.zip"));
@@ -240,12 +262,8 @@ static void test_permanent_refusals(void **state)
 static void test_401_holds(void **state)
 {
     (void)state;
-    now = T0;
     export_params p = params();
-    export_job *e = export_new(now);
-    send_reply(e, &p, EXPORT_OP_REQUEST,
-               api(202, "{\"status\":\"generating\",\"export_id\":\"e1\"}"));
-    now = e->poll_at;
+    export_job *e = generating(&p, "e1");
     export_reply r = api(401, "{\"detail\":\"Invalid token " SECRET "\"}");
     expect_next(e, &p, EXPORT_ACT_SEND, EXPORT_OP_STATUS);
     assert_true(export_on_reply(e, EXPORT_OP_STATUS, &r, &p, now, RND));
@@ -336,21 +354,14 @@ static void test_vanished_export(void **state)
 static void test_status_failed(void **state)
 {
     (void)state;
-    now = T0;
     export_params p = params();
-    export_job *e = export_new(now);
-    send_reply(e, &p, EXPORT_OP_REQUEST,
-               api(202, "{\"status\":\"generating\",\"export_id\":\"e1\"}"));
-    now = e->poll_at;
+    export_job *e = generating(&p, "e1");
     send_reply(e, &p, EXPORT_OP_STATUS, api(200, "{\"status\":\"failed\"}"));
     assert_int_equal(e->state, EXPORT_FAILED);
     assert_non_null(strstr(e->error, "export e1 failed"));
     export_free(e);
 
-    e = export_new(now);
-    char *body = complete_body("e2", now + 3600 * 1000);
-    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-    free(body);
+    e = downloading(&p, "e2");
     now += 3600 * 1000; /* expired: refresh */
     send_reply(e, &p, EXPORT_OP_STATUS, api(200, "{\"status\":\"failed\"}"));
     assert_int_equal(e->state, EXPORT_REQUESTED);
@@ -362,12 +373,9 @@ static void test_status_failed(void **state)
 static void test_generate_timeout(void **state)
 {
     (void)state;
-    now = T0;
     export_params p = params();
     p.generate_timeout_ms = 60 * 1000;
-    export_job *e = export_new(now);
-    send_reply(e, &p, EXPORT_OP_REQUEST,
-               api(202, "{\"status\":\"generating\",\"export_id\":\"e1\"}"));
+    export_job *e = generating(&p, "e1");
     while (e->state == EXPORT_GENERATING) {
         bool changed;
         export_action a = export_next(e, &p, now, &changed);
@@ -392,10 +400,7 @@ static void test_download_failures(void **state)
     (void)state;
     export_params p = params();
     now = T0;
-    export_job *e = export_new(now);
-    char *body = complete_body("e1", now + 3600 * 1000);
-    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-    free(body);
+    export_job *e = downloading(&p, "e1");
     /* a local write error (disk full) and a body that is not a ZIP: retried with the URL */
     send_reply(e, &p, EXPORT_OP_DOWNLOAD,
                net(EXPORT_NET_FILE, "download file: write failed: No space left on device"));
@@ -421,10 +426,7 @@ static void test_download_failures(void **state)
     export_free(e);
 
     /* a URL the transport rule refuses (http:// to another host): final, nothing sent */
-    e = export_new(now);
-    body = complete_body("e1", now + 3600 * 1000);
-    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-    free(body);
+    e = downloading(&p, "e1");
     send_reply(e, &p, EXPORT_OP_DOWNLOAD,
                net(EXPORT_NET_URL, "download URL refused: it uses http:// to a host that is not "
                                    "loopback"));
@@ -557,10 +559,7 @@ static void test_roundtrip_and_resume(void **state)
     export_free(e);
 
     /* downloading a 200-form export (no id): after a restart it is requested anew */
-    e = export_new(now);
-    body = complete_body(NULL, now + 3600 * 1000);
-    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-    free(body);
+    e = downloading(&p, NULL);
     r = roundtrip(e);
     export_recovered(r, now);
     assert_int_equal(r->state, EXPORT_REQUESTED);
