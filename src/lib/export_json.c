@@ -76,10 +76,11 @@ static void bad(reader *rd, const char *fmt, ...)
     if (rd->bad)
         return; /* the first problem is the one reported */
     rd->bad = true;
+    if (!rd->err || !rd->errlen)
+        return;
     va_list ap;
     va_start(ap, fmt);
-    if (rd->err && rd->errlen)
-        vsnprintf(rd->err, rd->errlen, fmt, ap);
+    vsnprintf(rd->err, rd->errlen, fmt, ap);
     va_end(ap);
 }
 
