@@ -2,7 +2,6 @@
  * public form. The presigned URL is never written: after a restart it is asked for again. */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,19 +68,13 @@ typedef struct reader {
     bool bad;
 } reader;
 
-static void bad(reader *rd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void bad(reader *rd, const char *fmt, ...)
+/* Writes "export.KEY: WHAT" (or "export: WHAT" without a key); the first problem is the
+ * one reported. */
+static void reject(reader *rd, const char *key, const char *what)
 {
-    if (rd->bad)
-        return; /* the first problem is the one reported */
+    if (!rd->bad && rd->err && rd->errlen)
+        snprintf(rd->err, rd->errlen, "export%s%s: %s", key ? "." : "", key ? key : "", what);
     rd->bad = true;
-    if (!rd->err || !rd->errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rd->err, rd->errlen, fmt, ap);
-    va_end(ap);
 }
 
 static const char *const known_keys[] = {
@@ -100,7 +93,9 @@ static void check_keys(reader *rd)
             known = m->string && strcmp(m->string, known_keys[i]) == 0;
         if (!known) {
             char *shown = apitext_display(m->string ? m->string : "", 64, NULL);
-            bad(rd, "export: unknown member \"%s\"", shown);
+            char *what = xasprintf("unknown member \"%s\"", shown);
+            reject(rd, NULL, what);
+            free(what);
             free(shown);
             return;
         }
@@ -115,7 +110,9 @@ static int64_t get_int(reader *rd, const char *key, int64_t max)
         return 0;
     double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
     if (!cJSON_IsNumber(v) || !(d >= 0) || d > (double)max || floor(d) != d) {
-        bad(rd, "export.%s: not an integer from 0 to %lld", key, (long long)max);
+        char what[64];
+        snprintf(what, sizeof what, "not an integer from 0 to %lld", (long long)max);
+        reject(rd, key, what);
         return 0;
     }
     return (int64_t)d;
@@ -125,7 +122,7 @@ static bool get_bool(reader *rd, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(rd->o, key);
     if (v && !cJSON_IsBool(v))
-        bad(rd, "export.%s: not true or false", key);
+        reject(rd, key, "not true or false");
     return cJSON_IsTrue(v);
 }
 
@@ -136,12 +133,12 @@ static char *get_str(reader *rd, const char *key)
     if (!v || cJSON_IsNull(v))
         return NULL;
     if (!cJSON_IsString(v) || !v->valuestring) {
-        bad(rd, "export.%s: not a string or null", key);
+        reject(rd, key, "not a string or null");
         return NULL;
     }
     size_t len = strlen(v->valuestring);
     if (len > TEXT_MAX_LEN || !utf8_valid(v->valuestring, len)) {
-        bad(rd, "export.%s: longer than %d bytes or not UTF-8", key, TEXT_MAX_LEN);
+        reject(rd, key, "too long or not UTF-8");
         return NULL;
     }
     return xstrdup(v->valuestring);
@@ -154,25 +151,24 @@ static void check_path(reader *rd, const char *path)
     static const char prefix[] = EXPORT_DIR "/";
     if (path && (strncmp(path, prefix, sizeof prefix - 1) != 0 ||
                  !export_name_parse(path + sizeof prefix - 1, NULL, NULL)))
-        bad(rd, "export.path: not a name batchd makes (" EXPORT_DIR "/YYYYMMDDTHHMMSSZ.zip)");
+        reject(rd, "path", "not a name batchd makes (" EXPORT_DIR "/YYYYMMDDTHHMMSSZ.zip)");
 }
 
 static void check_consistent(reader *rd, const export_job *e)
 {
     if (e->export_id && !apitext_id_ok(e->export_id))
-        bad(rd, "export.export_id: not an id (1 to %d letters, digits, '-' or '_')",
-            APITEXT_ID_MAX);
+        reject(rd, "export_id", "not an id (1 to 128 letters, digits, '-' or '_')");
     check_path(rd, e->path);
     if (e->state == EXPORT_COMPLETE && !e->path)
-        bad(rd, "export: state complete without a path");
+        reject(rd, NULL, "state complete without a path");
     if (e->state != EXPORT_COMPLETE && e->path)
-        bad(rd, "export: a path with state %s", export_state_name(e->state));
+        reject(rd, "path", "set while the state is not complete");
     if (e->state == EXPORT_GENERATING && !e->export_id)
-        bad(rd, "export: state generating without an export_id");
+        reject(rd, NULL, "state generating without an export_id");
     if (e->state == EXPORT_FAILED && !e->error)
-        bad(rd, "export: state failed without an error");
+        reject(rd, NULL, "state failed without an error");
     if (e->delete_pending && (e->state != EXPORT_COMPLETE || !e->export_id))
-        bad(rd, "export: delete_pending without a complete export and its export_id");
+        reject(rd, "delete_pending", "set without a complete export and its export_id");
 }
 
 static void read_fields(reader *rd, export_job *e)
@@ -183,7 +179,7 @@ static void read_fields(reader *rd, export_job *e)
     e->last_error = get_str(rd, "last_error");
     char *pending = get_str(rd, "pending");
     if (pending && strcmp(pending, "request") != 0)
-        bad(rd, "export.pending: not \"request\" or null");
+        reject(rd, "pending", "not \"request\" or null");
     e->pending = pending ? EXPORT_OP_REQUEST : EXPORT_OP_NONE;
     free(pending);
     e->requested_at = get_int(rd, "requested_at", TIME_MAX_MS);
@@ -204,15 +200,14 @@ export_job *export_from_json(const cJSON *o, char *err, size_t errlen)
     if (err && errlen)
         err[0] = '\0';
     if (!cJSON_IsObject(o)) {
-        bad(&rd, "export: not a JSON object");
+        reject(&rd, NULL, "not a JSON object");
         return NULL;
     }
     check_keys(&rd);
     const char *st = json_str(o, "state");
     int state = export_state_from_name(st);
     if (state < 0)
-        bad(&rd, "export.state: not one of requested, generating, downloading, complete, "
-                 "failed");
+        reject(&rd, "state", "not one of requested, generating, downloading, complete, failed");
     if (rd.bad)
         return NULL;
     export_job *e = export_new(0);

@@ -604,14 +604,15 @@ static void test_hostile_records(void **state)
                     "export.path");
     expect_rejected("{\"state\":\"complete\"}", "without a path");
     expect_rejected("{\"state\":\"requested\",\"path\":\"exports/20261202T104500Z.zip\"}",
-                    "a path with state requested");
+                    "export.path: set while the state is not complete");
     expect_rejected("{\"state\":\"failed\"}", "without an error");
     expect_rejected("{\"state\":\"requested\",\"attempts\":-1}", "export.attempts");
     expect_rejected("{\"state\":\"requested\",\"attempts\":1.5}", "export.attempts");
     expect_rejected("{\"state\":\"requested\",\"attempts\":\"3\"}", "export.attempts");
     expect_rejected("{\"state\":\"requested\",\"retry_at\":1e300}", "export.retry_at");
     expect_rejected("{\"state\":\"requested\",\"delete_pending\":1}", "export.delete_pending");
-    expect_rejected("{\"state\":\"requested\",\"delete_pending\":true}", "delete_pending without");
+    expect_rejected("{\"state\":\"requested\",\"delete_pending\":true}",
+                    "export.delete_pending: set without");
     expect_rejected("{\"state\":\"requested\",\"pending\":\"delete\"}", "export.pending");
     expect_rejected("{\"state\":\"requested\",\"error\":7}", "export.error");
     /* strings that are not UTF-8, or huge */
