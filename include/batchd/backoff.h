@@ -3,6 +3,7 @@
 #ifndef BATCHD_BACKOFF_H
 #define BATCHD_BACKOFF_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Full jitter (AWS architecture blog): uniform in [0, min(cap_ms, base_ms * multiplier^attempt)].
@@ -19,5 +20,14 @@ int64_t backoff_poll_interval(unsigned n, int64_t initial_ms, int64_t max_ms, do
  * delay (clamped to >= 0) or -EINVAL for anything else (negative, garbage, overflow). Surrounding
  * whitespace is ignored. The value is not capped: callers bound it. */
 int backoff_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_ms);
+
+/* The wait before retrying a failed call, attempt >= 1 being the failures so far: full jitter
+ * from base_ms doubling per attempt up to cap_ms; or, when retry_after (a header value, may be
+ * NULL) parses, that delay cut to ra_max_ms plus a jitter of up to base_ms, so that a herd
+ * told the same time does not arrive together, and never before the server said. At least
+ * 1 ms. *honoured (may be NULL) says whether Retry-After was used. */
+int64_t backoff_retry_delay(unsigned attempt, int64_t base_ms, int64_t cap_ms,
+                            const char *retry_after, int64_t ra_max_ms, int64_t now_ms,
+                            uint64_t rnd, bool *honoured);
 
 #endif

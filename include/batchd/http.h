@@ -48,6 +48,16 @@ typedef struct http_request {
      * matches; otherwise the transfer is aborted, so the PUT never completes, and fails
      * with HTTP_ERR_CHANGED. A rewind (curl re-sending on a fresh connection) re-hashes. */
     const unsigned char *upload_sha256;
+    /* A download (GET of a presigned URL, e.g. an export's ZIP): a 2xx body is written to
+     * download_fd as it arrives, so memory stays flat whatever its size, and is not in the
+     * response; the body of any other status is read into the response as usual. The URL
+     * must pass the transport rule of urlcheck.h (https, or http to a loopback host), else
+     * the transfer fails with HTTP_ERR_URL before any connection. http_start refuses a
+     * download with an Authorization header: a presigned URL carries its own signature and
+     * the API token goes nowhere but API calls. */
+    bool download;
+    int download_fd;       /* open for writing, written at its offset; never closed here */
+    uint64_t download_max; /* 0: no cap; a longer body fails with HTTP_ERR_TOO_LARGE */
 } http_request;
 
 enum http_error {
@@ -57,7 +67,8 @@ enum http_error {
     HTTP_ERR_FILE,
     HTTP_ERR_TOO_LARGE,
     HTTP_ERR_OTHER,
-    HTTP_ERR_CHANGED /* the upload file is not what was validated (upload_sha256) */
+    HTTP_ERR_CHANGED, /* the upload file is not what was validated (upload_sha256) */
+    HTTP_ERR_URL      /* a download URL refused by the transport rule: nothing was sent */
 };
 
 typedef struct http_response {
@@ -70,9 +81,12 @@ typedef struct http_response {
     const char *content_type; /* or NULL */
     uint64_t bytes_sent;      /* request body bytes sent */
     int64_t started_ms;       /* wall clock when the request left the queue (after rate limiting) */
+    uint64_t bytes_written;   /* download: body bytes written to download_fd */
 } http_response;              /* valid only during the callback */
 
 typedef void (*http_done_fn)(void *ud, const http_response *resp);
+/* Upload: bytes sent and the total. Download: bytes written to download_fd so far and the
+ * announced length (0 when unknown). */
 typedef void (*http_progress_fn)(void *ud, uint64_t sent, uint64_t total);
 
 http_client *http_client_new(uv_loop_t *loop, const http_client_options *opts);

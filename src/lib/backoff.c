@@ -112,3 +112,22 @@ int backoff_parse_retry_after(const char *value, int64_t now_ms, int64_t *delay_
     *delay_ms = at_ms > now_ms ? at_ms - now_ms : 0;
     return 0;
 }
+
+int64_t backoff_retry_delay(unsigned attempt, int64_t base_ms, int64_t cap_ms,
+                            const char *retry_after, int64_t ra_max_ms, int64_t now_ms,
+                            uint64_t rnd, bool *honoured)
+{
+    int64_t delay = backoff_full_jitter(attempt > 0 ? attempt - 1 : 0, base_ms, cap_ms, 2.0, rnd);
+    int64_t ra;
+    bool used = false;
+    if (retry_after && backoff_parse_retry_after(retry_after, now_ms, &ra) == 0) {
+        /* An absurd value is bounded, not trusted. */
+        if (ra > ra_max_ms)
+            ra = ra_max_ms;
+        delay = ra + backoff_full_jitter(0, base_ms, base_ms, 2.0, rnd);
+        used = true;
+    }
+    if (honoured)
+        *honoured = used;
+    return delay < 1 ? 1 : delay;
+}

@@ -3,11 +3,11 @@
  * value is checked where it is parsed so that each problem names its file:line. */
 #include "batchd/config.h"
 #include "batchd/fsutil.h"
+#include "batchd/urlcheck.h"
 #include "batchd/util.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ini.h>
@@ -155,101 +155,38 @@ static const char *parse_size_value(const char *v, size_t *out)
     return NULL;
 }
 
-/* A host as curl parsed it (numeric IPv4 forms such as 127.1 or 0x7f.1 and percent-encoding
- * already normalised to dotted quads, IPv6 in brackets) is loopback: 127.0.0.0/8, ::1 (also
- * as ::ffff:127.x.y.z) or the name localhost (with or without its trailing dot). Anything
- * else, e.g. localhost.evil.com, would be resolved through DNS and is not. */
-static bool host_is_loopback(const char *host)
-{
-    if (!strcasecmp(host, "localhost") || !strcasecmp(host, "localhost."))
-        return true;
-    struct in_addr a4;
-    if (inet_pton(AF_INET, host, &a4) == 1)
-        return (ntohl(a4.s_addr) >> 24) == 127;
-    size_t len = strlen(host);
-    char buf[INET6_ADDRSTRLEN + 2];
-    if (len < 3 || len >= sizeof buf || host[0] != '[' || host[len - 1] != ']')
-        return false;
-    memcpy(buf, host + 1, len - 2);
-    buf[len - 2] = '\0';
-    struct in6_addr a6;
-    if (inet_pton(AF_INET6, buf, &a6) != 1)
-        return false;
-    if (IN6_IS_ADDR_LOOPBACK(&a6))
-        return true;
-    return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-}
-
-/* Reads one part of a parsed URL; NULL when it is absent. */
-static char *url_part(CURLU *u, CURLUPart part)
-{
-    char *v = NULL;
-    if (curl_url_get(u, part, &v, 0) != CURLUE_OK)
-        return NULL;
-    return v;
-}
-
-/* [api] url, parsed by curl's own URL parser (what is checked is what curl will connect to):
- * https:// anywhere; http:// only to a loopback host (batchd-sim), so that the token never
- * crosses a network in clear text. No user info (it would be logged with the URL and sent as
- * Basic credentials next to the token), and no query or fragment (API paths are appended). */
+/* [api] url under the one transport rule (urlcheck.h): https:// anywhere; http:// only to a
+ * loopback host (batchd-sim), so that the token never crosses a network in clear text. No
+ * user info (it would be logged with the URL and sent as Basic credentials next to the
+ * token), and no query or fragment (API paths are appended). */
 static const char *check_url(const char *v)
 {
-    for (const char *p = v; *p; p++)
-        if ((unsigned char)*p <= ' ' || *p == 0x7f)
-            return "contains white space or control characters";
-    if (strncasecmp(v, "https://", 8) != 0 && strncasecmp(v, "http://", 7) != 0)
+    switch (url_check(v, URL_CHECK_NO_QUERY)) {
+    case URL_OK:
+        return NULL;
+    case URL_BAD_CHARS:
+        return "contains white space or control characters";
+    case URL_BAD_SCHEME:
         return "must start with https:// (http:// is allowed only to a loopback host such as "
                "127.0.0.1, [::1] or localhost, for batchd-sim)";
-    CURLU *u = curl_url();
-    if (!u)
-        return "cannot be parsed (out of memory)";
-    const char *err = NULL;
-    char *scheme = NULL, *host = NULL, *user = NULL, *password = NULL, *options = NULL;
-    char *query = NULL, *fragment = NULL, *zone = NULL;
-    CURLUcode rc = curl_url_set(u, CURLUPART_URL, v, 0);
-    if (rc == CURLUE_NO_HOST) {
-        err = "has no host";
-        goto out;
+    case URL_NO_HOST:
+        return "has no host";
+    case URL_INVALID:
+        return "is not a valid URL (write it as https://HOST[:PORT][/PATH])";
+    case URL_USERINFO:
+        return "has user info (USER@ or USER:PASSWORD@ before the host): credentials in a URL "
+               "would be logged and sent with every request; remove them and put the API "
+               "token in the file named by [api] token_file";
+    case URL_QUERY:
+        return "has a query (?...) or fragment (#...): batchd appends the API paths to this "
+               "URL; give only https://HOST[:PORT][/PATH]";
+    case URL_HTTP_REMOTE:
+        return "http:// is allowed only to a loopback host (127.0.0.0/8, [::1], localhost, "
+               "for batchd-sim); use https:// for anything else";
+    case URL_NO_MEMORY:
+        break;
     }
-    if (rc != CURLUE_OK) {
-        err = "is not a valid URL (write it as https://HOST[:PORT][/PATH])";
-        goto out;
-    }
-    scheme = url_part(u, CURLUPART_SCHEME);
-    host = url_part(u, CURLUPART_HOST);
-    user = url_part(u, CURLUPART_USER);
-    password = url_part(u, CURLUPART_PASSWORD);
-    options = url_part(u, CURLUPART_OPTIONS);
-    query = url_part(u, CURLUPART_QUERY);
-    fragment = url_part(u, CURLUPART_FRAGMENT);
-    zone = url_part(u, CURLUPART_ZONEID);
-    if (user || password || options) {
-        err = "has user info (USER@ or USER:PASSWORD@ before the host): credentials in a URL "
-              "would be logged and sent with every request; remove them and put the API "
-              "token in the file named by [api] token_file";
-    } else if (!host || !*host) {
-        err = "has no host";
-    } else if (query || fragment) {
-        err = "has a query (?...) or fragment (#...): batchd appends the API paths to this "
-              "URL; give only https://HOST[:PORT][/PATH]";
-    } else if (!scheme || (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0)) {
-        err = "must start with https://";
-    } else if (strcmp(scheme, "http") == 0 && (zone || !host_is_loopback(host))) {
-        err = "http:// is allowed only to a loopback host (127.0.0.0/8, [::1], localhost, "
-              "for batchd-sim); use https:// for anything else";
-    }
-out:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(user);
-    curl_free(password);
-    curl_free(options);
-    curl_free(query);
-    curl_free(fragment);
-    curl_free(zone);
-    curl_url_cleanup(u);
-    return err;
+    return "cannot be parsed (out of memory)";
 }
 
 /* ---- the inih side ---- */

@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -32,6 +33,7 @@
 
 #include "batchd/log.h"
 #include "batchd/ratelimit.h"
+#include "batchd/urlcheck.h"
 #include "batchd/util.h"
 
 #define DEFAULT_TIMEOUT_MS   30000L
@@ -85,6 +87,11 @@ struct http_transfer {
     unsigned char want_sha256[32];
     bool changed; /* the upload file is not what was validated */
     bool too_large;
+    bool download;    /* a 2xx body goes to download_fd (http_request.download) */
+    bool url_refused; /* the download URL failed the transport rule: never connected */
+    int download_fd;  /* the caller's; never closed here */
+    uint64_t download_max;
+    uint64_t download_pos; /* body bytes written to download_fd */
     char method[MAX_METHOD_LEN + 1];
     char errbuf[CURL_ERROR_SIZE];
     char file_error[FILE_ERROR_TEXT_SIZE];
@@ -233,8 +240,35 @@ static bool header_valid(const char *h)
     return strchr(h, ':') && !strpbrk(h, "\r\n");
 }
 
+/* True for a header named Authorization (any case, blanks before the colon). */
+static bool header_is_authorization(const char *h)
+{
+    static const char name[] = "authorization";
+    if (strncasecmp(h, name, sizeof name - 1) != 0)
+        return false;
+    const char *p = h + sizeof name - 1;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p == ':';
+}
+
+/* A download is a plain GET into the caller's fd, never with the API token. */
+static bool download_valid(const http_request *req)
+{
+    if (req->download_fd < 0 || req->body || req->upload_path)
+        return false;
+    if (req->method && strcmp(req->method, "GET") != 0)
+        return false;
+    for (const char *const *h = req->headers; h && *h; h++)
+        if (header_is_authorization(*h))
+            return false;
+    return true;
+}
+
 static bool request_valid(const http_request *req)
 {
+    if (req->download && !download_valid(req))
+        return false;
     if (!req->url || !*req->url || strpbrk(req->url, "\r\n"))
         return false;
     if (req->method && !method_valid(req->method))
@@ -272,6 +306,9 @@ static http_transfer *transfer_new(http_client *c, const http_request *req)
     t->rate_limited = req->rate_limited;
     t->fresh_connect = req->fresh_connect;
     t->upload_expect_size = req->upload_expect_size;
+    t->download = req->download;
+    t->download_fd = req->download ? req->download_fd : -1;
+    t->download_max = req->download_max;
     if (req->upload_sha256) {
         memcpy(t->want_sha256, req->upload_sha256, sizeof t->want_sha256);
         t->md = EVP_MD_CTX_new();
@@ -301,10 +338,42 @@ static int transfer_set_headers(http_transfer *t, const http_request *req)
 
 /* ---- curl easy callbacks (run inside curl) ---- */
 
+/* A download's 2xx body, written through as it arrives: nothing of it is kept in memory. */
+static size_t download_write(http_transfer *t, const char *ptr, size_t n)
+{
+    if (t->download_max > 0 && n > t->download_max - t->download_pos) {
+        t->too_large = true;
+        return 0;
+    }
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(t->download_fd, ptr + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            int err = w < 0 ? errno : ENOSPC;
+            t->file_failed = true;
+            snprintf(t->file_error, sizeof t->file_error, "download file: write failed: %s",
+                     strerror(err));
+            return 0;
+        }
+        done += (size_t)w;
+        t->download_pos += (uint64_t)w;
+    }
+    return n;
+}
+
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     http_transfer *t = userdata;
     size_t n = size * nmemb;
+    if (t->download) {
+        long status = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+        /* An error page (a refused or expired URL) is read as a body, never into the file. */
+        if (status >= 200 && status < 300)
+            return download_write(t, ptr, n);
+    }
     if (t->received.len + n > HTTP_MAX_BODY) {
         t->too_large = true;
         return 0; /* anything but n aborts the transfer */
@@ -441,6 +510,15 @@ static int on_xferinfo(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
     (void)dlnow;
     if (t->cancelled)
         return 1;
+    if (t->download) {
+        (void)ultotal;
+        (void)ulnow;
+        if (t->progress && t->download_pos != t->last_progress) {
+            t->last_progress = t->download_pos;
+            t->progress(t->ud, t->download_pos, dltotal > 0 ? (uint64_t)dltotal : 0);
+        }
+        return t->cancelled ? 1 : 0;
+    }
     if (t->progress && ulnow >= 0 && (uint64_t)ulnow != t->last_progress) {
         t->last_progress = (uint64_t)ulnow;
         uint64_t total = ultotal > 0 ? (uint64_t)ultotal : t->upload_size;
@@ -577,6 +655,16 @@ static CURLcode setup_method(http_transfer *t, CURL *e)
 /* Builds the easy handle; on failure the reason is in t (file_error or errbuf). */
 static int transfer_prepare(http_client *c, http_transfer *t)
 {
+    if (t->download) {
+        url_verdict v = url_check(t->url, 0);
+        if (v != URL_OK) {
+            /* The URL is a bearer capability: the message names the rule, not the URL. */
+            t->url_refused = true;
+            snprintf(t->errbuf, sizeof t->errbuf, "download URL refused: it %s",
+                     url_verdict_text(v));
+            return -EINVAL;
+        }
+    }
     if (t->upload_path) {
         int r = open_upload(t);
         if (r < 0)
@@ -598,6 +686,8 @@ static int transfer_prepare(http_client *c, http_transfer *t)
 
 static enum http_error map_curl_error(const http_transfer *t, CURLcode code)
 {
+    if (t->url_refused)
+        return HTTP_ERR_URL;
     if (t->changed)
         return HTTP_ERR_CHANGED;
     if (t->file_failed)
@@ -656,6 +746,8 @@ static void transfer_finish(http_transfer *t, CURLcode code)
         r->error_text = "";
     else if (r->error == HTTP_ERR_FILE || r->error == HTTP_ERR_CHANGED)
         r->error_text = t->file_error;
+    else if (r->error == HTTP_ERR_TOO_LARGE && t->download && t->download_max > 0)
+        r->error_text = "download larger than its size cap";
     else if (r->error == HTTP_ERR_TOO_LARGE)
         r->error_text = "response body larger than 8 MiB";
     else if (t->errbuf[0])
@@ -666,6 +758,7 @@ static void transfer_finish(http_transfer *t, CURLcode code)
     r->body_len = t->received.len;
     r->retry_after = t->retry_after;
     r->content_type = t->content_type;
+    r->bytes_written = t->download_pos;
 }
 
 /* ---- the loop side ---- */
@@ -1139,7 +1232,9 @@ const char *http_error_name(enum http_error e)
     case HTTP_ERR_NETWORK:
         return "network error";
     case HTTP_ERR_FILE:
-        return "upload file error";
+        return "file error";
+    case HTTP_ERR_URL:
+        return "URL refused";
     case HTTP_ERR_TOO_LARGE:
         return "response too large";
     case HTTP_ERR_CHANGED:

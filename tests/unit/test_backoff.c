@@ -132,12 +132,34 @@ static void test_retry_after_date(void **state)
     assert_int_equal(backoff_parse_retry_after("Sun, 32 Nov 1994 08:49:37 GMT", at, &d), -EINVAL);
 }
 
+static void test_retry_delay(void **state)
+{
+    (void)state;
+    bool honoured = true;
+    /* attempt 1: within [1, base]; attempt 4: within [1, 8 * base] */
+    assert_int_equal(backoff_retry_delay(1, 1000, 60000, NULL, 3600000, 0, 0, &honoured), 1);
+    assert_false(honoured);
+    assert_int_equal(backoff_retry_delay(1, 1000, 60000, NULL, 3600000, 0, UINT64_MAX, NULL), 1000);
+    assert_int_equal(backoff_retry_delay(4, 1000, 60000, NULL, 3600000, 0, UINT64_MAX, NULL), 8000);
+    /* Retry-After: never before it, at most base later; an absurd one is bounded */
+    int64_t d = backoff_retry_delay(9, 1000, 60000, "30", 3600000, 0, UINT64_MAX / 2, &honoured);
+    assert_true(honoured);
+    assert_in_range(d, 30000, 31000);
+    d = backoff_retry_delay(1, 1000, 60000, "99999999", 3600000, 0, 0, &honoured);
+    assert_int_equal(d, 3600000);
+    /* garbage is ignored: the backoff applies */
+    d = backoff_retry_delay(1, 1000, 60000, "soon", 3600000, 0, UINT64_MAX, &honoured);
+    assert_false(honoured);
+    assert_int_equal(d, 1000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_jitter_bounds),  cmocka_unit_test(test_full_jitter_overflow),
-        cmocka_unit_test(test_full_jitter_spread),  cmocka_unit_test(test_poll_interval),
-        cmocka_unit_test(test_retry_after_seconds), cmocka_unit_test(test_retry_after_date),
+        cmocka_unit_test(test_retry_delay),          cmocka_unit_test(test_full_jitter_bounds),
+        cmocka_unit_test(test_full_jitter_overflow), cmocka_unit_test(test_full_jitter_spread),
+        cmocka_unit_test(test_poll_interval),        cmocka_unit_test(test_retry_after_seconds),
+        cmocka_unit_test(test_retry_after_date),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -28,6 +28,8 @@
 
 #define MAX_ARRIVALS 32
 #define BIG_BODY     (9u * 1024u * 1024u)
+#define DL_BODY      (3u * 1024u * 1024u + 5u)
+#define HUGE_BODY    (64ull * 1024u * 1024u)
 
 /* ---- the server ---- */
 
@@ -137,10 +139,38 @@ static ssize_t big_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
+/* The bytes of a download body: a pattern of the position, so any byte out of place shows. */
+static unsigned char dl_byte(uint64_t pos)
+{
+    return (unsigned char)(pos ^ (pos >> 8) ^ (pos >> 16) ^ 0x5a);
+}
+
+static ssize_t pattern_fill(uint64_t size, uint64_t pos, char *buf, size_t max)
+{
+    if (pos >= size)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    size_t n = max < size - pos ? max : (size_t)(size - pos);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)dl_byte(pos + i);
+    return (ssize_t)n;
+}
+
+static ssize_t dl_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)cls;
+    return pattern_fill(DL_BODY, pos, buf, max);
+}
+
+static ssize_t huge_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)cls;
+    return pattern_fill(HUGE_BODY, pos, buf, max);
+}
+
 static enum MHD_Result respond_reader(struct MHD_Connection *conn, uint64_t size,
                                       MHD_ContentReaderCallback reader)
 {
-    struct MHD_Response *r = MHD_create_response_from_callback(size, 4096, reader, NULL, NULL);
+    struct MHD_Response *r = MHD_create_response_from_callback(size, 64 * 1024, reader, NULL, NULL);
     enum MHD_Result ret = MHD_queue_response(conn, 200, r);
     MHD_destroy_response(r);
     return ret;
@@ -207,6 +237,13 @@ static enum MHD_Result final_response(server *s, struct MHD_Connection *conn, co
         return respond_reader(conn, 100000, partial_reader);
     if (strcmp(url, "/big") == 0)
         return respond_reader(conn, BIG_BODY, big_reader);
+    if (strcmp(url, "/dl") == 0)
+        return respond_reader(conn, DL_BODY, dl_reader);
+    if (strcmp(url, "/huge") == 0)
+        return respond_reader(conn, HUGE_BODY, huge_reader);
+    if (strcmp(url, "/denied") == 0)
+        return respond(conn, 403, "<Error><Code>AccessDenied</Code></Error>", "application/xml",
+                       NULL, NULL);
     if (strcmp(url, "/drop") == 0)
         return MHD_NO;
     return respond(conn, 200, "ok", "text/plain", NULL, NULL);
@@ -1236,6 +1273,263 @@ static void test_invalid_arguments(void **state)
     assert_string_equal(http_error_name(HTTP_ERR_TIMEOUT), "timeout");
 }
 
+/* ---- downloads into an fd ---- */
+
+static int temp_fd(char **path)
+{
+    *path = xstrdup("/tmp/test_http_download.XXXXXX");
+    int fd = mkstemp(*path);
+    assert_true(fd >= 0);
+    return fd;
+}
+
+/* The file holds exactly the pattern of size bytes. */
+static void assert_pattern(int fd, uint64_t size)
+{
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, size);
+    static unsigned char buf[1 << 16];
+    for (uint64_t pos = 0; pos < size;) {
+        ssize_t n = pread(fd, buf, sizeof buf, (off_t)pos);
+        assert_true(n > 0);
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != dl_byte(pos + (uint64_t)i))
+                fail_msg("byte %llu differs", (unsigned long long)(pos + (uint64_t)i));
+        pos += (uint64_t)n;
+    }
+}
+
+static http_transfer *download(fixture *f, const char *url, int fd, uint64_t max, result *res,
+                               http_progress_fn progress)
+{
+    const char *hdrs[] = {"X-Test: download", NULL};
+    http_request req = {.url = url,
+                        .headers = hdrs,
+                        .download = true,
+                        .download_fd = fd,
+                        .download_max = max,
+                        .timeout_ms = 120000};
+    http_transfer *t = http_start(f->client, &req, on_done, progress, res);
+    assert_non_null(t);
+    return t;
+}
+
+static void test_download_to_fd(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    char *path;
+    int fd = temp_fd(&path);
+    result res = {0};
+    download(f, url_of(f, "/dl"), fd, 0, &res, on_progress);
+    run_until(f, called, &res, 30000);
+    assert_int_equal(res.error, HTTP_OK);
+    assert_int_equal(res.status, 200);
+    /* the body went to the file, not into the response */
+    assert_int_equal(res.body_len, 0);
+    assert_pattern(fd, DL_BODY);
+    assert_true(res.progress_calls > 0);
+    assert_int_equal(res.progress_sent, DL_BODY);
+    /* a presigned URL never gets an Authorization header; other headers pass */
+    assert_false(f->srv->has_auth);
+    assert_string_equal(f->srv->x_test, "download");
+    assert_string_equal(f->srv->method, "GET");
+    close(fd);
+    unlink(path);
+    free(path);
+    result_free(&res);
+}
+
+/* The API token must never reach a presigned URL: a download with an Authorization header,
+ * however written, is refused by http_start itself. */
+static void test_download_refuses_authorization(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    const char *forms[] = {"Authorization: Token s3cret", "authorization:Token s3cret",
+                           "AUTHORIZATION \t: Token s3cret"};
+    result res = {0};
+    for (size_t i = 0; i < BD_ARRAY_LEN(forms); i++) {
+        const char *hdrs[] = {"X-Test: a", forms[i], NULL};
+        http_request req = {.url = url_of(f, "/dl"), .headers = hdrs, .download = true};
+        assert_null(http_start(f->client, &req, on_done, NULL, &res));
+    }
+    /* nor a body, an upload, another method or no fd */
+    http_request post = {.method = "POST", .url = url_of(f, "/dl"), .download = true};
+    assert_null(http_start(f->client, &post, on_done, NULL, &res));
+    http_request nofd = {.url = url_of(f, "/dl"), .download = true, .download_fd = -1};
+    assert_null(http_start(f->client, &nofd, on_done, NULL, &res));
+    assert_int_equal(http_client_queued(f->client), 0);
+    assert_int_equal(server_get(f->srv, &f->srv->requests), 0);
+}
+
+/* The transport rule of [api] url applies: http:// only to loopback, no user info, no other
+ * scheme; a refused URL ends with HTTP_ERR_URL before any connection is made. */
+static void test_download_url_rule(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    char *path;
+    int fd = temp_fd(&path);
+    char urls[3][128];
+    /* not loopback: refused before any connection (a connection would time out here) */
+    snprintf(urls[0], sizeof urls[0], "http://10.255.255.1:%u/dl", (unsigned)f->srv->port);
+    /* our own server, but with user info: refused, and the server sees no connection */
+    snprintf(urls[1], sizeof urls[1], "http://user:pw@127.0.0.1:%u/dl", (unsigned)f->srv->port);
+    snprintf(urls[2], sizeof urls[2], "ftp://127.0.0.1:%u/dl", (unsigned)f->srv->port);
+    for (size_t i = 0; i < 3; i++) {
+        result res = {0};
+        download(f, urls[i], fd, 0, &res, NULL);
+        assert_int_equal(res.calls, 0); /* never from inside http_start */
+        run_until(f, called, &res, 5000);
+        assert_int_equal(res.error, HTTP_ERR_URL);
+        assert_int_equal(res.status, 0);
+        assert_non_null(strstr(res.error_text, "download URL refused"));
+        /* the URL is a capability: the message names the rule, not the URL */
+        assert_null(strstr(res.error_text, "10.255.255.1"));
+        result_free(&res);
+    }
+    assert_int_equal(server_get(f->srv, &f->srv->connections), 0);
+    assert_int_equal(server_get(f->srv, &f->srv->requests), 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_string_equal(http_error_name(HTTP_ERR_URL), "URL refused");
+    close(fd);
+    unlink(path);
+    free(path);
+}
+
+/* An error status (an expired URL) is read as a body, never written into the file. */
+static void test_download_error_status(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    char *path;
+    int fd = temp_fd(&path);
+    result res = {0};
+    download(f, url_of(f, "/denied"), fd, 0, &res, NULL);
+    run_until(f, called, &res, 5000);
+    assert_int_equal(res.error, HTTP_OK);
+    assert_int_equal(res.status, 403);
+    assert_non_null(strstr(res.body, "AccessDenied"));
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    close(fd);
+    unlink(path);
+    free(path);
+    result_free(&res);
+}
+
+static void test_download_size_cap(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    char *path;
+    int fd = temp_fd(&path);
+    result res = {0};
+    download(f, url_of(f, "/dl"), fd, 1024 * 1024, &res, NULL);
+    run_until(f, called, &res, 30000);
+    assert_int_equal(res.error, HTTP_ERR_TOO_LARGE);
+    assert_int_equal(res.status, 200);
+    assert_non_null(strstr(res.error_text, "size cap"));
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_true(st.st_size <= 1024 * 1024);
+    close(fd);
+    unlink(path);
+    free(path);
+    result_free(&res);
+}
+
+/* kB of a /proc/self/status line ("VmHWM:", "VmRSS:"), -1 when absent. */
+static long proc_status_kb(const char *key)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    if (!fp)
+        return -1;
+    char line[256];
+    long v = -1;
+    while (fgets(line, sizeof line, fp))
+        if (strncmp(line, key, strlen(key)) == 0)
+            v = strtol(line + strlen(key), NULL, 10);
+    fclose(fp);
+    return v;
+}
+
+typedef struct flat_check {
+    result res;
+    int fd;
+    int checks;
+    bool held_back; /* the file was ever shorter than what was reported written */
+} flat_check;
+
+/* At every progress report the file already holds every byte reported: the client keeps
+ * nothing of the body back in memory. */
+static void on_flat_progress(void *ud, uint64_t written, uint64_t total)
+{
+    flat_check *fc = ud;
+    struct stat st;
+    assert_int_equal(fstat(fc->fd, &st), 0);
+    if ((uint64_t)st.st_size != written)
+        fc->held_back = true;
+    fc->checks++;
+    on_progress(&fc->res, written, total);
+}
+
+static void on_flat_done(void *ud, const http_response *r)
+{
+    on_done(&((flat_check *)ud)->res, r);
+}
+
+static bool flat_called(void *arg)
+{
+    return ((flat_check *)arg)->res.calls > 0;
+}
+
+static void test_download_large_flat_memory(void **state)
+{
+    fixture *f = *state;
+    make_client(f, 4, 0, 0);
+    char *path;
+    flat_check fc = {.fd = temp_fd(&path)};
+    /* Resets the peak RSS to the current RSS (Linux >= 4.0): the peak after the download then
+     * shows what the download itself needed. */
+    FILE *cr = fopen("/proc/self/clear_refs", "w");
+    bool reset = cr && fputs("5", cr) >= 0;
+    if (cr)
+        reset = (fclose(cr) == 0) && reset;
+    long before = reset ? proc_status_kb("VmHWM:") : proc_status_kb("VmRSS:");
+    const char *hdrs[] = {NULL};
+    http_request req = {.url = url_of(f, "/huge"),
+                        .headers = hdrs,
+                        .download = true,
+                        .download_fd = fc.fd,
+                        .timeout_ms = 240000};
+    assert_non_null(http_start(f->client, &req, on_flat_done, on_flat_progress, &fc));
+    run_until(f, flat_called, &fc, 240000);
+    assert_int_equal(fc.res.error, HTTP_OK);
+    assert_int_equal(fc.res.status, 200);
+    assert_int_equal(fc.res.body_len, 0);
+    assert_true(fc.checks > 10);
+    assert_false(fc.held_back);
+    assert_int_equal(fc.res.progress_sent, HUGE_BODY);
+    long after = proc_status_kb("VmHWM:");
+    if (before > 0 && after > 0) {
+        /* 64 MiB went through; memory grew by far less than that (both ends of the transfer
+         * live in this process: the server's reader works in 64 KiB blocks too). */
+        if (after - before >= 16 * 1024)
+            fail_msg("peak RSS grew by %ld kB during a 64 MiB download", after - before);
+    }
+    assert_pattern(fc.fd, HUGE_BODY);
+    close(fc.fd);
+    unlink(path);
+    free(path);
+    result_free(&fc.res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1262,6 +1556,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_redirects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_download_to_fd, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_download_refuses_authorization, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_download_url_rule, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_download_error_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_download_size_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_download_large_flat_memory, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
