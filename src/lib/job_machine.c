@@ -456,20 +456,10 @@ static void retry_later(job *j, job_op op, const job_reply *r, const job_params 
         give_up(j, op, r, p, now);
         return;
     }
-    int64_t delay = backoff_full_jitter((unsigned)(j->attempts - 1), p->retry_base_ms,
-                                        p->retry_cap_ms, 2.0, rnd);
-    int64_t ra;
-    bool honoured = false;
-    if (r->retry_after && backoff_parse_retry_after(r->retry_after, now, &ra) == 0) {
-        /* Never before the server said. A small jitter on top keeps a herd of jobs told the
-         * same time from arriving together; an absurd value is bounded, not trusted. */
-        if (ra > JOB_RETRY_AFTER_MAX_MS)
-            ra = JOB_RETRY_AFTER_MAX_MS;
-        delay = ra + backoff_full_jitter(0, p->retry_base_ms, p->retry_base_ms, 2.0, rnd);
-        honoured = true;
-    }
-    if (delay < 1)
-        delay = 1;
+    bool honoured;
+    int64_t delay =
+        backoff_retry_delay((unsigned)j->attempts, p->retry_base_ms, p->retry_cap_ms,
+                            r->retry_after, JOB_RETRY_AFTER_MAX_MS, now, rnd, &honoured);
     j->retry_at = now + delay;
     strbuf sb = {0};
     char *what = reply_text(op, r);
