@@ -95,6 +95,8 @@ typedef struct job_append {
     int64_t datapoints_processed;
     int64_t groups_created;
     int64_t groups_expanded;
+    int sync_renewals;     /* syncs the API lost, renewed in a row */
+    bool partial_accepted; /* a retry accepted the partial import: it is synced as it is */
 } job_append;
 
 typedef struct job {

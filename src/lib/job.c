@@ -314,6 +314,8 @@ static cJSON *append_to_record(const job_append *a)
     add_ms(o, "datapoints_processed", a->datapoints_processed);
     add_ms(o, "groups_created", a->groups_created);
     add_ms(o, "groups_expanded", a->groups_expanded);
+    add_ms(o, "sync_renewals", a->sync_renewals);
+    cJSON_AddBoolToObject(o, "partial_accepted", a->partial_accepted);
     return o;
 }
 
@@ -329,6 +331,8 @@ static void append_from_record(job_append *a, const cJSON *o)
     a->datapoints_processed = json_int64(o, "datapoints_processed", -1);
     a->groups_created = json_int64(o, "groups_created", -1);
     a->groups_expanded = json_int64(o, "groups_expanded", -1);
+    a->sync_renewals = (int)json_int64(o, "sync_renewals", 0);
+    a->partial_accepted = json_bool(o, "partial_accepted", false);
 }
 
 cJSON *job_to_record(const job *j)
@@ -404,6 +408,27 @@ uint64_t job_record_digest(const job *j)
     return h;
 }
 
+/* What the job made or found at the API. */
+static void remote_from_record(job *j, const cJSON *rec)
+{
+    take_str(&j->workspace_id, rec, "workspace_id");
+    take_str(&j->dataset_id, rec, "dataset_id");
+    take_str(&j->import_id, rec, "import_id");
+    take_str(&j->upload_url, rec, "upload_url");
+    take_str(&j->upload_content_type, rec, "upload_content_type");
+    j->upload_expires_at = json_int64(rec, "upload_expires_at", 0);
+    j->uploaded = json_bool(rec, "uploaded", false);
+    take_str(&j->import_status, rec, "import_status");
+    j->accepted_count = json_int64(rec, "accepted_count", -1);
+    j->rejected_count = json_int64(rec, "rejected_count", -1);
+    take_str(&j->batch_id, rec, "batch_id");
+    take_str(&j->batch_status, rec, "batch_status");
+    j->total_task_count = json_int64(rec, "total_task_count", -1);
+    j->total_task_groups = json_int64(rec, "total_task_groups", -1);
+    j->setup_done = json_bool(rec, "setup_done", false);
+    append_from_record(&j->append, cJSON_GetObjectItemCaseSensitive(rec, "append"));
+}
+
 job *job_from_record(const cJSON *rec, const char **err)
 {
     char *name_owned, *dir_owned;
@@ -444,27 +469,18 @@ job *job_from_record(const cJSON *rec, const char **err)
     j->rejected_records = json_int64(rec, "rejected_records", -1);
     j->bytes_total = json_int64(rec, "bytes_total", -1);
     j->bytes_sent = json_int64(rec, "bytes_sent", 0);
-    take_str(&j->workspace_id, rec, "workspace_id");
-    take_str(&j->dataset_id, rec, "dataset_id");
-    take_str(&j->import_id, rec, "import_id");
-    take_str(&j->upload_url, rec, "upload_url");
-    take_str(&j->upload_content_type, rec, "upload_content_type");
-    j->upload_expires_at = json_int64(rec, "upload_expires_at", 0);
-    j->uploaded = json_bool(rec, "uploaded", false);
-    take_str(&j->import_status, rec, "import_status");
-    j->accepted_count = json_int64(rec, "accepted_count", -1);
-    j->rejected_count = json_int64(rec, "rejected_count", -1);
-    take_str(&j->batch_id, rec, "batch_id");
-    take_str(&j->batch_status, rec, "batch_status");
-    j->total_task_count = json_int64(rec, "total_task_count", -1);
-    j->total_task_groups = json_int64(rec, "total_task_groups", -1);
-    j->setup_done = json_bool(rec, "setup_done", false);
-    append_from_record(&j->append, cJSON_GetObjectItemCaseSensitive(rec, "append"));
+    remote_from_record(j, rec);
     int op = job_op_from_name(json_str(rec, "pending_op"));
     j->pending_op = op < 0 ? JOB_OP_NONE : (job_op)op;
     /* Only an append job syncs: nothing else would ever resolve such an intent. */
     if (j->pending_op == JOB_OP_SYNC && !j->append.on)
         j->pending_op = JOB_OP_NONE;
+    if (j->state == JOB_SYNCING && !j->append.on) {
+        /* It would sync a batch it made itself: a record no batchd writes. */
+        *err = "the record is in state syncing but is not an append job's";
+        job_free(j);
+        return NULL;
+    }
     j->attempts = (int)json_int64(rec, "attempts", 0);
     j->upload_refusals = (int)json_int64(rec, "upload_refusals", 0);
     j->wait_started_at = json_int64(rec, "wait_started_at", 0);

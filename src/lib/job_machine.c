@@ -20,6 +20,8 @@
 #define API_ROOT "/api/v1/data-collection"
 /* Upload URLs refused this many times in a row fail the job instead of looping. */
 #define UPLOAD_REFUSALS_MAX 5
+/* Syncs the API lost (404 to their poll) renewed in a row before the job fails. */
+#define SYNC_RENEWALS_MAX 5
 /* Record-level errors of an import kept in error_details (error.json is capped anyway). */
 #define IMPORT_ERRORS_MAX   1000
 #define IMPORT_ERRORS_BYTES (48 * 1024)
@@ -329,18 +331,51 @@ void job_unsent(job *j, job_op saved_pending)
     j->pending_op = saved_pending;
 }
 
+/* Forgets what the job did remotely, on a retry that changed where its records go (another
+ * target, or an append job that no longer appends, or the other way round): what exists is
+ * left as it is and named in the history; an outcome that was still unknown no longer
+ * matters to this job. */
+static void forget_remote(job *j, int64_t now, const char *why)
+{
+    if (j->dataset_id || j->import_id || j->batch_id)
+        job_note(j, now, "%s; dataset %s, import %s and batch %s are left as they are", why,
+                 j->dataset_id ? j->dataset_id : "(none)", j->import_id ? j->import_id : "(none)",
+                 j->batch_id ? j->batch_id : "(none)");
+    set_str(&j->dataset_id, NULL);
+    set_str(&j->import_id, NULL);
+    set_str(&j->upload_url, NULL);
+    set_str(&j->import_status, NULL);
+    set_str(&j->batch_id, NULL);
+    set_str(&j->batch_status, NULL);
+    j->uploaded = false;
+    j->setup_done = false;
+    j->pending_op = JOB_OP_NONE;
+    j->upload_refusals = 0;
+    j->total_task_count = -1;
+    j->total_task_groups = -1;
+    job_append_reset_sync(&j->append);
+    j->append.partial_accepted = false;
+}
+
 /* An append job goes straight to the upload into the target's dataset. A retry whose target
- * has changed starts its upload over: an import into the old dataset is not this job's now. */
+ * has changed starts over: an import into the old dataset is not this job's now. */
 static void start_append(job *j, const job_validation *v, int64_t now)
 {
-    if (j->dataset_id && v->dataset_id && strcmp(j->dataset_id, v->dataset_id) != 0) {
-        job_note(j, now, "the target changed; import %s into dataset %s is left as it is",
-                 j->import_id ? j->import_id : "(none)", j->dataset_id);
-        set_str(&j->import_id, NULL);
-        set_str(&j->upload_url, NULL);
-        set_str(&j->import_status, NULL);
-        j->uploaded = false;
+    if (!v->dataset_id || !v->batch_id) {
+        job_fail(j, now, "invalid_job", "the append target has no dataset or batch id");
+        return;
+    }
+    if (!j->append.on)
+        forget_remote(j, now, "now an append job");
+    else if (j->dataset_id && strcmp(j->dataset_id, v->dataset_id) != 0)
+        forget_remote(j, now, "the target changed");
+    else if (j->batch_id && strcmp(j->batch_id, v->batch_id) != 0) {
+        /* The same dataset under another batch: the import stands, the sync is the new
+         * batch's to make. */
+        job_note(j, now, "the target batch changed from %s; syncing the new one", j->batch_id);
         job_append_reset_sync(&j->append);
+        j->total_task_count = -1;
+        j->total_task_groups = -1;
     }
     j->append.on = true;
     set_str(&j->append.target_job_id, v->append_job_id);
@@ -377,10 +412,17 @@ void job_on_validated(job *j, const job_validation *v, int64_t now)
     j->bytes_total = v->bytes;
     if (v->rejected > 0)
         job_note(j, now, "%" PRId64 " invalid records skipped (see rejected.jsonl)", v->rejected);
-    if (v->append)
+    if (v->append) {
         start_append(j, v, now);
-    else
+    } else {
+        if (j->append.on) {
+            forget_remote(j, now, "no longer an append job");
+            j->append.on = false;
+            set_str(&j->append.target_job_id, NULL);
+            set_str(&j->append.target_job_name, NULL);
+        }
         job_set_state(j, JOB_CREATING_DATASET, now, "valid; creating the dataset");
+    }
     char msg[96];
     snprintf(msg, sizeof msg, "%" PRId64 " records, %" PRId64 " bytes", v->records, v->bytes);
     job_note(j, now, "%s", msg);
@@ -436,9 +478,11 @@ static void give_up(job *j, job_op op, const job_reply *r, const job_params *p, 
          reply_body_json(r), cJSON_CreateArray(),
          "gave up after %d attempts of %s; the last one ended with %s%s", p->retry_attempts_max,
          job_op_name(op), what,
-         job_op_has_side_effect(op) && j->pending_op == op
-             ? " (its outcome is unknown: batchctl retry checks it before sending it again)"
-             : "");
+         !job_op_has_side_effect(op) || j->pending_op != op ? ""
+         : op == JOB_OP_SYNC ? " (its outcome is unknown: batchctl retry requests a sync again, "
+                               "which takes only what no earlier one took)"
+                             : " (its outcome is unknown: batchctl retry checks it before "
+                               "sending it again)");
     free(what);
 }
 
@@ -545,7 +589,7 @@ static void api_rejected(job *j, job_op op, const job_reply *r, int64_t now)
             cJSON_AddItemToArray(details, cJSON_Duplicate(detail, 1));
         }
         /* The flat form {message, detail} of a refused sync: the why, then more about it. */
-        const char *why = err ? NULL : json_str(body, "message");
+        const char *why = err || op != JOB_OP_SYNC ? NULL : json_str(body, "message");
         if (why) {
             flat = detail_text ? xasprintf("%s (%s)", why, detail_text) : xstrdup(why);
             detail_text = flat;
@@ -621,12 +665,17 @@ static void apply_import(job *j, const cJSON *body, const job_reply *r, const jo
         st = "";
     if (strcmp(st, "complete") == 0) {
         if (j->append.on) {
-            j->wait_started_at = 0;
+            /* batch_timeout bounds the whole step, requests renewed on the way included. */
+            j->wait_started_at = now;
             job_set_state(j, JOB_SYNCING, now, "import complete; syncing the batch");
         } else {
             job_set_state(j, JOB_CREATING_BATCH, now, "import complete; creating the batch");
         }
         job_note(j, now, "%" PRId64 " records accepted", j->accepted_count);
+    } else if (strcmp(st, "partial") == 0 && j->append.on && j->append.partial_accepted) {
+        j->wait_started_at = now;
+        job_set_state(j, JOB_SYNCING, now,
+                      "import partial, as before the retry; syncing the records it accepted");
     } else if (strcmp(st, "partial") == 0) {
         fail(j, now, "import_partial", 0, apitext_json(body, r->secret), NULL,
              "the import was partial: %" PRId64 " records accepted, %" PRId64 " rejected",
@@ -934,8 +983,14 @@ static void apply_sync(job *j, job_op op, const job_reply *r, const job_params *
         protocol_error(j, op, r, now, st ? "an unknown sync status" : "no sync status");
         return;
     }
+    const char *id = json_str(body, "sync_id");
+    if (op == JOB_OP_GET_SYNC && id && strcmp(id, ap->sync_id) != 0) {
+        protocol_error(j, op, r, now, "the status of another sync");
+        return;
+    }
     set_str(&ap->sync_status, st);
     if (strcmp(st, "complete") == 0) {
+        ap->sync_renewals = 0;
         ap->tasks_created = json_int64(body, "tasks_created", -1);
         ap->datapoints_processed = json_int64(body, "datapoints_processed", -1);
         ap->groups_created = json_int64(body, "groups_created", -1);
@@ -970,7 +1025,6 @@ static void ok_sync(job *j, job_op op, const job_reply *r, const job_params *p, 
             return;
         set_str(&j->append.sync_id, id);
         j->pending_op = JOB_OP_NONE;
-        j->wait_started_at = now;
         job_note(j, now, "sync %s requested", id);
     }
     apply_sync(j, op, r, p, now, rnd, body);
@@ -1040,10 +1094,12 @@ static bool retried_4xx(job *j, job_op op, const job_reply *r, const job_params 
                         uint64_t rnd)
 {
     long s = r->status;
-    if (op == JOB_OP_GET_SYNC && s == 404) {
+    if (op == JOB_OP_GET_SYNC && s == 404 && j->append.sync_renewals < SYNC_RENEWALS_MAX) {
         /* The sync is gone (its record expired, or the id was never the server's): a new one
-         * takes whatever this one had not, within the step's retry bound. */
+         * takes whatever this one had not. Bounded on its own, as a poll between renewals
+         * is progress that starts the step's attempts over. */
         job_append_reset_sync(&j->append);
+        j->append.sync_renewals++;
         retry_later(j, op, r, p, now, rnd, false, "the sync is unknown; requesting a new one");
         return true;
     }
@@ -1160,8 +1216,15 @@ int job_retry(job *j, int64_t now)
     if (j->state != JOB_FAILED && j->state != JOB_CANCELLED)
         return -EINVAL;
     const char *is = j->import_status;
-    if (is && (strcmp(is, "partial") == 0 || strcmp(is, "failed") == 0 ||
-               strcmp(is, "pending_schema") == 0)) {
+    if (is && j->append.on && strcmp(is, "partial") == 0) {
+        /* Uploading again would put the accepted records into the live dataset twice. */
+        j->append.partial_accepted = true;
+        job_note(j, now,
+                 "import %s was partial: the records it accepted are synced, the rejected ones "
+                 "are not uploaded again (drop them, fixed, as a new append job)",
+                 j->import_id);
+    } else if (is && (strcmp(is, "partial") == 0 || strcmp(is, "failed") == 0 ||
+                      strcmp(is, "pending_schema") == 0)) {
         job_note(j, now, "import %s ended %s; the data will be uploaded again", j->import_id, is);
         free(j->import_id);
         j->import_id = NULL;

@@ -1,4 +1,4 @@
-/* test-deps: uv cjson */
+/* test-deps: uv cjson job */
 /* control: io.batchd served from a real loop on a socket in a temporary directory, backed by a
  * fake job table, exercised with raw varlink clients; access decisions with synthetic peers;
  * and, when running as root, a real unprivileged peer (a child that drops to nobody). */
@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "batchd/control.h"
+#include "batchd/job.h"
 #include "batchd/util.h"
 #include "vltest.h"
 
@@ -90,9 +91,9 @@ static cJSON *fake_candidates(void *ud, const char *key)
     return ids;
 }
 
-static cJSON *fake_get_job(void *ud, const char *job, const char **err)
+static cJSON *fake_get_job(void *ud, const char *which, const char **err)
 {
-    cJSON *j = find(ud, job, err);
+    cJSON *j = find(ud, which, err);
     if (!j)
         return NULL;
     cJSON *out = cJSON_Duplicate(j, 1);
@@ -100,10 +101,10 @@ static cJSON *fake_get_job(void *ud, const char *job, const char **err)
     return out;
 }
 
-static int change_state(void *ud, const char *job, const char *from, const char *to, cJSON **out,
+static int change_state(void *ud, const char *which, const char *from, const char *to, cJSON **out,
                         const char **err, const char **msg)
 {
-    cJSON *j = find(ud, job, err);
+    cJSON *j = find(ud, which, err);
     if (!j) {
         *msg = "no job has this id or name";
         return -ENOENT;
@@ -118,14 +119,14 @@ static int change_state(void *ud, const char *job, const char *from, const char 
     return 0;
 }
 
-static int fake_retry(void *ud, const char *job, cJSON **out, const char **err, const char **msg)
+static int fake_retry(void *ud, const char *which, cJSON **out, const char **err, const char **msg)
 {
-    return change_state(ud, job, "failed", "queued", out, err, msg);
+    return change_state(ud, which, "failed", "queued", out, err, msg);
 }
 
-static int fake_cancel(void *ud, const char *job, cJSON **out, const char **err, const char **msg)
+static int fake_cancel(void *ud, const char *which, cJSON **out, const char **err, const char **msg)
 {
-    return change_state(ud, job, NULL, "cancelled", out, err, msg);
+    return change_state(ud, which, NULL, "cancelled", out, err, msg);
 }
 
 static void fake_pause(void *ud)
@@ -573,11 +574,52 @@ static void test_permission_denied_real_peer(void **state)
     assert_string_equal(json_str(cJSON_GetArrayItem(F->jobs, 1), "state"), "failed");
 }
 
+/* The members of a varlink type in the description: "type NAME (\n  a: ..,\n  b: ..\n)". */
+static bool type_has_member(const char *type, const char *member)
+{
+    char head[64], needle[96];
+    snprintf(head, sizeof head, "type %s (\n", type);
+    const char *start = strstr(control_interface_description, head);
+    assert_non_null(start);
+    const char *end = strstr(start, "\n)\n");
+    assert_non_null(end);
+    snprintf(needle, sizeof needle, "\n  %s: ", member);
+    const char *at = strstr(start, needle);
+    return at && at < end;
+}
+
+/* Every member the daemon sends in a Job (and in its append_to) is declared in the
+ * description, so a client generated from it sees them all. */
+static void test_description_declares_job_members(void **state)
+{
+    (void)state;
+    job *j = job_new("01JDXYZ", "n", "n", 1764405165000LL);
+    j->append.on = true;
+    j->append.target_job_id = xstrdup("01JDTARGET");
+    j->append.target_job_name = xstrdup("target");
+    job_fail(j, 1764405165000LL, "sync_failed", "failed");
+    cJSON *pub = job_to_public(j, true);
+    const cJSON *m;
+    cJSON_ArrayForEach(m, pub)
+    {
+        if (!type_has_member("Job", m->string))
+            fail_msg("type Job lacks %s", m->string);
+    }
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(pub, "append_to"))
+    {
+        if (!type_has_member("AppendTo", m->string))
+            fail_msg("type AppendTo lacks %s", m->string);
+    }
+    cJSON_Delete(pub);
+    job_free(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_access_decision),
         cmocka_unit_test_setup_teardown(test_description, setup, teardown),
+        cmocka_unit_test(test_description_declares_job_members),
         cmocka_unit_test_setup_teardown(test_read_methods, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_methods, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch, setup, teardown),

@@ -1673,10 +1673,18 @@ static void test_append_by_ids(void **state)
     assert_string_equal(json_str(to, "batch_id"), BATCH);
     assert_string_equal(json_str(to, "dataset_id"), DATASET);
     cJSON_Delete(res);
-    /* a job that makes its own batch names no target */
     cJSON *pub = job_to_public(f->j, false);
     assert_true(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(pub, "append_to")));
     cJSON_Delete(pub);
+    /* a job that makes its own batch names no target */
+    job *own = job_new("01JDOWN", "own", "own", f->now);
+    pub = job_to_public(own, false);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(pub, "append_to")));
+    cJSON_Delete(pub);
+    res = job_result_json(own);
+    assert_null(cJSON_GetObjectItemCaseSensitive(res, "append_to"));
+    cJSON_Delete(res);
+    job_free(own);
 }
 
 /* A failed sync fails the job with sync_failed and the API's reason; a retry keeps the
@@ -1767,6 +1775,27 @@ static void test_append_sync_vanished(void **state)
     expect_send(f, JOB_OP_GET_SYNC);
     reply(f, JOB_OP_GET_SYNC, 404, "{}");
     assert_int_equal(f->j->state, JOB_FAILED); /* the third failed attempt of the step */
+
+    /* Seen, then lost, again and again: each poll that sees it is progress, so the renewals
+     * are bounded on their own. */
+    job_free(f->j);
+    f->j = job_new("01JDXYZ", "job-a", "job-a", f->now);
+    append_to_syncing(f, true);
+    int renewals = 0;
+    while (f->j->state == JOB_SYNCING) {
+        wait_out(f);
+        expect_send(f, JOB_OP_SYNC);
+        reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+        wait_out(f);
+        expect_send(f, JOB_OP_GET_SYNC);
+        reply(f, JOB_OP_GET_SYNC, 200, sync_body("processing"));
+        wait_out(f);
+        expect_send(f, JOB_OP_GET_SYNC);
+        reply(f, JOB_OP_GET_SYNC, 404, "{}");
+        assert_true(++renewals <= 6);
+    }
+    assert_int_equal(renewals, 6); /* five renewed, the sixth loss fails the job */
+    assert_string_equal(f->j->error_code, "api_rejected");
 }
 
 static void test_append_sync_timeout_and_bad_replies(void **state)
@@ -1817,9 +1846,13 @@ static void test_append_record(void **state)
     assert_string_equal(f->j->append.sync_status, "processing");
     cJSON_Delete(r2);
 
+    /* syncing, but not an append job: no batchd writes that */
     cJSON_DeleteItemFromObject(r1, "append");
-    cJSON_ReplaceItemInObject(r1, "pending_op", cJSON_CreateString("sync"));
     const char *err = NULL;
+    assert_null(job_from_record(r1, &err));
+    assert_non_null(strstr(err, "syncing"));
+    cJSON_ReplaceItemInObject(r1, "state", cJSON_CreateString("importing"));
+    cJSON_ReplaceItemInObject(r1, "pending_op", cJSON_CreateString("sync"));
     job *j = job_from_record(r1, &err);
     assert_non_null(j);
     assert_false(j->append.on);
@@ -1828,17 +1861,95 @@ static void test_append_record(void **state)
     cJSON_Delete(r1);
 }
 
-/* A retry whose target has changed starts the upload over in the new dataset. */
+/* A retry whose target has changed starts the upload over in the new dataset, even when the
+ * outcome of the last upload was unknown; another batch on the same dataset keeps the import
+ * but not the sync. */
 static void test_append_target_changed(void **state)
 {
     fixture *f = *state;
-    append_to_syncing(f, true);
+    assert_int_equal(next(f).kind, JOB_ACT_VALIDATE);
+    append_validated(f, true, DATASET);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    expect_send(f, JOB_OP_UPLOAD);
+    net_error(f, JOB_OP_UPLOAD, JOB_NET_TIMEOUT);
+    assert_int_equal(f->j->pending_op, JOB_OP_UPLOAD);
     job_cancel(f->j, f->now);
     assert_int_equal(job_retry(f->j, f->now), 0);
     append_validated(f, true, "0192a3b5-0000-7a0b-1c2d-000000000000");
     assert_null(f->j->import_id);
     assert_false(f->j->uploaded);
+    assert_int_equal(f->j->pending_op, JOB_OP_NONE);
     expect_send(f, JOB_OP_UPLOAD_URL);
+
+    job_free(f->j);
+    f->j = job_new("01JDXYZ", "job-a", "job-a", f->now);
+    append_to_syncing(f, true);
+    expect_send(f, JOB_OP_SYNC);
+    reply(f, JOB_OP_SYNC, 202, sync_body("queued"));
+    job_cancel(f->j, f->now);
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    cJSON *spec = cJSON_Parse(spec_json);
+    job_validation v = {.ok = true,
+                        .spec = spec,
+                        .upload_path = "/spool/active/job-a/d.jsonl",
+                        .upload_name = "d.jsonl",
+                        .records = 3,
+                        .sha256 = SHA256_HEX,
+                        .bytes = 120,
+                        .append = true,
+                        .append_job_id = TARGET_ID,
+                        .append_job_name = "standing",
+                        .dataset_id = DATASET,
+                        .batch_id = "01935c2d-bbbb-4c4d-8e6f-7a8b9c0d1e2f"};
+    job_on_validated(f->j, &v, f->now);
+    cJSON_Delete(spec);
+    assert_string_equal(f->j->import_id, IMPORT);
+    assert_null(f->j->append.sync_id);
+    assert_string_equal(f->j->batch_id, "01935c2d-bbbb-4c4d-8e6f-7a8b9c0d1e2f");
+}
+
+/* An append job whose job.json no longer appends starts over as a job of its own: it does
+ * not upload into, or sync, the batch it was appending to. */
+static void test_append_no_longer(void **state)
+{
+    fixture *f = *state;
+    append_to_syncing(f, true);
+    job_cancel(f->j, f->now);
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    validated(f);
+    assert_false(f->j->append.on);
+    assert_null(f->j->dataset_id);
+    assert_null(f->j->batch_id);
+    assert_null(f->j->import_id);
+    expect_send(f, JOB_OP_CREATE_DATASET);
+}
+
+/* A partial import into a live dataset is not uploaded again on a retry (its accepted records
+ * would go in twice): the retry syncs what it accepted. */
+static void test_append_partial_import_retried(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(next(f).kind, JOB_ACT_VALIDATE);
+    append_validated(f, true, DATASET);
+    expect_send(f, JOB_OP_UPLOAD_URL);
+    reply(f, JOB_OP_UPLOAD_URL, 201, upload_url_body(f->now + 900000));
+    expect_send(f, JOB_OP_UPLOAD);
+    reply(f, JOB_OP_UPLOAD, 200, "");
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT);
+    const char *partial = "{\"status\":\"partial\",\"accepted_count\":2,\"rejected_count\":1}";
+    reply(f, JOB_OP_GET_IMPORT, 200, partial);
+    assert_string_equal(f->j->error_code, "import_partial");
+    assert_int_equal(job_retry(f->j, f->now), 0);
+    assert_true(f->j->append.partial_accepted);
+    append_validated(f, true, DATASET);
+    assert_string_equal(f->j->import_id, IMPORT);
+    wait_out(f);
+    expect_send(f, JOB_OP_GET_IMPORT); /* never UPLOAD_URL or UPLOAD */
+    reply(f, JOB_OP_GET_IMPORT, 200, partial);
+    assert_int_equal(f->j->state, JOB_SYNCING);
+    expect_send(f, JOB_OP_SYNC);
 }
 
 int main(void)
@@ -1910,6 +2021,8 @@ int main(void)
         T(test_append_sync_timeout_and_bad_replies),
         T(test_append_record),
         T(test_append_target_changed),
+        T(test_append_no_longer),
+        T(test_append_partial_import_retried),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
