@@ -60,6 +60,7 @@ typedef struct rjob {
     bool finished;           /* its directory is in done/ or failed/ */
     bool released;           /* the runner is gone: free once no backend holds it */
     rj_write write;
+    bool dirty; /* changed since the last write was handed out: rj_flush writes it */
     uint64_t written_digest; /* job_record_digest of the last record handed to a write */
     /* A side-effecting call waiting for its intent to be durable, and the pending_op to
      * restore if it is not sent after all. */
@@ -118,7 +119,8 @@ void rn_evict_finished(runner *rn);
 /* runner_drive.c */
 rjob *rj_add(runner *rn, job *j, bool finished);
 void rj_persist(rjob *r);
-bool rj_changed(rjob *r, job_state before);
+void rj_changed(rjob *r, job_state before);
+void rj_flush(rjob *r);
 void rj_drive(rjob *r);
 
 /* runner_claim.c */
