@@ -238,7 +238,8 @@ static int retry_now(runner *rn, rjob *r)
     if (rj_busy(r) || job_retry_now(r->j, rn_now(rn)) < 0)
         return -EBUSY;
     rn->be.clock->timer_stop(rn->be.ud, r->timer);
-    /* The cleared retry time is durable before the step (write_done drives the job then). */
+    /* The cleared retry time goes out with the step's write (with the intent, for a send
+     * that has a side effect). */
     rj_changed(r, r->j->state);
     rj_drive(r);
     return 0;

@@ -31,11 +31,16 @@
 #define RUNNER_PROGRESS_PUBLISH_MS 250
 
 /* The job's record write, one at a time per job, so a later write can never be overtaken by
- * an earlier one. Transitions:
+ * an earlier one. A change is marked (rjob.dirty) and written when the step that made it
+ * ends (rj_flush), so a reply and the intent of the request that follows it share a write.
+ * The job does not wait for a write (the disk may lag behind it: every record it can hold
+ * resumes correctly) except before a side-effecting send (send_after_write: write-before-
+ * send) and before its move to done/ or failed/. Transitions:
  *   IDLE or FAILED --persist--> OUT
  *   OUT --the record changes--> OUT_CHANGED
- *   OUT --write ok--> IDLE (then the step that waited for it: a send, or the next drive)
- *   OUT --write failed--> FAILED (retried after RUNNER_PERSIST_RETRY_MS; no step meanwhile)
+ *   OUT --write ok--> IDLE (then the send that waited for it, or the next drive)
+ *   OUT --write failed--> FAILED (retried after RUNNER_PERSIST_RETRY_MS; the intent that
+ *                         waited is withdrawn, and no step is taken until a write succeeds)
  *   OUT_CHANGED --write ends--> OUT (the newest record is written again)
  *   stopping: any --write ends--> IDLE, after writing the newest record now when needed. */
 typedef enum rj_write {
@@ -60,7 +65,7 @@ typedef struct rjob {
     bool finished;           /* its directory is in done/ or failed/ */
     bool released;           /* the runner is gone: free once no backend holds it */
     rj_write write;
-    bool dirty; /* changed since the last write was handed out: rj_flush writes it */
+    bool dirty;              /* changed since the last write was handed out: rj_flush writes it */
     uint64_t written_digest; /* job_record_digest of the last record handed to a write */
     /* A side-effecting call waiting for its intent to be durable, and the pending_op to
      * restore if it is not sent after all. */

@@ -77,8 +77,9 @@ static void sync_one(void *ctx, size_t i)
 }
 
 /* Writes items[0..n) (n <= STORE_OPEN_MAX) in phases: every record's content begun, then
- * every one fsynced (concurrently: fsutil_parallel), then each renamed over its old record, so their journal commits overlap.
- * A crash leaves each old record or its new one. Returns how many were written. */
+ * every one fsynced (concurrently: fsutil_parallel), then each renamed over its old record, so
+ * their journal commits overlap. A crash leaves each old record or its new one. Returns how many
+ * were written. */
 static size_t write_chunk(const char *dir, store_item *items, size_t n)
 {
     fsutil_write w[STORE_OPEN_MAX];

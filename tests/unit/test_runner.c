@@ -879,6 +879,92 @@ static void test_write_before_send(void **state)
     assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
 }
 
+/* kill -9: the next start finds what the disk holds now; the writes still out and the
+ * requests in flight are lost (whatever the stop below writes is thrown away). */
+static void crash(world *w)
+{
+    cJSON *disk = cJSON_Duplicate(w->records, true);
+    stop_runner(w);
+    cJSON_Delete(w->records);
+    w->records = disk;
+    start_runner(w);
+    assert_int_equal(runner_recover(w->rn), 0);
+}
+
+/* The disk may lag behind the job: it steps on while its record write is out, except that a
+ * side-effecting send waits for the write that carries its intent (a reply and that intent
+ * share one write). */
+static void test_steps_while_write_out(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    /* Claimed: its first record is still out, yet it validates. */
+    assert_int_equal(w->n_writes, 1);
+    assert_null(record_of(w, j));
+    assert_int_equal(j->state, JOB_VALIDATING);
+    validation_end(w, live_val(w));
+    /* The create's intent is queued behind the first write: nothing sent, nothing more out. */
+    assert_int_equal(j->pending_op, JOB_OP_CREATE_DATASET);
+    assert_int_equal(w->n_writes, 1);
+    assert_int_equal(n_live_reqs(w), 0);
+    writes_end(w, 0);
+    assert_string_equal(json_str(record_of(w, j), "state"), "queued");
+    assert_int_equal(w->n_writes, 1); /* the newest record, with the intent */
+    assert_int_equal(n_live_reqs(w), 0);
+    writes_end(w, 0);
+    assert_string_equal(json_str(record_of(w, j), "pending_op"), "create_dataset");
+    freq *q = live_req(w);
+    assert_non_null(q);
+    assert_int_equal(q->op, JOB_OP_CREATE_DATASET);
+    /* The reply and the upload-URL intent: one write, and the request waits for it. */
+    answer_happy(w, q);
+    assert_int_equal(w->n_writes, 1);
+    assert_int_equal(n_live_reqs(w), 0);
+    writes_end(w, 0);
+    assert_string_equal(json_str(record_of(w, j), "dataset_id"), DATASET);
+    assert_string_equal(json_str(record_of(w, j), "pending_op"), "upload_url");
+    assert_int_equal(w->n_writes, 0);
+    assert_int_equal(live_req(w)->op, JOB_OP_UPLOAD_URL);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+}
+
+/* A crash while the disk lags behind the job: the older record resumes without sending any
+ * side-effecting request twice (the upload's outcome is checked, not redone). */
+static void test_crash_while_disk_lags(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    freq *q = run_until_sent(w, JOB_OP_UPLOAD);
+    flush(w);
+    answer_happy(w, q); /* uploaded: the job waits for the import */
+    assert_int_equal(j->state, JOB_IMPORTING);
+    assert_int_equal(w->n_writes, 1); /* not yet durable */
+    ftimer *t = next_timer(w);
+    assert_non_null(t);
+    advance(w, t->due - w->mono); /* its first poll goes out meanwhile */
+    q = live_req(w);
+    assert_non_null(q);
+    assert_int_equal(q->op, JOB_OP_GET_IMPORT);
+    assert_int_equal(w->n_writes, 1);
+    /* On disk: still uploading, the PUT's outcome unknown. */
+    assert_string_equal(json_str(record_of(w, j), "state"), "uploading");
+    assert_string_equal(json_str(record_of(w, j), "pending_op"), "upload");
+    crash(w);
+    j = job0(w);
+    assert_int_equal(j->state, JOB_UPLOADING);
+    runner_drive_all(w->rn);
+    q = run_until_sent(w, JOB_OP_CHECK_UPLOAD);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+    assert_int_equal(w->sent[JOB_OP_UPLOAD_URL], 1);
+    assert_int_equal(w->sent[JOB_OP_UPLOAD], 1);
+    assert_int_equal(w->sent[JOB_OP_CREATE_BATCH], 1);
+    assert_int_equal(w->finished_ok, 1);
+}
+
 /* A change while a write is out is written after it (out-and-changed), never alongside. */
 static void test_write_out_and_changed(void **state)
 {
@@ -1654,6 +1740,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claims_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_steps_while_write_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_while_disk_lags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stuck_retry_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_prefix, setup, teardown),
     };

@@ -1150,8 +1150,8 @@ static void test_finish_batch(void **state)
 
 enum { FIN_N = 70 }; /* more than spool.c opens at once, so two rounds of begin/commit */
 
-static size_t fin_file_fsyncs; /* regular files fsynced so far */
-static size_t fin_dir_fsyncs;  /* directories fsynced so far */
+static size_t fin_file_fsyncs;  /* regular files fsynced so far */
+static size_t fin_dir_fsyncs;   /* directories fsynced so far */
 static const char *fin_fail_at; /* the job whose file fsync fails with EIO; NULL: none */
 
 /* Every file is fsynced before any directory (job directories after all the renames,
