@@ -75,6 +75,7 @@ static bool writing(const rjob *r)
 static void persist_with_digest(rjob *r, uint64_t digest)
 {
     r->dirty = false; /* this write (or the one queued behind the write out) carries it */
+    r->lazy = false;
     if (writing(r)) {
         r->write = RJ_WRITE_OUT_CHANGED;
         return;
@@ -136,16 +137,37 @@ void rj_changed(rjob *r, job_state before)
     rj_publish(r);
 }
 
-/* Starts the write rj_changed asked for. A reply that changed nothing durable (a poll with
- * the same status) is not written. */
+/* Starts the write rj_changed asked for, or leaves it to the lazy timer when nothing waits
+ * for it: the disk may lag behind the job (see drive_step), and a poll's status or a state
+ * entered on the way then shares the write of the next intent instead of costing its own. A
+ * reply that changed nothing durable (a poll with the same status) is not written. */
 void rj_flush(rjob *r)
 {
     if (!r->dirty)
         return;
-    uint64_t digest = job_record_digest(r->j);
-    if (writing(r) || r->write == RJ_WRITE_FAILED || digest != r->written_digest)
-        persist_with_digest(r, digest);
     r->dirty = false;
+    runner *rn = r->rn;
+    uint64_t digest = job_record_digest(r->j);
+    if (!writing(r) && r->write != RJ_WRITE_FAILED && digest == r->written_digest)
+        return;
+    if (writing(r) || r->write == RJ_WRITE_FAILED || r->finished || rn->stopping) {
+        persist_with_digest(r, digest);
+        return;
+    }
+    r->lazy = true;
+    if (!rn->lazy_armed) {
+        rn->lazy_armed = true;
+        rn->be.clock->timer_arm(rn->be.ud, rn->lazy_timer, RUNNER_LAZY_WRITE_MS);
+    }
+}
+
+void rn_lazy_run(void *arg)
+{
+    runner *rn = arg;
+    rn->lazy_armed = false;
+    for (size_t i = 0; i < rn->n_jobs; i++)
+        if (rn->jobs[i]->lazy)
+            rj_persist(rn->jobs[i]);
 }
 
 /* ---- the driver ---- */
@@ -221,8 +243,11 @@ static void drive_step(rjob *r)
     job_action a = job_next(j, &rn->params, now, rn_random(rn), &changed);
     if (changed)
         rj_changed(r, before);
-    if (a.kind == JOB_ACT_FINISH && (writing(r) || r->dirty))
-        return; /* write_done drives the job again, and job_next finishes it then */
+    if (a.kind == JOB_ACT_FINISH && (writing(r) || r->dirty || r->lazy)) {
+        if (!writing(r))
+            rj_persist(r); /* now: the move waits for it */
+        return;            /* write_done drives the job again, and job_next finishes it then */
+    }
     perform(r, a, now);
 }
 

@@ -10,6 +10,10 @@
 
 /* Validations running at once: each may read gigabytes; the rest of the pool stays free. */
 #define RUNNER_VALIDATIONS_MAX 2
+/* A record change that no step waits for (a poll's status, a state entered without a side-
+ * effecting request) is written at most this long after it was made, together with whatever
+ * changes meanwhile; a step that must wait for the disk writes it at once. */
+#define RUNNER_LAZY_WRITE_MS 1000
 /* Entries claimed per turn, so 10,000 dropped at once never stall the loop. */
 #define RUNNER_CLAIMS_PER_TURN 64
 /* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
@@ -65,7 +69,8 @@ typedef struct rjob {
     bool finished;           /* its directory is in done/ or failed/ */
     bool released;           /* the runner is gone: free once no backend holds it */
     rj_write write;
-    bool dirty;              /* changed since the last write was handed out: rj_flush writes it */
+    bool dirty; /* changed since the last write was handed out: rj_flush writes it */
+    bool lazy;  /* a change no step waits for, left to the lazy timer (RUNNER_LAZY_WRITE_MS) */
     uint64_t written_digest; /* job_record_digest of the last record handed to a write */
     /* A side-effecting call waiting for its intent to be durable, and the pending_op to
      * restore if it is not sent after all. */
@@ -97,6 +102,8 @@ struct runner {
     size_t bad_records;
     size_t pruned_records;
     void *claim_timer;
+    void *lazy_timer; /* writes the changes no step waits for (rj_flush) */
+    bool lazy_armed;
     spool_stuck *stuck;  /* entries of incoming/ that could not be claimed; NULL until one */
     size_t incoming;     /* unclaimed entries in incoming/ as of the last count, less claims */
     bool incoming_dirty; /* incoming/ changed since the last count */
@@ -126,6 +133,7 @@ rjob *rj_add(runner *rn, job *j, bool finished);
 void rj_persist(rjob *r);
 void rj_changed(rjob *r, job_state before);
 void rj_flush(rjob *r);
+void rn_lazy_run(void *arg);
 void rj_drive(rjob *r);
 
 /* runner_claim.c */
