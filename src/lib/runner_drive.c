@@ -82,7 +82,10 @@ static void persist_with_digest(rjob *r, uint64_t digest)
     }
     r->write = RJ_WRITE_OUT;
     r->written_digest = digest;
-    r->rn->be.store->write(r->rn->be.ud, r->j, write_done, r);
+    /* The job waits for it: a send's intent, or its end before the move. */
+    bool urgent =
+        r->send_after_write != JOB_OP_NONE || (job_state_terminal(r->j->state) && !r->finished);
+    r->rn->be.store->write(r->rn->be.ud, r->j, urgent, write_done, r);
 }
 
 /* Makes the record durable now (the write goes out, or is queued behind the one out). Only a

@@ -72,6 +72,7 @@ typedef struct world {
     fwrite_ writes[MAXN];
     size_t n_writes;
     int writes_started, writes_now;
+    int urgent_writes; /* writes the job waits for */
     int load_rc, remove_rc;
     /* http */
     freq reqs[MAXN];
@@ -118,9 +119,11 @@ static world *W;
 
 /* ---- RAM store ---- */
 
-static void st_write(void *ud, const job *j, runner_done_fn done, void *cookie)
+static void st_write(void *ud, const job *j, bool urgent, runner_done_fn done, void *cookie)
 {
     world *w = ud;
+    if (urgent)
+        w->urgent_writes++;
     assert_true(w->n_writes < MAXN);
     cJSON *rec = job_to_record(j);
     w->writes[w->n_writes++] = (fwrite_){json_print(rec), done, cookie};
@@ -908,9 +911,11 @@ static void test_steps_while_write_out(void **state)
     assert_int_equal(j->pending_op, JOB_OP_CREATE_DATASET);
     assert_int_equal(w->n_writes, 1);
     assert_int_equal(n_live_reqs(w), 0);
+    assert_int_equal(w->urgent_writes, 0); /* nothing waited for the claim's record */
     writes_end(w, 0);
     assert_string_equal(json_str(record_of(w, j), "state"), "queued");
-    assert_int_equal(w->n_writes, 1); /* the newest record, with the intent */
+    assert_int_equal(w->n_writes, 1);      /* the newest record, with the intent */
+    assert_int_equal(w->urgent_writes, 1); /* which the create waits for */
     assert_int_equal(n_live_reqs(w), 0);
     writes_end(w, 0);
     assert_string_equal(json_str(record_of(w, j), "pending_op"), "create_dataset");
