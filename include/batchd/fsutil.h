@@ -44,6 +44,14 @@ int fsutil_write_sync(fsutil_write *w);
 int fsutil_write_commit(fsutil_write *w);
 /* Closes and removes the temp file of a begun write. Harmless on a w that holds nothing. */
 void fsutil_write_abort(fsutil_write *w);
+/* Runs fn(ctx, i) for every i in [0, n) from the calling thread and up to
+ * FSUTIL_PARALLEL_MAX - 1 threads of its own, and returns once every call has. For batches
+ * of fsyncs that do not depend on each other (the job directories of a claim batch, the
+ * temp files of a record batch): the disk then takes their cache flushes together instead
+ * of one after another. fn must be safe to run concurrently for different i. Without a
+ * thread (pthread_create failing) the calling thread makes every call itself. */
+#define FSUTIL_PARALLEL_MAX 8
+void fsutil_parallel(size_t n, void (*fn)(void *ctx, size_t i), void *ctx);
 /* fsync()s a directory. 0 or -errno. */
 int fsutil_fsync_dir(const char *dir);
 /* fsync()s the directory that holds path. */

@@ -22,9 +22,11 @@ typedef void (*runner_done_fn)(void *cookie, int rc);
 /* The durable job records. write takes what it needs from j before it returns (j changes
  * afterwards) and calls done(cookie, rc) later, or from inside the call once the backend is
  * stopping; the runner has at most one write out per job,
- * so a later write can never be overtaken by an earlier one. */
+ * so a later write can never be overtaken by an earlier one. urgent: the job waits for this
+ * write (the intent of a side-effecting request, or a finished state before the move), so
+ * it should not queue behind writes that nothing waits for. */
 typedef struct runner_store_ops {
-    void (*write)(void *ud, const job *j, runner_done_fn done, void *cookie);
+    void (*write)(void *ud, const job *j, bool urgent, runner_done_fn done, void *cookie);
     /* Stopping: the newest record, now, on the caller's thread. */
     int (*write_now)(void *ud, const job *j);
     /* As store_load_all (store.h): each record to each(), an unreadable one to bad(). */

@@ -22,7 +22,7 @@
 
 /* ---- the backend's own state ---- */
 
-enum { LANE_WRITES, LANE_SPOOL, LANE_MARKER, LANE_COUNT, LANES };
+enum { LANE_WRITES, LANE_LAZY_WRITES, LANE_SPOOL, LANE_MARKER, LANE_COUNT, LANES };
 
 typedef struct spool_req spool_req;
 
@@ -80,7 +80,8 @@ static void writes_after(void *ud, void **items, size_t n, int status)
     }
 }
 
-static void store_write_async(void *ud, const job *j, runner_done_fn done, void *cookie)
+static void store_write_async(void *ud, const job *j, bool urgent, runner_done_fn done,
+                              void *cookie)
 {
     backend *bk = ud;
     write_req *q = xcalloc(1, sizeof *q);
@@ -88,7 +89,8 @@ static void store_write_async(void *ud, const job *j, runner_done_fn done, void 
     q->text = store_encode(j);
     q->done = done;
     q->cookie = cookie;
-    iobatch_add(bk->io, LANE_WRITES, q);
+    /* A write the job waits for does not queue behind those nothing waits for. */
+    iobatch_add(bk->io, urgent ? LANE_WRITES : LANE_LAZY_WRITES, q);
 }
 
 static int store_write_now(void *ud, const job *j)
@@ -506,11 +508,17 @@ static void count_after(void *ud, void **items, size_t n, int status)
 }
 
 /* Record writes of different jobs may run in any order, so a turn's writes are split into up
- * to four batches whose fsyncs overlap (main.c sizes the pool at 8 threads or more: with the
- * spool's one and the runner's two validations, at least one thread stays free). The spool's
- * batches go one at a time (spool.h). */
+ * to four batches whose fsyncs overlap; the writes nothing waits for (runner.h: not urgent)
+ * have their own lane of up to two, so that a burst of them never delays an intent (main.c
+ * sizes the pool at 12 threads or more: with the spool's one, the count's and the marker's,
+ * and the runner's two validations, at least one thread stays free). The spool's batches go
+ * one at a time (spool.h). */
 static const iobatch_lane_ops lane_ops[LANES] = {
     [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
+    [LANE_LAZY_WRITES] = {.run = writes_run,
+                          .after = writes_after,
+                          .max_flight = 2,
+                          .min_split = 8},
     [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},
     [LANE_MARKER] = {.run = marker_run, .after = marker_after, .max_flight = 1},
     [LANE_COUNT] = {.run = count_run, .after = count_after, .max_flight = 1},

@@ -470,12 +470,12 @@ int main(int argc, char **argv)
 
     const char *lvl = getenv("BATCHD_LOG_LEVEL");
     log_init("batchd", lvl && strcmp(lvl, "debug") == 0 ? LOG_LVL_DEBUG : LOG_LVL_INFO);
-    /* Validations and durable writes share libuv's pool: at least 8 threads, so that the
-     * runner's two validations, the four record-write batches and the spool's batch
-     * (backend.c) always leave one free; an inherited larger size is kept. */
+    /* Validations and durable writes share libuv's pool: at least 12 threads, so that the
+     * runner's two validations, the six record-write batches and the spool's, count's and
+     * marker's (backend.c) always leave one free; an inherited larger size is kept. */
     const char *pool = getenv("UV_THREADPOOL_SIZE");
-    if (!pool || strtol(pool, NULL, 10) < 8)
-        setenv("UV_THREADPOOL_SIZE", "8", 1);
+    if (!pool || strtol(pool, NULL, 10) < 12)
+        setenv("UV_THREADPOOL_SIZE", "12", 1);
 
     batchd d;
     memset(&d, 0, sizeof d);

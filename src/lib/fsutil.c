@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,35 @@ char *fsutil_dirname(const char *path)
     if (s == path)
         return xstrdup("/");
     return xstrndup(path, (size_t)(s - path));
+}
+
+typedef struct parallel_run {
+    atomic_size_t next;
+    size_t n;
+    void (*fn)(void *ctx, size_t i);
+    void *ctx;
+} parallel_run;
+
+static void *parallel_worker(void *arg)
+{
+    parallel_run *p = arg;
+    for (size_t i; (i = atomic_fetch_add(&p->next, 1)) < p->n;)
+        p->fn(p->ctx, i);
+    return NULL;
+}
+
+void fsutil_parallel(size_t n, void (*fn)(void *ctx, size_t i), void *ctx)
+{
+    parallel_run p = {.n = n, .fn = fn, .ctx = ctx};
+    atomic_init(&p.next, 0);
+    pthread_t th[FSUTIL_PARALLEL_MAX - 1];
+    size_t want = n < FSUTIL_PARALLEL_MAX ? (n > 0 ? n - 1 : 0) : FSUTIL_PARALLEL_MAX - 1;
+    size_t started = 0;
+    while (started < want && pthread_create(&th[started], NULL, parallel_worker, &p) == 0)
+        started++;
+    parallel_worker(&p);
+    for (size_t k = 0; k < started; k++)
+        pthread_join(th[k], NULL);
 }
 
 int fsutil_fsync_dir(const char *dir)

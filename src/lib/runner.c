@@ -23,6 +23,7 @@ runner *runner_new(const runner_backend *be, const runner_hooks *hooks, const ru
     job_params_default(&rn->params);
     rn->max_active = 1;
     rn->claim_timer = be->clock->timer_new(be->ud, rn_claim_run, rn);
+    rn->lazy_timer = be->clock->timer_new(be->ud, rn_lazy_run, rn);
     return rn;
 }
 
@@ -37,6 +38,7 @@ void runner_free(runner *rn)
     if (!rn)
         return;
     rn->be.clock->timer_free(rn->be.ud, rn->claim_timer);
+    rn->be.clock->timer_free(rn->be.ud, rn->lazy_timer);
     spool_stuck_free(rn->stuck);
     rn->stuck = NULL;
     rn->stopping = true;
@@ -238,7 +240,8 @@ static int retry_now(runner *rn, rjob *r)
     if (rj_busy(r) || job_retry_now(r->j, rn_now(rn)) < 0)
         return -EBUSY;
     rn->be.clock->timer_stop(rn->be.ud, r->timer);
-    /* The cleared retry time is durable before the step (write_done drives the job then). */
+    /* The cleared retry time goes out with the step's write (with the intent, for a send
+     * that has a side effect). */
     rj_changed(r, r->j->state);
     rj_drive(r);
     return 0;
@@ -316,8 +319,11 @@ void runner_shutdown(runner *rn)
             rn->be.validate->cancel(rn->be.ud, r->vhandle);
         if (r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED)
             r->write = RJ_WRITE_OUT_CHANGED; /* write_done writes the newest state */
-        else if (!r->finished || r->write == RJ_WRITE_FAILED)
+        else if (!r->finished || r->write == RJ_WRITE_FAILED || r->lazy)
             rn->be.store->write_now(rn->be.ud, r->j);
+        r->lazy = false;
     }
     rn->be.clock->timer_stop(rn->be.ud, rn->claim_timer);
+    rn->be.clock->timer_stop(rn->be.ud, rn->lazy_timer);
+    rn->lazy_armed = false;
 }

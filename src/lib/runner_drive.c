@@ -67,18 +67,29 @@ static void write_done(void *cookie, int rc)
     rj_drive(r);
 }
 
+static bool writing(const rjob *r)
+{
+    return r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED;
+}
+
 static void persist_with_digest(rjob *r, uint64_t digest)
 {
-    if (r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED) {
+    r->dirty = false; /* this write (or the one queued behind the write out) carries it */
+    r->lazy = false;
+    if (writing(r)) {
         r->write = RJ_WRITE_OUT_CHANGED;
         return;
     }
     r->write = RJ_WRITE_OUT;
     r->written_digest = digest;
-    r->rn->be.store->write(r->rn->be.ud, r->j, write_done, r);
+    /* The job waits for it: a send's intent, or its end before the move. */
+    bool urgent =
+        r->send_after_write != JOB_OP_NONE || (job_state_terminal(r->j->state) && !r->finished);
+    r->rn->be.store->write(r->rn->be.ud, r->j, urgent, write_done, r);
 }
 
-/* Makes the record durable; the job's next step waits for it (rj_drive). */
+/* Makes the record durable now (the write goes out, or is queued behind the one out). Only a
+ * side-effecting send (send_request) and the move to done/ or failed/ wait for it. */
 void rj_persist(rjob *r)
 {
     persist_with_digest(r, job_record_digest(r->j));
@@ -112,10 +123,10 @@ static void publish_passed(rjob *r, job_state before)
     }
 }
 
-/* After the record changed: make it durable, log a state change, tell watchers. Returns
- * true when a write started (the job's next step then waits for it); a reply that changed
- * nothing durable (a poll with the same status) is not written. */
-bool rj_changed(rjob *r, job_state before)
+/* After the record changed: log a state change, tell watchers, and mark the record for
+ * writing when the step in progress ends (rj_flush, which rj_drive calls): a reply and the
+ * intent of the request that follows it then go to the disk in one write. */
+void rj_changed(rjob *r, job_state before)
 {
     job *j = r->j;
     if (j->state != before && r->rn->hooks.job_changed)
@@ -125,17 +136,41 @@ bool rj_changed(rjob *r, job_state before)
         log_job(j->state == JOB_FAILED ? LOG_LVL_WARNING : LOG_LVL_INFO, &f, "%s -> %s: %s",
                 job_state_name(before), job_state_name(j->state), rj_last_note(j));
     }
-    bool write = true;
-    if (r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED) {
-        r->write = RJ_WRITE_OUT_CHANGED;
-    } else {
-        uint64_t digest = job_record_digest(j);
-        write = r->write == RJ_WRITE_FAILED || digest != r->written_digest;
-        if (write)
-            persist_with_digest(r, digest);
-    }
+    r->dirty = true;
     rj_publish(r);
-    return write;
+}
+
+/* Starts the write rj_changed asked for, or leaves it to the lazy timer when nothing waits
+ * for it: the disk may lag behind the job (see drive_step), and a poll's status or a state
+ * entered on the way then shares the write of the next intent instead of costing its own. A
+ * reply that changed nothing durable (a poll with the same status) is not written. */
+void rj_flush(rjob *r)
+{
+    if (!r->dirty)
+        return;
+    r->dirty = false;
+    runner *rn = r->rn;
+    uint64_t digest = job_record_digest(r->j);
+    if (!writing(r) && r->write != RJ_WRITE_FAILED && digest == r->written_digest)
+        return;
+    if (writing(r) || r->write == RJ_WRITE_FAILED || r->finished || rn->stopping) {
+        persist_with_digest(r, digest);
+        return;
+    }
+    r->lazy = true;
+    if (!rn->lazy_armed) {
+        rn->lazy_armed = true;
+        rn->be.clock->timer_arm(rn->be.ud, rn->lazy_timer, RUNNER_LAZY_WRITE_MS);
+    }
+}
+
+void rn_lazy_run(void *arg)
+{
+    runner *rn = arg;
+    rn->lazy_armed = false;
+    for (size_t i = 0; i < rn->n_jobs; i++)
+        if (rn->jobs[i]->lazy)
+            rj_persist(rn->jobs[i]);
 }
 
 /* ---- the driver ---- */
@@ -183,11 +218,15 @@ static void perform(rjob *r, job_action a, int64_t now)
     }
 }
 
-void rj_drive(rjob *r)
+/* One step of the job, if it can take one. A write out does not hold the job up: the disk
+ * may lag behind the job, since every state it can hold resumes correctly (a side-effecting
+ * request is sent only once its intent is durable, and a later write never overtakes an
+ * earlier one). Two steps wait for the write: such a send (send_after_write) and the move to
+ * done/ or failed/ (a record that is not terminal yet must still find active/NAME). */
+static void drive_step(rjob *r)
 {
     runner *rn = r->rn;
-    bool writing = r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED;
-    if (rj_busy(r) || rn->stopping || r->waiting_validation || writing)
+    if (rj_busy(r) || rn->stopping || r->waiting_validation || r->send_after_write != JOB_OP_NONE)
         return;
     /* Paused, a waiting job takes no step (it could only send a poll, which waits, or time
      * out on time that is not the API's); runner_set_paused drives it when the pause ends. */
@@ -205,11 +244,20 @@ void rj_drive(rjob *r)
     int64_t now = rn_now(rn);
     bool changed = false;
     job_action a = job_next(j, &rn->params, now, rn_random(rn), &changed);
-    /* Durable before the next step: write_done drives the job again, and job_next gives
-     * the same action from the updated record. */
-    if (changed && rj_changed(r, before))
-        return;
+    if (changed)
+        rj_changed(r, before);
+    if (a.kind == JOB_ACT_FINISH && (writing(r) || r->dirty || r->lazy)) {
+        if (!writing(r))
+            rj_persist(r); /* now: the move waits for it */
+        return;            /* write_done drives the job again, and job_next finishes it then */
+    }
     perform(r, a, now);
+}
+
+void rj_drive(rjob *r)
+{
+    drive_step(r);
+    rj_flush(r);
 }
 
 /* ---- validation ---- */
@@ -247,8 +295,7 @@ static void validate_done(void *cookie, const job_validation *v)
         rj_changed(r, before);
     }
     start_waiting_validations(rn);
-    if (!rn->stopping)
-        rj_drive(r);
+    rj_drive(r); /* stopping, it only writes what changed */
 }
 
 static void start_validation(rjob *r)
@@ -336,6 +383,7 @@ static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
     if (token_rejected && rn->hooks.token_rejected)
         rn->hooks.token_rejected(rn->hooks.ud, token_gen);
     if (rn->stopping) {
+        rj_flush(r);
         if (rn->hooks.request_ended)
             rn->hooks.request_ended(rn->hooks.ud);
     } else {

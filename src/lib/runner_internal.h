@@ -10,6 +10,10 @@
 
 /* Validations running at once: each may read gigabytes; the rest of the pool stays free. */
 #define RUNNER_VALIDATIONS_MAX 2
+/* A record change that no step waits for (a poll's status, a state entered without a side-
+ * effecting request) is written at most this long after it was made, together with whatever
+ * changes meanwhile; a step that must wait for the disk writes it at once. */
+#define RUNNER_LAZY_WRITE_MS 1000
 /* Entries claimed per turn, so 10,000 dropped at once never stall the loop. */
 #define RUNNER_CLAIMS_PER_TURN 64
 /* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
@@ -31,11 +35,16 @@
 #define RUNNER_PROGRESS_PUBLISH_MS 250
 
 /* The job's record write, one at a time per job, so a later write can never be overtaken by
- * an earlier one. Transitions:
+ * an earlier one. A change is marked (rjob.dirty) and written when the step that made it
+ * ends (rj_flush), so a reply and the intent of the request that follows it share a write.
+ * The job does not wait for a write (the disk may lag behind it: every record it can hold
+ * resumes correctly) except before a side-effecting send (send_after_write: write-before-
+ * send) and before its move to done/ or failed/. Transitions:
  *   IDLE or FAILED --persist--> OUT
  *   OUT --the record changes--> OUT_CHANGED
- *   OUT --write ok--> IDLE (then the step that waited for it: a send, or the next drive)
- *   OUT --write failed--> FAILED (retried after RUNNER_PERSIST_RETRY_MS; no step meanwhile)
+ *   OUT --write ok--> IDLE (then the send that waited for it, or the next drive)
+ *   OUT --write failed--> FAILED (retried after RUNNER_PERSIST_RETRY_MS; the intent that
+ *                         waited is withdrawn, and no step is taken until a write succeeds)
  *   OUT_CHANGED --write ends--> OUT (the newest record is written again)
  *   stopping: any --write ends--> IDLE, after writing the newest record now when needed. */
 typedef enum rj_write {
@@ -60,6 +69,8 @@ typedef struct rjob {
     bool finished;           /* its directory is in done/ or failed/ */
     bool released;           /* the runner is gone: free once no backend holds it */
     rj_write write;
+    bool dirty; /* changed since the last write was handed out: rj_flush writes it */
+    bool lazy;  /* a change no step waits for, left to the lazy timer (RUNNER_LAZY_WRITE_MS) */
     uint64_t written_digest; /* job_record_digest of the last record handed to a write */
     /* A side-effecting call waiting for its intent to be durable, and the pending_op to
      * restore if it is not sent after all. */
@@ -91,6 +102,8 @@ struct runner {
     size_t bad_records;
     size_t pruned_records;
     void *claim_timer;
+    void *lazy_timer; /* writes the changes no step waits for (rj_flush) */
+    bool lazy_armed;
     spool_stuck *stuck;  /* entries of incoming/ that could not be claimed; NULL until one */
     size_t incoming;     /* unclaimed entries in incoming/ as of the last count, less claims */
     bool incoming_dirty; /* incoming/ changed since the last count */
@@ -118,7 +131,9 @@ void rn_evict_finished(runner *rn);
 /* runner_drive.c */
 rjob *rj_add(runner *rn, job *j, bool finished);
 void rj_persist(rjob *r);
-bool rj_changed(rjob *r, job_state before);
+void rj_changed(rjob *r, job_state before);
+void rj_flush(rjob *r);
+void rn_lazy_run(void *arg);
 void rj_drive(rjob *r);
 
 /* runner_claim.c */

@@ -130,7 +130,7 @@ void rn_evict_finished(runner *rn)
     size_t i = 0;
     while (finished > RUNNER_FINISHED_KEPT && i < rn->n_jobs) {
         rjob *r = rn->jobs[i];
-        if (!r->finished || rj_busy(r) || r->write != RJ_WRITE_IDLE) {
+        if (!r->finished || rj_busy(r) || r->write != RJ_WRITE_IDLE || r->lazy) {
             i++;
             continue;
         }

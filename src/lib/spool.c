@@ -9,6 +9,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -756,6 +757,35 @@ static void fail_staged(spool_claim_item *items, size_t n, int r)
     }
 }
 
+/* The destinations of a claim batch, fsynced before incoming/. */
+static const int claim_dest_dirs[] = {SUB_FAILED, SUB_ACTIVE};
+
+typedef struct claim_sync {
+    spool *s;
+    spool_claim_item *items;
+    const unsigned *job_dirty;
+    size_t n;
+    unsigned dirty;
+    _Atomic int dest_rc; /* the first failed fsync of failed/ or active/ */
+} claim_sync;
+
+/* Index i < n: item i's job directory; then the destination directories. */
+static void claim_sync_one(void *ctx, size_t i)
+{
+    claim_sync *cs = ctx;
+    if (i < cs->n) {
+        spool_claim_item *it = &cs->items[i];
+        if (it->rc == 0 && (cs->job_dirty[i] & MASK_JOB_DIR))
+            it->rc = sync_job_dir(it->res.job_dir);
+        return;
+    }
+    int sub = claim_dest_dirs[i - cs->n];
+    int r = (cs->dirty & MASK(sub)) ? fsync_fd(cs->s->fds[sub]) : 0;
+    int none = 0;
+    if (r < 0)
+        atomic_compare_exchange_strong(&cs->dest_rc, &none, r);
+}
+
 void spool_claim_batch(spool *s, spool_claim_item *items, size_t n)
 {
     unsigned dirty = 0;
@@ -781,24 +811,20 @@ void spool_claim_batch(spool *s, spool_claim_item *items, size_t n)
         dirty |= job_dirty[i];
     }
     /* After all the renames, so that the first fsync commits them all (on a journalling
-     * file system) and the others find little left to do. */
-    for (size_t i = 0; i < n; i++) {
-        spool_claim_item *it = &items[i];
-        if (it->rc == 0 && (job_dirty[i] & MASK_JOB_DIR))
-            it->rc = sync_job_dir(it->res.job_dir);
-        if (it->rc < 0)
-            spool_claim_clear(&it->res);
-    }
+     * file system). The destinations (each job directory, failed/, active/) do not depend on
+     * each other and are fsynced at once (each still costs the disk a cache flush, which
+     * concurrent fsyncs share); incoming/ only after all of them: see spool.h. */
+    claim_sync cs = {.s = s, .items = items, .job_dirty = job_dirty, .n = n, .dirty = dirty};
+    fsutil_parallel(n + BD_ARRAY_LEN(claim_dest_dirs), claim_sync_one, &cs);
     free(job_dirty);
-    /* Destinations first, incoming/ last: see spool.h. */
-    static const int order[] = {SUB_FAILED, SUB_ACTIVE, SUB_INCOMING};
-    for (size_t k = 0; k < BD_ARRAY_LEN(order); k++) {
-        int r = (dirty & MASK(order[k])) ? fsync_fd(s->fds[order[k]]) : 0;
-        if (r < 0) {
-            fail_staged(items, n, r);
-            break;
-        }
-    }
+    int r = cs.dest_rc;
+    if (r == 0 && (dirty & MASK(SUB_INCOMING)))
+        r = fsync_fd(s->fds[SUB_INCOMING]);
+    if (r < 0)
+        fail_staged(items, n, r);
+    for (size_t i = 0; i < n; i++)
+        if (items[i].rc < 0)
+            spool_claim_clear(&items[i].res);
     for (size_t i = 0; i < n; i++)
         if (items[i].rc == 0)
             items[i].stage[0] = '\0';
@@ -1163,6 +1189,36 @@ static int finish_begin(spool *s, spool_finish_item *it, fsutil_write *w)
     return r;
 }
 
+typedef struct finish_sync {
+    fsutil_write *w;
+    const bool *written;
+} finish_sync;
+
+static void finish_sync_one(void *ctx, size_t i)
+{
+    const finish_sync *fx = ctx;
+    if (fx->written[i])
+        (void)fsutil_write_sync(&fx->w[i]);
+}
+
+typedef struct finish_dirs {
+    const spool *s;
+    spool_finish_item *items;
+    const bool *written;
+} finish_dirs;
+
+/* The job directory's fsync makes its new file's name durable. */
+static void finish_dir_one(void *ctx, size_t i)
+{
+    const finish_dirs *fd = ctx;
+    spool_finish_item *it = &fd->items[i];
+    if (!fd->written[i] || it->rc < 0)
+        return;
+    char *job_dir = fsutil_join(fd->s->paths[SUB_ACTIVE], it->job_name);
+    it->rc = fsutil_fsync_dir(job_dir);
+    free(job_dir);
+}
+
 /* Writes the items' files into their job directories (content and name durable), or sets
  * rc/final_dir for the jobs that were already moved. In phases per SPOOL_OPEN_MAX items
  * (every write begun, then every one synced, then each committed) and with the fsyncs of the job
@@ -1182,21 +1238,16 @@ static void finish_write_all(spool *s, spool_finish_item *items, size_t n, bool 
                 it->rc = r;
             written[base + i] = r == 0;
         }
-        /* Every sync before any rename (fsutil.h); a failed sync fails its commit. */
-        for (size_t i = 0; i < m; i++)
-            if (written[base + i])
-                (void)fsutil_write_sync(&w[i]);
+        /* Every sync before any rename (fsutil.h), all at once; a failed sync fails its
+         * commit. */
+        finish_sync fx = {.w = w, .written = written + base};
+        fsutil_parallel(m, finish_sync_one, &fx);
         for (size_t i = 0; i < m; i++)
             if (written[base + i])
                 items[base + i].rc = fsutil_write_commit(&w[i]);
     }
-    for (size_t i = 0; i < n; i++) {
-        if (!written[i] || items[i].rc < 0)
-            continue;
-        char *job_dir = fsutil_join(s->paths[SUB_ACTIVE], items[i].job_name);
-        items[i].rc = fsutil_fsync_dir(job_dir);
-        free(job_dir);
-    }
+    finish_dirs fd = {.s = s, .items = items, .written = written};
+    fsutil_parallel(n, finish_dir_one, &fd);
 }
 
 void spool_finish_batch(spool *s, spool_finish_item *items, size_t n)

@@ -45,6 +45,15 @@ def run_job(env):
     env.daemon.drop(src)
     wait_for(lambda: any(j["state"] == "ready" for j in env.daemon.jobs()), 60 * SLOW,
              "the job to be ready")
+    # READY shows before the job's record is durable and its directory moves to done/; the
+    # finish is counted after the move.
+    wait_for(lambda: finished_counted(env), 30 * SLOW, "the job's finish to be counted")
+
+
+def finished_counted(env):
+    r = ctl(env, "metrics")
+    return r.returncode == 0 and re.search(
+        r'^batchd_jobs_finished_total\{outcome="ready",code="none"\} 1$', r.stdout, re.M)
 
 
 def http(method, url):

@@ -6,6 +6,9 @@
 #define BATCHD_TEST_FSYNC_COUNT_H
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/stat.h>
@@ -22,14 +25,32 @@ static size_t fsync_seen_n;
  * checks there what must hold at that moment, or returns an errno to make this fsync fail
  * with (it is then not made), or 0. */
 static int (*fsync_count_hook)(int fd);
+/* fsyncs come from several threads at once (fsutil_parallel): counting and hooks one at a
+ * time. */
+static pthread_mutex_t fsync_count_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Whether fd's path (from /proc/self/fd) contains part: a hook picks a file by name, since
+ * concurrent fsyncs come in no fixed order. */
+static bool fsync_fd_path_has(int fd, const char *part)
+{
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0)
+        return false;
+    path[n] = '\0';
+    return strstr(path, part) != NULL;
+}
 
 /* The interposed fsync: records what was synced while counting, then syncs it. */
 int fsync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp) */
 {
     struct stat st;
+    pthread_mutex_lock(&fsync_count_lock);
     if (fsync_counting && fsync_seen_n < FSYNC_COUNT_MAX && fstat(fd, &st) == 0)
         fsync_seen[fsync_seen_n++] = st;
     int e = fsync_counting && fsync_count_hook ? fsync_count_hook(fd) : 0;
+    pthread_mutex_unlock(&fsync_count_lock);
     if (e) {
         errno = e;
         return -1;

@@ -72,6 +72,7 @@ typedef struct world {
     fwrite_ writes[MAXN];
     size_t n_writes;
     int writes_started, writes_now;
+    int urgent_writes; /* writes the job waits for */
     int load_rc, remove_rc;
     /* http */
     freq reqs[MAXN];
@@ -118,9 +119,11 @@ static world *W;
 
 /* ---- RAM store ---- */
 
-static void st_write(void *ud, const job *j, runner_done_fn done, void *cookie)
+static void st_write(void *ud, const job *j, bool urgent, runner_done_fn done, void *cookie)
 {
     world *w = ud;
+    if (urgent)
+        w->urgent_writes++;
     assert_true(w->n_writes < MAXN);
     cJSON *rec = job_to_record(j);
     w->writes[w->n_writes++] = (fwrite_){json_print(rec), done, cookie};
@@ -854,9 +857,8 @@ static void test_write_before_send(void **state)
     run_until(w, j, JOB_VALIDATING);
     flush(w);
     validation_end(w, live_val(w));
+    /* The new state and the intent of the create that follows it go out in one write. */
     assert_int_equal(j->state, JOB_CREATING_DATASET);
-    assert_int_equal(w->n_writes, 1);
-    writes_end(w, 0); /* the new state's; then the machine's step: the intent's write */
     assert_int_equal(j->pending_op, JOB_OP_CREATE_DATASET);
     assert_int_equal(w->n_writes, 1);
     assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 0);
@@ -880,6 +882,97 @@ static void test_write_before_send(void **state)
     assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
 }
 
+/* kill -9: the next start finds what the disk holds now; the writes still out and the
+ * requests in flight are lost (whatever the stop below writes is thrown away). */
+static void crash(world *w)
+{
+    cJSON *disk = cJSON_Duplicate(w->records, true);
+    stop_runner(w);
+    cJSON_Delete(w->records);
+    w->records = disk;
+    start_runner(w);
+    assert_int_equal(runner_recover(w->rn), 0);
+}
+
+/* The disk may lag behind the job: it steps on while its record write is out, except that a
+ * side-effecting send waits for the write that carries its intent (a reply and that intent
+ * share one write). */
+static void test_steps_while_write_out(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    /* Claimed: its first record is still out, yet it validates. */
+    assert_int_equal(w->n_writes, 1);
+    assert_null(record_of(w, j));
+    assert_int_equal(j->state, JOB_VALIDATING);
+    validation_end(w, live_val(w));
+    /* The create's intent is queued behind the first write: nothing sent, nothing more out. */
+    assert_int_equal(j->pending_op, JOB_OP_CREATE_DATASET);
+    assert_int_equal(w->n_writes, 1);
+    assert_int_equal(n_live_reqs(w), 0);
+    assert_int_equal(w->urgent_writes, 0); /* nothing waited for the claim's record */
+    writes_end(w, 0);
+    assert_string_equal(json_str(record_of(w, j), "state"), "queued");
+    assert_int_equal(w->n_writes, 1);      /* the newest record, with the intent */
+    assert_int_equal(w->urgent_writes, 1); /* which the create waits for */
+    assert_int_equal(n_live_reqs(w), 0);
+    writes_end(w, 0);
+    assert_string_equal(json_str(record_of(w, j), "pending_op"), "create_dataset");
+    freq *q = live_req(w);
+    assert_non_null(q);
+    assert_int_equal(q->op, JOB_OP_CREATE_DATASET);
+    /* The reply and the upload-URL intent: one write, and the request waits for it. */
+    answer_happy(w, q);
+    assert_int_equal(w->n_writes, 1);
+    assert_int_equal(n_live_reqs(w), 0);
+    writes_end(w, 0);
+    assert_string_equal(json_str(record_of(w, j), "dataset_id"), DATASET);
+    assert_string_equal(json_str(record_of(w, j), "pending_op"), "upload_url");
+    assert_int_equal(w->n_writes, 0);
+    assert_int_equal(live_req(w)->op, JOB_OP_UPLOAD_URL);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+}
+
+/* A crash while the disk lags behind the job: the older record resumes without sending any
+ * side-effecting request twice (the upload's outcome is checked, not redone). */
+static void test_crash_while_disk_lags(void **state)
+{
+    world *w = *state;
+    drop(w, "a");
+    const job *j = job0(w);
+    freq *q = run_until_sent(w, JOB_OP_UPLOAD);
+    flush(w);
+    answer_happy(w, q); /* uploaded: the job waits for the import */
+    assert_int_equal(j->state, JOB_IMPORTING);
+    /* Nothing waits for this state: its write is left to the lazy timer, and the job polls
+     * whether or not that write has ended (here it never does). */
+    assert_int_equal(w->n_writes, 0);
+    for (int i = 0; i < 10 && !live_req(w); i++) {
+        ftimer *t = next_timer(w);
+        assert_non_null(t);
+        advance(w, t->due - w->mono);
+    }
+    q = live_req(w);
+    assert_non_null(q);
+    assert_int_equal(q->op, JOB_OP_GET_IMPORT);
+    /* On disk: still uploading, the PUT's outcome unknown. */
+    assert_string_equal(json_str(record_of(w, j), "state"), "uploading");
+    assert_string_equal(json_str(record_of(w, j), "pending_op"), "upload");
+    crash(w);
+    j = job0(w);
+    assert_int_equal(j->state, JOB_UPLOADING);
+    runner_drive_all(w->rn);
+    q = run_until_sent(w, JOB_OP_CHECK_UPLOAD);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+    assert_int_equal(w->sent[JOB_OP_UPLOAD_URL], 1);
+    assert_int_equal(w->sent[JOB_OP_UPLOAD], 1);
+    assert_int_equal(w->sent[JOB_OP_CREATE_BATCH], 1);
+    assert_int_equal(w->finished_ok, 1);
+}
+
 /* A change while a write is out is written after it (out-and-changed), never alongside. */
 static void test_write_out_and_changed(void **state)
 {
@@ -891,6 +984,11 @@ static void test_write_out_and_changed(void **state)
     assert_non_null(live_val(w));
     runner_set_paused(w->rn, true);
     validation_end(w, live_val(w));
+    /* Paused, nothing waits for the new state: it is written later (the lazy timer). */
+    assert_int_equal(w->n_writes, 0);
+    ftimer *t = next_timer(w);
+    assert_non_null(t);
+    advance(w, t->due - w->mono);
     assert_int_equal(w->n_writes, 1);
     assert_int_equal(runner_cancel(w->rn, j), 0); /* changes it while the write is out */
     assert_int_equal(w->n_writes, 1);
@@ -1069,7 +1167,14 @@ static void cancel_in(job_state s)
     setup((void **)&w);
     drop(w, "a");
     const job *j = job0(w);
-    run_until(w, j, s);
+    if (s == JOB_QUEUED) {
+        /* A claimed job leaves queued in the step that claims it (its first record write
+         * does not hold it up): cancel it while that write is still out. */
+        assert_int_equal(j->state, JOB_VALIDATING);
+        assert_int_equal(w->n_writes, 1);
+    } else {
+        run_until(w, j, s);
+    }
     assert_int_equal(runner_cancel(w->rn, j), 0);
     assert_int_equal(j->state, JOB_CANCELLED);
     for (fval *v; (v = live_val(w));)
@@ -1508,6 +1613,7 @@ static void test_claims_out(void **state)
     assert_int_equal(runner_count(w->rn), 2);
     assert_int_equal(w->st_active, 2); /* the status counts claims that ended after their turn */
     run_until(w, job0(w), JOB_READY);
+    flush(w); /* the READY record is durable, then the job moves and frees its slot */
     runner_claim_soon(w->rn);
     advance(w, 1);
     assert_int_equal(w->n_claims, 1);
@@ -1648,6 +1754,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claims_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_steps_while_write_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_while_disk_lags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stuck_retry_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_prefix, setup, teardown),
     };

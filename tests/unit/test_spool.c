@@ -1150,9 +1150,9 @@ static void test_finish_batch(void **state)
 
 enum { FIN_N = 70 }; /* more than spool.c opens at once, so two rounds of begin/commit */
 
-static size_t fin_file_fsyncs; /* regular files fsynced so far */
-static size_t fin_dir_fsyncs;  /* directories fsynced so far */
-static size_t fin_fail_at;     /* the file fsync (1-based) to fail with EIO; 0: none */
+static size_t fin_file_fsyncs;  /* regular files fsynced so far */
+static size_t fin_dir_fsyncs;   /* directories fsynced so far */
+static const char *fin_fail_at; /* the job whose file fsync fails with EIO; NULL: none */
 
 /* Every file is fsynced before any directory (job directories after all the renames,
  * done/ and active/ after the moves), so the first fsync's commit can carry the others. */
@@ -1166,7 +1166,8 @@ static int fin_hook(int fd)
         return 0;
     }
     assert_int_equal(fin_dir_fsyncs, 0);
-    return ++fin_file_fsyncs == fin_fail_at ? EIO : 0;
+    ++fin_file_fsyncs;
+    return fin_fail_at && fsync_fd_path_has(fd, fin_fail_at) ? EIO : 0;
 }
 
 /* Each job's result.json and its directory are fsynced once, done/ and active/ once for the
@@ -1186,7 +1187,7 @@ static void test_finish_batch_phases(void **state)
     fin_file_fsyncs = fin_dir_fsyncs = 0;
     /* The last file: a failed temp file's inode is freed and may come back as a later file's,
      * which fsync_count_of would count twice. */
-    fin_fail_at = FIN_N;
+    fin_fail_at = names[FIN_N - 1];
     fsync_count_hook = fin_hook;
     fsync_count_start();
     spool_finish_batch(f->s, items, FIN_N);

@@ -179,7 +179,8 @@ static const char *two_jobs;      /* the jobs directory under test */
 static char two_paths[TWO_N][96]; /* the records' final paths */
 static size_t two_file_fsyncs;    /* regular files fsynced so far */
 static size_t two_tmp_at_first;   /* temp files present at the first file fsync */
-static size_t two_fail_at;        /* the file fsync (1-based) to fail with EIO; 0: none */
+static size_t two_fail_at;        /* the record whose file fsync fails with EIO; TWO_N: none */
+static char two_ids[TWO_N][16];   /* the records' ids */
 
 static size_t count_tmp(const char *dir)
 {
@@ -209,7 +210,7 @@ static int two_phase_hook(int fd)
     for (size_t i = 0; i < TWO_N; i++)
         if (stat(two_paths[i], &at) == 0)
             assert_false(at.st_ino == st.st_ino);
-    return two_file_fsyncs == two_fail_at ? EIO : 0;
+    return two_fail_at < TWO_N && fsync_fd_path_has(fd, two_ids[two_fail_at]) ? EIO : 0;
 }
 
 static int two_dir_fails(int fd)
@@ -233,7 +234,7 @@ static void test_write_batch_phases(void **state)
     assert_int_equal(store_init(dir, &err), 0);
     char *jobs = xasprintf("%s/jobs", dir);
     two_jobs = jobs;
-    char ids[TWO_N][16];
+    char(*ids)[16] = two_ids;
     store_item items[TWO_N];
     for (size_t i = 0; i < TWO_N; i++) {
         snprintf(ids[i], sizeof ids[i], "J%03zu", i);
@@ -244,7 +245,7 @@ static void test_write_batch_phases(void **state)
     two_file_fsyncs = 0;
     /* The last record's commit: a failed temp file's inode is freed and may come back as a
      * later file's, which fsync_count_of would count twice. */
-    two_fail_at = TWO_N;
+    two_fail_at = TWO_N - 1;
     fsync_count_hook = two_phase_hook;
     fsync_count_start();
     store_write_batch(dir, items, TWO_N);
