@@ -187,7 +187,7 @@ void rj_drive(rjob *r)
 {
     runner *rn = r->rn;
     bool writing = r->write == RJ_WRITE_OUT || r->write == RJ_WRITE_OUT_CHANGED;
-    if (rj_busy(r) || rn->stopping || r->waiting_validation || writing)
+    if (rj_busy(r) || rn->stopping || r->waiting_validation || writing || rj_append_holds(r))
         return;
     /* Paused, a waiting job takes no step (it could only send a poll, which waits, or time
      * out on time that is not the API's); runner_set_paused drives it when the pause ends. */
@@ -213,6 +213,24 @@ void rj_drive(rjob *r)
 }
 
 /* ---- validation ---- */
+
+/* Appends held in queued whose turn may have come: a job was validated or finished
+ * (runner_append.c decides). */
+static void wake_appends(runner *rn)
+{
+    bool was = rn->driving_all;
+    rn->driving_all = true; /* no eviction while walking */
+    int64_t now = rn_now(rn);
+    for (size_t i = 0; i < rn->n_jobs && !rn->stopping; i++) {
+        rjob *o = rn->jobs[i];
+        int w = rj_append_wake(o, now);
+        if (w == 1)
+            rj_changed(o, o->j->state);
+        else if (w == 2)
+            rj_drive(o);
+    }
+    rn->driving_all = was;
+}
 
 /* Hands a freed validation slot to the oldest job waiting for one. */
 static void start_waiting_validations(runner *rn)
@@ -243,12 +261,14 @@ static void validate_done(void *cookie, const job_validation *v)
     job *j = r->j;
     job_state before = j->state;
     if (v && j->state == JOB_VALIDATING) {
-        job_on_validated(j, v, rn_now(rn));
+        if (!rj_append_take(r, v, rn_now(rn)))
+            job_on_validated(j, v, rn_now(rn));
         rj_changed(r, before);
     }
     start_waiting_validations(rn);
     if (!rn->stopping)
         rj_drive(r);
+    wake_appends(rn);
 }
 
 static void start_validation(rjob *r)
@@ -260,7 +280,8 @@ static void start_validation(rjob *r)
     }
     rn->validations++;
     r->validating = true;
-    int rc = rn->be.validate->start(rn->be.ud, r->j, validate_done, r, &r->vhandle);
+    int rc =
+        rn->be.validate->start(rn->be.ud, r->j, r->append.schema, validate_done, r, &r->vhandle);
     if (rc < 0) {
         rn->validations--;
         r->validating = false;
@@ -473,9 +494,10 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
         }
     }
     job_note(j, rn_now(rn), "moved to %s/%s", ok ? "done" : "failed", j->dir);
-    /* The resolved job is not needed any more (a retry validates again). */
-    cJSON_Delete(j->spec);
-    j->spec = NULL;
+    /* The resolved job is not needed any more (a retry validates again), but for what an
+     * append to it checks its records against. */
+    j->spec = rn_append_kept_spec(j->spec, ok);
+    rj_append_clear(r);
     log_finished(r, ok);
     rj_persist(r);
     rj_publish(r);
@@ -488,6 +510,7 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
     } else if (rn->hooks.job_finished) {
         rn->hooks.job_finished(rn->hooks.ud, j);
     }
+    wake_appends(rn);
     rn_evict_finished(rn);
     runner_update_status(rn);
     runner_claim_soon(rn);

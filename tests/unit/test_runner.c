@@ -491,10 +491,12 @@ static const runner_spool_ops spool_ops = {
 
 /* ---- validation the test answers ---- */
 
-static int v_start(void *ud, const job *j, runner_validated_fn done, void *cookie, void **handle)
+static int v_start(void *ud, const job *j, const cJSON *target_schema, runner_validated_fn done,
+                   void *cookie, void **handle)
 {
     world *w = ud;
     (void)j;
+    (void)target_schema;
     if (w->validate_rc < 0)
         return w->validate_rc;
     fval *v = &w->vals[w->n_vals++];
