@@ -122,6 +122,11 @@ def test_three_appends_tasks_per_group():
         b = batch_of(st, base["batch_id"])
         check(b["total_task_count"] == 10 and b["total_task_groups"] == 4, b)
         check_serialised(st, results)
+        out = batchctl(env, "list").stdout
+        check(all(any(f" {n} " in ln and "append:base" in ln for ln in out.splitlines())
+                  for n in names), out)
+        out = batchctl(env, "show", "a1").stdout
+        check(f"job base ({base['id']}), sync " in out, out)
         last = max(results, key=lambda r: r["finished_at"])
         check(last["total_task_count"] == 10 and last["total_task_groups"] == 4, last)
         for res in results:
@@ -236,6 +241,12 @@ def test_explicit_ids():
         check(res["append_to"] == {"batch_id": base["batch_id"],
                                    "dataset_id": base["dataset_id"]}, res)
         check(res["total_task_count"] == 5, res)
+        # list and show say what an append job targets.
+        out = batchctl(env, "list").stdout
+        row = [ln for ln in out.splitlines() if " byid " in ln]
+        check(row and "append:" + base["batch_id"] in row[0], out)
+        out = batchctl(env, "show", "byid").stdout
+        check(f"batch {base['batch_id']} (dataset {base['dataset_id']})" in out, out)
         d.stop()
 
 
