@@ -288,8 +288,41 @@ def test_sync_faults():
         d.stop()
 
 
+def test_standing_batch_example():
+    """examples/standing-batch: a template with append_to as the template of bare files; two
+    drops grow the one batch to 9 tasks in 3 groups."""
+    ex = os.path.join(SOURCE, "examples", "standing-batch")
+    with Env(start=False) as env:
+        d = env.daemon
+        templates = os.path.join(env.dir, "templates")
+        shutil.copy(os.path.join(ex, "standing.json"), templates)
+        with open(d.conf) as f:
+            conf = f.read()
+        conf = conf.replace(os.path.join(templates, "default.json"),
+                            os.path.join(templates, "standing.json"))
+        with open(d.conf, "w") as f:
+            f.write(conf)
+        d.start()
+        base = run_base(env, os.path.join(ex, "evals"), "evals")
+        check(base["total_task_count"] == 4 and base["total_task_groups"] == 2, base)
+        tmp = os.path.join(env.dir, "src")
+        os.makedirs(tmp)
+        drops = []
+        for n in ("day-2", "day-3"):
+            shutil.copy(os.path.join(ex, "drops", n + ".jsonl"), tmp)
+            drops.append(os.path.join(tmp, n + ".jsonl"))
+        for p in drops:
+            d.drop(p)
+        wait_done(d, ["day-2", "day-3"])
+        st = env.sim.state()
+        b = batch_of(st, base["batch_id"])
+        check(b["total_task_count"] == 9 and b["total_task_groups"] == 3, b)
+        check(d.result("day-3")["append_to"]["job"] == "evals", d.result("day-3"))
+        d.stop()
+
+
 if __name__ == "__main__":
     run([test_three_appends_tasks_per_group, test_three_appends_task_group_id,
          test_waiting_note_names_the_one_ahead, test_target_missing_or_not_ready,
          test_records_checked_against_target_schema, test_explicit_ids,
-         test_kill9_while_syncing, test_sync_faults])
+         test_kill9_while_syncing, test_sync_faults, test_standing_batch_example])
