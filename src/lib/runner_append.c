@@ -169,12 +169,35 @@ static void set_str(char **dst, const char *src)
     *dst = src ? xstrdup(src) : NULL;
 }
 
+/* The job append_to names. A ready job of that name comes first: a standing batch's drops
+ * may well be named as their target (its next day's file), and runner_find would prefer an
+ * unfinished namesake, the append itself. Else runner_find's rules (id, name, prefix). */
+static const job *find_target(const runner *rn, const char *ref, const job *self, bool *ambiguous)
+{
+    const job *ready = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < rn->n_jobs; i++) {
+        const job *c = rn->jobs[i]->j;
+        if (strcmp(c->id, ref) == 0) {
+            *ambiguous = false;
+            return c;
+        }
+        bool named = (c->name && strcmp(c->name, ref) == 0) || (c->dir && strcmp(c->dir, ref) == 0);
+        if (c != self && named && c->state == JOB_READY) {
+            ready = c;
+            n++;
+        }
+    }
+    *ambiguous = n > 1;
+    return n ? ready : runner_find(rn, ref, ambiguous);
+}
+
 /* append_to NAME: the ready job it names, with a schema. NULL when the job was failed. */
 static const job *resolve_name(const rjob *r, const char *ref, const job_validation *v,
                                const cJSON **schema, int64_t now)
 {
     bool ambiguous = false;
-    const job *t = runner_find(r->rn, ref, &ambiguous);
+    const job *t = find_target(r->rn, ref, r->j, &ambiguous);
     job *j = r->j;
     if (t && ambiguous) {
         fail_target(j, v, now, "append_to: %s names more than one job: give the target's id", ref);

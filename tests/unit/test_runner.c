@@ -1704,6 +1704,14 @@ static void test_append_one_at_a_time(void **state)
     assert_non_null(strstr(a4->error_message, "not ready"));
     assert_int_equal(w->sent[JOB_OP_UPLOAD_URL], sent_before);
     assert_false(a4->append.on);
+    /* An append named as its target (a standing batch's next file): the ready t, not
+     * itself, which runner_find would prefer as the one unfinished "t". */
+    w->spec = "{\"append_to\":\"t\",\"dataset\":{\"file\":\"d.jsonl\"}}";
+    drop(w, "t");
+    const job *t2 = runner_job_at(w->rn, 6);
+    assert_string_equal(t2->name, "t");
+    run_until(w, t2, JOB_UPLOADING);
+    assert_string_equal(t2->append.target_job_id, t->id);
     w->spec = NULL;
 }
 
