@@ -20,7 +20,10 @@
 #define INTAKE_REJECTED_NAME "rejected.jsonl"
 
 typedef struct intake_result {
-    const char *code;  /* NULL when valid, else "invalid_job", "invalid_records" or "cancelled" */
+    /* NULL when valid, else "invalid_job", "invalid_records", "cancelled", or "needs_target":
+     * the job appends to a job by name (append_to) and no target_schema was given; the
+     * manifest is resolved (job) and nothing else was checked. */
+    const char *code;
     char *message;     /* one line for people: "3 records do not match the schema" */
     cJSON *errors;     /* array of {"line", "field", "message"} (field null for a whole record)
                           or {"path", "message"} (+ "file", "column"); capped at
@@ -52,6 +55,10 @@ typedef struct intake_options {
      * producer may still change the file. */
     void (*between_passes)(void *ud);
     void *between_passes_ud;
+    /* An append job by name: the target job's dataset.schema, which the records are checked
+     * against and which becomes the resolved job's dataset.schema. Borrowed for the call (a
+     * copy the caller's thread no longer touches: intake runs on the pool). */
+    const cJSON *target_schema;
 } intake_options;
 
 /* Blocking: resolves the manifest and streams every record through the validator. job_dir is

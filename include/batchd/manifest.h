@@ -15,6 +15,9 @@
 
 #define MANIFEST_MAX_TEMPLATE_DEPTH 8
 #define MANIFEST_MAX_FILE           (1024 * 1024) /* job.json and templates */
+/* append_to: a job's name or id of at most this many bytes, or ids of at most this many. */
+#define MANIFEST_APPEND_REF_MAX 255
+#define MANIFEST_APPEND_ID_MAX  128
 
 /* Loads job.json from job_dir (absent = {}: a bare data file job), resolves and merges
  * templates (the job's "template", else cfg->job.template_path; "template": null means
@@ -25,6 +28,11 @@
  * diag; NULL: not wanted), each with its JSON path, with its file when the problem is in a
  * template ("<template path>") or job.json ("job.json"), and line / column for JSON syntax
  * errors; diag_to_json writes them as error.json lists them. */
+/* An append job ("append_to" in job.json or a template; null: none) resolves without its
+ * "batch" (never sent: the batch exists) and needs no workspace_id, dataset.name or batch
+ * members; "append_to" stays in *out. With {"batch_id", "dataset_id"} dataset.schema is
+ * required (the records are checked against it); with a job's name or id dataset.schema is
+ * dropped (the target's applies: the caller resolves it, see intake_options). */
 int manifest_resolve(const char *job_dir, const char *job_name, const config *cfg, cJSON **out,
                      diag *errors);
 

@@ -104,9 +104,11 @@ typedef struct runner_spool_ops {
 typedef void (*runner_validated_fn)(void *cookie, const job_validation *v);
 
 typedef struct runner_validate_ops {
-    /* Validates active/<dir> off the caller's thread. Returns 0, or -errno when it cannot
-     * start (done is then not called). */
-    int (*start)(void *ud, const job *j, runner_validated_fn done, void *cookie, void **handle);
+    /* Validates active/<dir> off the caller's thread. target_schema: for an append job by
+     * name, the target's dataset.schema (borrowed: copy it), else NULL (intake_options).
+     * Returns 0, or -errno when it cannot start (done is then not called). */
+    int (*start)(void *ud, const job *j, const cJSON *target_schema, runner_validated_fn done,
+                 void *cookie, void **handle);
     /* Asks a running validation to stop early; done still comes. */
     void (*cancel)(void *ud, void *handle);
 } runner_validate_ops;
@@ -167,6 +169,26 @@ typedef struct runner_options {
     const char *incoming_dir; /* for messages */
     uint64_t seed;            /* for the jitter */
 } runner_options;
+
+/* ---- appends to one dataset: one at a time, in claim order (runner_append.c) ----
+ * Each job of the table, in claim order, as the decision sees it. */
+typedef enum runner_append_kind {
+    RUNNER_APPEND_NONE = 0, /* finished, or uploads into no dataset one could append to */
+    RUNNER_APPEND_UNKNOWN,  /* not yet validated: it may append to any dataset */
+    RUNNER_APPEND_WAITING,  /* appends to dataset_id and waits for its turn */
+    RUNNER_APPEND_ACTIVE,   /* its turn came, or it runs (uploads) on dataset_id */
+} runner_append_kind;
+
+typedef struct runner_append_slot {
+    runner_append_kind kind;
+    const char *dataset_id;
+} runner_append_slot;
+
+/* Pure: the index of the job that keeps slots[me] (an append to slots[me].dataset_id) from
+ * starting, or -1 when its turn has come. A job active on the dataset blocks it wherever it
+ * stands; an earlier one blocks it when it waits for the same dataset or is not validated
+ * yet (it may be an append to it: claim order holds). Of those, the nearest earlier one. */
+long runner_append_blocker(const runner_append_slot *slots, size_t n, size_t me);
 
 runner *runner_new(const runner_backend *be, const runner_hooks *hooks, const runner_options *o);
 /* Tunables that a reload may change. */

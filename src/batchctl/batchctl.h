@@ -106,6 +106,10 @@ int64_t ctl_since(const cJSON *job, const char *key, int64_t now_ms);
 #define CTL_SHORT_ID_MIN 12
 size_t ctl_short_id_len(const cJSON *jobs);
 const char *ctl_short_id(const char *id, size_t len, char *buf, size_t buflen);
+/* What an append job adds to, from the Job object's append_to: "job NAME (ID)" or "batch B
+ * (dataset D)", with ", sync SYNC_ID STATUS" when with_sync and there is one; "" for a job
+ * that does not append. */
+char *ctl_append_text(const cJSON *job, bool with_sync, char *buf, size_t len);
 /* Progress text for a job ("upload 45% 12.3 MiB/27.0 MiB", "import PROCESSING", ...). */
 char *ctl_progress_text(const cJSON *job, char *buf, size_t len);
 /* Overall progress 0..1: upload bytes, then import, then batch state. */

@@ -250,7 +250,15 @@ static void add_job_row(ctl_table *t, const cJSON *j, int64_t now, bool status_v
         int64_t rec = json_int64(j, "records", -1);
         snprintf(buf, sizeof(buf), rec >= 0 ? "%" PRId64 : "-", rec);
         ctl_table_cell(t, buf, NULL);
-        ctl_table_cell(t, json_str(j, "batch_id") ? json_str(j, "batch_id") : "-", NULL);
+        /* An append job's batch is its target's: the cell says whose. */
+        const cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "append_to");
+        const char *target = json_str(at, "job") ? json_str(at, "job") : json_str(at, "batch_id");
+        if (target)
+            snprintf(buf, sizeof(buf), "append:%s", target);
+        else
+            snprintf(buf, sizeof(buf), "%s",
+                     json_str(j, "batch_id") ? json_str(j, "batch_id") : "-");
+        ctl_table_cell(t, buf, NULL);
     }
     int64_t age = ctl_since(j, "created_at", now);
     ctl_table_cell(t, age >= 0 ? duration_format(age, d, sizeof(d)) : "-", NULL);
@@ -586,11 +594,15 @@ static void show_job(const ctl_ctx *x, const cJSON *job)
     int64_t now = time_now_ms();
     for (size_t i = 0; i < BD_ARRAY_LEN(fields); i++)
         show_value(x, fields[i], cJSON_GetObjectItemCaseSensitive(job, fields[i]), now);
+    char at[512];
+    if (*ctl_append_text(job, true, at, sizeof(at)))
+        printf("%-17s %s\n", "append_to", at);
     /* Fields newer than this batchctl still show. */
     const cJSON *v;
     cJSON_ArrayForEach(v, job)
     {
-        bool known = strcmp(v->string, "history") == 0 || strcmp(v->string, "record_errors") == 0;
+        bool known = strcmp(v->string, "history") == 0 || strcmp(v->string, "record_errors") == 0 ||
+                     strcmp(v->string, "append_to") == 0;
         for (size_t i = 0; i < BD_ARRAY_LEN(fields) && !known; i++)
             known = strcmp(fields[i], v->string) == 0;
         if (!known)

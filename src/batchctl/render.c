@@ -197,6 +197,30 @@ static const char *sync_status(const cJSON *job)
     return st ? st : "requested";
 }
 
+static const char *or_q(const char *s)
+{
+    return s ? s : "?";
+}
+
+char *ctl_append_text(const cJSON *job, bool with_sync, char *buf, size_t len)
+{
+    const cJSON *at = cJSON_GetObjectItemCaseSensitive(job, "append_to");
+    buf[0] = '\0';
+    if (!cJSON_IsObject(at))
+        return buf;
+    const char *id = json_str(at, "id");
+    int n;
+    if (id)
+        n = snprintf(buf, len, "job %s (%s)", or_q(json_str(at, "job")), id);
+    else
+        n = snprintf(buf, len, "batch %s (dataset %s)", or_q(json_str(at, "batch_id")),
+                     or_q(json_str(at, "dataset_id")));
+    const char *sid = json_str(at, "sync_id");
+    if (with_sync && sid && n >= 0 && (size_t)n < len)
+        snprintf(buf + n, len - (size_t)n, ", sync %s %s", sid, sync_status(job));
+    return buf;
+}
+
 char *ctl_progress_text(const cJSON *job, char *buf, size_t len)
 {
     const char *state = json_str(job, "state");

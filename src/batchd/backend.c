@@ -631,7 +631,8 @@ typedef struct validation {
     char *dir;
     char *name;
     cfgref *cfg;
-    atomic_int cancel; /* set on the loop, polled by the validating thread */
+    atomic_int cancel;    /* set on the loop, polled by the validating thread */
+    cJSON *target_schema; /* an append by name: the target's, copied for the pool */
     intake_result ires;
     int rc;
     runner_validated_fn done;
@@ -641,7 +642,8 @@ typedef struct validation {
 static void validate_work(uv_work_t *w)
 {
     validation *v = w->data;
-    v->rc = intake_check(v->dir, v->name, &v->cfg->c, &v->cancel, &v->ires);
+    intake_options o = {.target_schema = v->target_schema};
+    v->rc = intake_check_ex(v->dir, v->name, &v->cfg->c, &v->cancel, &o, &v->ires);
 }
 
 static void validate_after(uv_work_t *w, int status)
@@ -664,17 +666,19 @@ static void validate_after(uv_work_t *w, int status)
     bool ran = status == 0 && v->rc != -ECANCELED;
     v->done(v->cookie, ran ? &jv : NULL);
     intake_result_free(&v->ires);
+    cJSON_Delete(v->target_schema);
     cfgref_put(v->cfg);
     free(v->dir);
     free(v->name);
     free(v);
 }
 
-static int validate_start(void *ud, const job *j, runner_validated_fn done, void *cookie,
-                          void **handle)
+static int validate_start(void *ud, const job *j, const cJSON *target_schema,
+                          runner_validated_fn done, void *cookie, void **handle)
 {
     batchd *d = dof(ud);
     validation *v = xcalloc(1, sizeof *v);
+    v->target_schema = target_schema ? cJSON_Duplicate(target_schema, true) : NULL;
     v->dir = fsutil_join(spool_dir(d->sp, "active"), j->dir);
     v->name = xstrdup(j->name);
     v->cfg = cfgref_get(d->cfg);
@@ -684,6 +688,7 @@ static int validate_start(void *ud, const job *j, runner_validated_fn done, void
     v->work.data = v;
     int rc = uv_queue_work(d->loop, &v->work, validate_work, validate_after);
     if (rc < 0) {
+        cJSON_Delete(v->target_schema);
         cfgref_put(v->cfg);
         free(v->dir);
         free(v->name);

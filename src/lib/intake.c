@@ -471,6 +471,31 @@ static void manifest_failure(intake_result *res, const diag *errors)
                     (unsigned long long)n, where ? where : "", where ? ": " : "", msg ? msg : "");
 }
 
+/* An append job naming a job: its records are checked against the target's schema, which
+ * only the caller can know (intake knows no other job). Without it the check stops here
+ * with "needs_target"; with it, the schema becomes the resolved job's dataset.schema, so
+ * that the job's spec says what its records were checked against. */
+static int take_target_schema(intake_result *res, const intake_options *opts)
+{
+    const cJSON *at = cJSON_GetObjectItemCaseSensitive(res->job, "append_to");
+    if (!cJSON_IsString(at))
+        return 0;
+    const cJSON *schema = opts ? opts->target_schema : NULL;
+    if (!schema) {
+        set_failure(res, "needs_target",
+                    "append_to: %s is a job's name or id; its dataset.schema is needed to check "
+                    "the records (batchd resolves it)",
+                    at->valuestring);
+        return -EAGAIN;
+    }
+    cJSON *ds = cJSON_GetObjectItemCaseSensitive(res->job, "dataset");
+    if (!cJSON_IsObject(ds))
+        ds = cJSON_AddObjectToObject(res->job, "dataset");
+    cJSON_DeleteItemFromObjectCaseSensitive(ds, "schema");
+    cJSON_AddItemToObject(ds, "schema", cJSON_Duplicate(schema, true));
+    return 0;
+}
+
 /* Everything after the manifest: the data file and its records. */
 /* The check found records to upload: the file as read when all are valid (with its
  * SHA-256), else, in skip mode, the cleaned file and rejected.jsonl (write_skip_files). */
@@ -608,6 +633,8 @@ int intake_check_ex(const char *job_dir, const char *job_name, const config *cfg
     }
     /* A resolved manifest's list is not the job's (the old per-call list was dropped too). */
     diag_free(&el);
+    if (take_target_schema(out, opts) < 0)
+        goto done;
     const char *file = json_str(cJSON_GetObjectItemCaseSensitive(out->job, "dataset"), "file");
     if (bare) {
         const char *slash = strrchr(job_dir, '/');

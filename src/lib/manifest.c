@@ -8,6 +8,7 @@
 #include "batchd/util.h"
 
 #include <dirent.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -274,7 +275,72 @@ static void want_string(const cJSON *obj, const char *key, const char *path, boo
     (*count)++;
 }
 
-static const char *const top_keys[] = {"template", "workspace_id", "dataset", "batch", NULL};
+static const char *const top_keys[] = {"template", "workspace_id", "dataset",
+                                       "batch",    "append_to",    NULL};
+static const char *const append_keys[] = {"batch_id", "dataset_id", NULL};
+
+/* An API id as append_to may give it: 1 to MANIFEST_APPEND_ID_MAX of [A-Za-z0-9_-], so that
+ * it can go into a request path as it is. */
+static bool api_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MANIFEST_APPEND_ID_MAX)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-')
+            return false;
+    return true;
+}
+
+static int check_append_ids(const cJSON *a, const char *file, diag *dg)
+{
+    int n = 0;
+    check_members(a, "append_to", append_keys, file, dg, &n);
+    for (const char *const *k = append_keys; *k; k++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(a, *k);
+        char path[32];
+        snprintf(path, sizeof path, "append_to.%s", *k);
+        if (!v)
+            merr(dg, file, path, "required: append_to with ids names both batch_id and dataset_id");
+        else if (!cJSON_IsString(v))
+            merr(dg, file, path, "must be a string");
+        else if (!api_id_ok(v->valuestring))
+            merr(dg, file, path, "must be 1 to %d letters, digits, '_' or '-'",
+                 MANIFEST_APPEND_ID_MAX);
+        else
+            continue;
+        n++;
+    }
+    return n;
+}
+
+/* append_to: a job's name or id, {"batch_id", "dataset_id"}, or null (not an append job: a
+ * job.json's way to opt out of its template's append_to). Returns the number of issues. */
+static int check_append_shape(const cJSON *j, const char *file, diag *dg)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "append_to");
+    if (!a || cJSON_IsNull(a))
+        return 0;
+    if (cJSON_IsObject(a))
+        return check_append_ids(a, file, dg);
+    if (!cJSON_IsString(a)) {
+        merr(dg, file, "append_to",
+             "must be a job's name or id (a string), {\"batch_id\": ..., \"dataset_id\": ...} "
+             "or null");
+        return 1;
+    }
+    const char *s = a->valuestring;
+    if (!*s)
+        merr(dg, file, "append_to", "must not be empty: name a ready job by its name or id");
+    else if (has_control(s))
+        merr(dg, file, "append_to", "must not hold control characters");
+    else if (strlen(s) > MANIFEST_APPEND_REF_MAX)
+        merr(dg, file, "append_to", "is longer than %d bytes: no job has such a name",
+             MANIFEST_APPEND_REF_MAX);
+    else
+        return 0;
+    return 1;
+}
 static const char *const dataset_keys[] = {"name", "file", "schema", NULL};
 static const char *const batch_keys[] = {"name", "task_details", "batch_items", "tasks_per_group",
                                          NULL};
@@ -303,6 +369,7 @@ static int check_shape(const cJSON *j, const char *file, diag *dg)
         check_members(b, "batch", batch_keys, file, dg, &n);
         want_string(b, "name", "batch.name", false, file, dg, &n);
     }
+    n += check_append_shape(j, file, dg);
     return n;
 }
 
@@ -774,6 +841,31 @@ static int check_resolved(const cJSON *job, const char *hint, bool want_all, dia
     return n;
 }
 
+/* An append job: only what it sends is required. With ids its own dataset.schema is what
+ * the records are checked against; with a job's name nothing more (the target's schema is
+ * used). */
+static int check_resolved_append(const cJSON *job, const char *hint, diag *dg)
+{
+    if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(job, "append_to")))
+        return 0;
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(job, "dataset");
+    const cJSON *schema =
+        cJSON_IsObject(ds) ? cJSON_GetObjectItemCaseSensitive(ds, "schema") : NULL;
+    if (!schema) {
+        merr(dg, NULL, "dataset.schema",
+             "required with append_to's batch_id and dataset_id (the records are checked "
+             "against it): give it in job.json or in its template%s",
+             hint);
+        return 1;
+    }
+    diag rep = {0};
+    rules_check_schema(schema, "dataset.schema", &rep);
+    add_rules_issues(&rep, dg);
+    int n = (int)rep.count;
+    diag_free(&rep);
+    return n;
+}
+
 /* ---- resolution ---- */
 
 typedef struct resolve_in {
@@ -782,6 +874,55 @@ typedef struct resolve_in {
     const char *job_name;
     const config *cfg;
 } resolve_in;
+
+/* An append job sends no batch (the batch exists): its batch section is dropped, and with a
+ * job's name its dataset.schema too (the target's is the one that counts; the runner
+ * supplies it). "append_to": null is no append. Returns whether the job appends. */
+static bool strip_for_append(cJSON *m)
+{
+    const cJSON *at = cJSON_GetObjectItemCaseSensitive(m, "append_to");
+    bool append = at && !cJSON_IsNull(at);
+    if (at && !append)
+        cJSON_DeleteItemFromObjectCaseSensitive(m, "append_to");
+    if (append) {
+        cJSON_DeleteItemFromObjectCaseSensitive(m, "batch");
+        if (cJSON_IsString(at))
+            cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "dataset"),
+                                                    "schema");
+    }
+    return append;
+}
+
+/* The defaults, and the data file: named (checked) or found. Returns the number of issues. */
+static int apply_defaults(cJSON *m, const resolve_in *in, bool append, diag *dg)
+{
+    int bad = 0;
+    cJSON *ds = ensure_object(m, "dataset");
+    cJSON *b = append ? NULL : ensure_object(m, "batch");
+    default_string(m, "workspace_id", in->cfg ? in->cfg->api.workspace_id : NULL);
+    default_string(ds, "name", in->job_name);
+    default_string(b, "name", in->job_name);
+    if (b && !cJSON_GetObjectItemCaseSensitive(b, "tasks_per_group"))
+        cJSON_AddNumberToObject(b, "tasks_per_group", 1);
+    if (ds && in->bare_file) {
+        cJSON_DeleteItemFromObjectCaseSensitive(ds, "file");
+        cJSON_AddStringToObject(ds, "file", in->bare_file);
+    } else if (ds) {
+        const char *named = json_str(ds, "file");
+        if (named) {
+            if (check_named_file(in->job_dir, named, dg) < 0)
+                bad++;
+        } else {
+            char *found = NULL;
+            if (discover_data_file(in->job_dir, &found, dg) < 0)
+                bad++;
+            else
+                cJSON_AddStringToObject(ds, "file", found);
+            free(found);
+        }
+    }
+    return bad;
+}
 
 static int resolve(const resolve_in *in, cJSON **out, diag *dg)
 {
@@ -828,33 +969,9 @@ static int resolve(const resolve_in *in, cJSON **out, diag *dg)
     merge_over(m, job);
     cJSON_Delete(job);
 
-    /* Defaults. */
-    int bad = 0;
-    cJSON *ds = ensure_object(m, "dataset");
-    cJSON *b = ensure_object(m, "batch");
-    default_string(m, "workspace_id", in->cfg ? in->cfg->api.workspace_id : NULL);
-    default_string(ds, "name", in->job_name);
-    default_string(b, "name", in->job_name);
-    if (b && !cJSON_GetObjectItemCaseSensitive(b, "tasks_per_group"))
-        cJSON_AddNumberToObject(b, "tasks_per_group", 1);
-    if (ds && in->bare_file) {
-        cJSON_DeleteItemFromObjectCaseSensitive(ds, "file");
-        cJSON_AddStringToObject(ds, "file", in->bare_file);
-    } else if (ds) {
-        const char *named = json_str(ds, "file");
-        if (named) {
-            if (check_named_file(in->job_dir, named, dg) < 0)
-                bad++;
-        } else {
-            char *found = NULL;
-            if (discover_data_file(in->job_dir, &found, dg) < 0)
-                bad++;
-            else
-                cJSON_AddStringToObject(ds, "file", found);
-            free(found);
-        }
-    }
-    bad += check_resolved(m, hint, true, dg);
+    bool append = strip_for_append(m);
+    int bad = apply_defaults(m, in, append, dg);
+    bad += append ? check_resolved_append(m, hint, dg) : check_resolved(m, hint, true, dg);
     if (bad) {
         cJSON_Delete(m);
         return -EINVAL;

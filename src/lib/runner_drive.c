@@ -226,7 +226,8 @@ static void perform(rjob *r, job_action a, int64_t now)
 static void drive_step(rjob *r)
 {
     runner *rn = r->rn;
-    if (rj_busy(r) || rn->stopping || r->waiting_validation || r->send_after_write != JOB_OP_NONE)
+    if (rj_busy(r) || rn->stopping || r->waiting_validation ||
+        r->send_after_write != JOB_OP_NONE || rj_append_holds(r))
         return;
     /* Paused, a waiting job takes no step (it could only send a poll, which waits, or time
      * out on time that is not the API's); runner_set_paused drives it when the pause ends. */
@@ -262,6 +263,25 @@ void rj_drive(rjob *r)
 
 /* ---- validation ---- */
 
+/* Appends held in queued whose turn may have come: a job was validated or finished
+ * (runner_append.c decides). */
+static void wake_appends(runner *rn)
+{
+    bool was = rn->driving_all;
+    rn->driving_all = true; /* no eviction while walking */
+    int64_t now = rn_now(rn);
+    for (size_t i = 0; i < rn->n_jobs && !rn->stopping; i++) {
+        rjob *o = rn->jobs[i];
+        int w = rj_append_wake(o, now);
+        if (w == 1) {
+            rj_changed(o, o->j->state);
+            rj_flush(o);
+        } else if (w == 2)
+            rj_drive(o);
+    }
+    rn->driving_all = was;
+}
+
 /* Hands a freed validation slot to the oldest job waiting for one. */
 static void start_waiting_validations(runner *rn)
 {
@@ -291,11 +311,13 @@ static void validate_done(void *cookie, const job_validation *v)
     job *j = r->j;
     job_state before = j->state;
     if (v && j->state == JOB_VALIDATING) {
-        job_on_validated(j, v, rn_now(rn));
+        if (!rj_append_take(r, v, rn_now(rn)))
+            job_on_validated(j, v, rn_now(rn));
         rj_changed(r, before);
     }
     start_waiting_validations(rn);
     rj_drive(r); /* stopping, it only writes what changed */
+    wake_appends(rn);
 }
 
 static void start_validation(rjob *r)
@@ -307,7 +329,8 @@ static void start_validation(rjob *r)
     }
     rn->validations++;
     r->validating = true;
-    int rc = rn->be.validate->start(rn->be.ud, r->j, validate_done, r, &r->vhandle);
+    int rc =
+        rn->be.validate->start(rn->be.ud, r->j, r->append.schema, validate_done, r, &r->vhandle);
     if (rc < 0) {
         rn->validations--;
         r->validating = false;
@@ -521,9 +544,10 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
         }
     }
     job_note(j, rn_now(rn), "moved to %s/%s", ok ? "done" : "failed", j->dir);
-    /* The resolved job is not needed any more (a retry validates again). */
-    cJSON_Delete(j->spec);
-    j->spec = NULL;
+    /* The resolved job is not needed any more (a retry validates again), but for what an
+     * append to it checks its records against. */
+    j->spec = rn_append_kept_spec(j->spec, ok);
+    rj_append_clear(r);
     log_finished(r, ok);
     rj_persist(r);
     rj_publish(r);
@@ -536,6 +560,7 @@ static void finish_done(void *cookie, int rc, const char *final_dir)
     } else if (rn->hooks.job_finished) {
         rn->hooks.job_finished(rn->hooks.ud, j);
     }
+    wake_appends(rn);
     rn_evict_finished(rn);
     runner_update_status(rn);
     runner_claim_soon(rn);

@@ -54,6 +54,21 @@ typedef enum rj_write {
     RJ_WRITE_FAILED,
 } rj_write;
 
+/* What an append job's manifest said, and its place in the line (runner_append.c). Kept
+ * on the loop while the job is unfinished; nothing of it is durable (a restart validates
+ * again). */
+typedef struct rj_append {
+    bool known;        /* a validation read its manifest */
+    char *dataset_id;  /* the dataset it appends to; NULL: it does not append */
+    char *batch_id;    /* the batch it syncs */
+    char *target_id;   /* append_to NAME: the target job, */
+    char *target_name; /* its name */
+    cJSON *schema;     /* and its dataset.schema, for the record check */
+    bool admitted;     /* its turn came: it may go on (others wait for it) */
+    bool waiting;      /* held in queued for the one ahead of it */
+    char *waiting_for; /* the id of the job its last note named */
+} rj_append;
+
 typedef struct rjob {
     job *j;
     runner *rn;
@@ -77,6 +92,7 @@ typedef struct rjob {
     job_op send_after_write;
     job_op saved_pending;
     int64_t last_publish_ms;
+    rj_append append;
 } rjob;
 
 struct runner {
@@ -135,6 +151,21 @@ void rj_changed(rjob *r, job_state before);
 void rj_flush(rjob *r);
 void rn_lazy_run(void *arg);
 void rj_drive(rjob *r);
+
+/* runner_append.c */
+/* A finished validation of r: true when it was taken here (an append job: resolved, held
+ * for its turn, validated again with the target's schema, or given to the machine with the
+ * target's ids); false for the caller to give it to the machine (job_on_validated). */
+bool rj_append_take(rjob *r, const job_validation *v, int64_t now);
+/* r waits in queued for the job ahead of it: no step. */
+bool rj_append_holds(const rjob *r);
+/* Looks again at a held job: 0 nothing changed, 1 its note changed (persist it), 2 its turn
+ * came (drive it). */
+int rj_append_wake(rjob *r, int64_t now);
+void rj_append_clear(rjob *r);
+/* What a finished job keeps of its resolved spec (owned; spec is consumed): a ready job's
+ * dataset.schema, for appends to it; NULL otherwise. */
+cJSON *rn_append_kept_spec(cJSON *spec, bool ready);
 
 /* runner_claim.c */
 void rn_claim_run(void *arg);

@@ -87,6 +87,7 @@ void rj_free(rjob *r)
 {
     runner *rn = r->rn;
     rn->be.clock->timer_free(rn->be.ud, r->timer);
+    rj_append_clear(r);
     job_free(r->j);
     free(r);
 }

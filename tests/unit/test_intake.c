@@ -723,6 +723,66 @@ static void test_check_config(void **state)
     free(conf);
 }
 
+/* append_to NAME: without the target's schema intake stops after the manifest
+ * (needs_target, no record read); with it the records are checked against that schema,
+ * which becomes the job's dataset.schema. */
+static void test_append_by_name_needs_target_schema(void **state)
+{
+    (void)state;
+    put("j/job.json", "{\"append_to\": \"evals\"}");
+    put("j/data.jsonl", "{\"question\": \"q1\"}\n");
+    intake_result r;
+    char *p = path_in("j");
+    assert_int_equal(intake_check(p, "job", &cfg, NULL, &r), 0);
+    assert_string_equal(r.code, "needs_target");
+    assert_non_null(strstr(r.message, "evals"));
+    assert_int_equal(r.records, 0);
+    assert_string_equal(r.sha256, "");
+    assert_non_null(r.job);
+    intake_result_free(&r);
+    /* The template's schema (prompt, img) is not what counts: the target's is. */
+    cJSON *schema =
+        cJSON_Parse("{\"strict\": false, \"fields\": {\"question\": {\"type\": \"text\"}}}");
+    intake_options o = {.target_schema = schema};
+    assert_int_equal(intake_check_ex(p, "job", &cfg, NULL, &o, &r), 0);
+    assert_null(r.code);
+    assert_int_equal(r.records, 1);
+    assert_non_null(cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(r.job, "dataset"), "schema"),
+                            "fields"),
+        "question"));
+    intake_result_free(&r);
+    /* A record the target's schema does not allow: invalid_records. */
+    cJSON_Delete(schema);
+    schema = cJSON_Parse("{\"strict\": true, \"fields\": {\"prompt\": {\"type\": \"text\"}}}");
+    o.target_schema = schema;
+    assert_int_equal(intake_check_ex(p, "job", &cfg, NULL, &o, &r), 0);
+    assert_string_equal(r.code, "invalid_records");
+    intake_result_free(&r);
+    cJSON_Delete(schema);
+    free(p);
+}
+
+/* append_to with ids: the job's own (here the template's) schema applies; a bad form is
+ * invalid_job with the path. */
+static void test_append_by_ids_and_bad_form(void **state)
+{
+    (void)state;
+    put("j/job.json", "{\"append_to\": {\"batch_id\": \"b1\", \"dataset_id\": \"d1\"}}");
+    put("j/data.jsonl", ok1);
+    intake_result r;
+    assert_int_equal(check("j", &r), 0);
+    assert_null(r.code);
+    assert_int_equal(r.records, 1);
+    assert_string_equal(json_str(cJSON_GetObjectItem(r.job, "append_to"), "batch_id"), "b1");
+    intake_result_free(&r);
+    put("j/job.json", "{\"append_to\": {\"batch_id\": \"b1\"}}");
+    assert_int_equal(check("j", &r), 0);
+    assert_string_equal(r.code, "invalid_job");
+    assert_non_null(strstr(r.message, "append_to.dataset_id"));
+    intake_result_free(&r);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -747,6 +807,8 @@ int main(void)
         T(test_cancel),
         T(test_error_json_shape),
         T(test_check_config),
+        T(test_append_by_name_needs_target_schema),
+        T(test_append_by_ids_and_bad_form),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -544,6 +544,131 @@ static void test_names(void **state)
     assert_null(manifest_template_path("a\nb", &cfg));
 }
 
+/* One bad append_to form: resolve fails with an issue at path holding needle, in job.json. */
+static void expect_bad_append(const char *append_to, const char *path, const char *needle)
+{
+    char *text = xasprintf("{\"append_to\": %s}", append_to);
+    put("j/job.json", text);
+    free(text);
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    assert_null(job);
+    expect_error(errors, path, needle);
+    assert_string_equal(json_str(cJSON_GetArrayItem(errors, 0), "file"), "job.json");
+    cJSON_Delete(errors);
+}
+
+static void test_append_to_bad_forms(void **state)
+{
+    (void)state;
+    put("j/d.jsonl", "{}\n");
+    expect_bad_append("\"\"", "append_to", "must not be empty");
+    expect_bad_append("\"a\\u0001b\"", "append_to", "control characters");
+    char *long_ref = xmalloc(MANIFEST_APPEND_REF_MAX + 4);
+    memset(long_ref, 'x', MANIFEST_APPEND_REF_MAX + 3);
+    long_ref[0] = '"';
+    long_ref[MANIFEST_APPEND_REF_MAX + 2] = '"';
+    long_ref[MANIFEST_APPEND_REF_MAX + 3] = '\0';
+    expect_bad_append(long_ref, "append_to", "longer than 255");
+    free(long_ref);
+    expect_bad_append("12", "append_to", "must be a job's name or id");
+    expect_bad_append("true", "append_to", "must be a job's name or id");
+    expect_bad_append("[\"a\"]", "append_to", "must be a job's name or id");
+    expect_bad_append("{}", "append_to.batch_id", "required");
+    expect_bad_append("{\"batch_id\": \"b1\"}", "append_to.dataset_id", "required");
+    expect_bad_append("{\"dataset_id\": \"d1\"}", "append_to.batch_id", "required");
+    expect_bad_append("{\"batch_id\": 5, \"dataset_id\": \"d1\"}", "append_to.batch_id",
+                      "must be a string");
+    expect_bad_append("{\"batch_id\": \"\", \"dataset_id\": \"d1\"}", "append_to.batch_id",
+                      "1 to 128");
+    expect_bad_append("{\"batch_id\": \"b/../x\", \"dataset_id\": \"d1\"}", "append_to.batch_id",
+                      "letters, digits");
+    expect_bad_append("{\"batch_id\": \"b1\", \"dataset_id\": \"d 1\"}", "append_to.dataset_id",
+                      "letters, digits");
+    expect_bad_append("{\"batch_id\": \"b1\", \"dataset_id\": \"d1\", \"x\": 1}", "append_to.x",
+                      "unknown member");
+    char *long_id = xmalloc(MANIFEST_APPEND_ID_MAX + 2);
+    memset(long_id, 'a', MANIFEST_APPEND_ID_MAX + 1);
+    long_id[MANIFEST_APPEND_ID_MAX + 1] = '\0';
+    char *obj = xasprintf("{\"batch_id\": \"%s\", \"dataset_id\": \"d1\"}", long_id);
+    expect_bad_append(obj, "append_to.batch_id", "1 to 128");
+    free(obj);
+    free(long_id);
+}
+
+static void test_append_to_in_template_is_checked_there(void **state)
+{
+    (void)state;
+    put("templates/grow.json", "{\"append_to\": {\"batch_id\": \"b1\"}}");
+    put("j/job.json", "{\"template\": \"grow\"}");
+    put("j/d.jsonl", "{}\n");
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "append_to.dataset_id", "required");
+    assert_non_null(strstr(json_str(cJSON_GetArrayItem(errors, 0), "file"), "grow.json"));
+    cJSON_Delete(errors);
+}
+
+static void test_append_to_by_name(void **state)
+{
+    (void)state;
+    /* No workspace, no batch members needed; the batch section and the job's own schema
+     * are dropped (the target's schema applies). */
+    free(cfg.api.workspace_id);
+    cfg.api.workspace_id = NULL;
+    put("j/job.json", "{\"template\": null, \"append_to\": \"evals\", \"batch\": {\"name\": \"x\"},"
+                      " \"dataset\": {\"schema\": {\"fields\": {}}}}");
+    put("j/d.jsonl", "{}\n");
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), 0);
+    assert_int_equal(cJSON_GetArraySize(errors), 0);
+    assert_string_equal(json_str(job, "append_to"), "evals");
+    assert_null(cJSON_GetObjectItem(job, "batch"));
+    const cJSON *ds = cJSON_GetObjectItem(job, "dataset");
+    assert_null(cJSON_GetObjectItem(ds, "schema"));
+    assert_string_equal(json_str(ds, "file"), "d.jsonl");
+    cJSON_Delete(job);
+    cJSON_Delete(errors);
+}
+
+static void test_append_to_ids_needs_schema(void **state)
+{
+    (void)state;
+    put("j/job.json", "{\"template\": null, \"append_to\": {\"batch_id\": \"b-1\", \"dataset_id\":"
+                      " \"d_1\"}}");
+    put("j/d.jsonl", "{}\n");
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), -EINVAL);
+    expect_error(errors, "dataset.schema", "required with append_to");
+    assert_int_equal(cJSON_GetArraySize(errors), 1);
+    cJSON_Delete(errors);
+    /* With the template's schema (and batch, ignored) it resolves. */
+    put("j/job.json", "{\"append_to\": {\"batch_id\": \"b-1\", \"dataset_id\": \"d_1\"}}");
+    errors = cJSON_CreateArray();
+    assert_int_equal(resolve("j", &job, errors), 0);
+    const cJSON *at = cJSON_GetObjectItem(job, "append_to");
+    assert_string_equal(json_str(at, "batch_id"), "b-1");
+    assert_string_equal(json_str(at, "dataset_id"), "d_1");
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(job, "dataset"), "schema"));
+    assert_null(cJSON_GetObjectItem(job, "batch"));
+    cJSON_Delete(job);
+    cJSON_Delete(errors);
+}
+
+static void test_append_to_null_opts_out_of_template(void **state)
+{
+    (void)state;
+    put("templates/grow.json", "{\"template\": \"default\", \"append_to\": \"evals\"}");
+    put("j/job.json", "{\"template\": \"grow\", \"append_to\": null}");
+    put("j/d.jsonl", "{}\n");
+    cJSON *errors = cJSON_CreateArray(), *job = NULL;
+    assert_int_equal(resolve("j", &job, errors), 0);
+    assert_null(cJSON_GetObjectItem(job, "append_to"));
+    assert_non_null(cJSON_GetObjectItem(job, "batch"));
+    cJSON_Delete(job);
+    cJSON_Delete(errors);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -569,6 +694,11 @@ int main(void)
         T(test_missing_configured_template_hint),
         T(test_bare_file_and_check_template),
         T(test_names),
+        T(test_append_to_bad_forms),
+        T(test_append_to_in_template_is_checked_there),
+        T(test_append_to_by_name),
+        T(test_append_to_ids_needs_schema),
+        T(test_append_to_null_opts_out_of_template),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -103,6 +103,8 @@ typedef struct world {
     size_t n_vals;
     int validate_rc;
     bool validation_bad;
+    const char *spec;       /* what validations resolve to; NULL: spec_json */
+    bool got_target_schema; /* the last validation started was given one */
     /* timers */
     ftimer *timers[4 * MAXN];
     size_t n_timers;
@@ -322,6 +324,14 @@ static void answer_happy(world *w, freq *q)
                    "{\"id\":\"" BATCH "\",\"status\":\"READY\",\"total_task_count\":3,"
                    "\"total_task_groups\":1}");
         break;
+    case JOB_OP_SYNC:
+        answer_net(w, q, JOB_NET_OK, 202, "{\"sync_id\":\"s1\",\"status\":\"queued\"}");
+        break;
+    case JOB_OP_GET_SYNC:
+        answer_net(w, q, JOB_NET_OK, 200,
+                   "{\"sync_id\":\"s1\",\"status\":\"complete\",\"tasks_created\":3,"
+                   "\"datapoints_processed\":3,\"groups_created\":1,\"groups_expanded\":0}");
+        break;
     default:
         fail_msg("unexpected request %s", job_op_name(q->op));
     }
@@ -494,10 +504,12 @@ static const runner_spool_ops spool_ops = {
 
 /* ---- validation the test answers ---- */
 
-static int v_start(void *ud, const job *j, runner_validated_fn done, void *cookie, void **handle)
+static int v_start(void *ud, const job *j, const cJSON *target_schema, runner_validated_fn done,
+                   void *cookie, void **handle)
 {
     world *w = ud;
     (void)j;
+    w->got_target_schema = target_schema != NULL;
     if (w->validate_rc < 0)
         return w->validate_rc;
     fval *v = &w->vals[w->n_vals++];
@@ -531,7 +543,7 @@ static void validation_end(world *w, fval *v)
         v->done(v->cookie, NULL);
         return;
     }
-    cJSON *spec = cJSON_Parse(spec_json);
+    cJSON *spec = cJSON_Parse(w->spec ? w->spec : spec_json);
     job_validation jv = {.ok = !w->validation_bad,
                          .code = w->validation_bad ? "invalid_job" : NULL,
                          .message = w->validation_bad ? "no job.json" : NULL,
@@ -1726,11 +1738,95 @@ static void test_find_prefix(void **state)
     assert_null(ids[1]);
 }
 
+static bool history_has(const job *j, const char *needle)
+{
+    const cJSON *h;
+    cJSON_ArrayForEach(h, j->history)
+    {
+        const char *n = json_str(h, "note");
+        if (n && strstr(n, needle))
+            return true;
+    }
+    return false;
+}
+
+/* Append jobs: the target is resolved on the loop and its kept schema given to a second
+ * validation; two appends to one dataset run one at a time in claim order, the later held in
+ * queued with a note naming the one ahead; a missing target fails locally, with no request. */
+static void test_append_one_at_a_time(void **state)
+{
+    world *w = *state;
+    assert_int_equal(runner_recover(w->rn), 0);
+    drop(w, "t");
+    const job *t = job0(w);
+    run_until(w, t, JOB_READY);
+    flush(w);
+    /* A finished ready job keeps its schema (and nothing else of its spec) for appends. */
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(t->spec, "dataset"), "schema"));
+    assert_null(cJSON_GetObjectItem(t->spec, "batch"));
+    w->spec = "{\"append_to\":\"t\",\"dataset\":{\"file\":\"d.jsonl\"}}";
+    drop(w, "a1");
+    drop(w, "a2");
+    const job *a1 = runner_job_at(w->rn, 1), *a2 = runner_job_at(w->rn, 2);
+    assert_string_equal(a1->name, "a1");
+    assert_string_equal(a2->name, "a2");
+    run_until(w, a1, JOB_UPLOADING);
+    assert_true(w->got_target_schema);
+    run_until(w, a1, JOB_SYNCING);
+    flush(w);
+    assert_int_equal(a2->state, JOB_QUEUED);
+    assert_true(history_has(a2, "waits for a1 ("));
+    assert_true(a1->append.on);
+    assert_string_equal(a1->append.target_job_id, t->id);
+    assert_string_equal(a1->dataset_id, DATASET);
+    run_until(w, a1, JOB_READY);
+    run_until(w, a2, JOB_READY);
+    flush(w);
+    assert_int_equal(w->sent[JOB_OP_CREATE_DATASET], 1);
+    assert_int_equal(w->sent[JOB_OP_CREATE_BATCH], 1);
+    assert_int_equal(w->sent[JOB_OP_UPLOAD_URL], 3);
+    assert_int_equal(w->sent[JOB_OP_SYNC], 2);
+    /* A target nobody knows: invalid_job naming it, nothing sent. */
+    size_t reqs = w->n_reqs;
+    w->spec = "{\"append_to\":\"nope\",\"dataset\":{\"file\":\"d.jsonl\"}}";
+    drop(w, "a3");
+    const job *a3 = runner_job_at(w->rn, 3);
+    run_until(w, a3, JOB_FAILED);
+    assert_string_equal(a3->error_code, "invalid_job");
+    assert_non_null(strstr(a3->error_message, "nope"));
+    assert_int_equal(w->n_reqs, reqs);
+    /* A target still running: invalid_job, "not ready", nothing sent for the append. */
+    w->spec = NULL;
+    drop(w, "r");
+    const job *r = runner_job_at(w->rn, 4);
+    run_until(w, r, JOB_UPLOADING);
+    flush(w);
+    int sent_before = w->sent[JOB_OP_UPLOAD_URL];
+    w->spec = "{\"append_to\":\"r\",\"dataset\":{\"file\":\"d.jsonl\"}}";
+    drop(w, "a4");
+    const job *a4 = runner_job_at(w->rn, 5);
+    run_until(w, a4, JOB_FAILED);
+    assert_string_equal(a4->error_code, "invalid_job");
+    assert_non_null(strstr(a4->error_message, "not ready"));
+    assert_int_equal(w->sent[JOB_OP_UPLOAD_URL], sent_before);
+    assert_false(a4->append.on);
+    /* An append named as its target (a standing batch's next file): the ready t, not
+     * itself, which runner_find would prefer as the one unfinished "t". */
+    w->spec = "{\"append_to\":\"t\",\"dataset\":{\"file\":\"d.jsonl\"}}";
+    drop(w, "t");
+    const job *t2 = runner_job_at(w->rn, 6);
+    assert_string_equal(t2->name, "t");
+    run_until(w, t2, JOB_UPLOADING);
+    assert_string_equal(t2->append.target_job_id, t->id);
+    w->spec = NULL;
+}
+
 int main(void)
 {
     log_init("test_runner", LOG_LVL_ERR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_happy_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_append_one_at_a_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_before_send, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_out_and_changed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_send_refused_and_unbuildable, setup, teardown),
