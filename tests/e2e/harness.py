@@ -284,6 +284,17 @@ class Daemon:
         except FileNotFoundError:
             return []
 
+    def wait_finished(self, job, sub, timeout):
+        """Waits until batchd itself says job (a name or id) is finished in sub/ ("done" or
+        "failed"): its Job's dir is there. An entry seen in sub/ is not enough: batchd may
+        still be finishing the move (an fsync), and a Retry then is refused as too early."""
+        def moved():
+            r = call(self.socket, "io.batchd.GetJob", {"job": job})
+            if "error" in r:  # not claimed yet
+                return False
+            return (r["parameters"]["job"].get("dir") or "").startswith(sub + "/")
+        wait_for(moved, timeout, f"{job} finished in {sub}/")
+
     def result(self, name):
         with open(os.path.join(self.spool, "done", name, "result.json")) as f:
             return json.load(f)

@@ -204,7 +204,7 @@ def test_retry_cancel_pause():
         d, sock = env.daemon, env.daemon.socket
         env.sim.set_faults([], batch_error=1.0)
         drop_jobs(env, ["broken"])
-        wait_for(lambda: "broken" in d.dir_entries("failed"), 30, "broken in failed/")
+        d.wait_finished("broken", "failed", 30)
         err = d.error("broken")
         check(err["code"] == "batch_error" and err["batch_id"], err)
         check(job_state(sock, "broken") == "failed", "GetJob says failed")
@@ -377,7 +377,7 @@ def test_batchctl_commands():
         d, sock = env.daemon, env.daemon.socket
         env.sim.set_faults([], batch_error=1.0)
         drop_jobs(env, ["bad"])
-        wait_for(lambda: "bad" in d.dir_entries("failed"), 30, "bad failed")
+        d.wait_finished("bad", "failed", 30)
         # victim stays in creating_batch (429 with Retry-After) until it is cancelled.
         env.sim.set_faults([{"kind": "429", "probability": 1.0, "endpoint": "create_batch"}],
                            batch_error=0.0)

@@ -54,7 +54,7 @@ def changed_after_validation(edit, how, retry=False):
         data = os.path.join(d.spool, "active", "edited", "edited.jsonl")
         check(os.path.exists(data), f"active/: {d.dir_entries('active')}")
         edit(data)
-        wait_for(lambda: d.dir_entries("failed") == ["edited"], 30, "the job in failed/")
+        d.wait_finished("edited", "failed", 30)
         err = d.error("edited")
         check(err["code"] == "invalid_job", err)
         check(CHANGED in err["message"], f"message: {err['message']}")
