@@ -198,8 +198,11 @@ void rj_drive(rjob *r)
         rj_persist(r); /* a failed write: no step before it succeeds (finished jobs too) */
         return;
     }
-    if (r->finished)
+    if (r->finished) {
+        if (rn->finished_step)
+            rn->finished_step(r); /* its export (runner_export.c) */
         return;
+    }
     job *j = r->j;
     job_state before = j->state;
     int64_t now = rn_now(rn);

@@ -66,6 +66,11 @@ typedef struct rjob {
     job_op send_after_write;
     job_op saved_pending;
     int64_t last_publish_ms;
+    /* Its export (runner_export.c): the exchange in flight, and a POST whose intent is being
+     * written. */
+    void *exfer;
+    export_op exfer_op;
+    bool ex_send_after_write;
 } rjob;
 
 struct runner {
@@ -96,6 +101,10 @@ struct runner {
     bool incoming_dirty; /* incoming/ changed since the last count */
     int64_t incoming_counted_at; /* monotonic ms of the last count */
     bool counting;               /* a count is on the pool */
+    runner_export_config export_cfg;
+    void *export_timer; /* [export] interval; NULL until configured */
+    /* A finished job's step (its export), set by runner_configure_export; NULL: none. */
+    void (*finished_step)(rjob *r);
 };
 
 /* runner_job.c */
@@ -120,6 +129,11 @@ rjob *rj_add(runner *rn, job *j, bool finished);
 void rj_persist(rjob *r);
 bool rj_changed(rjob *r, job_state before);
 void rj_drive(rjob *r);
+
+/* runner_export.c */
+void rx_recover(rjob *r);
+size_t rx_cancel_all(runner *rn);
+void rx_free(runner *rn);
 
 /* runner_claim.c */
 void rn_claim_run(void *arg);

@@ -664,7 +664,12 @@ static void hk_finished(void *ud, const job *j)
 
 static void start_runner(world *w)
 {
-    runner_backend be = {&store_ops, &http_ops, &spool_ops, &validate_ops, &clock_ops, w};
+    runner_backend be = {.store = &store_ops,
+                         .http = &http_ops,
+                         .spool = &spool_ops,
+                         .validate = &validate_ops,
+                         .clock = &clock_ops,
+                         .ud = w};
     runner_hooks hooks = {.ud = w,
                           .job_changed = hk_changed,
                           .status = hk_status,
