@@ -82,7 +82,7 @@ typedef struct runner_export_ops {
     /* Off the loop, no completion: removes the ZIPs of done/<job_dir>/exports/ beyond the
      * newest keep (export_prune; protect, a base name, is never removed). */
     void (*prune)(void *ud, const char *job_dir, unsigned keep, const char *protect);
-    /* Off the loop, no completion: removes a leftover EXPORT_TMP_NAME (recovery). */
+    /* Recovery, at start: removes a leftover EXPORT_TMP_NAME now (before any download). */
     void (*clean)(void *ud, const char *job_dir);
 } runner_export_ops;
 
@@ -180,8 +180,9 @@ typedef struct runner_hooks {
     void (*request_done)(void *ud, const job *j, const runner_request_info *info);
     /* The job's export downloaded a ZIP: j->export->path (relative to done/<j->dir>). */
     void (*export_done)(void *ud, const job *j);
-    /* An export exchange ended (for the metrics): its op and HTTP status (0: none). */
-    void (*export_request_done)(void *ud, export_op op, long status);
+    /* An export exchange ended (for the metrics): its op, HTTP status (0: none) and
+     * monotonic latency. */
+    void (*export_request_done)(void *ud, export_op op, long status, int64_t latency_ms);
 } runner_hooks;
 
 typedef struct runner_backend {
@@ -191,7 +192,8 @@ typedef struct runner_backend {
     const runner_validate_ops *validate;
     const runner_clock_ops *clock;
     const runner_export_ops *exports; /* NULL: no exports */
-    void *ud;                         /* passed to every op */
+    void *ud;                         /* passed to every op but the exports' */
+    void *export_ud;                  /* passed to the exports' ops */
 } runner_backend;
 
 typedef struct runner_options {

@@ -790,7 +790,9 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
         .spool = &spool_ops,
         .validate = &validate_ops,
         .clock = &clock_ops,
+        .exports = &backend_export_ops,
         .ud = bk,
+        .export_ud = d,
     };
     uint64_t seed = 0;
     random_bytes(&seed, sizeof seed);
@@ -801,6 +803,8 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
     };
     runner *rn = runner_new(&be, hooks, &o);
     runner_configure(rn, &d->params, (size_t)d->cfg->c.job.max_active);
+    runner_export_config x = batchd_export_config(d);
+    runner_configure_export(rn, &x);
     return rn;
 }
 

@@ -27,6 +27,13 @@ const char control_interface_description[] =
     "# API's record_index is known), the field (null for the whole record) and what is wrong.\n"
     "type RecordError (line: ?int, record_index: ?int, field: ?string, message: ?string)\n"
     "\n"
+    "# A ready job's newest export (batchd(8), EXPORTS): state is one of requested,\n"
+    "# generating, downloading, complete, failed; path: the ZIP, relative to the job's\n"
+    "# directory (exports/YYYYMMDDTHHMMSSZ.zip), once complete; at: the last change; error: why\n"
+    "# it failed, or what the last failed attempt saw while it is retried.\n"
+    "type Export (state: string, export_id: ?string, path: ?string, at: ?string,\n"
+    "  error: ?string)\n"
+    "\n"
     "# A job. State is one of queued, validating, creating_dataset, uploading, importing,\n"
     "# creating_batch, setting_up, processing, ready, failed, cancelled. Times are RFC 3339.\n"
     "# source: the entry name in incoming/ the job was claimed from (null if not known).\n"
@@ -61,6 +68,7 @@ const char control_interface_description[] =
     "  error_message: ?string,\n"
     "  source: ?string,\n"
     "  dir: ?string,\n"
+    "  export: ?Export,\n"
     "  history: ?[]HistoryEntry,\n"
     "  record_errors: ?[]RecordError\n"
     ")\n"
@@ -108,6 +116,12 @@ const char control_interface_description[] =
     "# retry time after an error makes the attempt now; any other job gets InvalidState.\n"
     "# Needs write access.\n"
     "method Retry(job: string) -> (job: Job)\n"
+    "\n"
+    "# Exports the responses of a ready job's batch into done/NAME/exports/ (batchd(8),\n"
+    "# EXPORTS): a new export, or a finished one started over; an export in progress is\n"
+    "# returned as it is. A job that is not ready (in done/) gets InvalidState. Follow the\n"
+    "# job's export with Watch or GetJob. Needs write access.\n"
+    "method Export(job: string) -> (job: Job)\n"
     "\n"
     "# Cancels an unfinished job. Needs write access.\n"
     "method Cancel(job: string) -> (job: Job)\n"
@@ -406,6 +420,11 @@ static void m_cancel(control *c, varlink_call *call, const cJSON *params)
     run_job_op(c, call, params, c->ops.cancel);
 }
 
+static void m_export(control *c, varlink_call *call, const cJSON *params)
+{
+    run_job_op(c, call, params, c->ops.export_job);
+}
+
 static void m_pause(control *c, varlink_call *call, const cJSON *params)
 {
     (void)params;
@@ -487,6 +506,7 @@ static const method_def methods[] = {
     {IFACE ".Watch", CONTROL_READ, VARLINK_METHOD_MORE, m_watch},
     {IFACE ".Retry", CONTROL_WRITE, 0, m_retry},
     {IFACE ".Cancel", CONTROL_WRITE, 0, m_cancel},
+    {IFACE ".Export", CONTROL_WRITE, 0, m_export},
     {IFACE ".Pause", CONTROL_WRITE, 0, m_pause},
     {IFACE ".Resume", CONTROL_WRITE, 0, m_resume},
     {IFACE ".Reload", CONTROL_WRITE, 0, m_reload},
@@ -522,6 +542,8 @@ static bool op_present(const control *c, const method_def *m)
         return o->retry;
     if (m->fn == m_cancel)
         return o->cancel;
+    if (m->fn == m_export)
+        return o->export_job;
     if (m->fn == m_pause)
         return o->pause;
     if (m->fn == m_resume)

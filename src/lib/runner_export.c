@@ -59,7 +59,7 @@ static void export_completed(rjob *r)
     const char *slash = path ? strrchr(path, '/') : NULL;
     const char *base = slash ? slash + 1 : path;
     if (rn->export_cfg.keep > 0 && rn->be.exports->prune)
-        rn->be.exports->prune(rn->be.ud, j->dir, rn->export_cfg.keep, base);
+        rn->be.exports->prune(rn->be.export_ud, j->dir, rn->export_cfg.keep, base);
     log_job_fields f = rj_fields(j);
     log_job(LOG_LVL_NOTICE, &f, "export downloaded: done/%s/%s", j->dir, path ? path : "?");
     if (rn->hooks.export_done)
@@ -80,7 +80,8 @@ static void rx_done(void *cookie, const export_reply *reply, unsigned token_gen)
     if (rn->hooks.export_request_done)
         rn->hooks.export_request_done(
             rn->hooks.ud, op,
-            reply->net == EXPORT_NET_OK || reply->net == EXPORT_NET_TOO_LARGE ? reply->status : 0);
+            reply->net == EXPORT_NET_OK || reply->net == EXPORT_NET_TOO_LARGE ? reply->status : 0,
+            rn_mono(rn) - r->exfer_started_ms);
     log_export_reply(r, op, reply);
     note_export(j, before, now);
     if (e->state == EXPORT_COMPLETE && before != EXPORT_COMPLETE)
@@ -126,7 +127,8 @@ static void send_export(rjob *r, export_op op)
     char *path = export_path(r->j, op, &method);
     runner_export_request req = {.op = op, .method = method, .path = path, .job_dir = r->j->dir};
     r->exfer_op = op;
-    r->exfer = path ? rn->be.exports->send(rn->be.ud, &req, rx_done, r) : NULL;
+    r->exfer_started_ms = rn_mono(rn);
+    r->exfer = path ? rn->be.exports->send(rn->be.export_ud, &req, rx_done, r) : NULL;
     free(path);
     if (!r->exfer) {
         /* Not sendable at all (a URL with line breaks, a missing id): the machine counts it
@@ -187,8 +189,12 @@ static void request_export(rjob *r, int64_t now, const char *why)
 {
     job *j = r->j;
     if (j->export) {
-        if (export_request_again(j->export, now) == -EBUSY)
+        if (export_request_again(j->export, now) == -EBUSY) {
+            /* Followed as it is; published all the same, so that a watcher that asked for
+             * it sees its state after the ask (batchctl export --wait). */
+            rj_publish(r);
             return;
+        }
     } else {
         j->export = export_new(now);
     }
@@ -255,7 +261,7 @@ void rx_recover(rjob *r)
     /* A download cut short leaves its temporary file: it is never resumed, only removed. */
     if (rn->be.exports && rn->be.exports->clean && exportable(r) && e->state != EXPORT_COMPLETE &&
         e->state != EXPORT_FAILED)
-        rn->be.exports->clean(rn->be.ud, r->j->dir);
+        rn->be.exports->clean(rn->be.export_ud, r->j->dir);
 }
 
 size_t rx_cancel_all(runner *rn)
@@ -267,7 +273,7 @@ size_t rx_cancel_all(runner *rn)
             continue;
         /* Every export exchange may be cut: a POST's intent is durable and sent again at the
          * next start, a download starts over. */
-        rn->be.exports->cancel(rn->be.ud, r->exfer);
+        rn->be.exports->cancel(rn->be.export_ud, r->exfer);
         r->exfer = NULL;
         n++;
     }

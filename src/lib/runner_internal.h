@@ -70,6 +70,7 @@ typedef struct rjob {
      * written. */
     void *exfer;
     export_op exfer_op;
+    int64_t exfer_started_ms; /* monotonic */
     bool ex_send_after_write;
 } rjob;
 
