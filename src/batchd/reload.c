@@ -44,6 +44,9 @@ runner_export_config batchd_export_config(const batchd *d)
     x.params.retry_base_ms = d->params.retry_base_ms;
     x.params.retry_cap_ms = d->params.retry_cap_ms;
     x.params.retry_attempts_max = d->params.retry_attempts_max;
+    /* A download needs its URL valid only when it starts (the store checks the signature
+     * then): a second is margin enough for the clocks, and URLs that live minutes are used. */
+    x.params.url_margin_ms = 1000;
     return x;
 }
 

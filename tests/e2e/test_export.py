@@ -151,5 +151,94 @@ def test_export_refused_for_unready():
               "no export request")
 
 
+def test_kill9_while_downloading():
+    # The first download is held in flight (the sim acts, then waits); batchd dies with its
+    # temporary file open. The next start removes it, polls for a fresh URL and downloads
+    # again: exactly one ZIP, no temporary file.
+    args = ["--export-pad", "65536", "--export-generating", "200ms",
+            "--fault", "slow=1x@download", "--slow", "600s"]
+    with Env(sim_args=args) as env:
+        name, job = ready_job(env)
+        r = batchctl(env, "export", name)
+        check(r.returncode == 0, f"export: {r.returncode} {r.stderr}")
+        tmp = os.path.join(env.daemon.spool, "done", name, "exports", ".download.zip.tmp")
+        # The sim logs a request when it answers: the held one shows as the temporary file.
+        wait_for(lambda: os.path.exists(tmp), 20, "the download in flight")
+        wait_for(lambda: get_job(env, name)["export"]["state"] == "downloading", 10,
+                 "the export downloading")
+        env.daemon.kill9()
+        env.daemon.start()
+        wait_for(lambda: export_complete(env, name), 30, "the export complete after restart")
+        check(not os.path.exists(tmp), "the temporary file is gone")
+        check("removed an unfinished export download" in env.daemon.logs(),
+              "the start removed the temporary file")
+        check_export(env, name, job)
+        check([x["status"] for x in downloads(env)][-1:] == [200], f"downloads: {downloads(env)}")
+
+
+HOOK = r'''#!/usr/bin/python3
+import json, os, sys
+out = %r
+n = len(os.listdir(out)) + 1
+rec = {"argv": sys.argv, "exists": os.path.exists(sys.argv[1]),
+       "state": os.environ.get("BATCHD_STATE"), "token": any("%s" in v for v in os.environ.values())}
+with open(os.path.join(out, ".%%d" %% n), "w") as f:
+    json.dump(rec, f)
+os.rename(os.path.join(out, ".%%d" %% n), os.path.join(out, "call.%%03d.json" %% n))
+'''
+
+
+def test_interval_keep_and_hook():
+    with Env(start=False, sim_args=["--export-generating", "100ms"]) as env:
+        out = os.path.join(env.dir, "hook-out")
+        os.makedirs(out)
+        hook = os.path.join(env.dir, "on-export")
+        with open(hook, "w") as f:
+            f.write(HOOK % (out, TOKEN))
+        os.chmod(hook, 0o755)
+        with open(env.daemon.conf, "a") as f:
+            f.write(f"[export]\ninterval = 1s\nkeep = 2\n[hooks]\non_export = {hook}\n")
+        env.daemon.start()
+        name, job = ready_job(env)
+        calls = lambda: sorted(x for x in os.listdir(out) if x.startswith("call."))
+        wait_for(lambda: len(calls()) >= 4, 30, "four exports on the interval")
+        wait_for(lambda: len(zips(env, name)) == 2, 10, "keep = 2 ZIPs")
+        recs = []
+        for c in calls():
+            with open(os.path.join(out, c)) as f:
+                recs.append(json.load(f))
+        exports = os.path.join(env.daemon.spool, "done", name, "exports")
+        for r in recs:
+            a = r["argv"][1]
+            check(os.path.isabs(a) and a.startswith(exports + "/") and a.endswith(".zip"),
+                  f"argv[1] {a}")
+            check(r["exists"] and r["state"] == "ready" and not r["token"], f"hook saw {r}")
+        newest = sorted({os.path.basename(r["argv"][1]) for r in recs})[-2:]
+        left = zips(env, name)
+        check(all(n in left or n > max(left) for n in newest) and not any(
+            x.startswith(".") for x in left), f"kept {left}, newest hooked {newest}")
+
+
+def test_faults_on_export_endpoints():
+    # 500s on the POST, a 429 with Retry-After on the status, 503s on the download, and a URL
+    # that has expired by the time its answer arrives (refreshed by polling again): the export
+    # still ends complete with the right bytes.
+    args = ["--export-generating", "0s", "--export-url-ttl", "3s", "--retry-after", "1",
+            "--fault", "500=2x@export", "--fault", "slow=1x@get_export", "--slow", "2500ms",
+            "--fault", "429=1x@get_export", "--fault", "503=2x@download"]
+    with Env(sim_args=args) as env:
+        name, job = ready_job(env)
+        r = batchctl(env, "export", name, "--wait", "--timeout", "60s")
+        check(r.returncode == 0, f"export --wait: {r.returncode} {r.stdout} {r.stderr}")
+        check_export(env, name, job)
+        reqs = env.sim.state()["requests"]
+        gets = [x["status"] for x in reqs if x["method"] == "GET" and "/export/" in x["path"]]
+        check(429 in gets and gets.count(200) >= 2, f"status polls: {gets}")
+        dls = [x["status"] for x in reqs if "/_download/" in x["path"]]
+        check(dls[-1] == 200 and dls.count(503) == 2, f"downloads: {dls}")
+
+
 if __name__ == "__main__":
-    run([test_export_new_mode, test_export_old_mode, test_export_refused_for_unready])
+    run([test_export_new_mode, test_export_old_mode, test_export_refused_for_unready,
+         test_kill9_while_downloading, test_interval_keep_and_hook,
+         test_faults_on_export_endpoints])
