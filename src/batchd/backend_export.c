@@ -237,17 +237,15 @@ static void open_after(uv_work_t *w, int status)
     }
 }
 
-static void on_pool(export_req *q, uv_work_cb work, uv_after_work_cb after)
+/* 0, or the libuv error when the work cannot be queued (nothing then happens). */
+static int on_pool(export_req *q, uv_work_cb work, uv_after_work_cb after)
 {
     q->work.data = q;
     q->on_pool = true;
     int rc = uv_queue_work(q->d->loop, &q->work, work, after);
-    if (rc < 0) {
+    if (rc < 0)
         q->on_pool = false;
-        q->rc = rc;
-        q->why = "cannot queue the file work";
-        file_failed(q, 0);
-    }
+    return rc;
 }
 
 /* ---- replies ---- */
@@ -259,7 +257,12 @@ static void on_http_done(void *ud, const http_response *resp)
     if (q->op == EXPORT_OP_DOWNLOAD && resp->error == HTTP_OK && resp->status >= 200 &&
         resp->status < 300) {
         q->status = resp->status;
-        on_pool(q, finish_work, finish_after);
+        int rc = on_pool(q, finish_work, finish_after);
+        if (rc < 0) {
+            q->rc = rc;
+            q->why = "cannot queue the file work";
+            file_failed(q, resp->status);
+        }
         return;
     }
     export_reply r = {
@@ -291,7 +294,10 @@ static void *export_send(void *ud, const runner_export_request *rr, runner_expor
     if (rr->op == EXPORT_OP_DOWNLOAD) {
         q->url = xstrdup(rr->path);
         q->job_path = fsutil_join(spool_dir(d->sp, "done"), rr->job_dir);
-        on_pool(q, open_work, open_after);
+        if (on_pool(q, open_work, open_after) < 0) {
+            req_free(q);
+            return NULL;
+        }
         return q;
     }
     char *url = xasprintf("%s%s", d->api_url, rr->path);
@@ -345,7 +351,9 @@ static void prune_dir(int dfd, unsigned keep, const char *protect)
         names[n++] = xstrdup(de->d_name);
     }
     closedir(dir);
-    size_t *out = xcalloc(n ? n : 1, sizeof *out);
+    if (n == 0)
+        return;
+    size_t *out = xcalloc(n, sizeof *out);
     size_t k = export_prune((const char *const *)names, n, keep, protect, out);
     for (size_t i = 0; i < k; i++)
         if (unlinkat(dfd, names[out[i]], 0) < 0 && errno != ENOENT)

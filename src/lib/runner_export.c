@@ -131,11 +131,12 @@ static void send_export(rjob *r, export_op op)
     r->exfer = path ? rn->be.exports->send(rn->be.export_ud, &req, rx_done, r) : NULL;
     free(path);
     if (!r->exfer) {
-        /* Not sendable at all (a URL with line breaks, a missing id): the machine counts it
-         * as an attempt that was certainly not sent, and retries or gives up. */
+        /* Not sendable at all (a URL with line breaks, a missing id, no room on the thread
+         * pool): the machine counts it as an attempt that was certainly not sent, and
+         * retries or gives up. */
         export_reply nr = {
-            .net = op == EXPORT_OP_DOWNLOAD ? EXPORT_NET_URL : EXPORT_NET_NOT_SENT,
-            .error_text = "the request cannot be built from what the API gave",
+            .net = EXPORT_NET_NOT_SENT,
+            .error_text = "the request could not be sent",
         };
         r->exfer = r; /* rx_done clears it */
         rx_done(r, &nr, 0);
