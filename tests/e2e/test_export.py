@@ -224,7 +224,7 @@ def test_faults_on_export_endpoints():
     # that has expired by the time its answer arrives (refreshed by polling again): the export
     # still ends complete with the right bytes.
     args = ["--export-generating", "0s", "--export-url-ttl", "3s", "--retry-after", "1",
-            "--fault", "500=2x@export", "--fault", "slow=1x@get_export", "--slow", "2500ms",
+            "--fault", "500=2x@export", "--fault", "slow=1x@get_export", "--slow", "3500ms",
             "--fault", "429=1x@get_export", "--fault", "503=2x@download"]
     with Env(sim_args=args) as env:
         name, job = ready_job(env)
