@@ -191,18 +191,27 @@ static void file_failed(export_req *q, long status)
     deliver(q, &r);
 }
 
-static void finish_after(uv_work_t *w, int status)
+/* After a pool step: false when the request is over (cancelled and freed, or its file work
+ * failed and that was delivered). */
+static bool pool_step_ok(export_req *q, int status, long file_status)
 {
-    export_req *q = w->data;
     q->on_pool = false;
     if (q->cancelled || status < 0) {
         req_free(q);
-        return;
+        return false;
     }
     if (q->rc < 0) {
-        file_failed(q, q->status);
-        return;
+        file_failed(q, file_status);
+        return false;
     }
+    return true;
+}
+
+static void finish_after(uv_work_t *w, int status)
+{
+    export_req *q = w->data;
+    if (!pool_step_ok(q, status, q->status))
+        return;
     export_reply r = {.net = EXPORT_NET_OK,
                       .status = q->status,
                       .zip_error = q->zip_why,
@@ -213,15 +222,8 @@ static void finish_after(uv_work_t *w, int status)
 static void open_after(uv_work_t *w, int status)
 {
     export_req *q = w->data;
-    q->on_pool = false;
-    if (q->cancelled || status < 0) {
-        req_free(q);
+    if (!pool_step_ok(q, status, 0))
         return;
-    }
-    if (q->rc < 0) {
-        file_failed(q, 0);
-        return;
-    }
     /* No header at all: the URL carries its own signature, and http_start refuses an
      * Authorization header on a download anyway. */
     http_request req = {.method = "GET",
@@ -300,19 +302,9 @@ static void *export_send(void *ud, const runner_export_request *rr, runner_expor
         }
         return q;
     }
-    char *url = xasprintf("%s%s", d->api_url, rr->path);
-    char *auth = xasprintf("Authorization: Token %s", d->token);
-    const char *headers[3] = {auth, "Accept: application/json", NULL};
-    http_request req = {.method = rr->method,
-                        .url = url,
-                        .headers = headers,
-                        .rate_limited = true,
-                        /* A POST makes an export job at the API: never re-sent behind our
-                         * back (http.h). */
-                        .fresh_connect = rr->op == EXPORT_OP_REQUEST};
-    q->xfer = http_start(d->http, &req, on_http_done, NULL, q);
-    secret_free(&auth);
-    free(url);
+    /* A POST makes an export job at the API: never re-sent behind our back (http.h). */
+    q->xfer = batchd_api_start(d, rr->method, rr->path, NULL, rr->op == EXPORT_OP_REQUEST,
+                               on_http_done, q);
     if (!q->xfer) {
         req_free(q);
         return NULL;
