@@ -55,12 +55,21 @@ typedef struct config {
     struct {
         char *on_ready;    /* absolute path or NULL */
         char *on_failed;   /* absolute path or NULL */
+        char *on_export;   /* absolute path or NULL: after each downloaded export */
         int on_ready_line; /* where each was set, for config_check_hooks */
         int on_failed_line;
+        int on_export_line;
         int64_t timeout_ms; /* hook_timeout; default 5m */
         int retries;        /* hook_retries; default 3 */
         int max_parallel;   /* hook_max_parallel; default 4 */
     } hooks;
+    /* [export]: harvesting the responses of ready jobs on a schedule (batchd.conf(5)). */
+    struct {
+        int64_t interval_ms; /* 0: no scheduled exports (the default) */
+        int64_t window_ms;   /* jobs ready within this long; default 14d */
+        int keep;            /* ZIPs kept per job; default 3; 0 keeps all */
+        uint64_t max_bytes;  /* largest ZIP downloaded; default 0: no cap */
+    } export;
     struct {
         char *listen; /* ADDR:PORT of the GET /metrics endpoint; NULL: off (the default) */
     } metrics;

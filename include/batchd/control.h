@@ -32,6 +32,9 @@ typedef struct control_ops {
                  const char **err_msg);
     int (*cancel)(void *ud, const char *job, cJSON **job_out, const char **err,
                   const char **err_msg);
+    /* io.batchd.Export, as retry and cancel. */
+    int (*export_job)(void *ud, const char *job, cJSON **job_out, const char **err,
+                      const char **err_msg);
     /* The ids an ambiguous job reference matches (io.batchd.AmbiguousJob's candidates): a
      * JSON array of strings; may be NULL (then the error has none). */
     cJSON *(*candidates)(void *ud, const char *job);

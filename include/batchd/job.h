@@ -12,6 +12,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "batchd/export.h"
+
 typedef enum job_state {
     JOB_QUEUED = 0,
     JOB_VALIDATING,
@@ -158,6 +160,9 @@ typedef struct job {
     cJSON *api_error;     /* the API's error body, when there was one */
 
     cJSON *history; /* [{at, state, note}] */
+
+    /* The newest export of a ready job's batch (batchd(8), EXPORTS); NULL when none. */
+    export_job *export;
 } job;
 
 /* Forgets a sync (its id, status and counts), so that the next one is requested anew. */

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "batchd/export.h"
 #include "batchd/job.h"
 
 typedef struct runner runner;
@@ -58,6 +59,34 @@ typedef struct runner_http_ops {
                   runner_progress_fn progress, void *cookie);
     void (*cancel)(void *ud, void *handle);
 } runner_http_ops;
+
+/* An export's exchange (runner_export.c): an API call (method and path relative to the API
+ * root, sent with the token) or, for EXPORT_OP_DOWNLOAD, a GET of the presigned URL in path
+ * without any Authorization header into done/<job_dir>/exports/EXPORT_TMP_NAME. */
+typedef struct runner_export_request {
+    export_op op;
+    const char *method;
+    const char *path;
+    const char *job_dir; /* the job's directory name in done/ */
+} runner_export_request;
+
+/* The reply as export_on_reply reads it. A 2xx download has been made durable and checked by
+ * the backend before this (fsync, zipcheck, a new name by export_dest_name, rename, directory
+ * fsync): reply->path or reply->zip_error says how that went. */
+typedef void (*runner_export_done_fn)(void *cookie, const export_reply *reply, unsigned token_gen);
+
+typedef struct runner_export_ops {
+    /* Returns a handle, or NULL when it cannot be sent at all. done is called once, later,
+     * unless cancel comes first. */
+    void *(*send)(void *ud, const runner_export_request *req, runner_export_done_fn done,
+                  void *cookie);
+    void (*cancel)(void *ud, void *handle);
+    /* Off the loop, no completion: removes the ZIPs of done/<job_dir>/exports/ beyond the
+     * newest keep (export_prune; protect, a base name, is never removed). */
+    void (*prune)(void *ud, const char *job_dir, unsigned keep, const char *protect);
+    /* Recovery, at start: removes a leftover EXPORT_TMP_NAME now (before any download). */
+    void (*clean)(void *ud, const char *job_dir);
+} runner_export_ops;
 
 /* Result of a claim: the same kinds as spool_claim (spool.h). */
 typedef enum runner_claim_kind {
@@ -153,6 +182,11 @@ typedef struct runner_hooks {
     void (*job_finished)(void *ud, const job *j);
     /* A request ended (for the metrics), after the job took in its reply. */
     void (*request_done)(void *ud, const job *j, const runner_request_info *info);
+    /* The job's export downloaded a ZIP: j->export->path (relative to done/<j->dir>). */
+    void (*export_done)(void *ud, const job *j);
+    /* An export exchange ended (for the metrics): its op, HTTP status (0: none) and
+     * monotonic latency. */
+    void (*export_request_done)(void *ud, export_op op, long status, int64_t latency_ms);
 } runner_hooks;
 
 typedef struct runner_backend {
@@ -161,7 +195,9 @@ typedef struct runner_backend {
     const runner_spool_ops *spool;
     const runner_validate_ops *validate;
     const runner_clock_ops *clock;
-    void *ud; /* passed to every op */
+    const runner_export_ops *exports; /* NULL: no exports */
+    void *ud;                         /* passed to every op but the exports' */
+    void *export_ud;                  /* passed to the exports' ops */
 } runner_backend;
 
 typedef struct runner_options {
@@ -193,6 +229,21 @@ long runner_append_blocker(const runner_append_slot *slots, size_t n, size_t me)
 runner *runner_new(const runner_backend *be, const runner_hooks *hooks, const runner_options *o);
 /* Tunables that a reload may change. */
 void runner_configure(runner *rn, const job_params *p, size_t max_active);
+/* Exports (runner_export.c): the machine's tunables and [export]. interval_ms 0: no scheduled
+ * exports; window_ms: a ready job is exported on the schedule while it finished within this
+ * long; keep: ZIPs kept per job (0: all). */
+typedef struct runner_export_config {
+    export_params params;
+    int64_t interval_ms;
+    int64_t window_ms;
+    unsigned keep;
+} runner_export_config;
+void runner_configure_export(runner *rn, const runner_export_config *c);
+/* io.batchd.Export: a finished ready job's export starts (or a finished one starts over; one
+ * in progress goes on). 0; -EINVAL when the job is not ready in done/; -ENOTSUP without an
+ * export backend; -ESHUTDOWN when stopping. */
+int runner_export(runner *rn, const job *j);
+
 /* Loads the records and the directories of active/; -errno when the records cannot be read. */
 int runner_recover(runner *rn);
 void runner_claim_soon(runner *rn);

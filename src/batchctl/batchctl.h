@@ -49,6 +49,11 @@ int ctl_resume(const ctl_ctx *x, int argc, char **argv);
 int ctl_reload(const ctl_ctx *x, int argc, char **argv);
 int ctl_metrics(const ctl_ctx *x, int argc, char **argv);
 int ctl_wait(const ctl_ctx *x, int argc, char **argv);
+int ctl_export(const ctl_ctx *x, int argc, char **argv);
+
+/* Connects and makes one call: 0 with *r (the caller clears it), or an exit code (the error
+ * printed). */
+int ctl_call(const ctl_ctx *x, const char *method, const cJSON *params, vlclient_reply *r);
 
 /* Prints "usage: batchctl ... cmd args" to stderr; returns CTL_EXIT_USAGE. */
 int ctl_usage(const char *cmd, const char *args);

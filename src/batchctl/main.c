@@ -30,6 +30,8 @@ static const char usage_text[] =
     "  validate PATH          check a job locally (no daemon needed)\n"
     "  retry JOB | --failed   resume a failed job, or every failed job\n"
     "  cancel JOB             cancel an unfinished job\n"
+    "  export JOB [--wait] [--timeout DURATION]\n"
+    "                         export a ready job's responses as a ZIP (--wait: print its path)\n"
     "  pause                  stop claiming jobs and sending new requests\n"
     "  resume                 undo pause, or lift the hold after a rejected token\n"
     "  reload                 re-read the configuration\n"
@@ -95,6 +97,11 @@ static const command_help command_helps[] = {
               "every failed job (not cancelled ones) and prints each. Exit 65 if any retry\n"
               "was refused.\n"},
     {"cancel", "usage: batchctl [--json] cancel JOB\nCancels an unfinished job.\n"},
+    {"export", "usage: batchctl [--json] export JOB [--wait] [--timeout DURATION]\n"
+               "Exports the responses of a ready job's batch as a ZIP into\n"
+               "done/NAME/exports/ (an export in progress is followed, not started again).\n"
+               "--wait follows it to its end and prints the ZIP's path: exit 0 when it is\n"
+               "there, 1 when the export failed (its error printed), 75 on --timeout.\n"},
     {"pause", "usage: batchctl pause\n"
               "Stops claiming jobs and sending new requests (requests in flight finish) until\n"
               "batchctl resume; the pause lasts across restarts.\n"},
@@ -139,7 +146,7 @@ static const command remote_commands[] = {
     {"status", ctl_status}, {"list", ctl_list},       {"show", ctl_show},
     {"watch", ctl_watch},   {"retry", ctl_retry},     {"cancel", ctl_cancel},
     {"pause", ctl_pause},   {"resume", ctl_resume},   {"reload", ctl_reload},
-    {"wait", ctl_wait},     {"metrics", ctl_metrics},
+    {"wait", ctl_wait},     {"metrics", ctl_metrics}, {"export", ctl_export},
 };
 
 typedef struct globals {

@@ -197,6 +197,11 @@ static int call1(const ctl_ctx *x, const char *method, const cJSON *params, vlcl
     return code;
 }
 
+int ctl_call(const ctl_ctx *x, const char *method, const cJSON *params, vlclient_reply *r)
+{
+    return call1(x, method, params, r);
+}
+
 static void print_json(const cJSON *j)
 {
     char *s = json_print_pretty(j);

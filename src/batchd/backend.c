@@ -219,22 +219,11 @@ static http_transfer *send_upload(batchd *d, const runner_request *rr, http_requ
     return t;
 }
 
-static http_transfer *send_api(batchd *d, const runner_request *rr, http_request *req, http_req *q)
+static http_transfer *send_api(batchd *d, const runner_request *rr, http_req *q)
 {
-    char *url = xasprintf("%s%s", d->api_url, rr->rq->path);
-    char *auth = xasprintf("Authorization: Token %s", d->token);
-    const char *headers[4] = {auth, "Accept: application/json", NULL, NULL};
-    if (rr->rq->body)
-        headers[2] = "Content-Type: application/json";
-    req->url = url;
-    req->headers = headers;
-    req->rate_limited = true;
     /* A create or setup must never be re-sent behind our back (see http.h). */
-    req->fresh_connect = job_op_has_side_effect(rr->op);
-    http_transfer *t = http_start(d->http, req, on_http_done, NULL, q);
-    secret_free(&auth);
-    free(url);
-    return t;
+    return batchd_api_start(d, rr->rq->method, rr->rq->path, rr->rq->body,
+                            job_op_has_side_effect(rr->op), on_http_done, q);
 }
 
 static void *http_send(void *ud, const runner_request *rr, runner_http_done_fn done,
@@ -247,7 +236,7 @@ static void *http_send(void *ud, const runner_request *rr, runner_http_done_fn d
     http_request req = {.method = rr->rq->method,
                         .body = rr->rq->body,
                         .body_len = rr->rq->body ? strlen(rr->rq->body) : 0};
-    q->xfer = rr->op == JOB_OP_UPLOAD ? send_upload(d, rr, &req, q) : send_api(d, rr, &req, q);
+    q->xfer = rr->op == JOB_OP_UPLOAD ? send_upload(d, rr, &req, q) : send_api(d, rr, q);
     if (!q->xfer) {
         free(q);
         return NULL;
@@ -803,7 +792,9 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
         .spool = &spool_ops,
         .validate = &validate_ops,
         .clock = &clock_ops,
+        .exports = &backend_export_ops,
         .ud = bk,
+        .export_ud = d,
     };
     uint64_t seed = 0;
     random_bytes(&seed, sizeof seed);
@@ -814,6 +805,8 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
     };
     runner *rn = runner_new(&be, hooks, &o);
     runner_configure(rn, &d->params, (size_t)d->cfg->c.job.max_active);
+    runner_export_config x = batchd_export_config(d);
+    runner_configure_export(rn, &x);
     return rn;
 }
 

@@ -70,6 +70,14 @@ typedef struct batchd {
 
 /* backend.c: a runner over the daemon's store, spool, HTTP client and thread pool. */
 runner *backend_runner_new(batchd *d, const runner_hooks *hooks);
+/* apicall.c: starts an API call: the API root before path, the token in the Authorization
+ * header only, JSON accepted (and sent when body), the shared rate limit; fresh_connect for a
+ * call with a side effect (http.h). NULL when it cannot start. */
+http_transfer *batchd_api_start(batchd *d, const char *method, const char *path, const char *body,
+                                bool fresh_connect, http_done_fn done, void *ud);
+
+/* backend_export.c: the runner's export backend (its ud is the batchd). */
+extern const runner_export_ops backend_export_ops;
 /* Stopping, after runner_free: abandons the disk work not started, lets the rest end. */
 void backend_stop(batchd *d);
 /* The operator's pause survives a restart as a marker file in the state directory:
@@ -92,6 +100,8 @@ extern const control_ops ctl_ops;
 
 /* reload.c: the reload policy. */
 http_client_options batchd_http_options(const config *c);
+/* The runner's export settings: [export], [poll] and the jobs' retry bounds. */
+runner_export_config batchd_export_config(const batchd *d);
 /* Applies d->cfg to the job parameters and to the modules already started. */
 void batchd_apply_config(batchd *d);
 /* Reads the config and the token again and applies what may change without a restart. Returns

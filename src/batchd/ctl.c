@@ -175,6 +175,32 @@ static int cancel(void *ud, const char *key, cJSON **job_out, const char **err,
     return 0;
 }
 
+static int export_(void *ud, const char *key, cJSON **job_out, const char **err,
+                   const char **err_msg)
+{
+    batchd *d = ud;
+    const job *j = lookup(d, key, err);
+    if (!j) {
+        *err_msg = "no single job has that id or name";
+        return -ENOENT;
+    }
+    int rc = runner_export(d->runner, j);
+    if (rc < 0) {
+        *err = "io.batchd.InvalidState";
+        *err_msg = rc == -ESHUTDOWN ? "batchd is stopping"
+                   : rc == -ENOTSUP ? "exports are not available in this batchd"
+                                    : "only a ready job (in done/) can be exported: this one "
+                                      "is not ready, not yet in done/, or has no batch";
+        return rc;
+    }
+    const export_job *e = j->export;
+    log_job_fields f = fields_of(j);
+    log_job(LOG_LVL_NOTICE, &f, "export %s by an operator",
+            e && e->state == EXPORT_REQUESTED ? "requested" : "in progress, followed");
+    *job_out = job_to_public(j, true);
+    return 0;
+}
+
 static void pause_(void *ud)
 {
     batchd *d = ud;
@@ -218,6 +244,7 @@ const control_ops ctl_ops = {
     .get_job = get_job,
     .retry = retry,
     .cancel = cancel,
+    .export_job = export_,
     .candidates = candidates,
     .pause = pause_,
     .resume = resume_,

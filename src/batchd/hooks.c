@@ -651,6 +651,17 @@ void hooks_job_finished(hooks *h, const job *j)
     add_job(h, j);
 }
 
+void hooks_export_done(hooks *h, const job *j)
+{
+    if (!h || h->stopping || !h->path[HOOKS_ON_EXPORT] || !j->export || !j->export->path)
+        return;
+    hrun *r = run_new(h, HOOKS_ON_EXPORT, j->id, j->export->at);
+    fill_from_job(r, j);
+    free(r->e.arg);
+    r->e.arg = fsutil_join(r->e.dir, j->export->path);
+    journal_write(r, "pending", pending_written);
+}
+
 void hooks_catch_up(hooks *h, const job *j)
 {
     if (!h || !job_state_terminal(j->state) || j->finished_at <= 0)
@@ -774,7 +785,7 @@ static hookq_limits limits_of(const config *c)
  * is not; start says whether the file may already exist. */
 static void set_paths(hooks *h, const config *c, bool start)
 {
-    const char *paths[HOOKS_KINDS] = {c->hooks.on_ready, c->hooks.on_failed};
+    const char *paths[HOOKS_KINDS] = {c->hooks.on_ready, c->hooks.on_failed, c->hooks.on_export};
     for (int i = 0; i < HOOKS_KINDS; i++) {
         hooks_kind k = (hooks_kind)i;
         free(h->path[k]);

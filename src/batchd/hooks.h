@@ -1,7 +1,7 @@
-/* hooks: runs [hooks] on_ready and on_failed for finished jobs (batchd.conf(5), HOOKS): the
- * durable journal of runs in <state>/hooks/, the processes (uv_spawn, no shell, a fixed
- * environment without the token), their output to the log, and the outcomes. The decisions
- * (slots, retries, timeouts) are hookq's (batchd/hookq.h). */
+/* hooks: runs [hooks] on_ready and on_failed for finished jobs, and on_export for their exports
+ * (batchd.conf(5), HOOKS): the durable journal of runs in <state>/hooks/, the processes (uv_spawn,
+ * no shell, a fixed environment without the token), their output to the log, and the outcomes. The
+ * decisions (slots, retries, timeouts) are hookq's (batchd/hookq.h). */
 #ifndef BATCHD_HOOKS_H
 #define BATCHD_HOOKS_H
 
@@ -18,6 +18,7 @@ typedef struct hooks hooks;
 typedef enum hooks_kind {
     HOOKS_ON_READY = 0,
     HOOKS_ON_FAILED = 1,
+    HOOKS_ON_EXPORT = 2, /* after each downloaded export of a ready job */
     HOOKS_KINDS,
 } hooks_kind;
 
@@ -42,6 +43,9 @@ hooks *hooks_new(const hooks_options *o, const config *c);
 void hooks_configure(hooks *h, const config *c);
 /* The job's files are in done/ or failed/: queue its hook. */
 void hooks_job_finished(hooks *h, const job *j);
+/* The job's export downloaded a ZIP (j->export->path): queue on_export with the ZIP's
+ * absolute path as argv[1]. One run per ZIP (the journal names it by the export's time). */
+void hooks_export_done(hooks *h, const job *j);
 /* At start, for every finished job known: queue its hook if it finished while the hook was
  * configured and the journal has no run for it (the daemon stopped between the finish and
  * the journal's first write). */

@@ -41,7 +41,7 @@
 #define HOOKS_KEEP_MS     (31LL * 86400 * 1000)
 #define HOOKS_JOURNAL_MAX (64 * 1024)
 
-static const char *const kind_names[HOOKS_KINDS] = {"on_ready", "on_failed"};
+static const char *const kind_names[HOOKS_KINDS] = {"on_ready", "on_failed", "on_export"};
 
 const char *hooks_kind_name(hooks_kind k)
 {
@@ -240,6 +240,7 @@ static void load_one(jload *l, const char *base, int64_t now)
     const char *id = json_str(o, "id"), *hook = json_str(o, "hook"), *st = json_str(o, "state");
     int kind = hook && strcmp(hook, "on_ready") == 0    ? HOOKS_ON_READY
                : hook && strcmp(hook, "on_failed") == 0 ? HOOKS_ON_FAILED
+               : hook && strcmp(hook, "on_export") == 0 ? HOOKS_ON_EXPORT
                                                         : -1;
     if (!o || !id || !st || kind < 0) {
         add_bad(l, path);

@@ -35,7 +35,7 @@ typedef struct hj_loaded {
     size_t n_bad;
 } hj_loaded;
 
-/* "on_ready" or "on_failed". */
+/* "on_ready", "on_failed" or "on_export". */
 const char *hooks_kind_name(hooks_kind k);
 /* The file name of a run: <job id>.<hook>.<finished_at>.json. */
 char *hj_base(const char *job_id, hooks_kind k, int64_t finished_at);

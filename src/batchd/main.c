@@ -175,6 +175,29 @@ static void on_request_done(void *ud, const job *j, const runner_request_info *i
     metrics_request_done(d->metrics, &rq);
 }
 
+static void on_export_done(void *ud, const job *j)
+{
+    const batchd *d = ud;
+    hooks_export_done(d->hooks, j);
+}
+
+/* Export exchanges count with the API's requests, each under its own endpoint name. */
+static void on_export_request_done(void *ud, export_op op, long status, int64_t latency_ms)
+{
+    const batchd *d = ud;
+    static const char *const endpoints[EXPORT_OP_COUNT] = {
+        [EXPORT_OP_NONE] = "export_none",     [EXPORT_OP_REQUEST] = "export_request",
+        [EXPORT_OP_STATUS] = "export_status", [EXPORT_OP_DOWNLOAD] = "export_download",
+        [EXPORT_OP_DELETE] = "export_delete",
+    };
+    metrics_request rq = {
+        .endpoint = (unsigned)op < EXPORT_OP_COUNT ? endpoints[op] : "export_none",
+        .status = status,
+        .latency_ms = latency_ms,
+    };
+    metrics_request_done(d->metrics, &rq);
+}
+
 static const runner_hooks runner_hooks_of_main = {
     .job_changed = on_job_changed,
     .status = on_status,
@@ -182,6 +205,8 @@ static const runner_hooks runner_hooks_of_main = {
     .token_rejected = on_token_rejected,
     .job_finished = on_job_finished,
     .request_done = on_request_done,
+    .export_done = on_export_done,
+    .export_request_done = on_export_request_done,
 };
 
 /* ---- hooks ---- */

@@ -28,6 +28,28 @@ static void fill_params(batchd *d)
         d->params.retry_cap_ms = c->poll.max_ms * 5;
 }
 
+runner_export_config batchd_export_config(const batchd *d)
+{
+    const config *c = &d->cfg->c;
+    runner_export_config x = {
+        .interval_ms = c->export.interval_ms,
+        .window_ms = c->export.window_ms,
+        .keep = c->export.keep > 0 ? (unsigned)c->export.keep : 0,
+    };
+    /* [poll] and the jobs' retry bounds (fill_params) apply to exports too. */
+    export_params_default(&x.params);
+    x.params.poll_initial_ms = d->params.poll_initial_ms;
+    x.params.poll_max_ms = d->params.poll_max_ms;
+    x.params.poll_multiplier = d->params.poll_multiplier;
+    x.params.retry_base_ms = d->params.retry_base_ms;
+    x.params.retry_cap_ms = d->params.retry_cap_ms;
+    x.params.retry_attempts_max = d->params.retry_attempts_max;
+    /* A download needs its URL valid only when it starts (the store checks the signature
+     * then): a second is margin enough for the clocks, and URLs that live minutes are used. */
+    x.params.url_margin_ms = 1000;
+    return x;
+}
+
 http_client_options batchd_http_options(const config *c)
 {
     http_client_options o = {
@@ -48,8 +70,11 @@ void batchd_apply_config(batchd *d)
         http_client_configure(d->http, &ho);
     if (d->watch)
         spool_watch_set_interval(d->watch, d->cfg->c.spool.rescan_interval_ms);
-    if (d->runner)
+    if (d->runner) {
         runner_configure(d->runner, &d->params, (size_t)d->cfg->c.job.max_active);
+        runner_export_config x = batchd_export_config(d);
+        runner_configure_export(d->runner, &x);
+    }
     if (d->hooks)
         hooks_configure(d->hooks, &d->cfg->c);
 }
@@ -130,6 +155,11 @@ static cJSON *diff_config(const config *o, const config *c)
         {"hooks.hook_timeout", o->hooks.timeout_ms != c->hooks.timeout_ms, false},
         {"hooks.hook_retries", o->hooks.retries != c->hooks.retries, false},
         {"hooks.hook_max_parallel", o->hooks.max_parallel != c->hooks.max_parallel, false},
+        {"hooks.on_export", str_differs(o->hooks.on_export, c->hooks.on_export), false},
+        {"export.interval", o->export.interval_ms != c->export.interval_ms, false},
+        {"export.window", o->export.window_ms != c->export.window_ms, false},
+        {"export.keep", o->export.keep != c->export.keep, false},
+        {"export.max_size", o->export.max_bytes != c->export.max_bytes, false},
     };
     for (size_t i = 0; i < BD_ARRAY_LEN(keys); i++)
         if (keys[i].changed)

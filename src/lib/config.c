@@ -59,6 +59,10 @@ void config_defaults(config *c)
     c->hooks.timeout_ms = 5 * 60000;
     c->hooks.retries = 3;
     c->hooks.max_parallel = 4;
+    c->export.interval_ms = 0;
+    c->export.window_ms = 14LL * 86400 * 1000;
+    c->export.keep = 3;
+    c->export.max_bytes = 0;
 }
 
 void config_free(config *c)
@@ -76,6 +80,7 @@ void config_free(config *c)
     free(c->job.template_path);
     free(c->hooks.on_ready);
     free(c->hooks.on_failed);
+    free(c->hooks.on_export);
     free(c->metrics.listen);
     memset(c, 0, sizeof *c);
 }
@@ -200,10 +205,11 @@ enum {
     SEC_JOB,
     SEC_HOOKS,
     SEC_METRICS,
+    SEC_EXPORT,
     SEC_COUNT
 };
-static const char *const section_names[SEC_COUNT] = {"api",  "spool", "state", "control",
-                                                     "poll", "job",   "hooks", "metrics"};
+static const char *const section_names[SEC_COUNT] = {"api", "spool", "state",   "control", "poll",
+                                                     "job", "hooks", "metrics", "export"};
 
 typedef struct parse_state {
     config *c;
@@ -259,7 +265,7 @@ static void check_section_header(parse_state *st, const char *line, size_t len)
     if (!section_known(name, nlen))
         perr(st,
              "unknown section [%.*s] (known: api, spool, state, control, poll, job, hooks, "
-             "metrics)",
+             "metrics, export)",
              (int)nlen, name);
 }
 
@@ -326,6 +332,50 @@ DUR_KEY(k_poll_max, c->poll.max_ms)
 DUR_KEY(k_poll_import, c->poll.import_timeout_ms)
 DUR_KEY(k_poll_batch, c->poll.batch_timeout_ms)
 DUR_KEY(k_hooks_timeout, c->hooks.timeout_ms)
+DUR_KEY(k_export_window, c->export.window_ms)
+
+/* [export] interval: 0 (the default) turns scheduled exports off. */
+static const char *k_export_interval(config *c, const char *v)
+{
+    if (!strcmp(v, "0")) {
+        c->export.interval_ms = 0;
+        return NULL;
+    }
+    const char *e = parse_duration_value(v, &c->export.interval_ms);
+    if (!e && c->export.interval_ms < 1000)
+        return "must be 0 (off) or at least 1s";
+    return e;
+}
+
+static const char *k_export_keep(config *c, const char *v)
+{
+    return parse_int_value(v, 0, 100000, &c->export.keep,
+                           "must be between 0 (keep every ZIP) and 100000");
+}
+
+static const char *k_export_max_size(config *c, const char *v)
+{
+    if (!strcmp(v, "0")) {
+        c->export.max_bytes = 0;
+        return NULL;
+    }
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*v))
+        return "not a size: use bytes or a number with k, M or G (\"512M\", \"4G\"), or 0";
+    unsigned long long n = strtoull(v, &end, 10);
+    unsigned long long mult = !*end                   ? 1
+                              : !strcasecmp(end, "k") ? 1ULL << 10
+                              : !strcasecmp(end, "M") ? 1ULL << 20
+                              : !strcasecmp(end, "G") ? 1ULL << 30
+                                                      : 0;
+    if (errno || !mult)
+        return "not a size: use bytes or a number with k, M or G (\"512M\", \"4G\"), or 0";
+    if (n > (1ULL << 50) / mult)
+        return "too large: at most 1048576G";
+    c->export.max_bytes = n * mult;
+    return NULL;
+}
 
 static const char *k_api_url(config *c, const char *v)
 {
@@ -460,6 +510,11 @@ static const char *k_hooks_failed(config *c, const char *v)
     return k_hook(&c->hooks.on_failed, v);
 }
 
+static const char *k_hooks_export(config *c, const char *v)
+{
+    return k_hook(&c->hooks.on_export, v);
+}
+
 static const char *k_hooks_retries(config *c, const char *v)
 {
     return parse_int_value(v, 0, 100, &c->hooks.retries, "must be between 0 and 100");
@@ -553,10 +608,15 @@ static const struct key_def {
     {SEC_JOB, "max_record_size", k_job_max_record},
     {SEC_HOOKS, "on_ready", k_hooks_ready},
     {SEC_HOOKS, "on_failed", k_hooks_failed},
+    {SEC_HOOKS, "on_export", k_hooks_export},
     {SEC_HOOKS, "hook_timeout", k_hooks_timeout},
     {SEC_HOOKS, "hook_retries", k_hooks_retries},
     {SEC_HOOKS, "hook_max_parallel", k_hooks_parallel},
     {SEC_METRICS, "listen", k_metrics_listen},
+    {SEC_EXPORT, "interval", k_export_interval},
+    {SEC_EXPORT, "window", k_export_window},
+    {SEC_EXPORT, "keep", k_export_keep},
+    {SEC_EXPORT, "max_size", k_export_max_size},
 };
 
 _Static_assert(BD_ARRAY_LEN(keys) <= 32, "parse_state.seen is too small");
@@ -584,7 +644,7 @@ static int handler(void *user, const char *section, const char *name, const char
         if (!*section)
             perr(st,
                  "'%s' is outside any section: put it under [api], [spool], [state], "
-                 "[control], [poll], [job], [hooks] or [metrics]",
+                 "[control], [poll], [job], [hooks], [metrics] or [export]",
                  name);
         return 1;
     }
@@ -614,6 +674,8 @@ static int handler(void *user, const char *section, const char *name, const char
         st->c->hooks.on_ready_line = st->lineno;
     else if (!err && keys[k].fn == k_hooks_failed)
         st->c->hooks.on_failed_line = st->lineno;
+    else if (!err && keys[k].fn == k_hooks_export)
+        st->c->hooks.on_export_line = st->lineno;
     if (err && keys[k].fn == k_api_url && strchr(v, '@'))
         perr(st, "[%s] %s (not shown: it may hold a password): %s", section, name, err);
     else if (err)
@@ -702,7 +764,8 @@ static int check_hook(const config *c, const char *key, const char *path, int li
 int config_check_hooks(const config *c, diag *dg)
 {
     return check_hook(c, "on_ready", c->hooks.on_ready, c->hooks.on_ready_line, dg) +
-           check_hook(c, "on_failed", c->hooks.on_failed, c->hooks.on_failed_line, dg);
+           check_hook(c, "on_failed", c->hooks.on_failed, c->hooks.on_failed_line, dg) +
+           check_hook(c, "on_export", c->hooks.on_export, c->hooks.on_export_line, dg);
 }
 
 /* ---- the token ---- */

@@ -37,6 +37,13 @@ const char control_interface_description[] =
     "  sync_id: ?string,\n"
     "  sync_status: ?string\n"
     ")\n"
+
+    "# A ready job's newest export (batchd(8), EXPORTS): state is one of requested,\n"
+    "# generating, downloading, complete, failed; path: the ZIP, relative to the job's\n"
+    "# directory (exports/YYYYMMDDTHHMMSSZ.zip), once complete; at: the last change; error: why\n"
+    "# it failed, or what the last failed attempt saw while it is retried.\n"
+    "type Export (state: string, export_id: ?string, path: ?string, at: ?string,\n"
+    "  error: ?string)\n"
     "\n"
     "# A job. State is one of queued, validating, creating_dataset, uploading, importing,\n"
     "# creating_batch, setting_up, processing, syncing (append jobs), ready, failed,\n"
@@ -74,6 +81,7 @@ const char control_interface_description[] =
     "  error_message: ?string,\n"
     "  source: ?string,\n"
     "  dir: ?string,\n"
+    "  export: ?Export,\n"
     "  history: ?[]HistoryEntry,\n"
     "  record_errors: ?[]RecordError\n"
     ")\n"
@@ -121,6 +129,12 @@ const char control_interface_description[] =
     "# retry time after an error makes the attempt now; any other job gets InvalidState.\n"
     "# Needs write access.\n"
     "method Retry(job: string) -> (job: Job)\n"
+    "\n"
+    "# Exports the responses of a ready job's batch into done/NAME/exports/ (batchd(8),\n"
+    "# EXPORTS): a new export, or a finished one started over; an export in progress is\n"
+    "# returned as it is. A job that is not ready (in done/) gets InvalidState. Follow the\n"
+    "# job's export with Watch or GetJob. Needs write access.\n"
+    "method Export(job: string) -> (job: Job)\n"
     "\n"
     "# Cancels an unfinished job. Needs write access.\n"
     "method Cancel(job: string) -> (job: Job)\n"
@@ -419,6 +433,11 @@ static void m_cancel(control *c, varlink_call *call, const cJSON *params)
     run_job_op(c, call, params, c->ops.cancel);
 }
 
+static void m_export(control *c, varlink_call *call, const cJSON *params)
+{
+    run_job_op(c, call, params, c->ops.export_job);
+}
+
 static void m_pause(control *c, varlink_call *call, const cJSON *params)
 {
     (void)params;
@@ -500,6 +519,7 @@ static const method_def methods[] = {
     {IFACE ".Watch", CONTROL_READ, VARLINK_METHOD_MORE, m_watch},
     {IFACE ".Retry", CONTROL_WRITE, 0, m_retry},
     {IFACE ".Cancel", CONTROL_WRITE, 0, m_cancel},
+    {IFACE ".Export", CONTROL_WRITE, 0, m_export},
     {IFACE ".Pause", CONTROL_WRITE, 0, m_pause},
     {IFACE ".Resume", CONTROL_WRITE, 0, m_resume},
     {IFACE ".Reload", CONTROL_WRITE, 0, m_reload},
@@ -535,6 +555,8 @@ static bool op_present(const control *c, const method_def *m)
         return o->retry;
     if (m->fn == m_cancel)
         return o->cancel;
+    if (m->fn == m_export)
+        return o->export_job;
     if (m->fn == m_pause)
         return o->pause;
     if (m->fn == m_resume)

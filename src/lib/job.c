@@ -159,6 +159,7 @@ void job_free(job *j)
     cJSON_Delete(j->error_details);
     cJSON_Delete(j->api_error);
     cJSON_Delete(j->history);
+    export_free(j->export);
     free(j);
 }
 
@@ -388,6 +389,8 @@ cJSON *job_to_record(const job *j)
     add_ms(o, "http_status", j->http_status);
     cJSON_AddItemToObject(o, "api_error", dup_or_null(j->api_error));
     cJSON_AddItemToObject(o, "history", cJSON_Duplicate(j->history, 1));
+    if (j->export)
+        cJSON_AddItemToObject(o, "export", export_to_json(j->export));
     return o;
 }
 
@@ -427,6 +430,18 @@ static void remote_from_record(job *j, const cJSON *rec)
     j->total_task_groups = json_int64(rec, "total_task_groups", -1);
     j->setup_done = json_bool(rec, "setup_done", false);
     append_from_record(&j->append, cJSON_GetObjectItemCaseSensitive(rec, "append"));
+}
+
+/* A record's export that cannot be read is dropped (the job itself is fine: its batch stays
+ * ready), and why goes into its history; the next export starts over. */
+static void export_from_record(job *j, const cJSON *o)
+{
+    if (!o || cJSON_IsNull(o))
+        return;
+    char why[256] = "";
+    j->export = export_from_json(o, why, sizeof why);
+    if (!j->export)
+        job_note(j, j->updated_at, "its export could not be read back and was dropped: %s", why);
 }
 
 job *job_from_record(const cJSON *rec, const char **err)
@@ -497,6 +512,7 @@ job *job_from_record(const cJSON *rec, const char **err)
     j->api_error = ae && !cJSON_IsNull(ae) ? cJSON_Duplicate(ae, 1) : NULL;
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(rec, "history");
     j->history = cJSON_IsArray(h) ? cJSON_Duplicate(h, 1) : cJSON_CreateArray();
+    export_from_record(j, cJSON_GetObjectItemCaseSensitive(rec, "export"));
     return j;
 }
 
@@ -604,6 +620,10 @@ cJSON *job_to_public(const job *j, bool with_history)
         json_add_str_or_null(o, "error_message", j->error_message);
     }
     json_add_str_or_null(o, "source", j->source);
+    if (j->export)
+        cJSON_AddItemToObject(o, "export", export_to_public(j->export));
+    else
+        cJSON_AddNullToObject(o, "export");
     /* Where its files are: a client waiting for a finished job also waits for this to leave
      * active/, so that result.json or error.json is there when it looks. */
     const char *where = !j->moved ? "active" : j->state == JOB_READY ? "done" : "failed";

@@ -39,6 +39,7 @@ void runner_free(runner *rn)
         return;
     rn->be.clock->timer_free(rn->be.ud, rn->claim_timer);
     rn->be.clock->timer_free(rn->be.ud, rn->lazy_timer);
+    rx_free(rn); /* no export completion may come for a job freed below */
     spool_stuck_free(rn->stuck);
     rn->stuck = NULL;
     rn->stopping = true;
@@ -280,6 +281,7 @@ int runner_retry(runner *rn, const job *cj)
 size_t runner_begin_drain(runner *rn)
 {
     rn->stopping = true;
+    rx_cancel_all(rn);
     size_t n = 0;
     for (size_t i = 0; i < rn->n_jobs; i++) {
         rjob *r = rn->jobs[i];
@@ -307,6 +309,7 @@ void runner_shutdown(runner *rn)
     if (!rn)
         return;
     rn->stopping = true;
+    rx_cancel_all(rn);
     for (size_t i = 0; i < rn->n_jobs; i++) {
         rjob *r = rn->jobs[i];
         rn->be.clock->timer_stop(rn->be.ud, r->timer);

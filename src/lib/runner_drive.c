@@ -238,8 +238,12 @@ static void drive_step(rjob *r)
         rj_persist(r); /* a failed write: no step before it succeeds (finished jobs too) */
         return;
     }
-    if (r->finished)
+    if (r->finished) {
+        /* Its export (runner_export.c); a POST waits for the write of its intent. */
+        if (rn->finished_step && !(r->ex_send_after_write && writing(r)))
+            rn->finished_step(r);
         return;
+    }
     job *j = r->j;
     job_state before = j->state;
     int64_t now = rn_now(rn);

@@ -93,6 +93,12 @@ typedef struct rjob {
     job_op saved_pending;
     int64_t last_publish_ms;
     rj_append append;
+    /* Its export (runner_export.c): the exchange in flight, and a POST whose intent is being
+     * written. */
+    void *exfer;
+    export_op exfer_op;
+    int64_t exfer_started_ms; /* monotonic */
+    bool ex_send_after_write;
 } rjob;
 
 struct runner {
@@ -125,6 +131,10 @@ struct runner {
     bool incoming_dirty; /* incoming/ changed since the last count */
     int64_t incoming_counted_at; /* monotonic ms of the last count */
     bool counting;               /* a count is on the pool */
+    runner_export_config export_cfg;
+    void *export_timer; /* [export] interval; NULL until configured */
+    /* A finished job's step (its export), set by runner_configure_export; NULL: none. */
+    void (*finished_step)(rjob *r);
 };
 
 /* runner_job.c */
@@ -166,6 +176,10 @@ void rj_append_clear(rjob *r);
 /* What a finished job keeps of its resolved spec (owned; spec is consumed): a ready job's
  * dataset.schema, for appends to it; NULL otherwise. */
 cJSON *rn_append_kept_spec(cJSON *spec, bool ready);
+/* runner_export.c */
+void rx_recover(rjob *r);
+size_t rx_cancel_all(runner *rn);
+void rx_free(runner *rn);
 
 /* runner_claim.c */
 void rn_claim_run(void *arg);

@@ -74,7 +74,7 @@ void rj_arm(rjob *r, int64_t delay_ms)
 
 bool rj_busy(const rjob *r)
 {
-    return r->xfer || r->validating || r->finishing;
+    return r->xfer || r->validating || r->finishing || r->exfer;
 }
 
 /* The states that wait for the API with a timeout (import_timeout, batch_timeout). */

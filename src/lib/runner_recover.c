@@ -19,7 +19,9 @@ static void recover_finished(runner *rn, job *j, bool present)
     }
     /* Moved before: finished, even if a newer job now uses the same name in active/.
      * Not moved: it finished just before the stop; finish the move now. */
-    rj_add(rn, j, j->moved || !present);
+    rjob *r = rj_add(rn, j, j->moved || !present);
+    if (r->finished)
+        rx_recover(r);
     /* Keep memory bounded while thousands of records load. */
     if (rn->n_jobs > RUNNER_FINISHED_KEPT + RUNNER_FINISHED_KEPT / 4)
         rn_evict_finished(rn);

@@ -206,7 +206,14 @@ static void test_bad_values(void **state)
         {"[hooks]\nhook_timeout = 0\n", "hook_timeout = 0: must be longer than 0"},
         {"[hooks]\nhook_retries = -1\n", "hook_retries = -1: must be between 0 and 100"},
         {"[hooks]\nhook_max_parallel = 0\n", "must be between 1 and 256"},
-        {"[hooks]\non_export = /bin/true\n", "unknown key 'on_export' in [hooks] (known: on_ready"},
+        {"[hooks]\non_export = bin/x\n", "on_export = bin/x: must be an absolute path"},
+        {"[export]\ninterval = 500ms\n", "interval = 500ms: must be 0 (off) or at least 1s"},
+        {"[export]\ninterval = often\n", "not a duration"},
+        {"[export]\nwindow = 0\n", "window = 0: must be longer than 0"},
+        {"[export]\nkeep = -1\n", "keep = -1: must be between 0"},
+        {"[export]\nmax_size = 5T\n", "max_size = 5T: not a size"},
+        {"[export]\nbogus = 1\n",
+         "unknown key 'bogus' in [export] (known: interval, window, keep, max_size)"},
         {"[metrics]\n\nlisten = 9465\n",
          "batchd.conf:3: [metrics] listen = 9465: must be ADDRESS:PORT"},
         {"[metrics]\nlisten = localhost:9465\n", "not a numeric IPv4 address"},
@@ -256,6 +263,31 @@ static void test_metrics_listen(void **state)
     diag_free(&d);
 }
 
+static void test_export_section(void **state)
+{
+    (void)state;
+    config c;
+    diag d = {0};
+    assert_int_equal(load_text("", &c, &d), 0);
+    assert_int_equal(c.export.interval_ms, 0);
+    assert_int_equal(c.export.window_ms, 14LL * 86400 * 1000);
+    assert_int_equal(c.export.keep, 3);
+    assert_int_equal(c.export.max_bytes, 0);
+    config_free(&c);
+    assert_int_equal(
+        load_text("[export]\ninterval = 6h\nwindow = 2d\nkeep = 0\nmax_size = 4G\n", &c, &d), 0);
+    assert_int_equal(c.export.interval_ms, 6LL * 3600 * 1000);
+    assert_int_equal(c.export.window_ms, 2LL * 86400 * 1000);
+    assert_int_equal(c.export.keep, 0);
+    assert_int_equal(c.export.max_bytes, 4ULL << 30);
+    config_free(&c);
+    assert_int_equal(load_text("[export]\ninterval = 0\n", &c, &d), 0);
+    assert_int_equal(c.export.interval_ms, 0);
+    assert_int_equal(d.count, 0);
+    config_free(&c);
+    diag_free(&d);
+}
+
 static void test_hooks(void **state)
 {
     (void)state;
@@ -286,6 +318,16 @@ static void test_hooks(void **state)
     assert_int_equal(d.count, 1);
     assert_true(diag_has(&d, "batchd.conf:4: [hooks] on_failed = "));
     assert_true(diag_has(&d, "not executable"));
+    config_free(&c);
+    diag_free(&d);
+    free(text);
+
+    /* on_export is checked like the others, at its own line. */
+    text = xasprintf("[hooks]\non_export = %s\n", plain);
+    assert_int_equal(load_text(text, &c, &d), 0);
+    assert_string_equal(c.hooks.on_export, plain);
+    assert_int_equal(config_check_hooks(&c, &d), 1);
+    assert_true(diag_has(&d, "batchd.conf:2: [hooks] on_export = "));
     config_free(&c);
     diag_free(&d);
     free(text);
@@ -484,6 +526,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loopback_http_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_section, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics_listen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_line_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),

@@ -468,6 +468,44 @@ static void test_retry_after_bounded_and_jittered(void **state)
     job_free(back);
 }
 
+/* A job's export travels in its record (strictly read: a bad one is dropped with a note, the
+ * job itself is fine) and shows as Job.export (null without one). */
+static void test_export_in_record_and_public(void **state)
+{
+    fixture *f = *state;
+    drive_to(f, JOB_CREATING_DATASET);
+    cJSON *pub = job_to_public(f->j, false);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(pub, "export")));
+    cJSON_Delete(pub);
+    f->j->export = export_new(f->now);
+    f->j->export->state = EXPORT_GENERATING;
+    f->j->export->export_id = strdup("exp-1");
+    cJSON *rec = job_to_record(f->j);
+    const char *err = NULL;
+    job *back = job_from_record(rec, &err);
+    assert_non_null(back);
+    assert_non_null(back->export);
+    assert_int_equal(back->export->state, EXPORT_GENERATING);
+    assert_string_equal(back->export->export_id, "exp-1");
+    pub = job_to_public(back, false);
+    const cJSON *pe = cJSON_GetObjectItemCaseSensitive(pub, "export");
+    assert_string_equal(json_str(pe, "state"), "generating");
+    assert_string_equal(json_str(pe, "export_id"), "exp-1");
+    cJSON_Delete(pub);
+    job_free(back);
+    /* An export_id that is not an id: the export is dropped, the job is kept and says why. */
+    cJSON *ex = cJSON_GetObjectItemCaseSensitive(rec, "export");
+    cJSON_ReplaceItemInObjectCaseSensitive(ex, "export_id", cJSON_CreateString("../../x"));
+    back = job_from_record(rec, &err);
+    cJSON_Delete(rec);
+    assert_non_null(back);
+    assert_null(back->export);
+    const cJSON *last = cJSON_GetArrayItem(back->history, cJSON_GetArraySize(back->history) - 1);
+    assert_non_null(strstr(json_str(last, "note"), "export could not be read back"));
+    assert_non_null(strstr(json_str(last, "note"), "export_id"));
+    job_free(back);
+}
+
 static void test_retry_after_date(void **state)
 {
     fixture *f = *state;
@@ -1969,6 +2007,7 @@ int main(void)
         T(test_4xx_fails_with_api_error),
         T(test_422_issues_in_error),
         T(test_retry_after_seconds),
+        T(test_export_in_record_and_public),
         T(test_retry_after_date),
         T(test_retry_after_bounded_and_jittered),
         T(test_jitter_bounds),

@@ -1,4 +1,4 @@
-/* test-deps: job spool log apitext */
+/* test-deps: job export spool log apitext */
 /* Unit tests of the runner, below the daemon: a RAM store whose writes complete (or fail) when
  * the test says, a scripted HTTP client, a scripted spool, a validation pool the test answers,
  * and a fake clock whose timers fire only when the test moves time on. Covers write-before-
@@ -115,6 +115,20 @@ typedef struct world {
     size_t finished_hooks;               /* job_finished calls */
     runner_request_info done_reqs[MAXN]; /* request_done, for the metrics */
     size_t n_done_reqs;
+    /* exports */
+    struct fexp {
+        export_op op;
+        char *path;
+        char *job_dir;
+        runner_export_done_fn done;
+        void *cookie;
+        bool live;
+    } exps[MAXN];
+    size_t n_exps;
+    int exp_sent[EXPORT_OP_COUNT];
+    int prunes, cleans, export_dones, export_reqs_done;
+    unsigned prune_keep;
+    char prune_protect[EXPORT_NAME_MAX];
 } world;
 
 static world *W;
@@ -335,6 +349,82 @@ static void answer_happy(world *w, freq *q)
     default:
         fail_msg("unexpected request %s", job_op_name(q->op));
     }
+}
+
+/* ---- scripted exports ---- */
+
+static void *x_send(void *ud, const runner_export_request *req, runner_export_done_fn done,
+                    void *cookie)
+{
+    world *w = ud;
+    assert_true(w->n_exps < MAXN);
+    struct fexp *q = &w->exps[w->n_exps++];
+    *q = (struct fexp){req->op, xstrdup(req->path), xstrdup(req->job_dir), done, cookie, true};
+    w->exp_sent[req->op]++;
+    return q;
+}
+
+static void x_cancel(void *ud, void *handle)
+{
+    (void)ud;
+    struct fexp *q = handle;
+    assert_true(q->live);
+    q->live = false;
+}
+
+static void x_prune(void *ud, const char *job_dir, unsigned keep, const char *protect)
+{
+    world *w = ud;
+    assert_non_null(job_dir);
+    w->prunes++;
+    w->prune_keep = keep;
+    snprintf(w->prune_protect, sizeof w->prune_protect, "%s", protect ? protect : "");
+}
+
+static void x_clean(void *ud, const char *job_dir)
+{
+    assert_non_null(job_dir);
+    ((world *)ud)->cleans++;
+}
+
+static const runner_export_ops export_ops = {x_send, x_cancel, x_prune, x_clean};
+
+static struct fexp *live_exp(world *w)
+{
+    for (size_t i = 0; i < w->n_exps; i++)
+        if (w->exps[i].live)
+            return &w->exps[i];
+    return NULL;
+}
+
+static void exp_answer(world *w, long status, const char *body, const char *path)
+{
+    struct fexp *q = live_exp(w);
+    assert_non_null(q);
+    q->live = false;
+    export_reply r = {.net = EXPORT_NET_OK,
+                      .status = status,
+                      .body = body,
+                      .body_len = body ? strlen(body) : 0,
+                      .secret = "tok",
+                      .path = path};
+    q->done(q->cookie, &r, w->token_gen);
+}
+
+static void hk_export_done(void *ud, const job *j)
+{
+    world *w = ud;
+    assert_non_null(j->export);
+    assert_non_null(j->export->path);
+    w->export_dones++;
+}
+
+static void hk_export_request_done(void *ud, export_op op, long status, int64_t latency_ms)
+{
+    (void)op;
+    (void)status;
+    assert_true(latency_ms >= 0);
+    ((world *)ud)->export_reqs_done++;
 }
 
 /* ---- scripted spool ---- */
@@ -679,14 +769,23 @@ static void hk_finished(void *ud, const job *j)
 
 static void start_runner(world *w)
 {
-    runner_backend be = {&store_ops, &http_ops, &spool_ops, &validate_ops, &clock_ops, w};
+    runner_backend be = {.store = &store_ops,
+                         .http = &http_ops,
+                         .spool = &spool_ops,
+                         .validate = &validate_ops,
+                         .clock = &clock_ops,
+                         .exports = &export_ops,
+                         .ud = w,
+                         .export_ud = w};
     runner_hooks hooks = {.ud = w,
                           .job_changed = hk_changed,
                           .status = hk_status,
                           .request_ended = hk_ended,
                           .token_rejected = hk_rejected,
                           .request_done = hk_request_done,
-                          .job_finished = hk_finished};
+                          .job_finished = hk_finished,
+                          .export_done = hk_export_done,
+                          .export_request_done = hk_export_request_done};
     runner_options o = {.state_dir = "/state", .incoming_dir = "/spool/incoming", .seed = 42};
     w->rn = runner_new(&be, &hooks, &o);
     job_params p;
@@ -733,6 +832,12 @@ static void stop_runner(world *w)
     }
     w->n_reqs = 0;
     w->n_vals = 0;
+    for (size_t i = 0; i < w->n_exps; i++) {
+        assert_false(w->exps[i].live); /* runner_shutdown cancelled them all */
+        free(w->exps[i].path);
+        free(w->exps[i].job_dir);
+    }
+    w->n_exps = 0;
     assert_int_equal(w->n_timers, 0);
 }
 
@@ -1821,6 +1926,157 @@ static void test_append_one_at_a_time(void **state)
     w->spec = NULL;
 }
 
+/* ---- exports ---- */
+
+#define EXPORT_ID "01935c2d-bbbb-4c4d-8e6f-7a8b9c0d1e2f"
+
+static const job *ready_job(world *w)
+{
+    assert_int_equal(runner_recover(w->rn), 0);
+    drop(w, "a");
+    const job *j = job0(w);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_true(j->moved);
+    return j;
+}
+
+static void configure_exports(world *w, int64_t interval_ms)
+{
+    runner_export_config c = {.interval_ms = interval_ms, .window_ms = 86400000, .keep = 2};
+    export_params_default(&c.params);
+    c.params.poll_initial_ms = 100;
+    c.params.poll_max_ms = 1000;
+    runner_configure_export(w->rn, &c);
+}
+
+static const char *complete_body(world *w)
+{
+    static char buf[256];
+    char exp[40];
+    snprintf(buf, sizeof buf,
+             "{\"status\":\"complete\",\"url\":\"http://127.0.0.1:1/_download/x.zip?sig=1\","
+             "\"expires_at\":\"%s\"}",
+             time_format_rfc3339(w->now + 3600000, false, exp, sizeof exp));
+    return buf;
+}
+
+/* One export of a ready job: its POST sent only once its intent is on disk, the status
+ * polled, the download and the DELETE after it; the ZIP pruned to keep and reported; Job
+ * and record carry it. */
+static void test_export_flow(void **state)
+{
+    world *w = *state;
+    const job *j = ready_job(w);
+    configure_exports(w, 0);
+    assert_int_equal(runner_export(w->rn, j), 0);
+    assert_non_null(j->export);
+    /* the request's own write, then the intent's: nothing sent before both are durable */
+    for (int i = 0; i < 4 && w->exp_sent[EXPORT_OP_REQUEST] == 0; i++) {
+        assert_int_equal(n_live_reqs(w) + (live_exp(w) != NULL), 0);
+        assert_true(w->n_writes > 0);
+        writes_end(w, 0);
+    }
+    assert_int_equal(w->exp_sent[EXPORT_OP_REQUEST], 1);
+    assert_string_equal(
+        json_str(cJSON_GetObjectItemCaseSensitive(record_of(w, j), "export"), "state"),
+        "requested");
+    assert_string_equal(live_exp(w)->path, "/api/v1/data-collection/batches/" BATCH "/export");
+    /* asked again while in progress: followed, nothing new sent */
+    assert_int_equal(runner_export(w->rn, j), 0);
+    assert_int_equal(w->exp_sent[EXPORT_OP_REQUEST], 1);
+    exp_answer(w, 202, "{\"status\":\"generating\",\"export_id\":\"" EXPORT_ID "\"}", NULL);
+    flush(w);
+    assert_int_equal(j->export->state, EXPORT_GENERATING);
+    advance(w, 1000);
+    flush(w);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_STATUS);
+    exp_answer(w, 200, complete_body(w), NULL);
+    flush(w);
+    struct fexp *d = live_exp(w);
+    assert_non_null(d);
+    assert_int_equal(d->op, EXPORT_OP_DOWNLOAD);
+    assert_string_equal(d->job_dir, "a.1");
+    assert_non_null(strstr(d->path, "/_download/x.zip"));
+    exp_answer(w, 200, NULL, "exports/20251129T083245Z.zip");
+    flush(w);
+    assert_int_equal(j->export->state, EXPORT_COMPLETE);
+    assert_int_equal(w->export_dones, 1);
+    assert_int_equal(w->prunes, 1);
+    assert_int_equal(w->prune_keep, 2);
+    assert_string_equal(w->prune_protect, "20251129T083245Z.zip");
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_DELETE);
+    exp_answer(w, 204, NULL, NULL);
+    flush(w);
+    assert_null(live_exp(w));
+    assert_int_equal(w->export_reqs_done, 4);
+    cJSON *pub = job_to_public(j, false);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(pub, "export");
+    assert_string_equal(json_str(e, "state"), "complete");
+    assert_string_equal(json_str(e, "path"), "exports/20251129T083245Z.zip");
+    cJSON_Delete(pub);
+    const cJSON *rec = cJSON_GetObjectItemCaseSensitive(record_of(w, j), "export");
+    assert_string_equal(json_str(rec, "state"), "complete");
+    char *text = json_print(rec);
+    assert_null(strstr(text, "sig=1")); /* the URL is never in a record */
+    free(text);
+    /* a finished export starts over when asked again */
+    assert_int_equal(runner_export(w->rn, j), 0);
+    flush(w);
+    assert_int_equal(w->exp_sent[EXPORT_OP_REQUEST], 2);
+}
+
+/* Only a ready job in done/ is exported; a 401 to an export call holds like a job's. */
+static void test_export_refused_and_token(void **state)
+{
+    world *w = *state;
+    assert_int_equal(runner_recover(w->rn), 0);
+    drop(w, "a");
+    const job *j = job0(w);
+    configure_exports(w, 0);
+    assert_int_equal(runner_export(w->rn, j), -EINVAL);
+    run_until(w, j, JOB_READY);
+    flush(w);
+    assert_int_equal(runner_export(w->rn, j), 0);
+    flush(w);
+    exp_answer(w, 401, "{\"error\":{\"detail\":\"bad token\"}}", NULL);
+    flush(w);
+    assert_int_equal(w->rejected, 1);
+    assert_int_equal(j->export->state, EXPORT_REQUESTED);
+    assert_null(j->export->error);
+}
+
+/* [export] interval requests an export of each ready job; a restart resumes one that was
+ * downloading by asking for a fresh URL, and has the temporary file removed. */
+static void test_export_interval_and_recovery(void **state)
+{
+    world *w = *state;
+    const job *j = ready_job(w);
+    configure_exports(w, 5000);
+    advance(w, 4999);
+    assert_null(j->export);
+    advance(w, 1);
+    flush(w);
+    assert_non_null(j->export);
+    assert_int_equal(w->exp_sent[EXPORT_OP_REQUEST], 1);
+    exp_answer(w, 202, "{\"status\":\"generating\",\"export_id\":\"" EXPORT_ID "\"}", NULL);
+    flush(w);
+    advance(w, 1000);
+    flush(w);
+    exp_answer(w, 200, complete_body(w), NULL);
+    flush(w);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_DOWNLOAD);
+    restart(w);
+    configure_exports(w, 0);
+    assert_int_equal(w->cleans, 1);
+    j = job0(w);
+    assert_int_equal(j->export->state, EXPORT_DOWNLOADING);
+    assert_null(j->export->url);
+    runner_drive_all(w->rn);
+    flush(w);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_STATUS);
+}
+
 int main(void)
 {
     log_init("test_runner", LOG_LVL_ERR);
@@ -1854,6 +2110,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crash_while_disk_lags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stuck_retry_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_prefix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_flow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_refused_and_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_interval_and_recovery, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
