@@ -81,6 +81,8 @@ void metrics_request_done(metrics *m, const metrics_request *rq);
 
 /* A hook run ended: hook e.g. "on_ready", outcome e.g. "ok", "failed", "timeout". */
 void metrics_hook_run(metrics *m, const char *hook, const char *outcome);
+/* An export ended: its ZIP is in place (ok), or it failed. */
+void metrics_export_ended(metrics *m, bool ok);
 
 /* The values read at render time. -1 in a process_* field: unknown (not rendered). */
 typedef struct metrics_snapshot {

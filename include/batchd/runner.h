@@ -184,6 +184,8 @@ typedef struct runner_hooks {
     void (*request_done)(void *ud, const job *j, const runner_request_info *info);
     /* The job's export downloaded a ZIP: j->export->path (relative to done/<j->dir>). */
     void (*export_done)(void *ud, const job *j);
+    /* The job's export failed: j->export->error says why. */
+    void (*export_failed)(void *ud, const job *j);
     /* An export exchange ended (for the metrics): its op, HTTP status (0: none) and
      * monotonic latency. */
     void (*export_request_done)(void *ud, export_op op, long status, int64_t latency_ms);

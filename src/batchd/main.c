@@ -178,7 +178,15 @@ static void on_request_done(void *ud, const job *j, const runner_request_info *i
 static void on_export_done(void *ud, const job *j)
 {
     const batchd *d = ud;
+    metrics_export_ended(d->metrics, true);
     hooks_export_done(d->hooks, j);
+}
+
+static void on_export_failed(void *ud, const job *j)
+{
+    (void)j;
+    const batchd *d = ud;
+    metrics_export_ended(d->metrics, false);
 }
 
 /* Export exchanges count with the API's requests, each under its own endpoint name. */
@@ -206,6 +214,7 @@ static const runner_hooks runner_hooks_of_main = {
     .job_finished = on_job_finished,
     .request_done = on_request_done,
     .export_done = on_export_done,
+    .export_failed = on_export_failed,
     .export_request_done = on_export_request_done,
 };
 

@@ -25,7 +25,7 @@ struct metrics {
     metrics_registry *r;
     metrics_family *build_info, *jobs, *finished, *requests, *request_seconds, *retries,
         *upload_bytes, *ready_seconds, *stage_seconds, *incoming, *waiting, *stuck, *paused,
-        *hook_runs, *token_wait, *cpu, *rss, *vsz, *fds, *max_fds, *start_time;
+        *hook_runs, *exports, *token_wait, *cpu, *rss, *vsz, *fds, *max_fds, *start_time;
     seen *seen;
     size_t n_seen, cap_seen;
 };
@@ -82,6 +82,10 @@ static void add_api_families(metrics *m)
                            "Time requests waited for the API token bucket ([api] max_rate).", NULL);
     m->hook_runs = FAMILY("batchd_hook_runs_total", METRICS_COUNTER,
                           "Hook runs that ended, by hook and outcome.", LABELS("hook", "outcome"));
+    m->exports = FAMILY("batchd_exports_total", METRICS_COUNTER,
+                        "Exports of ready jobs' responses that ended, by outcome (complete: the "
+                        "ZIP is in done/NAME/exports/; failed).",
+                        LABELS("outcome"));
 }
 
 static void add_process_families(metrics *m)
@@ -113,6 +117,8 @@ metrics *metrics_new(const char *version)
     /* The unlabelled totals exist from the start: a rate over them needs the zero. */
     metrics_touch(m->ready_seconds, NULL);
     metrics_inc(m->upload_bytes, NULL, 0);
+    metrics_inc(m->exports, LABELS("complete"), 0);
+    metrics_inc(m->exports, LABELS("failed"), 0);
     return m;
 }
 
@@ -210,6 +216,11 @@ void metrics_request_done(metrics *m, const metrics_request *rq)
 void metrics_hook_run(metrics *m, const char *hook, const char *outcome)
 {
     metrics_inc(m->hook_runs, LABELS(hook, outcome), 1);
+}
+
+void metrics_export_ended(metrics *m, bool ok)
+{
+    metrics_inc(m->exports, LABELS(ok ? "complete" : "failed"), 1);
 }
 
 static void set_if_known(metrics_family *f, double v)

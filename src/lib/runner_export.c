@@ -86,6 +86,8 @@ static void rx_done(void *cookie, const export_reply *reply, unsigned token_gen)
     note_export(j, before, now);
     if (e->state == EXPORT_COMPLETE && before != EXPORT_COMPLETE)
         export_completed(r);
+    else if (e->state == EXPORT_FAILED && before != EXPORT_FAILED && rn->hooks.export_failed)
+        rn->hooks.export_failed(rn->hooks.ud, j);
     rj_changed(r, j->state);
     if (token_rejected && rn->hooks.token_rejected)
         rn->hooks.token_rejected(rn->hooks.ud, token_gen);

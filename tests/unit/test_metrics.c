@@ -166,6 +166,8 @@ static void test_batchd_families(void **state)
                                                .retry_reason = "network",
                                                .upload_bytes = 4096});
     metrics_hook_run(m, "on_ready", "ok");
+    metrics_export_ended(m, true);
+    metrics_export_ended(m, true);
     metrics_snapshot s = {.incoming = 3,
                           .waiting_for_slot = 2,
                           .stuck = 1,
@@ -208,6 +210,8 @@ static void test_batchd_families(void **state)
         "batchd_upload_bytes_total 4096\n",
         "batchd_rate_limit_wait_seconds_total 0.25\n",
         "batchd_hook_runs_total{hook=\"on_ready\",outcome=\"ok\"} 1\n",
+        "batchd_exports_total{outcome=\"complete\"} 2\n",
+        "batchd_exports_total{outcome=\"failed\"} 0\n",
         "process_cpu_seconds_total 1.5\n",
         "process_open_fds 9\n",
         "# TYPE batchd_job_ready_duration_seconds histogram\n",

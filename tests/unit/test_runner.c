@@ -126,7 +126,7 @@ typedef struct world {
     } exps[MAXN];
     size_t n_exps;
     int exp_sent[EXPORT_OP_COUNT];
-    int prunes, cleans, export_dones, export_reqs_done;
+    int prunes, cleans, export_dones, export_faileds, export_reqs_done;
     unsigned prune_keep;
     char prune_protect[EXPORT_NAME_MAX];
 } world;
@@ -417,6 +417,14 @@ static void hk_export_done(void *ud, const job *j)
     assert_non_null(j->export);
     assert_non_null(j->export->path);
     w->export_dones++;
+}
+
+static void hk_export_failed(void *ud, const job *j)
+{
+    world *w = ud;
+    assert_non_null(j->export);
+    assert_non_null(j->export->error);
+    w->export_faileds++;
 }
 
 static void hk_export_request_done(void *ud, export_op op, long status, int64_t latency_ms)
@@ -785,6 +793,7 @@ static void start_runner(world *w)
                           .request_done = hk_request_done,
                           .job_finished = hk_finished,
                           .export_done = hk_export_done,
+                          .export_failed = hk_export_failed,
                           .export_request_done = hk_export_request_done};
     runner_options o = {.state_dir = "/state", .incoming_dir = "/spool/incoming", .seed = 42};
     w->rn = runner_new(&be, &hooks, &o);
@@ -2020,10 +2029,15 @@ static void test_export_flow(void **state)
     char *text = json_print(rec);
     assert_null(strstr(text, "sig=1")); /* the URL is never in a record */
     free(text);
-    /* a finished export starts over when asked again */
+    /* a finished export starts over when asked again; refused outright, it fails, once */
     assert_int_equal(runner_export(w->rn, j), 0);
     flush(w);
     assert_int_equal(w->exp_sent[EXPORT_OP_REQUEST], 2);
+    exp_answer(w, 400, "{\"error\":{\"detail\":\"no responses\"}}", NULL);
+    flush(w);
+    assert_int_equal(j->export->state, EXPORT_FAILED);
+    assert_int_equal(w->export_faileds, 1);
+    assert_int_equal(w->export_dones, 1);
 }
 
 /* Only a ready job in done/ is exported; a 401 to an export call holds like a job's. */
