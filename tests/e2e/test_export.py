@@ -6,6 +6,7 @@ on_export hook, and faults on the export endpoints."""
 import json
 import os
 import urllib.request
+import zipfile
 
 from harness import TOKEN, Env, Watch, batchctl, call, check, run, wait_for
 
@@ -238,7 +239,41 @@ def test_faults_on_export_endpoints():
         check(dls[-1] == 200 and dls.count(503) == 2, f"downloads: {dls}")
 
 
+def peak_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_one_gib_export_flat_memory():
+    """A 1 GiB export (the sim pads each record) comes home whole while batchd's peak
+    resident memory grows by a few MiB: the download is written as it arrives, never held."""
+    pad = 220 * 1024 * 1024  # 3 tasks and 2 submissions: five records, about 1.07 GiB
+    with Env(sim_args=["--export-pad", str(pad), "--export-generating", "100ms"]) as env:
+        name, job = ready_job(env)
+        pid = env.daemon.proc.pid
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # the peak starts again from the current size
+        before = peak_kib(pid)
+        r = batchctl(env, "export", name, "--wait", "--timeout", "600s")
+        check(r.returncode == 0, f"export --wait: {r.returncode} {r.stdout} {r.stderr}")
+        grown = peak_kib(pid) - before
+        path = r.stdout.strip()
+        size = os.path.getsize(path)
+        check(size > 1024 ** 3, f"the ZIP is {size} bytes, not over 1 GiB")
+        check(grown < 32 * 1024, f"batchd's peak RSS grew by {grown} KiB for a {size}-byte ZIP")
+        with zipfile.ZipFile(path) as z:
+            names = sorted(i.filename for i in z.infolist())
+            check(names == ["responses-by-submission.jsonl", "responses-by-task.jsonl"], names)
+            check(z.testzip() is None, "every entry's CRC matches")
+        check(zips(env, name) == [os.path.basename(path)], f"one ZIP, no temp: {zips(env, name)}")
+        print(f"     {size} bytes; batchd's peak RSS grew by {grown} KiB")
+
+
 if __name__ == "__main__":
     run([test_export_new_mode, test_export_old_mode, test_export_refused_for_unready,
          test_kill9_while_downloading, test_interval_keep_and_hook,
-         test_faults_on_export_endpoints])
+         test_faults_on_export_endpoints, test_one_gib_export_flat_memory])
+
