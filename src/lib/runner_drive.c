@@ -226,8 +226,8 @@ static void perform(rjob *r, job_action a, int64_t now)
 static void drive_step(rjob *r)
 {
     runner *rn = r->rn;
-    if (rj_busy(r) || rn->stopping || r->waiting_validation ||
-        r->send_after_write != JOB_OP_NONE || rj_append_holds(r))
+    if (rj_busy(r) || rn->stopping || r->waiting_validation || r->send_after_write != JOB_OP_NONE ||
+        rj_append_holds(r))
         return;
     /* Paused, a waiting job takes no step (it could only send a poll, which waits, or time
      * out on time that is not the API's); runner_set_paused drives it when the pause ends. */
