@@ -38,6 +38,7 @@ typedef struct export_req {
     char *job_path; /* done/NAME */
     int dirfd;      /* done/NAME/exports */
     int fd;         /* the temporary file */
+    bool placed;    /* renamed to its ZIP name */
     bool on_pool;
     bool cancelled; /* while on the pool: freed by its after callback */
     uv_work_t work;
@@ -50,6 +51,10 @@ typedef struct export_req {
 
 static void req_free(export_req *q)
 {
+    /* A download that did not end in place leaves no temporary file behind: a failed one may
+     * be gigabytes. An unlink without an fsync: at worst the next start removes it. */
+    if (q->fd >= 0 && q->dirfd >= 0 && !q->placed)
+        (void)unlinkat(q->dirfd, EXPORT_TMP_NAME, 0);
     if (q->fd >= 0)
         close(q->fd);
     if (q->dirfd >= 0)
@@ -116,13 +121,20 @@ static void open_work(uv_work_t *w)
         q->why = "cannot open the exports directory";
         return;
     }
-    /* Each attempt starts from an empty file: a download is never resumed. Read too: its end
+    /* Each attempt starts from a new, empty regular file: a download is never resumed, and
+     * whatever is at the name (a FIFO or a hard link a producer put in its job, which a write
+     * on the loop would block on or change) is removed first, never opened. Read too: its end
      * record is checked through the same descriptor. */
+    if (unlinkat(q->dirfd, EXPORT_TMP_NAME, 0) < 0 && errno != ENOENT) {
+        q->rc = -errno;
+        q->why = "cannot remove what is at the temporary download file's name";
+        return;
+    }
     q->fd = openat(q->dirfd, EXPORT_TMP_NAME,
-                   O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0640);
+                   O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0640);
     if (q->fd < 0) {
         q->rc = -errno;
-        q->why = "cannot open the temporary download file";
+        q->why = "cannot create the temporary download file";
     }
 }
 
@@ -177,6 +189,7 @@ static void finish_work(uv_work_t *w)
         return;
     }
     q->rc = place_zip(q);
+    q->placed = q->rc == 0;
     if (q->rc == 0 && fsync(q->dirfd) < 0) {
         q->rc = -errno;
         q->why = "cannot fsync the exports directory";

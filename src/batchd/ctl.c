@@ -189,6 +189,8 @@ static int export_(void *ud, const char *key, cJSON **job_out, const char **err,
         *err = "io.batchd.InvalidState";
         *err_msg = rc == -ESHUTDOWN ? "batchd is stopping"
                    : rc == -ENOTSUP ? "exports are not available in this batchd"
+                   : j->append.on   ? "an append job's batch is its target's: export the "
+                                      "target job"
                                     : "only a ready job (in done/) can be exported: this one "
                                       "is not ready, not yet in done/, or has no batch";
         return rc;

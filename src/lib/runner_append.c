@@ -169,27 +169,47 @@ static void set_str(char **dst, const char *src)
     *dst = src ? xstrdup(src) : NULL;
 }
 
-/* The job append_to names. A ready job of that name comes first: a standing batch's drops
- * may well be named as their target (its next day's file), and runner_find would prefer an
- * unfinished namesake, the append itself. Else runner_find's rules (id, name, prefix). */
+/* The job append_to names: an exact id, or an exact name (never an id prefix: a mistyped
+ * target must not land in another batch). Among namesakes a ready job that made its own batch
+ * comes first: a standing batch's drops may well be named as their target (its next day's
+ * file), and every earlier one of them is a ready namesake too, appending to that batch. Ready
+ * appends alone name their batch when they all grow one; any other namesake is returned for
+ * the caller to say why it cannot be used. */
 static const job *find_target(const runner *rn, const char *ref, const job *self, bool *ambiguous)
 {
-    const job *ready = NULL;
-    size_t n = 0;
+    const job *own = NULL, *append = NULL, *other = NULL;
+    size_t n_own = 0, n_other = 0;
+    bool appends_agree = true;
+    *ambiguous = false;
     for (size_t i = 0; i < rn->n_jobs; i++) {
         const job *c = rn->jobs[i]->j;
-        if (strcmp(c->id, ref) == 0) {
-            *ambiguous = false;
+        if (strcmp(c->id, ref) == 0)
             return c;
-        }
         bool named = (c->name && strcmp(c->name, ref) == 0) || (c->dir && strcmp(c->dir, ref) == 0);
-        if (c != self && named && c->state == JOB_READY) {
-            ready = c;
-            n++;
+        if (c == self || !named)
+            continue;
+        if (c->state == JOB_READY && !c->append.on) {
+            own = c;
+            n_own++;
+        } else if (c->state == JOB_READY) {
+            appends_agree = appends_agree && (!append || (append->batch_id && c->batch_id &&
+                                                          !strcmp(append->batch_id, c->batch_id)));
+            append = c;
+        } else {
+            other = c;
+            n_other++;
         }
     }
-    *ambiguous = n > 1;
-    return n ? ready : runner_find(rn, ref, ambiguous);
+    if (own) {
+        *ambiguous = n_own > 1;
+        return own;
+    }
+    if (append) {
+        *ambiguous = !appends_agree;
+        return append;
+    }
+    *ambiguous = n_other > 1;
+    return other;
 }
 
 /* append_to NAME: the ready job it names, with a schema. NULL when the job was failed. */

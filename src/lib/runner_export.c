@@ -16,11 +16,12 @@
 
 #define API_EXPORT_ROOT "/api/v1/data-collection/batches"
 
-/* A job whose batch can be exported: ready, and its files in done/. */
+/* A job whose batch can be exported: ready, its files in done/, and the batch its own (an
+ * append job's batch is its target's, exported there once, not once per append). */
 static bool exportable(const rjob *r)
 {
-    return r->finished && r->j->state == JOB_READY && r->j->moved && r->j->batch_id &&
-           apitext_id_ok(r->j->batch_id);
+    return r->finished && r->j->state == JOB_READY && r->j->moved && !r->j->append.on &&
+           r->j->batch_id && apitext_id_ok(r->j->batch_id);
 }
 
 /* The history says where the export went, so that show and Watch tell it. */

@@ -119,6 +119,24 @@ rjob *rj_of(const runner *rn, const job *j)
     return NULL;
 }
 
+/* A finished job that must stay in memory: its export is under way (its timer is the
+ * job's), or an append job in memory grows its batch (a standing batch's target is its oldest
+ * job, and the next drop resolves it here). */
+static bool still_needed(const runner *rn, const rjob *r)
+{
+    const export_job *e = r->j->export;
+    if (e && ((e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED) || e->delete_pending))
+        return true;
+    if (r->j->state != JOB_READY || r->j->append.on)
+        return false;
+    for (size_t i = 0; i < rn->n_jobs; i++) {
+        const job *o = rn->jobs[i]->j;
+        if (o->append.on && o->append.target_job_id && !strcmp(o->append.target_job_id, r->j->id))
+            return true;
+    }
+    return false;
+}
+
 /* Finished jobs stay listed, but only the newest RUNNER_FINISHED_KEPT of them in memory: a
  * daemon running for months must not grow with its history. Their records stay on disk. */
 void rn_evict_finished(runner *rn)
@@ -131,7 +149,8 @@ void rn_evict_finished(runner *rn)
     size_t i = 0;
     while (finished > RUNNER_FINISHED_KEPT && i < rn->n_jobs) {
         rjob *r = rn->jobs[i];
-        if (!r->finished || rj_busy(r) || r->write != RJ_WRITE_IDLE || r->lazy) {
+        if (!r->finished || rj_busy(r) || r->write != RJ_WRITE_IDLE || r->lazy ||
+            still_needed(rn, r)) {
             i++;
             continue;
         }

@@ -176,15 +176,19 @@ def test_waiting_note_names_the_one_ahead():
         dirs = [append_dir(env, n, "base", [{"prompt": n, "response": "x"}])
                 for n in ("w1", "w2")]
         drop_all(d, dirs)
-        wait_for(lambda: [j for j in d.jobs() if j["name"] == "w1" and
-                          j["state"] == "syncing"], 30, "w1 syncing")
-        w2 = [j for j in d.jobs() if j["name"] == "w2"][0]
-        check(w2["state"] == "queued", f"w2 waits in queued while w1 syncs: {w2}")
-        out = batchctl(env, "--json", "show", "w2")
+        # Either may be claimed first: the one that syncs is ahead, the other waits.
+        syncing = wait_for(lambda: [j for j in d.jobs() if j["name"] in ("w1", "w2") and
+                                    j["state"] == "syncing"], 30, "an append syncing")
+        ahead = syncing[0]
+        behind = "w2" if ahead["name"] == "w1" else "w1"
+        other = [j for j in d.jobs() if j["name"] == behind][0]
+        check(other["state"] == "queued", f"{behind} waits in queued while {ahead['name']} "
+                                          f"syncs: {other}")
+        out = batchctl(env, "--json", "show", behind)
         check(out.returncode == 0, out.stderr)
         hist = out.stdout
-        w1 = [j for j in d.jobs() if j["name"] == "w1"][0]
-        check("waits for w1 (" + w1["id"] + ")" in hist, f"no note naming w1: {hist}")
+        check(f"waits for {ahead['name']} ({ahead['id']})" in hist,
+              f"no note naming {ahead['name']}: {hist}")
         wait_done(d, ["w1", "w2"])
         check(d.result("w2")["batch_id"] == base["batch_id"], d.result("w2"))
         d.stop()

@@ -153,13 +153,15 @@ def test_export_refused_for_unready():
 
 
 def test_kill9_while_downloading():
-    # The first download is held in flight (the sim acts, then waits); batchd dies with its
-    # temporary file open. The next start removes it, polls for a fresh URL and downloads
-    # again: exactly one ZIP, no temporary file.
-    args = ["--export-pad", "65536", "--export-generating", "200ms",
-            "--fault", "slow=1x@download", "--slow", "600s"]
+    # Downloads are held in flight (the sim acts, then waits); batchd dies with its
+    # temporary file open. The next start, with downloads served again, removes it, polls for
+    # a fresh URL and downloads again: exactly one ZIP, no temporary file. (Every download is
+    # held until the kill, not just the first: the kill may come before the first one reaches
+    # the sim, and a hold left for the next start would outlast the test.)
+    args = ["--export-pad", "65536", "--export-generating", "200ms", "--slow", "600s"]
     with Env(sim_args=args) as env:
         name, job = ready_job(env)
+        env.sim.set_faults([{"kind": "slow", "probability": 1.0, "endpoint": "download"}])
         r = batchctl(env, "export", name)
         check(r.returncode == 0, f"export: {r.returncode} {r.stderr}")
         tmp = os.path.join(env.daemon.spool, "done", name, "exports", ".download.zip.tmp")
@@ -168,6 +170,7 @@ def test_kill9_while_downloading():
         wait_for(lambda: get_job(env, name)["export"]["state"] == "downloading", 10,
                  "the export downloading")
         env.daemon.kill9()
+        env.sim.set_faults([])
         env.daemon.start()
         wait_for(lambda: export_complete(env, name), 30, "the export complete after restart")
         check(not os.path.exists(tmp), "the temporary file is gone")
@@ -187,6 +190,13 @@ with open(os.path.join(out, ".%%d" %% n), "w") as f:
     json.dump(rec, f)
 os.rename(os.path.join(out, ".%%d" %% n), os.path.join(out, "call.%%03d.json" %% n))
 '''
+
+
+def zip_order(name):
+    """exports/ names in the order batchd made them: YYYYMMDDTHHMMSSZ.zip, then -2, -3..."""
+    base = name[:-len(".zip")]
+    stamp, _, n = base.partition("-")
+    return (stamp, int(n) if n else 1)
 
 
 def test_interval_keep_and_hook():
@@ -214,10 +224,13 @@ def test_interval_keep_and_hook():
             check(os.path.isabs(a) and a.startswith(exports + "/") and a.endswith(".zip"),
                   f"argv[1] {a}")
             check(r["exists"] and r["state"] == "ready" and not r["token"], f"hook saw {r}")
-        newest = sorted({os.path.basename(r["argv"][1]) for r in recs})[-2:]
+        # Stopped, nothing more is exported or pruned: the two ZIPs left are the newest of
+        # all that were made (a name's order: its time, then its -N suffix).
+        env.daemon.stop()
         left = zips(env, name)
-        check(all(n in left or n > max(left) for n in newest) and not any(
-            x.startswith(".") for x in left), f"kept {left}, newest hooked {newest}")
+        made = sorted({os.path.basename(r["argv"][1]) for r in recs} | set(left), key=zip_order)
+        check(len(made) >= 4, f"made {made}")
+        check(sorted(left, key=zip_order) == made[-2:], f"kept {left} of {made}")
 
 
 def test_faults_on_export_endpoints():
@@ -237,6 +250,28 @@ def test_faults_on_export_endpoints():
         check(429 in gets and gets.count(200) >= 2, f"status polls: {gets}")
         dls = [x["status"] for x in reqs if "/_download/" in x["path"]]
         check(dls[-1] == 200 and dls.count(503) == 2, f"downloads: {dls}")
+
+
+def test_planted_temp_file():
+    """A producer's job holding exports/.download.zip.tmp as a FIFO: the export removes it,
+    never opens it (a write to a FIFO on the loop would block the daemon), and comes home."""
+    with Env(sim_args=["--export-generating", "100ms"]) as env:
+        d = env.daemon
+        # Built in the spool's tmp/ and renamed in, as a producer does (a copy cannot hold
+        # a FIFO).
+        src = os.path.join(d.spool, "tmp", "planted")
+        os.makedirs(os.path.join(src, "exports"))
+        with open(os.path.join(src, "planted.jsonl"), "w") as f:
+            for i in range(3):
+                f.write(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n")
+        os.mkfifo(os.path.join(src, "exports", ".download.zip.tmp"))
+        os.rename(src, os.path.join(d.spool, "incoming", "planted"))
+        d.wait_finished("planted", "done", 30)
+        r = batchctl(env, "export", "planted", "--wait", "--timeout", "60s")
+        check(r.returncode == 0, f"export --wait: {r.returncode} {r.stdout} {r.stderr}")
+        check(zips(env, "planted") == [os.path.basename(r.stdout.strip())],
+              f"one ZIP, no FIFO left: {zips(env, 'planted')}")
+        check(call(d.socket, "io.batchd.GetInfo")["parameters"]["version"], "batchd answers")
 
 
 def peak_kib(pid):
@@ -275,5 +310,6 @@ def test_one_gib_export_flat_memory():
 if __name__ == "__main__":
     run([test_export_new_mode, test_export_old_mode, test_export_refused_for_unready,
          test_kill9_while_downloading, test_interval_keep_and_hook,
-         test_faults_on_export_endpoints, test_one_gib_export_flat_memory])
+         test_faults_on_export_endpoints, test_planted_temp_file,
+         test_one_gib_export_flat_memory])
 

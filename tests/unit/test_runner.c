@@ -1932,7 +1932,25 @@ static void test_append_one_at_a_time(void **state)
     assert_string_equal(t2->name, "t");
     run_until(w, t2, JOB_UPLOADING);
     assert_string_equal(t2->append.target_job_id, t->id);
+    run_until(w, t2, JOB_READY);
+    flush(w);
+    /* The next day's "t": two ready namesakes now, the one that made the batch is the
+     * target (the other only appended to it). */
+    drop(w, "t");
+    const job *t3 = runner_job_at(w->rn, 7);
+    run_until(w, t3, JOB_UPLOADING);
+    assert_string_equal(t3->append.target_job_id, t->id);
+    /* Never an id prefix: a mistyped target fails, naming it. */
+    char prefix[9];
+    snprintf(prefix, sizeof prefix, "%.8s", t->id);
+    char *spec = xasprintf("{\"append_to\":\"%s\",\"dataset\":{\"file\":\"d.jsonl\"}}", prefix);
+    w->spec = spec;
+    drop(w, "p");
+    const job *p = runner_job_at(w->rn, 8);
+    run_until(w, p, JOB_FAILED);
+    assert_non_null(strstr(p->error_message, prefix));
     w->spec = NULL;
+    free(spec);
 }
 
 /* ---- exports ---- */
