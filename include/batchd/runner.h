@@ -286,7 +286,8 @@ int runner_retry(runner *rn, const job *j);
  * in the table (evicted or unknown), -ESHUTDOWN when stopping. */
 int runner_note(runner *rn, const char *job_id, const char *note);
 
-/* Stopping: cancels every request but creates and setups; returns those left in flight. */
+/* Stopping: cancels every request but creates, setups, syncs and export POSTs and DELETEs;
+ * returns those left in flight. */
 size_t runner_begin_drain(runner *rn);
 size_t runner_in_flight(const runner *rn);
 /* Cancels everything and writes every record that is not durable yet. */

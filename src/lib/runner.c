@@ -281,8 +281,7 @@ int runner_retry(runner *rn, const job *cj)
 size_t runner_begin_drain(runner *rn)
 {
     rn->stopping = true;
-    rx_cancel_all(rn);
-    size_t n = 0;
+    size_t n = rx_drain(rn);
     for (size_t i = 0; i < rn->n_jobs; i++) {
         rjob *r = rn->jobs[i];
         rn->be.clock->timer_stop(rn->be.ud, r->timer);
@@ -298,7 +297,7 @@ size_t runner_begin_drain(runner *rn)
 
 size_t runner_in_flight(const runner *rn)
 {
-    size_t n = 0;
+    size_t n = rn ? rx_in_flight(rn) : 0;
     for (size_t i = 0; rn && i < rn->n_jobs; i++)
         n += rn->jobs[i]->xfer != NULL;
     return n;

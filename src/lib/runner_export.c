@@ -285,6 +285,39 @@ size_t rx_cancel_all(runner *rn)
     return n;
 }
 
+/* An export exchange that acts at the API: a POST makes an export job there (one of the ten
+ * a batch may have), a DELETE frees one. */
+static bool acts(export_op op)
+{
+    return op == EXPORT_OP_REQUEST || op == EXPORT_OP_DELETE;
+}
+
+size_t rx_drain(runner *rn)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rn->n_jobs; i++) {
+        rjob *r = rn->jobs[i];
+        if (!r->exfer)
+            continue;
+        if (acts(r->exfer_op)) {
+            n++; /* it ends on its own, as a job's side-effecting request does */
+            continue;
+        }
+        /* A status poll is asked again, a download starts over at the next start. */
+        rn->be.exports->cancel(rn->be.export_ud, r->exfer);
+        r->exfer = NULL;
+    }
+    return n;
+}
+
+size_t rx_in_flight(const runner *rn)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < rn->n_jobs; i++)
+        n += rn->jobs[i]->exfer != NULL;
+    return n;
+}
+
 void rx_free(runner *rn)
 {
     rx_cancel_all(rn);

@@ -179,6 +179,9 @@ cJSON *rn_append_kept_spec(cJSON *spec, bool ready);
 /* runner_export.c */
 void rx_recover(rjob *r);
 size_t rx_cancel_all(runner *rn);
+/* Stopping: cancels the export reads; returns the exchanges left to end (POST, DELETE). */
+size_t rx_drain(runner *rn);
+size_t rx_in_flight(const runner *rn);
 void rx_free(runner *rn);
 
 /* runner_claim.c */

@@ -2078,6 +2078,29 @@ static void test_export_refused_and_token(void **state)
     assert_null(j->export->error);
 }
 
+/* Stopping with an export POST out: it is left to end (it makes an export job at the API;
+ * cut, the restart would make another), a status poll is cut. */
+static void test_export_drain(void **state)
+{
+    world *w = *state;
+    const job *j = ready_job(w);
+    configure_exports(w, 0);
+    assert_int_equal(runner_export(w->rn, j), 0);
+    for (int i = 0; i < 4 && !live_exp(w); i++)
+        writes_end(w, 0);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_REQUEST);
+    assert_int_equal(runner_begin_drain(w->rn), 1);
+    assert_int_equal(runner_in_flight(w->rn), 1);
+    int ended = w->ended;
+    exp_answer(w, 202, "{\"status\":\"generating\",\"export_id\":\"" EXPORT_ID "\"}", NULL);
+    assert_int_equal(runner_in_flight(w->rn), 0);
+    assert_int_equal(w->ended, ended + 1);
+    flush(w);
+    assert_null(live_exp(w)); /* nothing new once stopping */
+    const cJSON *rec = cJSON_GetObjectItemCaseSensitive(record_of(w, j), "export");
+    assert_string_equal(json_str(rec, "export_id"), EXPORT_ID);
+}
+
 /* [export] interval requests an export of each ready job; a restart resumes one that was
  * downloading by asking for a fresh URL, and has the temporary file removed. */
 static void test_export_interval_and_recovery(void **state)
@@ -2144,6 +2167,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_find_prefix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_flow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_refused_and_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_interval_and_recovery, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
