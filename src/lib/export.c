@@ -129,6 +129,10 @@ static void fail(export_job *e, int64_t now, const char *fmt, ...)
     drop_url(e);
     e->pending = EXPORT_OP_NONE;
     e->retry_at = 0;
+    e->attempts = 0;
+    /* The API's export job, failed or not, still takes one of the batch's 10 slots: it is
+     * deleted (once; an error then only leaves it there). */
+    e->delete_pending = e->export_id != NULL;
     set_state(e, EXPORT_FAILED, now);
 }
 
@@ -216,7 +220,7 @@ static export_action next_generating(export_job *e, const export_params *p, int6
 export_action export_next(export_job *e, const export_params *p, int64_t now, bool *changed)
 {
     *changed = false;
-    if (e->state == EXPORT_FAILED || (e->state == EXPORT_COMPLETE && !e->delete_pending))
+    if ((e->state == EXPORT_FAILED || e->state == EXPORT_COMPLETE) && !e->delete_pending)
         return act(EXPORT_ACT_NONE, EXPORT_OP_NONE, 0);
     if (e->retry_at > now)
         return act(EXPORT_ACT_WAIT, EXPORT_OP_NONE, e->retry_at);
@@ -227,7 +231,7 @@ export_action export_next(export_job *e, const export_params *p, int64_t now, bo
         return next_generating(e, p, now, changed);
     case EXPORT_DOWNLOADING:
         return next_downloading(e, p, now, changed);
-    default: /* complete, its API job still to delete */
+    default: /* complete or failed, its API job still to delete */
         return act(EXPORT_ACT_SEND, EXPORT_OP_DELETE, 0);
     }
 }
@@ -287,6 +291,19 @@ static void retry_later(export_job *e, export_op op, const export_reply *r, cons
 {
     char *what = reply_text(op, r);
     e->attempts++;
+    if (op == EXPORT_OP_DELETE &&
+        (e->state == EXPORT_FAILED ||
+         (p->retry_attempts_max > 0 && e->attempts >= p->retry_attempts_max))) {
+        /* A clean-up at the API never changes how the export ended; after a failure it is
+         * tried once. */
+        free(e->last_error);
+        e->last_error = xasprintf("%s; export %s is left at the API (it keeps at most 10 per "
+                                  "batch)",
+                                  what, e->export_id ? e->export_id : "?");
+        e->delete_pending = false;
+        free(what);
+        return;
+    }
     if (p->retry_attempts_max > 0 && e->attempts >= p->retry_attempts_max) {
         fail(e, now, "gave up after %d attempts of %s; the last one ended with %s%s%s", e->attempts,
              export_op_name(op), what, why ? ": " : "", why ? why : "");
@@ -559,7 +576,8 @@ static bool net_outcome(export_job *e, export_op op, const export_reply *r, cons
 bool export_on_reply(export_job *e, export_op op, const export_reply *r, const export_params *p,
                      int64_t now, uint64_t rnd)
 {
-    if (e->state == EXPORT_FAILED || op == EXPORT_OP_NONE || op >= EXPORT_OP_COUNT)
+    if ((e->state == EXPORT_FAILED && op != EXPORT_OP_DELETE) || op == EXPORT_OP_NONE ||
+        op >= EXPORT_OP_COUNT)
         return false;
     if (op == EXPORT_OP_REQUEST)
         e->pending = EXPORT_OP_NONE; /* answered or not, the next step sends it again */

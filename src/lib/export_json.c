@@ -167,8 +167,9 @@ static void check_consistent(reader *rd, const export_job *e)
         reject(rd, NULL, "state generating without an export_id");
     if (e->state == EXPORT_FAILED && !e->error)
         reject(rd, NULL, "state failed without an error");
-    if (e->delete_pending && (e->state != EXPORT_COMPLETE || !e->export_id))
-        reject(rd, "delete_pending", "set without a complete export and its export_id");
+    if (e->delete_pending &&
+        ((e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED) || !e->export_id))
+        reject(rd, "delete_pending", "set without a finished export and its export_id");
 }
 
 static void read_fields(reader *rd, export_job *e)

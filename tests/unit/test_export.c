@@ -351,6 +351,8 @@ static void test_vanished_export(void **state)
 
 /* failed while generating fails the export; failed after complete (the archive was deleted
  * at the API) asks anew. */
+static export_job *roundtrip(const export_job *e);
+
 static void test_status_failed(void **state)
 {
     (void)state;
@@ -359,6 +361,18 @@ static void test_status_failed(void **state)
     send_reply(e, &p, EXPORT_OP_STATUS, api(200, "{\"status\":\"failed\"}"));
     assert_int_equal(e->state, EXPORT_FAILED);
     assert_non_null(strstr(e->error, "export e1 failed"));
+    /* its API job still takes a slot: deleted, once */
+    assert_true(e->delete_pending);
+    expect_next(e, &p, EXPORT_ACT_SEND, EXPORT_OP_DELETE);
+    send_reply(e, &p, EXPORT_OP_DELETE, api(503, "{}"));
+    assert_false(e->delete_pending);
+    assert_int_equal(e->state, EXPORT_FAILED);
+    assert_non_null(strstr(e->error, "export e1 failed"));
+    assert_non_null(strstr(e->last_error, "left at the API"));
+    expect_next(e, &p, EXPORT_ACT_NONE, EXPORT_OP_NONE);
+    export_job *back = roundtrip(e);
+    assert_int_equal(back->state, EXPORT_FAILED);
+    export_free(back);
     export_free(e);
 
     e = downloading(&p, "e2");
@@ -460,6 +474,14 @@ static void test_delete_outcomes(void **state)
             expect_next(e, &p, EXPORT_ACT_WAIT, EXPORT_OP_NONE);
             now = e->retry_at;
             expect_next(e, &p, EXPORT_ACT_SEND, EXPORT_OP_DELETE);
+            /* refused every time: the clean-up is given up, the export stays complete */
+            for (int k = 0; k < p.retry_attempts_max && e->delete_pending; k++) {
+                send_reply(e, &p, EXPORT_OP_DELETE, api(statuses[i], "{}"));
+                now = e->retry_at > now ? e->retry_at : now;
+            }
+            assert_false(e->delete_pending);
+            assert_int_equal(e->state, EXPORT_COMPLETE);
+            assert_null(e->error);
         }
         export_free(e);
     }
