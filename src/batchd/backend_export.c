@@ -210,6 +210,13 @@ static bool pool_step_ok(export_req *q, int status, long file_status)
 {
     q->on_pool = false;
     if (q->cancelled || status < 0) {
+        /* Stopped while the ZIP was put in place: its record still says downloading, so the
+         * next start downloads it again. Left here, that ZIP would be a second copy that no
+         * record, prune or hook knows of. */
+        if (q->placed) {
+            const char *base = strrchr(q->name, '/');
+            (void)unlinkat(q->dirfd, base ? base + 1 : q->name, 0);
+        }
         req_free(q);
         return false;
     }

@@ -101,8 +101,9 @@ static void on_term(uv_signal_t *s, int signum)
         stop_now(d);
         return;
     }
-    log_notice("stop: waiting up to %ds for %zu create/setup request(s) in flight", DRAIN_MS / 1000,
-               n);
+    log_notice("stop: waiting up to %ds for %zu side-effecting request(s) in flight (creates, "
+               "setups, syncs, export requests and deletes)",
+               DRAIN_MS / 1000, n);
     d->draining = true;
     d->drain_timer.data = d;
     uv_timer_start(&d->drain_timer, on_drain_timeout, DRAIN_MS, 0);

@@ -205,7 +205,12 @@ static const job *find_target(const runner *rn, const char *ref, const job *self
         return own;
     }
     if (append) {
+        /* Only appends of that name: they grow one batch, whose own job is the target when
+         * it is still known (else the append stands for it: same batch and dataset). */
         *ambiguous = !appends_agree;
+        for (size_t i = 0; !*ambiguous && append->append.target_job_id && i < rn->n_jobs; i++)
+            if (!strcmp(rn->jobs[i]->j->id, append->append.target_job_id))
+                return rn->jobs[i]->j;
         return append;
     }
     *ambiguous = n_other > 1;

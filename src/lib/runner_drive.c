@@ -83,8 +83,8 @@ static void persist_with_digest(rjob *r, uint64_t digest)
     r->write = RJ_WRITE_OUT;
     r->written_digest = digest;
     /* The job waits for it: a send's intent, or its end before the move. */
-    bool urgent =
-        r->send_after_write != JOB_OP_NONE || (job_state_terminal(r->j->state) && !r->finished);
+    bool urgent = r->send_after_write != JOB_OP_NONE || r->ex_send_after_write ||
+                  (job_state_terminal(r->j->state) && !r->finished);
     r->rn->be.store->write(r->rn->be.ud, r->j, urgent, write_done, r);
 }
 

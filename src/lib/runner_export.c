@@ -67,6 +67,17 @@ static void export_completed(rjob *r)
         rn->hooks.export_done(rn->hooks.ud, j);
 }
 
+/* The export just ended (a reply, or its own timeout): its ZIP is home, or it failed. */
+static void export_ended(rjob *r, export_state before)
+{
+    runner *rn = r->rn;
+    const export_job *e = r->j->export;
+    if (e->state == EXPORT_COMPLETE && before != EXPORT_COMPLETE)
+        export_completed(r);
+    else if (e->state == EXPORT_FAILED && before != EXPORT_FAILED && rn->hooks.export_failed)
+        rn->hooks.export_failed(rn->hooks.ud, r->j);
+}
+
 static void rx_done(void *cookie, const export_reply *reply, unsigned token_gen)
 {
     rjob *r = cookie;
@@ -85,10 +96,7 @@ static void rx_done(void *cookie, const export_reply *reply, unsigned token_gen)
             rn_mono(rn) - r->exfer_started_ms);
     log_export_reply(r, op, reply);
     note_export(j, before, now);
-    if (e->state == EXPORT_COMPLETE && before != EXPORT_COMPLETE)
-        export_completed(r);
-    else if (e->state == EXPORT_FAILED && before != EXPORT_FAILED && rn->hooks.export_failed)
-        rn->hooks.export_failed(rn->hooks.ud, j);
+    export_ended(r, before);
     rj_changed(r, j->state);
     if (token_rejected && rn->hooks.token_rejected)
         rn->hooks.token_rejected(rn->hooks.ud, token_gen);
@@ -170,6 +178,7 @@ static void rx_step(rjob *r)
     export_action a = export_next(e, &rn->export_cfg.params, now, &changed);
     if (changed) {
         note_export(j, before, now); /* written by rj_drive's flush (a finished job's at once) */
+        export_ended(r, before);     /* a generating export can time out here */
         rj_changed(r, j->state);
     }
     if (a.kind == EXPORT_ACT_WAIT) {
@@ -194,7 +203,9 @@ static void request_export(rjob *r, int64_t now, const char *why)
 {
     job *j = r->j;
     if (j->export) {
-        if (export_request_again(j->export, now) == -EBUSY) {
+        /* A live exchange (the DELETE of a finished export) is followed as well: a new
+         * request now would take its reply for its own. */
+        if (r->exfer || export_request_again(j->export, now) == -EBUSY) {
             /* Followed as it is; published all the same, so that a watcher that asked for
              * it sees its state after the ask (batchctl export --wait). */
             rj_publish(r);

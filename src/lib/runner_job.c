@@ -125,7 +125,8 @@ rjob *rj_of(const runner *rn, const job *j)
 static bool still_needed(const runner *rn, const rjob *r)
 {
     const export_job *e = r->j->export;
-    if (e && ((e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED) || e->delete_pending))
+    if (e && !r->j->append.on &&
+        ((e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED) || e->delete_pending))
         return true;
     if (r->j->state != JOB_READY || r->j->append.on)
         return false;

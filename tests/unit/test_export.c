@@ -361,8 +361,13 @@ static void test_status_failed(void **state)
     send_reply(e, &p, EXPORT_OP_STATUS, api(200, "{\"status\":\"failed\"}"));
     assert_int_equal(e->state, EXPORT_FAILED);
     assert_non_null(strstr(e->error, "export e1 failed"));
-    /* its API job still takes a slot: deleted, once */
+    /* its API job still takes a slot: deleted, once (and a record read back at that point,
+     * a stop before the DELETE, owes it still) */
     assert_true(e->delete_pending);
+    export_job *owed = roundtrip(e);
+    assert_true(owed->delete_pending);
+    assert_int_equal(owed->state, EXPORT_FAILED);
+    export_free(owed);
     expect_next(e, &p, EXPORT_ACT_SEND, EXPORT_OP_DELETE);
     send_reply(e, &p, EXPORT_OP_DELETE, api(503, "{}"));
     assert_false(e->delete_pending);

@@ -2101,6 +2101,35 @@ static void test_export_drain(void **state)
     assert_string_equal(json_str(rec, "export_id"), EXPORT_ID);
 }
 
+/* An export that times out while generating (the machine's own decision, no reply) is
+ * counted as failed, and its API job is deleted. */
+static void test_export_generate_timeout(void **state)
+{
+    world *w = *state;
+    const job *j = ready_job(w);
+    runner_export_config c = {.window_ms = 86400000, .keep = 2};
+    export_params_default(&c.params);
+    c.params.poll_initial_ms = 100;
+    c.params.poll_max_ms = 1000;
+    c.params.generate_timeout_ms = 5000;
+    runner_configure_export(w->rn, &c);
+    assert_int_equal(runner_export(w->rn, j), 0);
+    for (int i = 0; i < 4 && !live_exp(w); i++)
+        writes_end(w, 0);
+    exp_answer(w, 202, "{\"status\":\"generating\",\"export_id\":\"" EXPORT_ID "\"}", NULL);
+    for (int i = 0; i < 100 && j->export->state == EXPORT_GENERATING; i++) {
+        flush(w);
+        if (live_exp(w))
+            exp_answer(w, 200, "{\"status\":\"generating\"}", NULL);
+        else
+            advance(w, 500);
+    }
+    assert_int_equal(j->export->state, EXPORT_FAILED);
+    assert_int_equal(w->export_faileds, 1);
+    flush(w);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_DELETE);
+}
+
 /* [export] interval requests an export of each ready job; a restart resumes one that was
  * downloading by asking for a fresh URL, and has the temporary file removed. */
 static void test_export_interval_and_recovery(void **state)
@@ -2168,6 +2197,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_export_flow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_refused_and_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_generate_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_interval_and_recovery, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
