@@ -76,7 +76,7 @@ static zbuf build(const zopts *o)
         put16(&z, 20), put16(&z, 0), put16(&z, 0), put16(&z, 0), put16(&z, 0);
         put32(&z, 0), put32(&z, (uint32_t)o->data_len), put32(&z, (uint32_t)o->data_len);
         put16(&z, 5), put16(&z, 0);
-        char name[6];
+        char name[16]; /* "f%04u" of an unsigned: room for any, 5 used */
         snprintf(name, sizeof name, "f%04u", i);
         put(&z, name, 5);
         for (size_t k = 0; k < o->data_len; k++)
@@ -89,7 +89,7 @@ static zbuf build(const zopts *o)
         put32(&z, 0), put32(&z, (uint32_t)o->data_len), put32(&z, (uint32_t)o->data_len);
         put16(&z, 5), put16(&z, 0), put16(&z, 0), put16(&z, 0), put16(&z, 0);
         put32(&z, 0), put32(&z, offs[i]);
-        char name[6];
+        char name[16]; /* "f%04u" of an unsigned: room for any, 5 used */
         snprintf(name, sizeof name, "f%04u", i);
         put(&z, name, 5);
     }
