@@ -82,13 +82,22 @@ static export_net net_of(enum http_error e)
     }
 }
 
+/* The request is freed (its temporary file gone) before the runner hears of it, because the
+ * runner may start the next download at once and that one's O_EXCL open must find no file.
+ * So whatever the reply borrows from the request is copied first. */
 static void deliver(export_req *q, const export_reply *r)
 {
     runner_export_done_fn done = q->done;
     void *cookie = q->cookie;
     unsigned gen = q->token_gen;
+    export_reply out = *r;
+    char path[sizeof q->name];
+    if (r->path) {
+        snprintf(path, sizeof path, "%s", r->path);
+        out.path = path;
+    }
     req_free(q);
-    done(cookie, r, gen);
+    done(cookie, &out, gen);
 }
 
 static void on_http_done(void *ud, const http_response *resp);
