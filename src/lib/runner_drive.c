@@ -346,17 +346,22 @@ static void start_validation(rjob *r)
 
 /* ---- requests ---- */
 
-static void log_reply(const rjob *r, job_op op, const job_reply *reply)
+/* One line per reply, for a job's calls and its export's alike: the transport's text when
+ * nothing came back (the network's, so cleaned like an API text), else the status. note, when
+ * not NULL, says what the reply did to the job. */
+void rj_log_reply(const rjob *r, const char *what, bool answered, long status,
+                  const char *error_text, const char *secret, const char *note)
 {
     log_job_fields f = rj_fields(r->j);
-    if (reply->net != JOB_NET_OK) {
-        /* The transport's text is the network's: cleaned like an API text. */
-        char *why = apitext_clean_str(reply->error_text ? reply->error_text : "", reply->secret);
-        log_job(LOG_LVL_NOTICE, &f, "%s: %s", job_op_name(op), why);
+    if (!answered) {
+        char *why = apitext_clean_str(error_text ? error_text : "", secret);
+        log_job(LOG_LVL_NOTICE, &f, "%s: %s", what, why);
         free(why);
+    } else if (note) {
+        log_job(status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld (%s)", what,
+                status, note);
     } else {
-        log_job(reply->status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld (%s)",
-                job_op_name(op), reply->status, rj_last_note(r->j));
+        log_job(status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld", what, status);
     }
 }
 
@@ -405,7 +410,8 @@ static void http_done(void *cookie, const job_reply *reply, unsigned token_gen)
     int attempts_before = j->attempts;
     bool token_rejected = job_on_reply(j, op, reply, &rn->params, rn_now(rn), rn_random(rn));
     report_request(r, op, reply, attempts_before);
-    log_reply(r, op, reply);
+    rj_log_reply(r, job_op_name(op), reply->net == JOB_NET_OK, reply->status, reply->error_text,
+                 reply->secret, rj_last_note(r->j));
     rj_changed(r, before);
     if (token_rejected && rn->hooks.token_rejected)
         rn->hooks.token_rejected(rn->hooks.ud, token_gen);

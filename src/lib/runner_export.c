@@ -38,19 +38,6 @@ static void note_export(job *j, export_state before, int64_t now)
         job_note(j, now, "export %s", export_state_name(e->state));
 }
 
-static void log_export_reply(const rjob *r, export_op op, const export_reply *reply)
-{
-    log_job_fields f = rj_fields(r->j);
-    if (reply->net != EXPORT_NET_OK) {
-        char *why = apitext_clean_str(reply->error_text ? reply->error_text : "", reply->secret);
-        log_job(LOG_LVL_NOTICE, &f, "%s: %s", export_op_name(op), why);
-        free(why);
-    } else {
-        log_job(reply->status >= 400 ? LOG_LVL_NOTICE : LOG_LVL_DEBUG, &f, "%s: HTTP %ld",
-                export_op_name(op), reply->status);
-    }
-}
-
 /* The ZIP just downloaded: prune to keep, tell the owner (on_export). */
 static void export_completed(rjob *r)
 {
@@ -94,7 +81,8 @@ static void rx_done(void *cookie, const export_reply *reply, unsigned token_gen)
             rn->hooks.ud, op,
             reply->net == EXPORT_NET_OK || reply->net == EXPORT_NET_TOO_LARGE ? reply->status : 0,
             rn_mono(rn) - r->exfer_started_ms);
-    log_export_reply(r, op, reply);
+    rj_log_reply(r, export_op_name(op), reply->net == EXPORT_NET_OK, reply->status,
+                 reply->error_text, reply->secret, NULL);
     note_export(j, before, now);
     export_ended(r, before);
     rj_changed(r, j->state);

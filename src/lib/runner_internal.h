@@ -161,6 +161,10 @@ void rj_changed(rjob *r, job_state before);
 void rj_flush(rjob *r);
 void rn_lazy_run(void *arg);
 void rj_drive(rjob *r);
+/* Logs a reply to one of r's requests (what: the request's name; answered: a status came
+ * back; note: what it did to the job, or NULL). The transport's text is cleaned of secret. */
+void rj_log_reply(const rjob *r, const char *what, bool answered, long status,
+                  const char *error_text, const char *secret, const char *note);
 
 /* runner_append.c */
 /* A finished validation of r: true when it was taken here (an append job: resolved, held
