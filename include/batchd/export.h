@@ -94,6 +94,9 @@ typedef struct export_job {
 /* A new export, state requested. */
 export_job *export_new(int64_t now_ms);
 void export_free(export_job *e);
+/* Work is left for it: in progress, or complete with the API's export job still to delete.
+ * Such an export keeps its job in memory and its record on disk. false for NULL. */
+bool export_unsettled(const export_job *e);
 
 /* An operator's `batchctl export` on a job that has an export: a finished (complete or
  * failed) one starts over as a new request; 0, or -EBUSY while one is in progress (the caller

@@ -97,6 +97,11 @@ void export_free(export_job *e)
     free(e);
 }
 
+bool export_unsettled(const export_job *e)
+{
+    return e && ((e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED) || e->delete_pending);
+}
+
 static void set_state(export_job *e, export_state s, int64_t now)
 {
     if (e->state != s)

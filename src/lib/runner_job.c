@@ -124,9 +124,7 @@ rjob *rj_of(const runner *rn, const job *j)
  * job, and the next drop resolves it here). */
 static bool still_needed(const runner *rn, const rjob *r)
 {
-    const export_job *e = r->j->export;
-    if (e && !r->j->append.on &&
-        ((e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED) || e->delete_pending))
+    if (!r->j->append.on && export_unsettled(r->j->export))
         return true;
     if (r->j->state != JOB_READY || r->j->append.on)
         return false;

@@ -9,9 +9,11 @@
 static void recover_finished(runner *rn, job *j, bool present)
 {
     int64_t now = rn_now(rn);
-    if (j->moved && j->finished_at > 0 && now - j->finished_at > RUNNER_RECORD_KEEP_MS) {
+    if (j->moved && j->finished_at > 0 && now - j->finished_at > RUNNER_RECORD_KEEP_MS &&
+        !export_unsettled(j->export)) {
         /* Long finished: its outcome lives in done/ or failed/; the record would only make
-         * every start slower. */
+         * every start slower. Not while an export has work left (its temporary file, the
+         * API's export job): that record resumes it. */
         if (rn->be.store->remove(rn->be.ud, j->id) == 0)
             rn->pruned_records++;
         job_free(j);

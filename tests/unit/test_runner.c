@@ -2099,6 +2099,17 @@ static void test_export_drain(void **state)
     assert_null(live_exp(w)); /* nothing new once stopping */
     const cJSON *rec = cJSON_GetObjectItemCaseSensitive(record_of(w, j), "export");
     assert_string_equal(json_str(rec, "export_id"), EXPORT_ID);
+
+    /* The next start comes long after the job finished: a record old enough to be pruned is
+     * kept while its export has work left, and the export resumes from it. */
+    w->now += 31LL * 86400 * 1000;
+    restart(w);
+    bool amb;
+    const job *k = runner_find(w->rn, "a", &amb);
+    assert_non_null(k);
+    assert_non_null(k->export);
+    assert_int_equal(k->export->state, EXPORT_GENERATING);
+    assert_string_equal(k->export->export_id, EXPORT_ID);
 }
 
 /* An export that times out while generating (the machine's own decision, no reply) is
