@@ -141,6 +141,15 @@ static void fail(export_job *e, int64_t now, const char *fmt, ...)
     set_state(e, EXPORT_FAILED, now);
 }
 
+/* last_error takes msg (malloc'd): capped like every kept text, so that a long API detail
+ * can never make the record too long to be read back. */
+static void set_last_error(export_job *e, char *msg)
+{
+    free(e->last_error);
+    e->last_error = apitext_clean_str(msg, NULL);
+    free(msg);
+}
+
 int export_request_again(export_job *e, int64_t now)
 {
     if (e->state != EXPORT_COMPLETE && e->state != EXPORT_FAILED)
@@ -166,8 +175,7 @@ int export_request_again(export_job *e, int64_t now)
     set_state(e, EXPORT_REQUESTED, now);
     /* An undone delete is dropped with a note rather than blocking the new export. */
     if (old_id) {
-        free(e->last_error);
-        e->last_error = xasprintf("the earlier export %s was not deleted at the API", old_id);
+        set_last_error(e, xasprintf("the earlier export %s was not deleted at the API", old_id));
         free(old_id);
     }
     e->delete_pending = false;
@@ -301,10 +309,9 @@ static void retry_later(export_job *e, export_op op, const export_reply *r, cons
          (p->retry_attempts_max > 0 && e->attempts >= p->retry_attempts_max))) {
         /* A clean-up at the API never changes how the export ended; after a failure it is
          * tried once. */
-        free(e->last_error);
-        e->last_error = xasprintf("%s; export %s is left at the API (it keeps at most 10 per "
-                                  "batch)",
-                                  what, e->export_id ? e->export_id : "?");
+        set_last_error(e, xasprintf("%s; export %s is left at the API (it keeps at most 10 per "
+                                    "batch)",
+                                    what, e->export_id ? e->export_id : "?"));
         e->delete_pending = false;
         free(what);
         return;
@@ -320,14 +327,11 @@ static void retry_later(export_job *e, export_op op, const export_reply *r, cons
         now + backoff_retry_delay((unsigned)e->attempts, p->retry_base_ms, p->retry_cap_ms,
                                   r->retry_after, EXPORT_RETRY_AFTER_MAX_MS, now, rnd, &honoured);
     char *ra_text = honoured ? apitext_clean_str(r->retry_after, r->secret) : NULL;
-    free(e->last_error);
-    e->last_error = xasprintf("%s%s%s%s%s%s", what, why ? " (" : "", why ? why : "", why ? ")" : "",
-                              honoured ? " (Retry-After " : "", honoured ? ra_text : "");
-    if (honoured) {
-        char *full = xasprintf("%s)", e->last_error);
-        free(e->last_error);
-        e->last_error = full;
-    }
+    set_last_error(e,
+                   xasprintf("%s%s%s%s%s%s", what, why ? " (" : "", why ? why : "", why ? ")" : "",
+                             honoured ? " (Retry-After " : "", honoured ? ra_text : ""));
+    if (honoured)
+        set_last_error(e, xasprintf("%s)", e->last_error));
     free(ra_text);
     free(what);
 }
@@ -350,8 +354,7 @@ static void renew(export_job *e, const export_params *p, int64_t now, uint64_t r
     e->poll_at = 0;
     e->retry_at = now + backoff_full_jitter((unsigned)(e->renewals - 1), p->retry_base_ms,
                                             p->retry_cap_ms, 2.0, rnd);
-    free(e->last_error);
-    e->last_error = xasprintf("%s; requesting a new export", why);
+    set_last_error(e, xasprintf("%s; requesting a new export", why));
     set_state(e, EXPORT_REQUESTED, now);
 }
 
@@ -538,11 +541,10 @@ static void api_refused(export_job *e, export_op op, const export_reply *r, cons
     } else if (op == EXPORT_OP_DELETE) {
         /* The ZIP is here: a refused clean-up at the API does not undo the export. */
         char *detail = api_detail(r);
-        free(e->last_error);
-        e->last_error = xasprintf("the API refused to delete export %s with HTTP %ld%s%s; it "
-                                  "is left there (the API keeps at most 10 per batch)",
-                                  e->export_id ? e->export_id : "?", s, detail ? ": " : "",
-                                  detail ? detail : "");
+        set_last_error(e, xasprintf("the API refused to delete export %s with HTTP %ld%s%s; it "
+                                    "is left there (the API keeps at most 10 per batch)",
+                                    e->export_id ? e->export_id : "?", s, detail ? ": " : "",
+                                    detail ? detail : ""));
         free(detail);
         e->delete_pending = false;
     } else {
@@ -596,10 +598,9 @@ bool export_on_reply(export_job *e, export_op op, const export_reply *r, const e
     }
     if (s == 401 && op != EXPORT_OP_DOWNLOAD) {
         /* The token is wrong for every call: the daemon holds, the call is made again. */
-        free(e->last_error);
-        e->last_error = xasprintf("%s: HTTP 401 (the API token was rejected; waiting for a new "
-                                  "token)",
-                                  export_op_name(op));
+        set_last_error(e, xasprintf("%s: HTTP 401 (the API token was rejected; waiting for a new "
+                                    "token)",
+                                    export_op_name(op)));
         return true;
     }
     if (s == 408 || s == 429 || s >= 500 || s < 200) {

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "batchd/apitext.h"
 #include "batchd/export.h"
 #include "batchd/util.h"
 
@@ -492,6 +493,37 @@ static void test_delete_outcomes(void **state)
     }
 }
 
+/* A proxy's page of several KiB refusing the DELETE: the note it leaves is capped like every
+ * kept text, so the record still reads back (it was once too long and the export was lost at
+ * the next start). */
+static void test_long_refusal_reads_back(void **state)
+{
+    (void)state;
+    export_params p = params();
+    now = T0;
+    export_job *e = export_new(now);
+    char *body = complete_body("e1", now + 3600 * 1000);
+    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
+    free(body);
+    send_reply(e, &p, EXPORT_OP_DOWNLOAD, downloaded("exports/20261202T104500Z.zip"));
+    size_t n = 3 * APITEXT_MAX;
+    char *page = malloc(n + 1);
+    assert_non_null(page);
+    memset(page, 'x', n);
+    memcpy(page, "<html>", 6);
+    page[n] = '\0';
+    send_reply(e, &p, EXPORT_OP_DELETE, api(403, page));
+    free(page);
+    assert_int_equal(e->state, EXPORT_COMPLETE);
+    assert_non_null(strstr(e->last_error, "refused to delete export e1"));
+    assert_true(strlen(e->last_error) <= APITEXT_MAX);
+    export_job *back = roundtrip(e);
+    assert_string_equal(back->last_error, e->last_error);
+    assert_string_equal(back->path, "exports/20261202T104500Z.zip");
+    export_free(back);
+    export_free(e);
+}
+
 /* What the API sends is untrusted: an id not fit for a path, a URL holding the token, a
  * missing url, a body that is not JSON, an unknown status. */
 static void test_hostile_replies(void **state)
@@ -793,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_generate_timeout),
         cmocka_unit_test(test_download_failures),
         cmocka_unit_test(test_delete_outcomes),
+        cmocka_unit_test(test_long_refusal_reads_back),
         cmocka_unit_test(test_hostile_replies),
         cmocka_unit_test(test_roundtrip_and_resume),
         cmocka_unit_test(test_hostile_records),
