@@ -202,6 +202,11 @@ static void finish_work(uv_work_t *w)
     if (q->rc == 0 && fsync(q->dirfd) < 0) {
         q->rc = -errno;
         q->why = "cannot fsync the exports directory";
+        /* The download is retried as a failure: a ZIP left in place would be a second copy
+         * that no record, prune or hook knows of. */
+        const char *base = strrchr(q->name, '/');
+        (void)unlinkat(q->dirfd, base ? base + 1 : q->name, 0);
+        q->placed = false;
     }
 }
 
