@@ -363,16 +363,36 @@ static size_t download_write(http_transfer *t, const char *ptr, size_t n)
     return n;
 }
 
+/* A 2xx whose declared length is over the cap fails before its first byte reaches the file
+ * (a body without Content-Length is still cut by download_write). */
+static bool declared_too_large(http_transfer *t)
+{
+    curl_off_t len = -1;
+    if (t->download_max == 0 || t->download_pos > 0 ||
+        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) != CURLE_OK)
+        return false;
+    return len > 0 && (uint64_t)len > t->download_max;
+}
+
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     http_transfer *t = userdata;
     size_t n = size * nmemb;
+    /* Cancelled inside a callback of this same curl call: the caller may already have closed
+     * (and the pool reused) the download's fd, so nothing more is written anywhere. */
+    if (t->cancelled)
+        return 0;
     if (t->download) {
         long status = 0;
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
         /* An error page (a refused or expired URL) is read as a body, never into the file. */
-        if (status >= 200 && status < 300)
+        if (status >= 200 && status < 300) {
+            if (declared_too_large(t)) {
+                t->too_large = true;
+                return 0;
+            }
             return download_write(t, ptr, n);
+        }
     }
     if (t->received.len + n > HTTP_MAX_BODY) {
         t->too_large = true;
@@ -426,6 +446,8 @@ static int verify_end(http_transfer *t)
 static size_t on_read(char *buf, size_t size, size_t nitems, void *userdata)
 {
     http_transfer *t = userdata;
+    if (t->cancelled)
+        return CURL_READFUNC_ABORT;
     size_t want = size * nitems;
     uint64_t left = t->upload_size - t->upload_pos;
     if (want > left)
