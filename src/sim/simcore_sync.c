@@ -179,9 +179,16 @@ void sim_handle_sync(simcore *sim, const simcore_route *rt, int64_t now, simcore
     uuid_v7(now, s->id);
     s->created_ms = now;
     s->start_ms = now + sim->cfg.sync_queued_ms;
-    /* Serialised (api-2 §3.6): a second POST gets a new job that waits its turn. */
-    if (b->n_syncs && s->start_ms < b->syncs[b->n_syncs - 1]->finish_ms)
-        s->start_ms = b->syncs[b->n_syncs - 1]->finish_ms;
+    /* Serialised (api-2 §3.6): a second POST gets a new job that waits its turn, which ends
+     * when the previous one finishes, or at its start when that one was refused (a refused
+     * sync ends at once). */
+    resolve_started(sim, b, now);
+    if (b->n_syncs) {
+        const sim_sync *prev = b->syncs[b->n_syncs - 1];
+        int64_t prev_end = prev->reason ? prev->start_ms : prev->finish_ms;
+        if (s->start_ms < prev_end)
+            s->start_ms = prev_end;
+    }
     s->finish_ms = s->start_ms + sim->cfg.sync_processing_ms;
     b->syncs = sim_grow(b->syncs, &b->cap_syncs, b->n_syncs, sizeof(void *));
     b->syncs[b->n_syncs++] = s;

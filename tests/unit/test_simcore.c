@@ -1563,6 +1563,35 @@ static void test_sync_failed_and_serialised(void **state)
     simcore_free(sim);
 }
 
+/* A refused sync ends at once: the next one waits only for its own queue time, not for the
+ * processing time the refused one never had. */
+static void test_sync_after_refused(void **state)
+{
+    (void)state;
+    simcore *sim = new_sim();
+    char *ds = create_dataset(sim, SCHEMA_PLAIN);
+    char *data = records(4, NULL);
+    char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 4}");
+    int64_t t = T0 + 10000;
+    upload_info a;
+    append(sim, ds, data, t, &a); /* its import runs until t + 700 */
+    expect_failed(sim, batch, t + 550, "import in progress"); /* starts at t + 650 */
+    cJSON *j = post_sync(sim, batch, t + 680, 202);
+    char *id = xstrdup(json_str(j, "sync_id"));
+    cJSON_Delete(j);
+    assert_string_equal(simcore_sync_status(sim, batch, id, t + 779), "queued");
+    assert_string_equal(simcore_sync_status(sim, batch, id, t + 780), "processing");
+    j = get_sync(sim, batch, id, t + 1080);
+    assert_string_equal(json_str(j, "status"), "complete");
+    assert_int_equal(json_int64(j, "tasks_created", -1), 4);
+    cJSON_Delete(j);
+    free(id);
+    free(data);
+    free(batch);
+    free(ds);
+    simcore_free(sim);
+}
+
 /* ---- export ---------------------------------------------------------------------- */
 
 /* ZIP's CRC-32, bit by bit: an independent check of the sim's table version. */
@@ -2004,6 +2033,7 @@ int main(void)
         cmocka_unit_test(test_sync_fixed_groups),
         cmocka_unit_test(test_sync_keyed_groups),
         cmocka_unit_test(test_sync_failed_and_serialised),
+        cmocka_unit_test(test_sync_after_refused),
         cmocka_unit_test(test_export_download),
         cmocka_unit_test(test_export_cap_delete_modes),
         cmocka_unit_test(test_export_keyed_pad_state),
