@@ -157,6 +157,11 @@ bool export_on_reply(export_job *e, export_op op, const export_reply *r, const e
  * was generating polls again; a POST whose answer is unknown is sent again. The runner
  * removes EXPORT_TMP_NAME before resuming. */
 void export_recovered(export_job *e, int64_t now_ms);
+/* At start: the ZIP of this export was already renamed into place (path, "exports/NAME.zip")
+ * when the process died, before its record said so. The export is complete with it (its API
+ * job still to be deleted), so it is not downloaded a second time. false, changing nothing,
+ * for an export that had already ended. */
+bool export_adopt(export_job *e, const char *path, int64_t now_ms);
 
 /* The record form (kept inside the job's record) and back. export_from_json is strict: an
  * unknown member, a wrong type, an id not usable in a path, a path that is not a name batchd

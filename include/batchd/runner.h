@@ -84,8 +84,11 @@ typedef struct runner_export_ops {
     /* Off the loop, no completion: removes the ZIPs of done/<job_dir>/exports/ beyond the
      * newest keep (export_prune; protect, a base name, is never removed). */
     void (*prune)(void *ud, const char *job_dir, unsigned keep, const char *protect);
-    /* Recovery, at start: removes a leftover EXPORT_TMP_NAME now (before any download). */
-    void (*clean)(void *ud, const char *job_dir);
+    /* Recovery, at start, for an export that had not ended: removes a leftover
+     * EXPORT_TMP_NAME now (before any download), and returns the ZIP this export already put
+     * in place, if any ("exports/NAME.zip", malloc'd; else NULL): the newest ZIP of
+     * done/<job_dir>/exports/ written at or after since_ms (the export's request). */
+    char *(*clean)(void *ud, const char *job_dir, int64_t since_ms);
 } runner_export_ops;
 
 /* Result of a claim: the same kinds as spool_claim (spool.h). */

@@ -443,21 +443,58 @@ static void export_prune_op(void *ud, const char *job_dir, unsigned keep, const 
         prune_after(&f->work, 0);
 }
 
+/* The newest regular file of dfd that export_dest_name could have made and that was written
+ * at or after since_ms; "exports/NAME.zip" malloc'd, or NULL. A ZIP is renamed into place only
+ * after its fsync and check, so one found here is whole. */
+static char *placed_since(int dfd, int64_t since_ms)
+{
+    int fd = dup(dfd);
+    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+    if (!dir) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    char best[EXPORT_NAME_MAX] = "";
+    int64_t best_ms = 0;
+    /* A time still to come was not written by a download (a producer can ship any mtime in
+     * its job's directory); 1 s of slack for the coarse clock of file times. */
+    int64_t until_ms = time_now_ms() + 1000;
+    const struct dirent *de;
+    while ((de = readdir(dir))) {
+        struct stat st;
+        if (!export_name_parse(de->d_name, NULL, NULL) ||
+            fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        int64_t mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+        size_t len = strlen(de->d_name);
+        if (len < sizeof best && mtime_ms >= since_ms && mtime_ms <= until_ms &&
+            (!best[0] || mtime_ms > best_ms)) {
+            memcpy(best, de->d_name, len + 1);
+            best_ms = mtime_ms;
+        }
+    }
+    closedir(dir);
+    return best[0] ? xasprintf("%s/%s", EXPORT_DIR, best) : NULL;
+}
+
 /* At start, on the loop (as the loading of the records): one unlink, done before any download
- * of this job can open the same name. */
-static void export_clean(void *ud, const char *job_dir)
+ * of this job can open the same name, and a look for a ZIP that was placed but not recorded. */
+static char *export_clean(void *ud, const char *job_dir, int64_t since_ms)
 {
     batchd *d = ud;
     char *job_path = fsutil_join(spool_dir(d->sp, "done"), job_dir);
     int dfd = open_existing_exports(job_path);
     free(job_path);
     if (dfd < 0)
-        return;
+        return NULL;
     if (unlinkat(dfd, EXPORT_TMP_NAME, 0) == 0) {
         log_info("removed an unfinished export download in done/%s/%s", job_dir, EXPORT_DIR);
         fsync(dfd);
     }
+    char *zip = since_ms > 0 ? placed_since(dfd, since_ms) : NULL;
     close(dfd);
+    return zip;
 }
 
 const runner_export_ops backend_export_ops = {

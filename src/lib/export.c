@@ -466,6 +466,27 @@ static void apply_status(export_job *e, export_op op, const cJSON *body, const e
     free(shown);
 }
 
+static void placed(export_job *e, const char *path, int64_t now)
+{
+    set_str(&e->path, path);
+    drop_url(e);
+    e->refusals = 0;
+    e->renewals = 0;
+    e->delete_pending = e->export_id != NULL;
+    set_state(e, EXPORT_COMPLETE, now);
+}
+
+bool export_adopt(export_job *e, const char *path, int64_t now)
+{
+    if (!e || !path || e->state == EXPORT_COMPLETE || e->state == EXPORT_FAILED)
+        return false;
+    e->pending = EXPORT_OP_NONE;
+    e->retry_at = 0;
+    e->attempts = 0;
+    placed(e, path, now);
+    return true;
+}
+
 static void download_ok(export_job *e, const export_reply *r, const export_params *p, int64_t now,
                         uint64_t rnd)
 {
@@ -479,12 +500,7 @@ static void download_ok(export_job *e, const export_reply *r, const export_param
         retry_later(e, EXPORT_OP_DOWNLOAD, r, p, now, rnd, "the file was not kept");
         return;
     }
-    set_str(&e->path, r->path);
-    drop_url(e);
-    e->refusals = 0;
-    e->renewals = 0;
-    e->delete_pending = e->export_id != NULL;
-    set_state(e, EXPORT_COMPLETE, now);
+    placed(e, r->path, now);
 }
 
 static void on_success(export_job *e, export_op op, const export_reply *r, const export_params *p,

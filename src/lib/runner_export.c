@@ -161,6 +161,13 @@ static void rx_step(rjob *r)
         return;
     }
     int64_t now = rn_now(rn);
+    if (r->ex_adopted) {
+        /* What the download's reply would have done, now that the owner is listening. */
+        r->ex_adopted = false;
+        note_export(j, EXPORT_DOWNLOADING, now);
+        export_completed(r);
+        rj_changed(r, j->state);
+    }
     bool changed = false;
     export_state before = e->state;
     export_action a = export_next(e, &rn->export_cfg.params, now, &changed);
@@ -261,11 +268,23 @@ void rx_recover(rjob *r)
     export_job *e = r->j->export;
     if (!e)
         return;
-    export_recovered(e, rn_now(rn));
-    /* A download cut short leaves its temporary file: it is never resumed, only removed. */
-    if (rn->be.exports && rn->be.exports->clean && exportable(r) && e->state != EXPORT_COMPLETE &&
-        e->state != EXPORT_FAILED)
-        rn->be.exports->clean(rn->be.export_ud, r->j->dir);
+    int64_t now = rn_now(rn);
+    export_recovered(e, now);
+    if (!rn->be.exports || !rn->be.exports->clean || !exportable(r) ||
+        e->state == EXPORT_COMPLETE || e->state == EXPORT_FAILED)
+        return;
+    /* A download cut short leaves its temporary file: it is never resumed, only removed. One
+     * that ended in place just before the process died is taken as it is: downloading it
+     * again would leave a second ZIP of the same export. */
+    char *zip = rn->be.exports->clean(rn->be.export_ud, r->j->dir, e->requested_at);
+    if (zip && export_adopt(e, zip, now)) {
+        log_job_fields f = rj_fields(r->j);
+        log_job(LOG_LVL_NOTICE, &f,
+                "export: done/%s/%s was put in place before the stop; not downloaded again",
+                r->j->dir, zip);
+        r->ex_adopted = true;
+    }
+    free(zip);
 }
 
 size_t rx_cancel_all(runner *rn)

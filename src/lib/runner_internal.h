@@ -99,6 +99,7 @@ typedef struct rjob {
     export_op exfer_op;
     int64_t exfer_started_ms; /* monotonic */
     bool ex_send_after_write;
+    bool ex_adopted; /* recovered with its ZIP already in place: completed at the first step */
 } rjob;
 
 struct runner {

@@ -180,6 +180,38 @@ def test_kill9_while_downloading():
         check([x["status"] for x in downloads(env)][-1:] == [200], f"downloads: {downloads(env)}")
 
 
+def test_zip_placed_before_its_record():
+    # The process dies after the ZIP is renamed into place but before its record says so
+    # (made here by stopping batchd and setting the record back to downloading, as it was on
+    # disk in that window). The next start finds the ZIP written since the request and takes
+    # it: no second download, one ZIP, the same path.
+    with Env(sim_args=["--export-generating", "200ms"]) as env:
+        name, job = ready_job(env)
+        r = batchctl(env, "export", name, "--wait")
+        check(r.returncode == 0, f"export --wait: {r.returncode} {r.stdout} {r.stderr}")
+        e = check_export(env, name, job)
+        env.daemon.stop()
+        rec_path = os.path.join(env.daemon.state_dir, "jobs", job["id"] + ".json")
+        with open(rec_path) as f:
+            rec = json.load(f)
+        x = rec["export"]
+        check(x["state"] == "complete" and x.get("export_id"), f"the record's export: {x}")
+        x["state"] = "downloading"
+        x.pop("path")
+        x.pop("delete_pending", None)
+        with open(rec_path + ".edit", "w") as f:
+            json.dump(rec, f)
+        os.rename(rec_path + ".edit", rec_path)
+        seen = len(downloads(env))
+        env.daemon.start()
+        wait_for(lambda: export_complete(env, name), 30, "the export complete after the start")
+        again = get_job(env, name)["export"]
+        check(again["path"] == e["path"], f"path {again['path']}, not {e['path']}")
+        check(zips(env, name) == [os.path.basename(e["path"])], f"ZIPs: {zips(env, name)}")
+        check(len(downloads(env)) == seen, f"downloaded again: {downloads(env)[seen:]}")
+        check("not downloaded again" in env.daemon.logs(), "the start says it took the ZIP")
+
+
 HOOK = r'''#!/usr/bin/python3
 import json, os, sys
 out = %r
@@ -312,7 +344,8 @@ def test_one_gib_export_flat_memory():
 
 if __name__ == "__main__":
     run([test_export_new_mode, test_export_old_mode, test_export_refused_for_unready,
-         test_kill9_while_downloading, test_interval_keep_and_hook,
+         test_kill9_while_downloading, test_zip_placed_before_its_record,
+         test_interval_keep_and_hook,
          test_faults_on_export_endpoints, test_planted_temp_file,
          test_one_gib_export_flat_memory])
 

@@ -127,6 +127,8 @@ typedef struct world {
     size_t n_exps;
     int exp_sent[EXPORT_OP_COUNT];
     int prunes, cleans, export_dones, export_faileds, export_reqs_done;
+    const char *placed_zip; /* what x_clean finds in place */
+    int64_t clean_since;
     unsigned prune_keep;
     char prune_protect[EXPORT_NAME_MAX];
 } world;
@@ -381,10 +383,13 @@ static void x_prune(void *ud, const char *job_dir, unsigned keep, const char *pr
     snprintf(w->prune_protect, sizeof w->prune_protect, "%s", protect ? protect : "");
 }
 
-static void x_clean(void *ud, const char *job_dir)
+static char *x_clean(void *ud, const char *job_dir, int64_t since_ms)
 {
+    world *w = ud;
     assert_non_null(job_dir);
-    ((world *)ud)->cleans++;
+    w->cleans++;
+    w->clean_since = since_ms;
+    return w->placed_zip ? xstrdup(w->placed_zip) : NULL;
 }
 
 static const runner_export_ops export_ops = {x_send, x_cancel, x_prune, x_clean};
@@ -2078,6 +2083,15 @@ static void test_export_refused_and_token(void **state)
     assert_null(j->export->error);
 }
 
+/* Asks for j's export and lets the writes end until its POST is out (write before send). */
+static void export_sent(world *w, const job *j)
+{
+    assert_int_equal(runner_export(w->rn, j), 0);
+    for (int i = 0; i < 4 && !live_exp(w); i++)
+        writes_end(w, 0);
+    assert_non_null(live_exp(w));
+}
+
 /* Stopping with an export POST out: it is left to end (it makes an export job at the API;
  * cut, the restart would make another), a status poll is cut. */
 static void test_export_drain(void **state)
@@ -2085,9 +2099,7 @@ static void test_export_drain(void **state)
     world *w = *state;
     const job *j = ready_job(w);
     configure_exports(w, 0);
-    assert_int_equal(runner_export(w->rn, j), 0);
-    for (int i = 0; i < 4 && !live_exp(w); i++)
-        writes_end(w, 0);
+    export_sent(w, j);
     assert_int_equal(live_exp(w)->op, EXPORT_OP_REQUEST);
     assert_int_equal(runner_begin_drain(w->rn), 1);
     assert_int_equal(runner_in_flight(w->rn), 1);
@@ -2124,9 +2136,7 @@ static void test_export_generate_timeout(void **state)
     c.params.poll_max_ms = 1000;
     c.params.generate_timeout_ms = 5000;
     runner_configure_export(w->rn, &c);
-    assert_int_equal(runner_export(w->rn, j), 0);
-    for (int i = 0; i < 4 && !live_exp(w); i++)
-        writes_end(w, 0);
+    export_sent(w, j);
     exp_answer(w, 202, "{\"status\":\"generating\",\"export_id\":\"" EXPORT_ID "\"}", NULL);
     for (int i = 0; i < 100 && j->export->state == EXPORT_GENERATING; i++) {
         flush(w);
@@ -2172,6 +2182,47 @@ static void test_export_interval_and_recovery(void **state)
     assert_int_equal(live_exp(w)->op, EXPORT_OP_STATUS);
 }
 
+/* The process died after the ZIP was renamed into place, before the record said so: the next
+ * start takes that ZIP (what the backend finds written since the request) instead of
+ * downloading it again, reports it once, and goes on to the DELETE. */
+static void test_export_placed_before_crash(void **state)
+{
+    world *w = *state;
+    const job *j = ready_job(w);
+    configure_exports(w, 0);
+    export_sent(w, j);
+    exp_answer(w, 200, complete_body(w), NULL);
+    flush(w);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_DOWNLOAD);
+    int64_t requested = j->export->requested_at;
+    assert_true(requested > 0);
+    w->placed_zip = "exports/20261202T104500Z.zip";
+    restart(w);
+    configure_exports(w, 0);
+    assert_int_equal(w->cleans, 1);
+    assert_int_equal(w->clean_since, requested);
+    j = job0(w);
+    assert_int_equal(j->export->state, EXPORT_COMPLETE);
+    assert_string_equal(j->export->path, "exports/20261202T104500Z.zip");
+    int dones = w->export_dones;
+    runner_drive_all(w->rn);
+    flush(w);
+    assert_int_equal(w->export_dones, dones + 1); /* on_export, after the start */
+    const cJSON *rec = cJSON_GetObjectItemCaseSensitive(record_of(w, j), "export");
+    assert_string_equal(json_str(rec, "state"), "complete");
+    assert_string_equal(json_str(rec, "path"), "exports/20261202T104500Z.zip");
+    /* Nothing placed since the request: the download starts over, as before. */
+    w->placed_zip = NULL;
+    export_sent(w, j);
+    exp_answer(w, 200, complete_body(w), NULL);
+    flush(w);
+    assert_int_equal(live_exp(w)->op, EXPORT_OP_DOWNLOAD);
+    restart(w);
+    configure_exports(w, 0);
+    j = job0(w);
+    assert_int_equal(j->export->state, EXPORT_REQUESTED);
+}
+
 int main(void)
 {
     log_init("test_runner", LOG_LVL_ERR);
@@ -2210,6 +2261,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_export_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_generate_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_interval_and_recovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_placed_before_crash, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

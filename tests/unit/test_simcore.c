@@ -1574,7 +1574,7 @@ static void test_sync_after_refused(void **state)
     char *batch = ready_batch(sim, ds, data, "{\"tasks_per_group\": 4}");
     int64_t t = T0 + 10000;
     upload_info a;
-    append(sim, ds, data, t, &a); /* its import runs until t + 700 */
+    append(sim, ds, data, t, &a);                             /* its import runs until t + 700 */
     expect_failed(sim, batch, t + 550, "import in progress"); /* starts at t + 650 */
     cJSON *j = post_sync(sim, batch, t + 680, 202);
     char *id = xstrdup(json_str(j, "sync_id"));
