@@ -27,3 +27,35 @@ http_transfer *batchd_api_start(batchd *d, const char *method, const char *path,
     free(url);
     return t;
 }
+
+bool batchd_token_replace(batchd *d, char *token)
+{
+    bool changed = !d->token || strcmp(d->token, token) != 0;
+    if (!changed) {
+        secret_free(&token);
+        return false;
+    }
+    /* The oldest kept goes; the one in use joins the kept ones. */
+    secret_free(&d->token_before[BATCHD_TOKENS_KEPT - 1]);
+    memmove(&d->token_before[1], &d->token_before[0],
+            (BATCHD_TOKENS_KEPT - 1) * sizeof d->token_before[0]);
+    d->token_before[0] = d->token;
+    d->token = token;
+    d->token_gen++;
+    return true;
+}
+
+const char *batchd_token_of(const batchd *d, unsigned gen)
+{
+    unsigned back = d->token_gen - gen; /* wraps like the counter */
+    if (back == 0 || back > BATCHD_TOKENS_KEPT || !d->token_before[back - 1])
+        return d->token;
+    return d->token_before[back - 1];
+}
+
+void batchd_tokens_free(batchd *d)
+{
+    secret_free(&d->token);
+    for (size_t i = 0; i < BATCHD_TOKENS_KEPT; i++)
+        secret_free(&d->token_before[i]);
+}

@@ -158,7 +158,7 @@ static void on_http_done(void *ud, const http_response *resp)
         .body_len = resp->body_len,
         .retry_after = resp->retry_after,
         .error_text = resp->error_text,
-        .secret = q->d->token,
+        .secret = batchd_token_of(q->d, q->token_gen),
     };
     runner_http_done_fn done = q->done;
     void *cookie = q->cookie;

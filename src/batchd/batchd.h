@@ -37,6 +37,8 @@ void cfgref_put(cfgref *r);
 typedef struct backend backend;
 struct metrics_http;
 
+#define BATCHD_TOKENS_KEPT 4
+
 typedef struct batchd {
     uv_loop_t *loop;
     char *config_path;
@@ -59,6 +61,9 @@ typedef struct batchd {
     bool operator_paused;
     bool token_hold;
     unsigned token_gen; /* counts token changes: a 401 to an older token holds nothing */
+    /* The tokens replaced last (token_gen - 1 - i), kept so that a reply to a request sent
+     * with one of them is cleaned of the token it carried (batchd_token_of). */
+    char *token_before[BATCHD_TOKENS_KEPT];
     bool stopping;
     bool draining; /* stopping, waiting for creates/setups in flight */
     uv_timer_t drain_timer;
@@ -75,6 +80,15 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks);
  * call with a side effect (http.h). NULL when it cannot start. */
 http_transfer *batchd_api_start(batchd *d, const char *method, const char *path, const char *body,
                                 bool fresh_connect, http_done_fn done, void *ud);
+
+/* apicall.c: token becomes the one in use (taken over); token_gen counts the change when it
+ * differs from the one before. Returns whether it differed. */
+bool batchd_token_replace(batchd *d, char *token);
+/* The token requests of generation gen carried, to clean their replies of: the one in use
+ * for a generation not kept. */
+const char *batchd_token_of(const batchd *d, unsigned gen);
+/* Wipes and frees every token held. */
+void batchd_tokens_free(batchd *d);
 
 /* backend_export.c: the runner's export backend (its ud is the batchd). */
 extern const runner_export_ops backend_export_ops;

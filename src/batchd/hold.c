@@ -57,12 +57,7 @@ void batchd_reread_token(batchd *d)
         return;
     }
     diag_free(&dg);
-    if (d->token && strcmp(d->token, token) == 0) {
-        secret_free(&token);
+    if (!batchd_token_replace(d, token))
         return;
-    }
-    secret_free(&d->token);
-    d->token = token;
-    d->token_gen++;
     log_notice("resume: a different API token was read from %s", source);
 }

@@ -483,7 +483,7 @@ static int run(batchd *d)
 static void teardown(batchd *d)
 {
     spool_free(d->sp);
-    secret_free(&d->token);
+    batchd_tokens_free(d);
     cfgref_put(d->cfg);
     free(d->api_url);
     free(d->config_path);

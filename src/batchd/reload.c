@@ -181,17 +181,6 @@ static void keep_restart_values(config *c, const config *o)
     }
 }
 
-/* Takes token over as the one in use; returns whether it differs from the one before. */
-static bool swap_token(batchd *d, char *token)
-{
-    bool token_changed = !d->token || strcmp(d->token, token) != 0;
-    secret_free(&d->token);
-    d->token = token;
-    if (token_changed)
-        d->token_gen++;
-    return token_changed;
-}
-
 static void log_reloaded(const cJSON *reply, const char *source)
 {
     char *a = json_print(cJSON_GetObjectItemCaseSensitive(reply, "applied"));
@@ -229,7 +218,7 @@ cJSON *batchd_reload(batchd *d, const char **err, char **err_msg)
     }
     cJSON *reply = diff_config(&d->cfg->c, &n->c);
     keep_restart_values(&n->c, &d->cfg->c);
-    bool token_changed = swap_token(d, token);
+    bool token_changed = batchd_token_replace(d, token);
     cfgref_put(d->cfg);
     d->cfg = n;
     batchd_apply_config(d);
