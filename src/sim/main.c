@@ -659,9 +659,15 @@ static enum MHD_Result finish_request(sim_server *s, struct MHD_Connection *conn
         log_request(s, c, 0);
         return MHD_NO;
     }
-    if (k == SIMCORE_FAULT_SLOW)
+    if (c->fault.hold) {
+        /* Logged before the hold, so that a test can see the answer is made and held. */
+        log_request(s, c, r.status);
         slow_wait(s);
-    log_request(s, c, r.status);
+    } else {
+        if (k == SIMCORE_FAULT_SLOW)
+            slow_wait(s);
+        log_request(s, c, r.status);
+    }
     enum MHD_Result rc = send_response(conn, &r, retry_after[0] ? retry_after : NULL);
     simcore_response_free(&r);
     return rc;

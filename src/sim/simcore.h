@@ -103,6 +103,7 @@ typedef struct simcore_fault_rule {
     bool counted;              /* count, not probability */
     int64_t count;             /* hits left (0..SIMCORE_MAX_FAULT_COUNT) when counted */
     simcore_endpoint endpoint; /* SIMCORE_EP_NONE: every API request */
+    bool hold;                 /* the answer is also held like a slow one's */
 } simcore_fault_rule;
 
 #define SIMCORE_MAX_FAULT_COUNT 1000000000
@@ -160,6 +161,7 @@ typedef struct simcore_fault_decision {
     int status;              /* HTTP status to answer for 5xx/429, else 0 */
     int64_t retry_after_ms;  /* for 429, else -1 */
     unsigned variant;        /* oddid: index into the built-in hostile ids */
+    bool hold;               /* held like a slow answer before it is sent */
 } simcore_fault_decision;
 
 /* ---- the simulator ------------------------------------------------------------- */

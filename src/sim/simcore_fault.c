@@ -190,6 +190,10 @@ static int rule_from_json(const cJSON *j, simcore_fault_rule *out, char *err, si
             return fail(err, err_len, "faults[].probability must be a number from 0 to 1");
         r.probability = p->valuedouble;
     }
+    const cJSON *hold = cJSON_GetObjectItemCaseSensitive(j, "hold");
+    if (hold && !cJSON_IsBool(hold))
+        return fail(err, err_len, "faults[].hold must be true or false");
+    r.hold = cJSON_IsTrue(hold);
     const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "endpoint");
     if (ep && !cJSON_IsNull(ep)) {
         if (!cJSON_IsString(ep) || simcore_endpoint_from_name(ep->valuestring, &r.endpoint) < 0)
@@ -351,6 +355,8 @@ cJSON *simcore_faults_to_json(const simcore_faults *f)
         else
             cJSON_AddNumberToObject(r, "probability", f->rules[i].probability);
         json_add_str_or_null(r, "endpoint", simcore_endpoint_name(f->rules[i].endpoint));
+        if (f->rules[i].hold)
+            cJSON_AddTrueToObject(r, "hold");
         cJSON_AddItemToArray(arr, r);
     }
     cJSON_AddNumberToObject(j, "retry_after", (double)f->retry_after_s);
@@ -421,6 +427,7 @@ void simcore_fault_decide(simcore *sim, simcore_endpoint ep, int64_t now_ms,
                 continue;
         }
         out->kind = r->kind;
+        out->hold = r->hold;
         switch (r->kind) {
         case SIMCORE_FAULT_500:
             out->status = 500;

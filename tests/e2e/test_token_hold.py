@@ -8,7 +8,7 @@ import os
 import subprocess
 
 from harness import (TOKEN, Env, Skipped, batchctl, binary, call, check, hold,
-                     other_uid_bin_dir, run, wait_for)
+                     other_uid_bin_dir, regular_files, run, wait_for)
 
 WRONG = "e2e-wrong-token-typo"
 NOBODY = 65534
@@ -236,8 +236,34 @@ def test_not_dumpable_and_env_token_removed():
         wait_for(lambda: d.dir_entries("done") == ["envtok"], 30, "the job in done/")
 
 
+def test_echo_after_the_token_changed():
+    """A reply echoing the token its request carried comes back after a reload brought a
+    different token: it is cleaned of the token it was sent with, so the old one leaks into
+    no log, error.json or record."""
+    with Env(sim_args=["--slow", "600s"]) as env:
+        d = env.daemon
+        env.sim.set_faults([{"kind": "echo-raw", "probability": 1.0,
+                             "endpoint": "create_dataset", "hold": True}])
+        name = make_jobs(env, 1, "echo")[0]
+        # The sim logs a held answer before holding it.
+        wait_for(lambda: any(r["endpoint"] == "create_dataset"
+                             for r in env.sim.state()["requests"]), 20,
+                 "the echo made and held")
+        write_token(env, "e2e-the-next-token")
+        r = ctl(env, "reload")
+        check(r.returncode == 0, r.stderr)
+        env.sim.set_faults([], slow_ms=0)  # releases the held answer
+        d.wait_finished(name, "failed", 30)
+        with open(os.path.join(d.spool, "failed", name, "error.json")) as f:
+            err = f.read()
+        check("echo" in err or "400" in err, f"error.json: {err}")
+        d.stop()
+        for p, data in regular_files(env.dir):
+            check(TOKEN.encode() not in data, f"the replaced token leaked into {p}")
+
+
 if __name__ == "__main__":
     run([test_401_hold_lifted_by_reload, test_hold_does_not_time_out_waits,
          test_401_hold_lifted_by_resume,
          test_status_line_says_on_hold, test_operator_pause_reason,
-         test_not_dumpable_and_env_token_removed])
+         test_not_dumpable_and_env_token_removed, test_echo_after_the_token_changed])

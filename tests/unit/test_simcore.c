@@ -315,15 +315,36 @@ static void test_fault_endpoint_and_json(void **state)
     assert_int_equal(d.kind, SIMCORE_FAULT_429);
     assert_int_equal(d.status, 429);
     assert_int_equal(d.retry_after_ms, 3000);
+    assert_false(d.hold);
     simcore_fault_decide(sim, SIMCORE_EP_GET_BATCH, T0, &d);
     assert_int_equal(d.kind, SIMCORE_FAULT_NONE);
     assert_int_equal(simcore_get_faults(sim)->slow_ms, 250);
+    /* "hold" holds any kind's answer; it must be a boolean, and it reads back. */
+    j = cJSON_Parse("{\"faults\":[{\"kind\":\"echo-raw\",\"probability\":1,\"hold\":1}]}");
+    assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err),
+                     -EINVAL);
+    assert_non_null(strstr(err, "hold"));
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"faults\":[{\"kind\":\"echo-raw\",\"probability\":1,\"hold\":true,"
+                    "\"endpoint\":\"create_batch\"},{\"kind\":\"429\",\"probability\":1,"
+                    "\"endpoint\":\"create_batch\"}]}");
+    assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err), 0);
+    cJSON_Delete(j);
+    simcore_fault_decide(sim, SIMCORE_EP_CREATE_BATCH, T0, &d);
+    assert_int_equal(d.kind, SIMCORE_FAULT_ECHO_RAW);
+    assert_true(d.hold);
+    j = simcore_faults_to_json(simcore_get_faults(sim));
+    const cJSON *rules = cJSON_GetObjectItemCaseSensitive(j, "faults");
+    assert_true(
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(rules, 0), "hold")));
+    assert_null(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(rules, 1), "hold"));
+    cJSON_Delete(j);
     /* A bad table changes nothing. */
     j = cJSON_Parse("{\"faults\":[{\"kind\":\"teapot\",\"probability\":1}],\"slow_ms\":1}");
     assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err),
                      -EINVAL);
     cJSON_Delete(j);
-    assert_int_equal(simcore_get_faults(sim)->n_rules, 1);
+    assert_int_equal(simcore_get_faults(sim)->n_rules, 2);
     assert_int_equal(simcore_get_faults(sim)->slow_ms, 250);
     j = cJSON_Parse("{\"retry_after\":\"date\"}");
     assert_int_equal(simcore_faults_from_json(simcore_get_faults(sim), j, err, sizeof err), 0);
