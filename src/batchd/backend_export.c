@@ -443,9 +443,9 @@ static void export_prune_op(void *ud, const char *job_dir, unsigned keep, const 
         prune_after(&f->work, 0);
 }
 
-/* The newest regular file of dfd that export_dest_name could have made and that was written
- * at or after since_ms; "exports/NAME.zip" malloc'd, or NULL. A ZIP is renamed into place only
- * after its fsync and check, so one found here is whole. */
+/* The newest regular file of dfd that export_dest_name could have made and that changed
+ * (written, renamed) at or after since_ms; "exports/NAME.zip" malloc'd, or NULL. A ZIP is
+ * renamed into place only after its fsync and check, so one found here is whole. */
 static char *placed_since(int dfd, int64_t since_ms)
 {
     int fd = dup(dfd);
@@ -457,8 +457,8 @@ static char *placed_since(int dfd, int64_t since_ms)
     }
     char best[EXPORT_NAME_MAX] = "";
     int64_t best_ms = 0;
-    /* A time still to come was not written by a download (a producer can ship any mtime in
-     * its job's directory); 1 s of slack for the coarse clock of file times. */
+    /* A time still to come was not made by a download (the clock was set back since?); 1 s
+     * of slack for the coarse clock of file times. */
     int64_t until_ms = time_now_ms() + 1000;
     const struct dirent *de;
     while ((de = readdir(dir))) {
@@ -466,12 +466,14 @@ static char *placed_since(int dfd, int64_t since_ms)
         if (!export_name_parse(de->d_name, NULL, NULL) ||
             fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
             continue;
-        int64_t mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+        /* The change time, not the modification time: utimensat cannot set it, and the
+         * download's writes and rename move it past the request. */
+        int64_t ctime_ms = (int64_t)st.st_ctim.tv_sec * 1000 + st.st_ctim.tv_nsec / 1000000;
         size_t len = strlen(de->d_name);
-        if (len < sizeof best && mtime_ms >= since_ms && mtime_ms <= until_ms &&
-            (!best[0] || mtime_ms > best_ms)) {
+        if (len < sizeof best && ctime_ms >= since_ms && ctime_ms <= until_ms &&
+            (!best[0] || ctime_ms > best_ms)) {
             memcpy(best, de->d_name, len + 1);
-            best_ms = mtime_ms;
+            best_ms = ctime_ms;
         }
     }
     closedir(dir);

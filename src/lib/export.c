@@ -327,11 +327,9 @@ static void retry_later(export_job *e, export_op op, const export_reply *r, cons
         now + backoff_retry_delay((unsigned)e->attempts, p->retry_base_ms, p->retry_cap_ms,
                                   r->retry_after, EXPORT_RETRY_AFTER_MAX_MS, now, rnd, &honoured);
     char *ra_text = honoured ? apitext_clean_str(r->retry_after, r->secret) : NULL;
-    set_last_error(e,
-                   xasprintf("%s%s%s%s%s%s", what, why ? " (" : "", why ? why : "", why ? ")" : "",
-                             honoured ? " (Retry-After " : "", honoured ? ra_text : ""));
-    if (honoured)
-        set_last_error(e, xasprintf("%s)", e->last_error));
+    set_last_error(e, xasprintf("%s%s%s%s%s%s%s", what, why ? " (" : "", why ? why : "",
+                                why ? ")" : "", honoured ? " (Retry-After " : "",
+                                honoured ? ra_text : "", honoured ? ")" : ""));
     free(ra_text);
     free(what);
 }

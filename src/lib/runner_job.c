@@ -124,8 +124,8 @@ rjob *rj_of(const runner *rn, const job *j)
  * job, and the next drop resolves it here). */
 static bool still_needed(const runner *rn, const rjob *r)
 {
-    if (!r->j->append.on && export_unsettled(r->j->export))
-        return true;
+    if (r->ex_adopted || (!r->j->append.on && export_unsettled(r->j->export)))
+        return true; /* an adopted export completes (and runs on_export) at its first step */
     if (r->j->state != JOB_READY || r->j->append.on)
         return false;
     for (size_t i = 0; i < rn->n_jobs; i++) {

@@ -74,6 +74,22 @@ static char *refusal(const sim_batch *b, const sim_dataset *d, int64_t t)
     return NULL;
 }
 
+/* Serialised (api-2 §3.6): sync k starts sync_queued_ms after its POST, or when the one
+ * before it ends if that is later: when it finishes, or at its start if it was refused (a
+ * refused sync ends at once). */
+static void schedule(const simcore *sim, sim_batch *b, size_t k)
+{
+    sim_sync *s = b->syncs[k];
+    s->start_ms = s->created_ms + sim->cfg.sync_queued_ms;
+    if (k > 0) {
+        const sim_sync *prev = b->syncs[k - 1];
+        int64_t prev_end = prev->reason ? prev->start_ms : prev->finish_ms;
+        if (s->start_ms < prev_end)
+            s->start_ms = prev_end;
+    }
+    s->finish_ms = s->start_ms + sim->cfg.sync_processing_ms;
+}
+
 static void resolve(simcore *sim, sim_batch *b, size_t k)
 {
     sim_sync *s = b->syncs[k];
@@ -85,8 +101,13 @@ static void resolve(simcore *sim, sim_batch *b, size_t k)
         return;
     }
     s->reason = refusal(b, d, t);
-    if (s->reason)
+    if (s->reason) {
+        /* It ended at its start: the ones queued behind it move up (none has started, since
+         * each starts after the one before it). */
+        for (size_t i = k + 1; i < b->n_syncs; i++)
+            schedule(sim, b, i);
         return;
+    }
     uint64_t tasks, groups;
     counts_before(b, k, &tasks, &groups);
     sim_hashset seen = {0};
@@ -178,20 +199,10 @@ void sim_handle_sync(simcore *sim, const simcore_route *rt, int64_t now, simcore
     sim_sync *s = xcalloc(1, sizeof *s);
     uuid_v7(now, s->id);
     s->created_ms = now;
-    s->start_ms = now + sim->cfg.sync_queued_ms;
-    /* Serialised (api-2 §3.6): a second POST gets a new job that waits its turn, which ends
-     * when the previous one finishes, or at its start when that one was refused (a refused
-     * sync ends at once). */
     resolve_started(sim, b, now);
-    if (b->n_syncs) {
-        const sim_sync *prev = b->syncs[b->n_syncs - 1];
-        int64_t prev_end = prev->reason ? prev->start_ms : prev->finish_ms;
-        if (s->start_ms < prev_end)
-            s->start_ms = prev_end;
-    }
-    s->finish_ms = s->start_ms + sim->cfg.sync_processing_ms;
     b->syncs = sim_grow(b->syncs, &b->cap_syncs, b->n_syncs, sizeof(void *));
     b->syncs[b->n_syncs++] = s;
+    schedule(sim, b, b->n_syncs - 1);
     resolve_started(sim, b, now);
     sim_respond_json(resp, 202, sync_json(b, s, now));
 }

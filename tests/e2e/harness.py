@@ -7,6 +7,7 @@ import atexit
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -49,9 +50,22 @@ def binary(name):
     return os.path.join(BUILD, name)
 
 
+def _wait_bound_s(args):
+    """Seconds of the --timeout DURATION among batchctl's args (500ms, 60s, 2m, 1h), or 0."""
+    for flag, value in zip(args, args[1:]):
+        m = re.fullmatch(r"(\d+)(ms|s|m|h)?", str(value)) if flag == "--timeout" else None
+        if m:
+            scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
+            return int(m.group(1)) * scale
+    return 0
+
+
 def batchctl(env, *args, text=True, timeout=30):
     """Runs batchctl against the env's daemon (its config and socket; $BATCHD_CONFIG of the
-    caller left out); returns the CompletedProcess, output as text unless text=False."""
+    caller left out); returns the CompletedProcess, output as text unless text=False. A
+    command given --timeout D gets D and 30 s more before it is killed here: batchctl's own
+    timeout is what such a test checks."""
+    timeout = max(timeout, _wait_bound_s(args) + 30)
     e = dict(os.environ)
     e.pop("BATCHD_CONFIG", None)
     return subprocess.run([binary("batchctl"), "-c", env.daemon.conf, "-s", env.daemon.socket,

@@ -240,7 +240,9 @@ def test_echo_after_the_token_changed():
     """A reply echoing the token its request carried comes back after a reload brought a
     different token: it is cleaned of the token it was sent with, so the old one leaks into
     no log, error.json or record."""
-    with Env(sim_args=["--slow", "600s"]) as env:
+    # A long API timeout: the held create must not time out (its retry would carry the new
+    # token, which the sim refuses) however slowly the test reaches the release.
+    with Env(sim_args=["--slow", "600s"], extra_conf="api.timeout = 120s") as env:
         d = env.daemon
         env.sim.set_faults([{"kind": "echo-raw", "probability": 1.0,
                              "endpoint": "create_dataset", "hold": True}])

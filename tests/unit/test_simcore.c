@@ -1584,6 +1584,27 @@ static void test_sync_failed_and_serialised(void **state)
     simcore_free(sim);
 }
 
+/* POSTs a sync at now; its id, malloc'd. */
+static char *sync_id_at(simcore *sim, const char *batch, int64_t now)
+{
+    cJSON *j = post_sync(sim, batch, now, 202);
+    char *id = xstrdup(json_str(j, "sync_id"));
+    cJSON_Delete(j);
+    return id;
+}
+
+/* Sync id is queued until start, then processing, and complete 300 ms later with tasks. */
+static void expect_runs_from(simcore *sim, const char *batch, const char *id, int64_t start,
+                             int64_t tasks)
+{
+    assert_string_equal(simcore_sync_status(sim, batch, id, start - 1), "queued");
+    assert_string_equal(simcore_sync_status(sim, batch, id, start), "processing");
+    cJSON *j = get_sync(sim, batch, id, start + 300);
+    assert_string_equal(json_str(j, "status"), "complete");
+    assert_int_equal(json_int64(j, "tasks_created", -1), tasks);
+    cJSON_Delete(j);
+}
+
 /* A refused sync ends at once: the next one waits only for its own queue time, not for the
  * processing time the refused one never had. */
 static void test_sync_after_refused(void **state)
@@ -1597,15 +1618,18 @@ static void test_sync_after_refused(void **state)
     upload_info a;
     append(sim, ds, data, t, &a);                             /* its import runs until t + 700 */
     expect_failed(sim, batch, t + 550, "import in progress"); /* starts at t + 650 */
-    cJSON *j = post_sync(sim, batch, t + 680, 202);
-    char *id = xstrdup(json_str(j, "sync_id"));
-    cJSON_Delete(j);
-    assert_string_equal(simcore_sync_status(sim, batch, id, t + 779), "queued");
-    assert_string_equal(simcore_sync_status(sim, batch, id, t + 780), "processing");
-    j = get_sync(sim, batch, id, t + 1080);
-    assert_string_equal(json_str(j, "status"), "complete");
-    assert_int_equal(json_int64(j, "tasks_created", -1), 4);
-    cJSON_Delete(j);
+    char *id = sync_id_at(sim, batch, t + 680);
+    expect_runs_from(sim, batch, id, t + 780, 4);
+    free(id);
+    /* The same when the second is asked for while the first still waits in its queue: once
+     * the first is refused at its start, the second moves up to its own queue time. */
+    int64_t t2 = t + 5000;
+    append(sim, ds, data, t2, &a);                  /* until t2 + 700 */
+    char *first = sync_id_at(sim, batch, t2 + 550); /* starts at t2 + 650: refused */
+    id = sync_id_at(sim, batch, t2 + 620);
+    assert_string_equal(simcore_sync_status(sim, batch, first, t2 + 719), "failed");
+    expect_runs_from(sim, batch, id, t2 + 720, 4);
+    free(first);
     free(id);
     free(data);
     free(batch);
