@@ -1395,7 +1395,7 @@ static const char *const SYNC_FAST[] = {"--import-queued",
                                         "--export-generating",
                                         "50ms",
                                         "--export-url-ttl",
-                                        "1s",
+                                        "3s",
                                         NULL};
 
 /* Uploads data as a new import of ds and waits for it to complete. */
@@ -1589,7 +1589,9 @@ static void test_export_download_http(void **state)
     assert_int_equal(fetch(url, AUTH, &r), 400);
     assert_non_null(strstr(r.body.data, "<Code>InvalidArgument</Code>"));
     reply_free(&r);
-    /* Expired (1 s lifetime): refused as S3 does; a new GET hands out a working URL. */
+    /* Expired: refused as S3 does; a new GET hands out a working URL. The lifetime is 3 s
+     * from a whole second (X-Amz-Date has no fraction), so between 2 and 3 s: 1 s could end
+     * a few ms after the URL was handed out, before the first fetch above. */
     int64_t deadline = time_mono_ms() + 10000;
     while (fetch(url, NULL, &r) == 200) {
         reply_free(&r);
