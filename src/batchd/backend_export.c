@@ -177,6 +177,17 @@ static int place_zip(export_req *q)
     return -EEXIST;
 }
 
+/* Takes back a ZIP this request renamed into place, for a download that is not reported as
+ * done: left there, it would be a second copy that no record, prune or hook knows of. */
+static void unplace(export_req *q)
+{
+    if (!q->placed)
+        return;
+    const char *base = strrchr(q->name, '/');
+    (void)unlinkat(q->dirfd, base ? base + 1 : q->name, 0);
+    q->placed = false;
+}
+
 static void finish_work(uv_work_t *w)
 {
     export_req *q = w->data;
@@ -202,11 +213,7 @@ static void finish_work(uv_work_t *w)
     if (q->rc == 0 && fsync(q->dirfd) < 0) {
         q->rc = -errno;
         q->why = "cannot fsync the exports directory";
-        /* The download is retried as a failure: a ZIP left in place would be a second copy
-         * that no record, prune or hook knows of. */
-        const char *base = strrchr(q->name, '/');
-        (void)unlinkat(q->dirfd, base ? base + 1 : q->name, 0);
-        q->placed = false;
+        unplace(q); /* the download is retried as a failure */
     }
 }
 
@@ -225,12 +232,8 @@ static bool pool_step_ok(export_req *q, int status, long file_status)
     q->on_pool = false;
     if (q->cancelled || status < 0) {
         /* Stopped while the ZIP was put in place: its record still says downloading, so the
-         * next start downloads it again. Left here, that ZIP would be a second copy that no
-         * record, prune or hook knows of. */
-        if (q->placed) {
-            const char *base = strrchr(q->name, '/');
-            (void)unlinkat(q->dirfd, base ? base + 1 : q->name, 0);
-        }
+         * next start downloads it again. */
+        unplace(q);
         req_free(q);
         return false;
     }

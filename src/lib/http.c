@@ -338,10 +338,21 @@ static int transfer_set_headers(http_transfer *t, const http_request *req)
 
 /* ---- curl easy callbacks (run inside curl) ---- */
 
+/* A 2xx whose declared length is over the cap fails before its first byte reaches the file
+ * (a body without Content-Length is cut at the cap as it arrives). */
+static bool declared_too_large(http_transfer *t)
+{
+    curl_off_t len = -1;
+    if (t->download_max == 0 || t->download_pos > 0 ||
+        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) != CURLE_OK)
+        return false;
+    return len > 0 && (uint64_t)len > t->download_max;
+}
+
 /* A download's 2xx body, written through as it arrives: nothing of it is kept in memory. */
 static size_t download_write(http_transfer *t, const char *ptr, size_t n)
 {
-    if (t->download_max > 0 && n > t->download_max - t->download_pos) {
+    if (declared_too_large(t) || (t->download_max > 0 && n > t->download_max - t->download_pos)) {
         t->too_large = true;
         return 0;
     }
@@ -363,17 +374,6 @@ static size_t download_write(http_transfer *t, const char *ptr, size_t n)
     return n;
 }
 
-/* A 2xx whose declared length is over the cap fails before its first byte reaches the file
- * (a body without Content-Length is still cut by download_write). */
-static bool declared_too_large(http_transfer *t)
-{
-    curl_off_t len = -1;
-    if (t->download_max == 0 || t->download_pos > 0 ||
-        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) != CURLE_OK)
-        return false;
-    return len > 0 && (uint64_t)len > t->download_max;
-}
-
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     http_transfer *t = userdata;
@@ -386,13 +386,8 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
         long status = 0;
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
         /* An error page (a refused or expired URL) is read as a body, never into the file. */
-        if (status >= 200 && status < 300) {
-            if (declared_too_large(t)) {
-                t->too_large = true;
-                return 0;
-            }
+        if (status >= 200 && status < 300)
             return download_write(t, ptr, n);
-        }
     }
     if (t->received.len + n > HTTP_MAX_BODY) {
         t->too_large = true;

@@ -101,13 +101,8 @@ static void resolve(simcore *sim, sim_batch *b, size_t k)
         return;
     }
     s->reason = refusal(b, d, t);
-    if (s->reason) {
-        /* It ended at its start: the ones queued behind it move up (none has started, since
-         * each starts after the one before it). */
-        for (size_t i = k + 1; i < b->n_syncs; i++)
-            schedule(sim, b, i);
+    if (s->reason)
         return;
-    }
     uint64_t tasks, groups;
     counts_before(b, k, &tasks, &groups);
     sim_hashset seen = {0};
@@ -132,9 +127,15 @@ static void resolve(simcore *sim, sim_batch *b, size_t k)
 
 static void resolve_started(simcore *sim, sim_batch *b, int64_t now_ms)
 {
-    for (size_t k = 0; k < b->n_syncs; k++)
-        if (!b->syncs[k]->resolved && now_ms >= b->syncs[k]->start_ms)
-            resolve(sim, b, k);
+    for (size_t k = 0; k < b->n_syncs; k++) {
+        if (b->syncs[k]->resolved || now_ms < b->syncs[k]->start_ms)
+            continue;
+        resolve(sim, b, k);
+        /* Refused, it ended at its start: the ones queued behind it move up (none has
+         * started, since each starts after the one before it). */
+        for (size_t i = k + 1; b->syncs[k]->reason && i < b->n_syncs; i++)
+            schedule(sim, b, i);
+    }
 }
 
 void sim_batch_counts_at(simcore *sim, sim_batch *b, int64_t now_ms, uint64_t *tasks,

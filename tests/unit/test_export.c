@@ -455,6 +455,17 @@ static void test_download_failures(void **state)
     export_free(e);
 }
 
+/* An export asked for at now, answered complete at once and downloaded: its DELETE is next. */
+static export_job *downloaded_export(const export_params *p)
+{
+    export_job *e = export_new(now);
+    char *body = complete_body("e1", now + 3600 * 1000);
+    send_reply(e, p, EXPORT_OP_REQUEST, api(200, body));
+    free(body);
+    send_reply(e, p, EXPORT_OP_DOWNLOAD, downloaded("exports/20261202T104500Z.zip"));
+    return e;
+}
+
 static void test_delete_outcomes(void **state)
 {
     (void)state;
@@ -462,11 +473,7 @@ static void test_delete_outcomes(void **state)
     long statuses[] = {404, 403, 409, 503};
     for (size_t i = 0; i < BD_ARRAY_LEN(statuses); i++) {
         now = T0;
-        export_job *e = export_new(now);
-        char *body = complete_body("e1", now + 3600 * 1000);
-        send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-        free(body);
-        send_reply(e, &p, EXPORT_OP_DOWNLOAD, downloaded("exports/20261202T104500Z.zip"));
+        export_job *e = downloaded_export(&p);
         send_reply(e, &p, EXPORT_OP_DELETE, api(statuses[i], "{\"detail\":\"x\"}"));
         /* the ZIP is here whatever the clean-up at the API says */
         assert_int_equal(e->state, EXPORT_COMPLETE);
@@ -501,11 +508,7 @@ static void test_long_refusal_reads_back(void **state)
     (void)state;
     export_params p = params();
     now = T0;
-    export_job *e = export_new(now);
-    char *body = complete_body("e1", now + 3600 * 1000);
-    send_reply(e, &p, EXPORT_OP_REQUEST, api(200, body));
-    free(body);
-    send_reply(e, &p, EXPORT_OP_DOWNLOAD, downloaded("exports/20261202T104500Z.zip"));
+    export_job *e = downloaded_export(&p);
     size_t n = 3 * APITEXT_MAX;
     char *page = malloc(n + 1);
     assert_non_null(page);
