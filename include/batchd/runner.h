@@ -25,7 +25,8 @@ typedef void (*runner_done_fn)(void *cookie, int rc);
  * stopping; the runner has at most one write out per job,
  * so a later write can never be overtaken by an earlier one. urgent: the job waits for this
  * write (the intent of a side-effecting request, or a finished state before the move), so
- * it should not queue behind writes that nothing waits for. */
+ * it should not queue behind writes that nothing waits for (batchd's journal gives both one
+ * path, since an append costs one fdatasync however many records it holds). */
 typedef struct runner_store_ops {
     void (*write)(void *ud, const job *j, bool urgent, runner_done_fn done, void *cookie);
     /* Stopping: the newest record, now, on the caller's thread. */

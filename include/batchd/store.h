@@ -1,9 +1,23 @@
 /* store: the durable job records under <state>/jobs/<id>.json. One file per job, replaced
  * atomically (temp file, fsync, rename, fsync of the directory) so a crash leaves either
  * the old record or the new one, never a torn one. store_write_batch shares the directory
- * fsync among many records. */
+ * fsync among many records.
+ *
+ * The daemon writes records through the journal (store_journal_*, store_journal.c) instead:
+ * a batch of records is appended to <state>/jobs/journal.<number> with one write and one
+ * fdatasync, where the files would cost a new inode, two fsyncs and a rename each. Each entry
+ * is a line "BJ1 <id> <length> <check>" (check: the first 8 bytes of SHA-256 over
+ * "<id>\n<text>", in hex), the record's text and a newline. The record files are brought up
+ * to date from the journal later (a checkpoint): in the background once a journal file has
+ * grown past its rotation size, at a clean stop, and at every start (store_load_all). Since
+ * only checkpoints write the files while a journal is in use, a file is never newer than
+ * its job's last journal entry, so replaying the journal files in order over the files gives
+ * each job's newest record. A torn entry (a crash during an append) ends its file's replay:
+ * nothing after it was acknowledged. */
 #ifndef BATCHD_STORE_H
 #define BATCHD_STORE_H
+
+#include <stdint.h>
 
 #include <cjson/cJSON.h>
 
@@ -26,14 +40,34 @@ int store_write(const char *state_dir, const char *job_id, const char *text);
 typedef struct store_item {
     const char *job_id; /* in */
     const char *text;   /* in: store_encode's output */
+    size_t len;         /* in: text's length; 0: strlen(text) */
     int rc;             /* out */
 } store_item;
 void store_write_batch(const char *state_dir, store_item *items, size_t n);
+/* The journal (see above). A journal file is rotated (closed, and a new one opened at the
+ * next append) once it holds rotate_bytes (0: STORE_JOURNAL_ROTATE). Opens nothing yet. */
+#define STORE_JOURNAL_ROTATE (1u << 20)
+typedef struct store_journal store_journal;
+store_journal *store_journal_new(const char *state_dir, size_t rotate_bytes);
+/* Appends the records and makes them durable (one write, one fdatasync); every items[i].rc
+ * receives 0 or -errno. Returns the number of a journal file it closed (full, or in doubt
+ * after a failed write), for store_checkpoint, or 0. Thread-safe; items must not name one
+ * job twice. */
+uint64_t store_journal_append(store_journal *jl, store_item *items, size_t n);
+/* Closes the open file (no checkpoint). NULL is fine. */
+void store_journal_free(store_journal *jl);
+/* A checkpoint: writes the newest entry of each job in the journal files numbered up to upto
+ * (UINT64_MAX: all) into its record file, durably, then removes those journal files. Never
+ * run two at once, nor one beside store_load_all. 0 or -errno (the journal files are kept). */
+int store_checkpoint(const char *state_dir, uint64_t upto);
+
 /* Removes a job's record (durably). 0 or -errno. */
 int store_remove(const char *state_dir, const char *job_id);
 /* Reads every record, calling each(ud, job) with a job the callee owns, in id order (ids sort
- * by claim time). A record that cannot be read is reported through bad(ud, file, reason) and
- * left in place for a person to inspect. Returns the number of records read or -errno. */
+ * by claim time): a job's newest journal entry, else its file. Then checkpoints the journal
+ * (a failure keeps it for the next checkpoint). A record that cannot be read is reported through
+ * bad(ud, file, reason) and left in place for a person to inspect. Returns the number of records
+ * read or -errno. */
 int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
                    void (*bad)(void *ud, const char *file, const char *reason), void *ud);
 

@@ -1,9 +1,10 @@
 /* backend: the daemon's backends of the runner (runner.h). No disk wait on the loop: record
- * writes, claims and finishes are group-committed on libuv's thread pool (iobatch.h: what a
- * loop turn asks for goes out in a few batches, one directory fsync for each), validations
- * run there too; requests go through http.c; timers are libuv's. Left on the loop: the scan
- * of incoming/ and its count (directory reads), the operator's retry (reactivate, with its fsyncs),
- * loading and pruning records at start, and the last record writes at stop. */
+ * writes (one journal append for each batch: store.h), claims and finishes are group-committed
+ * on libuv's thread pool (iobatch.h: what a loop turn asks for goes out in a few batches),
+ * validations run there too; requests go through http.c; timers are libuv's. Left on the
+ * loop: the scan of incoming/ and its count (directory reads), the operator's retry
+ * (reactivate, with its fsyncs), loading and pruning records at start, and the last record
+ * writes and the journal's checkpoint at stop. */
 #include "batchd.h"
 #include "iobatch.h"
 
@@ -22,7 +23,7 @@
 
 /* ---- the backend's own state ---- */
 
-enum { LANE_WRITES, LANE_LAZY_WRITES, LANE_SPOOL, LANE_MARKER, LANE_COUNT, LANES };
+enum { LANE_WRITES, LANE_CHECKPOINT, LANE_SPOOL, LANE_MARKER, LANE_COUNT, LANES };
 
 typedef struct spool_req spool_req;
 
@@ -32,7 +33,8 @@ struct backend {
     /* A copy: the pool threads must not read a config that a reload may free (state.dir
      * itself needs a restart to change). */
     char *state_dir;
-    spool_req *claiming; /* claims queued or on the pool: their entries are left out of scans */
+    store_journal *journal; /* every record write goes through it (store.h) */
+    spool_req *claiming;    /* claims queued or on the pool: their entries are left out of scans */
 };
 
 static batchd *dof(void *ud)
@@ -40,19 +42,20 @@ static batchd *dof(void *ud)
     return ((backend *)ud)->d;
 }
 
-/* ---- store: the writes of one turn as one batch on the pool (one directory fsync) ---- */
+/* ---- store: the writes of one turn as one journal append on the pool (one fdatasync) ---- */
 
 typedef struct write_req {
     char id[32];
     char *text;
     int rc;
+    uint64_t closed; /* the first of a batch: a journal file it closed, to checkpoint */
     runner_done_fn done;
     void *cookie;
 } write_req;
 
 static void writes_run(void *ud, void **items, size_t n)
 {
-    backend *bk = ud;
+    const backend *bk = ud;
     store_item *si = xcalloc(n, sizeof *si);
     for (size_t i = 0; i < n; i++) {
         const write_req *q = items[i];
@@ -60,15 +63,51 @@ static void writes_run(void *ud, void **items, size_t n)
     }
     /* The runner has at most one write out per job, so no job is in a batch twice and no
      * later write of a job can be overtaken by an earlier one. */
-    store_write_batch(bk->state_dir, si, n);
+    ((write_req *)items[0])->closed = store_journal_append(bk->journal, si, n);
     for (size_t i = 0; i < n; i++)
         ((write_req *)items[i])->rc = si[i].rc;
     free(si);
 }
 
-static void writes_after(void *ud, void **items, size_t n, int status)
+typedef struct checkpoint_req {
+    uint64_t upto;
+    int rc;
+} checkpoint_req;
+
+/* A full journal file is brought into the record files in the background, one checkpoint at
+ * a time and in order (store.h): its own lane of one. */
+static void checkpoint_soon(backend *bk, uint64_t upto)
+{
+    checkpoint_req *q = xcalloc(1, sizeof *q);
+    q->upto = upto;
+    iobatch_add(bk->io, LANE_CHECKPOINT, q);
+}
+
+static void checkpoint_run(void *ud, void **items, size_t n)
+{
+    const backend *bk = ud;
+    checkpoint_req *last = items[n - 1]; /* the newest file covers the older ones */
+    last->rc = store_checkpoint(bk->state_dir, last->upto);
+}
+
+static void checkpoint_after(void *ud, void **items, size_t n, int status)
 {
     (void)ud;
+    const checkpoint_req *last = items[n - 1];
+    /* Stopping before it ran: the stop's own checkpoint (backend_gone) covers it. A failure
+     * keeps the journal files, replayed at the next checkpoint or start. */
+    if (status == 0 && last->rc < 0)
+        log_error("cannot bring the job records up to date from the journal: %s; its files "
+                  "are kept and replayed at the next start",
+                  strerror(-last->rc));
+    for (size_t i = 0; i < n; i++)
+        free(items[i]);
+}
+
+static void writes_after(void *ud, void **items, size_t n, int status)
+{
+    backend *bk = ud;
+    uint64_t closed = status < 0 ? 0 : ((write_req *)items[0])->closed;
     for (size_t i = 0; i < n; i++) {
         write_req *q = items[i];
         int rc = status < 0 ? status : q->rc;
@@ -78,25 +117,37 @@ static void writes_after(void *ud, void **items, size_t n, int status)
         free(q);
         done(cookie, rc); /* stopping, UV_ECANCELED: the runner writes it now (write_now) */
     }
+    if (closed)
+        checkpoint_soon(bk, closed);
 }
 
+/* Urgent or not, a write is one more entry in the next append: the fdatasync of a batch
+ * costs the same for one record or two hundred, so nothing gains by waiting apart. */
 static void store_write_async(void *ud, const job *j, bool urgent, runner_done_fn done,
                               void *cookie)
 {
+    (void)urgent;
     backend *bk = ud;
     write_req *q = xcalloc(1, sizeof *q);
     snprintf(q->id, sizeof q->id, "%s", j->id);
     q->text = store_encode(j);
     q->done = done;
     q->cookie = cookie;
-    /* A write the job waits for does not queue behind those nothing waits for. */
-    iobatch_add(bk->io, urgent ? LANE_WRITES : LANE_LAZY_WRITES, q);
+    iobatch_add(bk->io, LANE_WRITES, q);
 }
 
+/* At stop, on the loop: through the journal too, since a record file written beside it
+ * could be taken back by an older entry at the next start. */
 static int store_write_now(void *ud, const job *j)
 {
     backend *bk = ud;
-    return store_save(bk->state_dir, j);
+    char *text = store_encode(j);
+    store_item it = {.job_id = j->id, .text = text};
+    uint64_t closed = store_journal_append(bk->journal, &it, 1);
+    if (closed)
+        checkpoint_soon(bk, closed);
+    free(text);
+    return it.rc;
 }
 
 static int store_load(void *ud, void (*each)(void *cud, job *j),
@@ -496,18 +547,14 @@ static void count_after(void *ud, void **items, size_t n, int status)
     }
 }
 
-/* Record writes of different jobs may run in any order, so a turn's writes are split into up
- * to four batches whose fsyncs overlap; the writes nothing waits for (runner.h: not urgent)
- * have their own lane of up to two, so that a burst of them never delays an intent (main.c
- * sizes the pool at 12 threads or more: with the spool's one, the count's and the marker's,
- * and the runner's two validations, at least one thread stays free). The spool's batches go
+/* Record writes go one journal append at a time: what arrives during one joins the next
+ * (group commit), and a journal file takes appends in order. Checkpoints go one at a time,
+ * in order (store.h). main.c sizes the pool at 12 threads or more, so with one thread for
+ * each lane and the runner's two validations, some always stay free. The spool's batches go
  * one at a time (spool.h). */
 static const iobatch_lane_ops lane_ops[LANES] = {
-    [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 4, .min_split = 8},
-    [LANE_LAZY_WRITES] = {.run = writes_run,
-                          .after = writes_after,
-                          .max_flight = 2,
-                          .min_split = 8},
+    [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 1},
+    [LANE_CHECKPOINT] = {.run = checkpoint_run, .after = checkpoint_after, .max_flight = 1},
     [LANE_SPOOL] = {.run = spool_run, .after = spool_after, .max_flight = 1},
     [LANE_MARKER] = {.run = marker_run, .after = marker_after, .max_flight = 1},
     [LANE_COUNT] = {.run = count_run, .after = count_after, .max_flight = 1},
@@ -775,6 +822,14 @@ static const runner_clock_ops clock_ops = {
 static void backend_gone(void *ud)
 {
     backend *bk = ud;
+    /* Every batch has ended: the record files are brought up to date, so that they are what
+     * a person reads while batchd is stopped (the next start would do it otherwise). */
+    store_journal_free(bk->journal);
+    int rc = store_checkpoint(bk->state_dir, UINT64_MAX);
+    if (rc < 0)
+        log_error("cannot bring the job records up to date from the journal: %s; its files "
+                  "are kept and replayed at the next start",
+                  strerror(-rc));
     free(bk->state_dir);
     free(bk);
 }
@@ -784,6 +839,7 @@ runner *backend_runner_new(batchd *d, const runner_hooks *hooks)
     backend *bk = xcalloc(1, sizeof *bk);
     bk->d = d;
     bk->state_dir = xstrdup(d->cfg->c.state.dir);
+    bk->journal = store_journal_new(bk->state_dir, 0);
     bk->io = iobatch_new(d->loop, LANES, lane_ops, bk, backend_gone);
     d->backend = bk;
     runner_backend be = {

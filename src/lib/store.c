@@ -2,6 +2,7 @@
 #include "batchd/store.h"
 #include "batchd/fsutil.h"
 #include "batchd/util.h"
+#include "store_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -86,7 +87,8 @@ static size_t write_chunk(const char *dir, store_item *items, size_t n)
     for (size_t i = 0; i < n; i++) {
         char *name = xasprintf("%s.json", items[i].job_id);
         char *path = fsutil_join(dir, name);
-        items[i].rc = fsutil_write_begin(&w[i], path, items[i].text, strlen(items[i].text), 0600);
+        size_t len = items[i].len ? items[i].len : strlen(items[i].text);
+        items[i].rc = fsutil_write_begin(&w[i], path, items[i].text, len, 0600);
         free(path);
         free(name);
     }
@@ -142,58 +144,113 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
-                   void (*bad)(void *ud, const char *file, const char *reason), void *ud)
+typedef struct names {
+    char **v;
+    size_t n, cap;
+} names;
+
+static void names_add(names *ns, char *name)
 {
-    char *dir = jobs_dir(state_dir);
-    DIR *d = opendir(dir);
-    if (!d) {
-        int r = -errno;
-        free(dir);
-        return r;
+    if (ns->n == ns->cap) {
+        ns->cap = ns->cap ? ns->cap * 2 : 64;
+        ns->v = xrealloc(ns->v, ns->cap * sizeof *ns->v);
     }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
+    ns->v[ns->n++] = name;
+}
+
+/* The record files' names, and "<id>.json" for each job the journal holds without a file
+ * (written only to the journal before a crash), sorted. 0 or -errno. */
+static int record_names(const char *dir, const store_replay *rp, names *ns)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -errno;
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
         if (e->d_name[0] == '.' || len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
             continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            names = xrealloc(names, cap * sizeof *names);
-        }
-        names[n++] = xstrdup(e->d_name);
+        names_add(ns, xstrdup(e->d_name));
     }
     closedir(d);
-    if (n)
-        qsort(names, n, sizeof *names, cmp_names);
-    int count = 0;
-    for (size_t i = 0; i < n; i++) {
-        char *path = fsutil_join(dir, names[i]);
-        char *text = NULL;
-        size_t len = 0;
-        int r = fsutil_read_file(path, RECORD_MAX, true, &text, &len);
-        if (r < 0) {
-            if (bad)
-                bad(ud, path, strerror(-r));
-        } else {
-            cJSON *rec = cJSON_ParseWithLength(text, len);
-            const char *why = "not valid JSON";
-            job *j = rec ? job_from_record(rec, &why) : NULL;
-            if (j) {
-                each(ud, j);
-                count++;
-            } else if (bad) {
-                bad(ud, path, why);
-            }
-            cJSON_Delete(rec);
-        }
-        free(text);
-        free(path);
-        free(names[i]);
+    if (ns->n)
+        qsort(ns->v, ns->n, sizeof *ns->v, cmp_names);
+    size_t files = ns->n;
+    for (size_t i = 0; i < store_replay_count(rp); i++) {
+        char *name = xasprintf("%s.json", store_replay_id(rp, i));
+        if (files && bsearch(&name, ns->v, files, sizeof *ns->v, cmp_names))
+            free(name);
+        else
+            names_add(ns, name);
     }
-    free(names);
+    if (ns->n > files)
+        qsort(ns->v, ns->n, sizeof *ns->v, cmp_names);
+    return 0;
+}
+
+typedef struct load_ctx {
+    void (*each)(void *ud, job *j);
+    void (*bad)(void *ud, const char *file, const char *reason);
+    void *ud;
+    int count;
+} load_ctx;
+
+/* One record: its job's newest journal entry, else its file. */
+static void load_one(const char *dir, const char *name, const store_replay *rp, load_ctx *lc)
+{
+    char *path = fsutil_join(dir, name);
+    char *id = xstrndup(name, strlen(name) - 5);
+    size_t len = 0;
+    const char *jtext = store_replay_text(rp, id, &len);
+    char *text = NULL;
+    int r = jtext ? 0 : fsutil_read_file(path, RECORD_MAX, true, &text, &len);
+    if (r < 0) {
+        if (lc->bad)
+            lc->bad(lc->ud, path, strerror(-r));
+    } else {
+        cJSON *rec = cJSON_ParseWithLength(jtext ? jtext : text, len);
+        const char *why = "not valid JSON";
+        job *j = rec ? job_from_record(rec, &why) : NULL;
+        if (j) {
+            lc->each(lc->ud, j);
+            lc->count++;
+        } else if (lc->bad) {
+            char *where = jtext ? xasprintf("%s (its newest entry in %s/journal.*)", path, dir)
+                                : xstrdup(path);
+            lc->bad(lc->ud, where, why);
+            free(where);
+        }
+        cJSON_Delete(rec);
+    }
+    free(text);
+    free(id);
+    free(path);
+}
+
+int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
+                   void (*bad)(void *ud, const char *file, const char *reason), void *ud)
+{
+    /* Without the journal a record could be older than a request already sent: no load. */
+    store_replay *rp = NULL;
+    int r = store_replay_read(state_dir, UINT64_MAX, &rp);
+    if (r < 0)
+        return r;
+    char *dir = jobs_dir(state_dir);
+    names ns = {0};
+    r = record_names(dir, rp, &ns);
+    load_ctx lc = {.each = each, .bad = bad, .ud = ud};
+    for (size_t i = 0; i < ns.n; i++) {
+        if (r == 0)
+            load_one(dir, ns.v[i], rp, &lc);
+        free(ns.v[i]);
+    }
+    free(ns.v);
+    /* The files are brought up to date now, so that they are what a person reads while
+     * batchd is stopped. A failure keeps the journal files: the next checkpoint (or start)
+     * replays them, in order, before anything newer. */
+    if (r == 0)
+        (void)store_replay_checkpoint(rp);
+    store_replay_free(rp);
     free(dir);
-    return count;
+    return r < 0 ? r : lc.count;
 }

@@ -4,6 +4,7 @@ raw through batchctl, never make a socket reply, a record, result.json or a log 
 UTF-8, and the jobs are still listed after a restart (batchd(8), HOSTILE AND ACCIDENTAL INPUT)."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,7 +91,20 @@ def check_everything(env, ids):
     # every record and result.json
     jobs_dir = os.path.join(env.daemon.state_dir, "jobs")
     for p, data in regular_files(jobs_dir):
-        assert_text_safe(data, f"the record {os.path.basename(p)}", allow=b"")
+        name = os.path.basename(p)
+        if not name.startswith("journal."):
+            assert_text_safe(data, f"the record {name}", allow=b"")
+            continue
+        # The record journal (store.h): each entry is a header line, the record, a newline;
+        # the records in it are held to the same rule.
+        while data:
+            m = re.match(rb"BJ1 [0-9A-Za-z]{1,31} ([0-9]+) [0-9a-f]{16}\n", data)
+            check(m, f"{name}: not a journal entry: {data[:100]!r}")
+            n = int(m.group(1))
+            text, data = data[m.end():m.end() + n], data[m.end() + n:]
+            check(data[:1] == b"\n", f"{name}: an entry not ended by a newline")
+            data = data[1:]
+            assert_text_safe(text, f"a record in {name}", allow=b"")
     for sub, doc in ((b"done", b"result.json"), (b"failed", b"error.json")):
         top = os.path.join(os.fsencode(env.daemon.spool), sub)
         for d in os.listdir(top):

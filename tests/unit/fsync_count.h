@@ -1,6 +1,6 @@
-/* fsync_count: counts fsync(2) calls per directory, for the tests that check how many
- * fsyncs a batch costs. Including it defines fsync in the test program, which takes the
- * place of libc's for every caller linked into it (the modules are static libraries); the
+/* fsync_count: counts fsync(2) and fdatasync(2) calls per file or directory, for the tests
+ * that check how many fsyncs a batch costs. Including it defines both in the test program, which
+ * takes the place of libc's for every caller linked into it (the modules are static libraries); the
  * real system call is still made. Include it from one file of a test program only. */
 #ifndef BATCHD_TEST_FSYNC_COUNT_H
 #define BATCHD_TEST_FSYNC_COUNT_H
@@ -42,8 +42,8 @@ static bool fsync_fd_path_has(int fd, const char *part)
     return strstr(path, part) != NULL;
 }
 
-/* The interposed fsync: records what was synced while counting, then syncs it. */
-int fsync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp) */
+/* The interposed fsync and fdatasync: record what was synced while counting, then sync it. */
+static int fsync_count_sync(int fd, long sysno)
 {
     struct stat st;
     pthread_mutex_lock(&fsync_count_lock);
@@ -55,7 +55,17 @@ int fsync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51
         errno = e;
         return -1;
     }
-    return (int)syscall(SYS_fsync, fd);
+    return (int)syscall(sysno, fd);
+}
+
+int fsync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp) */
+{
+    return fsync_count_sync(fd, SYS_fsync);
+}
+
+int fdatasync(int fd) /* NOLINT(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp) */
+{
+    return fsync_count_sync(fd, SYS_fdatasync);
 }
 
 static void fsync_count_start(void)

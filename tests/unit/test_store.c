@@ -276,6 +276,264 @@ static void test_write_batch_phases(void **state)
     rm_rf(dir);
 }
 
+/* ---- the journal ---- */
+
+static char *journal_path(const char *dir, unsigned seq)
+{
+    char *name = xasprintf("jobs/journal.%016x", seq);
+    char *path = fsutil_join(dir, name);
+    free(name);
+    return path;
+}
+
+/* A record of job id whose batch_id tells the versions apart. */
+static char *record_text(const char *id, const char *batch)
+{
+    job *j = job_new(id, id, id, 1000);
+    if (batch)
+        j->batch_id = xstrdup(batch);
+    char *text = store_encode(j);
+    job_free(j);
+    return text;
+}
+
+static void journal_put(store_journal *jl, const char *id, const char *batch, uint64_t *closed)
+{
+    char *text = record_text(id, batch);
+    store_item it = {.job_id = id, .text = text};
+    uint64_t c = store_journal_append(jl, &it, 1);
+    assert_int_equal(it.rc, 0);
+    if (closed)
+        *closed = c;
+    free(text);
+}
+
+static char *new_state(void)
+{
+    char tmpl[] = "/tmp/batchd-store-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    char *err = NULL;
+    assert_int_equal(store_init(dir, &err), 0);
+    return xstrdup(dir);
+}
+
+typedef struct batches {
+    strbuf sb;
+    int n, bad;
+} batches;
+
+static void on_job_batch(void *ud, job *j)
+{
+    batches *b = ud;
+    strbuf_printf(&b->sb, "%s%s=%s", b->n++ ? " " : "", j->id, j->batch_id ? j->batch_id : "-");
+    job_free(j);
+}
+
+static void on_bad_batch(void *ud, const char *file, const char *reason)
+{
+    (void)file;
+    assert_non_null(reason);
+    ((batches *)ud)->bad++;
+}
+
+/* The batch_id each loaded job has, "-" for none, in id order, as "ID=BATCH ...". */
+static char *loaded_batches(const char *dir, int *bad)
+{
+    batches b = {0};
+    int n = store_load_all(dir, on_job_batch, on_bad_batch, &b);
+    assert_int_equal(n, b.n);
+    if (bad)
+        *bad = b.bad;
+    char *out = xstrdup(b.sb.data ? b.sb.data : "");
+    strbuf_free(&b.sb);
+    return out;
+}
+
+/* What the journal holds wins over the record files, newest entry first; a job only in the
+ * journal is loaded too; the load brings the files up to date and removes the journal. */
+static void test_journal_replay(void **state)
+{
+    (void)state;
+    char *dir = new_state();
+    job *a = job_new("01A", "a", "a", 1000);
+    a->batch_id = xstrdup("file");
+    assert_int_equal(store_save(dir, a), 0);
+    job *c = job_new("01C", "c", "c", 1000);
+    c->batch_id = xstrdup("file");
+    assert_int_equal(store_save(dir, c), 0);
+
+    store_journal *jl = store_journal_new(dir, 0);
+    journal_put(jl, "01A", "v1", NULL);
+    journal_put(jl, "01B", "only-journal", NULL);
+    journal_put(jl, "01A", "v2", NULL);
+    store_journal_free(jl); /* a crash: no checkpoint */
+    char *j1 = journal_path(dir, 1);
+    assert_int_equal(access(j1, F_OK), 0);
+
+    char *got = loaded_batches(dir, NULL);
+    assert_string_equal(got, "01A=v2 01B=only-journal 01C=file");
+    free(got);
+    assert_int_not_equal(access(j1, F_OK), 0); /* checkpointed */
+    char *ra = fsutil_join(dir, "jobs/01A.json");
+    char *text = NULL;
+    assert_int_equal(fsutil_read_file(ra, 1 << 20, true, &text, NULL), 0);
+    assert_non_null(strstr(text, "\"v2\""));
+    free(text);
+    /* And the files alone say the same now. */
+    got = loaded_batches(dir, NULL);
+    assert_string_equal(got, "01A=v2 01B=only-journal 01C=file");
+    free(got);
+    free(ra);
+    free(j1);
+    job_free(a);
+    job_free(c);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A crash part-way through an append: the torn entry and whatever follows it are not
+ * replayed (nothing after it was acknowledged); the entries before it are. */
+static void test_journal_torn_tail(void **state)
+{
+    (void)state;
+    char *dir = new_state();
+    store_journal *jl = store_journal_new(dir, 0);
+    journal_put(jl, "01A", "v1", NULL);
+    journal_put(jl, "01B", "v1", NULL);
+    store_journal_free(jl);
+    char *j1 = journal_path(dir, 1);
+    struct stat st;
+    assert_int_equal(stat(j1, &st), 0);
+    off_t whole = st.st_size;
+
+    /* Then 01A's v2 cut short by one byte, followed by a zeroed block, as after a crash. */
+    jl = store_journal_new(dir, 0);
+    journal_put(jl, "01A", "v2", NULL); /* opens journal 2: numbered after the one there */
+    store_journal_free(jl);
+    char *j2 = journal_path(dir, 2);
+    assert_int_equal(stat(j2, &st), 0);
+    assert_int_equal(truncate(j2, st.st_size - 1), 0);
+    FILE *f = fopen(j2, "a");
+    assert_non_null(f);
+    static const char zeros[512];
+    assert_int_equal(fwrite(zeros, 1, sizeof zeros, f), sizeof zeros);
+    fclose(f);
+    /* And in journal 1, a flipped byte in 01B's text: its check fails. */
+    f = fopen(j1, "r+");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)whole - 5, SEEK_SET), 0);
+    fputc('#', f);
+    fclose(f);
+
+    int bad = 0;
+    char *got = loaded_batches(dir, &bad);
+    assert_string_equal(got, "01A=v1");
+    assert_int_equal(bad, 0);
+    free(got);
+    free(j1);
+    free(j2);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A journal file closes once it holds rotate_bytes; a checkpoint up to its number writes
+ * what it holds into the files and removes it, and leaves the newer ones, which still win
+ * at the next load. */
+static void test_journal_rotate_and_checkpoint(void **state)
+{
+    (void)state;
+    char *dir = new_state();
+    store_journal *jl = store_journal_new(dir, 1); /* every append fills a file */
+    uint64_t closed = 0;
+    journal_put(jl, "01A", "v1", &closed);
+    assert_int_equal(closed, 1);
+    journal_put(jl, "01A", "v2", &closed);
+    assert_int_equal(closed, 2);
+    store_journal_free(jl);
+    char *j1 = journal_path(dir, 1), *j2 = journal_path(dir, 2);
+
+    assert_int_equal(store_checkpoint(dir, 1), 0);
+    assert_int_not_equal(access(j1, F_OK), 0);
+    assert_int_equal(access(j2, F_OK), 0);
+    char *ra = fsutil_join(dir, "jobs/01A.json");
+    char *text = NULL;
+    assert_int_equal(fsutil_read_file(ra, 1 << 20, true, &text, NULL), 0);
+    assert_non_null(strstr(text, "\"v1\""));
+    free(text);
+
+    char *got = loaded_batches(dir, NULL);
+    assert_string_equal(got, "01A=v2");
+    free(got);
+    assert_int_not_equal(access(j2, F_OK), 0);
+    free(ra);
+    free(j1);
+    free(j2);
+    rm_rf(dir);
+    free(dir);
+}
+
+static int fail_journal_sync(int fd)
+{
+    return fsync_fd_path_has(fd, "/journal.") ? EIO : 0;
+}
+
+/* An append costs one fdatasync whatever its size (and the directory's fsync when it opens
+ * a file). A failed one fails the whole batch and closes the file, which is in doubt; the
+ * next append opens a new one. A job id that is not a plain name is refused. */
+static void test_journal_append_costs_and_failures(void **state)
+{
+    (void)state;
+    char *dir = new_state();
+    char *jobs = fsutil_join(dir, "jobs");
+    store_journal *jl = store_journal_new(dir, 0);
+    enum { N = 50 };
+    char ids[N][8];
+    char *texts[N];
+    store_item items[N];
+    for (size_t i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "J%03zu", i);
+        texts[i] = record_text(ids[i], "v1");
+        items[i] = (store_item){.job_id = ids[i], .text = texts[i]};
+    }
+    fsync_count_start();
+    assert_int_equal(store_journal_append(jl, items, N), 0);
+    fsync_count_stop();
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(items[i].rc, 0);
+    char *j1 = journal_path(dir, 1);
+    assert_int_equal(fsync_count_of(j1), 1);
+    assert_int_equal(fsync_count_of(jobs), 1);
+    assert_int_equal(fsync_count_all(), 2);
+
+    fsync_count_hook = fail_journal_sync;
+    fsync_count_start();
+    assert_int_equal(store_journal_append(jl, items, 2), 1); /* journal 1 closed */
+    fsync_count_stop();
+    fsync_count_hook = NULL;
+    assert_int_equal(items[0].rc, -EIO);
+    assert_int_equal(items[1].rc, -EIO);
+    journal_put(jl, "J000", "v2", NULL);
+    char *j2 = journal_path(dir, 2);
+    assert_int_equal(access(j2, F_OK), 0);
+
+    store_item bad = {.job_id = "../x", .text = "{}"};
+    assert_int_equal(store_journal_append(jl, &bad, 1), 0);
+    assert_int_equal(bad.rc, -EINVAL);
+    store_journal_free(jl);
+
+    char *got = loaded_batches(dir, NULL);
+    assert_non_null(strstr(got, "J000=v2 J001=v1"));
+    free(got);
+    for (size_t i = 0; i < N; i++)
+        free(texts[i]);
+    free(j1);
+    free(j2);
+    free(jobs);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -283,6 +541,10 @@ int main(void)
         cmocka_unit_test(test_init_fails_clearly),
         cmocka_unit_test(test_write_batch),
         cmocka_unit_test(test_write_batch_phases),
+        cmocka_unit_test(test_journal_replay),
+        cmocka_unit_test(test_journal_torn_tail),
+        cmocka_unit_test(test_journal_rotate_and_checkpoint),
+        cmocka_unit_test(test_journal_append_costs_and_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

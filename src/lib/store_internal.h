@@ -1,0 +1,21 @@
+/* store's private interface between store.c and store_journal.c: the journal's newest entry
+ * of each job, read for store_load_all. */
+#ifndef BATCHD_STORE_INTERNAL_H
+#define BATCHD_STORE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct store_replay store_replay;
+/* Reads the journal files numbered up to upto. 0 with *out, or -errno (nothing to free). */
+int store_replay_read(const char *state_dir, uint64_t upto, store_replay **out);
+/* Its jobs, sorted by id. */
+size_t store_replay_count(const store_replay *rp);
+const char *store_replay_id(const store_replay *rp, size_t i);
+/* The newest entry of job id (*len bytes, not NUL-terminated), or NULL. Owned by rp. */
+const char *store_replay_text(const store_replay *rp, const char *id, size_t *len);
+/* Writes every entry into its record file, then removes the journal files read. 0 or -errno. */
+int store_replay_checkpoint(const store_replay *rp);
+void store_replay_free(store_replay *rp);
+
+#endif
