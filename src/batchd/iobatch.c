@@ -87,16 +87,33 @@ static void flight_work(uv_work_t *w)
     f->l->ops->run(f->l->b->ud, f->items, f->n);
 }
 
+static void lane_flush(lane *l);
+
 static void flight_after(uv_work_t *w, int status)
 {
     flight *f = w->data;
     lane *l = f->l;
     iobatch *b = l->b;
     size_t n = f->n;
+    void **items = f->items;
+    size_t cap = f->cap;
+    f->items = NULL;
+    f->cap = 0;
     f->n = 0;
-    l->ops->after(b->ud, f->items, n, status);
     f->busy = false;
     l->busy--;
+    /* What waits goes to the pool before this batch's results are handed over, so that the
+     * next batch runs while the loop works through them (a claim batch's jobs cost the loop
+     * more than the batch costs the pool). */
+    if (status == 0)
+        lane_flush(l);
+    l->ops->after(b->ud, items, n, status);
+    if (!f->items) {
+        f->items = items; /* the buffer back, unless the flight took a new one */
+        f->cap = cap;
+    } else {
+        free(items);
+    }
     if (ready(l))
         arm(b);
     maybe_free(b);
