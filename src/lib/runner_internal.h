@@ -14,8 +14,11 @@
  * effecting request) is written at most this long after it was made, together with whatever
  * changes meanwhile; a step that must wait for the disk writes it at once. */
 #define RUNNER_LAZY_WRITE_MS 1000
-/* Entries claimed per turn, so 10,000 dropped at once never stall the loop. */
-#define RUNNER_CLAIMS_PER_TURN 64
+/* Entries claimed per turn: enough that a burst of a hundred drops goes out as one claim
+ * batch (one round of fsyncs: bench/pickup), few enough that 10,000 dropped at once never
+ * stall the loop (a turn's claims then cost it some 15-20 ms: a job each, its first record,
+ * its log line and its Watch event). */
+#define RUNNER_CLAIMS_PER_TURN 128
 /* A failed durable write (disk full?) is retried after this long; nothing is sent meanwhile. */
 #define RUNNER_PERSIST_RETRY_MS 5000
 /* Entries that fail to claim (stuck) are remembered, without limit, and tried again after
