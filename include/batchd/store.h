@@ -4,16 +4,22 @@
  * fsync among many records.
  *
  * The daemon writes records through the journal (store_journal_*, store_journal.c) instead:
- * a batch of records is appended to <state>/jobs/journal.<number> with one write and one
- * fdatasync, where the files would cost a new inode, two fsyncs and a rename each. Each entry
- * is a line "BJ1 <id> <length> <check>" (check: the first 8 bytes of SHA-256 over
- * "<id>\n<text>", in hex), the record's text and a newline. The record files are brought up
- * to date from the journal later (a checkpoint): in the background once a journal file has
- * grown past its rotation size, at a clean stop, and at every start (store_load_all). Since
- * only checkpoints write the files while a journal is in use, a file is never newer than
- * its job's last journal entry, so replaying the journal files in order over the files gives
- * each job's newest record. A torn entry (a crash during an append) ends its file's replay:
- * nothing after it was acknowledged. */
+ * a batch of records is appended to <state>/jobs/journal.<number> (16 hex digits) with one
+ * write and one fdatasync, where the files would cost a new inode, two fsyncs and a rename
+ * each. Each entry is a line "BJ1 <append> <index> <of> <id> <length> <check>" (the append's
+ * number in its file in 16 hex digits, the entry's place in it and how many it holds; check:
+ * the first 8 bytes of SHA-256 over the line up to it and the text, in hex), the record's
+ * text and a newline. The record files are brought up to date from the journal later (a
+ * checkpoint): in the background once a journal file has grown past its rotation size, at a
+ * clean stop, and at every start (store_load_all). Since only checkpoints write the files
+ * while a journal is in use, a file is never newer than its job's last journal entry, so
+ * replaying the journal files in order over the files gives each job's newest record.
+ *
+ * Appends are acknowledged one at a time, each after its fdatasync, so a crash can tear only
+ * a file's last append, anywhere in it: its intact entries replay (a record newer than the
+ * world is safe: the runner resolves an intent whose request may not have gone out). A hole
+ * that lost an entry of an earlier append is damage (a changed byte, not a crash): the file is
+ * reported and kept for a person to look at, and checkpoints refuse to remove it. */
 #ifndef BATCHD_STORE_H
 #define BATCHD_STORE_H
 
@@ -50,24 +56,33 @@ void store_write_batch(const char *state_dir, store_item *items, size_t n);
 typedef struct store_journal store_journal;
 store_journal *store_journal_new(const char *state_dir, size_t rotate_bytes);
 /* Appends the records and makes them durable (one write, one fdatasync); every items[i].rc
- * receives 0 or -errno. Returns the number of a journal file it closed (full, or in doubt
- * after a failed write), for store_checkpoint, or 0. Thread-safe; items must not name one
- * job twice. */
+ * receives 0 or -errno (-EINVAL alone for a record the journal cannot hold: a job id that is
+ * not a file name, an empty or oversized text). Returns the number of a journal file it
+ * closed (full, or in doubt after a failed fdatasync), for store_checkpoint, or 0.
+ * Thread-safe; items must not name one job twice. */
 uint64_t store_journal_append(store_journal *jl, store_item *items, size_t n);
 /* Closes the open file (no checkpoint). NULL is fine. */
 void store_journal_free(store_journal *jl);
 /* A checkpoint: writes the newest entry of each job in the journal files numbered up to upto
- * (UINT64_MAX: all) into its record file, durably, then removes those journal files. Never
- * run two at once, nor one beside store_load_all. 0 or -errno (the journal files are kept). */
-int store_checkpoint(const char *state_dir, uint64_t upto);
+ * (UINT64_MAX: all) into its record file, durably, then removes those journal files, oldest
+ * first. Never run two at once, nor one beside store_load_all. 0 or -errno (the journal files
+ * not removed yet are kept); -EBADMSG for a damaged file, with *err saying which (malloc'd;
+ * NULL otherwise). */
+int store_checkpoint(const char *state_dir, uint64_t upto, char **err);
+/* What a damaged journal file means, for the message that names it. */
+#define STORE_DAMAGE_REASON                                                                        \
+    "damaged: records written there are lost, and a job whose newest record was there "            \
+    "resumes from an older one; move the file out of the directory once inspected (while it "      \
+    "stays, no journal file is removed)"
 
 /* Removes a job's record (durably). 0 or -errno. */
 int store_remove(const char *state_dir, const char *job_id);
-/* Reads every record, calling each(ud, job) with a job the callee owns, in id order (ids sort
- * by claim time): a job's newest journal entry, else its file. Then checkpoints the journal
- * (a failure keeps it for the next checkpoint). A record that cannot be read is reported through
- * bad(ud, file, reason) and left in place for a person to inspect. Returns the number of records
- * read or -errno. */
+/* Checkpoints the journal (a failure keeps it for the next checkpoint), then reads every
+ * record, calling each(ud, job) with a job the callee owns, in id order (ids sort by claim
+ * time): a job's newest journal entry, else its file. A damaged journal file is reported
+ * through bad() like an unreadable record, and what is intact in it is still loaded. A record that
+ * cannot be read is reported through bad(ud, file, reason) and left in place for a person to
+ * inspect. Returns the number of records read or -errno. */
 int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
                    void (*bad)(void *ud, const char *file, const char *reason), void *ud);
 

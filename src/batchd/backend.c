@@ -72,6 +72,7 @@ static void writes_run(void *ud, void **items, size_t n)
 typedef struct checkpoint_req {
     uint64_t upto;
     int rc;
+    char *err; /* a damaged file, from store_checkpoint */
 } checkpoint_req;
 
 /* A full journal file is brought into the record files in the background, one checkpoint at
@@ -87,7 +88,18 @@ static void checkpoint_run(void *ud, void **items, size_t n)
 {
     const backend *bk = ud;
     checkpoint_req *last = items[n - 1]; /* the newest file covers the older ones */
-    last->rc = store_checkpoint(bk->state_dir, last->upto);
+    last->rc = store_checkpoint(bk->state_dir, last->upto, &last->err);
+}
+
+static void log_checkpoint_failure(int rc, const char *damage)
+{
+    if (damage)
+        log_error("cannot bring the job records up to date from the journal: %s is %s", damage,
+                  STORE_DAMAGE_REASON);
+    else
+        log_error("cannot bring the job records up to date from the journal: %s; its files "
+                  "are kept and replayed at the next start",
+                  strerror(-rc));
 }
 
 static void checkpoint_after(void *ud, void **items, size_t n, int status)
@@ -97,11 +109,11 @@ static void checkpoint_after(void *ud, void **items, size_t n, int status)
     /* Stopping before it ran: the stop's own checkpoint (backend_gone) covers it. A failure
      * keeps the journal files, replayed at the next checkpoint or start. */
     if (status == 0 && last->rc < 0)
-        log_error("cannot bring the job records up to date from the journal: %s; its files "
-                  "are kept and replayed at the next start",
-                  strerror(-last->rc));
-    for (size_t i = 0; i < n; i++)
+        log_checkpoint_failure(last->rc, last->err);
+    for (size_t i = 0; i < n; i++) {
+        free(((checkpoint_req *)items[i])->err);
         free(items[i]);
+    }
 }
 
 static void writes_after(void *ud, void **items, size_t n, int status)
@@ -825,11 +837,11 @@ static void backend_gone(void *ud)
     /* Every batch has ended: the record files are brought up to date, so that they are what
      * a person reads while batchd is stopped (the next start would do it otherwise). */
     store_journal_free(bk->journal);
-    int rc = store_checkpoint(bk->state_dir, UINT64_MAX);
+    char *damage = NULL;
+    int rc = store_checkpoint(bk->state_dir, UINT64_MAX, &damage);
     if (rc < 0)
-        log_error("cannot bring the job records up to date from the journal: %s; its files "
-                  "are kept and replayed at the next start",
-                  strerror(-rc));
+        log_checkpoint_failure(rc, damage);
+    free(damage);
     free(bk->state_dir);
     free(bk);
 }

@@ -236,6 +236,14 @@ int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
     if (r < 0)
         return r;
     char *dir = jobs_dir(state_dir);
+    /* The files are brought up to date first, so that they are what a person reads while
+     * batchd is stopped and a record removed while loading (pruned) stays removed. A failure
+     * keeps the journal files: the next checkpoint (or start) replays them, in order, before
+     * anything newer; the records below come from memory either way. */
+    (void)store_replay_trim(rp);
+    (void)store_replay_checkpoint(rp);
+    if (store_replay_damage(rp) && bad)
+        bad(ud, store_replay_damage(rp), STORE_DAMAGE_REASON);
     names ns = {0};
     r = record_names(dir, rp, &ns);
     load_ctx lc = {.each = each, .bad = bad, .ud = ud};
@@ -245,11 +253,6 @@ int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
         free(ns.v[i]);
     }
     free(ns.v);
-    /* The files are brought up to date now, so that they are what a person reads while
-     * batchd is stopped. A failure keeps the journal files: the next checkpoint (or start)
-     * replays them, in order, before anything newer. */
-    if (r == 0)
-        (void)store_replay_checkpoint(rp);
     store_replay_free(rp);
     free(dir);
     return r < 0 ? r : lc.count;

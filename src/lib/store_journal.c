@@ -34,6 +34,7 @@ struct store_journal {
     int fd;       /* the open journal file, or -1 */
     uint64_t seq; /* its number, or the last one's; 0 before the first */
     size_t size;
+    uint64_t batch; /* the appends made to it */
 };
 
 static char *jobs_dir(const char *state_dir)
@@ -41,40 +42,44 @@ static char *jobs_dir(const char *state_dir)
     return fsutil_join(state_dir, "jobs");
 }
 
-/* A job id as the runner makes them (a ULID) or a test does: letters and digits only, so
- * that it is safe as a file name. */
+/* A job id as job_from_record takes it (job.c): letters, digits, '-' and '_', under 32
+ * bytes, so that it is safe as a file name. */
 static bool id_ok(const char *id, size_t len)
 {
     if (len == 0 || len > ID_MAX)
         return false;
     for (size_t i = 0; i < len; i++) {
         char c = id[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
+        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+              c == '-' || c == '_'))
             return false;
     }
     return true;
 }
 
-/* The entry's check: the first 8 bytes of SHA-256 over "id\ntext", in hex. A torn append
- * (a crash part-way, or blocks of zeros after one) never matches. */
-static void entry_sum(const char *id, const char *text, size_t len, char out[SUM_LEN + 1])
+/* The entry's check: the first 8 bytes of SHA-256 over its header up to the check (head)
+ * and its text, in hex. A torn append (a crash part-way, or blocks of zeros after one) never
+ * matches. 0, or -ENOMEM when no digest could be made (an entry is then neither written nor
+ * judged). */
+static int entry_sum(const char *head, size_t head_len, const char *text, size_t len,
+                     char out[SUM_LEN + 1])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_MD_CTX *c = EVP_MD_CTX_new();
-    if (!c || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(c, id, strlen(id)) != 1 || EVP_DigestUpdate(c, "\n", 1) != 1 ||
-        EVP_DigestUpdate(c, text, len) != 1 || EVP_DigestFinal_ex(c, md, &mdlen) != 1)
-        mdlen = 0;
+    bool ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(c, head, head_len) == 1 && EVP_DigestUpdate(c, text, len) == 1 &&
+              EVP_DigestFinal_ex(c, md, &mdlen) == 1 && mdlen >= SUM_LEN / 2;
     EVP_MD_CTX_free(c);
+    if (!ok)
+        return -ENOMEM;
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < SUM_LEN / 2; i++) {
-        /* Without a digest (out of memory) the sum is all 'z': never valid, so the entry
-         * would be ignored; the append that made it fails instead (append_entries). */
-        out[2 * i] = mdlen ? hex[md[i] >> 4] : 'z';
-        out[2 * i + 1] = mdlen ? hex[md[i] & 15] : 'z';
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
     }
     out[SUM_LEN] = '\0';
+    return 0;
 }
 
 /* ---- reading: the newest entry of each job in some journal files ---- */
@@ -83,7 +88,9 @@ typedef struct jentry {
     char id[ID_MAX + 1];
     const char *text; /* in one of the set's mappings; not NUL-terminated */
     size_t len;
-    size_t order; /* where it was read: later wins */
+    size_t order;     /* where it was read: later wins */
+    uint64_t batch;   /* the append it came in, numbered from 1 in its file */
+    size_t index, of; /* its place in that append, and how many the append held */
 } jentry;
 
 /* The journal files are mapped, not read into the heap: a checkpoint on a pool thread then
@@ -98,6 +105,10 @@ typedef struct jset {
     size_t n, cap;
     jmap *maps;
     size_t n_maps;
+    char *damage; /* the first damaged file's description (malloc'd), or NULL */
+    /* The newest file's torn end (a crash during its last append), if it has one. */
+    uint64_t torn_seq;
+    size_t torn_at;
 } jset;
 
 static void jset_free(jset *s)
@@ -106,44 +117,78 @@ static void jset_free(jset *s)
         munmap(s->maps[i].addr, s->maps[i].len);
     free(s->maps);
     free(s->e);
+    free(s->damage);
     memset(s, 0, sizeof *s);
 }
 
-/* Parses one entry at p (end: the buffer's end) into e. Returns the byte after it, or NULL
- * when what is there is not a whole, intact entry: the end of what this file holds. */
-static const char *parse_entry(const char *p, const char *end, jentry *e)
+/* Reads an unsigned number of at most max_digits digits in base 10 or 16 (lower case) at
+ * *p, which it moves past them. */
+static bool parse_num(const char **p, const char *end, int base, int max_digits, uint64_t *out)
 {
+    uint64_t v = 0;
+    int n = 0;
+    for (; *p < end && n < max_digits; (*p)++, n++) {
+        char c = **p;
+        int d = c >= '0' && c <= '9'                 ? c - '0'
+                : base == 16 && c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                                     : -1;
+        if (d < 0)
+            break;
+        v = v * (uint64_t)base + (uint64_t)d;
+    }
+    *out = v;
+    return n > 0;
+}
+
+/* Reads " " then a field at *p. */
+static bool parse_field(const char **p, const char *end, int base, int max_digits, uint64_t *out)
+{
+    if (*p >= end || **p != ' ')
+        return false;
+    (*p)++;
+    return parse_num(p, end, base, max_digits, out);
+}
+
+/* Parses one entry at p (end: the buffer's end) into e: "BJ1 <append> <index> <of> <id>
+ * <length> <check>\n<text>\n" (store.h). Returns the byte after it, or NULL when what is
+ * there is not a whole, intact entry (*err = -ENOMEM when that could not be told). */
+static const char *parse_entry(const char *p, const char *end, jentry *e, int *err)
+{
+    const char *head = p;
     size_t magic = strlen(ENTRY_MAGIC);
     if ((size_t)(end - p) < magic || memcmp(p, ENTRY_MAGIC, magic) != 0)
         return NULL;
     p += magic;
-    const char *id = p;
+    uint64_t batch = 0, index = 0, of = 0, len = 0;
+    if (!parse_num(&p, end, 16, 16, &batch) || !parse_field(&p, end, 10, 9, &index) ||
+        !parse_field(&p, end, 10, 9, &of) || batch == 0 || index >= of || p >= end || *p != ' ')
+        return NULL;
+    const char *id = ++p;
     while (p < end && *p != ' ')
         p++;
     if (p == end || !id_ok(id, (size_t)(p - id)))
         return NULL;
     memcpy(e->id, id, (size_t)(p - id));
     e->id[p - id] = '\0';
-    p++;
-    size_t len = 0;
-    const char *digits = p;
-    while (p < end && *p >= '0' && *p <= '9' && p - digits < 9)
-        len = len * 10 + (size_t)(*p++ - '0');
-    if (p == digits || p == end || *p != ' ' || len > ENTRY_TEXT_MAX)
+    /* A record is never empty; a length of 0 is not an entry. */
+    if (!parse_field(&p, end, 10, 9, &len) || len == 0 || len > ENTRY_TEXT_MAX)
         return NULL;
-    p++;
-    if ((size_t)(end - p) < SUM_LEN + 1 || p[SUM_LEN] != '\n')
+    size_t head_len = (size_t)(p - head);
+    if ((size_t)(end - p) < SUM_LEN + 2 || p[0] != ' ' || p[SUM_LEN + 1] != '\n')
         return NULL;
-    const char *sum = p;
-    p += SUM_LEN + 1;
+    const char *sum = p + 1;
+    p += SUM_LEN + 2;
     if ((size_t)(end - p) < len + 1 || p[len] != '\n')
         return NULL;
     char want[SUM_LEN + 1];
-    entry_sum(e->id, p, len, want);
-    if (memcmp(want, sum, SUM_LEN) != 0)
+    *err = entry_sum(head, head_len, p, len, want);
+    if (*err < 0 || memcmp(want, sum, SUM_LEN) != 0)
         return NULL;
     e->text = p;
     e->len = len;
+    e->batch = batch;
+    e->index = index;
+    e->of = of;
     return p + len + 1;
 }
 
@@ -180,27 +225,92 @@ static int map_journal(const char *dir, uint64_t seq, jset *s, const jmap **m)
     return 0;
 }
 
-/* Adds every intact entry of one journal file to s, up to the first that is not. 0 or -errno
- * (the file cannot be read). */
-static int read_journal(const char *dir, uint64_t seq, jset *s)
+/* Whether the entries a hole lost had been acknowledged. before is the intact entry before
+ * it (NULL at the file's start), after the one after it; max the file's last append. Appends
+ * go one at a time and each is acknowledged only after its fdatasync, so only the last one
+ * can be torn by a crash, and anywhere in it (pages reach the disk in no fixed order). An
+ * entry missing from an earlier append is damage: a record once durable is gone. */
+static bool hole_lost_acknowledged(const jentry *before, const jentry *after, uint64_t max)
+{
+    uint64_t b1 = before ? before->batch : 0;
+    bool b1_whole = !before || before->index + 1 == before->of;
+    if (b1 == after->batch)
+        return b1 < max; /* entries of one append lost in between */
+    if (!b1_whole || after->batch > b1 + 1)
+        return true; /* the end of an earlier append, or whole appends, lost */
+    return after->index > 0 && after->batch < max; /* the start of an earlier append lost */
+}
+
+/* Moves p past what is not an intact entry, to the next "BJ1 " (or the end). A record's text
+ * cannot fake one: JSON keeps newlines out of its strings, and a header ends with one. */
+static const char *skip_to_next(const char *p, const char *end)
+{
+    size_t magic = strlen(ENTRY_MAGIC);
+    const char *next = memmem(p + 1, (size_t)(end - p - 1), ENTRY_MAGIC, magic);
+    return next ? next : end;
+}
+
+/* Adds every intact entry of one journal file to s. What is not intact is passed over up to
+ * the next entry that is. In the newest file a torn last append (a crash before its
+ * fdatasync) is expected; in an older one every append was acknowledged (an append that
+ * failed was cut off again, store_journal_append). A hole that lost an acknowledged entry is
+ * damage, described in s->damage (the first one only) for the caller. 0 or -errno (the file
+ * cannot be read). */
+static int read_journal(const char *dir, uint64_t seq, bool newest, jset *s)
 {
     const jmap *m = NULL;
     int r = map_journal(dir, seq, s, &m);
     if (r < 0 || !m)
         return r;
-    const char *p = m->addr, *end = p + m->len;
-    for (;;) {
+    const char *start = m->addr, *p = start, *end = start + m->len;
+    size_t first = s->n;
+    /* Each hole followed by an intact entry: where it starts, and that entry's index. */
+    size_t *holes = NULL, n_holes = 0;
+    const char *gap = NULL;
+    uint64_t max = 0;
+    while (p < end) {
         if (s->n == s->cap) {
             s->cap = s->cap ? s->cap * 2 : 64;
             s->e = xrealloc(s->e, s->cap * sizeof *s->e);
         }
         jentry *e = &s->e[s->n];
         memset(e, 0, sizeof *e);
-        p = parse_entry(p, end, e);
-        if (!p)
-            break;
+        int err = 0;
+        const char *next = parse_entry(p, end, e, &err);
+        if (err < 0) {
+            free(holes);
+            return err;
+        }
+        if (!next) {
+            gap = gap ? gap : p;
+            p = skip_to_next(p, end);
+            continue;
+        }
+        if (gap) {
+            holes = xrealloc(holes, (n_holes + 1) * 2 * sizeof *holes);
+            holes[2 * n_holes] = (size_t)(gap - start);
+            holes[2 * n_holes++ + 1] = s->n;
+        }
+        gap = NULL;
         e->order = s->n++;
+        max = e->batch > max ? e->batch : max;
+        p = next;
     }
+    size_t tail = gap ? (size_t)(gap - start) : SIZE_MAX;
+    if (newest && tail != SIZE_MAX) {
+        s->torn_seq = seq;
+        s->torn_at = tail;
+    }
+    if (!newest && tail != SIZE_MAX && !s->damage)
+        s->damage = xasprintf("%s/" JOURNAL_PREFIX "%016" PRIx64 " (at byte %zu)", dir, seq, tail);
+    for (size_t h = 0; h < n_holes && !s->damage; h++) {
+        size_t after = holes[2 * h + 1];
+        const jentry *before = after > first ? &s->e[after - 1] : NULL;
+        if (!newest || hole_lost_acknowledged(before, &s->e[after], max))
+            s->damage = xasprintf("%s/" JOURNAL_PREFIX "%016" PRIx64 " (at byte %zu)", dir, seq,
+                                  holes[2 * h]);
+    }
+    free(holes);
     return 0;
 }
 
@@ -226,6 +336,23 @@ static void jset_newest(jset *s)
     s->n = out;
 }
 
+/* "journal." and exactly 16 lower-case hex digits (as the files are named), numbered from 1:
+ * any other name is not a journal file, and is left alone. */
+static bool journal_seq(const char *name, uint64_t *seq)
+{
+    if (strlen(name) != JOURNAL_NAME_LEN || strncmp(name, JOURNAL_PREFIX, 8) != 0)
+        return false;
+    uint64_t v = 0;
+    for (const char *p = name + 8; *p; p++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+        if (d < 0)
+            return false;
+        v = v << 4 | (uint64_t)d;
+    }
+    *seq = v;
+    return v > 0;
+}
+
 static int cmp_seqs(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -243,12 +370,8 @@ static int list_journals(const char *dir, uint64_t upto, uint64_t **seqs, size_t
     size_t cap = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
-        const char *nm = de->d_name;
-        if (strlen(nm) != JOURNAL_NAME_LEN || strncmp(nm, JOURNAL_PREFIX, 8) != 0)
-            continue;
-        char *endp = NULL;
-        uint64_t seq = strtoull(nm + 8, &endp, 16);
-        if (!endp || *endp || seq == 0 || seq > upto)
+        uint64_t seq = 0;
+        if (!journal_seq(de->d_name, &seq) || seq > upto)
             continue;
         if (*n == cap) {
             cap = cap ? cap * 2 : 8;
@@ -266,7 +389,7 @@ static int list_journals(const char *dir, uint64_t upto, uint64_t **seqs, size_t
 static int collect(const char *dir, const uint64_t *seqs, size_t n, jset *s)
 {
     for (size_t i = 0; i < n; i++) {
-        int r = read_journal(dir, seqs[i], s);
+        int r = read_journal(dir, seqs[i], i + 1 == n, s);
         if (r < 0) {
             jset_free(s);
             return r;
@@ -277,7 +400,8 @@ static int collect(const char *dir, const uint64_t *seqs, size_t n, jset *s)
 }
 
 /* Writes s into the record files, then removes the journal files: each only once every
- * record it holds is durable in its file, so a crash in between replays it again. */
+ * record it holds is durable in its file, so a crash in between replays it again. A failure
+ * keeps the files not removed yet. */
 static int checkpoint_set(const char *state_dir, const char *dir, const jset *s,
                           const uint64_t *seqs, size_t n)
 {
@@ -289,6 +413,8 @@ static int checkpoint_set(const char *state_dir, const char *dir, const jset *s,
     for (size_t i = 0; i < s->n && r == 0; i++)
         r = items[i].rc;
     free(items);
+    /* Oldest first, each removal durable before the next: whatever a crash leaves is the
+     * newest files, whose entries are at least as new as the record files now. */
     for (size_t i = 0; i < n && r == 0; i++) {
         char name[JOURNAL_NAME_LEN + 1];
         snprintf(name, sizeof name, JOURNAL_PREFIX "%016" PRIx64, seqs[i]);
@@ -296,9 +422,9 @@ static int checkpoint_set(const char *state_dir, const char *dir, const jset *s,
         if (unlink(path) < 0 && errno != ENOENT)
             r = -errno;
         free(path);
+        if (r == 0)
+            r = fsutil_fsync_dir(dir);
     }
-    if (r == 0 && n > 0)
-        r = fsutil_fsync_dir(dir);
     return r;
 }
 
@@ -354,8 +480,31 @@ const char *store_replay_text(const store_replay *rp, const char *id, size_t *le
     return NULL;
 }
 
+int store_replay_trim(const store_replay *rp)
+{
+    if (!rp->s.torn_seq)
+        return 0;
+    char name[JOURNAL_NAME_LEN + 1];
+    snprintf(name, sizeof name, JOURNAL_PREFIX "%016" PRIx64, rp->s.torn_seq);
+    char *path = fsutil_join(rp->dir, name);
+    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    free(path);
+    int r = fd < 0 || ftruncate(fd, (off_t)rp->s.torn_at) < 0 || fsync(fd) < 0 ? -errno : 0;
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
+const char *store_replay_damage(const store_replay *rp)
+{
+    return rp->s.damage;
+}
+
 int store_replay_checkpoint(const store_replay *rp)
 {
+    /* A damaged file stays for a person to look at: its records are not all there. */
+    if (rp->s.damage)
+        return -EBADMSG;
     return rp->n_seqs ? checkpoint_set(rp->state_dir, rp->dir, &rp->s, rp->seqs, rp->n_seqs) : 0;
 }
 
@@ -370,12 +519,16 @@ void store_replay_free(store_replay *rp)
     free(rp);
 }
 
-int store_checkpoint(const char *state_dir, uint64_t upto)
+int store_checkpoint(const char *state_dir, uint64_t upto, char **err)
 {
+    *err = NULL;
     store_replay *rp = NULL;
     int r = store_replay_read(state_dir, upto, &rp);
-    if (r == 0)
+    if (r == 0) {
         r = store_replay_checkpoint(rp);
+        if (store_replay_damage(rp))
+            *err = xstrdup(store_replay_damage(rp));
+    }
     store_replay_free(rp);
     return r;
 }
@@ -423,6 +576,7 @@ static int open_next(store_journal *jl)
         return r;
     jl->fd = fd;
     jl->size = 0;
+    jl->batch = 0;
     return 0;
 }
 
@@ -436,8 +590,8 @@ static uint64_t close_current(store_journal *jl)
     return jl->seq;
 }
 
-/* An entry's header line: "BJ1 <id> <length> <check>\n". */
-#define HEADER_MAX (sizeof ENTRY_MAGIC + ID_MAX + 24 + SUM_LEN + 2)
+/* An entry's header line: "BJ1 <append> <index> <of> <id> <length> <check>\n". */
+#define HEADER_MAX (sizeof ENTRY_MAGIC + 16 + 3 * 24 + ID_MAX + SUM_LEN + 4)
 
 /* Pieces per writev: Linux takes up to 1024 (UIO_MAXIOV). */
 #define WRITEV_MAX 1024
@@ -473,58 +627,101 @@ typedef struct batch_io {
     size_t cnt, bytes;
 } batch_io;
 
-static int batch_prepare(batch_io *b, const store_item *items, size_t n)
+static size_t item_len(const store_item *it)
+{
+    return it->len ? it->len : strlen(it->text);
+}
+
+/* An item the journal cannot hold fails alone: a job id that is not a file name, an empty
+ * or oversized record. */
+static bool item_ok(const store_item *it)
+{
+    size_t len = item_len(it);
+    return id_ok(it->job_id, strlen(it->job_id)) && len > 0 && len <= ENTRY_TEXT_MAX;
+}
+
+/* Lays out the items that item_ok takes as append number batch. 0 or -ENOMEM. */
+static int batch_prepare(batch_io *b, const store_item *items, size_t n, uint64_t batch)
 {
     static char newline[] = "\n"; /* never written */
-    b->headers = xcalloc(n ? n : 1, sizeof *b->headers);
-    b->iov = xcalloc(n ? 3 * n : 1, sizeof *b->iov);
+    size_t of = 0, index = 0;
+    for (size_t i = 0; i < n; i++)
+        of += item_ok(&items[i]);
+    b->headers = xcalloc(of ? of : 1, sizeof *b->headers);
+    b->iov = xcalloc(of ? 3 * of : 1, sizeof *b->iov);
     for (size_t i = 0; i < n; i++) {
-        size_t len = items[i].len ? items[i].len : strlen(items[i].text);
-        if (!id_ok(items[i].job_id, strlen(items[i].job_id)) || len > ENTRY_TEXT_MAX)
-            return -EINVAL;
+        if (!item_ok(&items[i]))
+            continue;
+        size_t len = item_len(&items[i]);
+        char *h = b->headers[index];
+        int hl = snprintf(h, HEADER_MAX, ENTRY_MAGIC "%016" PRIx64 " %zu %zu %s %zu", batch, index,
+                          of, items[i].job_id, len);
         char sum[SUM_LEN + 1];
-        entry_sum(items[i].job_id, items[i].text, len, sum);
-        int h = snprintf(b->headers[i], HEADER_MAX, ENTRY_MAGIC "%s %zu %s\n", items[i].job_id, len,
-                         sum);
-        b->iov[b->cnt++] = (struct iovec){.iov_base = b->headers[i], .iov_len = (size_t)h};
+        if (entry_sum(h, (size_t)hl, items[i].text, len, sum) < 0)
+            return -ENOMEM;
+        hl += snprintf(h + hl, HEADER_MAX - (size_t)hl, " %s\n", sum);
         /* writev only reads the pieces (struct iovec has no const member). */
         union {
             const char *in;
             void *base;
         } text = {.in = items[i].text};
+        b->iov[b->cnt++] = (struct iovec){.iov_base = h, .iov_len = (size_t)hl};
         b->iov[b->cnt++] = (struct iovec){.iov_base = text.base, .iov_len = len};
         b->iov[b->cnt++] = (struct iovec){.iov_base = newline, .iov_len = 1};
-        b->bytes += (size_t)h + len + 1;
+        b->bytes += (size_t)hl + len + 1;
+        index++;
     }
     return 0;
 }
 
+/* Writes and syncs a laid-out batch into the open file (under the lock). A failed write is
+ * cut off again when it can be, and the file goes on (a full disk must not leave a trail of
+ * new files); a failed fdatasync, or a write that cannot be cut off, leaves the file in doubt
+ * (a torn entry, or pages the kernel may have dropped) and it is closed: *closed is its
+ * number, to checkpoint. Its intact entries replay. */
+static int append_locked(store_journal *jl, batch_io *b, uint64_t *closed)
+{
+    int r = jl->fd < 0 ? open_next(jl) : 0;
+    if (r < 0)
+        return r;
+    r = writev_all(jl->fd, b->iov, b->cnt);
+    bool in_doubt = false;
+    if (r < 0)
+        in_doubt = ftruncate(jl->fd, (off_t)jl->size) < 0;
+    else if (fdatasync(jl->fd) < 0) {
+        r = -errno;
+        in_doubt = true;
+    }
+    if (r == 0) {
+        jl->size += b->bytes;
+        jl->batch++;
+    }
+    /* A file closed in doubt is cut back to its acknowledged appends when it can be, so that
+     * only the newest file can end torn (read_journal). */
+    if (in_doubt)
+        (void)ftruncate(jl->fd, (off_t)jl->size);
+    if (in_doubt || jl->size >= jl->rotate_bytes)
+        *closed = close_current(jl);
+    return r;
+}
+
 uint64_t store_journal_append(store_journal *jl, store_item *items, size_t n)
 {
-    batch_io b = {0};
-    int r = batch_prepare(&b, items, n);
     uint64_t closed = 0;
-    bool in_doubt = false;
+    batch_io b = {0};
     pthread_mutex_lock(&jl->lock);
-    if (r == 0 && n > 0 && jl->fd < 0)
-        r = open_next(jl);
-    if (r == 0 && n > 0) {
-        r = writev_all(jl->fd, b.iov, b.cnt);
-        if (r == 0)
-            r = fdatasync(jl->fd) < 0 ? -errno : 0;
-        in_doubt = r < 0;
-    }
+    /* Numbered under the lock: appends reach the file in the order of their numbers. The
+     * number a file's next append gets is only known once one is open. */
+    int r = jl->fd < 0 ? open_next(jl) : 0;
     if (r == 0)
-        jl->size += b.bytes;
-    /* A failed write or fdatasync leaves the file in doubt (a torn entry, or pages the
-     * kernel may have dropped): nothing more goes into it. Its intact entries replay. */
-    if (in_doubt || jl->size >= jl->rotate_bytes)
-        closed = close_current(jl);
+        r = batch_prepare(&b, items, n, jl->batch + 1);
+    if (r == 0 && b.cnt > 0)
+        r = append_locked(jl, &b, &closed);
     pthread_mutex_unlock(&jl->lock);
     free(b.headers);
     free(b.iov);
     for (size_t i = 0; i < n; i++)
-        items[i].rc = r;
+        items[i].rc = !item_ok(&items[i]) ? -EINVAL : r;
     return closed;
 }
 

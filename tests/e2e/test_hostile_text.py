@@ -98,7 +98,8 @@ def check_everything(env, ids):
         # The record journal (store.h): each entry is a header line, the record, a newline;
         # the records in it are held to the same rule.
         while data:
-            m = re.match(rb"BJ1 [0-9A-Za-z]{1,31} ([0-9]+) [0-9a-f]{16}\n", data)
+            m = re.match(rb"BJ1 [0-9a-f]{16} [0-9]+ [0-9]+ [0-9A-Za-z_-]{1,31} ([0-9]+) [0-9a-f]{16}\n",
+                         data)
             check(m, f"{name}: not a journal entry: {data[:100]!r}")
             n = int(m.group(1))
             text, data = data[m.end():m.end() + n], data[m.end() + n:]

@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cmocka.h>
@@ -392,49 +394,156 @@ static void test_journal_replay(void **state)
     free(dir);
 }
 
-/* A crash part-way through an append: the torn entry and whatever follows it are not
- * replayed (nothing after it was acknowledged); the entries before it are. */
-static void test_journal_torn_tail(void **state)
+typedef struct pruner {
+    const char *dir;
+    int removed;
+} pruner;
+
+static void prune_each(void *ud, job *j)
+{
+    pruner *p = ud;
+    p->removed += store_remove(p->dir, j->id) == 0;
+    job_free(j);
+}
+
+/* A record removed while loading (the runner prunes old finished jobs from its each()) stays
+ * removed, though its newest version was only in the journal: the load's checkpoint comes
+ * first. */
+static void test_journal_prune_while_loading(void **state)
 {
     (void)state;
     char *dir = new_state();
     store_journal *jl = store_journal_new(dir, 0);
     journal_put(jl, "01A", "v1", NULL);
-    journal_put(jl, "01B", "v1", NULL);
+    store_journal_free(jl);
+    pruner p = {.dir = dir};
+    assert_int_equal(store_load_all(dir, prune_each, on_bad, &p), 1);
+    assert_int_equal(p.removed, 1);
+    char *got = loaded_batches(dir, NULL);
+    assert_string_equal(got, "");
+    free(got);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* One append of the given jobs, every one at version v. */
+static void journal_append_all(store_journal *jl, const char *const *ids, size_t n, const char *v)
+{
+    store_item items[8];
+    char *texts[8];
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++) {
+        texts[i] = record_text(ids[i], v);
+        items[i] = (store_item){.job_id = ids[i], .text = texts[i]};
+    }
+    store_journal_append(jl, items, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(items[i].rc, 0);
+        free(texts[i]);
+    }
+}
+
+/* Where the text of the n-th entry (from 0) of a journal file starts. */
+static long entry_text_at(const char *path, int n)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(fsutil_read_file(path, 1 << 20, true, &buf, &len), 0);
+    const char *p = buf;
+    for (int i = 0; i <= n; i++) {
+        p = strstr(p, "BJ1 ");
+        assert_non_null(p);
+        if (i < n)
+            p++;
+    }
+    long at = (long)(strchr(p, '\n') + 1 - buf);
+    free(buf);
+    return at;
+}
+
+static void flip_byte(const char *path, long at)
+{
+    FILE *f = fopen(path, "r+");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, at, SEEK_SET), 0);
+    fputc('#', f);
+    fclose(f);
+}
+
+/* A crash part-way through the newest file's last append: its torn entries are not
+ * replayed, anywhere in it (pages reach the disk in no fixed order), and the entries of the
+ * appends before it are. Nothing is reported. */
+static void test_journal_torn_tail(void **state)
+{
+    (void)state;
+    char *dir = new_state();
+    store_journal *jl = store_journal_new(dir, 0);
+    const char *const first[] = {"01A", "01B"};
+    const char *const last[] = {"01A", "01B", "01C"};
+    journal_append_all(jl, first, 2, "v1");
+    journal_append_all(jl, last, 3, "v2");
     store_journal_free(jl);
     char *j1 = journal_path(dir, 1);
+    /* The last append's middle entry lost, its last one cut short, then zeros. */
+    flip_byte(j1, entry_text_at(j1, 3) + 5);
     struct stat st;
     assert_int_equal(stat(j1, &st), 0);
-    off_t whole = st.st_size;
-
-    /* Then 01A's v2 cut short by one byte, followed by a zeroed block, as after a crash. */
-    jl = store_journal_new(dir, 0);
-    journal_put(jl, "01A", "v2", NULL); /* opens journal 2: numbered after the one there */
-    store_journal_free(jl);
-    char *j2 = journal_path(dir, 2);
-    assert_int_equal(stat(j2, &st), 0);
-    assert_int_equal(truncate(j2, st.st_size - 1), 0);
-    FILE *f = fopen(j2, "a");
+    assert_int_equal(truncate(j1, st.st_size - 1), 0);
+    FILE *f = fopen(j1, "a");
     assert_non_null(f);
     static const char zeros[512];
     assert_int_equal(fwrite(zeros, 1, sizeof zeros, f), sizeof zeros);
     fclose(f);
-    /* And in journal 1, a flipped byte in 01B's text: its check fails. */
-    f = fopen(j1, "r+");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, (long)whole - 5, SEEK_SET), 0);
-    fputc('#', f);
-    fclose(f);
 
     int bad = 0;
     char *got = loaded_batches(dir, &bad);
-    assert_string_equal(got, "01A=v1");
+    assert_string_equal(got, "01A=v2 01B=v1");
     assert_int_equal(bad, 0);
+    assert_int_not_equal(access(j1, F_OK), 0); /* checkpointed */
     free(got);
     free(j1);
-    free(j2);
     rm_rf(dir);
     free(dir);
+}
+
+/* A hole that lost an acknowledged entry is damage, not a crash: in an earlier append of the
+ * newest file, or anywhere in an older file. It is reported like an unreadable record, what
+ * is intact still loads (around the hole too), and the files stay for a person to look at. */
+static void test_journal_damage(void **state)
+{
+    (void)state;
+    const char *const ab[] = {"01A", "01B"};
+    for (int older = 0; older <= 1; older++) {
+        char *dir = new_state();
+        store_journal *jl = store_journal_new(dir, 0);
+        journal_append_all(jl, ab, 2, "v1");
+        journal_append_all(jl, ab, 2, "v2");
+        if (older) {
+            store_journal_free(jl); /* the next opens journal 2 */
+            jl = store_journal_new(dir, 0);
+        }
+        journal_append_all(jl, ab, 1, "v3");
+        store_journal_free(jl);
+        char *j1 = journal_path(dir, 1);
+        /* 01A's v2, in the second append; older: the last entry of journal 1 instead (01B's
+         * v2, whose append was acknowledged before journal 2 began). */
+        flip_byte(j1, entry_text_at(j1, older ? 3 : 2) + 5);
+
+        int bad = 0;
+        char *got = loaded_batches(dir, &bad);
+        assert_string_equal(got, older ? "01A=v3 01B=v1" : "01A=v3 01B=v2");
+        assert_int_equal(bad, 1);
+        free(got);
+        assert_int_equal(access(j1, F_OK), 0); /* kept */
+        char *err = NULL;
+        assert_int_equal(store_checkpoint(dir, UINT64_MAX, &err), -EBADMSG);
+        assert_non_null(err);
+        assert_non_null(strstr(err, "journal.0000000000000001 (at byte"));
+        free(err);
+        free(j1);
+        rm_rf(dir);
+        free(dir);
+    }
 }
 
 /* A journal file closes once it holds rotate_bytes; a checkpoint up to its number writes
@@ -453,7 +562,9 @@ static void test_journal_rotate_and_checkpoint(void **state)
     store_journal_free(jl);
     char *j1 = journal_path(dir, 1), *j2 = journal_path(dir, 2);
 
-    assert_int_equal(store_checkpoint(dir, 1), 0);
+    char *err = NULL;
+    assert_int_equal(store_checkpoint(dir, 1, &err), 0);
+    assert_null(err);
     assert_int_not_equal(access(j1, F_OK), 0);
     assert_int_equal(access(j2, F_OK), 0);
     char *ra = fsutil_join(dir, "jobs/01A.json");
@@ -517,14 +628,53 @@ static void test_journal_append_costs_and_failures(void **state)
     char *j2 = journal_path(dir, 2);
     assert_int_equal(access(j2, F_OK), 0);
 
-    store_item bad = {.job_id = "../x", .text = "{}"};
-    assert_int_equal(store_journal_append(jl, &bad, 1), 0);
-    assert_int_equal(bad.rc, -EINVAL);
+    /* What the journal cannot hold fails alone: the others of the batch are written. */
+    char *ok_text = record_text("job-1_x", "v1");
+    store_item mixed[] = {{.job_id = "../x", .text = "{}"},
+                          {.job_id = "job-1_x", .text = ok_text},
+                          {.job_id = "01Q", .text = ""}};
+    assert_int_equal(store_journal_append(jl, mixed, 3), 0);
+    assert_int_equal(mixed[0].rc, -EINVAL);
+    assert_int_equal(mixed[1].rc, 0);
+    assert_int_equal(mixed[2].rc, -EINVAL);
+    free(ok_text);
+
+    /* A write that fails (here: over the file size limit, as a full disk would) is cut off
+     * again and the same file goes on: no new file per failed batch. */
+    struct stat before;
+    assert_int_equal(stat(j2, &before), 0);
+    struct rlimit old_lim, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old_lim), 0);
+    lim = old_lim;
+    lim.rlim_cur = (rlim_t)before.st_size + 100;
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    assert_int_equal(store_journal_append(jl, items, N), 0);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
+    assert_int_equal(items[0].rc, -EFBIG);
+    struct stat after;
+    assert_int_equal(stat(j2, &after), 0);
+    assert_int_equal(after.st_size, before.st_size);
+    journal_put(jl, "J001", "v3", NULL);
+    char *j3 = journal_path(dir, 3);
+    assert_int_not_equal(access(j3, F_OK), 0);
+    free(j3);
     store_journal_free(jl);
 
-    char *got = loaded_batches(dir, NULL);
-    assert_non_null(strstr(got, "J000=v2 J001=v1"));
+    /* A name that is not exactly a journal file's is not one (and is left alone). */
+    char *stray = fsutil_join(jobs, "journal.00000000000000AB");
+    FILE *sf = fopen(stray, "w");
+    assert_non_null(sf);
+    fclose(sf);
+
+    int bad_loads = 0;
+    char *got = loaded_batches(dir, &bad_loads);
+    assert_non_null(strstr(got, "J000=v2 J001=v3 J002=v1"));
+    assert_non_null(strstr(got, "job-1_x=v1"));
+    assert_int_equal(bad_loads, 0);
     free(got);
+    assert_int_equal(access(stray, F_OK), 0);
+    free(stray);
     for (size_t i = 0; i < N; i++)
         free(texts[i]);
     free(j1);
@@ -543,6 +693,8 @@ int main(void)
         cmocka_unit_test(test_write_batch_phases),
         cmocka_unit_test(test_journal_replay),
         cmocka_unit_test(test_journal_torn_tail),
+        cmocka_unit_test(test_journal_damage),
+        cmocka_unit_test(test_journal_prune_while_loading),
         cmocka_unit_test(test_journal_rotate_and_checkpoint),
         cmocka_unit_test(test_journal_append_costs_and_failures),
     };
