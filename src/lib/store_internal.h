@@ -1,10 +1,17 @@
-/* store's private interface between store.c and store_journal.c: the journal's newest entry
- * of each job, read for store_load_all. */
+/* store's private interface between its files: store.c (the record files), store_journal.c
+ * (the journal and its checkpoints, which write through store.c) and store_load.c (the load
+ * at start, which reads through store_journal.c). */
 #ifndef BATCHD_STORE_INTERNAL_H
 #define BATCHD_STORE_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* The largest record text read back, from a file or the journal. */
+#define STORE_RECORD_MAX (16u << 20)
+
+/* "<state_dir>/jobs" (malloc'd). */
+char *store_jobs_dir(const char *state_dir);
 
 typedef struct store_replay store_replay;
 /* Reads the journal files numbered up to upto. 0 with *out, or -errno (nothing to free). */

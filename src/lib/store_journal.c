@@ -24,8 +24,6 @@
 #define ENTRY_MAGIC      "BJ1 "
 #define ID_MAX           31
 #define SUM_LEN          16
-/* The same bound as a record file's (store.c). */
-#define ENTRY_TEXT_MAX (16u << 20)
 
 struct store_journal {
     pthread_mutex_t lock;
@@ -36,11 +34,6 @@ struct store_journal {
     size_t size;
     uint64_t batch; /* the appends made to it */
 };
-
-static char *jobs_dir(const char *state_dir)
-{
-    return fsutil_join(state_dir, "jobs");
-}
 
 /* A job id as job_from_record takes it (job.c): letters, digits, '-' and '_', under 32
  * bytes, so that it is safe as a file name. */
@@ -171,7 +164,7 @@ static const char *parse_entry(const char *p, const char *end, jentry *e, int *e
     memcpy(e->id, id, (size_t)(p - id));
     e->id[p - id] = '\0';
     /* A record is never empty; a length of 0 is not an entry. */
-    if (!parse_field(&p, end, 10, 9, &len) || len == 0 || len > ENTRY_TEXT_MAX)
+    if (!parse_field(&p, end, 10, 9, &len) || len == 0 || len > STORE_RECORD_MAX)
         return NULL;
     size_t head_len = (size_t)(p - head);
     if ((size_t)(end - p) < SUM_LEN + 2 || p[0] != ' ' || p[SUM_LEN + 1] != '\n')
@@ -440,7 +433,7 @@ int store_replay_read(const char *state_dir, uint64_t upto, store_replay **out)
 {
     store_replay *rp = xcalloc(1, sizeof *rp);
     rp->state_dir = xstrdup(state_dir);
-    rp->dir = jobs_dir(state_dir);
+    rp->dir = store_jobs_dir(state_dir);
     int r = list_journals(rp->dir, upto, &rp->seqs, &rp->n_seqs);
     if (r == 0)
         r = collect(rp->dir, rp->seqs, rp->n_seqs, &rp->s);
@@ -539,7 +532,7 @@ store_journal *store_journal_new(const char *state_dir, size_t rotate_bytes)
 {
     store_journal *jl = xcalloc(1, sizeof *jl);
     pthread_mutex_init(&jl->lock, NULL);
-    jl->dir = jobs_dir(state_dir);
+    jl->dir = store_jobs_dir(state_dir);
     jl->rotate_bytes = rotate_bytes ? rotate_bytes : STORE_JOURNAL_ROTATE;
     jl->fd = -1;
     return jl;
@@ -637,7 +630,7 @@ static size_t item_len(const store_item *it)
 static bool item_ok(const store_item *it)
 {
     size_t len = item_len(it);
-    return id_ok(it->job_id, strlen(it->job_id)) && len > 0 && len <= ENTRY_TEXT_MAX;
+    return id_ok(it->job_id, strlen(it->job_id)) && len > 0 && len <= STORE_RECORD_MAX;
 }
 
 /* Lays out the items that item_ok takes as append number batch. 0 or -ENOMEM. */
