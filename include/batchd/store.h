@@ -15,11 +15,14 @@
  * while a journal is in use, a file is never newer than its job's last journal entry, so
  * replaying the journal files in order over the files gives each job's newest record.
  *
- * Appends are acknowledged one at a time, each after its fdatasync, so a crash can tear only
- * a file's last append, anywhere in it: its intact entries replay (a record newer than the
- * world is safe: the runner resolves an intent whose request may not have gone out). A hole
- * that lost an entry of an earlier append is damage (a changed byte, not a crash): the file is
- * reported and kept for a person to look at, and checkpoints refuse to remove it. */
+ * Appends are acknowledged one at a time, each after its fdatasync, and a file closed cleanly
+ * (rotated, or at a stop) ends with a mark "BJE <appends> <check>". So only a file without
+ * its mark (open at a crash, or closed after a failed fdatasync) can have a torn last append,
+ * anywhere in it: its intact entries replay (a record newer than the world is safe: the
+ * runner resolves an intent whose request may not have gone out). A hole that lost an entry of
+ * an earlier append, or any hole in a file with its mark, is damage (a changed byte, not a
+ * crash): the file is reported and kept for a person to look at, and checkpoints refuse to
+ * remove it. */
 #ifndef BATCHD_STORE_H
 #define BATCHD_STORE_H
 

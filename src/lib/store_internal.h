@@ -21,9 +21,6 @@ size_t store_replay_count(const store_replay *rp);
 const char *store_replay_id(const store_replay *rp, size_t i);
 /* The newest entry of job id (*len bytes, not NUL-terminated), or NULL. Owned by rp. */
 const char *store_replay_text(const store_replay *rp, const char *id, size_t *len);
-/* Cuts the newest journal file's torn end (a crash during its last append) off, so that once
- * a newer file follows it, it holds whole appends only. 0 or -errno. */
-int store_replay_trim(const store_replay *rp);
 /* A description of the first damaged journal file (store.h), or NULL. */
 const char *store_replay_damage(const store_replay *rp);
 /* Writes every entry into its record file, then removes the journal files read. 0 or -errno

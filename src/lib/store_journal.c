@@ -22,6 +22,7 @@
 #define JOURNAL_PREFIX   "journal."
 #define JOURNAL_NAME_LEN (sizeof JOURNAL_PREFIX - 1 + 16)
 #define ENTRY_MAGIC      "BJ1 "
+#define END_MAGIC        "BJE "
 #define ID_MAX           31
 #define SUM_LEN          16
 
@@ -99,9 +100,6 @@ typedef struct jset {
     jmap *maps;
     size_t n_maps;
     char *damage; /* the first damaged file's description (malloc'd), or NULL */
-    /* The newest file's torn end (a crash during its last append), if it has one. */
-    uint64_t torn_seq;
-    size_t torn_at;
 } jset;
 
 static void jset_free(jset *s)
@@ -142,16 +140,24 @@ static bool parse_field(const char **p, const char *end, int base, int max_digit
     return parse_num(p, end, base, max_digits, out);
 }
 
+/* Moves *p past magic when it starts there. */
+static bool skip_magic(const char **p, const char *end, const char *magic)
+{
+    size_t n = strlen(magic);
+    if ((size_t)(end - *p) < n || memcmp(*p, magic, n) != 0)
+        return false;
+    *p += n;
+    return true;
+}
+
 /* Parses one entry at p (end: the buffer's end) into e: "BJ1 <append> <index> <of> <id>
  * <length> <check>\n<text>\n" (store.h). Returns the byte after it, or NULL when what is
  * there is not a whole, intact entry (*err = -ENOMEM when that could not be told). */
 static const char *parse_entry(const char *p, const char *end, jentry *e, int *err)
 {
     const char *head = p;
-    size_t magic = strlen(ENTRY_MAGIC);
-    if ((size_t)(end - p) < magic || memcmp(p, ENTRY_MAGIC, magic) != 0)
+    if (!skip_magic(&p, end, ENTRY_MAGIC))
         return NULL;
-    p += magic;
     uint64_t batch = 0, index = 0, of = 0, len = 0;
     if (!parse_num(&p, end, 16, 16, &batch) || !parse_field(&p, end, 10, 9, &index) ||
         !parse_field(&p, end, 10, 9, &of) || batch == 0 || index >= of || p >= end || *p != ' ')
@@ -234,22 +240,68 @@ static bool hole_lost_acknowledged(const jentry *before, const jentry *after, ui
     return after->index > 0 && after->batch < max; /* the start of an earlier append lost */
 }
 
-/* Moves p past what is not an intact entry, to the next "BJ1 " (or the end). A record's text
- * cannot fake one: JSON keeps newlines out of its strings, and a header ends with one. */
+/* Moves p past what is not an intact entry, to the next "BJ1 " or "BJE " (or the end). A
+ * record's text cannot fake one: JSON keeps newlines out of its strings, and a header ends
+ * with one. */
 static const char *skip_to_next(const char *p, const char *end)
 {
-    size_t magic = strlen(ENTRY_MAGIC);
-    const char *next = memmem(p + 1, (size_t)(end - p - 1), ENTRY_MAGIC, magic);
-    return next ? next : end;
+    for (p++; p < end; p++) {
+        p = memmem(p, (size_t)(end - p), "BJ", 2);
+        if (!p)
+            return end;
+        if ((size_t)(end - p) >= 4 && (p[2] == '1' || p[2] == 'E') && p[3] == ' ')
+            return p;
+    }
+    return end;
+}
+
+/* The end mark of a file closed cleanly: "BJE <appends> <check>\n", the number of appends
+ * it holds in 16 hex digits, and the check over "BJE <appends>". Written after the last
+ * append's fdatasync, so a file that has one holds every append whole. Returns the byte
+ * after it with *appends, or NULL. */
+static const char *parse_end_mark(const char *p, const char *end, uint64_t *appends, int *err)
+{
+    const char *head = p;
+    if (!skip_magic(&p, end, END_MAGIC))
+        return NULL;
+    const char *digits = p;
+    if (!parse_num(&p, end, 16, 16, appends) || p - digits != 16)
+        return NULL;
+    size_t head_len = (size_t)(p - head);
+    if ((size_t)(end - p) < SUM_LEN + 2 || p[0] != ' ' || p[SUM_LEN + 1] != '\n')
+        return NULL;
+    char want[SUM_LEN + 1];
+    *err = entry_sum(head, head_len, "", 0, want);
+    if (*err < 0 || memcmp(want, p + 1, SUM_LEN) != 0)
+        return NULL;
+    return p + SUM_LEN + 2;
+}
+
+/* Whether one file's holes (each: where it starts, and the index of the intact entry after
+ * it; tail: where a hole at the end starts, or SIZE_MAX) lost an acknowledged entry. A file
+ * with its end mark (sealed, with its number of appends) must hold every append whole. One
+ * without it may have been open at a crash, or closed in doubt after a failed fdatasync: its
+ * last append may be torn, anywhere in it (pages reach the disk in no fixed order), and
+ * nothing else. Returns the offset of the first damage, or SIZE_MAX. */
+static size_t first_damage(const jset *s, size_t first, const size_t *holes, size_t n_holes,
+                           size_t tail, uint64_t max, bool sealed, uint64_t appends)
+{
+    if (sealed && (tail != SIZE_MAX || max != appends))
+        return tail != SIZE_MAX ? tail : 0;
+    for (size_t h = 0; h < n_holes; h++) {
+        size_t after = holes[2 * h + 1];
+        const jentry *before = after > first ? &s->e[after - 1] : NULL;
+        if (sealed || hole_lost_acknowledged(before, &s->e[after], max))
+            return holes[2 * h];
+    }
+    return SIZE_MAX;
 }
 
 /* Adds every intact entry of one journal file to s. What is not intact is passed over up to
- * the next entry that is. In the newest file a torn last append (a crash before its
- * fdatasync) is expected; in an older one every append was acknowledged (an append that
- * failed was cut off again, store_journal_append). A hole that lost an acknowledged entry is
- * damage, described in s->damage (the first one only) for the caller. 0 or -errno (the file
- * cannot be read). */
-static int read_journal(const char *dir, uint64_t seq, bool newest, jset *s)
+ * the next entry that is. A hole that lost an acknowledged entry (first_damage) is damage,
+ * described in s->damage (the first one only) for the caller. 0 or -errno (the file cannot
+ * be read). */
+static int read_journal(const char *dir, uint64_t seq, jset *s)
 {
     const jmap *m = NULL;
     int r = map_journal(dir, seq, s, &m);
@@ -260,7 +312,8 @@ static int read_journal(const char *dir, uint64_t seq, bool newest, jset *s)
     /* Each hole followed by an intact entry: where it starts, and that entry's index. */
     size_t *holes = NULL, n_holes = 0;
     const char *gap = NULL;
-    uint64_t max = 0;
+    uint64_t max = 0, appends = 0;
+    bool sealed = false;
     while (p < end) {
         if (s->n == s->cap) {
             s->cap = s->cap ? s->cap * 2 : 64;
@@ -270,9 +323,16 @@ static int read_journal(const char *dir, uint64_t seq, bool newest, jset *s)
         memset(e, 0, sizeof *e);
         int err = 0;
         const char *next = parse_entry(p, end, e, &err);
+        const char *mark = next || err < 0 ? NULL : parse_end_mark(p, end, &appends, &err);
         if (err < 0) {
             free(holes);
             return err;
+        }
+        if (mark) {
+            /* Nothing follows an end mark: what does is a hole at the end. */
+            sealed = true;
+            p = mark;
+            break;
         }
         if (!next) {
             gap = gap ? gap : p;
@@ -289,20 +349,12 @@ static int read_journal(const char *dir, uint64_t seq, bool newest, jset *s)
         max = e->batch > max ? e->batch : max;
         p = next;
     }
-    size_t tail = gap ? (size_t)(gap - start) : SIZE_MAX;
-    if (newest && tail != SIZE_MAX) {
-        s->torn_seq = seq;
-        s->torn_at = tail;
-    }
-    if (!newest && tail != SIZE_MAX && !s->damage)
-        s->damage = xasprintf("%s/" JOURNAL_PREFIX "%016" PRIx64 " (at byte %zu)", dir, seq, tail);
-    for (size_t h = 0; h < n_holes && !s->damage; h++) {
-        size_t after = holes[2 * h + 1];
-        const jentry *before = after > first ? &s->e[after - 1] : NULL;
-        if (!newest || hole_lost_acknowledged(before, &s->e[after], max))
-            s->damage = xasprintf("%s/" JOURNAL_PREFIX "%016" PRIx64 " (at byte %zu)", dir, seq,
-                                  holes[2 * h]);
-    }
+    size_t tail = gap       ? (size_t)(gap - start)
+                  : p < end ? (size_t)(p - start) /* after the end mark */
+                            : SIZE_MAX;
+    size_t at = first_damage(s, first, holes, n_holes, tail, max, sealed, appends);
+    if (at != SIZE_MAX && !s->damage)
+        s->damage = xasprintf("%s/" JOURNAL_PREFIX "%016" PRIx64 " (at byte %zu)", dir, seq, at);
     free(holes);
     return 0;
 }
@@ -343,7 +395,7 @@ static bool journal_seq(const char *name, uint64_t *seq)
         v = v << 4 | (uint64_t)d;
     }
     *seq = v;
-    return v > 0;
+    return v > 0 && v < UINT64_MAX; /* open_next numbers the next one */
 }
 
 static int cmp_seqs(const void *a, const void *b)
@@ -382,7 +434,7 @@ static int list_journals(const char *dir, uint64_t upto, uint64_t **seqs, size_t
 static int collect(const char *dir, const uint64_t *seqs, size_t n, jset *s)
 {
     for (size_t i = 0; i < n; i++) {
-        int r = read_journal(dir, seqs[i], i + 1 == n, s);
+        int r = read_journal(dir, seqs[i], s);
         if (r < 0) {
             jset_free(s);
             return r;
@@ -473,21 +525,6 @@ const char *store_replay_text(const store_replay *rp, const char *id, size_t *le
     return NULL;
 }
 
-int store_replay_trim(const store_replay *rp)
-{
-    if (!rp->s.torn_seq)
-        return 0;
-    char name[JOURNAL_NAME_LEN + 1];
-    snprintf(name, sizeof name, JOURNAL_PREFIX "%016" PRIx64, rp->s.torn_seq);
-    char *path = fsutil_join(rp->dir, name);
-    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
-    free(path);
-    int r = fd < 0 || ftruncate(fd, (off_t)rp->s.torn_at) < 0 || fsync(fd) < 0 ? -errno : 0;
-    if (fd >= 0)
-        close(fd);
-    return r;
-}
-
 const char *store_replay_damage(const store_replay *rp)
 {
     return rp->s.damage;
@@ -573,11 +610,26 @@ static int open_next(store_journal *jl)
     return 0;
 }
 
-/* Closes the open file; its number, to checkpoint. */
-static uint64_t close_current(store_journal *jl)
+static int writev_all(int fd, struct iovec *iov, size_t cnt);
+
+/* Closes the open file; its number, to checkpoint. A file closed cleanly gets its end mark
+ * (parse_end_mark) first, so that a reader holds every append in it to be whole; one closed
+ * in doubt does not. A mark that fails to be written only makes the reader less strict. */
+static uint64_t close_current(store_journal *jl, bool seal)
 {
     if (jl->fd < 0)
         return 0;
+    if (seal) {
+        char mark[sizeof END_MAGIC + 16 + SUM_LEN + 3];
+        int hl = snprintf(mark, sizeof mark, END_MAGIC "%016" PRIx64, jl->batch);
+        char sum[SUM_LEN + 1];
+        if (entry_sum(mark, (size_t)hl, "", 0, sum) == 0) {
+            hl += snprintf(mark + hl, sizeof mark - (size_t)hl, " %s\n", sum);
+            struct iovec iov = {.iov_base = mark, .iov_len = (size_t)hl};
+            if (writev_all(jl->fd, &iov, 1) == 0)
+                (void)fdatasync(jl->fd);
+        }
+    }
     close(jl->fd);
     jl->fd = -1;
     return jl->seq;
@@ -689,12 +741,8 @@ static int append_locked(store_journal *jl, batch_io *b, uint64_t *closed)
         jl->size += b->bytes;
         jl->batch++;
     }
-    /* A file closed in doubt is cut back to its acknowledged appends when it can be, so that
-     * only the newest file can end torn (read_journal). */
-    if (in_doubt)
-        (void)ftruncate(jl->fd, (off_t)jl->size);
     if (in_doubt || jl->size >= jl->rotate_bytes)
-        *closed = close_current(jl);
+        *closed = close_current(jl, !in_doubt);
     return r;
 }
 
@@ -722,7 +770,7 @@ void store_journal_free(store_journal *jl)
 {
     if (!jl)
         return;
-    close_current(jl);
+    close_current(jl, true);
     pthread_mutex_destroy(&jl->lock);
     free(jl->dir);
     free(jl);

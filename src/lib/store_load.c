@@ -111,7 +111,6 @@ int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
      * batchd is stopped and a record removed while loading (pruned) stays removed. A failure
      * keeps the journal files: the next checkpoint (or start) replays them, in order, before
      * anything newer; the records below come from memory either way. */
-    (void)store_replay_trim(rp);
     (void)store_replay_checkpoint(rp);
     if (store_replay_damage(rp) && bad)
         bad(ud, store_replay_damage(rp), STORE_DAMAGE_REASON);

@@ -470,9 +470,23 @@ static void flip_byte(const char *path, long at)
     fclose(f);
 }
 
-/* A crash part-way through the newest file's last append: its torn entries are not
- * replayed, anywhere in it (pages reach the disk in no fixed order), and the entries of the
- * appends before it are. Nothing is reported. */
+/* What a crash leaves of a file store_journal_free closed: the same without the end mark
+ * written at a clean close (its last line). */
+static void unseal(const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(fsutil_read_file(path, 1 << 20, true, &buf, &len), 0);
+    const char *mark = strstr(buf, "BJE ");
+    assert_non_null(mark);
+    assert_int_equal(strlen(mark), 4 + 16 + 1 + 16 + 1);
+    assert_int_equal(truncate(path, mark - buf), 0);
+    free(buf);
+}
+
+/* A crash part-way through a file's last append: its torn entries are not replayed, anywhere
+ * in it (pages reach the disk in no fixed order), and the entries of the appends before it
+ * are. Nothing is reported, though a newer file follows. */
 static void test_journal_torn_tail(void **state)
 {
     (void)state;
@@ -484,6 +498,7 @@ static void test_journal_torn_tail(void **state)
     journal_append_all(jl, last, 3, "v2");
     store_journal_free(jl);
     char *j1 = journal_path(dir, 1);
+    unseal(j1);
     /* The last append's middle entry lost, its last one cut short, then zeros. */
     flip_byte(j1, entry_text_at(j1, 3) + 5);
     struct stat st;
@@ -495,9 +510,15 @@ static void test_journal_torn_tail(void **state)
     assert_int_equal(fwrite(zeros, 1, sizeof zeros, f), sizeof zeros);
     fclose(f);
 
+    /* A newer file after it (the start's checkpoint failed, say): it is still a torn end, not
+     * damage, since journal 1 has no end mark. */
+    jl = store_journal_new(dir, 0);
+    journal_put(jl, "01C", "v3", NULL);
+    store_journal_free(jl);
+
     int bad = 0;
     char *got = loaded_batches(dir, &bad);
-    assert_string_equal(got, "01A=v2 01B=v1");
+    assert_string_equal(got, "01A=v2 01B=v1 01C=v3");
     assert_int_equal(bad, 0);
     assert_int_not_equal(access(j1, F_OK), 0); /* checkpointed */
     free(got);
@@ -506,32 +527,38 @@ static void test_journal_torn_tail(void **state)
     free(dir);
 }
 
-/* A hole that lost an acknowledged entry is damage, not a crash: in an earlier append of the
- * newest file, or anywhere in an older file. It is reported like an unreadable record, what
- * is intact still loads (around the hole too), and the files stay for a person to look at. */
+/* A hole that lost an acknowledged entry is damage, not a crash: in an earlier append of a
+ * file a crash left open (no end mark), anywhere in a file closed cleanly (rotated, or at a
+ * stop: it has its end mark), including its last append. It is reported like an unreadable
+ * record, what is intact still loads (around the hole too), and the file stays for a person
+ * to look at. */
 static void test_journal_damage(void **state)
 {
     (void)state;
     const char *const ab[] = {"01A", "01B"};
-    for (int older = 0; older <= 1; older++) {
+    enum { CRASHED, OLDER, STOPPED };
+    static const char *const want[] = {"01A=v3 01B=v2", "01A=v3 01B=v1", "01A=v2 01B=v2"};
+    for (int c = CRASHED; c <= STOPPED; c++) {
         char *dir = new_state();
         store_journal *jl = store_journal_new(dir, 0);
         journal_append_all(jl, ab, 2, "v1");
         journal_append_all(jl, ab, 2, "v2");
-        if (older) {
-            store_journal_free(jl); /* the next opens journal 2 */
+        if (c == OLDER) {
+            store_journal_free(jl); /* rotated: the next append opens journal 2 */
             jl = store_journal_new(dir, 0);
         }
         journal_append_all(jl, ab, 1, "v3");
         store_journal_free(jl);
         char *j1 = journal_path(dir, 1);
-        /* 01A's v2, in the second append; older: the last entry of journal 1 instead (01B's
-         * v2, whose append was acknowledged before journal 2 began). */
-        flip_byte(j1, entry_text_at(j1, older ? 3 : 2) + 5);
+        if (c == CRASHED)
+            unseal(j1);
+        /* CRASHED: 01A's v2, in the second of three appends. OLDER: journal 1's last entry
+         * (01B's v2). STOPPED: the last append (01A's v3). */
+        flip_byte(j1, entry_text_at(j1, c == CRASHED ? 2 : c == OLDER ? 3 : 4) + 5);
 
         int bad = 0;
         char *got = loaded_batches(dir, &bad);
-        assert_string_equal(got, older ? "01A=v3 01B=v1" : "01A=v3 01B=v2");
+        assert_string_equal(got, want[c]);
         assert_int_equal(bad, 1);
         free(got);
         assert_int_equal(access(j1, F_OK), 0); /* kept */
