@@ -505,8 +505,9 @@ int main(int argc, char **argv)
     const char *lvl = getenv("BATCHD_LOG_LEVEL");
     log_init("batchd", lvl && strcmp(lvl, "debug") == 0 ? LOG_LVL_DEBUG : LOG_LVL_INFO);
     /* Validations and durable writes share libuv's pool: at least 12 threads, so that the
-     * runner's two validations, the six record-write batches and the spool's, count's and
-     * marker's (backend.c) always leave one free; an inherited larger size is kept. */
+     * runner's four validations and the backend's lanes, one thread each (record writes,
+     * checkpoints, the spool, the count, the marker: backend.c), always leave some free;
+     * an inherited larger size is kept. */
     const char *pool = getenv("UV_THREADPOOL_SIZE");
     if (!pool || strtol(pool, NULL, 10) < 12)
         setenv("UV_THREADPOOL_SIZE", "12", 1);

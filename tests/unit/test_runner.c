@@ -19,6 +19,7 @@
 #include "batchd/runner.h"
 #include "batchd/spool.h"
 #include "batchd/util.h"
+#include "runner_internal.h" /* RUNNER_VALIDATIONS_MAX */
 
 #define T0      1764405165000LL
 #define DATASET "0192a3b5-e8f9-7a0b-1c2d-3e4f5a6b7c8d"
@@ -1676,26 +1677,28 @@ static void test_finish_dir_gone(void **state)
     assert_int_equal(w->finished_hooks, 0);
 }
 
-/* Validation slots: two at once, the third waits for a free one. */
+/* Validation slots: RUNNER_VALIDATIONS_MAX at once, the next waits for a free one. */
 static void test_validation_slots(void **state)
 {
     world *w = *state;
-    drop(w, "a");
-    drop(w, "b");
-    drop(w, "c");
+    for (int i = 0; i <= RUNNER_VALIDATIONS_MAX; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "v%d", i);
+        drop(w, name);
+    }
     flush(w);
     for (int i = 0; i < 5; i++)
         flush(w);
     size_t live = 0;
     for (size_t i = 0; i < w->n_vals; i++)
         live += w->vals[i].live;
-    assert_int_equal(live, 2);
+    assert_int_equal(live, RUNNER_VALIDATIONS_MAX);
     validation_end(w, live_val(w));
     flush(w);
     live = 0;
     for (size_t i = 0; i < w->n_vals; i++)
         live += w->vals[i].live;
-    assert_int_equal(live, 2);
+    assert_int_equal(live, RUNNER_VALIDATIONS_MAX);
 }
 
 /* Stopping with a write and a validation out: the newest record is written, and the jobs
