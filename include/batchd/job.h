@@ -175,6 +175,8 @@ void job_free(job *j);
 /* Durable form (what the store writes) and back. job_from_json returns NULL and sets *err
  * (static text) when the record is unusable. */
 cJSON *job_to_record(const job *j);
+/* job_to_record printed (json_print), without copying the job's JSON members. malloc'd. */
+char *job_record_print(const job *j);
 job *job_from_record(const cJSON *rec, const char **err);
 
 /* A digest of what must survive a crash: the durable record without the fields that only

@@ -221,11 +221,6 @@ static void take_str(char **dst, const cJSON *o, const char *key)
     *dst = s ? xstrdup(s) : NULL;
 }
 
-static cJSON *dup_or_null(const cJSON *v)
-{
-    return v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull();
-}
-
 /* Names of files and directories are bytes, not text: JSON holds them as the writer makes them
  * (invalid UTF-8 shown as U+FFFD), so one that is not valid UTF-8 is also kept exactly, in
  * hex, as KEY_hex, for the record to bring the very same name back after a restart. */
@@ -336,7 +331,22 @@ static void append_from_record(job_append *a, const cJSON *o)
     a->partial_accepted = json_bool(o, "partial_accepted", false);
 }
 
-cJSON *job_to_record(const job *j)
+/* v as a member of a record: a deep copy, or (by_ref, for a record printed and deleted at once)
+ * a reference that shares v's members and is not freed with the record: the spec and the
+ * history are most of a record, and copying them for every write and digest was most of the
+ * loop's work in a burst of claims (bench/pickup, perf). */
+static cJSON *record_item(const cJSON *v, bool by_ref)
+{
+    if (!v)
+        return cJSON_CreateNull();
+    if (by_ref && cJSON_IsArray(v))
+        return cJSON_CreateArrayReference(v->child);
+    if (by_ref && cJSON_IsObject(v))
+        return cJSON_CreateObjectReference(v->child);
+    return cJSON_Duplicate(v, 1);
+}
+
+static cJSON *record_build(const job *j, bool by_ref)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "version", JOB_RECORD_VERSION);
@@ -350,7 +360,7 @@ cJSON *job_to_record(const job *j)
     add_ms(o, "updated_at", j->updated_at);
     add_ms(o, "finished_at", j->finished_at);
     if (j->spec)
-        cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(j->spec, 1));
+        cJSON_AddItemToObject(o, "spec", record_item(j->spec, by_ref));
     add_name(o, "upload_path", j->upload_path);
     add_name(o, "upload_name", j->upload_name);
     json_add_str_or_null(o, "upload_sha256", j->upload_sha256);
@@ -385,18 +395,32 @@ cJSON *job_to_record(const job *j)
     add_ms(o, "api_requests", j->api_requests);
     json_add_str_or_null(o, "error_code", j->error_code);
     json_add_str_or_null(o, "error_message", j->error_message);
-    cJSON_AddItemToObject(o, "error_details", dup_or_null(j->error_details));
+    cJSON_AddItemToObject(o, "error_details", record_item(j->error_details, by_ref));
     add_ms(o, "http_status", j->http_status);
-    cJSON_AddItemToObject(o, "api_error", dup_or_null(j->api_error));
-    cJSON_AddItemToObject(o, "history", cJSON_Duplicate(j->history, 1));
+    cJSON_AddItemToObject(o, "api_error", record_item(j->api_error, by_ref));
+    if (j->history)
+        cJSON_AddItemToObject(o, "history", record_item(j->history, by_ref));
     if (j->export)
         cJSON_AddItemToObject(o, "export", export_to_json(j->export));
     return o;
 }
 
+cJSON *job_to_record(const job *j)
+{
+    return record_build(j, false);
+}
+
+char *job_record_print(const job *j)
+{
+    cJSON *rec = record_build(j, true);
+    char *text = json_print(rec);
+    cJSON_Delete(rec);
+    return text;
+}
+
 uint64_t job_record_digest(const job *j)
 {
-    cJSON *rec = job_to_record(j);
+    cJSON *rec = record_build(j, true);
     cJSON_DeleteItemFromObjectCaseSensitive(rec, "updated_at");
     cJSON_DeleteItemFromObjectCaseSensitive(rec, "api_requests");
     cJSON_DeleteItemFromObjectCaseSensitive(rec, "bytes_sent");

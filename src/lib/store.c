@@ -46,10 +46,7 @@ int store_init(const char *state_dir, char **err)
 
 char *store_encode(const job *j)
 {
-    cJSON *rec = job_to_record(j);
-    char *text = json_print(rec);
-    cJSON_Delete(rec);
-    return text;
+    return job_record_print(j);
 }
 
 int store_write(const char *state_dir, const char *job_id, const char *text)

@@ -657,6 +657,25 @@ static void test_record_roundtrip(void **state)
 {
     fixture *f = *state;
     drive_to(f, JOB_PROCESSING);
+    /* The printed form (store_encode's, without copies of the spec and history) is the
+     * record's, byte for byte, with error details and an API error too. */
+    cJSON_Delete(f->j->error_details);
+    cJSON_Delete(f->j->api_error);
+    f->j->error_details = cJSON_Parse("[{\"line\":3,\"message\":\"bad\"}]");
+    f->j->api_error = cJSON_Parse("{\"status\":502,\"body\":\"x\"}");
+    cJSON *r0 = job_to_record(f->j);
+    char *want = json_print(r0);
+    char *got = job_record_print(f->j);
+    assert_string_equal(got, want);
+    assert_non_null(strstr(got, "\"spec\":{"));
+    assert_non_null(strstr(got, "\"history\":[{"));
+    free(got);
+    free(want);
+    cJSON_Delete(r0);
+    cJSON_Delete(f->j->error_details);
+    cJSON_Delete(f->j->api_error);
+    f->j->error_details = NULL;
+    f->j->api_error = NULL;
     cJSON *r1 = job_to_record(f->j);
     restart(f);
     cJSON *r2 = job_to_record(f->j);
