@@ -106,6 +106,10 @@ typedef struct runner_claim {
     const char *job_id; /* REJECTED: the id written in error.json, or NULL */
     const char *code;   /* REJECTED */
     const char *reason; /* REJECTED */
+    /* More claims of the same batch are handed over right after this one (in the same call
+     * of the loop): the runner announces each claimed job at once and leaves its first steps
+     * (its record, its validation) until the last, so that none waits for the others'. */
+    bool more_follow;
 } runner_claim;
 
 typedef void (*runner_claim_done_fn)(void *cookie, int rc, const runner_claim *c);

@@ -404,7 +404,7 @@ static void spool_run(void *ud, void **items, size_t n)
         run_claims(bk->d->sp, items, n, claims);
 }
 
-static void claim_end(backend *bk, spool_req *q, int rc)
+static void claim_end(backend *bk, spool_req *q, int rc, bool more_follow)
 {
     if (q->prev)
         q->prev->next = q->next;
@@ -430,6 +430,7 @@ static void claim_end(backend *bk, spool_req *q, int rc)
         .job_id = c->job_id,
         .code = c->code,
         .reason = c->reason,
+        .more_follow = more_follow,
     };
     q->claim_done(q->cookie, rc, &out);
     spool_claim_clear(&q->res);
@@ -439,11 +440,15 @@ static void claim_end(backend *bk, spool_req *q, int rc)
 static void spool_after(void *ud, void **items, size_t n, int status)
 {
     backend *bk = ud;
+    size_t last_claim = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((const spool_req *)items[i])->claim)
+            last_claim = i;
     for (size_t i = 0; i < n; i++) {
         spool_req *q = items[i];
         int rc = status < 0 ? status : q->rc;
         if (q->claim) {
-            claim_end(bk, q, rc);
+            claim_end(bk, q, rc, i < last_claim);
         } else {
             q->finish_done(q->cookie, rc, rc < 0 ? NULL : q->final_dir);
             free(q->final_dir);

@@ -43,6 +43,7 @@ void runner_free(runner *rn)
     spool_stuck_free(rn->stuck);
     rn->stuck = NULL;
     rn->stopping = true;
+    rn->n_claimed_later = 0; /* the jobs are released below */
     size_t n = rn->n_jobs;
     rjob **jobs = rn->jobs;
     rn->jobs = NULL;

@@ -60,12 +60,33 @@ static void claimed(runner *rn, const claim_ctx *cx, const runner_claim *c)
         log_job(LOG_LVL_WARNING, &f, "rejected into failed/%s: %s", base, j->error_message);
     else
         log_job(LOG_LVL_INFO, &f, "claimed into active/%s", base);
-    rj_persist(r);
     rj_publish(r);
-    if (rejected && rn->hooks.job_finished)
-        rn->hooks.job_finished(rn->hooks.ud, j);
-    if (!rejected)
-        rj_drive(r);
+    if (rejected) {
+        rj_persist(r);
+        if (rn->hooks.job_finished)
+            rn->hooks.job_finished(rn->hooks.ud, j);
+        return;
+    }
+    /* Its record and first step wait for the batch's last claim (claimed_start). */
+    if (rn->n_claimed_later == rn->cap_claimed_later) {
+        rn->cap_claimed_later = rn->cap_claimed_later ? rn->cap_claimed_later * 2 : 64;
+        rn->claimed_later =
+            xrealloc(rn->claimed_later, rn->cap_claimed_later * sizeof *rn->claimed_later);
+    }
+    rn->claimed_later[rn->n_claimed_later++] = r;
+}
+
+/* The first steps of the jobs claimed so far: their records, then their validations. A
+ * batch's claims are all announced (log line, Watch event) before any of this: a burst of a
+ * hundred would otherwise announce its last claim only after the other 99 jobs' records. */
+static void claimed_start(runner *rn)
+{
+    size_t n = rn->n_claimed_later;
+    rn->n_claimed_later = 0;
+    for (size_t i = 0; i < n && !rn->stopping; i++)
+        rj_persist(rn->claimed_later[i]);
+    for (size_t i = 0; i < n && !rn->stopping; i++)
+        rj_drive(rn->claimed_later[i]);
 }
 
 static void claim_done(void *cookie, int rc, const runner_claim *c)
@@ -88,6 +109,8 @@ static void claim_done(void *cookie, int rc, const runner_claim *c)
         spool_stuck_forget(rn->stuck, cx->entry);
     if (rc >= 0 && c->kind != RUNNER_GONE)
         claimed(rn, cx, c);
+    if (!c->more_follow)
+        claimed_start(rn);
     free(cx->entry);
     free(cx);
     /* Claims end after the turn that asked for them (a backend batches them on the pool):

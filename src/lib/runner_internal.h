@@ -122,6 +122,10 @@ struct runner {
     size_t n_active; /* jobs not finished */
     size_t validations;
     size_t claims_out; /* claims handed to the spool and not ended */
+    /* Jobs claimed in a batch whose last claim has not been handed over yet (more_follow in
+     * runner.h): their first steps wait for it. */
+    rjob **claimed_later;
+    size_t n_claimed_later, cap_claimed_later;
     bool paused;
     int64_t paused_at;
     bool stopping;

@@ -94,6 +94,7 @@ void rj_free(rjob *r)
 
 void rn_free_now(runner *rn)
 {
+    free(rn->claimed_later);
     free(rn->state_dir);
     free(rn->incoming_dir);
     free(rn);

@@ -1728,6 +1728,44 @@ static void test_stop_with_work_out(void **state)
     start_runner(w);
 }
 
+/* The claims of one batch (more_follow on all but the last): each job is announced as its
+ * claim is handed over, and their records and validations start only after the last, so the
+ * last claim of a burst is not announced after all the others' first steps. */
+static void test_claims_batch_announced_first(void **state)
+{
+    world *w = *state;
+    w->defer_claims = true;
+    const char *entries[] = {"a", "b", "c"};
+    for (size_t i = 0; i < 3; i++)
+        w->incoming[w->n_incoming++] = xstrdup(entries[i]);
+    runner_claim_soon(w->rn);
+    advance(w, 1); /* one turn: one batch of three */
+    assert_int_equal(w->n_claims, 3);
+    size_t n = w->n_claims;
+    w->n_claims = 0;
+    int published = w->changed;
+    for (size_t i = 0; i < n; i++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "/spool/active/%s", w->claim_entries[i]);
+        runner_claim c = {.kind = RUNNER_CLAIMED,
+                          .job_dir = dir,
+                          .job_name = w->claim_entries[i],
+                          .more_follow = i + 1 < n};
+        drop_incoming(w, w->claim_entries[i]);
+        add_active(w, w->claim_entries[i]);
+        w->claim_dones[i](w->claim_cookies[i], 0, &c);
+        free(w->claim_entries[i]);
+        assert_int_equal(runner_count(w->rn), i + 1);
+        if (i + 1 < n) {
+            assert_int_equal(w->changed, published + (int)i + 1); /* announced at once */
+            assert_int_equal(w->n_writes, 0);
+            assert_int_equal(w->n_vals, 0);
+        }
+    }
+    assert_int_equal(w->n_writes, 3); /* the three first records, then their validations */
+    assert_true(w->n_vals > 0);
+}
+
 /* Claims that end later, as on the pool: counted against max_active while out, and one that
  * ends after runner_free is dropped (its entry is adopted from active/ on the next start). */
 static void test_claims_out(void **state)
@@ -2254,6 +2292,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_finish_dir_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_work_out, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claims_batch_announced_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claims_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_steps_while_write_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_while_disk_lags, setup, teardown),
