@@ -70,8 +70,7 @@ static void claimed(runner *rn, const claim_ctx *cx, const runner_claim *c)
     /* Its record and first step wait for the batch's last claim (claimed_start). */
     if (rn->n_claimed_later == rn->cap_claimed_later) {
         rn->cap_claimed_later = rn->cap_claimed_later ? rn->cap_claimed_later * 2 : 64;
-        rn->claimed_later =
-            xrealloc(rn->claimed_later, rn->cap_claimed_later * sizeof *rn->claimed_later);
+        rn->claimed_later = xrealloc(rn->claimed_later, rn->cap_claimed_later * sizeof(rjob *));
     }
     rn->claimed_later[rn->n_claimed_later++] = r;
 }
