@@ -506,8 +506,10 @@ int main(int argc, char **argv)
     log_init("batchd", lvl && strcmp(lvl, "debug") == 0 ? LOG_LVL_DEBUG : LOG_LVL_INFO);
     /* Validations and durable writes share libuv's pool: at least 12 threads, so that the
      * runner's four validations and the backend's lanes, one thread each (record writes,
-     * checkpoints, the spool, the count, the marker: backend.c), always leave some free;
-     * an inherited larger size is kept. */
+     * checkpoints, the spool, the count, the marker: backend.c), leave some for the rest
+     * (an export's fsync and ZIP check, the hooks' journal). Those are not capped: many at
+     * once can make a write wait behind them, never block it. An inherited larger size is
+     * kept. */
     const char *pool = getenv("UV_THREADPOOL_SIZE");
     if (!pool || strtol(pool, NULL, 10) < 12)
         setenv("UV_THREADPOOL_SIZE", "12", 1);

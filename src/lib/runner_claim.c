@@ -82,7 +82,9 @@ static void claimed_start(runner *rn)
 {
     size_t n = rn->n_claimed_later;
     rn->n_claimed_later = 0;
-    for (size_t i = 0; i < n && !rn->stopping; i++)
+    /* Stopping too (a claim batch that ends during the drain): the record keeps the id the
+     * Watch event gave it across a crash before the stop's own writes. */
+    for (size_t i = 0; i < n; i++)
         rj_persist(rn->claimed_later[i]);
     for (size_t i = 0; i < n && !rn->stopping; i++)
         rj_drive(rn->claimed_later[i]);
