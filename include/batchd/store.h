@@ -82,10 +82,10 @@ int store_checkpoint(const char *state_dir, uint64_t upto, char **err);
 int store_remove(const char *state_dir, const char *job_id);
 /* Checkpoints the journal (a failure keeps it for the next checkpoint), then reads every
  * record, calling each(ud, job) with a job the callee owns, in id order (ids sort by claim
- * time): a job's newest journal entry, else its file. A damaged journal file is reported
- * through bad() like an unreadable record, and what is intact in it is still loaded. A record that
- * cannot be read is reported through bad(ud, file, reason) and left in place for a person to
- * inspect. Returns the number of records read or -errno. */
+ * time): a job's newest journal entry, else its file. A record that cannot be read, or a
+ * damaged journal file, is reported through bad(ud, file, reason) and left in place for a
+ * person to inspect; what is intact in a damaged journal file still loads. Returns the number
+ * of records read or -errno. */
 int store_load_all(const char *state_dir, void (*each)(void *ud, job *j),
                    void (*bad)(void *ud, const char *file, const char *reason), void *ud);
 

@@ -566,9 +566,9 @@ static void count_after(void *ud, void **items, size_t n, int status)
 
 /* Record writes go one journal append at a time: what arrives during one joins the next
  * (group commit), and a journal file takes appends in order. Checkpoints go one at a time,
- * in order (store.h). main.c sizes the pool at 12 threads or more, so with one thread for
- * each lane and the runner's four validations, some always stay free. The spool's batches go
- * one at a time (spool.h). */
+ * in order (store.h). main.c sizes the pool at 12 threads or more: one for each lane, four
+ * for the runner's validations, the rest for exports and hooks. The spool's batches go one at
+ * a time (spool.h). */
 static const iobatch_lane_ops lane_ops[LANES] = {
     [LANE_WRITES] = {.run = writes_run, .after = writes_after, .max_flight = 1},
     [LANE_CHECKPOINT] = {.run = checkpoint_run, .after = checkpoint_after, .max_flight = 1},

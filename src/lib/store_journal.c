@@ -150,6 +150,21 @@ static bool skip_magic(const char **p, const char *end, const char *magic)
     return true;
 }
 
+/* Checks " <check>\n" at p against the digest of head (head_len bytes) and text, as
+ * entry_sum makes it. Returns the byte after it, or NULL (*err = -ENOMEM when that could not
+ * be told). */
+static const char *check_sum(const char *p, const char *end, const char *head, size_t head_len,
+                             const char *text, size_t len, int *err)
+{
+    if ((size_t)(end - p) < SUM_LEN + 2 || p[0] != ' ' || p[SUM_LEN + 1] != '\n')
+        return NULL;
+    char want[SUM_LEN + 1];
+    *err = entry_sum(head, head_len, text, len, want);
+    if (*err < 0 || memcmp(want, p + 1, SUM_LEN) != 0)
+        return NULL;
+    return p + SUM_LEN + 2;
+}
+
 /* Parses one entry at p (end: the buffer's end) into e: "BJ1 <append> <index> <of> <id>
  * <length> <check>\n<text>\n" (store.h). Returns the byte after it, or NULL when what is
  * there is not a whole, intact entry (*err = -ENOMEM when that could not be told). */
@@ -172,17 +187,12 @@ static const char *parse_entry(const char *p, const char *end, jentry *e, int *e
     /* A record is never empty; a length of 0 is not an entry. */
     if (!parse_field(&p, end, 10, 9, &len) || len == 0 || len > STORE_RECORD_MAX)
         return NULL;
-    size_t head_len = (size_t)(p - head);
-    if ((size_t)(end - p) < SUM_LEN + 2 || p[0] != ' ' || p[SUM_LEN + 1] != '\n')
+    /* The check comes before the text it covers: the text's place is known from its length. */
+    const char *text = p + SUM_LEN + 2;
+    if ((size_t)(end - p) < SUM_LEN + 2 || (size_t)(end - text) < len + 1 || text[len] != '\n' ||
+        !check_sum(p, end, head, (size_t)(p - head), text, len, err))
         return NULL;
-    const char *sum = p + 1;
-    p += SUM_LEN + 2;
-    if ((size_t)(end - p) < len + 1 || p[len] != '\n')
-        return NULL;
-    char want[SUM_LEN + 1];
-    *err = entry_sum(head, head_len, p, len, want);
-    if (*err < 0 || memcmp(want, sum, SUM_LEN) != 0)
-        return NULL;
+    p = text;
     e->text = p;
     e->len = len;
     e->batch = batch;
@@ -267,32 +277,31 @@ static const char *parse_end_mark(const char *p, const char *end, uint64_t *appe
     const char *digits = p;
     if (!parse_num(&p, end, 16, 16, appends) || p - digits != 16)
         return NULL;
-    size_t head_len = (size_t)(p - head);
-    if ((size_t)(end - p) < SUM_LEN + 2 || p[0] != ' ' || p[SUM_LEN + 1] != '\n')
-        return NULL;
-    char want[SUM_LEN + 1];
-    *err = entry_sum(head, head_len, "", 0, want);
-    if (*err < 0 || memcmp(want, p + 1, SUM_LEN) != 0)
-        return NULL;
-    return p + SUM_LEN + 2;
+    return check_sum(p, end, head, (size_t)(p - head), "", 0, err);
 }
 
-/* Whether one file's holes (each: where it starts, and the index of the intact entry after
- * it; tail: where a hole at the end starts, or SIZE_MAX) lost an acknowledged entry. A file
+/* A stretch of a file that holds no intact entry, followed by one that is. */
+typedef struct hole {
+    size_t at;    /* where it starts in the file */
+    size_t after; /* the index in the set of the intact entry after it */
+} hole;
+
+/* Whether one file's holes (tail: where a hole at the end starts, or SIZE_MAX) lost an
+ * acknowledged entry. A file
  * with its end mark (sealed, with its number of appends) must hold every append whole. One
  * without it may have been open at a crash, or closed in doubt after a failed fdatasync: its
  * last append may be torn, anywhere in it (pages reach the disk in no fixed order), and
  * nothing else. Returns the offset of the first damage, or SIZE_MAX. */
-static size_t first_damage(const jset *s, size_t first, const size_t *holes, size_t n_holes,
+static size_t first_damage(const jset *s, size_t first, const hole *holes, size_t n_holes,
                            size_t tail, uint64_t max, bool sealed, uint64_t appends)
 {
     if (sealed && (tail != SIZE_MAX || max != appends))
         return tail != SIZE_MAX ? tail : 0;
     for (size_t h = 0; h < n_holes; h++) {
-        size_t after = holes[2 * h + 1];
+        size_t after = holes[h].after;
         const jentry *before = after > first ? &s->e[after - 1] : NULL;
         if (sealed || hole_lost_acknowledged(before, &s->e[after], max))
-            return holes[2 * h];
+            return holes[h].at;
     }
     return SIZE_MAX;
 }
@@ -309,8 +318,8 @@ static int read_journal(const char *dir, uint64_t seq, jset *s)
         return r;
     const char *start = m->addr, *p = start, *end = start + m->len;
     size_t first = s->n;
-    /* Each hole followed by an intact entry: where it starts, and that entry's index. */
-    size_t *holes = NULL, n_holes = 0;
+    hole *holes = NULL;
+    size_t n_holes = 0;
     const char *gap = NULL;
     uint64_t max = 0, appends = 0;
     bool sealed = false;
@@ -340,9 +349,8 @@ static int read_journal(const char *dir, uint64_t seq, jset *s)
             continue;
         }
         if (gap) {
-            holes = xrealloc(holes, (n_holes + 1) * 2 * sizeof *holes);
-            holes[2 * n_holes] = (size_t)(gap - start);
-            holes[2 * n_holes++ + 1] = s->n;
+            holes = xrealloc(holes, (n_holes + 1) * sizeof *holes);
+            holes[n_holes++] = (hole){.at = (size_t)(gap - start), .after = s->n};
         }
         gap = NULL;
         e->order = s->n++;
@@ -385,15 +393,12 @@ static void jset_newest(jset *s)
  * any other name is not a journal file, and is left alone. */
 static bool journal_seq(const char *name, uint64_t *seq)
 {
-    if (strlen(name) != JOURNAL_NAME_LEN || strncmp(name, JOURNAL_PREFIX, 8) != 0)
-        return false;
+    size_t len = strlen(name);
+    const char *p = name + strlen(JOURNAL_PREFIX), *end = name + len;
     uint64_t v = 0;
-    for (const char *p = name + 8; *p; p++) {
-        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
-        if (d < 0)
-            return false;
-        v = v << 4 | (uint64_t)d;
-    }
+    if (len != JOURNAL_NAME_LEN || strncmp(name, JOURNAL_PREFIX, strlen(JOURNAL_PREFIX)) != 0 ||
+        !parse_num(&p, end, 16, 16, &v) || p != end)
+        return false;
     *seq = v;
     return v > 0 && v < UINT64_MAX; /* open_next numbers the next one */
 }
@@ -685,17 +690,27 @@ static bool item_ok(const store_item *it)
     return id_ok(it->job_id, strlen(it->job_id)) && len > 0 && len <= STORE_RECORD_MAX;
 }
 
-/* Lays out the items that item_ok takes as append number batch. 0 or -ENOMEM. */
-static int batch_prepare(batch_io *b, const store_item *items, size_t n, uint64_t batch)
+/* Marks what the journal cannot hold (item_ok) with rc -EINVAL, the rest with 0. Returns how
+ * many it can. */
+static size_t mark_items(store_item *items, size_t n)
+{
+    size_t of = 0;
+    for (size_t i = 0; i < n; i++) {
+        items[i].rc = item_ok(&items[i]) ? 0 : -EINVAL;
+        of += items[i].rc == 0;
+    }
+    return of;
+}
+
+/* Lays out the of items mark_items left at rc 0 as append number batch. 0 or -ENOMEM. */
+static int batch_prepare(batch_io *b, const store_item *items, size_t n, size_t of, uint64_t batch)
 {
     static char newline[] = "\n"; /* never written */
-    size_t of = 0, index = 0;
-    for (size_t i = 0; i < n; i++)
-        of += item_ok(&items[i]);
+    size_t index = 0;
     b->headers = xcalloc(of ? of : 1, sizeof *b->headers);
     b->iov = xcalloc(of ? 3 * of : 1, sizeof *b->iov);
     for (size_t i = 0; i < n; i++) {
-        if (!item_ok(&items[i]))
+        if (items[i].rc < 0)
             continue;
         size_t len = item_len(&items[i]);
         char *h = b->headers[index];
@@ -750,19 +765,21 @@ uint64_t store_journal_append(store_journal *jl, store_item *items, size_t n)
 {
     uint64_t closed = 0;
     batch_io b = {0};
+    size_t of = mark_items(items, n);
     pthread_mutex_lock(&jl->lock);
     /* Numbered under the lock: appends reach the file in the order of their numbers. The
      * number a file's next append gets is only known once one is open. */
     int r = jl->fd < 0 ? open_next(jl) : 0;
     if (r == 0)
-        r = batch_prepare(&b, items, n, jl->batch + 1);
+        r = batch_prepare(&b, items, n, of, jl->batch + 1);
     if (r == 0 && b.cnt > 0)
         r = append_locked(jl, &b, &closed);
     pthread_mutex_unlock(&jl->lock);
     free(b.headers);
     free(b.iov);
     for (size_t i = 0; i < n; i++)
-        items[i].rc = !item_ok(&items[i]) ? -EINVAL : r;
+        if (items[i].rc == 0)
+            items[i].rc = r;
     return closed;
 }
 

@@ -42,10 +42,11 @@ static void cleanup(void)
 static const char *state(void)
 {
     if (!state_dir) {
-        char tmpl[] = "/tmp/batchd-fuzz-journal-XXXXXX";
+        const char *tmp = getenv("TMPDIR");
+        char *tmpl = xasprintf("%s/batchd-fuzz-journal-XXXXXX", tmp && *tmp ? tmp : "/tmp");
         if (!mkdtemp(tmpl))
             abort();
-        state_dir = xstrdup(tmpl);
+        state_dir = tmpl;
         char *jobs = fsutil_join(state_dir, "jobs");
         if (mkdir(jobs, 0700) != 0)
             abort();
